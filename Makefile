@@ -1,0 +1,136 @@
+# peft - fine-tune pretrained transformers inside PostgreSQL.
+#
+# Two shared libraries:
+#   peft.so         the SQL layer and background worker (PGXS); links no
+#                   BLAS, no CUDA, starts no thread: safe to preload.
+#   peft_engine.so  the computing core (src/engine, kernels/), OpenBLAS and
+#                   optionally CUDA; dlopen'ed on first use by the process
+#                   that computes.
+#
+# Variables:  PEFT_CUDA=auto|0|1   CUDA_HOME=/usr/local/cuda   PEFT_ASAN=1
+
+EXTENSION    = peft
+EXTVERSION   = $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" peft.control)
+MODULE_big   = peft
+OBJS         = $(patsubst %.c,%.o,$(wildcard src/*.c))
+DATA         = $(wildcard sql/peft--*.sql)
+REGRESS      = $(patsubst sql/%.sql,%,$(sort $(wildcard sql/[0-9]*.sql)))
+REGRESS_OPTS = --inputdir=. --load-extension=$(EXTENSION)
+PG_CPPFLAGS  = -Isrc -Isrc/engine -Wall -Wextra -Wno-unused-parameter \
+               -Wno-missing-field-initializers -Wno-sign-compare
+EXTRA_CLEAN  = peft_engine.so peft-engine build results regression.diffs \
+               regression.out
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)
+
+# ---- engine library -------------------------------------------------------
+
+CUDA_HOME ?= /usr/local/cuda
+NVCC      ?= $(CUDA_HOME)/bin/nvcc
+PEFT_CUDA ?= auto
+ifeq ($(PEFT_CUDA),auto)
+  ifneq ($(wildcard $(NVCC)),)
+    ifneq ($(wildcard $(CUDA_HOME)/lib64/libcublas.so*)$(wildcard $(CUDA_HOME)/targets/*/lib/libcublas.so*),)
+      PEFT_CUDA := 1
+    endif
+  endif
+endif
+ifneq ($(PEFT_CUDA),1)
+  PEFT_CUDA := 0
+endif
+
+ENGINE_PKGS    = openblas libcjson libutf8proc
+ENGINE_CFLAGS  = -std=gnu11 -O3 -fPIC -g -Wall -Wextra -Wno-unused-parameter \
+                 -Wno-sign-compare -pthread -Isrc/engine -Ikernels \
+                 $(shell pkg-config --cflags $(ENGINE_PKGS))
+ENGINE_LIBS    = $(shell pkg-config --libs $(ENGINE_PKGS)) -lm -pthread
+ENGINE_SRCS    = $(sort $(wildcard src/engine/*.c))
+ENGINE_OBJS    = $(patsubst src/engine/%.c,build/engine/%.o,$(ENGINE_SRCS))
+# The same sources in double precision, for gradient checks only.
+ENGINE_DOUBLE_OBJS = $(patsubst src/engine/%.c,build/double/%.o,$(ENGINE_SRCS))
+
+ifeq ($(PEFT_ASAN),1)
+  ENGINE_CFLAGS += -O1 -fsanitize=address,undefined -fno-omit-frame-pointer
+  ENGINE_LIBS   += -fsanitize=address,undefined
+endif
+
+ifeq ($(PEFT_CUDA),1)
+  CUDA_SRCS     = $(sort $(wildcard kernels/*.cu))
+  CUDA_OBJS     = $(patsubst kernels/%.cu,build/cuda/%.o,$(CUDA_SRCS))
+  NVCC_FLAGS    = -O3 -std=c++17 -Xcompiler -fPIC -Isrc/engine -Ikernels \
+                  -gencode arch=compute_80,code=sm_80 \
+                  -gencode arch=compute_90,code=sm_90 \
+                  -gencode arch=compute_90,code=compute_90
+  ENGINE_CFLAGS += -DPEFT_WITH_CUDA -I$(CUDA_HOME)/include
+  ENGINE_LIBS   += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 \
+                   -Wl,--no-as-needed -lcublas -lcudart -Wl,--as-needed -lstdc++
+  BACKENDS      = cpu (OpenBLAS) + cuda (cuBLAS, sm_80/sm_90)
+else
+  CUDA_OBJS     =
+  BACKENDS      = cpu (OpenBLAS)
+endif
+
+build/engine/%.o: src/engine/%.c $(wildcard src/engine/*.h) | build/engine
+	$(CC) $(ENGINE_CFLAGS) -c $< -o $@
+
+build/double/%.o: src/engine/%.c $(wildcard src/engine/*.h) | build/double
+	$(CC) $(ENGINE_CFLAGS) -UPEFT_WITH_CUDA -DPEFT_DOUBLE -c $< -o $@
+
+build/cuda/%.o: kernels/%.cu $(wildcard kernels/*.h kernels/*.cuh src/engine/*.h) | build/cuda
+	$(NVCC) $(NVCC_FLAGS) -c $< -o $@
+
+build/engine build/double build/cuda build/unit:
+	mkdir -p $@
+
+# Rebuild everything when the configuration changes.
+build/config.stamp: FORCE | build/engine
+	@echo "PEFT_CUDA=$(PEFT_CUDA) PEFT_ASAN=$(PEFT_ASAN)" > $@.tmp
+	@cmp -s $@.tmp $@ || { mv $@.tmp $@; rm -f build/engine/*.o build/cuda/*.o build/double/*.o; }
+	@rm -f $@.tmp
+FORCE:
+
+$(ENGINE_OBJS) $(CUDA_OBJS): build/config.stamp
+
+peft_engine.so: $(ENGINE_OBJS) $(CUDA_OBJS)
+	$(CC) -shared -Wl,--no-undefined -o $@ $(ENGINE_OBJS) $(CUDA_OBJS) $(ENGINE_LIBS)
+	@echo "peft: engine backends: $(BACKENDS)"
+
+# The command-line runner links the engine library from its own folder.
+peft-engine: src/cli/peft_engine_main.c peft_engine.so
+	$(CC) $(ENGINE_CFLAGS) -o $@ $< -L. -l:peft_engine.so -Wl,-rpath,'$$ORIGIN' $(ENGINE_LIBS)
+
+ifneq ($(wildcard src/cli/peft_engine_main.c),)
+all: peft-engine
+endif
+all: peft_engine.so
+$(shlib): build/config.stamp
+
+install: install-engine
+install-engine: peft_engine.so
+	$(INSTALL_SHLIB) peft_engine.so '$(DESTDIR)$(pkglibdir)/peft_engine.so'
+uninstall: uninstall-engine
+uninstall-engine:
+	rm -f '$(DESTDIR)$(pkglibdir)/peft_engine.so'
+
+# ---- engine unit tests (cmocka) -------------------------------------------
+# test/unit/test_*.c link the float engine; test/unit/gradcheck_*.c the
+# double-precision build of the same sources.
+
+UNIT_SRCS   = $(sort $(wildcard test/unit/test_*.c))
+GRAD_SRCS   = $(sort $(wildcard test/unit/gradcheck_*.c))
+UNIT_BINS   = $(patsubst test/unit/%.c,build/unit/%,$(UNIT_SRCS) $(GRAD_SRCS))
+UNIT_CFLAGS = $(ENGINE_CFLAGS) -Itest/unit -DPEFT_SOURCE_DIR='"$(CURDIR)"'
+
+build/unit/test_%: test/unit/test_%.c $(ENGINE_OBJS) $(CUDA_OBJS) $(wildcard test/unit/*.h) | build/unit
+	$(CC) $(UNIT_CFLAGS) -o $@ $< $(ENGINE_OBJS) $(CUDA_OBJS) $(ENGINE_LIBS) -lcmocka
+
+build/unit/gradcheck_%: test/unit/gradcheck_%.c $(ENGINE_DOUBLE_OBJS) $(wildcard test/unit/*.h) | build/unit
+	$(CC) $(UNIT_CFLAGS) -UPEFT_WITH_CUDA -DPEFT_DOUBLE -o $@ $< $(ENGINE_DOUBLE_OBJS) $(ENGINE_LIBS) -lcmocka
+
+unit: $(UNIT_BINS)
+
+engine: peft_engine.so
+
+.PHONY: unit engine install-engine uninstall-engine FORCE

@@ -1,0 +1,27 @@
+/*
+ * cuda_backend.h - C interface of the CUDA backend (kernels/*.cu).
+ * Nothing here initialises CUDA until a function is called, and every
+ * function reports failure through a return value, never exit().
+ */
+#ifndef PEFT_CUDA_BACKEND_H
+#define PEFT_CUDA_BACKEND_H
+
+#ifdef __cplusplus
+extern "C"
+{
+#endif
+
+/* Number of CUDA devices usable by this process (0 on any CUDA error). */
+int			peft_cuda_device_count(void);
+
+/*
+ * Create and destroy a cuBLAS handle on the current device to prove the
+ * runtime and cuBLAS work; returns 0 on success, else fills msg.
+ */
+int			peft_cuda_probe(char *msg, int msglen);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

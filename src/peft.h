@@ -1,0 +1,27 @@
+/*
+ * peft.h - shared declarations of the SQL layer (peft.so).
+ */
+#ifndef PEFT_H
+#define PEFT_H
+
+#include "postgres.h"
+
+#include "engine_api.h"
+
+/* GUC values (peft.c) */
+extern int	peft_threads;
+extern int	peft_device;
+
+typedef enum PeftDevice
+{
+	PEFT_DEVICE_AUTO,
+	PEFT_DEVICE_CPU,
+	PEFT_DEVICE_CUDA
+} PeftDevice;
+
+/* engine_loader.c */
+extern const PeftEngineApi *PeftEngine(void);
+extern bool PeftEngineLoaded(void);
+extern void PeftRaiseEngineError(const PeftError *err);
+
+#endif
