@@ -1,0 +1,1571 @@
+/*
+ * ops_cpu.c - CPU implementation of the encoder operations in ops.h.
+ *
+ * This file is both the reference the CUDA kernels are checked against and
+ * the production CPU backend.  Matrix products go through OpenBLAS
+ * (cblas_gemm); element-wise and row-wise loops are split over the engine
+ * thread pool.  Every parallel loop either writes disjoint outputs or reduces
+ * in a fixed order that does not depend on the thread count, so results are
+ * bit-for-bit identical for 1 or N engine threads.
+ *
+ * Float builds evaluate exp() and the normal CDF (for GELU) with the
+ * branch-free approximations below, accurate to a few float ulps, because
+ * libm's scalar calls cannot be vectorised and would dominate GELU and
+ * softmax.  Double builds (-DPEFT_DOUBLE, used by the gradient checks) call
+ * libm, so finite differences see an exact function.
+ */
+
+/*
+ * With -ftrapping-math (GCC's default) the vectoriser will not turn float
+ * selects such as "valid ? e : 0" into blends, because a comparison could
+ * raise an FP exception, nor sqrt() into one instruction, because it may
+ * set errno.  The engine never enables FP traps nor reads errno, so these
+ * flags change no result, only let the loops vectorise.  The dynamic cost
+ * model makes -O2 builds vectorise them too.  It comes before the includes
+ * so inline functions from headers get the same options as their callers.
+ */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize ("no-trapping-math", "no-math-errno", "vect-cost-model=dynamic")
+#endif
+
+#include "ops.h"
+
+#include <float.h>
+#include <math.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "threadpool.h"
+
+/*
+ * On x86-64 compile the hot element-wise loops twice, for SSE2 and AVX2,
+ * picked at load time.  AVX2 alone (no FMA) performs the same IEEE
+ * operations per lane, so both versions give identical results.
+ * Sanitizer builds skip this: their instrumentation breaks the ifunc
+ * resolver, which runs before the sanitizer runtime starts.
+ */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && \
+	!defined(__AVX2__) && !defined(__SANITIZE_ADDRESS__) && \
+	!defined(__SANITIZE_THREAD__)
+#define VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define VECTOR_CLONES
+#endif
+
+/*
+ * Items per chunk below which handing work to another thread costs more
+ * (a wake-up, a cache miss) than it saves.
+ */
+#define PARALLEL_GRAIN 16384
+
+/* Columns reduced together in the column-sum passes (fits in registers/L1). */
+#define COLUMN_BLOCK 64
+
+/* Smallest norm l2norm divides by, as torch.nn.functional.normalize. */
+#define L2NORM_EPS 1e-12
+
+#define INV_SQRT_2 0.70710678118654752440
+#define INV_SQRT_2PI 0.39894228029898381711
+
+/* Rows per chunk so that a chunk holds about PARALLEL_GRAIN items. */
+static inline size_t
+row_grain(size_t row_len)
+{
+	if (row_len == 0 || row_len >= PARALLEL_GRAIN)
+		return 1;
+	return PARALLEL_GRAIN / row_len;
+}
+
+
+/* ---- scalar math --------------------------------------------------------- */
+
+#ifdef PEFT_DOUBLE
+#define sqrt_real sqrt
+#else
+#define sqrt_real sqrtf
+#endif
+
+#ifdef PEFT_DOUBLE
+
+/* exp(x), exactly (libm). */
+static inline real
+exp_real(real x)
+{
+	return exp(x);
+}
+
+/* Standard normal CDF Phi(x) via erfc (accurate in the lower tail too). */
+static inline real
+normal_cdf(real x, real gauss)
+{
+	(void) gauss;
+	return 0.5 * erfc(-x * INV_SQRT_2);
+}
+
+#else
+
+/*
+ * exp(x) for float, branch-free so loops over it vectorise: Cody-Waite
+ * reduction x = n ln2 + r, a degree-7 polynomial for e^r on |r| <= ln2/2
+ * (Cephes' expf coefficients), and 2^n built in the exponent bits.  Max
+ * relative error 8e-8 (under one ulp) on [-87, 88]; below -87 it returns 0
+ * (the true value is a denormal), above 88 it saturates at e^88.
+ */
+static inline float
+exp_real(float x)
+{
+	float		xc = x;
+	float		t;
+	float		nf;
+	float		r;
+	float		r2;
+	float		y;
+	union
+	{
+		int32_t		i;
+		float		f;
+	}			two_n;
+
+	if (xc < -87.0f)
+		xc = -87.0f;
+	if (xc > 88.0f)
+		xc = 88.0f;
+	/* Round x / ln2 to the nearest integer by the 1.5 * 2^23 trick. */
+	t = xc * 1.44269504088896341f;
+	nf = (t + 12582912.0f) - 12582912.0f;
+	r = xc - nf * 0.693359375f - nf * -2.12194440e-4f;
+	r2 = r * r;
+	y = 1.9875691500e-4f;
+	y = y * r + 1.3981999507e-3f;
+	y = y * r + 8.3334519073e-3f;
+	y = y * r + 4.1665795894e-2f;
+	y = y * r + 1.6666665459e-1f;
+	y = y * r + 5.0000001201e-1f;
+	y = y * r2 + r + 1.0f;
+	two_n.i = ((int32_t) nf + 127) << 23;
+	y *= two_n.f;
+	return x < -87.0f ? 0.0f : y;
+}
+
+/*
+ * Standard normal CDF Phi(x) for float, given gauss = exp(-x^2 / 2).
+ * Phi(-|x|) = gauss * R(t) with t = 1 / (1 + |x|/2), R a degree-11
+ * Chebyshev fit (made for this file with mpmath, max error 1.4e-9) of
+ * Phi(-x) exp(x^2/2) on |x| in [0, 13.5]; beyond that gauss is 0.  Max
+ * absolute error 1.5e-7 (2.5 ulp of 0.5); relative accuracy holds in the
+ * lower tail, where 1 + erf(x) would cancel.
+ */
+static inline float
+normal_cdf(float x, float gauss)
+{
+	float		t = 1.0f / (1.0f + 0.5f * fabsf(x));
+	float		w = (t - 0.56451612903225806f) * 2.2962962962962963f;
+	float		p;
+	float		tail;
+
+	p = 8.7992417244303467e-7f;
+	p = p * w - 1.1262447090640379e-5f;
+	p = p * w + 2.1476850679591736e-5f;
+	p = p * w + 3.8923312539628139e-5f;
+	p = p * w - 2.3019525673614970e-4f;
+	p = p * w + 2.6651649518804311e-4f;
+	p = p * w + 1.1304512495248748e-3f;
+	p = p * w - 4.6276820446049850e-3f;
+	p = p * w - 4.2771739667844474e-3f;
+	p = p * w + 6.7053813672828334e-2f;
+	p = p * w + 2.3865869586675888e-1f;
+	p = p * w + 2.0197555590604687e-1f;
+	tail = gauss * p;
+	return x < 0.0f ? tail : 1.0f - tail;
+}
+
+#endif
+
+/* Sum of x[0..n) in double, in a fixed order of 8 interleaved partial sums. */
+static inline double
+sum_double(const real *x, int n)
+{
+	double		acc[8] = {0};
+	int			i = 0;
+
+	for (; i + 8 <= n; i += 8)
+		for (int k = 0; k < 8; k++)
+			acc[k] += (double) x[i + k];
+	for (; i < n; i++)
+		acc[0] += (double) x[i];
+	return ((acc[0] + acc[1]) + (acc[2] + acc[3])) +
+		((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+/* Sum of (x[i] - mu)^2 over [0, n) in double, fixed order. */
+static inline double
+sum_sq_dev_double(const real *x, double mu, int n)
+{
+	double		acc[8] = {0};
+	int			i = 0;
+
+	for (; i + 8 <= n; i += 8)
+		for (int k = 0; k < 8; k++)
+		{
+			double		d = (double) x[i + k] - mu;
+
+			acc[k] += d * d;
+		}
+	for (; i < n; i++)
+	{
+		double		d = (double) x[i] - mu;
+
+		acc[0] += d * d;
+	}
+	return ((acc[0] + acc[1]) + (acc[2] + acc[3])) +
+		((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+/* Dot product a . b over [0, n) in double, fixed order. */
+static inline double
+dot_double(const real *a, const real *b, int n)
+{
+	double		acc[8] = {0};
+	int			i = 0;
+
+	for (; i + 8 <= n; i += 8)
+		for (int k = 0; k < 8; k++)
+			acc[k] += (double) a[i + k] * (double) b[i + k];
+	for (; i < n; i++)
+		acc[0] += (double) a[i] * (double) b[i];
+	return ((acc[0] + acc[1]) + (acc[2] + acc[3])) +
+		((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+/* Scale applied to kept units by inverted dropout: 1/(1-p), 0 when p >= 1. */
+static inline real
+dropout_scale(real p)
+{
+	if (p >= (real) 1)
+		return 0;
+	return (real) (1.0 / (1.0 - (double) p));
+}
+
+
+/* ---- column sums ---------------------------------------------------------- */
+
+typedef struct ColumnSumArgs
+{
+	real	   *dst;
+	const real *src;
+	int			N;
+	int			C;
+} ColumnSumArgs;
+
+/* dst[c] += sum over rows of src[n, c] for c in [begin, end), rows in order. */
+static void
+column_sum_range(void *arg, size_t begin, size_t end)
+{
+	ColumnSumArgs *a = arg;
+
+	for (size_t c0 = begin; c0 < end; c0 += COLUMN_BLOCK)
+	{
+		int			width = (int) (end - c0 < COLUMN_BLOCK ? end - c0 : COLUMN_BLOCK);
+		double		acc[COLUMN_BLOCK] = {0};
+
+		for (int n = 0; n < a->N; n++)
+		{
+			const real *row = a->src + (size_t) n * a->C + c0;
+
+			for (int c = 0; c < width; c++)
+				acc[c] += (double) row[c];
+		}
+		for (int c = 0; c < width; c++)
+			a->dst[c0 + c] += (real) acc[c];
+	}
+}
+
+/*
+ * dst[C] += column sums of src[N,C].  Split over columns, each summed over
+ * rows in order, so the result does not depend on the thread count.
+ */
+static void
+column_sum_accumulate(real *dst, const real *src, int N, int C)
+{
+	ColumnSumArgs args = {dst, src, N, C};
+	size_t		grain = row_grain((size_t) N);
+
+	/* Whole cache lines per chunk. */
+	if (grain < 16)
+		grain = 16;
+	peft_parallel_for((size_t) C, grain, column_sum_range, &args);
+}
+
+
+/* ---- linear ------------------------------------------------------------- */
+
+typedef struct BiasFillArgs
+{
+	real	   *out;
+	const real *bias;
+	int			OC;
+} BiasFillArgs;
+
+/* Copy bias[OC] into rows [begin, end) of out[N,OC]. */
+static void
+bias_fill_range(void *arg, size_t begin, size_t end)
+{
+	BiasFillArgs *a = arg;
+
+	for (size_t n = begin; n < end; n++)
+		memcpy(a->out + n * a->OC, a->bias, (size_t) a->OC * sizeof(real));
+}
+
+/* out[N,OC] = inp[N,IC] @ weight[OC,IC]^T + bias[OC] (bias may be NULL) */
+void
+linear_forward(real *out, const real *inp, const real *weight,
+			   const real *bias, int N, int IC, int OC)
+{
+	real		beta = 0;
+
+	if (N <= 0 || OC <= 0)
+		return;
+	if (bias != NULL)
+	{
+		BiasFillArgs args = {out, bias, OC};
+
+		/* Start from the bias and let the product accumulate onto it. */
+		peft_parallel_for((size_t) N, row_grain((size_t) OC), bias_fill_range, &args);
+		beta = 1;
+	}
+	if (IC <= 0)
+	{
+		if (bias == NULL)
+			memset(out, 0, (size_t) N * OC * sizeof(real));
+		return;
+	}
+	cblas_gemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, OC, IC,
+			   1, inp, IC, weight, IC, beta, out, OC);
+}
+
+/* dinp[N,IC] += dout @ weight; dweight[OC,IC] += dout^T @ inp; dbias += colsum(dout) */
+void
+linear_backward(real *dinp, real *dweight, real *dbias,
+				const real *dout, const real *inp,
+				const real *weight, int N, int IC, int OC)
+{
+	if (N <= 0 || OC <= 0)
+		return;
+	if (dinp != NULL && IC > 0)
+		cblas_gemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, IC, OC,
+				   1, dout, OC, weight, IC, 1, dinp, IC);
+	if (dweight != NULL && IC > 0)
+		cblas_gemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, IC, N,
+				   1, dout, OC, inp, IC, 1, dweight, IC);
+	if (dbias != NULL)
+		column_sum_accumulate(dbias, dout, N, OC);
+}
+
+
+/* ---- layernorm ------------------------------------------------------------ */
+
+typedef struct LayerNormArgs
+{
+	real	   *out;			/* forward: out; backward: dinp */
+	real	   *mean;
+	real	   *rstd;
+	real	   *dgamma;
+	real	   *dbeta;
+	const real *inp;
+	const real *dout;
+	const real *gamma;
+	const real *beta;
+	const real *mean_in;
+	const real *rstd_in;
+	int			N;
+	int			C;
+	real		eps;
+} LayerNormArgs;
+
+/* Normalise rows [begin, end) of inp[N,C]. */
+VECTOR_CLONES
+static void
+layernorm_forward_range(void *arg, size_t begin, size_t end)
+{
+	LayerNormArgs *a = arg;
+	int			C = a->C;
+
+	for (size_t n = begin; n < end; n++)
+	{
+		const real *x = a->inp + n * C;
+		real	   *y = a->out + n * C;
+		double		mu;
+		double		var;
+		real		m;
+		real		s;
+
+		/* Two passes: the mean first, then squared deviations from it. */
+		mu = sum_double(x, C) / C;
+		var = sum_sq_dev_double(x, mu, C) / C;	/* biased, as PyTorch */
+		m = (real) mu;
+		s = (real) (1.0 / sqrt(var + (double) a->eps));
+		for (int c = 0; c < C; c++)
+			y[c] = (x[c] - m) * s * a->gamma[c] + a->beta[c];
+		if (a->mean != NULL)
+			a->mean[n] = m;
+		if (a->rstd != NULL)
+			a->rstd[n] = s;
+	}
+}
+
+/* out[N,C] = (inp - mean) * rstd * gamma + beta; saves mean[N], rstd[N] */
+void
+layernorm_forward(real *out, real *mean, real *rstd,
+				  const real *inp, const real *gamma,
+				  const real *beta, int N, int C, real eps)
+{
+	LayerNormArgs args = {0};
+
+	if (N <= 0 || C <= 0)
+		return;
+	args.out = out;
+	args.mean = mean;
+	args.rstd = rstd;
+	args.inp = inp;
+	args.gamma = gamma;
+	args.beta = beta;
+	args.N = N;
+	args.C = C;
+	args.eps = eps;
+	peft_parallel_for((size_t) N, row_grain((size_t) C), layernorm_forward_range, &args);
+}
+
+/*
+ * dinp for rows [begin, end):
+ *   xhat = (x - mean) rstd,  g = dout * gamma
+ *   dinp += rstd * (g - mean(g) - xhat * mean(g * xhat))
+ */
+VECTOR_CLONES
+static void
+layernorm_dinp_range(void *arg, size_t begin, size_t end)
+{
+	LayerNormArgs *a = arg;
+	int			C = a->C;
+
+	for (size_t n = begin; n < end; n++)
+	{
+		const real *x = a->inp + n * C;
+		const real *dy = a->dout + n * C;
+		real	   *dx = a->out + n * C;
+		real		m = a->mean_in[n];
+		real		s = a->rstd_in[n];
+		double		acc_g[8] = {0};
+		double		acc_gx[8] = {0};
+		double		sum_g;
+		double		sum_gx;
+		real		mean_g;
+		real		mean_gx;
+		int			c = 0;
+
+		for (; c + 8 <= C; c += 8)
+			for (int k = 0; k < 8; k++)
+			{
+				real		g = dy[c + k] * a->gamma[c + k];
+				real		xhat = (x[c + k] - m) * s;
+
+				acc_g[k] += (double) g;
+				acc_gx[k] += (double) g * (double) xhat;
+			}
+		for (; c < C; c++)
+		{
+			real		g = dy[c] * a->gamma[c];
+			real		xhat = (x[c] - m) * s;
+
+			acc_g[0] += (double) g;
+			acc_gx[0] += (double) g * (double) xhat;
+		}
+		sum_g = ((acc_g[0] + acc_g[1]) + (acc_g[2] + acc_g[3])) +
+			((acc_g[4] + acc_g[5]) + (acc_g[6] + acc_g[7]));
+		sum_gx = ((acc_gx[0] + acc_gx[1]) + (acc_gx[2] + acc_gx[3])) +
+			((acc_gx[4] + acc_gx[5]) + (acc_gx[6] + acc_gx[7]));
+		mean_g = (real) (sum_g / C);
+		mean_gx = (real) (sum_gx / C);
+		for (c = 0; c < C; c++)
+		{
+			real		g = dy[c] * a->gamma[c];
+			real		xhat = (x[c] - m) * s;
+
+			dx[c] += s * (g - mean_g - xhat * mean_gx);
+		}
+	}
+}
+
+/*
+ * dgamma[c] += sum_n dout * xhat, dbeta[c] += sum_n dout for columns
+ * [begin, end), rows summed in order so the split does not matter.
+ */
+static void
+layernorm_dparams_range(void *arg, size_t begin, size_t end)
+{
+	LayerNormArgs *a = arg;
+	int			C = a->C;
+	size_t		N = (size_t) a->N;
+
+	for (size_t c0 = begin; c0 < end; c0 += COLUMN_BLOCK)
+	{
+		int			width = (int) (end - c0 < COLUMN_BLOCK ? end - c0 : COLUMN_BLOCK);
+		double		acc_gamma[COLUMN_BLOCK] = {0};
+		double		acc_beta[COLUMN_BLOCK] = {0};
+
+		for (size_t n = 0; n < N; n++)
+		{
+			const real *x = a->inp + n * C + c0;
+			const real *dy = a->dout + n * C + c0;
+			real		m = a->mean_in[n];
+			real		s = a->rstd_in[n];
+
+			for (int c = 0; c < width; c++)
+			{
+				acc_gamma[c] += (double) dy[c] * (double) ((x[c] - m) * s);
+				acc_beta[c] += (double) dy[c];
+			}
+		}
+		for (int c = 0; c < width; c++)
+		{
+			if (a->dgamma != NULL)
+				a->dgamma[c0 + c] += (real) acc_gamma[c];
+			if (a->dbeta != NULL)
+				a->dbeta[c0 + c] += (real) acc_beta[c];
+		}
+	}
+}
+
+/* dinp[N,C] += ...; dgamma[C] += ...; dbeta[C] += ... */
+void
+layernorm_backward(real *dinp, real *dgamma, real *dbeta,
+				   const real *dout, const real *inp,
+				   const real *gamma, const real *mean,
+				   const real *rstd, int N, int C)
+{
+	LayerNormArgs args = {0};
+
+	if (N <= 0 || C <= 0)
+		return;
+	args.out = dinp;
+	args.dgamma = dgamma;
+	args.dbeta = dbeta;
+	args.inp = inp;
+	args.dout = dout;
+	args.gamma = gamma;
+	args.mean_in = mean;
+	args.rstd_in = rstd;
+	args.N = N;
+	args.C = C;
+	if (dinp != NULL)
+		peft_parallel_for((size_t) N, row_grain((size_t) C), layernorm_dinp_range, &args);
+	if (dgamma != NULL || dbeta != NULL)
+	{
+		size_t		grain = row_grain((size_t) N);
+
+		peft_parallel_for((size_t) C, grain < 16 ? 16 : grain,
+						  layernorm_dparams_range, &args);
+	}
+}
+
+
+/* ---- element-wise: gelu, add, dropout, scale ------------------------------ */
+
+typedef struct ElementwiseArgs
+{
+	real	   *out;
+	const real *a;
+	const real *b;
+	const uint8_t *keep;
+	real		scale;
+} ElementwiseArgs;
+
+/* out = x * Phi(x) on [begin, end) (a = inp). */
+VECTOR_CLONES
+static void
+gelu_forward_range(void *arg, size_t begin, size_t end)
+{
+	ElementwiseArgs *e = arg;
+	real	   *restrict out = e->out;
+	const real *restrict inp = e->a;
+
+	for (size_t i = begin; i < end; i++)
+	{
+		real		x = inp[i];
+		real		gauss = exp_real((real) -0.5 * x * x);
+
+		out[i] = x * normal_cdf(x, gauss);
+	}
+}
+
+/* out += dout * (Phi(x) + x phi(x)) on [begin, end) (a = inp, b = dout). */
+VECTOR_CLONES
+static void
+gelu_backward_range(void *arg, size_t begin, size_t end)
+{
+	ElementwiseArgs *e = arg;
+	real	   *restrict dinp = e->out;
+	const real *restrict inp = e->a;
+	const real *restrict dout = e->b;
+
+	for (size_t i = begin; i < end; i++)
+	{
+		real		x = inp[i];
+		real		gauss = exp_real((real) -0.5 * x * x);
+		real		dgelu = normal_cdf(x, gauss) + x * gauss * (real) INV_SQRT_2PI;
+
+		dinp[i] += dout[i] * dgelu;
+	}
+}
+
+/* out[n] = x * 0.5 * (1 + erf(x / sqrt(2)))  (exact GELU, as BERT's "gelu") */
+void
+gelu_forward(real *out, const real *inp, size_t n)
+{
+	ElementwiseArgs args = {.out = out, .a = inp};
+
+	peft_parallel_for(n, PARALLEL_GRAIN / 4, gelu_forward_range, &args);
+}
+
+/* dinp[n] += dout * gelu'(inp) */
+void
+gelu_backward(real *dinp, const real *inp, const real *dout, size_t n)
+{
+	ElementwiseArgs args = {.out = dinp, .a = inp, .b = dout};
+
+	peft_parallel_for(n, PARALLEL_GRAIN / 4, gelu_backward_range, &args);
+}
+
+/* out = a + b on [begin, end); out may alias a or b, so no restrict. */
+static void
+add_range(void *arg, size_t begin, size_t end)
+{
+	ElementwiseArgs *e = arg;
+
+	for (size_t i = begin; i < end; i++)
+		e->out[i] = e->a[i] + e->b[i];
+}
+
+/* out[n] = a[n] + b[n] (out may alias a or b) */
+void
+add_forward(real *out, const real *a, const real *b, size_t n)
+{
+	ElementwiseArgs args = {.out = out, .a = a, .b = b};
+
+	peft_parallel_for(n, PARALLEL_GRAIN * 4, add_range, &args);
+}
+
+/*
+ * keep[n] = 1 with probability 1-p else 0, drawn from rng in index order.
+ * Each 64-bit draw decides two elements (high half first, then low half)
+ * against a 32-bit threshold: the mask is sequential by nature, and this
+ * halves its cost.  The rate is exact to 2^-32.
+ */
+void
+dropout_mask(uint8_t *keep, size_t n, real p, PeftRng *rng)
+{
+	uint64_t	threshold;
+	size_t		i = 0;
+
+	if (p <= 0)
+		threshold = 0;
+	else if (p >= 1)
+		threshold = (uint64_t) 1 << 32;
+	else
+		threshold = (uint64_t) llround((double) p * 4294967296.0);
+
+	for (; i + 2 <= n; i += 2)
+	{
+		uint64_t	bits = peft_rng_next(rng);
+
+		keep[i] = (bits >> 32) >= threshold;
+		keep[i + 1] = (bits & 0xffffffffu) >= threshold;
+	}
+	if (i < n)
+		keep[i] = (peft_rng_next(rng) >> 32) >= threshold;
+}
+
+/* out = keep ? a * scale : 0 on [begin, end); out may alias a. */
+static void
+dropout_forward_range(void *arg, size_t begin, size_t end)
+{
+	ElementwiseArgs *e = arg;
+
+	for (size_t i = begin; i < end; i++)
+		e->out[i] = e->keep[i] ? e->a[i] * e->scale : 0;
+}
+
+/* out[n] = inp * keep / (1-p)  (out may alias inp; p == 0 copies) */
+void
+dropout_forward(real *out, const real *inp, const uint8_t *keep,
+				real p, size_t n)
+{
+	ElementwiseArgs args = {.out = out, .a = inp, .keep = keep};
+
+	if (p <= 0 || keep == NULL)
+	{
+		if (out != inp)
+			memmove(out, inp, n * sizeof(real));
+		return;
+	}
+	args.scale = dropout_scale(p);
+	peft_parallel_for(n, PARALLEL_GRAIN * 2, dropout_forward_range, &args);
+}
+
+/* out += keep ? dout * scale : 0 on [begin, end). */
+static void
+dropout_backward_range(void *arg, size_t begin, size_t end)
+{
+	ElementwiseArgs *e = arg;
+	real	   *restrict dinp = e->out;
+	const real *restrict dout = e->a;
+
+	for (size_t i = begin; i < end; i++)
+		dinp[i] += e->keep[i] ? dout[i] * e->scale : 0;
+}
+
+/* out += a on [begin, end). */
+static void
+accumulate_range(void *arg, size_t begin, size_t end)
+{
+	ElementwiseArgs *e = arg;
+	real	   *restrict dinp = e->out;
+	const real *restrict dout = e->a;
+
+	for (size_t i = begin; i < end; i++)
+		dinp[i] += dout[i];
+}
+
+/* dinp[n] += dout * keep / (1-p) */
+void
+dropout_backward(real *dinp, const real *dout, const uint8_t *keep,
+				 real p, size_t n)
+{
+	ElementwiseArgs args = {.out = dinp, .a = dout, .keep = keep};
+
+	if (dinp == NULL)
+		return;
+	if (p <= 0 || keep == NULL)
+	{
+		peft_parallel_for(n, PARALLEL_GRAIN * 2, accumulate_range, &args);
+		return;
+	}
+	args.scale = dropout_scale(p);
+	peft_parallel_for(n, PARALLEL_GRAIN * 2, dropout_backward_range, &args);
+}
+
+/* g *= scale on [begin, end). */
+static void
+scale_range(void *arg, size_t begin, size_t end)
+{
+	ElementwiseArgs *e = arg;
+
+	for (size_t i = begin; i < end; i++)
+		e->out[i] *= e->scale;
+}
+
+/* g[n] *= s */
+void
+scale_inplace(real *g, real s, size_t n)
+{
+	ElementwiseArgs args = {.out = g, .scale = s};
+
+	peft_parallel_for(n, PARALLEL_GRAIN * 2, scale_range, &args);
+}
+
+
+/* ---- attention ---------------------------------------------------------------- */
+
+typedef struct AttentionArgs
+{
+	real	   *out;
+	real	   *probs;
+	real	   *dq;
+	real	   *dk;
+	real	   *dv;
+	real	   *scratch;
+	const real *dout;
+	const real *probs_in;
+	const real *q;
+	const real *k;
+	const real *v;
+	const int32_t *mask;
+	const uint8_t *keep;		/* NULL when there is no dropout */
+	real		keep_scale;		/* 1/(1-p) for kept probabilities */
+	real		score_scale;	/* 1/sqrt(head size) */
+	int			T;
+	int			C;
+	int			NH;
+	int			HS;
+} AttentionArgs;
+
+#ifdef PEFT_DOUBLE
+
+/* Largest row[j] over keys with key_mask[j] != 0 (-inf if none). */
+static inline real
+masked_row_max(const real *row, const int32_t *key_mask, int T)
+{
+	real		max = -INFINITY;
+
+	for (int j = 0; j < T; j++)
+		if (key_mask[j] && row[j] > max)
+			max = row[j];
+	return max;
+}
+
+#else
+
+/*
+ * Largest row[j] over keys with key_mask[j] != 0 (-inf if none).  GCC will
+ * not vectorise a float max reduction without -ffinite-math-only, so the
+ * floats are mapped to integers that sort the same way (flip the magnitude
+ * bits of negatives), reduced with an integer max, and mapped back.
+ */
+static inline float
+masked_row_max(const float *row, const int32_t *key_mask, int T)
+{
+	int32_t		max_key = INT32_MIN;
+	int32_t		bits;
+	float		max;
+
+	for (int j = 0; j < T; j++)
+	{
+		int32_t		b;
+		int32_t		key;
+		int32_t		valid = -(key_mask[j] != 0);	/* all ones or zero */
+
+		memcpy(&b, &row[j], sizeof(b));
+		key = b ^ ((b >> 31) & INT32_MAX);
+		/* Bitwise select: the vectoriser will not if-convert "? :" here. */
+		key = (key & valid) | (INT32_MIN & ~valid);
+		max_key = key > max_key ? key : max_key;
+	}
+	/* The mapping is its own inverse. */
+	bits = max_key ^ ((max_key >> 31) & INT32_MAX);
+	memcpy(&max, &bits, sizeof(max));
+	return max;
+}
+
+#endif
+
+/*
+ * In place over row[T] of scores: softmax over the keys whose mask is 1.
+ * Masked keys get exactly 0; a row with no valid key becomes all zeros.
+ */
+VECTOR_CLONES
+static void
+masked_softmax_row(real *restrict row, const int32_t *restrict key_mask,
+				   int valid_keys, int T)
+{
+	real		max;
+	real		inv_sum;
+
+	if (valid_keys == 0)
+	{
+		memset(row, 0, (size_t) T * sizeof(real));
+		return;
+	}
+	max = masked_row_max(row, key_mask, T);
+
+	/* Subtracting the max keeps every exponent <= 0: no overflow. */
+	for (int j = 0; j < T; j++)
+	{
+		real		e = exp_real(row[j] - max);
+
+		row[j] = key_mask[j] ? e : 0;
+	}
+	inv_sum = (real) (1.0 / sum_double(row, T));
+	for (int j = 0; j < T; j++)
+		row[j] *= inv_sum;
+}
+
+/* Number of mask entries that are non-zero in mask[T]. */
+static inline int
+count_valid(const int32_t *mask, int T)
+{
+	int			count = 0;
+
+	for (int t = 0; t < T; t++)
+		count += mask[t] != 0;
+	return count;
+}
+
+/* dst[n] = keep ? src * scale : 0 (dropout applied to attention weights) */
+VECTOR_CLONES
+static void
+apply_keep_mask(real *restrict dst, const real *restrict src,
+				const uint8_t *restrict keep, real scale, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		dst[i] = keep[i] ? src[i] * scale : 0;
+}
+
+/*
+ * In place over work[T,T] = d(dropped weights): back through dropout (keep
+ * may be NULL), then through the row softmax:
+ *   dscore[i,j] = p[i,j] * (dp[i,j] - sum_k p[i,k] dp[i,k])
+ * Masked keys have p = 0 and so get no gradient.
+ */
+VECTOR_CLONES
+static void
+softmax_dropout_backward(real *restrict work, const real *restrict probs,
+						 const uint8_t *restrict keep, real scale, int T)
+{
+	for (int i = 0; i < T; i++)
+	{
+		real	   *restrict row = work + (size_t) i * T;
+		const real *restrict p = probs + (size_t) i * T;
+		real		dot;
+
+		if (keep != NULL)
+		{
+			const uint8_t *restrict keep_row = keep + (size_t) i * T;
+
+			for (int j = 0; j < T; j++)
+				row[j] = keep_row[j] ? row[j] * scale : 0;
+		}
+		dot = (real) dot_double(p, row, T);
+		for (int j = 0; j < T; j++)
+			row[j] = p[j] * (row[j] - dot);
+	}
+}
+
+/*
+ * out_h[i,:] = sum_j keep * scale * probs[i,j] v_h[j,:] by plain loops: the
+ * fallback when no T*T buffer can be allocated for the dropped probabilities.
+ */
+static void
+attention_dropout_values_loop(real *out_h, const real *probs,
+							  const uint8_t *keep, real keep_scale,
+							  const real *v_h, int T, int C, int HS)
+{
+	for (int i = 0; i < T; i++)
+	{
+		real	   *o = out_h + (size_t) i * C;
+
+		memset(o, 0, (size_t) HS * sizeof(real));
+		for (int j = 0; j < T; j++)
+		{
+			size_t		ij = (size_t) i * T + j;
+			real		w = keep[ij] ? probs[ij] * keep_scale : 0;
+			const real *vj = v_h + (size_t) j * C;
+
+			for (int d = 0; d < HS; d++)
+				o[d] += w * vj[d];
+		}
+	}
+}
+
+/* Attention forward for heads bh in [begin, end) of B*NH. */
+static void
+attention_forward_range(void *arg, size_t begin, size_t end)
+{
+	AttentionArgs *a = arg;
+	int			T = a->T;
+	int			C = a->C;
+	size_t		TT = (size_t) T * T;
+	real	   *dropped = NULL;
+
+	if (a->keep != NULL)
+		dropped = malloc(TT * sizeof(real));
+
+	for (size_t bh = begin; bh < end; bh++)
+	{
+		size_t		b = bh / a->NH;
+		size_t		h = bh % a->NH;
+		size_t		head_offset = b * T * C + h * a->HS;
+		const real *q_h = a->q + head_offset;
+		const real *k_h = a->k + head_offset;
+		const real *v_h = a->v + head_offset;
+		real	   *out_h = a->out + head_offset;
+		real	   *probs = a->probs + bh * TT;
+		const int32_t *key_mask = a->mask + b * T;
+		int			valid_keys = count_valid(key_mask, T);
+		const real *weights = probs;
+
+		/* scores[T,T] = q_h k_h^T / sqrt(HS); head slices have row stride C */
+		cblas_gemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, a->HS,
+				   a->score_scale, q_h, C, k_h, C, 0, probs, T);
+		for (int i = 0; i < T; i++)
+			masked_softmax_row(probs + (size_t) i * T, key_mask, valid_keys, T);
+
+		if (a->keep != NULL)
+		{
+			const uint8_t *keep = a->keep + bh * TT;
+
+			if (dropped == NULL)
+			{
+				attention_dropout_values_loop(out_h, probs, keep, a->keep_scale,
+											  v_h, T, C, a->HS);
+				continue;
+			}
+			apply_keep_mask(dropped, probs, keep, a->keep_scale, TT);
+			weights = dropped;
+		}
+
+		/* out_h[T,HS] = weights[T,T] @ v_h[T,HS] */
+		cblas_gemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, a->HS, T,
+				   1, weights, T, v_h, C, 0, out_h, C);
+	}
+	free(dropped);
+}
+
+/* Attention backward for heads bh in [begin, end) of B*NH. */
+static void
+attention_backward_range(void *arg, size_t begin, size_t end)
+{
+	AttentionArgs *a = arg;
+	int			T = a->T;
+	int			C = a->C;
+	size_t		TT = (size_t) T * T;
+
+	for (size_t bh = begin; bh < end; bh++)
+	{
+		size_t		b = bh / a->NH;
+		size_t		h = bh % a->NH;
+		size_t		head_offset = b * T * C + h * a->HS;
+		const real *q_h = a->q + head_offset;
+		const real *k_h = a->k + head_offset;
+		const real *v_h = a->v + head_offset;
+		const real *dout_h = a->dout + head_offset;
+		const real *probs = a->probs_in + bh * TT;
+		const uint8_t *keep = a->keep != NULL ? a->keep + bh * TT : NULL;
+		real	   *work = a->scratch + bh * TT;
+
+		if (a->dv != NULL)
+		{
+			const real *weights = probs;
+
+			if (keep != NULL)
+			{
+				apply_keep_mask(work, probs, keep, a->keep_scale, TT);
+				weights = work;
+			}
+			/* dv_h[T,HS] += weights^T @ dout_h */
+			cblas_gemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, a->HS, T,
+					   1, weights, T, dout_h, C, 1, a->dv + head_offset, C);
+		}
+
+		if (a->dq == NULL && a->dk == NULL)
+			continue;
+
+		/* dweights[T,T] = dout_h @ v_h^T */
+		cblas_gemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, a->HS,
+				   1, dout_h, C, v_h, C, 0, work, T);
+
+		softmax_dropout_backward(work, probs, keep, a->keep_scale, T);
+
+		/* The 1/sqrt(HS) of the scores is applied as the gemms' alpha. */
+		if (a->dq != NULL)
+			cblas_gemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, a->HS, T,
+					   a->score_scale, work, T, k_h, C, 1, a->dq + head_offset, C);
+		if (a->dk != NULL)
+			cblas_gemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, a->HS, T,
+					   a->score_scale, work, T, q_h, C, 1, a->dk + head_offset, C);
+	}
+}
+
+/*
+ * Run per-head tasks over the engine threads with OpenBLAS single-threaded
+ * inside them.  The per-head products are small (T x T x HS): splitting
+ * each over OpenBLAS's threads costs more in hand-offs than it gains (4x
+ * slower at T = 128, HS = 32), and with our threads busy too they would
+ * only compete for the same cores.  Restoring the previous count never
+ * starts an OpenBLAS thread (it only grows past its high-water mark), so
+ * no thread is created here with the caller's signal mask.
+ */
+static void
+parallel_for_heads(size_t nheads, PeftRangeFn fn, void *ctx)
+{
+	int			blas_threads = openblas_get_num_threads();
+
+	if (blas_threads > 1)
+		openblas_set_num_threads(1);
+	peft_parallel_for(nheads, 1, fn, ctx);
+	if (blas_threads > 1)
+		openblas_set_num_threads(blas_threads);
+}
+
+/* Fill the shape fields shared by attention forward and backward. */
+static void
+attention_args_init(AttentionArgs *a, const real *q, const real *k,
+					const real *v, const int32_t *mask, const uint8_t *keep,
+					real p, int T, int C, int NH)
+{
+	memset(a, 0, sizeof(*a));
+	a->q = q;
+	a->k = k;
+	a->v = v;
+	a->mask = mask;
+	a->keep = p > 0 ? keep : NULL;
+	a->keep_scale = dropout_scale(p);
+	a->T = T;
+	a->C = C;
+	a->NH = NH;
+	a->HS = C / NH;
+	a->score_scale = (real) (1.0 / sqrt((double) a->HS));
+}
+
+/* out[B,T,C], probs[B,NH,T,T] = masked softmax attention of q, k, v[B,T,C] */
+void
+attention_forward(real *out, real *probs, const real *q,
+				  const real *k, const real *v, const int32_t *mask,
+				  const uint8_t *keep, real p,
+				  int B, int T, int C, int NH)
+{
+	AttentionArgs args;
+
+	if (B <= 0 || T <= 0 || C <= 0 || NH <= 0 || C % NH != 0)
+		return;
+	attention_args_init(&args, q, k, v, mask, keep, p, T, C, NH);
+	args.out = out;
+	args.probs = probs;
+	parallel_for_heads((size_t) B * NH, attention_forward_range, &args);
+}
+
+/* dq, dk, dv [B,T,C] += gradients given dout[B,T,C]; scratch is [B,NH,T,T] */
+void
+attention_backward(real *dq, real *dk, real *dv, real *scratch,
+				   const real *dout, const real *probs,
+				   const real *q, const real *k, const real *v,
+				   const int32_t *mask, const uint8_t *keep, real p,
+				   int B, int T, int C, int NH)
+{
+	AttentionArgs args;
+
+	if (B <= 0 || T <= 0 || C <= 0 || NH <= 0 || C % NH != 0)
+		return;
+	if (dq == NULL && dk == NULL && dv == NULL)
+		return;
+	attention_args_init(&args, q, k, v, mask, keep, p, T, C, NH);
+	args.dq = dq;
+	args.dk = dk;
+	args.dv = dv;
+	args.scratch = scratch;
+	args.dout = dout;
+	args.probs_in = probs;
+	parallel_for_heads((size_t) B * NH, attention_backward_range, &args);
+}
+
+
+/* ---- embeddings and pooling ---------------------------------------------- */
+
+typedef struct EmbeddingArgs
+{
+	real	   *out;
+	const int32_t *ids;
+	const int32_t *type_ids;
+	const real *word;
+	const real *pos;
+	const real *type;
+	int			T;
+	int			C;
+} EmbeddingArgs;
+
+/* Rows [begin, end) of B*T: word[id] + pos[t] + type[type id]. */
+static void
+embeddings_range(void *arg, size_t begin, size_t end)
+{
+	EmbeddingArgs *a = arg;
+	int			C = a->C;
+
+	for (size_t row = begin; row < end; row++)
+	{
+		size_t		t = row % a->T;
+		int32_t		type_id = a->type_ids != NULL ? a->type_ids[row] : 0;
+		const real *w = a->word + (size_t) a->ids[row] * C;
+		const real *ps = a->pos + t * C;
+		const real *ty = a->type + (size_t) type_id * C;
+		real	   *o = a->out + row * C;
+
+		for (int c = 0; c < C; c++)
+			o[c] = w[c] + ps[c] + ty[c];
+	}
+}
+
+/* out[B,T,C] = word[ids] + pos[t] + type[type_ids or 0] (no LayerNorm) */
+void
+embeddings_forward(real *out, const int32_t *ids,
+				   const int32_t *type_ids, const real *word,
+				   const real *pos, const real *type,
+				   int B, int T, int C)
+{
+	EmbeddingArgs args = {out, ids, type_ids, word, pos, type, T, C};
+
+	if (B <= 0 || T <= 0 || C <= 0)
+		return;
+	peft_parallel_for((size_t) B * T, row_grain((size_t) C), embeddings_range, &args);
+}
+
+/* out[B,C] = mean over t with mask[b,t] == 1 of inp[b,t,:] */
+void
+mean_pool_forward(real *out, const real *inp, const int32_t *mask,
+				  int B, int T, int C)
+{
+	double	   *acc;
+
+	if (B <= 0 || T <= 0 || C <= 0)
+		return;
+	acc = malloc((size_t) C * sizeof(double));
+	for (int b = 0; b < B; b++)
+	{
+		real	   *o = out + (size_t) b * C;
+		int			count = count_valid(mask + (size_t) b * T, T);
+
+		/* No real token (an empty row): zeros, as sentence-transformers. */
+		if (count == 0)
+		{
+			memset(o, 0, (size_t) C * sizeof(real));
+			continue;
+		}
+		if (acc == NULL)
+		{
+			/* Out of memory for the double accumulator: sum in real. */
+			memset(o, 0, (size_t) C * sizeof(real));
+			for (int t = 0; t < T; t++)
+				if (mask[(size_t) b * T + t])
+					for (int c = 0; c < C; c++)
+						o[c] += inp[((size_t) b * T + t) * C + c];
+			for (int c = 0; c < C; c++)
+				o[c] /= (real) count;
+			continue;
+		}
+		memset(acc, 0, (size_t) C * sizeof(double));
+		for (int t = 0; t < T; t++)
+		{
+			const real *x = inp + ((size_t) b * T + t) * C;
+
+			if (mask[(size_t) b * T + t] == 0)
+				continue;
+			for (int c = 0; c < C; c++)
+				acc[c] += (double) x[c];
+		}
+		for (int c = 0; c < C; c++)
+			o[c] = (real) (acc[c] / count);
+	}
+	free(acc);
+}
+
+/* dinp[B,T,C] += dout[b,:] / count(b) where mask is 1 */
+void
+mean_pool_backward(real *dinp, const real *dout, const int32_t *mask,
+				   int B, int T, int C)
+{
+	if (dinp == NULL || B <= 0 || T <= 0 || C <= 0)
+		return;
+	for (int b = 0; b < B; b++)
+	{
+		const real *g = dout + (size_t) b * C;
+		int			count = count_valid(mask + (size_t) b * T, T);
+		real		inv;
+
+		if (count == 0)
+			continue;
+		inv = (real) (1.0 / count);
+		for (int t = 0; t < T; t++)
+		{
+			real	   *dx = dinp + ((size_t) b * T + t) * C;
+
+			if (mask[(size_t) b * T + t] == 0)
+				continue;
+			for (int c = 0; c < C; c++)
+				dx[c] += g[c] * inv;
+		}
+	}
+}
+
+/* out[B,C] = inp[b,0,:] */
+void
+cls_pool_forward(real *out, const real *inp, int B, int T, int C)
+{
+	for (int b = 0; b < B; b++)
+		memcpy(out + (size_t) b * C, inp + (size_t) b * T * C,
+			   (size_t) C * sizeof(real));
+}
+
+/* dinp[b,0,:] += dout[b,:] */
+void
+cls_pool_backward(real *dinp, const real *dout, int B, int T, int C)
+{
+	if (dinp == NULL)
+		return;
+	for (int b = 0; b < B; b++)
+	{
+		real	   *dx = dinp + (size_t) b * T * C;
+		const real *g = dout + (size_t) b * C;
+
+		for (int c = 0; c < C; c++)
+			dx[c] += g[c];
+	}
+}
+
+/* out[B,C] = inp / max(||inp||_2, 1e-12) (as torch.nn.functional.normalize); norm[B] saved */
+void
+l2norm_forward(real *out, real *norm, const real *inp, int B, int C)
+{
+	for (int b = 0; b < B; b++)
+	{
+		const real *x = inp + (size_t) b * C;
+		real	   *y = out + (size_t) b * C;
+		double		n = sqrt(dot_double(x, x, C));
+		real		inv = (real) (1.0 / (n > L2NORM_EPS ? n : L2NORM_EPS));
+
+		for (int c = 0; c < C; c++)
+			y[c] = x[c] * inv;
+		if (norm != NULL)
+			norm[b] = (real) n;
+	}
+}
+
+/*
+ * dinp[B,C] += (dout - x (x . dout) / n^2) / n with n = ||x||; below the
+ * clamp the divisor is a constant and the gradient is dout / 1e-12.
+ */
+void
+l2norm_backward(real *dinp, const real *dout, const real *inp,
+				const real *norm, int B, int C)
+{
+	if (dinp == NULL)
+		return;
+	for (int b = 0; b < B; b++)
+	{
+		const real *x = inp + (size_t) b * C;
+		const real *g = dout + (size_t) b * C;
+		real	   *dx = dinp + (size_t) b * C;
+		double		n = (double) norm[b];
+
+		if (n >= L2NORM_EPS)
+		{
+			real		inv_n = (real) (1.0 / n);
+			real		proj = (real) (dot_double(x, g, C) / (n * n));
+
+			for (int c = 0; c < C; c++)
+				dx[c] += (g[c] - x[c] * proj) * inv_n;
+		}
+		else
+		{
+			real		inv_eps = (real) (1.0 / L2NORM_EPS);
+
+			for (int c = 0; c < C; c++)
+				dx[c] += g[c] * inv_eps;
+		}
+	}
+}
+
+
+/* ---- losses ----------------------------------------------------------------- */
+
+/*
+ * Mean cross-entropy over B rows of logits[B,K] with labels[B]; probs[B,K]
+ * receives the softmax (may be NULL).  A label outside [0, K) is the
+ * caller's bug; such a row adds no loss rather than reading out of bounds.
+ */
+real
+cross_entropy_forward(real *probs, const real *logits,
+					  const int32_t *labels, int B, int K)
+{
+	double		total = 0;
+
+	if (B <= 0 || K <= 0)
+		return 0;
+	for (int b = 0; b < B; b++)
+	{
+		const real *z = logits + (size_t) b * K;
+		double		max = (double) z[0];
+		double		sum = 0;
+		double		log_sum;
+		int32_t		label = labels[b];
+
+		/* log-softmax with the max subtracted, so exp never overflows */
+		for (int k = 1; k < K; k++)
+			if ((double) z[k] > max)
+				max = (double) z[k];
+		for (int k = 0; k < K; k++)
+			sum += exp((double) z[k] - max);
+		log_sum = log(sum);
+		if (probs != NULL)
+			for (int k = 0; k < K; k++)
+				probs[(size_t) b * K + k] = (real) exp((double) z[k] - max - log_sum);
+		if (label >= 0 && label < K)
+			total += log_sum - ((double) z[label] - max);
+	}
+	return (real) (total / B);
+}
+
+/* dlogits[B,K] += (probs - onehot(labels)) * dloss / B */
+void
+cross_entropy_backward(real *dlogits, const real *probs,
+					   const int32_t *labels, real dloss,
+					   int B, int K)
+{
+	real		scale;
+
+	if (dlogits == NULL || B <= 0)
+		return;
+	scale = dloss / (real) B;
+	for (int b = 0; b < B; b++)
+	{
+		real	   *d = dlogits + (size_t) b * K;
+		const real *pr = probs + (size_t) b * K;
+		int32_t		label = labels[b];
+
+		for (int k = 0; k < K; k++)
+			d[k] += (pr[k] - (k == label ? 1 : 0)) * scale;
+	}
+}
+
+/* Mean squared error of pred[B] against target[B]; returns the mean loss. */
+real
+mse_forward(const real *pred, const real *target, int B)
+{
+	double		total = 0;
+
+	if (B <= 0)
+		return 0;
+	for (int b = 0; b < B; b++)
+	{
+		double		d = (double) pred[b] - (double) target[b];
+
+		total += d * d;
+	}
+	return (real) (total / B);
+}
+
+/* dpred[B] += 2 (pred - target) * dloss / B */
+void
+mse_backward(real *dpred, const real *pred, const real *target,
+			 real dloss, int B)
+{
+	real		scale;
+
+	if (dpred == NULL || B <= 0)
+		return;
+	scale = 2 * dloss / (real) B;
+	for (int b = 0; b < B; b++)
+		dpred[b] += (pred[b] - target[b]) * scale;
+}
+
+
+/* ---- optimiser helpers -------------------------------------------------------- */
+
+/*
+ * Elements per partial sum in sum_squares: a fixed block size (not a
+ * per-thread share) keeps the summation order independent of threads.
+ */
+#define SUM_BLOCK 65536
+#define SUM_MAX_BLOCKS 1024
+
+typedef struct SumSquaresArgs
+{
+	const real *g;
+	size_t		n;
+	size_t		block;
+	double	   *partial;
+} SumSquaresArgs;
+
+/* partial[i] = sum of squares of block i, for blocks [begin, end). */
+static void
+sum_squares_range(void *arg, size_t begin, size_t end)
+{
+	SumSquaresArgs *a = arg;
+
+	for (size_t i = begin; i < end; i++)
+	{
+		size_t		lo = i * a->block;
+		size_t		len = a->n - lo < a->block ? a->n - lo : a->block;
+
+		a->partial[i] = dot_double(a->g + lo, a->g + lo, (int) len);
+	}
+}
+
+/* Sum of squares of g[n], accumulated in double for stability. */
+double
+sum_squares(const real *g, size_t n)
+{
+	double		partial[SUM_MAX_BLOCKS];
+	SumSquaresArgs args;
+	size_t		nblocks;
+	double		total = 0;
+
+	if (n == 0)
+		return 0;
+	args.g = g;
+	args.n = n;
+	args.block = SUM_BLOCK;
+	/* Few enough blocks for the stack array, and each fits in an int. */
+	if ((n + args.block - 1) / args.block > SUM_MAX_BLOCKS)
+		args.block = (n + SUM_MAX_BLOCKS - 1) / SUM_MAX_BLOCKS;
+	nblocks = (n + args.block - 1) / args.block;
+	args.partial = partial;
+	peft_parallel_for(nblocks, 1, sum_squares_range, &args);
+	for (size_t i = 0; i < nblocks; i++)
+		total += partial[i];
+	return total;
+}
+
+typedef struct AdamWArgs
+{
+	real	   *param;
+	const real *grad;
+	real	   *m;
+	real	   *v;
+	real		decay;			/* 1 - lr * weight_decay */
+	real		beta1;
+	real		beta2;
+	real		eps;
+	real		step_size;		/* lr / (1 - beta1^t) */
+	real		bc2_sqrt;		/* sqrt(1 - beta2^t) */
+} AdamWArgs;
+
+/* One AdamW step on elements [begin, end). */
+static void
+adamw_range(void *arg, size_t begin, size_t end)
+{
+	AdamWArgs  *a = arg;
+	real	   *restrict param = a->param;
+	const real *restrict grad = a->grad;
+	real	   *restrict m = a->m;
+	real	   *restrict v = a->v;
+
+	for (size_t i = begin; i < end; i++)
+	{
+		real		g = grad[i];
+		real		mi = a->beta1 * m[i] + (1 - a->beta1) * g;
+		real		vi = a->beta2 * v[i] + (1 - a->beta2) * g * g;
+		real		denom = sqrt_real(vi) / a->bc2_sqrt + a->eps;
+
+		m[i] = mi;
+		v[i] = vi;
+		param[i] = param[i] * a->decay - a->step_size * mi / denom;
+	}
+}
+
+/*
+ * One AdamW step (decoupled weight decay, as torch.optim.AdamW):
+ *   param -= lr * wd * param
+ *   m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2
+ *   param -= lr * (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps)
+ * t is the 1-based step number.
+ */
+void
+adamw_update(real *param, const real *grad, real *m, real *v,
+			 size_t n, real lr, real beta1, real beta2, real eps,
+			 real weight_decay, int t)
+{
+	AdamWArgs	args;
+
+	if (t < 1)
+		t = 1;
+	args.param = param;
+	args.grad = grad;
+	args.m = m;
+	args.v = v;
+	/* Scalars in double, then rounded once, as PyTorch's Python floats. */
+	args.decay = (real) (1.0 - (double) lr * (double) weight_decay);
+	args.beta1 = beta1;
+	args.beta2 = beta2;
+	args.eps = eps;
+	args.step_size = (real) ((double) lr / (1.0 - pow((double) beta1, t)));
+	args.bc2_sqrt = (real) sqrt(1.0 - pow((double) beta2, t));
+	peft_parallel_for(n, PARALLEL_GRAIN, adamw_range, &args);
+}
