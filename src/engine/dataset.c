@@ -1,0 +1,243 @@
+/*
+ * dataset.c - compact tokenised rows, validation split, batching.
+ */
+#include "dataset.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* Grow an array to hold need elements of size sz (doubling). */
+static int
+grow(void **ptr, size_t *cap, size_t need, size_t sz)
+{
+	size_t		ncap;
+	void	   *p;
+
+	if (need <= *cap)
+		return 0;
+	ncap = *cap ? *cap : 1024;
+	while (ncap < need)
+		ncap *= 2;
+	p = realloc(*ptr, ncap * sz);
+	if (p == NULL)
+		return -1;
+	*ptr = p;
+	*cap = ncap;
+	return 0;
+}
+
+/* Bytes held by the dataset. */
+size_t
+dataset_memory(const Dataset *ds)
+{
+	return ds->cap_tokens * sizeof(int32_t) + ds->cap_rows * sizeof(Example);
+}
+
+/* Tokenise text and append it as a row. */
+PeftCode
+dataset_add(Dataset *ds, const Tokenizer *tok, const char *text, size_t len,
+			int max_length, int32_t label, real target, PeftError *err)
+{
+	Example    *ex;
+	int			n;
+
+	if (max_length < 2)
+		return peft_fail(err, PEFT_ERR_INVALID, "max_length must be at least 2");
+	if (grow((void **) &ds->tokens, &ds->cap_tokens, ds->ntokens + max_length,
+			 sizeof(int32_t)) != 0 ||
+		grow((void **) &ds->rows, &ds->cap_rows, ds->count + 1, sizeof(Example)) != 0)
+		return peft_fail(err, PEFT_ERR_NOMEM, "out of memory holding %zu training rows", ds->count);
+	if (ds->memory_limit && dataset_memory(ds) > ds->memory_limit)
+		return peft_fail(err, PEFT_ERR_NOMEM,
+						 "the tokenised training data exceeds the memory limit of %zu kB "
+						 "after %zu rows", ds->memory_limit / 1024, ds->count);
+	n = tokenizer_encode(tok, text, len, max_length, ds->tokens + ds->ntokens);
+	ex = &ds->rows[ds->count++];
+	ex->offset = ds->ntokens;
+	ex->length = n;
+	ex->label = label;
+	ex->target = target;
+	ds->ntokens += n;
+	return PEFT_OK;
+}
+
+/* Release the dataset's memory. */
+void
+dataset_free(Dataset *ds)
+{
+	free(ds->tokens);
+	free(ds->rows);
+	memset(ds, 0, sizeof(*ds));
+}
+
+/* Fisher-Yates shuffle of idx[n]. */
+static void
+shuffle(uint32_t *idx, size_t n, PeftRng *rng)
+{
+	for (size_t i = n; i > 1; i--)
+	{
+		size_t		j = peft_rng_below(rng, i);
+		uint32_t	t = idx[i - 1];
+
+		idx[i - 1] = idx[j];
+		idx[j] = t;
+	}
+}
+
+/* Split rows deterministically into train and validation index arrays. */
+PeftCode
+dataset_split(const Dataset *ds, double fraction, uint64_t seed,
+			  uint32_t **train, size_t *ntrain, uint32_t **valid,
+			  size_t *nvalid, PeftError *err)
+{
+	uint32_t   *all;
+	size_t		nv;
+	PeftRng		rng;
+
+	if (!(fraction >= 0 && fraction < 1))
+		return peft_fail(err, PEFT_ERR_INVALID, "validation_fraction must be in [0, 1)");
+	all = malloc((ds->count ? ds->count : 1) * sizeof(uint32_t));
+	*valid = malloc((ds->count ? ds->count : 1) * sizeof(uint32_t));
+	if (all == NULL || *valid == NULL)
+	{
+		free(all);
+		free(*valid);
+		*valid = NULL;
+		return peft_fail(err, PEFT_ERR_NOMEM, "out of memory splitting the data");
+	}
+	for (size_t i = 0; i < ds->count; i++)
+		all[i] = (uint32_t) i;
+	peft_rng_seed(&rng, seed ^ 0x7a11da7aULL);
+	shuffle(all, ds->count, &rng);
+	nv = (size_t) (fraction * ds->count + 0.5);
+	if (fraction > 0 && nv == 0 && ds->count > 1)
+		nv = 1;
+	if (nv >= ds->count)
+		nv = ds->count - (ds->count > 0);
+	memcpy(*valid, all, nv * sizeof(uint32_t));
+	memmove(all, all + nv, (ds->count - nv) * sizeof(uint32_t));
+	*nvalid = nv;
+	*train = all;
+	*ntrain = ds->count - nv;
+	return PEFT_OK;
+}
+
+static const Dataset *sort_ds;
+
+/* qsort comparator: longer rows first, then by index for stability. */
+static int
+by_length_desc(const void *a, const void *b)
+{
+	uint32_t	ia = *(const uint32_t *) a;
+	uint32_t	ib = *(const uint32_t *) b;
+	int32_t		la = sort_ds->rows[ia].length;
+	int32_t		lb = sort_ds->rows[ib].length;
+
+	if (la != lb)
+		return la > lb ? -1 : 1;
+	return ia < ib ? -1 : (ia > ib);
+}
+
+/* Order rows for one epoch, grouping similar lengths into batches. */
+void
+dataset_epoch_order(const Dataset *ds, const uint32_t *rows, size_t n,
+					int batch_size, bool group_by_length, PeftRng *rng,
+					uint32_t *order)
+{
+	size_t		window = (size_t) batch_size * 50;
+	size_t		nbatches = (n + batch_size - 1) / batch_size;
+	uint32_t   *perm;
+	uint32_t   *tmp;
+
+	memcpy(order, rows, n * sizeof(uint32_t));
+	shuffle(order, n, rng);
+	if (!group_by_length || n <= (size_t) batch_size)
+		return;
+	sort_ds = ds;
+	for (size_t w = 0; w < n; w += window)
+		qsort(order + w, (n - w < window) ? n - w : window, sizeof(uint32_t), by_length_desc);
+
+	/* shuffle whole batches so lengths do not follow a pattern; the last
+	 * (possibly short) batch keeps its place at the end */
+	perm = malloc(nbatches * sizeof(uint32_t));
+	tmp = malloc(n * sizeof(uint32_t));
+	if (perm == NULL || tmp == NULL)
+	{
+		free(perm);
+		free(tmp);
+		return;					/* grouped but unshuffled batches are still valid */
+	}
+	for (size_t b = 0; b < nbatches; b++)
+		perm[b] = (uint32_t) b;
+	shuffle(perm, nbatches - (n % batch_size != 0), rng);
+	for (size_t b = 0, out = 0; b < nbatches; b++)
+	{
+		size_t		start = (size_t) perm[b] * batch_size;
+		size_t		len = (start + batch_size <= n) ? (size_t) batch_size : n - start;
+
+		memcpy(tmp + out, order + start, len * sizeof(uint32_t));
+		out += len;
+	}
+	memcpy(order, tmp, n * sizeof(uint32_t));
+	free(perm);
+	free(tmp);
+}
+
+/* Build a right-padded batch of the given rows. */
+PeftCode
+dataset_make_batch(const Dataset *ds, const uint32_t *rows, int count,
+				   BatchBuffer *buf, Batch *batch, PeftError *err)
+{
+	int			T = 2;
+	size_t		cells;
+
+	for (int i = 0; i < count; i++)
+		if (ds->rows[rows[i]].length > T)
+			T = ds->rows[rows[i]].length;
+	cells = (size_t) count * T;
+	if (cells > buf->cap || count > buf->cap_rows)
+	{
+		batch_buffer_free(buf);
+		buf->ids = malloc(cells * sizeof(int32_t));
+		buf->mask = malloc(cells * sizeof(int32_t));
+		buf->labels = malloc(count * sizeof(int32_t));
+		buf->targets = malloc(count * sizeof(real));
+		if (!buf->ids || !buf->mask || !buf->labels || !buf->targets)
+		{
+			batch_buffer_free(buf);
+			return peft_fail(err, PEFT_ERR_NOMEM, "out of memory for a batch");
+		}
+		buf->cap = cells;
+		buf->cap_rows = count;
+	}
+	for (int i = 0; i < count; i++)
+	{
+		const Example *ex = &ds->rows[rows[i]];
+
+		memcpy(buf->ids + (size_t) i * T, ds->tokens + ex->offset, ex->length * sizeof(int32_t));
+		for (int t = 0; t < T; t++)
+			buf->mask[(size_t) i * T + t] = t < ex->length;
+		for (int t = ex->length; t < T; t++)
+			buf->ids[(size_t) i * T + t] = 0;	/* [PAD] */
+		buf->labels[i] = ex->label;
+		buf->targets[i] = ex->target;
+	}
+	batch->B = count;
+	batch->T = T;
+	batch->ids = buf->ids;
+	batch->mask = buf->mask;
+	batch->labels = buf->labels;
+	batch->targets = buf->targets;
+	return PEFT_OK;
+}
+
+/* Release a batch buffer. */
+void
+batch_buffer_free(BatchBuffer *buf)
+{
+	free(buf->ids);
+	free(buf->mask);
+	free(buf->labels);
+	free(buf->targets);
+	memset(buf, 0, sizeof(*buf));
+}

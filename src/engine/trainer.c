@@ -1,0 +1,354 @@
+/*
+ * trainer.c - optimizer steps, schedule, clipping and evaluation.
+ */
+#include "trainer.h"
+#include "ops.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct Trainer
+{
+	Network    *net;
+	const Dataset *ds;
+	TrainOptions opts;
+	uint32_t   *rows;			/* training rows */
+	size_t		nrows;
+	uint32_t   *order;			/* this epoch's order */
+	size_t		position;		/* next row in order */
+	int			epoch;			/* 0-based current epoch */
+	int			step;			/* optimizer steps done */
+	int			total_steps;
+	PeftRng		rng;
+	BatchBuffer buf;
+};
+
+/* Hugging Face Trainer's defaults where it has them. */
+void
+train_options_default(TrainOptions *o)
+{
+	memset(o, 0, sizeof(*o));
+	o->epochs = 3;
+	o->batch_size = 32;
+	o->grad_accum = 1;
+	o->learning_rate = 5e-4;
+	o->weight_decay = 0.01;
+	o->beta1 = 0.9;
+	o->beta2 = 0.999;
+	o->adam_eps = 1e-8;
+	o->warmup_ratio = 0.06;
+	o->warmup_steps = -1;
+	o->schedule = SCHEDULE_LINEAR;
+	o->max_grad_norm = 1.0;
+	o->group_by_length = true;
+	o->seed = 42;
+}
+
+/* Warm-up steps for a run of total_steps. */
+static int
+warmup_steps(const TrainOptions *o, int total_steps)
+{
+	if (o->warmup_steps >= 0)
+		return o->warmup_steps;
+	return (int) ceil(o->warmup_ratio * total_steps);
+}
+
+/* Multiplier of the peak learning rate at optimizer step s (0-based), as transformers' schedulers. */
+double
+schedule_factor(const TrainOptions *o, int step, int total_steps)
+{
+	int			warm = warmup_steps(o, total_steps);
+	double		progress;
+
+	if (step < warm)
+		return (double) step / (warm > 0 ? warm : 1);
+	if (o->schedule == SCHEDULE_CONSTANT)
+		return 1.0;
+	if (total_steps <= warm)
+		return 0.0;
+	progress = (double) (step - warm) / (total_steps - warm);
+	if (o->schedule == SCHEDULE_COSINE)
+		return fmax(0.0, 0.5 * (1.0 + cos(M_PI * progress)));
+	return fmax(0.0, 1.0 - progress);
+}
+
+/* Check training options. */
+static PeftCode
+check_train_options(const TrainOptions *o, PeftError *err)
+{
+	if (o->epochs < 1 || o->epochs > 100000)
+		return peft_fail(err, PEFT_ERR_INVALID, "epochs must be between 1 and 100000");
+	if (o->batch_size < 1 || o->batch_size > 65536)
+		return peft_fail(err, PEFT_ERR_INVALID, "batch_size must be between 1 and 65536");
+	if (o->grad_accum < 1 || o->grad_accum > 65536)
+		return peft_fail(err, PEFT_ERR_INVALID, "gradient_accumulation_steps must be between 1 and 65536");
+	if (!(o->learning_rate > 0 && o->learning_rate < 10))
+		return peft_fail(err, PEFT_ERR_INVALID, "learning_rate must be in (0, 10)");
+	if (!(o->weight_decay >= 0 && o->weight_decay < 10))
+		return peft_fail(err, PEFT_ERR_INVALID, "weight_decay must be in [0, 10)");
+	if (!(o->beta1 >= 0 && o->beta1 < 1) || !(o->beta2 >= 0 && o->beta2 < 1) ||
+		!(o->adam_eps > 0))
+		return peft_fail(err, PEFT_ERR_INVALID, "Adam betas must be in [0, 1) and eps positive");
+	if (!(o->warmup_ratio >= 0 && o->warmup_ratio <= 1))
+		return peft_fail(err, PEFT_ERR_INVALID, "warmup_ratio must be in [0, 1]");
+	if (!(o->max_grad_norm >= 0))
+		return peft_fail(err, PEFT_ERR_INVALID, "max_grad_norm must be non-negative");
+	return PEFT_OK;
+}
+
+/* Prepare training over the given rows. */
+PeftCode
+trainer_create(Network *net, const Dataset *ds, const uint32_t *rows,
+			   size_t nrows, const TrainOptions *opts, Trainer **out,
+			   PeftError *err)
+{
+	Trainer    *tr;
+	size_t		batches;
+	PeftCode	rc;
+
+	*out = NULL;
+	if ((rc = check_train_options(opts, err)) != PEFT_OK)
+		return rc;
+	if (nrows == 0)
+		return peft_fail(err, PEFT_ERR_INVALID, "no training rows");
+	tr = calloc(1, sizeof(Trainer));
+	if (tr == NULL)
+		return peft_fail(err, PEFT_ERR_NOMEM, "out of memory creating the trainer");
+	tr->net = net;
+	tr->ds = ds;
+	tr->opts = *opts;
+	tr->rows = malloc(nrows * sizeof(uint32_t));
+	tr->order = malloc(nrows * sizeof(uint32_t));
+	if (tr->rows == NULL || tr->order == NULL)
+	{
+		trainer_free(tr);
+		return peft_fail(err, PEFT_ERR_NOMEM, "out of memory creating the trainer");
+	}
+	memcpy(tr->rows, rows, nrows * sizeof(uint32_t));
+	tr->nrows = nrows;
+	batches = (nrows + opts->batch_size - 1) / opts->batch_size;
+	tr->total_steps = (int) (opts->epochs * ((batches + opts->grad_accum - 1) / opts->grad_accum));
+	peft_rng_seed(&tr->rng, opts->seed ^ 0x0bdeULL);
+	dataset_epoch_order(ds, tr->rows, nrows, opts->batch_size,
+						opts->group_by_length, &tr->rng, tr->order);
+	*out = tr;
+	return PEFT_OK;
+}
+
+/* Total optimizer steps of the run. */
+int
+trainer_total_steps(const Trainer *tr)
+{
+	return tr->total_steps;
+}
+
+/* Release the trainer (not the network or data). */
+void
+trainer_free(Trainer *tr)
+{
+	if (tr == NULL)
+		return;
+	free(tr->rows);
+	free(tr->order);
+	batch_buffer_free(&tr->buf);
+	free(tr);
+}
+
+/* Clip gradients to max_norm (0: none); returns the norm before clipping, as torch's clip_grad_norm_. */
+double
+clip_grad_norm(ParamSet *params, double max_norm)
+{
+	double		norm = sqrt(sum_squares(params->grads, params->total));
+	double		coef;
+
+	if (max_norm > 0)
+	{
+		coef = max_norm / (norm + 1e-6);
+		if (coef < 1.0)
+			scale_inplace(params->grads, (real) coef, params->total);
+	}
+	return norm;
+}
+
+/* Run one optimizer step over grad_accum micro-batches. */
+PeftCode
+trainer_step(Trainer *tr, TrainStep *st, PeftError *err)
+{
+	ParamSet   *ps = &tr->net->params;
+	const TrainOptions *o = &tr->opts;
+	size_t		remaining;
+	int			in_step;
+	double		loss_sum = 0;
+	double		lr;
+	PeftCode	rc;
+
+	memset(st, 0, sizeof(*st));
+	if (tr->step >= tr->total_steps)
+	{
+		st->done = true;
+		st->step = tr->step;
+		st->total_steps = tr->total_steps;
+		return PEFT_OK;
+	}
+	memset(ps->grads, 0, ps->total * sizeof(real));
+	st->epoch = tr->epoch + 1;
+
+	/* micro-batches of one step never cross an epoch boundary (as HF) */
+	remaining = (tr->nrows - tr->position + o->batch_size - 1) / o->batch_size;
+	in_step = remaining < (size_t) o->grad_accum ? (int) remaining : o->grad_accum;
+	for (int micro = 0; micro < in_step; micro++)
+	{
+		size_t		count = tr->nrows - tr->position;
+		Batch		batch;
+		double		loss;
+
+		if (count > (size_t) o->batch_size)
+			count = o->batch_size;
+		if ((rc = dataset_make_batch(tr->ds, tr->order + tr->position, (int) count,
+									 &tr->buf, &batch, err)) != PEFT_OK ||
+			(rc = network_forward(tr->net, &batch, true, NULL, &loss, err)) != PEFT_OK ||
+			(rc = network_backward(tr->net, &batch, (real) (1.0 / in_step), err)) != PEFT_OK)
+			return rc;
+		if (!isfinite(loss))
+			return peft_fail(err, PEFT_ERR_INVALID,
+							 "the loss became %g at step %d: lower learning_rate",
+							 loss, tr->step + 1);
+		loss_sum += loss / in_step;
+		st->rows += (int) count;
+		for (size_t i = 0; i < (size_t) batch.B * batch.T; i++)
+			st->tokens += batch.mask[i];
+		tr->position += count;
+	}
+
+	lr = o->learning_rate * schedule_factor(o, tr->step, tr->total_steps);
+	st->grad_norm = clip_grad_norm(ps, o->max_grad_norm);
+	tr->step++;
+	adamw_update(ps->values, ps->grads, ps->adam_m, ps->adam_v, ps->total,
+				 (real) lr, (real) o->beta1, (real) o->beta2, (real) o->adam_eps,
+				 (real) o->weight_decay, tr->step);
+
+	st->loss = loss_sum;
+	st->learning_rate = lr;
+	st->step = tr->step;
+	st->total_steps = tr->total_steps;
+
+	/* next epoch: a fresh order */
+	if (tr->position >= tr->nrows)
+	{
+		tr->position = 0;
+		tr->epoch++;
+		if (tr->epoch < o->epochs)
+			dataset_epoch_order(tr->ds, tr->rows, tr->nrows, o->batch_size,
+								o->group_by_length, &tr->rng, tr->order);
+	}
+	st->done = tr->step >= tr->total_steps;
+	return PEFT_OK;
+}
+
+/* Evaluate the network on rows of ds in batches (no dropout). */
+PeftCode
+evaluate(Network *net, const Dataset *ds, const uint32_t *rows, size_t nrows,
+		 int batch_size, EvalMetrics *m, PeftError *err)
+{
+	int			K = net->opts.num_labels;
+	bool		classify = net->opts.task == TASK_CLASSIFICATION;
+	BatchBuffer buf = {0};
+	real	   *out = malloc(sizeof(real) * (size_t) batch_size * K);
+	size_t	   *tp = calloc(K, sizeof(size_t));
+	size_t	   *fp = calloc(K, sizeof(size_t));
+	size_t	   *fn = calloc(K, sizeof(size_t));
+	double		loss_sum = 0;
+	double		sum_y = 0;
+	double		sum_y2 = 0;
+	double		sse = 0;
+	double		sae = 0;
+	size_t		correct = 0;
+	PeftCode	rc = PEFT_OK;
+
+	memset(m, 0, sizeof(*m));
+	if (out == NULL || tp == NULL || fp == NULL || fn == NULL)
+	{
+		rc = peft_fail(err, PEFT_ERR_NOMEM, "out of memory evaluating");
+		goto done;
+	}
+	for (size_t pos = 0; pos < nrows; pos += batch_size)
+	{
+		int			count = (int) ((nrows - pos) < (size_t) batch_size ? nrows - pos : (size_t) batch_size);
+		Batch		batch;
+		double		loss;
+
+		if ((rc = dataset_make_batch(ds, rows + pos, count, &buf, &batch, err)) != PEFT_OK ||
+			(rc = network_forward(net, &batch, false, out, &loss, err)) != PEFT_OK)
+			goto done;
+		loss_sum += loss * count;
+		for (int i = 0; i < count; i++)
+		{
+			if (classify)
+			{
+				int			best = 0;
+
+				for (int k = 1; k < K; k++)
+					if (out[i * K + k] > out[i * K + best])
+						best = k;
+				if (best == batch.labels[i])
+				{
+					correct++;
+					tp[best]++;
+				}
+				else
+				{
+					fp[best]++;
+					fn[batch.labels[i]]++;
+				}
+			}
+			else
+			{
+				double		d = out[i] - batch.targets[i];
+
+				sse += d * d;
+				sae += fabs(d);
+				sum_y += batch.targets[i];
+				sum_y2 += (double) batch.targets[i] * batch.targets[i];
+			}
+		}
+	}
+	m->rows = nrows;
+	if (nrows == 0)
+		goto done;
+	m->loss = loss_sum / nrows;
+	if (classify)
+	{
+		double		f1_sum = 0;
+		int			classes = 0;
+
+		m->accuracy = (double) correct / nrows;
+		/* macro-F1 over classes present in labels or predictions (as sklearn) */
+		for (int k = 0; k < K; k++)
+		{
+			size_t		denom = 2 * tp[k] + fp[k] + fn[k];
+
+			if (denom == 0)
+				continue;
+			f1_sum += 2.0 * tp[k] / denom;
+			classes++;
+		}
+		m->macro_f1 = classes ? f1_sum / classes : 0;
+	}
+	else
+	{
+		double		mean = sum_y / nrows;
+		double		sst = sum_y2 - nrows * mean * mean;
+
+		m->mse = sse / nrows;
+		m->mae = sae / nrows;
+		m->r2 = sst > 0 ? 1.0 - sse / sst : 0.0;
+	}
+done:
+	batch_buffer_free(&buf);
+	free(out);
+	free(tp);
+	free(fp);
+	free(fn);
+	return rc;
+}

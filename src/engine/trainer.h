@@ -1,0 +1,91 @@
+/*
+ * trainer.h - the training loop as a step function: AdamW with decoupled
+ * weight decay, linear warm-up then linear or cosine decay, clipping by
+ * global norm, gradient accumulation, length-grouped batches, and
+ * validation metrics.  The caller drives it one optimizer step at a time
+ * (the CLI in a loop; the background worker between progress reports and
+ * cancellation checks), so nothing in here calls back into the caller.
+ */
+#ifndef PEFT_ENGINE_TRAINER_H
+#define PEFT_ENGINE_TRAINER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include "dataset.h"
+#include "network.h"
+
+typedef enum ScheduleKind
+{
+	SCHEDULE_LINEAR,
+	SCHEDULE_COSINE,
+	SCHEDULE_CONSTANT
+} ScheduleKind;
+
+typedef struct TrainOptions
+{
+	int			epochs;
+	int			batch_size;
+	int			grad_accum;		/* micro-batches per optimizer step */
+	double		learning_rate;
+	double		weight_decay;
+	double		beta1;
+	double		beta2;
+	double		adam_eps;
+	double		warmup_ratio;	/* of total steps, when warmup_steps < 0 */
+	int			warmup_steps;
+	ScheduleKind schedule;
+	double		max_grad_norm;	/* 0: no clipping */
+	bool		group_by_length;
+	uint64_t	seed;
+} TrainOptions;
+
+/* Hugging Face Trainer's defaults where it has them. */
+void		train_options_default(TrainOptions *o);
+
+/* Multiplier of the peak learning rate at optimizer step s (0-based). */
+double		schedule_factor(const TrainOptions *o, int step, int total_steps);
+
+typedef struct Trainer Trainer;
+
+typedef struct TrainStep
+{
+	int			step;			/* optimizer steps done (1-based after a step) */
+	int			total_steps;
+	int			epoch;			/* 1-based epoch of this step */
+	double		loss;			/* mean loss of this step's micro-batches */
+	double		grad_norm;		/* before clipping */
+	double		learning_rate;	/* used by this step */
+	int			rows;			/* rows processed by this step */
+	int			tokens;			/* real (non-pad) tokens processed */
+	bool		done;			/* no steps remain */
+} TrainStep;
+
+/* Prepare training over the given rows of ds (indices copied). */
+PeftCode	trainer_create(Network *net, const Dataset *ds, const uint32_t *rows,
+						   size_t nrows, const TrainOptions *opts,
+						   Trainer **out, PeftError *err);
+/* Run one optimizer step; step->done when training is complete. */
+PeftCode	trainer_step(Trainer *tr, TrainStep *step, PeftError *err);
+int			trainer_total_steps(const Trainer *tr);
+void		trainer_free(Trainer *tr);
+
+/* Clip gradients to max_norm (0: none); returns the norm before clipping. */
+double		clip_grad_norm(ParamSet *params, double max_norm);
+
+typedef struct EvalMetrics
+{
+	size_t		rows;
+	double		loss;
+	double		accuracy;		/* classification */
+	double		macro_f1;
+	double		mse;			/* regression */
+	double		mae;
+	double		r2;
+} EvalMetrics;
+
+/* Evaluate the network on rows of ds in batches (no dropout). */
+PeftCode	evaluate(Network *net, const Dataset *ds, const uint32_t *rows,
+					 size_t nrows, int batch_size, EvalMetrics *m,
+					 PeftError *err);
+
+#endif

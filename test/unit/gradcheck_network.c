@@ -1,0 +1,188 @@
+/*
+ * gradcheck_network.c - the whole network's analytic gradients (LoRA A and
+ * B on every linear, the head) against central finite differences, in
+ * double precision on the tiny model, with every kind of dropout on (the
+ * masks are replayed identically for each evaluation).
+ */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include "bert.h"
+#include "network.h"
+#include "test_util.h"
+
+static BertModel *model;
+
+/* Load the tiny model. */
+static int
+setup(void **state)
+{
+	const char *dir = tiny_model_dir();
+	PeftError	err = {0};
+
+	if (dir == NULL || bert_load(dir, &model, &err) != PEFT_OK)
+	{
+		fprintf(stderr, "cannot load the tiny model: %s\n", err.message);
+		return -1;
+	}
+	return 0;
+}
+
+/* Free the model. */
+static int
+teardown(void **state)
+{
+	bert_free(model);
+	return 0;
+}
+
+/* Mean loss of one forward with the dropout masks of rng state saved. */
+static double
+loss_at(Network *net, const Batch *b, const PeftRng *saved)
+{
+	double		loss = 0;
+	PeftError	err = {0};
+
+	net->rng = *saved;
+	assert_int_equal(network_forward(net, b, true, NULL, &loss, &err), PEFT_OK);
+	return loss;
+}
+
+/* Check every parameter tensor of a network built with opts on a padded batch. */
+static void
+check_network(NetworkOptions *opts, const char *what)
+{
+	int32_t		ids[3 * 7], mask[3 * 7];
+	int32_t		labels[3] = {0, 2 % opts->num_labels, 1};
+	real		targets[3] = {0.5, -1.25, 2.0};
+	int			lengths[3] = {7, 4, 6};
+	Batch		b = {3, 7, ids, mask, labels, targets};
+	Network    *net;
+	PeftError	err = {0};
+	PeftRng		saved;
+	PeftRng		fill;
+	double		worst = 0;
+
+	for (int i = 0; i < 3; i++)
+		for (int t = 0; t < 7; t++)
+		{
+			ids[i * 7 + t] = t < lengths[i] ? 7 + (i * 13 + t * 7) % 150 : 0;
+			mask[i * 7 + t] = t < lengths[i];
+		}
+	assert_int_equal(network_create(model, opts, &net, &err), PEFT_OK);
+
+	/* B starts at zero in PEFT; make it non-zero so A's gradients are too */
+	peft_rng_seed(&fill, 99);
+	for (int i = 0; i < net->params.count; i++)
+		if (strstr(net->params.items[i].name, "lora_B"))
+			for (size_t j = 0; j < net->params.items[i].count; j++)
+				param_value(&net->params, i)[j] = 0.2 * (2 * peft_rng_uniform(&fill) - 1);
+
+	saved = net->rng;
+	memset(net->params.grads, 0, net->params.total * sizeof(real));
+	loss_at(net, &b, &saved);
+	assert_int_equal(network_backward(net, &b, 1.0, &err), PEFT_OK);
+
+	for (int i = 0; i < net->params.count; i++)
+	{
+		const Param *p = &net->params.items[i];
+		real	   *val = param_value(&net->params, i);
+		real	   *grad = param_grad(&net->params, i);
+		double		num_max = 0, diff_max = 0;
+		size_t		stride = p->count > 40 ? p->count / 40 : 1;
+
+		for (size_t j = 0; j < p->count; j += stride)
+		{
+			double		keep = val[j];
+			double		h = 1e-6;
+			double		up, down, numeric;
+
+			val[j] = keep + h;
+			up = loss_at(net, &b, &saved);
+			val[j] = keep - h;
+			down = loss_at(net, &b, &saved);
+			val[j] = keep;
+			numeric = (up - down) / (2 * h);
+			num_max = fmax(num_max, fabs(numeric));
+			diff_max = fmax(diff_max, fabs(numeric - grad[j]));
+		}
+		worst = fmax(worst, diff_max / fmax(num_max, 1e-8));
+		if (diff_max / fmax(num_max, 1e-8) >= 1e-4)
+			printf("  %s: relative error %.3g\n", p->name, diff_max / fmax(num_max, 1e-8));
+	}
+	printf("%s: %d tensors, worst relative error %.3g (limit 1e-4)\n",
+		   what, net->params.count, worst);
+	assert_true(worst < 1e-4);
+	network_free(net);
+}
+
+/* Base options: LoRA r=4 on all six linears, every dropout on. */
+static NetworkOptions
+all_targets(void)
+{
+	NetworkOptions o = {0};
+
+	o.lora.r = 4;
+	o.lora.alpha = 8;
+	o.lora.dropout = 0.1;
+	for (int w = 0; w < BERT_NUM_LINEAR; w++)
+		o.lora.targets[w] = true;
+	o.hidden_dropout = 0.1;
+	o.attention_dropout = 0.1;
+	o.seed = 7;
+	return o;
+}
+
+/* Classification head, cross-entropy, mean pooling. */
+static void
+test_classification(void **state)
+{
+	NetworkOptions o = all_targets();
+
+	o.task = TASK_CLASSIFICATION;
+	o.num_labels = 3;
+	check_network(&o, "classification, LoRA on all linears, dropout");
+}
+
+/* Regression head, MSE, rsLoRA scaling. */
+static void
+test_regression_rslora(void **state)
+{
+	NetworkOptions o = all_targets();
+
+	o.task = TASK_REGRESSION;
+	o.num_labels = 1;
+	o.lora.rslora = true;
+	check_network(&o, "regression, rsLoRA");
+}
+
+/* LoRA on query and value only (PEFT's default for BERT), no dropout. */
+static void
+test_no_dropout_query_value(void **state)
+{
+	NetworkOptions o = all_targets();
+
+	memset(o.lora.targets, 0, sizeof(o.lora.targets));
+	o.lora.targets[BERT_QUERY] = o.lora.targets[BERT_VALUE] = true;
+	o.lora.dropout = 0;
+	o.hidden_dropout = 0;
+	o.attention_dropout = 0;
+	o.task = TASK_CLASSIFICATION;
+	o.num_labels = 2;
+	check_network(&o, "classification, LoRA on query and value, no dropout");
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_classification),
+		cmocka_unit_test(test_regression_rslora),
+		cmocka_unit_test(test_no_dropout_query_value),
+	};
+
+	return cmocka_run_group_tests_name("gradient check: whole network (double)", tests, setup, teardown);
+}

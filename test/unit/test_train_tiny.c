@@ -1,0 +1,224 @@
+/*
+ * test_train_tiny.c - end-to-end training on the tiny model: a synthetic
+ * 3-class task whose label depends on the words in the text (a positive
+ * word, a negative word, or neither) must reach over 95% accuracy on
+ * held-out rows; training is deterministic for a seed; the saved adapter
+ * reloads to the same predictions.
+ */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include "adapter_io.h"
+#include "bert.h"
+#include "dataset.h"
+#include "network.h"
+#include "trainer.h"
+#include "test_util.h"
+
+static const char *const positive[] = {"good", "great", "excellent", "wonderful", "amazing", "superb"};
+static const char *const negative[] = {"bad", "terrible", "awful", "horrible", "poor", "boring"};
+static const char *const filler[] = {
+	"the", "movie", "was", "and", "it", "service", "food", "place", "we", "went",
+	"today", "with", "our", "team", "very", "really", "hotel", "room", "phone", "order",
+	"delivery", "staff", "price", "time", "story", "music", "game", "show", "one", "new"
+};
+
+static BertModel *model;
+
+/* Load the tiny model. */
+static int
+setup(void **state)
+{
+	const char *dir = tiny_model_dir();
+	PeftError	err = {0};
+
+	if (dir == NULL || bert_load(dir, &model, &err) != PEFT_OK)
+	{
+		fprintf(stderr, "cannot load the tiny model: %s\n", err.message);
+		return -1;
+	}
+	return 0;
+}
+
+/* Free the model. */
+static int
+teardown(void **state)
+{
+	bert_free(model);
+	return 0;
+}
+
+/* Fill ds with n synthetic rows: label 0 negative, 1 neutral, 2 positive. */
+static void
+make_task(Dataset *ds, int n, uint64_t seed)
+{
+	PeftRng		rng;
+	PeftError	err = {0};
+
+	peft_rng_seed(&rng, seed);
+	for (int i = 0; i < n; i++)
+	{
+		char		text[512] = "";
+		int			words = 5 + (int) peft_rng_below(&rng, 8);
+		int			at = (int) peft_rng_below(&rng, words);
+		int			label = (int) peft_rng_below(&rng, 3);
+
+		for (int w = 0; w < words; w++)
+		{
+			const char *word = filler[peft_rng_below(&rng, 30)];
+
+			if (w == at && label == 0)
+				word = negative[peft_rng_below(&rng, 6)];
+			else if (w == at && label == 2)
+				word = positive[peft_rng_below(&rng, 6)];
+			strcat(text, w ? " " : "");
+			strcat(text, word);
+		}
+		assert_int_equal(dataset_add(ds, model->tokenizer, text, strlen(text), 32,
+									 label, 0, &err), PEFT_OK);
+	}
+}
+
+/* Train an adapter on the task; returns the network and held-out metrics. */
+static Network *
+train_task(uint64_t seed, Dataset *ds, uint32_t **valid, size_t *nvalid, EvalMetrics *m)
+{
+	NetworkOptions nopts = {0};
+	TrainOptions topts;
+	Network    *net;
+	Trainer    *tr;
+	uint32_t   *train;
+	size_t		ntrain;
+	PeftError	err = {0};
+	TrainStep	st = {0};
+
+	make_task(ds, 1000, 1234);
+	assert_int_equal(dataset_split(ds, 0.2, seed, &train, &ntrain, valid, nvalid, &err), PEFT_OK);
+	assert_int_equal(*nvalid, 200);
+	nopts.lora.r = 8;
+	nopts.lora.alpha = 16;
+	nopts.lora.dropout = 0.05;
+	nopts.lora.targets[BERT_QUERY] = nopts.lora.targets[BERT_VALUE] = true;
+	nopts.task = TASK_CLASSIFICATION;
+	nopts.num_labels = 3;
+	nopts.hidden_dropout = 0.1;
+	nopts.attention_dropout = 0.1;
+	nopts.seed = seed;
+	assert_int_equal(network_create(model, &nopts, &net, &err), PEFT_OK);
+	train_options_default(&topts);
+	topts.epochs = 10;
+	topts.batch_size = 16;
+	topts.learning_rate = 1e-2;
+	topts.seed = seed;
+	assert_int_equal(trainer_create(net, ds, train, ntrain, &topts, &tr, &err), PEFT_OK);
+	while (!st.done)
+		assert_int_equal(trainer_step(tr, &st, &err), PEFT_OK);
+	assert_int_equal(evaluate(net, ds, *valid, *nvalid, 32, m, &err), PEFT_OK);
+	trainer_free(tr);
+	free(train);
+	return net;
+}
+
+/* Held-out accuracy over 95% on a learnable task. */
+static void
+test_learns_task(void **state)
+{
+	Dataset		ds = {0};
+	uint32_t   *valid;
+	size_t		nvalid;
+	EvalMetrics m;
+	Network    *net = train_task(42, &ds, &valid, &nvalid, &m);
+
+	printf("tiny model, synthetic 3-class task: held-out accuracy %.3f, macro-F1 %.3f, loss %.4f (%zu rows)\n",
+		   m.accuracy, m.macro_f1, m.loss, m.rows);
+	assert_true(m.accuracy > 0.95);
+	network_free(net);
+	dataset_free(&ds);
+	free(valid);
+}
+
+/* The same seed gives bit-identical weights; another seed does not. */
+static void
+test_deterministic(void **state)
+{
+	Dataset		ds1 = {0}, ds2 = {0}, ds3 = {0};
+	uint32_t   *v1, *v2, *v3;
+	size_t		n1, n2, n3;
+	EvalMetrics m1, m2, m3;
+	Network    *a = train_task(7, &ds1, &v1, &n1, &m1);
+	Network    *b = train_task(7, &ds2, &v2, &n2, &m2);
+	Network    *c = train_task(8, &ds3, &v3, &n3, &m3);
+
+	assert_int_equal(a->params.total, b->params.total);
+	assert_memory_equal(a->params.values, b->params.values, a->params.total * sizeof(real));
+	assert_memory_not_equal(a->params.values, c->params.values, a->params.total * sizeof(real));
+	network_free(a);
+	network_free(b);
+	network_free(c);
+	dataset_free(&ds1);
+	dataset_free(&ds2);
+	dataset_free(&ds3);
+	free(v1);
+	free(v2);
+	free(v3);
+}
+
+/* Serialised weights and config reload into a network with equal outputs. */
+static void
+test_save_and_reload(void **state)
+{
+	Dataset		ds = {0};
+	uint32_t   *valid;
+	size_t		nvalid;
+	EvalMetrics m, m2;
+	Network    *net = train_task(3, &ds, &valid, &nvalid, &m);
+	Network    *copy;
+	NetworkOptions opts = {0};
+	uint8_t    *bytes;
+	size_t		len;
+	char	   *config;
+	PeftError	err = {0};
+
+	assert_int_equal(adapter_serialize(net, &bytes, &len, &err), PEFT_OK);
+	assert_int_equal(adapter_config_json(net, "tiny", &config, &err), PEFT_OK);
+	assert_int_equal(adapter_options_from_config(config, strlen(config), &opts, &err), PEFT_OK);
+	assert_int_equal(opts.lora.r, 8);
+	assert_true(opts.lora.targets[BERT_QUERY] && opts.lora.targets[BERT_VALUE] &&
+				!opts.lora.targets[BERT_KEY]);
+	opts.task = TASK_CLASSIFICATION;
+	opts.num_labels = 3;
+	assert_int_equal(network_create(model, &opts, &copy, &err), PEFT_OK);
+	assert_int_equal(adapter_load_weights(copy, bytes, len, &err), PEFT_OK);
+	assert_memory_equal(copy->params.values, net->params.values, net->params.total * sizeof(real));
+	assert_int_equal(evaluate(copy, &ds, valid, nvalid, 32, &m2, &err), PEFT_OK);
+	assert_true(m2.accuracy == m.accuracy && m2.loss == m.loss);
+
+	/* the bytes of a different shape do not load */
+	opts.lora.r = 4;
+	network_free(copy);
+	assert_int_equal(network_create(model, &opts, &copy, &err), PEFT_OK);
+	assert_int_equal(adapter_load_weights(copy, bytes, len, &err), PEFT_ERR_FORMAT);
+	printf("r=4 network rejects r=8 weights: %s\n", err.message);
+
+	network_free(copy);
+	network_free(net);
+	dataset_free(&ds);
+	free(valid);
+	free(bytes);
+	free(config);
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_learns_task),
+		cmocka_unit_test(test_deterministic),
+		cmocka_unit_test(test_save_and_reload),
+	};
+
+	return cmocka_run_group_tests_name("training on the tiny model", tests, setup, teardown);
+}
