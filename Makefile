@@ -18,7 +18,7 @@ REGRESS      = $(patsubst sql/%.sql,%,$(sort $(wildcard sql/[0-9]*.sql)))
 REGRESS_OPTS = --inputdir=. --load-extension=$(EXTENSION)
 PG_CPPFLAGS  = -Isrc -Isrc/engine -Wall -Wextra -Wno-unused-parameter \
                -Wno-missing-field-initializers -Wno-sign-compare
-EXTRA_CLEAN  = peft_engine.so peft-engine build results regression.diffs \
+EXTRA_CLEAN  = peft_engine.so peft-engine build build-asan results regression.diffs \
                regression.out
 
 PG_CONFIG ?= pg_config
@@ -47,18 +47,21 @@ ENGINE_CFLAGS  = -std=gnu11 -O3 -fPIC -g -Wall -Wextra -Wno-unused-parameter \
                  $(shell pkg-config --cflags $(ENGINE_PKGS))
 ENGINE_LIBS    = $(shell pkg-config --libs $(ENGINE_PKGS)) -lm -pthread
 ENGINE_SRCS    = $(sort $(wildcard src/engine/*.c))
-ENGINE_OBJS    = $(patsubst src/engine/%.c,build/engine/%.o,$(ENGINE_SRCS))
+ENGINE_OBJS    = $(patsubst src/engine/%.c,$(B)/engine/%.o,$(ENGINE_SRCS))
 # The same sources in double precision, for gradient checks only.
-ENGINE_DOUBLE_OBJS = $(patsubst src/engine/%.c,build/double/%.o,$(ENGINE_SRCS))
+ENGINE_DOUBLE_OBJS = $(patsubst src/engine/%.c,$(B)/double/%.o,$(ENGINE_SRCS))
 
+# Objects live in build/, or build-asan/ for the sanitized unit tests.
+B = build
 ifeq ($(PEFT_ASAN),1)
+  B = build-asan
   ENGINE_CFLAGS += -O1 -fsanitize=address,undefined -fno-omit-frame-pointer
   ENGINE_LIBS   += -fsanitize=address,undefined
 endif
 
 ifeq ($(PEFT_CUDA),1)
   CUDA_SRCS     = $(sort $(wildcard kernels/*.cu))
-  CUDA_OBJS     = $(patsubst kernels/%.cu,build/cuda/%.o,$(CUDA_SRCS))
+  CUDA_OBJS     = $(patsubst kernels/%.cu,$(B)/cuda/%.o,$(CUDA_SRCS))
   NVCC_FLAGS    = -O3 -std=c++17 -Xcompiler -fPIC -Isrc/engine -Ikernels \
                   -gencode arch=compute_80,code=sm_80 \
                   -gencode arch=compute_90,code=sm_90 \
@@ -72,26 +75,26 @@ else
   BACKENDS      = cpu (OpenBLAS)
 endif
 
-build/engine/%.o: src/engine/%.c $(wildcard src/engine/*.h) | build/engine
+$(B)/engine/%.o: src/engine/%.c $(wildcard src/engine/*.h) | $(B)/engine
 	$(CC) $(ENGINE_CFLAGS) -c $< -o $@
 
-build/double/%.o: src/engine/%.c $(wildcard src/engine/*.h) | build/double
+$(B)/double/%.o: src/engine/%.c $(wildcard src/engine/*.h) | $(B)/double
 	$(CC) $(ENGINE_CFLAGS) -UPEFT_WITH_CUDA -DPEFT_DOUBLE -c $< -o $@
 
-build/cuda/%.o: kernels/%.cu $(wildcard kernels/*.h kernels/*.cuh src/engine/*.h) | build/cuda
+$(B)/cuda/%.o: kernels/%.cu $(wildcard kernels/*.h kernels/*.cuh src/engine/*.h) | $(B)/cuda
 	$(NVCC) $(NVCC_FLAGS) -c $< -o $@
 
-build/engine build/double build/cuda build/unit:
+$(B)/engine $(B)/double $(B)/cuda $(B)/unit:
 	mkdir -p $@
 
 # Rebuild everything when the configuration changes.
-build/config.stamp: FORCE | build/engine
+$(B)/config.stamp: FORCE | $(B)/engine
 	@echo "PEFT_CUDA=$(PEFT_CUDA) PEFT_ASAN=$(PEFT_ASAN)" > $@.tmp
-	@cmp -s $@.tmp $@ || { mv $@.tmp $@; rm -f build/engine/*.o build/cuda/*.o build/double/*.o; }
+	@cmp -s $@.tmp $@ || { mv $@.tmp $@; rm -f $(B)/engine/*.o $(B)/cuda/*.o $(B)/double/*.o; }
 	@rm -f $@.tmp
 FORCE:
 
-$(ENGINE_OBJS) $(CUDA_OBJS): build/config.stamp
+$(ENGINE_OBJS) $(CUDA_OBJS): $(B)/config.stamp
 
 peft_engine.so: $(ENGINE_OBJS) $(CUDA_OBJS)
 	$(CC) -shared -Wl,--no-undefined -o $@ $(ENGINE_OBJS) $(CUDA_OBJS) $(ENGINE_LIBS)
@@ -105,7 +108,7 @@ ifneq ($(wildcard src/cli/peft_engine_main.c),)
 all: peft-engine
 endif
 all: peft_engine.so
-$(shlib): build/config.stamp
+$(shlib): $(B)/config.stamp
 
 install: install-engine
 install-engine: peft_engine.so
@@ -120,13 +123,13 @@ uninstall-engine:
 
 UNIT_SRCS   = $(sort $(wildcard test/unit/test_*.c))
 GRAD_SRCS   = $(sort $(wildcard test/unit/gradcheck_*.c))
-UNIT_BINS   = $(patsubst test/unit/%.c,build/unit/%,$(UNIT_SRCS) $(GRAD_SRCS))
+UNIT_BINS   = $(patsubst test/unit/%.c,$(B)/unit/%,$(UNIT_SRCS) $(GRAD_SRCS))
 UNIT_CFLAGS = $(ENGINE_CFLAGS) -Itest/unit -DPEFT_SOURCE_DIR='"$(CURDIR)"'
 
-build/unit/test_%: test/unit/test_%.c $(ENGINE_OBJS) $(CUDA_OBJS) $(wildcard test/unit/*.h) | build/unit
+$(B)/unit/test_%: test/unit/test_%.c $(ENGINE_OBJS) $(CUDA_OBJS) $(wildcard test/unit/*.h) | $(B)/unit
 	$(CC) $(UNIT_CFLAGS) -o $@ $< $(ENGINE_OBJS) $(CUDA_OBJS) $(ENGINE_LIBS) -lcmocka
 
-build/unit/gradcheck_%: test/unit/gradcheck_%.c $(ENGINE_DOUBLE_OBJS) $(wildcard test/unit/*.h) | build/unit
+$(B)/unit/gradcheck_%: test/unit/gradcheck_%.c $(ENGINE_DOUBLE_OBJS) $(wildcard test/unit/*.h) | $(B)/unit
 	$(CC) $(UNIT_CFLAGS) -UPEFT_WITH_CUDA -DPEFT_DOUBLE -o $@ $< $(ENGINE_DOUBLE_OBJS) $(ENGINE_LIBS) -lcmocka
 
 unit: $(UNIT_BINS)

@@ -1,5 +1,5 @@
 /*
- * cuda_backend.h - C interface of the CUDA backend (kernels/*.cu).
+ * cuda_backend.h - C interface of the CUDA backend (the .cu files in kernels/).
  * Nothing here initialises CUDA until a function is called, and every
  * function reports failure through a return value, never exit().
  */
