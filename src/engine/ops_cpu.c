@@ -18,21 +18,18 @@
 /*
  * With -ftrapping-math (GCC's default) the vectoriser will not turn float
  * selects such as "valid ? e : 0" into blends, because a comparison could
- * raise an FP exception, nor sqrt() into one instruction, because it may
- * set errno.  The engine never enables FP traps nor reads errno, so these
- * flags change no result, only let the loops vectorise.  The dynamic cost
+ * raise an FP exception.  The engine never enables FP traps, so the flag
+ * changes no result, only lets these loops vectorise.  The dynamic cost
  * model makes -O2 builds vectorise them too.  It comes before the includes
  * so inline functions from headers get the same options as their callers.
  */
 #if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC optimize ("no-trapping-math", "no-math-errno", "vect-cost-model=dynamic")
+#pragma GCC optimize ("no-trapping-math", "vect-cost-model=dynamic")
 #endif
 
 #include "ops.h"
 
-#include <float.h>
 #include <math.h>
-#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -81,12 +78,8 @@ row_grain(size_t row_len)
 /* ---- scalar math --------------------------------------------------------- */
 
 #ifdef PEFT_DOUBLE
-#define sqrt_real sqrt
-#else
-#define sqrt_real sqrtf
-#endif
 
-#ifdef PEFT_DOUBLE
+#define sqrt_real sqrt
 
 /* exp(x), exactly (libm). */
 static inline real
@@ -104,6 +97,8 @@ normal_cdf(real x, real gauss)
 }
 
 #else
+
+#define sqrt_real sqrtf
 
 /*
  * exp(x) for float, branch-free so loops over it vectorise: Cody-Waite

@@ -2,12 +2,16 @@
  * threadpool.c - a small fixed pool of worker threads for the engine's
  * element-wise and row-wise loops.
  *
- * One job runs at a time.  The caller splits [0, n) into at most nthreads
- * contiguous chunks whose bounds depend only on n, grain and the thread
- * count; chunk 0 runs on the calling thread and chunk i on worker i, so a
- * given thread count always produces the same split (and so the same
- * floating-point results).  Workers spin briefly for the next job and then
- * sleep on a condition variable, so an idle engine burns no core.
+ * One job runs at a time.  peft_parallel_for splits [0, n) into at most
+ * nthreads contiguous chunks whose bounds depend only on n, grain and the
+ * thread count, so a given thread count always produces the same split
+ * (and so the same floating-point results).  The caller and the workers
+ * then claim chunks from a shared counter: which thread runs a chunk does
+ * not matter to the result, and a worker that the OS has not scheduled yet
+ * (a busy database server) never leaves the caller waiting with work left.
+ *
+ * Workers spin briefly for the next job and then sleep on a condition
+ * variable, so an idle engine burns no core.
  *
  * The library is loaded into PostgreSQL backends: every worker is created
  * with all signals blocked, so signals are always delivered to the main
@@ -15,7 +19,8 @@
  *
  * Calls are safe to nest: a peft_parallel_for issued from inside a range
  * function (on any thread), or from a second thread while the pool is busy,
- * runs inline on its caller.
+ * runs inline on its caller.  peft_threads_init and peft_threads_shutdown
+ * wait for a running job to finish before they stop the workers.
  */
 #include "threadpool.h"
 
@@ -31,17 +36,19 @@
 #define PEFT_MAX_THREADS 256
 
 /*
- * How many times a thread polls for a state change before sleeping.  A few
- * microseconds: long enough to catch the next loop of a training step, short
- * enough that an idle pool costs nothing measurable.
+ * How many times a thread polls for a state change before sleeping: tens
+ * of microseconds, enough to catch the next loop of a training step
+ * without a futex wake-up, short enough not to steal a core from OpenBLAS
+ * when a matrix product comes next.
  */
-#define PEFT_SPIN_ITERATIONS 4000
+#define PEFT_SPIN_ITERATIONS 1000
 
 typedef struct PeftPool
 {
 	pthread_mutex_t lock;
 	pthread_cond_t work_cond;	/* workers wait here for a new generation */
 	pthread_cond_t done_cond;	/* the caller waits here for pending == 0 */
+	pthread_cond_t idle_cond;	/* init/shutdown wait here for !busy */
 	pthread_t  *workers;
 	int			nworkers;		/* threads started (nthreads - 1) */
 	int			nthreads;		/* threads a loop is split over */
@@ -49,30 +56,38 @@ typedef struct PeftPool
 	bool		stopping;
 
 	/*
-	 * The current job; written under lock before generation is bumped.
+	 * The current job, written under lock before generation is bumped.
 	 * start_generation is what a newly created worker treats as "seen": it
 	 * may first run after the first job was posted, and must not skip it.
 	 */
-	unsigned long generation;
-	unsigned long start_generation;
+	uint64_t	generation;
+	uint64_t	start_generation;
 	PeftRangeFn fn;
 	void	   *ctx;
 	size_t		n;
 	int			nchunks;
-	int			pending;		/* worker chunks not finished yet */
+
+	/*
+	 * claim holds the job's generation (high 32 bits) and the next chunk
+	 * to hand out (low 32 bits), so a late worker holding an older job's
+	 * fields can never claim a chunk of a newer job.
+	 */
+	uint64_t	claim;
+	int			pending;		/* chunks not finished yet */
 } PeftPool;
 
 static PeftPool pool = {
 	.lock = PTHREAD_MUTEX_INITIALIZER,
 	.work_cond = PTHREAD_COND_INITIALIZER,
 	.done_cond = PTHREAD_COND_INITIALIZER,
+	.idle_cond = PTHREAD_COND_INITIALIZER,
 	.nthreads = 1,
 };
 
 /* True on pool workers and on a caller while it runs a job. */
 static __thread bool in_parallel_region = false;
 
-/* Tell the CPU we are spinning (lets a sibling hyperthread run). */
+/* Tell the CPU we are spinning (saves power, frees a sibling hyperthread). */
 static inline void
 cpu_relax(void)
 {
@@ -96,13 +111,52 @@ chunk_bounds(size_t n, int nchunks, int i, size_t *begin, size_t *end)
 	*end = *begin + base + (ui < extra ? 1 : 0);
 }
 
-/* Worker main loop: wait for a generation, run its chunk, report done. */
+/* Claim the next chunk of job generation gen; -1 when none is left. */
+static int
+claim_chunk(uint32_t gen, int nchunks)
+{
+	uint64_t	cur = __atomic_load_n(&pool.claim, __ATOMIC_ACQUIRE);
+
+	for (;;)
+	{
+		if ((uint32_t) (cur >> 32) != gen || (int) (uint32_t) cur >= nchunks)
+			return -1;
+		if (__atomic_compare_exchange_n(&pool.claim, &cur, cur + 1, false,
+										__ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+			return (int) (uint32_t) cur;
+	}
+}
+
+/* Run chunks of job gen until none is left to claim. */
+static void
+run_chunks(uint32_t gen, PeftRangeFn fn, void *ctx, size_t n, int nchunks)
+{
+	int			i;
+
+	while ((i = claim_chunk(gen, nchunks)) >= 0)
+	{
+		size_t		begin;
+		size_t		end;
+
+		chunk_bounds(n, nchunks, i, &begin, &end);
+		fn(ctx, begin, end);
+		/* Release: the caller may see 0 by polling, without the lock. */
+		if (__atomic_sub_fetch(&pool.pending, 1, __ATOMIC_ACQ_REL) == 0)
+		{
+			pthread_mutex_lock(&pool.lock);
+			pthread_cond_signal(&pool.done_cond);
+			pthread_mutex_unlock(&pool.lock);
+		}
+	}
+}
+
+/* Worker main loop: wait for a generation, help run its chunks, repeat. */
 static void *
 worker_main(void *arg)
 {
-	int			index = (int) (intptr_t) arg;	/* 1 .. nworkers */
-	unsigned long seen;
+	uint64_t	seen;
 
+	(void) arg;
 	in_parallel_region = true;
 
 	pthread_mutex_lock(&pool.lock);
@@ -133,37 +187,29 @@ worker_main(void *arg)
 			continue;
 		}
 
+		/* Fields read under the lock belong to generation `seen`. */
 		seen = pool.generation;
-		if (index >= pool.nchunks)
-			continue;			/* this job has no chunk for us */
 		fn = pool.fn;
 		ctx = pool.ctx;
 		n = pool.n;
 		nchunks = pool.nchunks;
 		pthread_mutex_unlock(&pool.lock);
 
-		{
-			size_t		begin;
-			size_t		end;
-
-			chunk_bounds(n, nchunks, index, &begin, &end);
-			fn(ctx, begin, end);
-		}
+		run_chunks((uint32_t) seen, fn, ctx, n, nchunks);
 
 		pthread_mutex_lock(&pool.lock);
-		/* Release: the caller may see 0 by polling, without the lock. */
-		if (__atomic_sub_fetch(&pool.pending, 1, __ATOMIC_ACQ_REL) == 0)
-			pthread_cond_signal(&pool.done_cond);
 	}
 	pthread_mutex_unlock(&pool.lock);
 	return NULL;
 }
 
-/* Stop and join whatever workers are running; pool.lock must not be held. */
+/* Wait for any running job, then stop and join the workers. */
 static void
 stop_workers(void)
 {
 	pthread_mutex_lock(&pool.lock);
+	while (pool.busy)
+		pthread_cond_wait(&pool.idle_cond, &pool.lock);
 	__atomic_store_n(&pool.stopping, true, __ATOMIC_RELEASE);
 	pthread_cond_broadcast(&pool.work_cond);
 	pthread_mutex_unlock(&pool.lock);
@@ -195,7 +241,7 @@ peft_threads_init(int nthreads, PeftError *err)
 	if (in_parallel_region)
 		return peft_fail(err, PEFT_ERR_INVALID,
 						 "cannot resize the thread pool from inside a parallel loop");
-	if (nthreads == pool.nthreads)
+	if (nthreads == peft_threads_count())
 		return PEFT_OK;
 
 	stop_workers();
@@ -216,8 +262,7 @@ peft_threads_init(int nthreads, PeftError *err)
 	pthread_sigmask(SIG_BLOCK, &all_signals, &old_mask);
 	for (int i = 0; i < nthreads - 1; i++)
 	{
-		rc = pthread_create(&pool.workers[i], NULL, worker_main,
-							(void *) (intptr_t) (i + 1));
+		rc = pthread_create(&pool.workers[i], NULL, worker_main, NULL);
 		if (rc != 0)
 		{
 			pthread_sigmask(SIG_SETMASK, &old_mask, NULL);
@@ -240,7 +285,7 @@ peft_threads_init(int nthreads, PeftError *err)
 int
 peft_threads_count(void)
 {
-	return __atomic_load_n(&pool.nthreads, __ATOMIC_RELAXED);
+	return __atomic_load_n(&pool.nthreads, __ATOMIC_ACQUIRE);
 }
 
 /* Run fn over [0, n) in at most nthreads contiguous chunks of >= grain items. */
@@ -249,8 +294,7 @@ peft_parallel_for(size_t n, size_t grain, PeftRangeFn fn, void *ctx)
 {
 	size_t		max_chunks;
 	int			nchunks;
-	size_t		begin;
-	size_t		end;
+	uint32_t	gen;
 
 	if (n == 0)
 		return;
@@ -282,15 +326,16 @@ peft_parallel_for(size_t n, size_t grain, PeftRangeFn fn, void *ctx)
 	pool.ctx = ctx;
 	pool.n = n;
 	pool.nchunks = nchunks;
-	pool.pending = nchunks - 1;
+	__atomic_store_n(&pool.pending, nchunks, __ATOMIC_RELEASE);
+	gen = (uint32_t) (pool.generation + 1);
+	__atomic_store_n(&pool.claim, (uint64_t) gen << 32, __ATOMIC_RELEASE);
 	__atomic_store_n(&pool.generation, pool.generation + 1, __ATOMIC_RELEASE);
 	pthread_cond_broadcast(&pool.work_cond);
 	pthread_mutex_unlock(&pool.lock);
 
-	/* The caller takes chunk 0. */
+	/* The caller works too, claiming chunks like any worker. */
 	in_parallel_region = true;
-	chunk_bounds(n, nchunks, 0, &begin, &end);
-	fn(ctx, begin, end);
+	run_chunks(gen, fn, ctx, n, nchunks);
 	in_parallel_region = false;
 
 	/* Workers usually finish at about the same time: spin, then sleep. */
@@ -301,11 +346,12 @@ peft_parallel_for(size_t n, size_t grain, PeftRangeFn fn, void *ctx)
 		cpu_relax();
 	}
 	pthread_mutex_lock(&pool.lock);
-	while (pool.pending > 0)
+	while (__atomic_load_n(&pool.pending, __ATOMIC_ACQUIRE) > 0)
 		pthread_cond_wait(&pool.done_cond, &pool.lock);
 	pool.busy = false;
 	pool.fn = NULL;
 	pool.ctx = NULL;
+	pthread_cond_broadcast(&pool.idle_cond);
 	pthread_mutex_unlock(&pool.lock);
 }
 

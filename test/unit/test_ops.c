@@ -203,34 +203,63 @@ test_pool_visits_each_index_once(void **state)
 typedef struct SignalProbe
 {
 	pthread_t	main_thread;
-	int			workers_seen;
+	pthread_mutex_t lock;
+	int			workers_seen;	/* distinct worker threads */
 	int			workers_blocked;
+	pthread_t	worker[8];
 	clockid_t	worker_clock[8];
 } SignalProbe;
 
-/* On a worker, check that every catchable signal is blocked. */
+/*
+ * On a worker, check that every catchable signal is blocked.  Every chunk
+ * then waits (up to 5 s) until two distinct workers have arrived: with the
+ * caller and one worker held up, the other worker must claim a chunk.
+ */
 static void
 probe_signal_mask(void *arg, size_t begin, size_t end)
 {
 	SignalProbe *p = arg;
 	static const int signals[] = {SIGINT, SIGTERM, SIGQUIT, SIGHUP, SIGUSR1,
 	SIGUSR2, SIGALRM, SIGCHLD, SIGPIPE};
-	sigset_t	current;
-	bool		all_blocked = true;
-	int			slot;
+	struct timespec pause = {0, 1000 * 1000};
 
+	(void) begin;
 	(void) end;
-	if (pthread_equal(pthread_self(), p->main_thread))
-		return;
-	pthread_sigmask(SIG_BLOCK, NULL, &current);
-	for (size_t i = 0; i < sizeof(signals) / sizeof(signals[0]); i++)
-		if (!sigismember(&current, signals[i]))
-			all_blocked = false;
-	slot = __atomic_fetch_add(&p->workers_seen, 1, __ATOMIC_RELAXED);
-	if (all_blocked)
-		__atomic_fetch_add(&p->workers_blocked, 1, __ATOMIC_RELAXED);
-	if (slot < 8)
-		pthread_getcpuclockid(pthread_self(), &p->worker_clock[begin - 1]);
+	if (!pthread_equal(pthread_self(), p->main_thread))
+	{
+		sigset_t	current;
+		bool		all_blocked = true;
+		bool		known = false;
+
+		pthread_sigmask(SIG_BLOCK, NULL, &current);
+		for (size_t i = 0; i < sizeof(signals) / sizeof(signals[0]); i++)
+			if (!sigismember(&current, signals[i]))
+				all_blocked = false;
+		pthread_mutex_lock(&p->lock);
+		for (int w = 0; w < p->workers_seen; w++)
+			if (pthread_equal(p->worker[w], pthread_self()))
+				known = true;
+		if (!known && p->workers_seen < 8)
+		{
+			p->worker[p->workers_seen] = pthread_self();
+			pthread_getcpuclockid(pthread_self(), &p->worker_clock[p->workers_seen]);
+			p->workers_seen++;
+			if (all_blocked)
+				p->workers_blocked++;
+		}
+		pthread_mutex_unlock(&p->lock);
+	}
+	for (int i = 0; i < 5000; i++)
+	{
+		int			seen;
+
+		pthread_mutex_lock(&p->lock);
+		seen = p->workers_seen;
+		pthread_mutex_unlock(&p->lock);
+		if (seen >= 2)
+			break;
+		nanosleep(&pause, NULL);
+	}
 }
 
 /* CPU time of a thread clock in seconds. */
@@ -250,7 +279,8 @@ clock_seconds(clockid_t clock)
 static void
 test_pool_workers_block_signals(void **state)
 {
-	SignalProbe probe = {.main_thread = pthread_self()};
+	SignalProbe probe = {.main_thread = pthread_self(),
+	.lock = PTHREAD_MUTEX_INITIALIZER};
 	sigset_t	before;
 	sigset_t	after;
 	double		cpu_before[2];
@@ -263,7 +293,7 @@ test_pool_workers_block_signals(void **state)
 	assert_int_equal(sigismember(&before, SIGUSR1), sigismember(&after, SIGUSR1));
 	assert_int_equal(sigismember(&before, SIGINT), sigismember(&after, SIGINT));
 
-	/* Three items, grain 1: chunk i goes to thread i, so both workers run. */
+	/* Three chunks; the caller's waits until both workers have one. */
 	peft_parallel_for(3, 1, probe_signal_mask, &probe);
 	assert_int_equal(probe.workers_seen, 2);
 	assert_int_equal(probe.workers_blocked, 2);
