@@ -25,6 +25,10 @@ PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
+# PGXS tracks no header dependencies: rebuild the SQL layer when its
+# headers or the engine interface change.
+$(OBJS): $(wildcard src/*.h) src/engine/engine_api.h src/engine/status.h
+
 # ---- engine library -------------------------------------------------------
 
 CUDA_HOME ?= /usr/local/cuda
@@ -49,7 +53,9 @@ ENGINE_LIBS    = $(shell pkg-config --libs $(ENGINE_PKGS)) -lm -pthread
 ENGINE_SRCS    = $(sort $(wildcard src/engine/*.c))
 ENGINE_OBJS    = $(patsubst src/engine/%.c,$(B)/engine/%.o,$(ENGINE_SRCS))
 # The same sources in double precision, for gradient checks only.
-ENGINE_DOUBLE_OBJS = $(patsubst src/engine/%.c,$(B)/double/%.o,$(ENGINE_SRCS))
+# (The float-only API files are left out.)
+ENGINE_DOUBLE_OBJS = $(patsubst src/engine/%.c,$(B)/double/%.o,\
+                     $(filter-out src/engine/engine_api.c src/engine/engine_session.c,$(ENGINE_SRCS)))
 
 # Objects live in build/, or build-asan/ for the sanitized unit tests.
 B = build

@@ -3,7 +3,7 @@
 -- The SQL layer answers without loading the engine.
 SELECT peft_version();
 
--- Schema peft holds the three catalog tables and their indexes.
+-- Schema peft holds the catalog tables, the jobs view and their indexes.
 SELECT c.relname, c.relkind
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = 'peft'
@@ -21,7 +21,7 @@ SELECT unnest(extconfig)::regclass AS dumped FROM pg_extension WHERE extname = '
 
 -- Row-level security is on for per-role rows.
 SELECT relname, relrowsecurity FROM pg_class
-WHERE oid IN ('peft.jobs'::regclass, 'peft.adapters'::regclass) ORDER BY 1;
+WHERE oid IN ('peft.job_rows'::regclass, 'peft.adapters'::regclass) ORDER BY 1;
 
 -- Loading the engine reports its version and the CPU backend.
 SELECT info->'backends' ? 'cpu' AS has_cpu,
@@ -39,7 +39,7 @@ SET peft.no_such_setting = 1;
 
 -- The catalog checks its invariants.
 \set VERBOSITY terse
-INSERT INTO peft.jobs (adapter, base_model, data, input_column, label_column, status)
+INSERT INTO peft.job_rows (adapter, base_model, data, input_column, label_column, status)
 VALUES ('a', 'm', 't', 'i', 'l', 'sleeping');
 INSERT INTO peft.models (name, path, architecture, hidden_size, num_layers, num_heads,
                          intermediate_size, vocab_size, max_position, parameters,

@@ -27,8 +27,9 @@ CREATE TABLE peft.models (
 );
 COMMENT ON TABLE peft.models IS 'registered base models (peft_register_model)';
 
--- Training jobs: one row per peft_train call; the worker commits progress here.
-CREATE TABLE peft.jobs (
+-- Training jobs: one row per peft_train call; the worker commits progress
+-- here in short transactions.  Read them through the view peft.jobs.
+CREATE TABLE peft.job_rows (
     id                 bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     adapter            text NOT NULL,
     base_model         text NOT NULL,
@@ -50,15 +51,42 @@ CREATE TABLE peft.jobs (
     samples_per_second float8,
     eta                interval,
     loss_history       float8[] NOT NULL DEFAULT '{}',
+    metrics            jsonb NOT NULL DEFAULT '{}',
     error              text,
+    cancel_requested   boolean NOT NULL DEFAULT false,
     worker_pid         int,
+    worker_started     timestamptz,
     created_at         timestamptz NOT NULL DEFAULT now(),
     started_at         timestamptz,
     finished_at        timestamptz
 );
-CREATE INDEX jobs_status_idx ON peft.jobs (status) WHERE status IN ('queued', 'running');
-COMMENT ON TABLE peft.jobs IS 'training jobs and their live progress';
+CREATE INDEX job_rows_status_idx ON peft.job_rows (status) WHERE status IN ('queued', 'running');
+COMMENT ON TABLE peft.job_rows IS 'training jobs as the workers record them; read peft.jobs';
+
+-- True while the worker process with this pid and start time still runs.
+CREATE FUNCTION peft._worker_alive(pid int, started timestamptz) RETURNS boolean
+    AS 'MODULE_PATHNAME', 'peft_worker_alive'
+    LANGUAGE C STABLE PARALLEL SAFE;
+
+-- A job whose worker vanished (crash, kill -9, immediate shutdown) is shown
+-- as failed at once, whoever looks, even before anything repairs its row.
+CREATE VIEW peft.jobs WITH (security_invoker = true) AS
+SELECT j.id, j.adapter, j.base_model, j.method, j.task, j.data, j.input_column,
+       j.label_column, j.options, j.owner,
+       CASE WHEN j.status IN ('queued', 'running') AND j.worker_pid IS NOT NULL
+                 AND NOT peft._worker_alive(j.worker_pid, j.worker_started)
+            THEN 'failed' ELSE j.status END AS status,
+       j.progress, j.epoch, j.step, j.total_steps, j.loss, j.samples_per_second,
+       j.eta, j.loss_history, j.metrics,
+       CASE WHEN j.status IN ('queued', 'running') AND j.worker_pid IS NOT NULL
+                 AND NOT peft._worker_alive(j.worker_pid, j.worker_started)
+            THEN 'the training worker ended without finishing (server crash, restart or termination)'
+            ELSE j.error END AS error,
+       j.worker_pid, j.created_at, j.started_at, j.finished_at
+FROM peft.job_rows j;
+COMMENT ON VIEW peft.jobs IS 'training jobs and their live progress';
 COMMENT ON COLUMN peft.jobs.loss_history IS 'training loss at each progress report, oldest first';
+COMMENT ON COLUMN peft.jobs.metrics IS 'validation metrics after each epoch';
 
 -- Adapters: every trained or imported version is a row; weights are
 -- safetensors bytes with Hugging Face PEFT tensor names.
@@ -84,19 +112,19 @@ COMMENT ON TABLE peft.adapters IS 'adapter versions; at most one active version 
 -- Catalog rows are user data: pg_dump must dump them.
 SELECT pg_catalog.pg_extension_config_dump('peft.models', '');
 SELECT pg_catalog.pg_extension_config_dump('peft.adapters', '');
-SELECT pg_catalog.pg_extension_config_dump('peft.jobs', '');
+SELECT pg_catalog.pg_extension_config_dump('peft.job_rows', '');
 
 -- Everyone may read the catalog; row-level security shows each role its
 -- own rows (and those of roles it belongs to).  Writes go through the
 -- functions only.
-ALTER TABLE peft.jobs ENABLE ROW LEVEL SECURITY;
+ALTER TABLE peft.job_rows ENABLE ROW LEVEL SECURITY;
 ALTER TABLE peft.adapters ENABLE ROW LEVEL SECURITY;
-CREATE POLICY jobs_owner ON peft.jobs
+CREATE POLICY jobs_owner ON peft.job_rows
     USING (pg_catalog.pg_has_role(current_user, owner, 'MEMBER'));
 CREATE POLICY adapters_owner ON peft.adapters
     USING (pg_catalog.pg_has_role(current_user, owner, 'MEMBER'));
 GRANT USAGE ON SCHEMA peft TO PUBLIC;
-GRANT SELECT ON peft.models, peft.jobs, peft.adapters TO PUBLIC;
+GRANT SELECT ON peft.models, peft.job_rows, peft.jobs, peft.adapters TO PUBLIC;
 
 -- Version of the SQL layer (does not load the engine).
 CREATE FUNCTION peft_version() RETURNS text
@@ -107,3 +135,56 @@ CREATE FUNCTION peft_version() RETURNS text
 CREATE FUNCTION peft_engine_info() RETURNS jsonb
     AS 'MODULE_PATHNAME', 'peft_engine_info'
     LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
+
+-- Register a Hugging Face model folder on the server (superusers and
+-- members of pg_read_server_files).
+CREATE FUNCTION peft_register_model(name text, path text) RETURNS peft.models
+    AS 'MODULE_PATHNAME', 'peft_register_model'
+    LANGUAGE C VOLATILE STRICT;
+
+-- Train an adapter in a background worker; returns the job id.
+CREATE FUNCTION peft_train(adapter text, base_model text, data text,
+                           input text DEFAULT 'input', label text DEFAULT 'label',
+                           task text DEFAULT 'classification',
+                           method text DEFAULT 'lora',
+                           options jsonb DEFAULT '{}',
+                           wait boolean DEFAULT false) RETURNS bigint
+    AS 'MODULE_PATHNAME', 'peft_train'
+    LANGUAGE C VOLATILE STRICT;
+
+-- Block until a job ends; returns its row (raises the job's error if it failed).
+CREATE FUNCTION peft_wait(job bigint) RETURNS peft.jobs
+    AS 'MODULE_PATHNAME', 'peft_wait'
+    LANGUAGE C VOLATILE STRICT;
+
+-- Stop a queued or running job.
+CREATE FUNCTION peft_cancel(job bigint) RETURNS boolean
+    AS 'MODULE_PATHNAME', 'peft_cancel'
+    LANGUAGE C VOLATILE STRICT;
+
+-- Make a version the one predictions use.
+CREATE FUNCTION peft_activate(adapter text, version int) RETURNS void
+    AS 'MODULE_PATHNAME', 'peft_activate'
+    LANGUAGE C VOLATILE STRICT;
+
+-- Delete one version, or all versions, of an adapter; returns how many.
+CREATE FUNCTION peft_drop_adapter(adapter text, version int DEFAULT NULL) RETURNS int
+    AS 'MODULE_PATHNAME', 'peft_drop_adapter'
+    LANGUAGE C VOLATILE CALLED ON NULL INPUT;
+
+-- Score one text with the active version of an adapter.
+CREATE FUNCTION peft_predict(adapter text, input text)
+    RETURNS TABLE(label text, score float8)
+    AS 'MODULE_PATHNAME', 'peft_predict'
+    LANGUAGE C VOLATILE STRICT ROWS 1;
+
+-- Score many texts in batches; ord is the 1-based position in inputs.
+CREATE FUNCTION peft_predict(adapter text, inputs text[])
+    RETURNS TABLE(ord int, label text, score float8)
+    AS 'MODULE_PATHNAME', 'peft_predict_array'
+    LANGUAGE C VOLATILE STRICT;
+
+-- Sentence embedding of a text (pooling and normalisation as the model says).
+CREATE FUNCTION peft_embed(model text, input text, adapter text DEFAULT NULL) RETURNS real[]
+    AS 'MODULE_PATHNAME', 'peft_embed'
+    LANGUAGE C VOLATILE CALLED ON NULL INPUT;

@@ -12,6 +12,7 @@
 #include "utils/guc.h"
 
 #include "peft.h"
+#include "worker.h"
 
 PG_MODULE_MAGIC;
 
@@ -58,6 +59,7 @@ void
 _PG_init(void)
 {
 	PeftInitSettings();
+	PeftInitJobSettings();
 }
 
 PG_FUNCTION_INFO_V1(peft_version);

@@ -2,11 +2,13 @@
  * engine_api.c - the function table peft.so calls the engine through.
  */
 #include "engine_api.h"
+#include "engine_session.h"
 #include "threadpool.h"
 
 #include <cblas.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdlib.h>
 
 #ifdef PEFT_WITH_CUDA
 #include "cuda_backend.h"
@@ -43,9 +45,9 @@ engine_init(int nthreads, PeftError *err)
 	sigset_t	saved;
 	PeftCode	code;
 
-	if (nthreads < 1 || nthreads > 1024)
+	if (nthreads < 1 || nthreads > 256)
 		return peft_fail(err, PEFT_ERR_INVALID,
-						 "thread count %d is out of range 1..1024", nthreads);
+						 "thread count %d is out of range 1..256", nthreads);
 
 	/* Growing either pool starts threads: they must inherit a full mask. */
 	sigfillset(&all);
@@ -85,6 +87,22 @@ static const PeftEngineApi engine_api = {
 	.backends = engine_backends,
 	.init = engine_init,
 	.cuda_device_count = engine_cuda_device_count,
+	.free_buffer = free,
+	.model_open = session_model_open,
+	.model_close = session_model_close,
+	.adapter_open = session_adapter_open,
+	.adapter_close = session_adapter_close,
+	.embed = session_embed,
+	.predict = session_predict,
+	.check_targets = session_check_targets,
+	.train_config_default = session_train_config_default,
+	.train_begin = session_train_begin,
+	.train_add_row = session_train_add_row,
+	.train_prepare = session_train_prepare,
+	.train_step = session_train_step,
+	.train_evaluate = session_train_evaluate,
+	.train_export = session_train_export,
+	.train_free = session_train_free,
 };
 
 /* The exported entry point. */

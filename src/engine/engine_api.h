@@ -6,14 +6,110 @@
  * receive PostgreSQL's signals), looks up peft_engine_api() and calls
  * through the table it returns.  abi_version guards against a stale
  * library left installed beside a newer peft.so.
+ *
+ * This header is included by PostgreSQL code, so it uses only opaque
+ * handles and plain C types (float is the engine's real type in every
+ * shipped build); it must not pull in cblas.h or any engine internals.
+ * Buffers the engine returns are freed with free_buffer.
  */
 #ifndef PEFT_ENGINE_API_H
 #define PEFT_ENGINE_API_H
 
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
 #include "status.h"
 
-#define PEFT_ENGINE_ABI_VERSION 1
+#define PEFT_ENGINE_ABI_VERSION 2
 #define PEFT_ENGINE_SYMBOL "peft_engine_api"
+
+typedef struct PeftModelHandle PeftModelHandle;		/* a loaded base model */
+typedef struct PeftAdapterHandle PeftAdapterHandle;	/* an adapter over a model */
+typedef struct PeftTrainJob PeftTrainJob;	/* one training run */
+
+/* What a model folder holds (filled by model_open). */
+typedef struct PeftModelInfo
+{
+	char		architecture[32];	/* "bert" */
+	char		weights_dtype[8];	/* "F32", "F16", "BF16" */
+	char		pooling[8];		/* "mean" or "cls" */
+	bool		normalize;		/* sentence embeddings are L2-normalised */
+	int			hidden_size;
+	int			num_layers;
+	int			num_heads;
+	int			intermediate_size;
+	int			vocab_size;
+	int			max_position;
+	int			max_seq_length; /* sentence-transformers', 0 if unset */
+	int64_t		parameters;
+	int64_t		file_bytes;		/* size of model.safetensors */
+} PeftModelInfo;
+
+typedef enum PeftTask
+{
+	PEFT_TASK_CLASSIFICATION,
+	PEFT_TASK_REGRESSION
+} PeftTask;
+
+typedef enum PeftSchedule
+{
+	PEFT_SCHEDULE_LINEAR,
+	PEFT_SCHEDULE_COSINE,
+	PEFT_SCHEDULE_CONSTANT
+} PeftSchedule;
+
+/* Everything a training run needs; train_config_default fills defaults. */
+typedef struct PeftTrainConfig
+{
+	PeftTask	task;
+	int			num_labels;		/* set by train_prepare */
+	int			r;
+	double		lora_alpha;
+	double		lora_dropout;
+	bool		use_rslora;
+	const char *target_modules[16];
+	int			num_targets;
+	int			epochs;
+	int			batch_size;
+	int			gradient_accumulation_steps;
+	double		learning_rate;
+	double		weight_decay;
+	double		warmup_ratio;
+	double		max_grad_norm;
+	PeftSchedule schedule;
+	int			max_length;
+	double		validation_fraction;
+	double		hidden_dropout; /* < 0: the model config's */
+	uint64_t	seed;
+	size_t		memory_limit;	/* bytes of tokenised data, 0 = none */
+} PeftTrainConfig;
+
+/* One optimizer step's report. */
+typedef struct PeftTrainProgress
+{
+	int			step;
+	int			total_steps;
+	int			epoch;
+	double		loss;
+	double		learning_rate;
+	double		grad_norm;
+	int			rows;
+	int			tokens;
+	bool		done;
+} PeftTrainProgress;
+
+/* Validation metrics (classification or regression fields). */
+typedef struct PeftMetrics
+{
+	int64_t		rows;
+	double		loss;
+	double		accuracy;
+	double		macro_f1;
+	double		mse;
+	double		mae;
+	double		r2;
+} PeftMetrics;
 
 typedef struct PeftEngineApi
 {
@@ -30,6 +126,69 @@ typedef struct PeftEngineApi
 
 	/* Number of CUDA devices visible, 0 without CUDA or a device. */
 	int			(*cuda_device_count) (void);
+
+	/* Free a buffer the engine returned. */
+	void		(*free_buffer) (void *buffer);
+
+	/* Load and validate a model folder (weights memory-mapped). */
+	PeftCode	(*model_open) (const char *dir, PeftModelHandle **out,
+							   PeftModelInfo *info, PeftError *err);
+	void		(*model_close) (PeftModelHandle *model);
+
+	/*
+	 * Build an adapter from its adapter_config.json text and safetensors
+	 * weights (validated); num_labels 0 means no head (embeddings only).
+	 */
+	PeftCode	(*adapter_open) (PeftModelHandle *model, const char *config,
+								 size_t config_len, const uint8_t *weights,
+								 size_t weights_len, PeftTask task,
+								 int num_labels, PeftAdapterHandle **out,
+								 PeftError *err);
+	void		(*adapter_close) (PeftAdapterHandle *adapter);
+
+	/* Sentence embeddings out[n, hidden] of texts, through adapter if not NULL. */
+	PeftCode	(*embed) (PeftModelHandle *model, PeftAdapterHandle *adapter,
+						  const char *const *texts, const size_t *lengths,
+						  int n, int max_length, float *out, PeftError *err);
+
+	/* Head outputs out[n, num_labels]: class probabilities, or the value. */
+	PeftCode	(*predict) (PeftAdapterHandle *adapter, const char *const *texts,
+							const size_t *lengths, int n, int max_length,
+							float *out, PeftError *err);
+
+	/* Check target_modules names against the BERT linear layers. */
+	PeftCode	(*check_targets) (const char *const *names, int count, PeftError *err);
+
+	/* Defaults of a training run. */
+	void		(*train_config_default) (PeftTrainConfig *config);
+	/* Start a run: rows are added next. */
+	PeftCode	(*train_begin) (PeftModelHandle *model,
+								const PeftTrainConfig *config,
+								PeftTrainJob **out, PeftError *err);
+	/* Tokenise and keep one row (label: class index; target: value). */
+	PeftCode	(*train_add_row) (PeftTrainJob *job, const char *text,
+								  size_t len, int label, double target,
+								  PeftError *err);
+	/*
+	 * Split, build the network and the schedule once every row is in.
+	 * Classification: num_labels classes, and label_map (may be NULL)
+	 * renumbers the labels rows were added with (map[old] = new).
+	 */
+	PeftCode	(*train_prepare) (PeftTrainJob *job, int num_labels,
+								  const int *label_map, int64_t *train_rows,
+								  int64_t *valid_rows, int *total_steps,
+								  PeftError *err);
+	/* One optimizer step. */
+	PeftCode	(*train_step) (PeftTrainJob *job, PeftTrainProgress *progress,
+							   PeftError *err);
+	/* Validation metrics of the current weights. */
+	PeftCode	(*train_evaluate) (PeftTrainJob *job, PeftMetrics *metrics,
+								   PeftError *err);
+	/* Weights (safetensors) and adapter_config.json; free with free_buffer. */
+	PeftCode	(*train_export) (PeftTrainJob *job, const char *base_model,
+								 uint8_t **weights, size_t *weights_len,
+								 char **config, PeftError *err);
+	void		(*train_free) (PeftTrainJob *job);
 } PeftEngineApi;
 
 typedef const PeftEngineApi *(*PeftEngineApiFn) (void);

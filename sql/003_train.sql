@@ -1,0 +1,111 @@
+-- Training, prediction and adapter versions on the tiny model.
+\getenv tiny_model PEFT_TINY_MODEL_DIR
+\set VERBOSITY terse
+SET client_min_messages = warning;
+SELECT name FROM peft_register_model('tiny', :'tiny_model');
+
+-- A learnable task: the label follows the sentiment word in the text.
+CREATE TABLE reviews (id int PRIMARY KEY, body text, sentiment text, stars float8);
+INSERT INTO reviews
+SELECT i,
+       (ARRAY['the','movie','was','and','it','service','food','place','we','went'])[1 + (i * 7) % 10] || ' ' ||
+       (ARRAY['good','great','excellent','bad','terrible','awful','table','chair','city','river'])[1 + (i * 13) % 10] || ' ' ||
+       (ARRAY['today','with','our','team','very','really','hotel','room'])[1 + (i * 3) % 8],
+       CASE WHEN (i * 13) % 10 < 3 THEN 'positive' WHEN (i * 13) % 10 < 6 THEN 'negative' ELSE 'neutral' END,
+       CASE WHEN (i * 13) % 10 < 3 THEN 5 WHEN (i * 13) % 10 < 6 THEN 1 ELSE 3 END
+FROM generate_series(1, 400) i;
+INSERT INTO reviews VALUES (1001, NULL, 'positive', 5), (1002, 'good', NULL, NULL);
+
+-- Bad arguments are refused at call time; no job is queued.
+SELECT peft_train('a', 'nope', 'reviews', 'body', 'sentiment');
+SELECT peft_train('a', 'tiny', 'no_such_table', 'body', 'sentiment');
+SELECT peft_train('a', 'tiny', 'reviews', 'no_column', 'sentiment');
+SELECT peft_train('a', 'tiny', 'reviews', 'body', 'sentiment', task => 'clustering');
+SELECT peft_train('a', 'tiny', 'reviews', 'body', 'sentiment', method => 'magic');
+SELECT peft_train('a', 'tiny', 'reviews', 'body', 'sentiment', task => 'regression');
+SELECT peft_train('a', 'tiny', 'reviews', 'body', 'sentiment', options => '{"rank": 8}');
+SELECT peft_train('a', 'tiny', 'reviews', 'body', 'sentiment', options => '{"r": "eight"}');
+SELECT peft_train('a', 'tiny', 'reviews', 'body', 'sentiment', options => '{"r": 0}');
+SELECT peft_train('a', 'tiny', 'reviews', 'body', 'sentiment', options => '{"learning_rate": -1}');
+SELECT peft_train('a', 'tiny', 'reviews', 'body', 'sentiment', options => '{"target_modules": ["nowhere"]}');
+SELECT peft_train('a', 'tiny', 'reviews', 'body', 'sentiment', options => '{"max_length": 100000}');
+SELECT peft_train('a', 'tiny', 'reviews', 'body', 'sentiment', options => '[1, 2]');
+SELECT peft_train('a', 'tiny', 'SELECT body, sentiment FROM reviews WHERE false', 'body', 'sentiment');
+SELECT peft_train('a', 'tiny', 'SELECT body, ''x'' AS sentiment FROM reviews', 'body', 'sentiment');
+SELECT peft_train('bad name', 'tiny', 'reviews', 'body', 'sentiment');
+SELECT count(*) AS jobs FROM peft.jobs;
+
+-- Train and wait: the job succeeds and version 1 is active.
+SELECT peft_train('sentiment', 'tiny', 'reviews', 'body', 'sentiment',
+                  options => '{"epochs": 6, "learning_rate": 0.01, "batch_size": 16, "seed": 7}',
+                  wait => true) AS job \gset
+SELECT status, progress, step = total_steps AS all_steps, loss_history <> '{}' AS has_history,
+       jsonb_array_length(metrics->'epochs') AS epochs_evaluated,
+       (metrics->>'skipped_rows')::int AS skipped
+FROM peft.jobs WHERE id = :job;
+SELECT name, version, base_model, method, task, labels, active,
+       (metrics->'final'->>'accuracy')::float8 > 0.9 AS accurate,
+       config->>'peft_type' AS peft_type, (config->>'r')::int AS r,
+       config->'target_modules' AS targets, length(weights) > 1000 AS has_weights
+FROM peft.adapters WHERE name = 'sentiment';
+
+-- peft_wait returns the finished job row.
+SELECT id = :job AS same, status FROM peft_wait(:job);
+
+-- Predictions: labels and probabilities.
+SELECT label, score > 0.5 AS confident FROM peft_predict('sentiment', 'movie excellent today');
+SELECT label FROM peft_predict('sentiment', 'went awful team');
+SELECT ord, label, round(score::numeric, 2) > 0.5 AS confident
+FROM peft_predict('sentiment', ARRAY['it good hotel', NULL, 'food terrible room', 'place table with']);
+SELECT count(*) FILTER (WHERE p.label = r.sentiment)::float8 / count(*) > 0.95 AS agrees
+FROM reviews r, LATERAL peft_predict('sentiment', r.body) p WHERE r.body IS NOT NULL;
+SELECT * FROM peft_predict('unknown', 'text');
+
+-- Embeddings through the adapter differ from the bare model's.
+SELECT peft_embed('tiny', 'good film', 'sentiment') <> peft_embed('tiny', 'good film') AS adapted;
+
+-- A second version, not activated; then activate it, roll back to 1, drop 2.
+SELECT peft_train('sentiment', 'tiny', 'reviews', 'body', 'sentiment',
+                  options => '{"epochs": 1, "activate": false}', wait => true) IS NOT NULL AS trained;
+SELECT version, active FROM peft.adapters WHERE name = 'sentiment' ORDER BY version;
+SELECT peft_activate('sentiment', 2);
+SELECT version, active FROM peft.adapters WHERE name = 'sentiment' ORDER BY version;
+SELECT peft_activate('sentiment', 1);
+SELECT peft_activate('sentiment', 9);
+SELECT peft_drop_adapter('sentiment', 2);
+SELECT peft_drop_adapter('sentiment', 2);
+SELECT version, active FROM peft.adapters WHERE name = 'sentiment' ORDER BY version;
+
+-- Without wait, the job starts once the caller commits; peft_wait follows it.
+SELECT peft_train('later', 'tiny', 'reviews', 'body', 'sentiment', options => '{"epochs": 1}') AS later_job \gset
+SELECT status FROM peft_wait(:later_job);
+SELECT peft_cancel(:later_job) AS canceled_finished_job;
+-- Waiting in the transaction that created the job would never end; a rollback leaves no job.
+BEGIN;
+SELECT peft_train('later', 'tiny', 'reviews', 'body', 'sentiment', options => '{"epochs": 1}') AS doomed_job \gset
+SELECT peft_wait(:doomed_job);
+ROLLBACK;
+SELECT count(*) AS later_jobs FROM peft.jobs WHERE adapter = 'later';
+SELECT peft_wait(-1);
+
+-- Regression: a number out, no label.
+SELECT peft_train('stars', 'tiny', 'reviews', 'body', 'stars', task => 'regression',
+                  options => '{"epochs": 8, "learning_rate": 0.01, "batch_size": 16}', wait => true) IS NOT NULL AS trained;
+SELECT task, labels IS NULL AS no_labels, (metrics->'final'->>'r2')::float8 > 0.5 AS fits
+FROM peft.adapters WHERE name = 'stars';
+SELECT label IS NULL AS no_label, score BETWEEN 3.5 AND 6 AS high FROM peft_predict('stars', 'it excellent hotel');
+
+-- Corrupted weights are refused with an error; the backend survives.
+UPDATE peft.adapters SET weights = '\x00010203' WHERE name = 'stars';
+SELECT * FROM peft_predict('stars', 'it excellent hotel');
+SELECT 1 AS still_alive;
+
+-- Another role sees none of these adapters or jobs.
+GRANT SELECT ON reviews TO peft_plain;
+SET ROLE peft_plain;
+SELECT count(*) AS visible_adapters FROM peft.adapters;
+SELECT count(*) AS visible_jobs FROM peft.jobs;
+SELECT * FROM peft_predict('sentiment', 'good');
+SELECT peft_drop_adapter('sentiment');
+SELECT peft_cancel(:job);
+RESET ROLE;

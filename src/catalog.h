@@ -1,0 +1,42 @@
+/*
+ * catalog.h - access to peft's catalog tables from C.
+ *
+ * The tables are writable only by the extension's owner; functions that
+ * change them check the caller's rights first, then write as the owner
+ * (CatalogAsOwner), with schema-qualified SQL so search_path never matters.
+ */
+#ifndef PEFT_CATALOG_H
+#define PEFT_CATALOG_H
+
+#include "postgres.h"
+
+/* A registered base model (peft.models). */
+typedef struct CatalogModel
+{
+	char	   *name;
+	char	   *path;
+	char	   *checksum;
+	char	   *owner;
+} CatalogModel;
+
+/* The role that owns the extension (and so the catalog tables). */
+extern Oid	ExtensionOwner(void);
+
+/* Saved user context while running as the extension owner. */
+typedef struct OwnerContext
+{
+	Oid			saved_user;
+	int			saved_sec;
+} OwnerContext;
+
+/* Switch to the extension owner for catalog writes; undo with CatalogAsCaller. */
+extern void CatalogAsOwner(OwnerContext *ctx);
+extern void CatalogAsCaller(const OwnerContext *ctx);
+
+/* Look up a model by name as the caller; ERROR if absent. */
+extern CatalogModel *CatalogGetModel(const char *name);
+
+/* Check a model or adapter name: 1..63 of [A-Za-z0-9_.-]. */
+extern void CheckCatalogName(const char *what, const char *name);
+
+#endif

@@ -1,0 +1,484 @@
+/*
+ * engine_session.c - the engine's services behind engine_api.h: models,
+ * adapters, embedding, prediction and training runs as opaque handles, so
+ * the PostgreSQL side never sees engine internals.
+ */
+#include "engine_session.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "adapter_io.h"
+#include "bert.h"
+#include "dataset.h"
+#include "network.h"
+#include "trainer.h"
+
+/* Rows per forward pass when embedding or predicting many texts. */
+#define INFERENCE_BATCH 32
+
+struct PeftModelHandle
+{
+	BertModel  *bert;
+	Network    *bare;			/* no adapter, no head: plain embeddings */
+};
+
+struct PeftAdapterHandle
+{
+	PeftModelHandle *model;
+	Network    *net;
+};
+
+struct PeftTrainJob
+{
+	PeftModelHandle *model;
+	PeftTrainConfig config;
+	NetworkOptions options;
+	Dataset		data;
+	uint32_t   *train_rows;
+	size_t		ntrain;
+	uint32_t   *valid_rows;
+	size_t		nvalid;
+	Network    *net;
+	Trainer    *trainer;
+};
+
+/* Load and validate a model folder. */
+PeftCode
+session_model_open(const char *dir, PeftModelHandle **out, PeftModelInfo *info,
+				   PeftError *err)
+{
+	PeftModelHandle *m = calloc(1, sizeof(PeftModelHandle));
+	const ModelConfig *cfg;
+	PeftCode	rc;
+
+	*out = NULL;
+	if (m == NULL)
+		return peft_fail(err, PEFT_ERR_NOMEM, "out of memory opening a model");
+	if ((rc = bert_load(dir, &m->bert, err)) != PEFT_OK)
+	{
+		free(m);
+		return rc;
+	}
+	cfg = &m->bert->cfg;
+	if (info)
+	{
+		memset(info, 0, sizeof(*info));
+		snprintf(info->architecture, sizeof(info->architecture), "%s", cfg->model_type);
+		snprintf(info->weights_dtype, sizeof(info->weights_dtype), "%s", m->bert->weights_dtype);
+		snprintf(info->pooling, sizeof(info->pooling), "%s",
+				 cfg->pooling == POOLING_CLS ? "cls" : "mean");
+		info->normalize = cfg->normalize;
+		info->hidden_size = cfg->hidden_size;
+		info->num_layers = cfg->num_layers;
+		info->num_heads = cfg->num_heads;
+		info->intermediate_size = cfg->intermediate_size;
+		info->vocab_size = cfg->vocab_size;
+		info->max_position = cfg->max_position;
+		info->max_seq_length = cfg->max_seq_length;
+		info->parameters = m->bert->parameters;
+		info->file_bytes = (int64_t) m->bert->file_bytes;
+	}
+	*out = m;
+	return PEFT_OK;
+}
+
+/* Release a model (NULL allowed); its adapters must be closed first. */
+void
+session_model_close(PeftModelHandle *model)
+{
+	if (model == NULL)
+		return;
+	network_free(model->bare);
+	bert_free(model->bert);
+	free(model);
+}
+
+/* Build an adapter from its config text and validated weights. */
+PeftCode
+session_adapter_open(PeftModelHandle *model, const char *config, size_t config_len,
+					 const uint8_t *weights, size_t weights_len, PeftTask task,
+					 int num_labels, PeftAdapterHandle **out, PeftError *err)
+{
+	NetworkOptions opts = {0};
+	PeftAdapterHandle *a;
+	PeftCode	rc;
+
+	*out = NULL;
+	if ((rc = adapter_options_from_config(config, config_len, &opts, err)) != PEFT_OK)
+		return rc;
+	opts.task = task == PEFT_TASK_REGRESSION ? TASK_REGRESSION : TASK_CLASSIFICATION;
+	opts.num_labels = num_labels;
+	a = calloc(1, sizeof(PeftAdapterHandle));
+	if (a == NULL)
+		return peft_fail(err, PEFT_ERR_NOMEM, "out of memory opening an adapter");
+	a->model = model;
+	if ((rc = network_create(model->bert, &opts, &a->net, err)) != PEFT_OK ||
+		(rc = adapter_load_weights(a->net, weights, weights_len, err)) != PEFT_OK)
+	{
+		session_adapter_close(a);
+		return rc;
+	}
+	*out = a;
+	return PEFT_OK;
+}
+
+/* Release an adapter (NULL allowed). */
+void
+session_adapter_close(PeftAdapterHandle *adapter)
+{
+	if (adapter == NULL)
+		return;
+	network_free(adapter->net);
+	free(adapter);
+}
+
+/* Tokenise texts[first .. first+count) into a padded batch. */
+static PeftCode
+tokenize_batch(const BertModel *bert, const char *const *texts, const size_t *lengths,
+			   int first, int count, int max_length, Dataset *ds,
+			   BatchBuffer *buf, Batch *batch, PeftError *err)
+{
+	uint32_t	idx[INFERENCE_BATCH];
+	PeftCode	rc;
+
+	ds->ntokens = ds->count = 0;
+	for (int i = 0; i < count; i++)
+	{
+		if ((rc = dataset_add(ds, bert->tokenizer, texts[first + i], lengths[first + i],
+							  max_length, 0, 0, err)) != PEFT_OK)
+			return rc;
+		idx[i] = (uint32_t) i;
+	}
+	return dataset_make_batch(ds, idx, count, buf, batch, err);
+}
+
+/* The sequence length limit: the request's, capped by the model. */
+static int
+effective_max_length(const BertModel *bert, int max_length)
+{
+	int			limit = bert->cfg.max_position;
+
+	if (max_length <= 0)
+		max_length = bert->cfg.max_seq_length > 0 ? bert->cfg.max_seq_length : limit;
+	return max_length < limit ? max_length : limit;
+}
+
+/* Sentence embeddings of texts, through adapter when given. */
+PeftCode
+session_embed(PeftModelHandle *model, PeftAdapterHandle *adapter,
+			  const char *const *texts, const size_t *lengths, int n,
+			  int max_length, float *out, PeftError *err)
+{
+	Network    *net;
+	Dataset		ds = {0};
+	BatchBuffer buf = {0};
+	int			C = model->bert->cfg.hidden_size;
+	PeftCode	rc = PEFT_OK;
+
+	if (adapter != NULL)
+		net = adapter->net;
+	else
+	{
+		if (model->bare == NULL)
+		{
+			NetworkOptions opts = {0};
+
+			if ((rc = network_create(model->bert, &opts, &model->bare, err)) != PEFT_OK)
+				return rc;
+		}
+		net = model->bare;
+	}
+	max_length = effective_max_length(model->bert, max_length);
+	for (int first = 0; first < n && rc == PEFT_OK; first += INFERENCE_BATCH)
+	{
+		int			count = n - first < INFERENCE_BATCH ? n - first : INFERENCE_BATCH;
+		Batch		batch;
+
+		if ((rc = tokenize_batch(model->bert, texts, lengths, first, count, max_length,
+								 &ds, &buf, &batch, err)) == PEFT_OK)
+			rc = network_embed(net, &batch, out + (size_t) first * C, err);
+	}
+	batch_buffer_free(&buf);
+	dataset_free(&ds);
+	return rc;
+}
+
+/* Head outputs of texts: class probabilities, or the regression value. */
+PeftCode
+session_predict(PeftAdapterHandle *adapter, const char *const *texts,
+				const size_t *lengths, int n, int max_length, float *out,
+				PeftError *err)
+{
+	Network    *net = adapter->net;
+	const BertModel *bert = adapter->model->bert;
+	int			K = net->opts.num_labels;
+	Dataset		ds = {0};
+	BatchBuffer buf = {0};
+	PeftCode	rc = PEFT_OK;
+
+	if (K < 1)
+		return peft_fail(err, PEFT_ERR_INVALID, "this adapter has no prediction head");
+	max_length = effective_max_length(bert, max_length);
+	for (int first = 0; first < n && rc == PEFT_OK; first += INFERENCE_BATCH)
+	{
+		int			count = n - first < INFERENCE_BATCH ? n - first : INFERENCE_BATCH;
+		float	   *z = out + (size_t) first * K;
+		Batch		batch;
+
+		if ((rc = tokenize_batch(bert, texts, lengths, first, count, max_length,
+								 &ds, &buf, &batch, err)) != PEFT_OK ||
+			(rc = network_forward(net, &batch, false, z, NULL, err)) != PEFT_OK)
+			break;
+		/* softmax per row: probabilities for classification */
+		for (int i = 0; net->opts.task == TASK_CLASSIFICATION && i < count; i++)
+		{
+			float	   *row = z + (size_t) i * K;
+			float		top = row[0];
+			double		sum = 0;
+
+			for (int k = 1; k < K; k++)
+				top = row[k] > top ? row[k] : top;
+			for (int k = 0; k < K; k++)
+				sum += (row[k] = expf(row[k] - top));
+			for (int k = 0; k < K; k++)
+				row[k] = (float) (row[k] / sum);
+		}
+	}
+	batch_buffer_free(&buf);
+	dataset_free(&ds);
+	return rc;
+}
+
+/* Check target_modules names against the BERT linear layers. */
+PeftCode
+session_check_targets(const char *const *names, int count, PeftError *err)
+{
+	bool		targets[BERT_NUM_LINEAR];
+
+	return lora_parse_targets(targets, names, count, err);
+}
+
+/* Defaults of a training run (Hugging Face's where it has them). */
+void
+session_train_config_default(PeftTrainConfig *c)
+{
+	TrainOptions t;
+
+	train_options_default(&t);
+	memset(c, 0, sizeof(*c));
+	c->task = PEFT_TASK_CLASSIFICATION;
+	c->r = 8;
+	c->lora_alpha = 16;
+	c->lora_dropout = 0.1;
+	c->target_modules[0] = "query";
+	c->target_modules[1] = "value";
+	c->num_targets = 2;
+	c->epochs = t.epochs;
+	c->batch_size = t.batch_size;
+	c->gradient_accumulation_steps = t.grad_accum;
+	c->learning_rate = t.learning_rate;
+	c->weight_decay = t.weight_decay;
+	c->warmup_ratio = t.warmup_ratio;
+	c->max_grad_norm = t.max_grad_norm;
+	c->schedule = PEFT_SCHEDULE_LINEAR;
+	c->max_length = 128;
+	c->validation_fraction = 0.1;
+	c->hidden_dropout = -1;
+	c->seed = t.seed;
+}
+
+/* Start a run: check what can be checked before any row arrives. */
+PeftCode
+session_train_begin(PeftModelHandle *model, const PeftTrainConfig *config,
+					PeftTrainJob **out, PeftError *err)
+{
+	PeftTrainJob *job;
+	NetworkOptions *o;
+	PeftCode	rc;
+
+	*out = NULL;
+	job = calloc(1, sizeof(PeftTrainJob));
+	if (job == NULL)
+		return peft_fail(err, PEFT_ERR_NOMEM, "out of memory starting training");
+	job->model = model;
+	job->config = *config;
+	job->data.memory_limit = config->memory_limit;
+	o = &job->options;
+	o->lora.r = config->r;
+	o->lora.alpha = config->lora_alpha;
+	o->lora.dropout = config->lora_dropout;
+	o->lora.rslora = config->use_rslora;
+	o->task = config->task == PEFT_TASK_REGRESSION ? TASK_REGRESSION : TASK_CLASSIFICATION;
+	o->hidden_dropout = config->hidden_dropout >= 0 ? config->hidden_dropout
+		: model->bert->cfg.hidden_dropout;
+	o->attention_dropout = config->hidden_dropout >= 0 ? config->hidden_dropout
+		: model->bert->cfg.attention_dropout;
+	o->seed = config->seed;
+	if ((rc = lora_parse_targets(o->lora.targets, config->target_modules,
+								 config->num_targets, err)) != PEFT_OK)
+	{
+		free(job);
+		return rc;
+	}
+	if (config->max_length < 2 || config->max_length > model->bert->cfg.max_position)
+	{
+		free(job);
+		return peft_fail(err, PEFT_ERR_INVALID, "max_length must be between 2 and %d",
+						 model->bert->cfg.max_position);
+	}
+	*out = job;
+	return PEFT_OK;
+}
+
+/* Tokenise and keep one row. */
+PeftCode
+session_train_add_row(PeftTrainJob *job, const char *text, size_t len, int label,
+					  double target, PeftError *err)
+{
+	if (job->trainer != NULL)
+		return peft_fail(err, PEFT_ERR_INTERNAL, "rows added after training started");
+	if (job->config.task == PEFT_TASK_CLASSIFICATION && label < 0)
+		return peft_fail(err, PEFT_ERR_INVALID, "label index %d out of range", label);
+	if (job->config.task == PEFT_TASK_REGRESSION && !isfinite(target))
+		return peft_fail(err, PEFT_ERR_INVALID, "regression targets must be finite");
+	return dataset_add(&job->data, job->model->bert->tokenizer, text, len,
+					   job->config.max_length, label, (real) target, err);
+}
+
+/* Split, build the network and the trainer once every row is in. */
+PeftCode
+session_train_prepare(PeftTrainJob *job, int num_labels, const int *label_map,
+					  int64_t *train_rows, int64_t *valid_rows, int *total_steps,
+					  PeftError *err)
+{
+	const PeftTrainConfig *c = &job->config;
+	TrainOptions t;
+	PeftCode	rc;
+
+	if (c->task == PEFT_TASK_REGRESSION)
+		num_labels = 1;
+	else if (num_labels < 2)
+		return peft_fail(err, PEFT_ERR_INVALID, "classification needs at least two classes");
+	for (size_t i = 0; i < job->data.count; i++)
+	{
+		Example    *ex = &job->data.rows[i];
+
+		if (c->task != PEFT_TASK_CLASSIFICATION)
+			continue;
+		if (ex->label < 0 || ex->label >= num_labels)
+			return peft_fail(err, PEFT_ERR_INVALID, "label index %d out of range", ex->label);
+		if (label_map)
+			ex->label = label_map[ex->label];
+	}
+	job->config.num_labels = num_labels;
+	job->options.num_labels = num_labels;
+
+	if ((rc = dataset_split(&job->data, c->validation_fraction, c->seed,
+							&job->train_rows, &job->ntrain, &job->valid_rows,
+							&job->nvalid, err)) != PEFT_OK)
+		return rc;
+	if (job->ntrain == 0)
+		return peft_fail(err, PEFT_ERR_INVALID, "no training rows remain after the validation split");
+	if ((rc = network_create(job->model->bert, &job->options, &job->net, err)) != PEFT_OK)
+		return rc;
+	train_options_default(&t);
+	t.epochs = c->epochs;
+	t.batch_size = c->batch_size;
+	t.grad_accum = c->gradient_accumulation_steps;
+	t.learning_rate = c->learning_rate;
+	t.weight_decay = c->weight_decay;
+	t.warmup_ratio = c->warmup_ratio;
+	t.max_grad_norm = c->max_grad_norm;
+	t.schedule = c->schedule == PEFT_SCHEDULE_COSINE ? SCHEDULE_COSINE :
+		c->schedule == PEFT_SCHEDULE_CONSTANT ? SCHEDULE_CONSTANT : SCHEDULE_LINEAR;
+	t.seed = c->seed;
+	if ((rc = trainer_create(job->net, &job->data, job->train_rows, job->ntrain, &t,
+							 &job->trainer, err)) != PEFT_OK)
+		return rc;
+	*train_rows = (int64_t) job->ntrain;
+	*valid_rows = (int64_t) job->nvalid;
+	*total_steps = trainer_total_steps(job->trainer);
+	return PEFT_OK;
+}
+
+/* One optimizer step. */
+PeftCode
+session_train_step(PeftTrainJob *job, PeftTrainProgress *p, PeftError *err)
+{
+	TrainStep	st;
+	PeftCode	rc;
+
+	if (job->trainer == NULL)
+		return peft_fail(err, PEFT_ERR_INTERNAL, "training step before prepare");
+	if ((rc = trainer_step(job->trainer, &st, err)) != PEFT_OK)
+		return rc;
+	p->step = st.step;
+	p->total_steps = st.total_steps;
+	p->epoch = st.epoch;
+	p->loss = st.loss;
+	p->learning_rate = st.learning_rate;
+	p->grad_norm = st.grad_norm;
+	p->rows = st.rows;
+	p->tokens = st.tokens;
+	p->done = st.done;
+	return PEFT_OK;
+}
+
+/* Validation metrics of the current weights. */
+PeftCode
+session_train_evaluate(PeftTrainJob *job, PeftMetrics *m, PeftError *err)
+{
+	EvalMetrics e;
+	PeftCode	rc;
+
+	if (job->net == NULL)
+		return peft_fail(err, PEFT_ERR_INTERNAL, "evaluation before prepare");
+	if ((rc = evaluate(job->net, &job->data, job->valid_rows, job->nvalid,
+					   job->config.batch_size, &e, err)) != PEFT_OK)
+		return rc;
+	m->rows = (int64_t) e.rows;
+	m->loss = e.loss;
+	m->accuracy = e.accuracy;
+	m->macro_f1 = e.macro_f1;
+	m->mse = e.mse;
+	m->mae = e.mae;
+	m->r2 = e.r2;
+	return PEFT_OK;
+}
+
+/* Weights (safetensors) and adapter_config.json of the run. */
+PeftCode
+session_train_export(PeftTrainJob *job, const char *base_model, uint8_t **weights,
+					 size_t *weights_len, char **config, PeftError *err)
+{
+	PeftCode	rc;
+
+	*weights = NULL;
+	*config = NULL;
+	if (job->net == NULL)
+		return peft_fail(err, PEFT_ERR_INTERNAL, "export before prepare");
+	if ((rc = adapter_serialize(job->net, weights, weights_len, err)) != PEFT_OK)
+		return rc;
+	if ((rc = adapter_config_json(job->net, base_model, config, err)) != PEFT_OK)
+	{
+		free(*weights);
+		*weights = NULL;
+	}
+	return rc;
+}
+
+/* Release a run (NULL allowed). */
+void
+session_train_free(PeftTrainJob *job)
+{
+	if (job == NULL)
+		return;
+	trainer_free(job->trainer);
+	network_free(job->net);
+	dataset_free(&job->data);
+	free(job->train_rows);
+	free(job->valid_rows);
+	free(job);
+}

@@ -1,0 +1,47 @@
+/*
+ * engine_session.h - the functions behind the PeftEngineApi table (see
+ * engine_api.h for what each does).  Float-only: double-precision test
+ * builds leave this file out.
+ */
+#ifndef PEFT_ENGINE_SESSION_H
+#define PEFT_ENGINE_SESSION_H
+
+#include "engine_api.h"
+
+PeftCode	session_model_open(const char *dir, PeftModelHandle **out,
+							   PeftModelInfo *info, PeftError *err);
+void		session_model_close(PeftModelHandle *model);
+PeftCode	session_adapter_open(PeftModelHandle *model, const char *config,
+								 size_t config_len, const uint8_t *weights,
+								 size_t weights_len, PeftTask task,
+								 int num_labels, PeftAdapterHandle **out,
+								 PeftError *err);
+void		session_adapter_close(PeftAdapterHandle *adapter);
+PeftCode	session_embed(PeftModelHandle *model, PeftAdapterHandle *adapter,
+						  const char *const *texts, const size_t *lengths,
+						  int n, int max_length, float *out, PeftError *err);
+PeftCode	session_predict(PeftAdapterHandle *adapter, const char *const *texts,
+							const size_t *lengths, int n, int max_length,
+							float *out, PeftError *err);
+PeftCode	session_check_targets(const char *const *names, int count, PeftError *err);
+void		session_train_config_default(PeftTrainConfig *config);
+PeftCode	session_train_begin(PeftModelHandle *model,
+								const PeftTrainConfig *config,
+								PeftTrainJob **out, PeftError *err);
+PeftCode	session_train_add_row(PeftTrainJob *job, const char *text,
+								  size_t len, int label, double target,
+								  PeftError *err);
+PeftCode	session_train_prepare(PeftTrainJob *job, int num_labels,
+								  const int *label_map, int64_t *train_rows,
+								  int64_t *valid_rows, int *total_steps,
+								  PeftError *err);
+PeftCode	session_train_step(PeftTrainJob *job, PeftTrainProgress *progress,
+							   PeftError *err);
+PeftCode	session_train_evaluate(PeftTrainJob *job, PeftMetrics *metrics,
+								   PeftError *err);
+PeftCode	session_train_export(PeftTrainJob *job, const char *base_model,
+								 uint8_t **weights, size_t *weights_len,
+								 char **config, PeftError *err);
+void		session_train_free(PeftTrainJob *job);
+
+#endif

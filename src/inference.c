@@ -1,0 +1,410 @@
+/*
+ * inference.c - peft_predict and peft_embed, with a per-backend cache of
+ * loaded models and active adapters.
+ *
+ * A model is mapped once per backend (the weights are a read-only mapping
+ * shared with every other process through the page cache) and reloaded if
+ * its catalog row changes.  An adapter is cached by (name, version, row
+ * version): each call reads the active version's small catalog fields, and
+ * only when they changed reads and validates the weights again.  Catalog
+ * lookups run as the caller, so row-level security decides which adapters a
+ * role may use.
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+
+#include "catalog.h"
+#include "peft.h"
+
+#define MAX_CACHED_MODELS 4
+#define MAX_CACHED_ADAPTERS 16
+/* Rows per engine call; interrupts are checked between calls. */
+#define PREDICT_CHUNK 32
+
+typedef struct CachedModel
+{
+	char		name[NAMEDATALEN];
+	char		checksum[65];
+	char		path[MAXPGPATH];
+	PeftModelHandle *handle;
+	PeftModelInfo info;
+	uint64		last_used;
+} CachedModel;
+
+typedef struct CachedAdapter
+{
+	char		name[NAMEDATALEN];
+	int			version;
+	char		row_version[32];	/* xmin of the catalog row */
+	CachedModel *model;
+	PeftAdapterHandle *handle;
+	bool		regression;
+	int			nlabels;
+	char	  **labels;			/* in TopMemoryContext */
+	uint64		last_used;
+} CachedAdapter;
+
+static CachedModel models[MAX_CACHED_MODELS];
+static CachedAdapter adapters[MAX_CACHED_ADAPTERS];
+static uint64 use_clock = 0;
+
+/* Close a cached adapter and forget it. */
+static void
+DropCachedAdapter(CachedAdapter *a)
+{
+	if (a->handle)
+		PeftEngine()->adapter_close(a->handle);
+	for (int i = 0; i < a->nlabels; i++)
+		pfree(a->labels[i]);
+	if (a->labels)
+		pfree(a->labels);
+	memset(a, 0, sizeof(*a));
+}
+
+/* Close a cached model, and every adapter built on it. */
+static void
+DropCachedModel(CachedModel *m)
+{
+	for (int i = 0; i < MAX_CACHED_ADAPTERS; i++)
+		if (adapters[i].model == m)
+			DropCachedAdapter(&adapters[i]);
+	if (m->handle)
+		PeftEngine()->model_close(m->handle);
+	memset(m, 0, sizeof(*m));
+}
+
+/* The loaded model of a registered name, loading it (again) when needed. */
+static CachedModel *
+GetModel(const char *name)
+{
+	CatalogModel *row = CatalogGetModel(name);
+	CachedModel *slot = NULL;
+	PeftError	err = {0};
+
+	for (int i = 0; i < MAX_CACHED_MODELS; i++)
+	{
+		CachedModel *m = &models[i];
+
+		if (m->handle && strcmp(m->name, name) == 0)
+		{
+			if (strcmp(m->checksum, row->checksum) == 0 && strcmp(m->path, row->path) == 0)
+			{
+				m->last_used = ++use_clock;
+				return m;
+			}
+			DropCachedModel(m);	/* re-registered: reload */
+		}
+	}
+	for (int i = 0; i < MAX_CACHED_MODELS; i++)
+		if (slot == NULL || models[i].handle == NULL ||
+			(slot->handle && models[i].last_used < slot->last_used))
+			slot = &models[i];
+	if (slot->handle)
+		DropCachedModel(slot);
+	if (PeftEngine()->model_open(row->path, &slot->handle, &slot->info, &err) != PEFT_OK)
+	{
+		slot->handle = NULL;
+		PeftRaiseEngineError(&err);
+	}
+	strlcpy(slot->name, name, sizeof(slot->name));
+	strlcpy(slot->checksum, row->checksum, sizeof(slot->checksum));
+	strlcpy(slot->path, row->path, sizeof(slot->path));
+	slot->last_used = ++use_clock;
+	return slot;
+}
+
+/* Read and validate the active version of an adapter into slot. */
+static void
+LoadAdapter(CachedAdapter *slot, const char *name, int version, const char *row_version,
+			const char *model_name, bool regression, ArrayType *labels)
+{
+	Oid			types[2] = {TEXTOID, INT4OID};
+	Datum		values[2] = {CStringGetTextDatum(name), Int32GetDatum(version)};
+	bool		isnull;
+	char	   *config;
+	bytea	   *weights;
+	Datum	   *elems = NULL;
+	bool	   *nulls = NULL;
+	int			nelems = 0;
+	PeftError	err = {0};
+	CachedModel *model = GetModel(model_name);
+	MemoryContext old;
+
+	if (SPI_execute_with_args("SELECT config::text, weights FROM peft.adapters "
+							  "WHERE name = $1 AND version = $2",
+							  2, types, values, NULL, true, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "adapter \"%s\" version %d vanished", name, version);
+	config = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	weights = DatumGetByteaPP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	if (labels)
+		deconstruct_array(labels, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &nelems);
+	if (!regression && nelems < 2)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("adapter \"%s\" version %d has fewer than two labels", name, version)));
+
+	if (PeftEngine()->adapter_open(model->handle, config, strlen(config),
+								   (const uint8_t *) VARDATA_ANY(weights),
+								   VARSIZE_ANY_EXHDR(weights),
+								   regression ? PEFT_TASK_REGRESSION : PEFT_TASK_CLASSIFICATION,
+								   regression ? 1 : nelems, &slot->handle, &err) != PEFT_OK)
+	{
+		slot->handle = NULL;
+		ereport(ERROR,
+				(errcode(err.code == PEFT_ERR_NOMEM ? ERRCODE_OUT_OF_MEMORY : ERRCODE_DATA_CORRUPTED),
+				 errmsg("adapter \"%s\" version %d cannot be loaded: %s", name, version, err.message)));
+	}
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	strlcpy(slot->name, name, sizeof(slot->name));
+	slot->version = version;
+	strlcpy(slot->row_version, row_version, sizeof(slot->row_version));
+	slot->model = model;
+	slot->regression = regression;
+	slot->nlabels = regression ? 0 : nelems;
+	slot->labels = slot->nlabels ? palloc(sizeof(char *) * nelems) : NULL;
+	for (int i = 0; i < slot->nlabels; i++)
+		slot->labels[i] = nulls[i] ? pstrdup("") : TextDatumGetCString(elems[i]);
+	MemoryContextSwitchTo(old);
+}
+
+/* The active version of an adapter the caller may use, cached. */
+static CachedAdapter *
+GetActiveAdapter(const char *name)
+{
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1] = {CStringGetTextDatum(name)};
+	bool		isnull;
+	int			version;
+	char	   *row_version;
+	char	   *model_name;
+	bool		regression;
+	ArrayType  *labels;
+	Datum		d;
+	CachedAdapter *slot = NULL;
+
+	if (SPI_execute_with_args("SELECT version, xmin::text, base_model, task = 'regression', labels "
+							  "FROM peft.adapters WHERE name = $1 AND active",
+							  1, types, values, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read peft.adapters");
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("adapter \"%s\" does not exist or has no active version", name),
+				 errhint("Train one with peft_train, or activate a version with peft_activate.")));
+	version = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	row_version = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+	model_name = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3);
+	regression = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull));
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5, &isnull);
+	labels = isnull ? NULL : DatumGetArrayTypePCopy(d);
+
+	for (int i = 0; i < MAX_CACHED_ADAPTERS; i++)
+	{
+		CachedAdapter *a = &adapters[i];
+
+		if (a->handle && strcmp(a->name, name) == 0)
+		{
+			if (a->version == version && strcmp(a->row_version, row_version) == 0)
+			{
+				/* the model may have been re-registered under it */
+				CachedModel *m = GetModel(model_name);
+
+				if (a->handle && a->model == m)
+				{
+					a->last_used = ++use_clock;
+					return a;
+				}
+			}
+			if (a->handle)
+				DropCachedAdapter(a);
+		}
+	}
+	for (int i = 0; i < MAX_CACHED_ADAPTERS; i++)
+		if (slot == NULL || adapters[i].handle == NULL ||
+			(slot->handle && adapters[i].last_used < slot->last_used))
+			slot = &adapters[i];
+	if (slot->handle)
+		DropCachedAdapter(slot);
+	LoadAdapter(slot, name, version, row_version, model_name, regression, labels);
+	slot->last_used = ++use_clock;
+	return slot;
+}
+
+/* Predict texts[0..n) through a, filling label/score outputs (NULL text: NULL row). */
+static void
+PredictTexts(CachedAdapter *a, char **texts, int n, char **labels, double *scores)
+{
+	int			K = a->regression ? 1 : a->nlabels;
+	float	   *out = palloc(sizeof(float) * PREDICT_CHUNK * K);
+	const char *batch[PREDICT_CHUNK];
+	size_t		lengths[PREDICT_CHUNK];
+	int			map[PREDICT_CHUNK];
+	PeftError	err = {0};
+
+	for (int first = 0; first < n;)
+	{
+		int			count = 0;
+
+		CHECK_FOR_INTERRUPTS();
+		/* gather up to PREDICT_CHUNK non-NULL texts */
+		for (; first < n && count < PREDICT_CHUNK; first++)
+		{
+			labels[first] = NULL;
+			if (texts[first] == NULL)
+				continue;
+			batch[count] = texts[first];
+			lengths[count] = strlen(texts[first]);
+			map[count++] = first;
+		}
+		if (count == 0)
+			continue;
+		if (PeftEngine()->predict(a->handle, batch, lengths, count, 0, out, &err) != PEFT_OK)
+			PeftRaiseEngineError(&err);
+		for (int i = 0; i < count; i++)
+		{
+			float	   *row = out + (size_t) i * K;
+			int			best = 0;
+
+			if (a->regression)
+			{
+				scores[map[i]] = row[0];
+				continue;
+			}
+			for (int k = 1; k < K; k++)
+				if (row[k] > row[best])
+					best = k;
+			labels[map[i]] = a->labels[best];
+			scores[map[i]] = row[best];
+		}
+	}
+	pfree(out);
+}
+
+PG_FUNCTION_INFO_V1(peft_predict);
+PG_FUNCTION_INFO_V1(peft_predict_array);
+PG_FUNCTION_INFO_V1(peft_embed);
+
+/* peft_predict(adapter, input) RETURNS TABLE(label text, score float8) */
+Datum
+peft_predict(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char	   *input = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	CachedAdapter *a;
+	char	   *label;
+	double		score;
+	Datum		values[2];
+	bool		nulls[2] = {false, false};
+
+	InitMaterializedSRF(fcinfo, 0);
+	SPI_connect();
+	a = GetActiveAdapter(name);
+	PredictTexts(a, &input, 1, &label, &score);
+	SPI_finish();
+	values[0] = label ? CStringGetTextDatum(label) : (Datum) 0;
+	nulls[0] = label == NULL;
+	values[1] = Float8GetDatum(score);
+	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	return (Datum) 0;
+}
+
+/* peft_predict(adapter, inputs text[]) RETURNS TABLE(ord int, label text, score float8) */
+Datum
+peft_predict_array(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	ArrayType  *inputs = PG_GETARG_ARRAYTYPE_P(1);
+	Datum	   *elems;
+	bool	   *isnull;
+	int			n;
+	char	  **texts;
+	char	  **labels;
+	double	   *scores;
+	CachedAdapter *a;
+
+	if (ARR_NDIM(inputs) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("inputs must be a one-dimensional array")));
+	deconstruct_array(inputs, TEXTOID, -1, false, TYPALIGN_INT, &elems, &isnull, &n);
+	texts = palloc(sizeof(char *) * (n + 1));
+	labels = palloc(sizeof(char *) * (n + 1));
+	scores = palloc0(sizeof(double) * (n + 1));
+	for (int i = 0; i < n; i++)
+		texts[i] = isnull[i] ? NULL : TextDatumGetCString(elems[i]);
+
+	InitMaterializedSRF(fcinfo, 0);
+	SPI_connect();
+	a = GetActiveAdapter(name);
+	PredictTexts(a, texts, n, labels, scores);
+	SPI_finish();
+	for (int i = 0; i < n; i++)
+	{
+		Datum		values[3];
+		bool		nulls[3] = {false, labels[i] == NULL, texts[i] == NULL};
+
+		values[0] = Int32GetDatum(i + 1);
+		values[1] = labels[i] ? CStringGetTextDatum(labels[i]) : (Datum) 0;
+		values[2] = Float8GetDatum(scores[i]);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
+
+/* peft_embed(model, input, adapter DEFAULT NULL) RETURNS real[] */
+Datum
+peft_embed(PG_FUNCTION_ARGS)
+{
+	char	   *model_name;
+	char	   *input;
+	const char *texts[1];
+	size_t		lengths[1];
+	CachedModel *m;
+	CachedAdapter *a = NULL;
+	float	   *out;
+	Datum	   *elems;
+	PeftError	err = {0};
+	ArrayType  *result;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		PG_RETURN_NULL();
+	model_name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	input = text_to_cstring(PG_GETARG_TEXT_PP(1));
+
+	SPI_connect();
+	m = GetModel(model_name);
+	if (!PG_ARGISNULL(2))
+	{
+		a = GetActiveAdapter(text_to_cstring(PG_GETARG_TEXT_PP(2)));
+		if (a->model != m)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("adapter \"%s\" was trained on model \"%s\", not \"%s\"",
+							a->name, a->model->name, model_name)));
+	}
+	texts[0] = input;
+	lengths[0] = strlen(input);
+	out = SPI_palloc(sizeof(float) * m->info.hidden_size);	/* outlives SPI_finish */
+	if (PeftEngine()->embed(m->handle, a ? a->handle : NULL, texts, lengths, 1, 0,
+							out, &err) != PEFT_OK)
+		PeftRaiseEngineError(&err);
+	SPI_finish();
+
+	elems = palloc(sizeof(Datum) * m->info.hidden_size);
+	for (int i = 0; i < m->info.hidden_size; i++)
+		elems[i] = Float4GetDatum(out[i]);
+	result = construct_array(elems, m->info.hidden_size, FLOAT4OID, sizeof(float4),
+							 true, TYPALIGN_INT);
+	PG_RETURN_ARRAYTYPE_P(result);
+}

@@ -1,0 +1,520 @@
+/*
+ * jobs.c - peft_train, peft_wait, peft_cancel: checking a training request
+ * at call time, recording the job and starting its background worker.
+ *
+ * Transactions (see the README):
+ *  - wait => false: the job row is inserted by the caller's transaction and
+ *    the worker first waits for that transaction; if it aborts, the row is
+ *    gone and the worker exits without doing anything.
+ *  - wait => true: the worker inserts and commits the job row itself, like
+ *    a separate session, while the caller waits; canceling the waiting
+ *    statement cancels the job.
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "nodes/makefuncs.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "storage/latch.h"
+#include "utils/backend_status.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/jsonb.h"
+#include "utils/regproc.h"
+#include "utils/timestamp.h"
+#include "utils/varlena.h"
+
+#include "catalog.h"
+#include "peft.h"
+#include "train_options.h"
+#include "worker.h"
+
+int			peft_max_jobs = 1;
+int			peft_train_threads = 0;
+int			peft_max_train_memory = 1024 * 1024;	/* kB */
+
+PG_FUNCTION_INFO_V1(peft_train);
+PG_FUNCTION_INFO_V1(peft_wait);
+PG_FUNCTION_INFO_V1(peft_cancel);
+PG_FUNCTION_INFO_V1(peft_worker_alive);
+
+/* Define peft.max_jobs, peft.train_threads, peft.max_train_memory. */
+void
+PeftInitJobSettings(void)
+{
+	DefineCustomIntVariable("peft.max_jobs",
+							"Training jobs that may run at once in a database; others wait as queued.",
+							NULL, &peft_max_jobs, 1, 1, 64, PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("peft.train_threads",
+							"Threads a training worker computes with (0: one per CPU core).",
+							NULL, &peft_train_threads, 0, 0, 256, PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("peft.max_train_memory",
+							"Memory a training job may use for its tokenised rows.",
+							"A job whose data does not fit fails with an error naming this setting.",
+							&peft_max_train_memory, 1024 * 1024, 1024, INT_MAX,
+							PGC_SUSET, GUC_UNIT_KB, NULL, NULL, NULL);
+}
+
+/* True when data looks like a query rather than a table or view name. */
+static bool
+IsQuery(const char *data)
+{
+	while (*data == ' ' || *data == '\t' || *data == '\n' || *data == '\r' || *data == '(')
+		data++;
+	return pg_strncasecmp(data, "select", 6) == 0 || pg_strncasecmp(data, "with", 4) == 0 ||
+		pg_strncasecmp(data, "values", 6) == 0 || pg_strncasecmp(data, "table", 5) == 0;
+}
+
+/*
+ * The FROM item of data: a name is parsed as a possibly-qualified
+ * identifier and quoted; a query is wrapped as a subquery.  Either way it
+ * runs with the caller's rights.
+ */
+static char *
+DataSource(const char *data)
+{
+	List	   *names;
+	RangeVar   *rv;
+
+	if (IsQuery(data))
+		return psprintf("(%s)", data);
+	names = stringToQualifiedNameList(data);
+	rv = makeRangeVarFromNameList(names);
+	return rv->schemaname ? quote_qualified_identifier(rv->schemaname, rv->relname)
+		: pstrdup(quote_identifier(rv->relname));
+}
+
+/* The SQL text that reads (input::text, label) from data. */
+char *
+DataQuery(const char *data, const char *input, const char *label, bool regression)
+{
+	return psprintf("SELECT (peft_data.%s)::text, (peft_data.%s)::%s FROM %s AS peft_data",
+					quote_identifier(input), quote_identifier(label),
+					regression ? "float8" : "text", DataSource(data));
+}
+
+/* Check data, its columns and its rows as the caller, before queuing anything. */
+static void
+CheckData(const char *data, const char *input, const char *label, bool regression)
+{
+	char	   *plain = psprintf("SELECT peft_data.%s, peft_data.%s FROM %s AS peft_data LIMIT 0",
+								 quote_identifier(input), quote_identifier(label),
+								 DataSource(data));
+	char	   *query = DataQuery(data, input, label, regression);
+	Oid			label_type;
+	char	   *first;
+
+	/* columns and privileges: errors come out as the caller would get them */
+	if (SPI_execute(plain, true, 0) != SPI_OK_SELECT)
+		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						errmsg("data must be a table, a view or a SELECT query")));
+	label_type = SPI_gettypeid(SPI_tuptable->tupdesc, 2);
+	if (regression && label_type != INT2OID && label_type != INT4OID && label_type != INT8OID &&
+		label_type != FLOAT4OID && label_type != FLOAT8OID && label_type != NUMERICOID)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("label column \"%s\" has type %s, but regression needs a number",
+						label, format_type_be(label_type))));
+
+	/* at least one usable row, and for classification two classes */
+	if (SPI_execute(psprintf("SELECT q.* FROM (%s) q WHERE q IS NOT NULL LIMIT 1", query),
+					true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the training data");
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_NO_DATA_FOUND),
+				 errmsg("the training data has no row with both input and label set")));
+	if (regression)
+		return;
+	first = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+	{
+		Oid			types[1] = {TEXTOID};
+		Datum		values[1] = {CStringGetTextDatum(first)};
+
+		if (SPI_execute_with_args(psprintf("SELECT 1 FROM (%s) q(i, l) WHERE i IS NOT NULL "
+										   "AND l IS NOT NULL AND l <> $1 LIMIT 1", query),
+								  1, types, values, NULL, true, 1) != SPI_OK_SELECT)
+			elog(ERROR, "could not read the training data");
+	}
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("the training data has a single class (\"%s\")", first),
+				 errhint("Classification needs at least two distinct labels.")));
+}
+
+/* Fill a worker registration for args. */
+static void
+PrepareWorker(BackgroundWorker *w, const WorkerArgs *args, bool notify)
+{
+	memset(w, 0, sizeof(*w));
+	w->bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	w->bgw_start_time = BgWorkerStart_RecoveryFinished;
+	w->bgw_restart_time = BGW_NEVER_RESTART;
+	snprintf(w->bgw_library_name, BGW_MAXLEN, "peft");
+	snprintf(w->bgw_function_name, BGW_MAXLEN, "peft_train_worker_main");
+	snprintf(w->bgw_name, BGW_MAXLEN, "peft training job");
+	snprintf(w->bgw_type, BGW_MAXLEN, "peft training");
+	w->bgw_notify_pid = notify ? MyProcPid : 0;
+	memcpy(w->bgw_extra, args, sizeof(WorkerArgs));
+}
+
+/* Register a worker; ERROR (never a silent loss) when no slot is free. */
+static BackgroundWorkerHandle *
+StartWorker(const WorkerArgs *args, bool notify)
+{
+	BackgroundWorker w;
+	BackgroundWorkerHandle *handle;
+
+	StaticAssertStmt(sizeof(WorkerArgs) <= BGW_EXTRALEN, "WorkerArgs must fit bgw_extra");
+	PrepareWorker(&w, args, notify);
+	if (!RegisterDynamicBackgroundWorker(&w, &handle))
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("could not start a training worker: no background worker slot is free"),
+				 errhint("Raise max_worker_processes, or wait for other jobs to finish.")));
+	return handle;
+}
+
+/* Pack the job fields into a WaitShared segment. */
+static dsm_segment *
+CreateWaitShared(char **fields)
+{
+	Size		len = 0;
+	dsm_segment *seg;
+	WaitShared *shared;
+	char	   *p;
+
+	for (int i = 0; i < JOB_NUM_FIELDS; i++)
+		len += strlen(fields[i]) + 1;
+	seg = dsm_create(offsetof(WaitShared, params) + len, 0);
+	shared = dsm_segment_address(seg);
+	shared->magic = PEFT_WORKER_MAGIC;
+	pg_atomic_init_u32(&shared->stage, WAIT_STAGE_STARTING);
+	pg_atomic_init_u32(&shared->cancel, 0);
+	shared->job_id = 0;
+	shared->status[0] = '\0';
+	shared->error[0] = '\0';
+	shared->params_len = len;
+	p = shared->params;
+	for (int i = 0; i < JOB_NUM_FIELDS; i++)
+	{
+		strcpy(p, fields[i]);
+		p += strlen(fields[i]) + 1;
+	}
+	return seg;
+}
+
+/* Wait for a worker we started; a canceled wait cancels the job. */
+static void
+WaitForWorker(BackgroundWorkerHandle *handle, WaitShared *shared)
+{
+	pid_t		pid;
+
+	PG_TRY();
+	{
+		for (;;)
+		{
+			if (pg_atomic_read_u32(&shared->stage) == WAIT_STAGE_FINISHED)
+				break;
+			if (GetBackgroundWorkerPid(handle, &pid) == BGWH_STOPPED)
+				break;
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 200, PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+			CHECK_FOR_INTERRUPTS();
+		}
+	}
+	PG_CATCH();
+	{
+		pg_atomic_write_u32(&shared->cancel, 1);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+}
+
+/* Raise a failed job's error in the caller. */
+static void
+RaiseJobOutcome(int64 job_id)
+{
+	Oid			types[1] = {INT8OID};
+	Datum		values[1] = {Int64GetDatum(job_id)};
+	char	   *status;
+	char	   *error;
+
+	if (SPI_execute_with_args("SELECT status, error FROM peft.jobs WHERE id = $1",
+							  1, types, values, NULL, false, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("job %lld is not visible", (long long) job_id)));
+	status = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	error = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+	if (strcmp(status, "failed") == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
+				 errmsg("training job %lld failed: %s", (long long) job_id,
+						error ? error : "unknown error")));
+	if (strcmp(status, "canceled") == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_QUERY_CANCELED),
+				 errmsg("training job %lld was canceled", (long long) job_id)));
+}
+
+/*
+ * peft_train(adapter, base_model, data, input, label, task, method, options, wait)
+ * RETURNS bigint: the job id.
+ */
+Datum
+peft_train(PG_FUNCTION_ARGS)
+{
+	char	   *fields[JOB_NUM_FIELDS];
+	bool		wait = PG_GETARG_BOOL(8);
+	Jsonb	   *options = PG_GETARG_JSONB_P(7);
+	TrainOptionsSql parsed;
+	const PeftEngineApi *engine = PeftEngine();
+	bool		regression;
+	WorkerArgs	args = {0};
+	int64		job_id = 0;
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1];
+	int			max_position;
+
+	fields[JOB_ADAPTER] = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	fields[JOB_BASE_MODEL] = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	fields[JOB_DATA] = text_to_cstring(PG_GETARG_TEXT_PP(2));
+	fields[JOB_INPUT] = text_to_cstring(PG_GETARG_TEXT_PP(3));
+	fields[JOB_LABEL] = text_to_cstring(PG_GETARG_TEXT_PP(4));
+	fields[JOB_TASK] = text_to_cstring(PG_GETARG_TEXT_PP(5));
+	fields[JOB_METHOD] = text_to_cstring(PG_GETARG_TEXT_PP(6));
+	fields[JOB_OPTIONS] = JsonbToCString(NULL, &options->root, VARSIZE(options));
+	fields[JOB_OWNER] = GetUserNameFromId(GetUserId(), false);
+
+	CheckCatalogName("adapter", fields[JOB_ADAPTER]);
+	if (strcmp(fields[JOB_TASK], "classification") != 0 && strcmp(fields[JOB_TASK], "regression") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("unknown task \"%s\"", fields[JOB_TASK]),
+				 errhint("Use 'classification' or 'regression'.")));
+	regression = strcmp(fields[JOB_TASK], "regression") == 0;
+	if (strcmp(fields[JOB_METHOD], "lora") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("method \"%s\" is not supported", fields[JOB_METHOD]),
+				 errhint("Supported methods: lora.")));
+	ParseTrainOptions(options, engine, &parsed);
+	if (parsed.device == PEFT_DEVICE_CUDA && engine->cuda_device_count() == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("device \"cuda\" is not available"),
+				 errdetail("This server's engine has no usable CUDA device."),
+				 errhint("Use \"device\": \"auto\" or \"cpu\".")));
+
+	SPI_connect();
+	(void) CatalogGetModel(fields[JOB_BASE_MODEL]);
+	values[0] = CStringGetTextDatum(fields[JOB_BASE_MODEL]);
+	SPI_execute_with_args("SELECT max_position FROM peft.models WHERE name = $1",
+						  1, types, values, NULL, true, 1);
+	max_position = atoi(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
+	if (parsed.config.max_length > max_position)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid option \"max_length\": %d exceeds the model's %d positions",
+						parsed.config.max_length, max_position)));
+	CheckData(fields[JOB_DATA], fields[JOB_INPUT], fields[JOB_LABEL], regression);
+
+	args.magic = PEFT_WORKER_MAGIC;
+	args.database = MyDatabaseId;
+	args.owner = ExtensionOwner();
+	args.caller = GetUserId();
+
+	if (!wait)
+	{
+		Oid			jtypes[JOB_NUM_FIELDS];
+		Datum		jvalues[JOB_NUM_FIELDS];
+		OwnerContext octx;
+
+		for (int i = 0; i < JOB_NUM_FIELDS; i++)
+		{
+			jtypes[i] = TEXTOID;
+			jvalues[i] = CStringGetTextDatum(fields[i]);
+		}
+		CatalogAsOwner(&octx);
+		if (SPI_execute_with_args("INSERT INTO peft.job_rows (adapter, base_model, method, task, "
+								  "data, input_column, label_column, options, owner) "
+								  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9) RETURNING id",
+								  JOB_NUM_FIELDS, jtypes, jvalues, NULL, false, 1) != SPI_OK_INSERT_RETURNING)
+			elog(ERROR, "could not record the job");
+		CatalogAsCaller(&octx);
+		job_id = atoll(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
+		args.job_id = job_id;
+		args.caller_xid = GetTopTransactionId();
+		SPI_finish();
+		(void) StartWorker(&args, false);
+		PG_RETURN_INT64(job_id);
+	}
+	else
+	{
+		dsm_segment *seg = CreateWaitShared(fields);
+		WaitShared *shared = dsm_segment_address(seg);
+		BackgroundWorkerHandle *handle;
+		pid_t		pid;
+
+		args.shared = dsm_segment_handle(seg);
+		handle = StartWorker(&args, true);
+		if (WaitForBackgroundWorkerStartup(handle, &pid) != BGWH_STARTED)
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
+					 errmsg("the training worker could not start")));
+		WaitForWorker(handle, shared);
+		job_id = shared->job_id;
+		if (pg_atomic_read_u32(&shared->stage) != WAIT_STAGE_FINISHED || job_id == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INTERNAL_ERROR),
+					 errmsg("the training worker exited before finishing the job"),
+					 errhint("See the server log.")));
+		/* the outcome travels through shared memory: the caller's snapshot
+		 * may predate the worker's commits */
+		if (strcmp(shared->status, "failed") == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
+					 errmsg("training job %lld failed: %s", (long long) job_id, shared->error)));
+		if (strcmp(shared->status, "canceled") == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_QUERY_CANCELED),
+					 errmsg("training job %lld was canceled", (long long) job_id)));
+		dsm_detach(seg);
+		SPI_finish();
+		PG_RETURN_INT64(job_id);
+	}
+}
+
+/* Terminal job statuses. */
+static bool
+IsFinished(const char *status)
+{
+	return strcmp(status, "succeeded") == 0 || strcmp(status, "failed") == 0 ||
+		strcmp(status, "canceled") == 0;
+}
+
+/* peft_wait(job) RETURNS peft.jobs: block until the job ends. */
+Datum
+peft_wait(PG_FUNCTION_ARGS)
+{
+	int64		job_id = PG_GETARG_INT64(0);
+	Oid			types[1] = {INT8OID};
+	Datum		values[1] = {Int64GetDatum(job_id)};
+	bool		isnull;
+	Datum		result;
+
+	if (IsolationUsesXactSnapshot())
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("peft_wait cannot see a job's progress in a REPEATABLE READ or SERIALIZABLE transaction"),
+				 errhint("Call it in a READ COMMITTED transaction.")));
+	SPI_connect();
+	if (SPI_execute_with_args("SELECT xmin FROM peft.job_rows WHERE id = $1",
+							  1, types, values, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read peft.jobs");
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("job %lld does not exist", (long long) job_id)));
+	if (TransactionIdIsCurrentTransactionId(
+											DatumGetTransactionId(SPI_getbinval(SPI_tuptable->vals[0],
+																				SPI_tuptable->tupdesc, 1, &isnull))))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("job %lld was created by this transaction and cannot start before it commits",
+						(long long) job_id),
+				 errhint("Commit first, or call peft_train with wait => true.")));
+	for (;;)
+	{
+		char	   *status;
+
+		/* read_only = false: each poll takes a fresh snapshot */
+		if (SPI_execute_with_args("SELECT status FROM peft.jobs WHERE id = $1",
+								  1, types, values, NULL, false, 1) != SPI_OK_SELECT ||
+			SPI_processed != 1)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("job %lld does not exist", (long long) job_id)));
+		status = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+		if (IsFinished(status))
+			break;
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 200, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+	RaiseJobOutcome(job_id);
+	SPI_execute_with_args("SELECT * FROM peft.jobs WHERE id = $1", 1, types, values, NULL, false, 1);
+	result = PointerGetDatum(SPI_returntuple(SPI_tuptable->vals[0], SPI_tuptable->tupdesc));
+	SPI_finish();
+	PG_RETURN_DATUM(result);
+}
+
+/* peft_cancel(job) RETURNS boolean: ask a queued or running job to stop. */
+Datum
+peft_cancel(PG_FUNCTION_ARGS)
+{
+	int64		job_id = PG_GETARG_INT64(0);
+	Oid			types[1] = {INT8OID};
+	Datum		values[1] = {Int64GetDatum(job_id)};
+	char	   *status;
+	OwnerContext octx;
+
+	SPI_connect();
+	if (SPI_execute_with_args("SELECT status FROM peft.jobs WHERE id = $1",
+							  1, types, values, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read peft.jobs");
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("job %lld does not exist", (long long) job_id)));
+	status = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	if (IsFinished(status))
+	{
+		SPI_finish();
+		PG_RETURN_BOOL(false);
+	}
+	CatalogAsOwner(&octx);
+	SPI_execute_with_args("UPDATE peft.job_rows SET cancel_requested = true WHERE id = $1",
+						  1, types, values, NULL, false, 0);
+	CatalogAsCaller(&octx);
+	SPI_finish();
+	PG_RETURN_BOOL(true);
+}
+
+/* peft._worker_alive(pid, started): is that worker process still running? */
+Datum
+peft_worker_alive(PG_FUNCTION_ARGS)
+{
+	int			pid;
+	TimestampTz started;
+	int			n;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		PG_RETURN_BOOL(false);
+	pid = PG_GETARG_INT32(0);
+	started = PG_GETARG_TIMESTAMPTZ(1);
+	/* a fresh look each call: peft_wait polls within one transaction */
+	pgstat_clear_backend_activity_snapshot();
+	n = pgstat_fetch_stat_numbackends();
+	for (int i = 1; i <= n; i++)
+	{
+		LocalPgBackendStatus *local = pgstat_fetch_stat_local_beentry(i);
+
+		if (local && local->backendStatus.st_procpid == pid &&
+			local->backendStatus.st_proc_start_timestamp == started)
+			PG_RETURN_BOOL(true);
+	}
+	PG_RETURN_BOOL(false);
+}

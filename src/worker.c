@@ -1,0 +1,749 @@
+/*
+ * worker.c - the background worker that runs one training job.
+ *
+ * It connects as the extension's owner (on PostgreSQL 15 a worker cannot
+ * connect as a role without LOGIN) and switches to the calling role for
+ * everything that touches user data, so privileges and row-level security
+ * apply to what it reads.  Its work is a sequence of short transactions:
+ * record the job, read the rows through an SPI cursor into the engine,
+ * then train outside any transaction, committing progress to the job row
+ * every couple of seconds, and finally insert the adapter version and mark
+ * the job succeeded in one transaction, so no half-written row is ever
+ * visible.
+ */
+#include "postgres.h"
+
+#include <math.h>
+#include <unistd.h>
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/lmgr.h"
+#include "tcop/tcopprot.h"
+#include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/jsonb.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "catalog.h"
+#include "peft.h"
+#include "train_options.h"
+#include "worker.h"
+
+/* Progress is committed at least this often while training. */
+#define PROGRESS_INTERVAL_MS 1000
+/* Rows fetched from the data cursor at a time. */
+#define FETCH_ROWS 1000
+/* Longest classification label, in bytes. */
+#define MAX_LABEL_BYTES 255
+#define MAX_CLASSES 10000
+/* max_length when the options give none (capped by the model). */
+#define DEFAULT_MAX_LENGTH 128
+
+PGDLLEXPORT void peft_train_worker_main(Datum arg);
+
+static volatile sig_atomic_t got_sigterm = false;
+
+/* Everything the worker knows about its job. */
+typedef struct Job
+{
+	WorkerArgs	args;
+	WaitShared *shared;			/* wait => true only */
+	int64		id;
+	char	   *fields[JOB_NUM_FIELDS];
+	char	   *model_path;
+	bool		regression;
+	TrainOptionsSql options;
+	const PeftEngineApi *engine;
+	PeftModelHandle *model;
+	PeftTrainJob *train;
+	/* data */
+	int64		rows;
+	int64		skipped;
+	int			nlabels;
+	char	  **labels;			/* sorted */
+	HTAB	   *label_index;
+	/* progress */
+	TimestampTz started;
+	int64		trained_rows;
+	StringInfoData epochs;		/* JSON array of per-epoch metrics */
+	bool		canceled;
+} Job;
+
+typedef struct LabelEntry
+{
+	char		label[MAX_LABEL_BYTES + 1];
+	int			index;			/* first-seen order */
+} LabelEntry;
+
+/* SIGTERM: finish the current step, then record the job as failed. */
+static void
+WorkerSigterm(SIGNAL_ARGS)
+{
+	int			save_errno = errno;
+
+	got_sigterm = true;
+	SetLatch(MyLatch);
+	errno = save_errno;
+}
+
+/* Start a transaction with a snapshot and SPI. */
+static void
+BeginStep(void)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+}
+
+/* Finish SPI and commit. */
+static void
+EndStep(void)
+{
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_stat(false);
+}
+
+/* Run SQL with text parameters (NULL for SQL NULL); returns SPI's code. */
+static int
+ExecText(const char *sql, int nargs, const char **args)
+{
+	Oid			types[16];
+	Datum		values[16];
+	char		nulls[16];
+
+	for (int i = 0; i < nargs; i++)
+	{
+		types[i] = TEXTOID;
+		values[i] = args[i] ? CStringGetTextDatum(args[i]) : (Datum) 0;
+		nulls[i] = args[i] ? ' ' : 'n';
+	}
+	return SPI_execute_with_args(sql, nargs, types, values, nulls, false, 0);
+}
+
+/* The job id as text, for parameters. */
+static const char *
+JobIdText(const Job *job)
+{
+	return psprintf("%lld", (long long) job->id);
+}
+
+/* wait => true: record the job row from the caller's parameters and commit. */
+static void
+RecordJobFromShared(Job *job)
+{
+	char	   *p = job->shared->params;
+
+	for (int i = 0; i < JOB_NUM_FIELDS; i++)
+	{
+		job->fields[i] = pstrdup(p);
+		p += strlen(p) + 1;
+	}
+	BeginStep();
+	if (ExecText("INSERT INTO peft.job_rows (adapter, base_model, method, task, data, "
+				 "input_column, label_column, options, owner) "
+				 "VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9) RETURNING id",
+				 JOB_NUM_FIELDS, (const char **) job->fields) != SPI_OK_INSERT_RETURNING)
+		elog(ERROR, "could not record the job");
+	job->id = atoll(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
+	EndStep();
+	job->shared->job_id = job->id;
+	pg_atomic_write_u32(&job->shared->stage, WAIT_STAGE_JOB_RECORDED);
+}
+
+/*
+ * wait => false: wait for the caller's transaction to end, then read the
+ * job row; false if it is gone (the caller rolled back) or was canceled.
+ */
+static bool
+LoadJobAfterCaller(Job *job)
+{
+	const char *id;
+	const char *cols = "adapter, base_model, method, task, data, input_column, "
+		"label_column, options::text, owner, status, cancel_requested";
+
+	job->id = job->args.job_id;
+	id = JobIdText(job);
+	StartTransactionCommand();
+	XactLockTableWait(job->args.caller_xid, NULL, NULL, XLTW_None);
+	CommitTransactionCommand();
+
+	BeginStep();
+	ExecText(psprintf("SELECT %s FROM peft.job_rows WHERE id = $1::bigint", cols), 1, &id);
+	if (SPI_processed == 0)
+	{
+		EndStep();
+		return false;
+	}
+	for (int i = 0; i < JOB_NUM_FIELDS; i++)
+		job->fields[i] = MemoryContextStrdup(TopMemoryContext,
+											 SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, i + 1));
+	if (strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 10), "queued") != 0 ||
+		strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 11), "t") == 0)
+	{
+		ExecText("UPDATE peft.job_rows SET status = 'canceled', finished_at = now() "
+				 "WHERE id = $1::bigint AND status = 'queued'", 1, &id);
+		EndStep();
+		return false;
+	}
+	EndStep();
+	return true;
+}
+
+/* True when a cancel was asked for, through the row or the waiting caller. */
+static bool
+CancelRequested(Job *job)
+{
+	const char *id = JobIdText(job);
+
+	if (job->shared && pg_atomic_read_u32(&job->shared->cancel))
+		return true;
+	ExecText("SELECT cancel_requested FROM peft.job_rows WHERE id = $1::bigint", 1, &id);
+	return SPI_processed == 1 &&
+		strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), "t") == 0;
+}
+
+/* Mark the job running with this process as its worker. */
+static void
+MarkStarted(Job *job, const char *status)
+{
+	const char *args[3] = {JobIdText(job), status,
+	timestamptz_to_str(MyStartTimestamp)};
+
+	BeginStep();
+	ExecText("UPDATE peft.job_rows SET status = $2, worker_pid = pg_backend_pid(), "
+			 "worker_started = $3::timestamptz, "
+			 "started_at = CASE WHEN $2 = 'running' THEN now() END WHERE id = $1::bigint",
+			 3, args);
+	EndStep();
+}
+
+/*
+ * Wait for one of peft.max_jobs slots (session advisory locks, released
+ * when this process ends however it ends); false if canceled meanwhile.
+ */
+static bool
+AcquireSlot(Job *job)
+{
+	for (;;)
+	{
+		bool		got = false;
+		bool		cancel;
+
+		BeginStep();
+		for (int slot = 0; slot < peft_max_jobs && !got; slot++)
+		{
+			SPI_execute(psprintf("SELECT pg_try_advisory_lock(%d, %d)", 0x50454654, slot), false, 1);
+			got = strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), "t") == 0;
+		}
+		cancel = !got && CancelRequested(job);
+		EndStep();
+		if (got)
+			return true;
+		if (cancel || got_sigterm)
+			return false;
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 PROGRESS_INTERVAL_MS, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+}
+
+/* Open the base model and check the options again (as at call time). */
+static void
+OpenModel(Job *job)
+{
+	Jsonb	   *options;
+	PeftModelInfo info;
+	PeftError	err = {0};
+	int			threads = peft_train_threads > 0 ? peft_train_threads : (int) sysconf(_SC_NPROCESSORS_ONLN);
+
+	BeginStep();
+	ExecText("SELECT path FROM peft.models WHERE name = $1", 1, (const char **) &job->fields[JOB_BASE_MODEL]);
+	if (SPI_processed != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("model \"%s\" is no longer registered", job->fields[JOB_BASE_MODEL])));
+	job->model_path = MemoryContextStrdup(TopMemoryContext,
+										  SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
+	EndStep();
+
+	/* the worker computes with peft.train_threads, not peft.threads */
+	peft_threads = threads < 1 ? 1 : threads;
+	job->engine = PeftEngine();
+	options = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(job->fields[JOB_OPTIONS])));
+	ParseTrainOptions(options, job->engine, &job->options);
+	job->regression = strcmp(job->fields[JOB_TASK], "regression") == 0;
+	job->options.config.task = job->regression ? PEFT_TASK_REGRESSION : PEFT_TASK_CLASSIFICATION;
+	job->options.config.memory_limit = (size_t) peft_max_train_memory * 1024;
+	if (job->engine->model_open(job->model_path, &job->model, &info, &err) != PEFT_OK)
+		PeftRaiseEngineError(&err);
+	if (job->options.config.max_length == 0)
+		job->options.config.max_length = Min(DEFAULT_MAX_LENGTH, info.max_seq_length > 0 ?
+											 info.max_seq_length : info.max_position);
+	if (job->engine->train_begin(job->model, &job->options.config, &job->train, &err) != PEFT_OK)
+		PeftRaiseEngineError(&err);
+}
+
+/* Index of a classification label, assigned in first-seen order. */
+static int
+LabelIndex(Job *job, const char *label)
+{
+	LabelEntry *entry;
+	bool		found;
+	char		key[MAX_LABEL_BYTES + 1] = {0};
+
+	if (strlen(label) > MAX_LABEL_BYTES)
+		ereport(ERROR,
+				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
+				 errmsg("a label value is longer than %d bytes", MAX_LABEL_BYTES)));
+	strlcpy(key, label, sizeof(key));
+	entry = hash_search(job->label_index, key, HASH_ENTER, &found);
+	if (!found)
+	{
+		if (job->nlabels == MAX_CLASSES)
+			ereport(ERROR,
+					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+					 errmsg("the labels have more than %d distinct values", MAX_CLASSES),
+					 errhint("Use task => 'regression' for a numeric target.")));
+		entry->index = job->nlabels++;
+	}
+	return entry->index;
+}
+
+/* Read every row of data through a cursor, as the caller, into the engine. */
+static void
+ReadRows(Job *job)
+{
+	HASHCTL		ctl = {0};
+	Oid			save_user;
+	int			save_sec;
+	Portal		portal;
+	SPIPlanPtr	plan;
+	PeftError	err = {0};
+
+	ctl.keysize = MAX_LABEL_BYTES + 1;
+	ctl.entrysize = sizeof(LabelEntry);
+	ctl.hcxt = TopMemoryContext;
+	job->label_index = hash_create("peft labels", 64, &ctl, HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+
+	BeginStep();
+	GetUserIdAndSecContext(&save_user, &save_sec);
+	SetUserIdAndSecContext(job->args.caller, save_sec | SECURITY_LOCAL_USERID_CHANGE);
+	plan = SPI_prepare(DataQuery(job->fields[JOB_DATA], job->fields[JOB_INPUT],
+								 job->fields[JOB_LABEL], job->regression), 0, NULL);
+	if (plan == NULL)
+		elog(ERROR, "could not prepare the data query: %s", SPI_result_code_string(SPI_result));
+	portal = SPI_cursor_open(NULL, plan, NULL, NULL, true);
+	for (;;)
+	{
+		SPI_cursor_fetch(portal, true, FETCH_ROWS);
+		if (SPI_processed == 0)
+			break;
+		for (uint64 i = 0; i < SPI_processed; i++)
+		{
+			HeapTuple	tuple = SPI_tuptable->vals[i];
+			bool		null_input, null_label;
+			Datum		input = SPI_getbinval(tuple, SPI_tuptable->tupdesc, 1, &null_input);
+			Datum		label = SPI_getbinval(tuple, SPI_tuptable->tupdesc, 2, &null_label);
+			text	   *t;
+			PeftCode	rc;
+
+			if (null_input || null_label)
+			{
+				job->skipped++;
+				continue;
+			}
+			t = DatumGetTextPP(input);
+			if (job->regression)
+				rc = job->engine->train_add_row(job->train, VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t),
+												0, DatumGetFloat8(label), &err);
+			else
+				rc = job->engine->train_add_row(job->train, VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t),
+												LabelIndex(job, TextDatumGetCString(label)), 0, &err);
+			if (rc == PEFT_ERR_NOMEM)
+				ereport(ERROR,
+						(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+						 errmsg("%s", err.message),
+						 errhint("Raise peft.max_train_memory, or train on fewer rows.")));
+			if (rc != PEFT_OK)
+				PeftRaiseEngineError(&err);
+			job->rows++;
+		}
+		SPI_freetuptable(SPI_tuptable);
+		CHECK_FOR_INTERRUPTS();
+	}
+	SPI_cursor_close(portal);
+	SetUserIdAndSecContext(save_user, save_sec);
+	EndStep();
+}
+
+/* qsort comparator for label strings (byte order, as COLLATE "C"). */
+static int
+CompareLabels(const void *a, const void *b)
+{
+	return strcmp(*(char *const *) a, *(char *const *) b);
+}
+
+/* Sort the labels; map[first-seen index] = sorted index. */
+static int *
+SortLabels(Job *job)
+{
+	HASH_SEQ_STATUS seq;
+	LabelEntry *e;
+	char	  **byindex = palloc(sizeof(char *) * job->nlabels);
+	int		   *map = palloc(sizeof(int) * job->nlabels);
+
+	job->labels = MemoryContextAlloc(TopMemoryContext, sizeof(char *) * job->nlabels);
+	hash_seq_init(&seq, job->label_index);
+	while ((e = hash_seq_search(&seq)) != NULL)
+		byindex[e->index] = e->label;
+	memcpy(job->labels, byindex, sizeof(char *) * job->nlabels);
+	qsort(job->labels, job->nlabels, sizeof(char *), CompareLabels);
+	for (int i = 0; i < job->nlabels; i++)
+		for (int j = 0; j < job->nlabels; j++)
+			if (job->labels[j] == byindex[i])
+				map[i] = j;
+	return map;
+}
+
+/* Commit a progress report; returns true when the job should stop. */
+static bool
+ReportProgress(Job *job, const PeftTrainProgress *p)
+{
+	double		seconds = (GetCurrentTimestamp() - job->started) / 1e6;
+	double		rate = seconds > 0 ? job->trained_rows / seconds : 0;
+	double		eta = p->step > 0 ? seconds * (p->total_steps - p->step) / p->step : 0;
+	const char *args[8];
+	bool		stop;
+
+	args[0] = JobIdText(job);
+	args[1] = psprintf("%d", p->epoch);
+	args[2] = psprintf("%d", p->step);
+	args[3] = psprintf("%d", p->total_steps);
+	args[4] = psprintf("%.17g", p->loss);
+	args[5] = psprintf("%.6g", rate);
+	args[6] = psprintf("%.3f seconds", eta);
+	args[7] = psprintf("%.6g", p->total_steps > 0 ? (double) p->step / p->total_steps : 0);
+	BeginStep();
+	ExecText("UPDATE peft.job_rows SET epoch = $2::int, step = $3::int, total_steps = $4::int, "
+			 "loss = $5::float8, samples_per_second = $6::float8, eta = $7::interval, "
+			 "progress = least($8::real, 1), loss_history = loss_history || $5::float8 "
+			 "WHERE id = $1::bigint", 8, args);
+	stop = CancelRequested(job);
+	EndStep();
+	return stop || got_sigterm;
+}
+
+/* Validation metrics as a JSON object. */
+static char *
+MetricsJson(Job *job, const PeftMetrics *m, int epoch)
+{
+	if (job->regression)
+		return psprintf("{\"epoch\": %d, \"rows\": %lld, \"loss\": %.6g, \"mse\": %.6g, "
+						"\"mae\": %.6g, \"r2\": %.6g}", epoch, (long long) m->rows,
+						m->loss, m->mse, m->mae, m->r2);
+	return psprintf("{\"epoch\": %d, \"rows\": %lld, \"loss\": %.6g, \"accuracy\": %.6g, "
+					"\"macro_f1\": %.6g}", epoch, (long long) m->rows, m->loss,
+					m->accuracy, m->macro_f1);
+}
+
+/* Evaluate after an epoch and record the metrics in the job row. */
+static char *
+EvaluateEpoch(Job *job, int epoch)
+{
+	PeftMetrics m;
+	PeftError	err = {0};
+	char	   *json;
+	const char *args[2];
+
+	if (job->engine->train_evaluate(job->train, &m, &err) != PEFT_OK)
+		PeftRaiseEngineError(&err);
+	json = MetricsJson(job, &m, epoch);
+	appendStringInfo(&job->epochs, "%s%s", job->epochs.len > 1 ? ", " : "", json);
+	args[0] = JobIdText(job);
+	args[1] = psprintf("%s]", job->epochs.data);
+	BeginStep();
+	ExecText("UPDATE peft.job_rows SET metrics = jsonb_set(metrics, '{epochs}', $2::jsonb) "
+			 "WHERE id = $1::bigint", 2, args);
+	EndStep();
+	return json;
+}
+
+/* The labels as a text[] literal. */
+static char *
+LabelsLiteral(Job *job)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfoChar(&buf, '{');
+	for (int i = 0; i < job->nlabels; i++)
+	{
+		appendStringInfoString(&buf, i ? ",\"" : "\"");
+		for (const char *p = job->labels[i]; *p; p++)
+		{
+			if (*p == '"' || *p == '\\')
+				appendStringInfoChar(&buf, '\\');
+			appendStringInfoChar(&buf, *p);
+		}
+		appendStringInfoChar(&buf, '"');
+	}
+	appendStringInfoChar(&buf, '}');
+	return buf.data;
+}
+
+/* Insert the adapter version and mark the job succeeded, in one transaction. */
+static void
+SaveAdapter(Job *job, const char *final_metrics, int64 train_rows, int64 valid_rows)
+{
+	uint8_t    *weights;
+	size_t		weights_len;
+	char	   *config;
+	PeftError	err = {0};
+	Oid			types[10] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
+	BYTEAOID, TEXTOID, INT8OID, BOOLOID};
+	Datum		values[10];
+	char		nulls[10] = "          ";
+	bytea	   *bytes;
+	double		seconds = (GetCurrentTimestamp() - job->started) / 1e6;
+
+	if (job->engine->train_export(job->train, job->model_path, &weights, &weights_len,
+								  &config, &err) != PEFT_OK)
+		PeftRaiseEngineError(&err);
+	bytes = palloc(VARHDRSZ + weights_len);
+	SET_VARSIZE(bytes, VARHDRSZ + weights_len);
+	memcpy(VARDATA(bytes), weights, weights_len);
+	job->engine->free_buffer(weights);
+
+	values[0] = CStringGetTextDatum(job->fields[JOB_ADAPTER]);
+	values[1] = CStringGetTextDatum(job->fields[JOB_BASE_MODEL]);
+	values[2] = CStringGetTextDatum(job->fields[JOB_METHOD]);
+	values[3] = CStringGetTextDatum(job->fields[JOB_TASK]);
+	values[4] = CStringGetTextDatum(config);
+	values[5] = job->regression ? (Datum) 0 : CStringGetTextDatum(LabelsLiteral(job));
+	nulls[5] = job->regression ? 'n' : ' ';
+	values[6] = PointerGetDatum(bytes);
+	values[7] = CStringGetTextDatum(psprintf("{\"final\": %s, \"epochs\": [%s], "
+											 "\"train_rows\": %lld, \"valid_rows\": %lld, "
+											 "\"skipped_rows\": %lld, \"train_seconds\": %.3f}",
+											 final_metrics, job->epochs.data + 1,
+											 (long long) train_rows, (long long) valid_rows,
+											 (long long) job->skipped, seconds));
+	values[8] = Int64GetDatum(job->id);
+	values[9] = BoolGetDatum(job->options.activate);
+	free(config);
+
+	BeginStep();
+	/* versions of one name are numbered under a lock: concurrent jobs get distinct ones */
+	ExecText("SELECT pg_advisory_xact_lock(hashtext('peft.adapters:' || $1))", 1,
+			 (const char **) &job->fields[JOB_ADAPTER]);
+	if (job->options.activate)
+		ExecText("UPDATE peft.adapters SET active = false WHERE name = $1 AND active", 1,
+				 (const char **) &job->fields[JOB_ADAPTER]);
+	if (SPI_execute_with_args("INSERT INTO peft.adapters (name, version, base_model, method, task, "
+							  "  config, labels, weights, metrics, job, owner, active) "
+							  "SELECT $1, coalesce(max(version), 0) + 1, $2, $3, $4, $5::jsonb, "
+							  "  $6::text[], $7, $8::jsonb, $9, j.owner, $10 "
+							  "FROM peft.job_rows j LEFT JOIN peft.adapters a ON a.name = $1 "
+							  "WHERE j.id = $9 GROUP BY j.owner",
+							  10, types, values, nulls, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not insert the adapter");
+	ExecText("UPDATE peft.job_rows SET status = 'succeeded', progress = 1, finished_at = now(), "
+			 "eta = '0'::interval WHERE id = $1::bigint", 1, (const char *[]) {JobIdText(job)});
+	EndStep();
+}
+
+/* Train step by step, reporting progress and evaluating after each epoch. */
+static void
+Train(Job *job)
+{
+	PeftError	err = {0};
+	PeftTrainProgress p = {0};
+	int64		train_rows, valid_rows;
+	int			total_steps;
+	int		   *map = NULL;
+	int			steps_per_epoch;
+	TimestampTz last_report = 0;
+	char	   *final_metrics = NULL;
+	const char *args[2];
+
+	if (job->rows == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_NO_DATA_FOUND),
+				 errmsg("the training data has no row with both input and label set (%lld skipped)",
+						(long long) job->skipped)));
+	if (!job->regression)
+	{
+		if (job->nlabels < 2)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("the training data has a single class")));
+		map = SortLabels(job);
+	}
+	job->options.config.num_labels = job->regression ? 1 : job->nlabels;
+	if (job->engine->train_prepare(job->train, job->options.config.num_labels, map,
+								   &train_rows, &valid_rows, &total_steps, &err) != PEFT_OK)
+		PeftRaiseEngineError(&err);
+	steps_per_epoch = Max(1, total_steps / job->options.config.epochs);
+
+	args[0] = JobIdText(job);
+	args[1] = psprintf("{\"train_rows\": %lld, \"valid_rows\": %lld, \"skipped_rows\": %lld}",
+					   (long long) train_rows, (long long) valid_rows, (long long) job->skipped);
+	BeginStep();
+	ExecText("UPDATE peft.job_rows SET total_steps = $3::int, epoch = 1, step = 0, "
+			 "metrics = $2::jsonb WHERE id = $1::bigint", 3,
+			 (const char *[]) {args[0], args[1], psprintf("%d", total_steps)});
+	EndStep();
+
+	initStringInfo(&job->epochs);
+	appendStringInfoChar(&job->epochs, '[');
+	job->started = GetCurrentTimestamp();
+	while (!p.done)
+	{
+		if (job->engine->train_step(job->train, &p, &err) != PEFT_OK)
+			PeftRaiseEngineError(&err);
+		job->trained_rows += p.rows;
+		if (p.step % steps_per_epoch == 0 || p.done)
+			final_metrics = EvaluateEpoch(job, p.epoch);
+		if (p.done || TimestampDifferenceExceeds(last_report, GetCurrentTimestamp(),
+												 PROGRESS_INTERVAL_MS))
+		{
+			last_report = GetCurrentTimestamp();
+			if (ReportProgress(job, &p))
+			{
+				job->canceled = !got_sigterm;
+				if (got_sigterm)
+					ereport(ERROR,
+							(errcode(ERRCODE_ADMIN_SHUTDOWN),
+							 errmsg("the training worker was terminated by an administrator command")));
+				return;
+			}
+		}
+		CHECK_FOR_INTERRUPTS();
+	}
+	if (final_metrics == NULL)
+		final_metrics = EvaluateEpoch(job, p.epoch);
+	SaveAdapter(job, final_metrics, train_rows, valid_rows);
+}
+
+/* Record the job's end (canceled or failed) in its own transaction. */
+static void
+RecordEnd(Job *job, const char *status, const char *error)
+{
+	const char *args[3] = {JobIdText(job), status, error};
+
+	BeginStep();
+	ExecText("UPDATE peft.job_rows SET status = $2, error = $3, finished_at = now() "
+			 "WHERE id = $1::bigint", 3, args);
+	EndStep();
+}
+
+/* Publish the outcome to a waiting caller. */
+static void
+PublishOutcome(Job *job, const char *status, const char *error)
+{
+	if (job->shared == NULL)
+		return;
+	strlcpy(job->shared->status, status, sizeof(job->shared->status));
+	strlcpy(job->shared->error, error ? error : "", sizeof(job->shared->error));
+	pg_atomic_write_u32(&job->shared->stage, WAIT_STAGE_FINISHED);
+}
+
+/* The job from start to end; errors propagate to the caller. */
+static void
+RunJob(Job *job)
+{
+	if (job->shared)
+		RecordJobFromShared(job);
+	else if (!LoadJobAfterCaller(job))
+		return;					/* rolled back or canceled before it started */
+	pgstat_report_activity(STATE_RUNNING, psprintf("peft training job %lld", (long long) job->id));
+	MarkStarted(job, "queued");
+	if (!AcquireSlot(job))
+	{
+		RecordEnd(job, got_sigterm ? "failed" : "canceled",
+				  got_sigterm ? "the training worker was terminated by an administrator command" : NULL);
+		PublishOutcome(job, got_sigterm ? "failed" : "canceled", NULL);
+		return;
+	}
+	MarkStarted(job, "running");
+	OpenModel(job);
+	ReadRows(job);
+	Train(job);
+	if (job->canceled)
+	{
+		RecordEnd(job, "canceled", NULL);
+		PublishOutcome(job, "canceled", NULL);
+		return;
+	}
+	PublishOutcome(job, "succeeded", NULL);
+}
+
+/* Entry point of a training worker. */
+void
+peft_train_worker_main(Datum arg)
+{
+	Job		   *job = MemoryContextAllocZero(TopMemoryContext, sizeof(Job));
+	dsm_segment *seg = NULL;
+	MemoryContext work = AllocSetContextCreate(TopMemoryContext, "peft job",
+											   ALLOCSET_DEFAULT_SIZES);
+
+	pqsignal(SIGTERM, WorkerSigterm);
+	BackgroundWorkerUnblockSignals();
+	memcpy(&job->args, MyBgworkerEntry->bgw_extra, sizeof(WorkerArgs));
+	if (job->args.magic != PEFT_WORKER_MAGIC)
+		elog(ERROR, "peft training worker started with bad arguments");
+	BackgroundWorkerInitializeConnectionByOid(job->args.database, job->args.owner, 0);
+	if (job->args.shared != 0)
+	{
+		seg = dsm_attach(job->args.shared);
+		if (seg == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("the caller of peft_train stopped waiting before the worker started")));
+		job->shared = dsm_segment_address(seg);
+	}
+
+	MemoryContextSwitchTo(work);
+	PG_TRY();
+	{
+		RunJob(job);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(work);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortOutOfAnyTransaction();
+		if (job->id != 0)
+		{
+			RecordEnd(job, "failed", edata->message);
+			PublishOutcome(job, "failed", edata->message);
+		}
+		ereport(LOG,
+				(errmsg("peft training job %lld failed: %s", (long long) job->id, edata->message)));
+	}
+	PG_END_TRY();
+	if (job->train)
+		job->engine->train_free(job->train);
+	if (job->model)
+		job->engine->model_close(job->model);
+	if (seg)
+		dsm_detach(seg);
+	proc_exit(0);
+}
