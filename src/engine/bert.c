@@ -150,6 +150,32 @@ bind_weights(BertModel *model, PeftError *err)
 	return PEFT_OK;
 }
 
+/*
+ * Copy each layer's query, key and value weights side by side, so the three
+ * projections are one matrix product.  One copy per process, shared by
+ * every network built on the model.
+ */
+static PeftCode
+fuse_qkv(BertModel *model, PeftError *err)
+{
+	size_t		C = model->cfg.hidden_size;
+	size_t		L = model->cfg.num_layers;
+
+	model->qkv_weight = malloc(sizeof(real) * (L * 3 * C * C > 0 ? L * 3 * C * C : 1));
+	model->qkv_bias = malloc(sizeof(real) * (L * 3 * C > 0 ? L * 3 * C : 1));
+	if (model->qkv_weight == NULL || model->qkv_bias == NULL)
+		return peft_fail(err, PEFT_ERR_NOMEM, "out of memory loading the model");
+	for (size_t l = 0; l < L; l++)
+		for (int w = BERT_QUERY; w <= BERT_VALUE; w++)
+		{
+			const BertLinearWeights *lin = &model->layers[l].linear[w];
+
+			memcpy(model->qkv_weight + (l * 3 + w) * C * C, lin->weight, sizeof(real) * C * C);
+			memcpy(model->qkv_bias + (l * 3 + w) * C, lin->bias, sizeof(real) * C);
+		}
+	return PEFT_OK;
+}
+
 /* Load and validate a model folder (config, tokenizer, weights). */
 PeftCode
 bert_load(const char *dir, BertModel **out, PeftError *err)
@@ -186,7 +212,8 @@ bert_load(const char *dir, BertModel **out, PeftError *err)
 	if ((rc = st_open_file(path, &model->file, err)) != PEFT_OK)
 		goto fail;
 	model->file_bytes = model->file->size;
-	if ((rc = bind_weights(model, err)) != PEFT_OK)
+	if ((rc = bind_weights(model, err)) != PEFT_OK ||
+		(rc = fuse_qkv(model, err)) != PEFT_OK)
 		goto fail;
 	snprintf(model->weights_dtype, sizeof(model->weights_dtype), "%s",
 			 st_dtype_name(find_weight(model->file, "embeddings.word_embeddings.weight")->dtype));
@@ -208,6 +235,8 @@ bert_free(BertModel *model)
 		free(model->owned[i]);
 	free(model->owned);
 	free(model->layers);
+	free(model->qkv_weight);
+	free(model->qkv_bias);
 	st_close(model->file);
 	tokenizer_free(model->tokenizer);
 	free(model);

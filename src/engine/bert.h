@@ -60,6 +60,8 @@ typedef struct BertModel
 	const real *ln_emb_gamma;	/* embeddings.LayerNorm */
 	const real *ln_emb_beta;
 	BertLayer  *layers;			/* [num_layers] */
+	real	   *qkv_weight;		/* [L, 3C, C] query | key | value side by side */
+	real	   *qkv_bias;		/* [L, 3C]: one product per layer instead of three */
 	int64_t		parameters;		/* count of the weights used */
 	size_t		file_bytes;		/* size of model.safetensors */
 	char		weights_dtype[8];	/* dtype of the file, e.g. "F32" */

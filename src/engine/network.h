@@ -5,7 +5,7 @@
  *   h0      = LayerNorm(word[ids] + pos[t] + type[0])         (dropout when training)
  *   layer l = post-LN BERT layer whose targeted linears compute
  *             y = x W^T + b + scaling * (dropout(x) A^T) B^T
- *   pooled  = mean over real tokens (or [CLS]) of h_L
+ *   pooled  = mean over real tokens (or the first real token, [CLS]) of h_L
  *   head    = pooled Wc^T + bc: K logits (classification) or 1 value (regression)
  *
  * Parameter names follow Hugging Face PEFT's saved adapters, e.g.
@@ -89,6 +89,8 @@ void		network_free(Network *net);
  * Forward a batch.  train keeps every activation for backward and applies
  * dropout.  outputs receives [B, num_labels] logits (or values).  With
  * labels/targets in the batch, *loss receives the mean loss (else 0).
+ * Only the real tokens are computed (any mask pattern; a token keeps the
+ * position embedding of its column t), so padding costs nothing.
  */
 PeftCode	network_forward(Network *net, const Batch *batch, bool train,
 							real *outputs, double *loss, PeftError *err);
@@ -105,7 +107,10 @@ PeftCode	network_backward(Network *net, const Batch *batch, real loss_scale,
 PeftCode	network_embed(Network *net, const Batch *batch, real *embeddings,
 						  PeftError *err);
 
-/* Last hidden states [B, T, C], for parity tests. */
+/*
+ * Last hidden states [B, T, C], for parity tests.  The network computes
+ * only the real tokens (mask 1): padded rows of hidden are zeros.
+ */
 PeftCode	network_hidden_states(Network *net, const Batch *batch,
 								  real *hidden, PeftError *err);
 

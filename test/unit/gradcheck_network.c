@@ -51,9 +51,13 @@ loss_at(Network *net, const Batch *b, const PeftRng *saved)
 	return loss;
 }
 
-/* Check every parameter tensor of a network built with opts on a padded batch. */
+/*
+ * Check every parameter tensor of a network built with opts on a padded
+ * batch; irregular masks a hole in row 0, left-pads row 1 and empties row 2
+ * (the network computes only the real tokens, whatever the pattern).
+ */
 static void
-check_network(NetworkOptions *opts, const char *what)
+check_network(NetworkOptions *opts, const char *what, bool irregular)
 {
 	int32_t		ids[3 * 7], mask[3 * 7];
 	int32_t		labels[3] = {0, 2 % opts->num_labels, 1};
@@ -71,6 +75,8 @@ check_network(NetworkOptions *opts, const char *what)
 		{
 			ids[i * 7 + t] = t < lengths[i] ? 7 + (i * 13 + t * 7) % 150 : 0;
 			mask[i * 7 + t] = t < lengths[i];
+			if (irregular)
+				mask[i * 7 + t] = (i == 0 && t != 2) || (i == 1 && t >= 3);
 		}
 	assert_int_equal(network_create(model, opts, &net, &err), PEFT_OK);
 
@@ -144,7 +150,7 @@ test_classification(void **state)
 
 	o.task = TASK_CLASSIFICATION;
 	o.num_labels = 3;
-	check_network(&o, "classification, LoRA on all linears, dropout");
+	check_network(&o, "classification, LoRA on all linears, dropout", false);
 }
 
 /* Regression head, MSE, rsLoRA scaling. */
@@ -156,7 +162,7 @@ test_regression_rslora(void **state)
 	o.task = TASK_REGRESSION;
 	o.num_labels = 1;
 	o.lora.rslora = true;
-	check_network(&o, "regression, rsLoRA");
+	check_network(&o, "regression, rsLoRA", false);
 }
 
 /* LoRA on query and value only (PEFT's default for BERT), no dropout. */
@@ -172,7 +178,18 @@ test_no_dropout_query_value(void **state)
 	o.attention_dropout = 0;
 	o.task = TASK_CLASSIFICATION;
 	o.num_labels = 2;
-	check_network(&o, "classification, LoRA on query and value, no dropout");
+	check_network(&o, "classification, LoRA on query and value, no dropout", false);
+}
+
+/* A hole, left padding and an empty row; every dropout on. */
+static void
+test_irregular_mask(void **state)
+{
+	NetworkOptions o = all_targets();
+
+	o.task = TASK_CLASSIFICATION;
+	o.num_labels = 3;
+	check_network(&o, "classification, irregular mask with an empty row", true);
 }
 
 int
@@ -182,6 +199,7 @@ main(void)
 		cmocka_unit_test(test_classification),
 		cmocka_unit_test(test_regression_rslora),
 		cmocka_unit_test(test_no_dropout_query_value),
+		cmocka_unit_test(test_irregular_mask),
 	};
 
 	return cmocka_run_group_tests_name("gradient check: whole network (double)", tests, setup, teardown);

@@ -1,0 +1,80 @@
+/*
+ * vecmath.h - scalar math written so the loops around it vectorise, for the
+ * CPU operation files.
+ *
+ * Float builds evaluate exp() with a branch-free polynomial, because
+ * libm's scalar expf cannot be vectorised and would dominate a softmax.
+ * Double builds (-DPEFT_DOUBLE, the gradient checks) call libm, so finite
+ * differences see an exact function.  ops_cpu.c carries the same
+ * approximation privately; both give the same float results.
+ */
+#ifndef PEFT_ENGINE_VECMATH_H
+#define PEFT_ENGINE_VECMATH_H
+
+#include <math.h>
+#include <stdint.h>
+#include "real.h"
+
+/*
+ * On x86-64 compile a hot loop twice, for SSE2 and AVX2, picked at load
+ * time.  AVX2 alone (no FMA) performs the same IEEE operations per lane,
+ * so both versions give identical results.  Sanitizer builds skip this:
+ * their instrumentation breaks the ifunc resolver, which runs before the
+ * sanitizer runtime starts.
+ */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && \
+	!defined(__AVX2__) && !defined(__SANITIZE_ADDRESS__) && \
+	!defined(__SANITIZE_THREAD__)
+#define VEC_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define VEC_CLONES
+#endif
+
+#ifdef PEFT_DOUBLE
+
+/* exp(x), exactly (libm). */
+static inline double
+vec_exp(double x)
+{
+	return exp(x);
+}
+
+#else
+
+/*
+ * exp(x) for float, branch-free: Cody-Waite reduction x = n ln2 + r, a
+ * degree-7 polynomial for e^r on |r| <= ln2/2 (Cephes' expf
+ * coefficients), and 2^n built in the exponent bits.  Max relative error
+ * 8e-8 (under one ulp) on [-87, 88]; below -87 it returns 0 (the true
+ * value is a denormal), above 88 it saturates at e^88.
+ */
+static inline float
+vec_exp(float x)
+{
+	float		xc = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+	float		t = xc * 1.44269504088896341f;
+	/* Round x / ln2 to the nearest integer by the 1.5 * 2^23 trick. */
+	float		nf = (t + 12582912.0f) - 12582912.0f;
+	float		r = xc - nf * 0.693359375f - nf * -2.12194440e-4f;
+	float		r2 = r * r;
+	float		y = 1.9875691500e-4f;
+	union
+	{
+		int32_t		i;
+		float		f;
+	}			two_n;
+
+	y = y * r + 1.3981999507e-3f;
+	y = y * r + 8.3334519073e-3f;
+	y = y * r + 4.1665795894e-2f;
+	y = y * r + 1.6666665459e-1f;
+	y = y * r + 5.0000001201e-1f;
+	y = y * r2 + r + 1.0f;
+	two_n.i = ((int32_t) nf + 127) << 23;
+	y *= two_n.f;
+	return x < -87.0f ? 0.0f : y;
+}
+
+#endif
+
+#endif
