@@ -13,31 +13,8 @@
 #include "bert.h"
 #include "network.h"
 #include "test_util.h"
+#include "tiny_model_fixture.h"
 
-static BertModel *model;
-
-/* Load the tiny model. */
-static int
-setup(void **state)
-{
-	const char *dir = tiny_model_dir();
-	PeftError	err = {0};
-
-	if (dir == NULL || bert_load(dir, &model, &err) != PEFT_OK)
-	{
-		fprintf(stderr, "cannot load the tiny model: %s\n", err.message);
-		return -1;
-	}
-	return 0;
-}
-
-/* Free the model. */
-static int
-teardown(void **state)
-{
-	bert_free(model);
-	return 0;
-}
 
 /* Mean loss of one forward with the dropout masks of rng state saved. */
 static double
@@ -202,5 +179,5 @@ main(void)
 		cmocka_unit_test(test_irregular_mask),
 	};
 
-	return cmocka_run_group_tests_name("gradient check: whole network (double)", tests, setup, teardown);
+	return cmocka_run_group_tests_name("gradient check: whole network (double)", tests, tiny_setup, tiny_teardown);
 }

@@ -14,36 +14,13 @@
 #include "bert.h"
 #include "network.h"
 #include "test_util.h"
+#include "tiny_model_fixture.h"
 
 #define NSEQ 3
 #define T_PAD 11
 
 static const int lengths[NSEQ] = {7, 1, 4};
 
-static BertModel *model;
-
-/* Load the tiny model. */
-static int
-setup(void **state)
-{
-	const char *dir = tiny_model_dir();
-	PeftError	err = {0};
-
-	if (dir == NULL || bert_load(dir, &model, &err) != PEFT_OK)
-	{
-		fprintf(stderr, "cannot load the tiny model: %s\n", err.message);
-		return -1;
-	}
-	return 0;
-}
-
-/* Free the model. */
-static int
-teardown(void **state)
-{
-	bert_free(model);
-	return 0;
-}
 
 /* Token t of sequence i (any ids the tiny vocabulary has). */
 static int32_t
@@ -182,5 +159,5 @@ main(void)
 	};
 
 	return cmocka_run_group_tests_name("network on packed rows: padding changes nothing",
-									   tests, setup, teardown);
+									   tests, tiny_setup, tiny_teardown);
 }

@@ -17,6 +17,7 @@
 #include "network.h"
 #include "trainer.h"
 #include "test_util.h"
+#include "tiny_model_fixture.h"
 
 static const char *const positive[] = {"good", "great", "excellent", "wonderful", "amazing", "superb"};
 static const char *const negative[] = {"bad", "terrible", "awful", "horrible", "poor", "boring"};
@@ -26,30 +27,6 @@ static const char *const filler[] = {
 	"delivery", "staff", "price", "time", "story", "music", "game", "show", "one", "new"
 };
 
-static BertModel *model;
-
-/* Load the tiny model. */
-static int
-setup(void **state)
-{
-	const char *dir = tiny_model_dir();
-	PeftError	err = {0};
-
-	if (dir == NULL || bert_load(dir, &model, &err) != PEFT_OK)
-	{
-		fprintf(stderr, "cannot load the tiny model: %s\n", err.message);
-		return -1;
-	}
-	return 0;
-}
-
-/* Free the model. */
-static int
-teardown(void **state)
-{
-	bert_free(model);
-	return 0;
-}
 
 /* Fill ds with n synthetic rows: label 0 negative, 1 neutral, 2 positive. */
 static void
@@ -220,5 +197,5 @@ main(void)
 		cmocka_unit_test(test_save_and_reload),
 	};
 
-	return cmocka_run_group_tests_name("training on the tiny model", tests, setup, teardown);
+	return cmocka_run_group_tests_name("training on the tiny model", tests, tiny_setup, tiny_teardown);
 }
