@@ -1,6 +1,7 @@
 /*
  * dataset.c - compact tokenised rows, validation split, batching.
  */
+#define _GNU_SOURCE				/* qsort_r */
 #include "dataset.h"
 
 #include <stdlib.h>
@@ -84,6 +85,28 @@ shuffle(uint32_t *idx, size_t n, PeftRng *rng)
 	}
 }
 
+/* qsort_r comparator: rows by tokens, then label, then target. */
+static int
+by_content(const void *a, const void *b, void *arg)
+{
+	const Dataset *ds = arg;
+	const Example *ea = &ds->rows[*(const uint32_t *) a];
+	const Example *eb = &ds->rows[*(const uint32_t *) b];
+	int32_t		n = ea->length < eb->length ? ea->length : eb->length;
+	int			cmp = 0;
+
+	for (int32_t i = 0; i < n && cmp == 0; i++)
+		cmp = (ds->tokens[ea->offset + i] > ds->tokens[eb->offset + i]) -
+			(ds->tokens[ea->offset + i] < ds->tokens[eb->offset + i]);
+	if (cmp == 0)
+		cmp = (ea->length > eb->length) - (ea->length < eb->length);
+	if (cmp == 0)
+		cmp = (ea->label > eb->label) - (ea->label < eb->label);
+	if (cmp == 0)
+		cmp = (ea->target > eb->target) - (ea->target < eb->target);
+	return cmp;
+}
+
 /* Split rows deterministically into train and validation index arrays. */
 PeftCode
 dataset_split(const Dataset *ds, double fraction, uint64_t seed,
@@ -107,6 +130,13 @@ dataset_split(const Dataset *ds, double fraction, uint64_t seed,
 	}
 	for (size_t i = 0; i < ds->count; i++)
 		all[i] = (uint32_t) i;
+	/*
+	 * Put the rows in an order that depends only on their contents before
+	 * the seeded shuffle: a table's physical order changes with COPY's
+	 * buffering, updates and VACUUM, and the same rows and seed must give
+	 * the same adapter however they were stored or read.
+	 */
+	qsort_r(all, ds->count, sizeof(uint32_t), by_content, (void *) ds);
 	peft_rng_seed(&rng, seed ^ 0x7a11da7aULL);
 	shuffle(all, ds->count, &rng);
 	nv = (size_t) (fraction * ds->count + 0.5);
@@ -122,20 +152,17 @@ dataset_split(const Dataset *ds, double fraction, uint64_t seed,
 	return PEFT_OK;
 }
 
-static const Dataset *sort_ds;
-
-/* qsort comparator: longer rows first, then by index for stability. */
+/* qsort_r comparator: longer rows first, then by content (never by position). */
 static int
-by_length_desc(const void *a, const void *b)
+by_length_desc(const void *a, const void *b, void *arg)
 {
-	uint32_t	ia = *(const uint32_t *) a;
-	uint32_t	ib = *(const uint32_t *) b;
-	int32_t		la = sort_ds->rows[ia].length;
-	int32_t		lb = sort_ds->rows[ib].length;
+	const Dataset *ds = arg;
+	int32_t		la = ds->rows[*(const uint32_t *) a].length;
+	int32_t		lb = ds->rows[*(const uint32_t *) b].length;
 
 	if (la != lb)
 		return la > lb ? -1 : 1;
-	return ia < ib ? -1 : (ia > ib);
+	return by_content(a, b, arg);
 }
 
 /* Order rows for one epoch, grouping similar lengths into batches. */
@@ -153,9 +180,9 @@ dataset_epoch_order(const Dataset *ds, const uint32_t *rows, size_t n,
 	shuffle(order, n, rng);
 	if (!group_by_length || n <= (size_t) batch_size)
 		return;
-	sort_ds = ds;
 	for (size_t w = 0; w < n; w += window)
-		qsort(order + w, (n - w < window) ? n - w : window, sizeof(uint32_t), by_length_desc);
+		qsort_r(order + w, (n - w < window) ? n - w : window, sizeof(uint32_t),
+				by_length_desc, (void *) ds);
 
 	/* shuffle whole batches so lengths do not follow a pattern; the last
 	 * (possibly short) batch keeps its place at the end */
