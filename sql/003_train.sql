@@ -55,7 +55,7 @@ SELECT id = :job AS same, status FROM peft_wait(:job);
 -- Predictions: labels and probabilities.
 SELECT label, score > 0.5 AS confident FROM peft_predict('sentiment', 'movie excellent today');
 SELECT label FROM peft_predict('sentiment', 'went awful team');
-SELECT ord, label, round(score::numeric, 2) > 0.5 AS confident
+SELECT ord, label, score BETWEEN 1.0 / 3 AND 1 AS probability
 FROM peft_predict('sentiment', ARRAY['it good hotel', NULL, 'food terrible room', 'place table with']);
 SELECT count(*) FILTER (WHERE p.label = r.sentiment)::float8 / count(*) > 0.95 AS agrees
 FROM reviews r, LATERAL peft_predict('sentiment', r.body) p WHERE r.body IS NOT NULL;

@@ -10,6 +10,7 @@
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "fmgr.h"
+#include "miscadmin.h"
 #include "utils/builtins.h"
 
 #include "catalog.h"
@@ -46,6 +47,8 @@ peft_activate(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("adapter \"%s\" has no version %d", name, version)));
+	/* the deactivation below would otherwise reach another role's version */
+	CheckAdapterNameOwner(name, GetUserId());
 	CatalogAsOwner(&octx);
 	/* deactivate first: the unique index allows one active version per name */
 	if (SPI_execute_with_args("UPDATE peft.adapters SET active = false WHERE name = $1 AND active",
@@ -81,6 +84,8 @@ peft_drop_adapter(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 all ? errmsg("adapter \"%s\" does not exist", name)
 				 : errmsg("adapter \"%s\" has no version %d", name, version)));
+	/* the DELETE below runs as the owner and would reach versions the caller cannot see */
+	CheckAdapterNameOwner(name, GetUserId());
 	CatalogAsOwner(&octx);
 	if (SPI_execute_with_args("DELETE FROM peft.adapters WHERE name = $1 AND ($2 OR version = $3)",
 							  3, types, values, NULL, false, 0) != SPI_OK_DELETE)

@@ -7,6 +7,7 @@
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 
 #include "catalog.h"
 
@@ -30,22 +31,62 @@ ExtensionOwner(void)
  * Switch to the extension owner for catalog writes.  A restricted
  * operation: nothing run meanwhile can change settings or create
  * objects.  An ERROR in between restores the caller at transaction abort.
+ *
+ * search_path is pinned to pg_catalog meanwhile, as for a SECURITY DEFINER
+ * function with SET search_path: otherwise a caller who puts a schema of
+ * its own before pg_catalog (SET search_path = mine, pg_catalog) gets its
+ * own "=" operator (or a type's domain check) run by the owner's SQL, with
+ * the owner's rights, e.g. a superuser's.
  */
 void
 CatalogAsOwner(OwnerContext *ctx)
 {
 	Oid			owner = ExtensionOwner();
 
+	ctx->guc_nestlevel = NewGUCNestLevel();
+	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
 	GetUserIdAndSecContext(&ctx->saved_user, &ctx->saved_sec);
 	SetUserIdAndSecContext(owner, ctx->saved_sec | SECURITY_LOCAL_USERID_CHANGE |
 						   SECURITY_RESTRICTED_OPERATION);
 }
 
-/* Return to the caller's identity. */
+/* Return to the caller's identity and search_path. */
 void
 CatalogAsCaller(const OwnerContext *ctx)
 {
 	SetUserIdAndSecContext(ctx->saved_user, ctx->saved_sec);
+	AtEOXact_GUC(true, ctx->guc_nestlevel);
+}
+
+/*
+ * ERROR unless role may see (through row-level security: its own, those of
+ * roles it belongs to) every existing version of adapter name.  Names are
+ * shared by all roles, with one active version per name, so training,
+ * activating or dropping versions of a name that another role also uses
+ * would deactivate or delete that role's adapters.
+ */
+void
+CheckAdapterNameOwner(const char *name, Oid role)
+{
+	Oid			types[2] = {TEXTOID, OIDOID};
+	Datum		values[2] = {CStringGetTextDatum(name), ObjectIdGetDatum(role)};
+	OwnerContext octx;
+	bool		taken;
+
+	CatalogAsOwner(&octx);
+	if (SPI_execute_with_args("SELECT 1 FROM peft.adapters WHERE name = $1 "
+							  "AND NOT pg_catalog.pg_has_role($2, owner, 'MEMBER')",
+							  2, types, values, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read peft.adapters");
+	taken = SPI_processed > 0;
+	CatalogAsCaller(&octx);
+	if (taken)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("adapter name \"%s\" belongs to another role", name),
+				 errdetail("Adapter names are shared by all roles; this one has versions of a role whose adapters you cannot see."),
+				 errhint("Choose another adapter name.")));
 }
 
 /* Copy column n of the current SPI row as a palloc'd C string (NULL if null). */

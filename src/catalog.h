@@ -3,7 +3,9 @@
  *
  * The tables are writable only by the extension's owner; functions that
  * change them check the caller's rights first, then write as the owner
- * (CatalogAsOwner), with schema-qualified SQL so search_path never matters.
+ * (CatalogAsOwner), with schema-qualified SQL and search_path pinned to
+ * pg_catalog, so no operator, function or type of the caller's runs as the
+ * owner.
  */
 #ifndef PEFT_CATALOG_H
 #define PEFT_CATALOG_H
@@ -27,11 +29,15 @@ typedef struct OwnerContext
 {
 	Oid			saved_user;
 	int			saved_sec;
+	int			guc_nestlevel;	/* undoes the pinned search_path */
 } OwnerContext;
 
 /* Switch to the extension owner for catalog writes; undo with CatalogAsCaller. */
 extern void CatalogAsOwner(OwnerContext *ctx);
 extern void CatalogAsCaller(const OwnerContext *ctx);
+
+/* ERROR unless role may see every existing version of adapter name. */
+extern void CheckAdapterNameOwner(const char *name, Oid role);
 
 /* Look up a model by name as the caller; ERROR if absent. */
 extern CatalogModel *CatalogGetModel(const char *name);

@@ -329,6 +329,7 @@ peft_train(PG_FUNCTION_ARGS)
 				 errmsg("invalid option \"max_length\": %d exceeds the model's %d positions",
 						parsed.config.max_length, max_position)));
 	CheckData(fields[JOB_DATA], fields[JOB_INPUT], fields[JOB_LABEL], regression);
+	CheckAdapterNameOwner(fields[JOB_ADAPTER], GetUserId());
 
 	args.magic = PEFT_WORKER_MAGIC;
 	args.database = MyDatabaseId;

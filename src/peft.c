@@ -50,8 +50,6 @@ PeftInitSettings(void)
 							 PEFT_DEVICE_AUTO, device_options,
 							 PGC_USERSET, 0,
 							 NULL, NULL, NULL);
-
-	MarkGUCPrefixReserved("peft");
 }
 
 /* Module load: settings only (see the file comment). */
@@ -60,6 +58,13 @@ _PG_init(void)
 {
 	PeftInitSettings();
 	PeftInitJobSettings();
+	/*
+	 * Reserve the prefix only after every peft.* setting is defined: it
+	 * removes the placeholders still undefined at that point, which threw
+	 * away peft.max_jobs, peft.train_threads and peft.max_train_memory
+	 * from postgresql.conf (with a WARNING in every backend loading peft).
+	 */
+	MarkGUCPrefixReserved("peft");
 }
 
 PG_FUNCTION_INFO_V1(peft_version);

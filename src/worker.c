@@ -28,6 +28,7 @@
 #include "storage/lmgr.h"
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
@@ -333,6 +334,7 @@ ReadRows(Job *job)
 	Portal		portal;
 	SPIPlanPtr	plan;
 	PeftError	err = {0};
+	int			nestlevel;
 
 	ctl.keysize = MAX_LABEL_BYTES + 1;
 	ctl.entrysize = sizeof(LabelEntry);
@@ -340,6 +342,17 @@ ReadRows(Job *job)
 	job->label_index = hash_create("peft labels", 64, &ctl, HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
 
 	BeginStep();
+
+	/*
+	 * The data query is the caller's SQL running in this session: it may
+	 * change settings (set_config('search_path', ...)) that would then apply
+	 * to the owner's statements that follow.  Run it at its own GUC nesting
+	 * level, undone below, with the search_path the session had by default
+	 * (what data names were always resolved with).
+	 */
+	nestlevel = NewGUCNestLevel();
+	(void) set_config_option("search_path", GetConfigOptionResetString("search_path"),
+							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 	GetUserIdAndSecContext(&save_user, &save_sec);
 	SetUserIdAndSecContext(job->args.caller, save_sec | SECURITY_LOCAL_USERID_CHANGE);
 	plan = SPI_prepare(DataQuery(job->fields[JOB_DATA], job->fields[JOB_INPUT],
@@ -387,6 +400,7 @@ ReadRows(Job *job)
 	}
 	SPI_cursor_close(portal);
 	SetUserIdAndSecContext(save_user, save_sec);
+	AtEOXact_GUC(false, nestlevel);
 	EndStep();
 }
 
@@ -550,6 +564,8 @@ SaveAdapter(Job *job, const char *final_metrics, int64 train_rows, int64 valid_r
 	/* versions of one name are numbered under a lock: concurrent jobs get distinct ones */
 	ExecText("SELECT pg_advisory_xact_lock(hashtext('peft.adapters:' || $1))", 1,
 			 (const char **) &job->fields[JOB_ADAPTER]);
+	/* checked at call time too; again here, as another role may have used the name since */
+	CheckAdapterNameOwner(job->fields[JOB_ADAPTER], job->args.caller);
 	if (job->options.activate)
 		ExecText("UPDATE peft.adapters SET active = false WHERE name = $1 AND active", 1,
 				 (const char **) &job->fields[JOB_ADAPTER]);
@@ -707,6 +723,13 @@ peft_train_worker_main(Datum arg)
 	if (job->args.magic != PEFT_WORKER_MAGIC)
 		elog(ERROR, "peft training worker started with bad arguments");
 	BackgroundWorkerInitializeConnectionByOid(job->args.database, job->args.owner, 0);
+
+	/*
+	 * This session runs as the extension owner: resolve the names in its own
+	 * statements in pg_catalog only, whatever search_path the database or
+	 * role settings give (ReadRows restores that default for the data query).
+	 */
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION);
 	if (job->args.shared != 0)
 	{
 		seg = dsm_attach(job->args.shared);
