@@ -88,6 +88,14 @@ ROLLBACK;
 SELECT count(*) AS later_jobs FROM peft.jobs WHERE adapter = 'later';
 SELECT peft_wait(-1);
 
+-- Names in data resolve with the caller's search_path, in the worker too.
+CREATE SCHEMA elsewhere;
+CREATE TABLE elsewhere.more_reviews AS SELECT * FROM reviews;
+SET search_path = elsewhere, public;
+SELECT peft_train('elsewhere', 'tiny', 'more_reviews', 'body', 'sentiment', options => '{"epochs": 1}') AS where_job \gset
+RESET search_path;
+SELECT status FROM peft_wait(:where_job);
+
 -- Regression: a number out, no label.
 SELECT peft_train('stars', 'tiny', 'reviews', 'body', 'stars', task => 'regression',
                   options => '{"epochs": 8, "learning_rate": 0.01, "batch_size": 16}', wait => true) IS NOT NULL AS trained;

@@ -41,6 +41,7 @@ CREATE TABLE peft.job_rows (
     label_column       text NOT NULL,
     options            jsonb NOT NULL DEFAULT '{}',
     owner              name NOT NULL DEFAULT current_user,
+    search_path        text NOT NULL DEFAULT '',
     status             text NOT NULL DEFAULT 'queued'
                        CHECK (status IN ('queued', 'running', 'succeeded', 'failed', 'canceled')),
     progress           real NOT NULL DEFAULT 0 CHECK (progress BETWEEN 0 AND 1),

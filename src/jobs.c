@@ -296,6 +296,7 @@ peft_train(PG_FUNCTION_ARGS)
 	fields[JOB_METHOD] = text_to_cstring(PG_GETARG_TEXT_PP(6));
 	fields[JOB_OPTIONS] = JsonbToCString(NULL, &options->root, VARSIZE(options));
 	fields[JOB_OWNER] = GetUserNameFromId(GetUserId(), false);
+	fields[JOB_SEARCH_PATH] = pstrdup(GetConfigOption("search_path", false, false));
 
 	CheckCatalogName("adapter", fields[JOB_ADAPTER]);
 	if (strcmp(fields[JOB_TASK], "classification") != 0 && strcmp(fields[JOB_TASK], "regression") != 0)
@@ -349,8 +350,8 @@ peft_train(PG_FUNCTION_ARGS)
 		}
 		CatalogAsOwner(&octx);
 		if (SPI_execute_with_args("INSERT INTO peft.job_rows (adapter, base_model, method, task, "
-								  "data, input_column, label_column, options, owner) "
-								  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9) RETURNING id",
+								  "data, input_column, label_column, options, owner, search_path) "
+								  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10) RETURNING id",
 								  JOB_NUM_FIELDS, jtypes, jvalues, NULL, false, 1) != SPI_OK_INSERT_RETURNING)
 			elog(ERROR, "could not record the job");
 		CatalogAsCaller(&octx);

@@ -154,8 +154,8 @@ RecordJobFromShared(Job *job)
 	}
 	BeginStep();
 	if (ExecText("INSERT INTO peft.job_rows (adapter, base_model, method, task, data, "
-				 "input_column, label_column, options, owner) "
-				 "VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9) RETURNING id",
+				 "input_column, label_column, options, owner, search_path) "
+				 "VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10) RETURNING id",
 				 JOB_NUM_FIELDS, (const char **) job->fields) != SPI_OK_INSERT_RETURNING)
 		elog(ERROR, "could not record the job");
 	job->id = atoll(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
@@ -173,7 +173,7 @@ LoadJobAfterCaller(Job *job)
 {
 	const char *id;
 	const char *cols = "adapter, base_model, method, task, data, input_column, "
-		"label_column, options::text, owner, status, cancel_requested";
+		"label_column, options::text, owner, search_path, status, cancel_requested";
 
 	job->id = job->args.job_id;
 	id = JobIdText(job);
@@ -191,8 +191,8 @@ LoadJobAfterCaller(Job *job)
 	for (int i = 0; i < JOB_NUM_FIELDS; i++)
 		job->fields[i] = MemoryContextStrdup(TopMemoryContext,
 											 SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, i + 1));
-	if (strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 10), "queued") != 0 ||
-		strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 11), "t") == 0)
+	if (strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, JOB_NUM_FIELDS + 1), "queued") != 0 ||
+		strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, JOB_NUM_FIELDS + 2), "t") == 0)
 	{
 		ExecText("UPDATE peft.job_rows SET status = 'canceled', finished_at = now() "
 				 "WHERE id = $1::bigint AND status = 'queued'", 1, &id);
@@ -347,11 +347,11 @@ ReadRows(Job *job)
 	 * The data query is the caller's SQL running in this session: it may
 	 * change settings (set_config('search_path', ...)) that would then apply
 	 * to the owner's statements that follow.  Run it at its own GUC nesting
-	 * level, undone below, with the search_path the session had by default
-	 * (what data names were always resolved with).
+	 * level, undone below, with the search_path the caller had when it
+	 * called peft_train, so names resolve as they did at call time.
 	 */
 	nestlevel = NewGUCNestLevel();
-	(void) set_config_option("search_path", GetConfigOptionResetString("search_path"),
+	(void) set_config_option("search_path", job->fields[JOB_SEARCH_PATH],
 							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 	GetUserIdAndSecContext(&save_user, &save_sec);
 	SetUserIdAndSecContext(job->args.caller, save_sec | SECURITY_LOCAL_USERID_CHANGE);

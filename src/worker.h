@@ -57,6 +57,7 @@ typedef enum JobField
 	JOB_LABEL,
 	JOB_OPTIONS,
 	JOB_OWNER,
+	JOB_SEARCH_PATH,			/* the caller's, for names in the data query */
 	JOB_NUM_FIELDS
 } JobField;
 
