@@ -240,14 +240,27 @@ WaitForWorker(BackgroundWorkerHandle *handle, WaitShared *shared)
 	PG_END_TRY();
 }
 
-/* Raise a failed job's error in the caller. */
+/* ERROR for a failed job (and, if canceled_is_error, a canceled one). */
+static void
+RaiseOutcome(int64 job_id, const char *status, const char *error, bool canceled_is_error)
+{
+	if (strcmp(status, "failed") == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
+				 errmsg("training job %lld failed: %s", (long long) job_id,
+						error && *error ? error : "unknown error")));
+	if (canceled_is_error && strcmp(status, "canceled") == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_QUERY_CANCELED),
+				 errmsg("training job %lld was canceled", (long long) job_id)));
+}
+
+/* Raise a failed job's error in the caller, reading its row. */
 static void
 RaiseJobOutcome(int64 job_id)
 {
 	Oid			types[1] = {INT8OID};
 	Datum		values[1] = {Int64GetDatum(job_id)};
-	char	   *status;
-	char	   *error;
 
 	if (SPI_execute_with_args("SELECT status, error FROM peft.jobs WHERE id = $1",
 							  1, types, values, NULL, false, 1) != SPI_OK_SELECT ||
@@ -255,17 +268,8 @@ RaiseJobOutcome(int64 job_id)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("job %lld is not visible", (long long) job_id)));
-	status = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-	error = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
-	if (strcmp(status, "failed") == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
-				 errmsg("training job %lld failed: %s", (long long) job_id,
-						error ? error : "unknown error")));
-	if (strcmp(status, "canceled") == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_QUERY_CANCELED),
-				 errmsg("training job %lld was canceled", (long long) job_id)));
+	RaiseOutcome(job_id, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1),
+				 SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2), false);
 }
 
 /*
@@ -384,14 +388,7 @@ peft_train(PG_FUNCTION_ARGS)
 					 errhint("See the server log.")));
 		/* the outcome travels through shared memory: the caller's snapshot
 		 * may predate the worker's commits */
-		if (strcmp(shared->status, "failed") == 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
-					 errmsg("training job %lld failed: %s", (long long) job_id, shared->error)));
-		if (strcmp(shared->status, "canceled") == 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_QUERY_CANCELED),
-					 errmsg("training job %lld was canceled", (long long) job_id)));
+		RaiseOutcome(job_id, shared->status, shared->error, true);
 		dsm_detach(seg);
 		SPI_finish();
 		PG_RETURN_INT64(job_id);
