@@ -389,8 +389,8 @@ ReadRows(Job *job)
 			if (rc == PEFT_ERR_NOMEM)
 				ereport(ERROR,
 						(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-						 errmsg("%s", err.message),
-						 errhint("Raise peft.max_train_memory, or train on fewer rows.")));
+						 errmsg("%s: raise peft.max_train_memory, or train on fewer rows",
+								err.message)));
 			if (rc != PEFT_OK)
 				PeftRaiseEngineError(&err);
 			job->rows++;
