@@ -70,17 +70,27 @@ CREATE FUNCTION peft._worker_alive(pid int, started timestamptz) RETURNS boolean
     LANGUAGE C STABLE PARALLEL SAFE;
 
 -- A job whose worker vanished (crash, kill -9, immediate shutdown) is shown
--- as failed at once, whoever looks, even before anything repairs its row.
+-- as failed at once, whoever looks, even before anything repairs its row;
+-- so is a queued job whose worker never started before the server
+-- restarted (dynamic workers do not survive a restart).
+CREATE FUNCTION peft._job_lost(status text, worker_pid int, worker_started timestamptz,
+                               created_at timestamptz) RETURNS boolean
+    LANGUAGE sql STABLE PARALLEL SAFE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+        SELECT status IN ('queued', 'running')
+           AND CASE WHEN worker_pid IS NULL THEN created_at < pg_postmaster_start_time()
+                    ELSE NOT peft._worker_alive(worker_pid, worker_started) END
+    $$;
+
 CREATE VIEW peft.jobs WITH (security_invoker = true) AS
 SELECT j.id, j.adapter, j.base_model, j.method, j.task, j.data, j.input_column,
        j.label_column, j.options, j.owner,
-       CASE WHEN j.status IN ('queued', 'running') AND j.worker_pid IS NOT NULL
-                 AND NOT peft._worker_alive(j.worker_pid, j.worker_started)
+       CASE WHEN peft._job_lost(j.status, j.worker_pid, j.worker_started, j.created_at)
             THEN 'failed' ELSE j.status END AS status,
        j.progress, j.epoch, j.step, j.total_steps, j.loss, j.samples_per_second,
        j.eta, j.loss_history, j.metrics,
-       CASE WHEN j.status IN ('queued', 'running') AND j.worker_pid IS NOT NULL
-                 AND NOT peft._worker_alive(j.worker_pid, j.worker_started)
+       CASE WHEN peft._job_lost(j.status, j.worker_pid, j.worker_started, j.created_at)
             THEN 'the training worker ended without finishing (server crash, restart or termination)'
             ELSE j.error END AS error,
        j.worker_pid, j.created_at, j.started_at, j.finished_at
