@@ -22,8 +22,16 @@ EXTRA_CLEAN  = peft_engine.so peft-engine build build-asan results regression.di
                regression.out
 
 PG_CONFIG ?= pg_config
-PGXS := $(shell $(PG_CONFIG) --pgxs)
+PGXS := $(shell $(PG_CONFIG) --pgxs 2>/dev/null)
+ifneq ($(PGXS),)
 include $(PGXS)
+else
+# No PostgreSQL (a GPU check machine): only the engine, its runner and tests.
+$(info peft: pg_config not found: building the engine only)
+all:
+clean:
+	rm -rf $(EXTRA_CLEAN)
+endif
 
 # PGXS tracks no header dependencies: rebuild the SQL layer when its
 # headers or the engine interface change.
@@ -140,6 +148,23 @@ $(B)/unit/gradcheck_%: test/unit/gradcheck_%.c $(ENGINE_DOUBLE_OBJS) $(wildcard 
 
 unit: $(UNIT_BINS)
 
+# ---- GPU parity tests (CUDA builds only; they skip without a device) ------
+
+GPU_SRCS = $(sort $(wildcard test/gpu/test_gpu_*.c))
+ifeq ($(PEFT_CUDA),1)
+GPU_BINS = $(patsubst test/gpu/%.c,$(B)/gpu/%,$(GPU_SRCS))
+else
+GPU_BINS =
+endif
+
+$(B)/gpu:
+	mkdir -p $@
+
+$(B)/gpu/test_gpu_%: test/gpu/test_gpu_%.c $(ENGINE_OBJS) $(CUDA_OBJS) | $(B)/gpu
+	$(CC) $(UNIT_CFLAGS) -Itest/gpu -o $@ $< $(ENGINE_OBJS) $(CUDA_OBJS) $(ENGINE_LIBS) -lcmocka
+
+gpu-tests: $(GPU_BINS)
+
 engine: peft_engine.so
 
-.PHONY: unit engine install-engine uninstall-engine FORCE
+.PHONY: unit gpu-tests engine install-engine uninstall-engine FORCE
