@@ -58,7 +58,7 @@ for bin in build/gpu/test_gpu_*; do
 done
 
 echo
-echo "device: $(cat "$OUTDIR/device.txt" 2>/dev/null || echo none)"
+if [ -s "$OUTDIR/device.txt" ]; then echo "device: $(cat "$OUTDIR/device.txt")"; else echo "device: none visible"; fi
 printf '%-28s %6s %6s %7s\n' "parity test" passed failed skipped
 for r in "${rows[@]}"; do echo "$r"; done
 echo "GPU benchmark: not yet (the engine has no CUDA training path; issue 5)"
