@@ -678,6 +678,21 @@ PublishOutcome(Job *job, const char *status, const char *error)
 	pg_atomic_write_u32(&job->shared->stage, WAIT_STAGE_FINISHED);
 }
 
+/* Take a job slot, or record why the job ended while waiting for one. */
+static bool
+HoldSlot(Job *job)
+{
+	const char *status;
+
+	if (AcquireSlot(job))
+		return true;
+	status = got_sigterm ? "failed" : "canceled";
+	RecordEnd(job, status,
+			  got_sigterm ? "the training worker was terminated by an administrator command" : NULL);
+	PublishOutcome(job, status, NULL);
+	return false;
+}
+
 /* The job from start to end; errors propagate to the caller. */
 static void
 RunJob(Job *job)
@@ -688,16 +703,20 @@ RunJob(Job *job)
 		return;					/* rolled back or canceled before it started */
 	pgstat_report_activity(STATE_RUNNING, psprintf("peft training job %lld", (long long) job->id));
 	MarkStarted(job, "queued");
-	if (!AcquireSlot(job))
-	{
-		RecordEnd(job, got_sigterm ? "failed" : "canceled",
-				  got_sigterm ? "the training worker was terminated by an administrator command" : NULL);
-		PublishOutcome(job, got_sigterm ? "failed" : "canceled", NULL);
+	if (!HoldSlot(job))
 		return;
-	}
 	MarkStarted(job, "running");
 	OpenModel(job);
 	ReadRows(job);
+
+	/*
+	 * The data query ran in this session as the caller, and
+	 * pg_advisory_unlock_all() there would have released our slot: take it
+	 * again (a no-op re-lock when it is still held) so peft.max_jobs holds
+	 * while training.
+	 */
+	if (!HoldSlot(job))
+		return;
 	Train(job);
 	if (job->canceled)
 	{
