@@ -33,6 +33,9 @@ SELECT peft_train('a', 'tiny', 'reviews', 'body', 'sentiment', options => '[1, 2
 SELECT peft_train('a', 'tiny', 'SELECT body, sentiment FROM reviews WHERE false', 'body', 'sentiment');
 SELECT peft_train('a', 'tiny', 'SELECT body, ''x'' AS sentiment FROM reviews', 'body', 'sentiment');
 SELECT peft_train('bad name', 'tiny', 'reviews', 'body', 'sentiment');
+SELECT peft_train('a', 'tiny', 'SELECT body, sentiment FROM reviews) AS peft_data; SELECT 1 FROM (SELECT 1', 'body', 'sentiment');
+SELECT peft_train('a', 'tiny', 'WITH gone AS (DELETE FROM reviews RETURNING *) SELECT body, sentiment FROM gone', 'body', 'sentiment');
+SELECT count(*) AS reviews_intact FROM reviews;
 SELECT count(*) AS jobs FROM peft.jobs;
 
 -- Train and wait: the job succeeds and version 1 is active.

@@ -108,13 +108,23 @@ CheckData(const char *data, const char *input, const char *label, bool regressio
 								 quote_identifier(input), quote_identifier(label),
 								 DataSource(data));
 	char	   *query = DataQuery(data, input, label, regression);
+	SPIPlanPtr	plan;
 	Oid			label_type;
 	char	   *first;
 
 	/* columns and privileges: errors come out as the caller would get them */
-	if (SPI_execute(plain, true, 0) != SPI_OK_SELECT)
+	/*
+	 * One read-only SELECT, as the worker's cursor needs: a data text that
+	 * smuggles in a second statement after a ";" is refused here (read-only
+	 * execution already refuses anything that writes).
+	 */
+	plan = SPI_prepare(plain, 0, NULL);
+	if (plan == NULL || !SPI_is_cursor_plan(plan))
 		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-						errmsg("data must be a table, a view or a SELECT query")));
+						errmsg("data must be a table, a view or a single SELECT query")));
+	if (SPI_execute_plan(plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
+		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						errmsg("data must be a table, a view or a single SELECT query")));
 	label_type = SPI_gettypeid(SPI_tuptable->tupdesc, 2);
 	if (regression && label_type != INT2OID && label_type != INT4OID && label_type != INT8OID &&
 		label_type != FLOAT4OID && label_type != FLOAT8OID && label_type != NUMERICOID)
