@@ -34,21 +34,8 @@
 #include <string.h>
 
 #include "threadpool.h"
+#include "vecmath.h"
 
-/*
- * On x86-64 compile the hot element-wise loops twice, for SSE2 and AVX2,
- * picked at load time.  AVX2 alone (no FMA) performs the same IEEE
- * operations per lane, so both versions give identical results.
- * Sanitizer builds skip this: their instrumentation breaks the ifunc
- * resolver, which runs before the sanitizer runtime starts.
- */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && \
-	!defined(__AVX2__) && !defined(__SANITIZE_ADDRESS__) && \
-	!defined(__SANITIZE_THREAD__)
-#define VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define VECTOR_CLONES
-#endif
 
 /*
  * Items per chunk below which handing work to another thread costs more
@@ -81,13 +68,6 @@ row_grain(size_t row_len)
 
 #define sqrt_real sqrt
 
-/* exp(x), exactly (libm). */
-static inline real
-exp_real(real x)
-{
-	return exp(x);
-}
-
 /* Standard normal CDF Phi(x) via erfc (accurate in the lower tail too). */
 static inline real
 normal_cdf(real x, real gauss)
@@ -99,49 +79,6 @@ normal_cdf(real x, real gauss)
 #else
 
 #define sqrt_real sqrtf
-
-/*
- * exp(x) for float, branch-free so loops over it vectorise: Cody-Waite
- * reduction x = n ln2 + r, a degree-7 polynomial for e^r on |r| <= ln2/2
- * (Cephes' expf coefficients), and 2^n built in the exponent bits.  Max
- * relative error 8e-8 (under one ulp) on [-87, 88]; below -87 it returns 0
- * (the true value is a denormal), above 88 it saturates at e^88.
- */
-static inline float
-exp_real(float x)
-{
-	float		xc = x;
-	float		t;
-	float		nf;
-	float		r;
-	float		r2;
-	float		y;
-	union
-	{
-		int32_t		i;
-		float		f;
-	}			two_n;
-
-	if (xc < -87.0f)
-		xc = -87.0f;
-	if (xc > 88.0f)
-		xc = 88.0f;
-	/* Round x / ln2 to the nearest integer by the 1.5 * 2^23 trick. */
-	t = xc * 1.44269504088896341f;
-	nf = (t + 12582912.0f) - 12582912.0f;
-	r = xc - nf * 0.693359375f - nf * -2.12194440e-4f;
-	r2 = r * r;
-	y = 1.9875691500e-4f;
-	y = y * r + 1.3981999507e-3f;
-	y = y * r + 8.3334519073e-3f;
-	y = y * r + 4.1665795894e-2f;
-	y = y * r + 1.6666665459e-1f;
-	y = y * r + 5.0000001201e-1f;
-	y = y * r2 + r + 1.0f;
-	two_n.i = ((int32_t) nf + 127) << 23;
-	y *= two_n.f;
-	return x < -87.0f ? 0.0f : y;
-}
 
 /*
  * Standard normal CDF Phi(x) for float, given gauss = exp(-x^2 / 2).
@@ -379,7 +316,7 @@ typedef struct LayerNormArgs
 } LayerNormArgs;
 
 /* Normalise rows [begin, end) of inp[N,C]. */
-VECTOR_CLONES
+VEC_CLONES
 static void
 layernorm_forward_range(void *arg, size_t begin, size_t end)
 {
@@ -436,7 +373,7 @@ layernorm_forward(real *out, real *mean, real *rstd,
  *   xhat = (x - mean) rstd,  g = dout * gamma
  *   dinp += rstd * (g - mean(g) - xhat * mean(g * xhat))
  */
-VECTOR_CLONES
+VEC_CLONES
 static void
 layernorm_dinp_range(void *arg, size_t begin, size_t end)
 {
@@ -576,7 +513,7 @@ typedef struct ElementwiseArgs
 } ElementwiseArgs;
 
 /* out = x * Phi(x) on [begin, end) (a = inp). */
-VECTOR_CLONES
+VEC_CLONES
 static void
 gelu_forward_range(void *arg, size_t begin, size_t end)
 {
@@ -587,14 +524,14 @@ gelu_forward_range(void *arg, size_t begin, size_t end)
 	for (size_t i = begin; i < end; i++)
 	{
 		real		x = inp[i];
-		real		gauss = exp_real((real) -0.5 * x * x);
+		real		gauss = vec_exp((real) -0.5 * x * x);
 
 		out[i] = x * normal_cdf(x, gauss);
 	}
 }
 
 /* out += dout * (Phi(x) + x phi(x)) on [begin, end) (a = inp, b = dout). */
-VECTOR_CLONES
+VEC_CLONES
 static void
 gelu_backward_range(void *arg, size_t begin, size_t end)
 {
@@ -606,7 +543,7 @@ gelu_backward_range(void *arg, size_t begin, size_t end)
 	for (size_t i = begin; i < end; i++)
 	{
 		real		x = inp[i];
-		real		gauss = exp_real((real) -0.5 * x * x);
+		real		gauss = vec_exp((real) -0.5 * x * x);
 		real		dgelu = normal_cdf(x, gauss) + x * gauss * (real) INV_SQRT_2PI;
 
 		dinp[i] += dout[i] * dgelu;
@@ -847,7 +784,7 @@ masked_row_max(const float *row, const int32_t *key_mask, int T)
  * In place over row[T] of scores: softmax over the keys whose mask is 1.
  * Masked keys get exactly 0; a row with no valid key becomes all zeros.
  */
-VECTOR_CLONES
+VEC_CLONES
 static void
 masked_softmax_row(real *restrict row, const int32_t *restrict key_mask,
 				   int valid_keys, int T)
@@ -865,7 +802,7 @@ masked_softmax_row(real *restrict row, const int32_t *restrict key_mask,
 	/* Subtracting the max keeps every exponent <= 0: no overflow. */
 	for (int j = 0; j < T; j++)
 	{
-		real		e = exp_real(row[j] - max);
+		real		e = vec_exp(row[j] - max);
 
 		row[j] = key_mask[j] ? e : 0;
 	}
@@ -886,7 +823,7 @@ count_valid(const int32_t *mask, int T)
 }
 
 /* dst[n] = keep ? src * scale : 0 (dropout applied to attention weights) */
-VECTOR_CLONES
+VEC_CLONES
 static void
 apply_keep_mask(real *restrict dst, const real *restrict src,
 				const uint8_t *restrict keep, real scale, size_t n)
@@ -901,7 +838,7 @@ apply_keep_mask(real *restrict dst, const real *restrict src,
  *   dscore[i,j] = p[i,j] * (dp[i,j] - sum_k p[i,k] dp[i,k])
  * Masked keys have p = 0 and so get no gradient.
  */
-VECTOR_CLONES
+VEC_CLONES
 static void
 softmax_dropout_backward(real *restrict work, const real *restrict probs,
 						 const uint8_t *restrict keep, real scale, int T)

@@ -5,8 +5,7 @@
  * Float builds evaluate exp() with a branch-free polynomial, because
  * libm's scalar expf cannot be vectorised and would dominate a softmax.
  * Double builds (-DPEFT_DOUBLE, the gradient checks) call libm, so finite
- * differences see an exact function.  ops_cpu.c carries the same
- * approximation privately; both give the same float results.
+ * differences see an exact function.
  */
 #ifndef PEFT_ENGINE_VECMATH_H
 #define PEFT_ENGINE_VECMATH_H
