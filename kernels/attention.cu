@@ -10,7 +10,13 @@
  * flash-style kernel (tiles of queries x keys in shared memory, online
  * softmax, probs never stored, recomputed in the backward) would replace
  * attention_forward_kernel and the two backward kernels, behind the same
- * C interface.  No dropout yet: the interface rejects keep with p > 0.
+ * C interface.
+ *
+ * Attention dropout uses a host-drawn keep mask in the probs layout
+ * (dropout_mask in ops_cpu.c, so CPU and GPU drop the same weights): probs
+ * always keeps the pre-dropout softmax, and the dropped weights
+ * probs * keep / (1-p) are recomputed from probs and keep wherever they are
+ * needed (the output product, dv), the same float product as the CPU's.
  */
 #include "cuda_attention.h"
 
@@ -112,12 +118,15 @@ row_place(const int32_t *seq_start, int B, int NH, int n, int h)
 
 /*
  * Block (n, h): probs row i = n - first of block (b, h) = softmax over j of
- * q[n] . k[first + j] * scale, then out[n, h*HS : (h+1)*HS] = row @ v_h.
- * Shared memory: q_h of row n (HS floats).
+ * q[n] . k[first + j] * scale, then out[n, h*HS : (h+1)*HS] = w @ v_h with
+ * w the probs row, or with dropout (keep not NULL) the dropped row
+ * w[j] = keep[j] ? probs[j] * keep_scale : 0, also stored in dropped when
+ * that is not NULL.  Shared memory: q_h of row n (HS floats).
  */
 static __global__ void
-attention_forward_kernel(float *out, float *probs, const float *q,
-						 const float *k, const float *v, int ld,
+attention_forward_kernel(float *out, float *probs, float *dropped,
+						 const float *q, const float *k, const float *v, int ld,
+						 const uint8_t *keep, float keep_scale,
 						 const int32_t *seq_start, int B, int C, int NH,
 						 float scale)
 {
@@ -128,7 +137,9 @@ attention_forward_kernel(float *out, float *probs, const float *q,
 	int			HS = C / NH;
 	RowPlace	place = row_place(seq_start, B, NH, n, h);
 	int			len = place.len;
-	float	   *prow = probs + place.block + (size_t) (n - place.first) * len;
+	size_t		row = place.block + (size_t) (n - place.first) * len;
+	float	   *prow = probs + row;
+	const uint8_t *keep_row = keep != NULL ? keep + row : NULL;
 	const float *k_h = k + (size_t) place.first * ld + (size_t) h * HS;
 	const float *v_h = v + (size_t) place.first * ld + (size_t) h * HS;
 	float		max = -INFINITY;
@@ -164,7 +175,13 @@ attention_forward_kernel(float *out, float *probs, const float *q,
 	sum = block_reduce(sum, false, reduce_scratch);
 	inv_sum = 1.0f / sum;
 	for (int j = threadIdx.x; j < len; j += blockDim.x)
-		prow[j] *= inv_sum;
+	{
+		float		pj = prow[j] * inv_sum;
+
+		prow[j] = pj;
+		if (keep_row != NULL && dropped != NULL)
+			dropped[row + j] = keep_row[j] ? pj * keep_scale : 0.0f;
+	}
 	/* Makes this block's global writes to prow visible to all its threads. */
 	__syncthreads();
 
@@ -172,8 +189,17 @@ attention_forward_kernel(float *out, float *probs, const float *q,
 	{
 		float		acc = 0.0f;
 
-		for (int j = 0; j < len; j++)
-			acc += prow[j] * v_h[(size_t) j * ld + d];
+		if (keep_row == NULL)
+			for (int j = 0; j < len; j++)
+				acc += prow[j] * v_h[(size_t) j * ld + d];
+		else
+			for (int j = 0; j < len; j++)
+			{
+				/* The dropped weight, recomputed: the same product as stored. */
+				float		w = keep_row[j] ? prow[j] * keep_scale : 0.0f;
+
+				acc += w * v_h[(size_t) j * ld + d];
+			}
 		out[(size_t) n * C + (size_t) h * HS + d] = acc;
 	}
 }
@@ -181,13 +207,17 @@ attention_forward_kernel(float *out, float *probs, const float *q,
 /*
  * Block (n, h), query row i = n - first: d(scores) row i into scratch,
  *   dS[i,j] = P[i,j] * (dP[i,j] - sum_k P[i,k] dP[i,k]),  dP[i,j] = dout_i . v_j
- * then dq[n, head h] += scale * dS[i,:] @ k_h when dq is not NULL.
+ * with dP first taken back through dropout when keep is not NULL
+ * (dP[i,j] = keep[i,j] ? dP[i,j] * keep_scale : 0), as
+ * softmax_dropout_backward in ops_varlen.c; then dq[n, head h] +=
+ * scale * dS[i,:] @ k_h when dq is not NULL.
  * Shared memory: dout_h of row n (HS floats).
  */
 static __global__ void
 attention_backward_query_kernel(float *dq, float *scratch, const float *dout,
 								const float *probs, const float *k,
 								const float *v, int ld,
+								const uint8_t *keep, float keep_scale,
 								const int32_t *seq_start, int B, int C, int NH,
 								float scale)
 {
@@ -200,6 +230,7 @@ attention_backward_query_kernel(float *dq, float *scratch, const float *dout,
 	int			len = place.len;
 	size_t		row = place.block + (size_t) (n - place.first) * len;
 	const float *prow = probs + row;
+	const uint8_t *keep_row = keep != NULL ? keep + row : NULL;
 	float	   *ds = scratch + row;
 	const float *k_h = k + (size_t) place.first * ld + (size_t) h * HS;
 	const float *v_h = v + (size_t) place.first * ld + (size_t) h * HS;
@@ -216,6 +247,9 @@ attention_backward_query_kernel(float *dq, float *scratch, const float *dout,
 
 		for (int d = 0; d < HS; d++)
 			dp += dout_row[d] * vj[d];
+		/* Gradient of the dropped weight to the pre-dropout one. */
+		if (keep_row != NULL)
+			dp = keep_row[j] ? dp * keep_scale : 0.0f;
 		ds[j] = dp;
 		pdp += prow[j] * dp;
 	}
@@ -240,13 +274,16 @@ attention_backward_query_kernel(float *dq, float *scratch, const float *dout,
 /*
  * Block (n, h), key row j = n - first: the column sums that a per-query
  * block could only produce with atomics, so the result is deterministic:
- *   dv[n, head h] += sum_i P[i,j] dout_i,  dk[n, head h] += scale * sum_i dS[i,j] q_i
- * (dk only when dS was computed into scratch).
+ *   dv[n, head h] += sum_i W[i,j] dout_i,  dk[n, head h] += scale * sum_i dS[i,j] q_i
+ * where W is the weights the forward multiplied v by: P, or with dropout
+ * the dropped P[i,j] * keep[i,j] * keep_scale, recomputed here from probs
+ * and keep (dk only when dS was computed into scratch).
  */
 static __global__ void
 attention_backward_key_kernel(float *dk, float *dv, const float *scratch,
 							  const float *dout, const float *probs,
 							  const float *q, int ld,
+							  const uint8_t *keep, float keep_scale,
 							  const int32_t *seq_start, int B, int C, int NH,
 							  float scale)
 {
@@ -257,6 +294,7 @@ attention_backward_key_kernel(float *dk, float *dv, const float *scratch,
 	int			len = place.len;
 	int			j = n - place.first;
 	const float *pcol = probs + place.block + j;
+	const uint8_t *keep_col = keep != NULL ? keep + place.block + j : NULL;
 	const float *dscol = scratch + place.block + j;
 	const float *q_h = q + (size_t) place.first * ld + (size_t) h * HS;
 	const float *dout_h = dout + (size_t) place.first * C + (size_t) h * HS;
@@ -269,8 +307,17 @@ attention_backward_key_kernel(float *dk, float *dv, const float *scratch,
 		{
 			float		acc = 0.0f;
 
-			for (int i = 0; i < len; i++)
-				acc += pcol[(size_t) i * len] * dout_h[(size_t) i * C + d];
+			if (keep_col == NULL)
+				for (int i = 0; i < len; i++)
+					acc += pcol[(size_t) i * len] * dout_h[(size_t) i * C + d];
+			else
+				for (int i = 0; i < len; i++)
+				{
+					size_t		at_i = (size_t) i * len;
+					float		w = keep_col[at_i] ? pcol[at_i] * keep_scale : 0.0f;
+
+					acc += w * dout_h[(size_t) i * C + d];
+				}
 			dv[at] += acc;
 		}
 		if (dk != NULL)
@@ -288,14 +335,8 @@ attention_backward_key_kernel(float *dk, float *dv, const float *scratch,
 
 /* Check the shapes shared by forward and backward; 0 when they are valid. */
 static int
-check_shapes(const uint8_t *keep, float p, int B, int N, int C, int NH, int ld,
-			 char *msg, int msglen)
+check_shapes(int B, int N, int C, int NH, int ld, char *msg, int msglen)
 {
-	if (keep != NULL && p > 0)
-	{
-		snprintf(msg, msglen, "CUDA attention: dropout is not implemented yet");
-		return -1;
-	}
 	if (B < 0 || N < 0 || C <= 0 || NH <= 0 || C % NH != 0 || ld < C)
 	{
 		snprintf(msg, msglen,
@@ -327,6 +368,15 @@ check_launch(const char *what, char *msg, int msglen)
 	return 0;
 }
 
+/* 1/(1-p) computed in double then rounded once (0 when p >= 1), as dropout_scale in ops_cpu.c. */
+static float
+keep_scale_of(float p)
+{
+	if (p >= 1.0f)
+		return 0.0f;
+	return (float) (1.0 / (1.0 - (double) p));
+}
+
 /* Scale of the scores, the same float as the CPU reference computes. */
 static float
 score_scale(int C, int NH)
@@ -334,7 +384,7 @@ score_scale(int C, int NH)
 	return (float) (1.0 / sqrt((double) (C / NH)));
 }
 
-/* out[N,C], probs = attention of each packed sequence over itself. */
+/* out[N,C], probs (and dropped with dropout) = attention of each packed sequence over itself. */
 extern "C" int
 peft_cuda_varlen_attention_forward(float *out, float *probs, float *dropped,
 								   const float *q, const float *k,
@@ -346,9 +396,11 @@ peft_cuda_varlen_attention_forward(float *out, float *probs, float *dropped,
 	dim3		grid;
 	size_t		shared;
 
-	(void) dropped;
-	if (check_shapes(keep, p, B, N, C, NH, ld, msg, msglen) != 0)
+	if (check_shapes(B, N, C, NH, ld, msg, msglen) != 0)
 		return -1;
+	/* As the CPU reference: no dropout unless p > 0 and a mask is given. */
+	if (!(p > 0))
+		keep = NULL;
 	if (N > 0 && (out == NULL || probs == NULL || q == NULL || k == NULL ||
 				  v == NULL || seq_start == NULL))
 	{
@@ -360,7 +412,8 @@ peft_cuda_varlen_attention_forward(float *out, float *probs, float *dropped,
 	grid = dim3((unsigned) N, (unsigned) NH);
 	shared = (size_t) (C / NH) * sizeof(float);
 	attention_forward_kernel<<<grid, ATTENTION_THREADS, shared>>>(
-		out, probs, q, k, v, ld, seq_start, B, C, NH, score_scale(C, NH));
+		out, probs, dropped, q, k, v, ld, keep, keep_scale_of(p), seq_start,
+		B, C, NH, score_scale(C, NH));
 	return check_launch("attention_forward_kernel", msg, msglen);
 }
 
@@ -377,9 +430,12 @@ peft_cuda_varlen_attention_backward(float *dq, float *dk, float *dv,
 	dim3		grid;
 	size_t		shared;
 	float		scale;
+	float		keep_scale;
 
-	if (check_shapes(keep, p, B, N, C, NH, ld, msg, msglen) != 0)
+	if (check_shapes(B, N, C, NH, ld, msg, msglen) != 0)
 		return -1;
+	if (!(p > 0))
+		keep = NULL;
 	if (B == 0 || N == 0 || (dq == NULL && dk == NULL && dv == NULL))
 		return 0;
 	/* scratch carries d(scores) from the query kernel to dk. */
@@ -392,11 +448,13 @@ peft_cuda_varlen_attention_backward(float *dq, float *dk, float *dv,
 	grid = dim3((unsigned) N, (unsigned) NH);
 	shared = (size_t) (C / NH) * sizeof(float);
 	scale = score_scale(C, NH);
+	keep_scale = keep_scale_of(p);
 	/* d(scores) is needed by dq and dk; the key kernel runs after it on the stream. */
 	if (dq != NULL || dk != NULL)
 	{
 		attention_backward_query_kernel<<<grid, ATTENTION_THREADS, shared>>>(
-			dq, scratch, dout, probs, k, v, ld, seq_start, B, C, NH, scale);
+			dq, scratch, dout, probs, k, v, ld, keep, keep_scale, seq_start,
+			B, C, NH, scale);
 		if (check_launch("attention_backward_query_kernel", msg, msglen) != 0)
 			return -1;
 	}
@@ -408,7 +466,8 @@ peft_cuda_varlen_attention_backward(float *dq, float *dk, float *dv,
 		if (threads > 1024)
 			threads = 1024;
 		attention_backward_key_kernel<<<grid, threads>>>(
-			dk, dv, scratch, dout, probs, q, ld, seq_start, B, C, NH, scale);
+			dk, dv, scratch, dout, probs, q, ld, keep, keep_scale, seq_start,
+			B, C, NH, scale);
 		if (check_launch("attention_backward_key_kernel", msg, msglen) != 0)
 			return -1;
 	}

@@ -29,8 +29,13 @@ extern "C"
  * varlen_attention_forward: q, k, v are [N, ld] (ld >= C), heads split
  * along C, scale 1/sqrt(C/NH).  seq_start[B+1] lives on the device; N must
  * equal seq_start[B] (passed so the host need not read it back).
- * Dropout is not implemented in this first version: keep must be NULL or
- * p <= 0 (else an error is returned), and dropped is ignored.
+ * Attention dropout when keep (device uint8, probs layout, e.g. from
+ * dropout_mask) is not NULL and p > 0: probs still receives the
+ * pre-dropout softmax, out = dropped @ v with dropped = probs * keep /
+ * (1-p) (scale 1/(1-p) in double rounded once, as ops_cpu.c), and dropped
+ * (probs layout) receives those weights; dropped may be NULL, then they
+ * are only used, not stored.  keep NULL or p <= 0: no dropout, dropped
+ * untouched.
  */
 int			peft_cuda_varlen_attention_forward(float *out, float *probs,
 											   float *dropped,
@@ -45,7 +50,9 @@ int			peft_cuda_varlen_attention_forward(float *out, float *probs,
  * dq, dk, dv [N, ld] += attention gradients given dout[N,C] and the probs
  * of the forward pass (any gradient may be NULL), as
  * varlen_attention_backward; scratch has the probs layout and receives
- * d(scores).  Same dropout restriction and N as the forward.
+ * d(scores).  keep and p must be the forward's: dv += dropped^T dout and
+ * d(scores) goes back through the dropout, the dropped weights recomputed
+ * from probs and keep.  N as the forward.
  */
 int			peft_cuda_varlen_attention_backward(float *dq, float *dk, float *dv,
 												float *scratch,
@@ -100,9 +107,9 @@ int			peft_cuda_float_to_bf16(void *dst, const float *src, size_t n,
 									char *msg, int msglen);
 
 /*
- * Destroy the calling thread's cuBLAS handle (created lazily by the first
- * GEMM of the thread); the next GEMM creates a new one.  Safe to call when
- * there is none.
+ * Destroy the process's cuBLAS handle (created lazily by the first GEMM);
+ * the next GEMM creates a new one.  Safe to call when there is none.
+ * Callers serialise GEMMs and this call.
  */
 void		peft_cuda_gemm_shutdown(void);
 

@@ -20,6 +20,12 @@ int			peft_cuda_device_count(void);
  */
 int			peft_cuda_probe(char *msg, int msglen);
 
+/*
+ * Destroy the cuBLAS handle and reset the device (every allocation and the
+ * context's memory go back); the next CUDA call starts afresh.
+ */
+void		peft_cuda_release_device(void);
+
 #ifdef __cplusplus
 }
 #endif

@@ -147,6 +147,99 @@ int			peft_cuda_cross_entropy_backward(float *dlogits, const float *probs,
 											 int B, int K, void *stream,
 											 char *msg, int msglen);
 
+/*
+ * The sections below (embedding.cu, pooling.cu, linear.cu, mse.cu) run on
+ * the default stream and take no stream argument; int32_t arrays (ids,
+ * rows, seq_start) are device arrays too.
+ */
+
+/* ---- embedding.cu --------------------------------------------------------- */
+
+/*
+ * out[n,:] = word[ids[rows[n]]] + pos[rows[n] % T] + type[0] for n < N (as
+ * varlen_embeddings_forward with type_ids NULL); ids is [B,T], rows[N] the
+ * packed rows' places in it.  An id outside [0, vocab) gives zeros in that
+ * row (the host validated ids already, this only keeps the kernel in bounds).
+ */
+int			peft_cuda_embeddings_forward(float *out, const int32_t *ids,
+										 const int32_t *rows, int N, int T,
+										 const float *word, const float *pos,
+										 const float *type, int C, int vocab,
+										 char *msg, int msglen);
+/*
+ * dword[ids[rows[n]], :] += dout[n, :] (atomics, so the order of additions
+ * to a repeated id varies; for trainable embeddings such as prompt tuning).
+ * An id outside [0, vocab) adds nothing.
+ */
+int			peft_cuda_embeddings_backward(float *dword, const float *dout,
+										  const int32_t *ids, const int32_t *rows,
+										  int N, int C, int vocab,
+										  char *msg, int msglen);
+
+/* ---- pooling.cu ----------------------------------------------------------- */
+
+/* Packed layout as ops_varlen.h: sequence b is rows [seq_start[b], seq_start[b+1]) of [N,C]. */
+
+/* out[B,C] = mean of each sequence's rows of inp[N,C] (overwritten; zeros for an empty one) */
+int			peft_cuda_mean_pool_forward(float *out, const float *inp,
+										const int32_t *seq_start, int B, int C,
+										char *msg, int msglen);
+/* dinp[N,C] += dout[b,:] / len_b on every row of sequence b */
+int			peft_cuda_mean_pool_backward(float *dinp, const float *dout,
+										 const int32_t *seq_start, int B, int C,
+										 char *msg, int msglen);
+/* out[B,C] = each sequence's first row ([CLS]); zeros for an empty one */
+int			peft_cuda_cls_pool_forward(float *out, const float *inp,
+									   const int32_t *seq_start, int B, int C,
+									   char *msg, int msglen);
+/* dinp[first row of b,:] += dout[b,:] (nothing for an empty sequence) */
+int			peft_cuda_cls_pool_backward(float *dinp, const float *dout,
+										const int32_t *seq_start, int B, int C,
+										char *msg, int msglen);
+/*
+ * out[B,C] = inp / max(||inp||_2, 1e-12) per row, norm[B] = ||inp||_2
+ * (norm may be NULL), as l2norm_forward (sums in double, reciprocal in
+ * double rounded once); out may alias inp.
+ */
+int			peft_cuda_l2norm_forward(float *out, float *norm, const float *inp,
+									 int B, int C, char *msg, int msglen);
+/*
+ * out[BT,C] = zeros everywhere, then row rows[n] = packed row n for n < N
+ * (as varlen_scatter_rows; a row outside [0, BT) is skipped).
+ */
+int			peft_cuda_scatter_rows(float *out, const float *packed,
+								   const int32_t *rows, int N, int BT, int C,
+								   char *msg, int msglen);
+
+/* ---- linear.cu ------------------------------------------------------------ */
+
+/* out[n, o] += bias[o] for an [N, OUT] tensor with row stride ldo >= OUT */
+int			peft_cuda_add_bias(float *out, int ldo, const float *bias,
+							   int N, int OUT, char *msg, int msglen);
+/*
+ * dbias[o] += sum_n dout[n, o] (row stride ldd >= OUT), summed in double in
+ * a fixed order without atomics, so the result is the same run to run
+ */
+int			peft_cuda_bias_backward(float *dbias, const float *dout, int ldd,
+									int N, int OUT, char *msg, int msglen);
+/* out[n] = a[n] + b[n] (out may alias a or b) */
+int			peft_cuda_add(float *out, const float *a, const float *b, size_t n,
+						  char *msg, int msglen);
+
+/* ---- mse.cu --------------------------------------------------------------- */
+
+/*
+ * sq[b] = (pred[b] - target[b])^2 (difference and square in double); the
+ * mean loss of mse_forward is the host's (float) (sum in double of sq / B).
+ */
+int			peft_cuda_mse_forward(float *sq, const float *pred,
+								  const float *target, int B,
+								  char *msg, int msglen);
+/* dpred[B] += 2 (pred - target) * dloss / B, as mse_backward */
+int			peft_cuda_mse_backward(float *dpred, const float *pred,
+								   const float *target, float dloss, int B,
+								   char *msg, int msglen);
+
 #ifdef __cplusplus
 }
 #endif

@@ -2,6 +2,7 @@
  * device.cu - CUDA device discovery and a cuBLAS smoke probe.
  */
 #include "cuda_backend.h"
+#include "cuda_attention.h"
 
 #include <cstdio>
 #include <cublas_v2.h>
@@ -41,4 +42,18 @@ peft_cuda_probe(char *msg, int msglen)
 	}
 	cublasDestroy(handle);
 	return 0;
+}
+
+/*
+ * Give the device back: destroy the cuBLAS handle and reset the primary
+ * context, freeing every allocation and the context's own memory.  The
+ * next CUDA call starts afresh.  The caller has freed or forgotten every
+ * device pointer and holds the lock that serialises CUDA use.
+ */
+extern "C" void
+peft_cuda_release_device(void)
+{
+	peft_cuda_gemm_shutdown();
+	cudaDeviceReset();
+	cudaGetLastError();
 }

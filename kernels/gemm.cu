@@ -1,7 +1,7 @@
 /*
  * gemm.cu - row-major GEMM over cuBLAS (FP32, TF32 tensor cores, or BF16
- * inputs with FP32 accumulation), with one lazily created cuBLAS handle per
- * host thread.
+ * inputs with FP32 accumulation), with one lazily created cuBLAS handle for
+ * the process.
  *
  * cuBLAS is column-major.  A row-major [M,N] matrix with row stride ld is
  * the column-major [N,M] matrix with leading dimension ld, i.e. its
@@ -16,39 +16,40 @@
 #include <cuda_runtime.h>
 
 /*
- * The calling thread's handle: cuBLAS handles are not meant to be shared
- * between threads that issue work concurrently, and one per thread avoids a
- * lock.  It is bound to the device current when it was created.
+ * The process's handle.  Callers serialise their use of it (the engine's
+ * CUDA backend holds its lock around every product), so one handle is
+ * enough, and idle release can destroy it from whichever thread notices
+ * the idleness.  It is bound to the device current when it was created.
  */
-static thread_local cublasHandle_t thread_handle = NULL;
+static cublasHandle_t process_handle = NULL;
 
-/* The calling thread's cuBLAS handle, created on first use; NULL with msg on failure. */
+/* The process's cuBLAS handle, created on first use; NULL with msg on failure. */
 static cublasHandle_t
 get_handle(char *msg, int msglen)
 {
 	cublasStatus_t status;
 
-	if (thread_handle != NULL)
-		return thread_handle;
-	status = cublasCreate(&thread_handle);
+	if (process_handle != NULL)
+		return process_handle;
+	status = cublasCreate(&process_handle);
 	if (status != CUBLAS_STATUS_SUCCESS)
 	{
-		thread_handle = NULL;
+		process_handle = NULL;
 		snprintf(msg, msglen, "cublasCreate failed: %s",
 				 cublasGetStatusString(status));
 		return NULL;
 	}
-	return thread_handle;
+	return process_handle;
 }
 
-/* Destroy the calling thread's cuBLAS handle, if any. */
+/* Destroy the process's cuBLAS handle, if any. */
 extern "C" void
 peft_cuda_gemm_shutdown(void)
 {
-	if (thread_handle != NULL)
+	if (process_handle != NULL)
 	{
-		cublasDestroy(thread_handle);
-		thread_handle = NULL;
+		cublasDestroy(process_handle);
+		process_handle = NULL;
 	}
 }
 

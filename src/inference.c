@@ -239,6 +239,22 @@ GetActiveAdapter(const char *name)
 	return slot;
 }
 
+/*
+ * Tell the engine where this session's predictions compute: peft.device,
+ * peft.precision and peft.device_idle_release as they are now (cheap; a
+ * changed device moves the cached networks on their next use).
+ */
+static void
+ConfigureInference(void)
+{
+	PeftEngineSettings settings;
+
+	settings.device = (PeftDevice) peft_device;
+	settings.precision = (PeftPrecision) peft_precision;
+	settings.idle_release_seconds = peft_device_idle_release;
+	PeftEngine()->configure(&settings);
+}
+
 /* Predict texts[0..n) through a, filling label/score outputs (NULL text: NULL row). */
 static void
 PredictTexts(CachedAdapter *a, char **texts, int n, char **labels, double *scores)
@@ -250,6 +266,7 @@ PredictTexts(CachedAdapter *a, char **texts, int n, char **labels, double *score
 	int			map[PREDICT_CHUNK];
 	PeftError	err = {0};
 
+	ConfigureInference();
 	for (int first = 0; first < n;)
 	{
 		int			count = 0;
@@ -396,6 +413,7 @@ peft_embed(PG_FUNCTION_ARGS)
 	texts[0] = input;
 	lengths[0] = strlen(input);
 	out = SPI_palloc(sizeof(float) * m->info.hidden_size);	/* outlives SPI_finish */
+	ConfigureInference();
 	if (PeftEngine()->embed(m->handle, a ? a->handle : NULL, texts, lengths, 1, 0,
 							out, &err) != PEFT_OK)
 		PeftRaiseEngineError(&err);

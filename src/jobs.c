@@ -325,7 +325,7 @@ peft_train(PG_FUNCTION_ARGS)
 				 errmsg("method \"%s\" is not supported", fields[JOB_METHOD]),
 				 errhint("Supported methods: lora.")));
 	ParseTrainOptions(options, engine, &parsed);
-	if (parsed.device == PEFT_DEVICE_CUDA && engine->cuda_device_count() == 0)
+	if (parsed.config.device == PEFT_DEVICE_CUDA && engine->cuda_device_count() == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("device \"cuda\" is not available"),

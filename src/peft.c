@@ -20,11 +20,20 @@ PG_MODULE_MAGIC;
 
 int			peft_threads = 1;
 int			peft_device = PEFT_DEVICE_AUTO;
+int			peft_precision = PEFT_PRECISION_FP32;
+int			peft_device_idle_release = 60;
 
 static const struct config_enum_entry device_options[] = {
 	{"auto", PEFT_DEVICE_AUTO, false},
 	{"cpu", PEFT_DEVICE_CPU, false},
 	{"cuda", PEFT_DEVICE_CUDA, false},
+	{NULL, 0, false}
+};
+
+static const struct config_enum_entry precision_options[] = {
+	{"fp32", PEFT_PRECISION_FP32, false},
+	{"tf32", PEFT_PRECISION_TF32, false},
+	{"bf16", PEFT_PRECISION_BF16, false},
 	{NULL, 0, false}
 };
 
@@ -50,6 +59,25 @@ PeftInitSettings(void)
 							 PEFT_DEVICE_AUTO, device_options,
 							 PGC_USERSET, 0,
 							 NULL, NULL, NULL);
+
+	DefineCustomEnumVariable("peft.precision",
+							 "Arithmetic of matrix products on CUDA: fp32, tf32 or bf16.",
+							 "tf32 and bf16 use tensor cores and accumulate in FP32; "
+							 "the CPU always computes in FP32.",
+							 &peft_precision,
+							 PEFT_PRECISION_FP32, precision_options,
+							 PGC_USERSET, 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomIntVariable("peft.device_idle_release",
+							"Seconds a connection keeps GPU memory after its last prediction.",
+							"After this long without a peft_predict or peft_embed call, the "
+							"connection frees the model, adapters and buffers it holds on the "
+							"GPU and releases the device; 0 keeps them until it exits.",
+							&peft_device_idle_release,
+							60, 0, 86400,
+							PGC_USERSET, GUC_UNIT_S,
+							NULL, NULL, NULL);
 }
 
 /* Module load: settings only (see the file comment). */

@@ -10,14 +10,9 @@
 
 /* GUC values (peft.c) */
 extern int	peft_threads;
-extern int	peft_device;
-
-typedef enum PeftDevice
-{
-	PEFT_DEVICE_AUTO,
-	PEFT_DEVICE_CPU,
-	PEFT_DEVICE_CUDA
-} PeftDevice;
+extern int	peft_device;		/* PeftDevice */
+extern int	peft_precision;		/* PeftPrecision */
+extern int	peft_device_idle_release;	/* seconds */
 
 /* engine_loader.c */
 extern const PeftEngineApi *PeftEngine(void);

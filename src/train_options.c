@@ -51,6 +51,7 @@ static const OptionSpec option_specs[] = {
 	{"hidden_dropout", OPT_NUMBER, 0, 1, true},
 	{"seed", OPT_INT, 0, 2147483647},
 	{"device", OPT_STRING},
+	{"precision", OPT_STRING},
 	{"activate", OPT_BOOL},
 };
 
@@ -174,13 +175,26 @@ ApplyOption(TrainOptionsSql *o, const char *key, JsonbValue *v,
 		char	   *s = pnstrdup(v->val.string.val, v->val.string.len);
 
 		if (strcmp(s, "auto") == 0)
-			o->device = PEFT_DEVICE_AUTO;
+			c->device = PEFT_DEVICE_AUTO;
 		else if (strcmp(s, "cpu") == 0)
-			o->device = PEFT_DEVICE_CPU;
+			c->device = PEFT_DEVICE_CPU;
 		else if (strcmp(s, "cuda") == 0)
-			o->device = PEFT_DEVICE_CUDA;
+			c->device = PEFT_DEVICE_CUDA;
 		else
 			BadOption(key, "must be auto, cpu or cuda", NULL);
+	}
+	else if (strcmp(key, "precision") == 0)
+	{
+		char	   *s = pnstrdup(v->val.string.val, v->val.string.len);
+
+		if (strcmp(s, "fp32") == 0)
+			c->precision = PEFT_PRECISION_FP32;
+		else if (strcmp(s, "tf32") == 0)
+			c->precision = PEFT_PRECISION_TF32;
+		else if (strcmp(s, "bf16") == 0)
+			c->precision = PEFT_PRECISION_BF16;
+		else
+			BadOption(key, "must be fp32, tf32 or bf16", NULL);
 	}
 	else if (strcmp(key, "target_modules") == 0)
 	{
@@ -239,7 +253,9 @@ ParseTrainOptions(Jsonb *options, const PeftEngineApi *engine, TrainOptionsSql *
 	engine->train_config_default(&out->config);
 	out->config.max_length = 0;	/* unless given: 128, capped by the model */
 	out->activate = true;
-	out->device = PEFT_DEVICE_AUTO;
+	/* unless given: the session's peft.device and peft.precision */
+	out->config.device = (PeftDevice) peft_device;
+	out->config.precision = (PeftPrecision) peft_precision;
 
 	if (!JB_ROOT_IS_OBJECT(options))
 		ereport(ERROR,

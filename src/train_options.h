@@ -14,7 +14,6 @@ typedef struct TrainOptionsSql
 {
 	PeftTrainConfig config;		/* engine settings (task/labels set later) */
 	bool		activate;		/* make the new version active */
-	int			device;			/* PeftDevice */
 } TrainOptionsSql;
 
 /* Parse and check options over the engine's defaults; ERROR on any bad key. */

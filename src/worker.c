@@ -552,10 +552,12 @@ SaveAdapter(Job *job, const char *final_metrics, int64 train_rows, int64 valid_r
 	values[6] = PointerGetDatum(bytes);
 	values[7] = CStringGetTextDatum(psprintf("{\"final\": %s, \"epochs\": [%s], "
 											 "\"train_rows\": %lld, \"valid_rows\": %lld, "
-											 "\"skipped_rows\": %lld, \"train_seconds\": %.3f}",
+											 "\"skipped_rows\": %lld, \"train_seconds\": %.3f, "
+											 "\"device\": \"%s\"}",
 											 final_metrics, job->epochs.data + 1,
 											 (long long) train_rows, (long long) valid_rows,
-											 (long long) job->skipped, seconds));
+											 (long long) job->skipped, seconds,
+											 job->engine->train_device(job->train)));
 	values[8] = Int64GetDatum(job->id);
 	values[9] = BoolGetDatum(job->options.activate);
 	free(config);
@@ -616,8 +618,10 @@ Train(Job *job)
 	steps_per_epoch = Max(1, total_steps / job->options.config.epochs);
 
 	args[0] = JobIdText(job);
-	args[1] = psprintf("{\"train_rows\": %lld, \"valid_rows\": %lld, \"skipped_rows\": %lld}",
-					   (long long) train_rows, (long long) valid_rows, (long long) job->skipped);
+	args[1] = psprintf("{\"train_rows\": %lld, \"valid_rows\": %lld, \"skipped_rows\": %lld, "
+					   "\"device\": \"%s\"}",
+					   (long long) train_rows, (long long) valid_rows, (long long) job->skipped,
+					   job->engine->train_device(job->train));
 	BeginStep();
 	ExecText("UPDATE peft.job_rows SET total_steps = $3::int, epoch = 1, step = 0, "
 			 "metrics = $2::jsonb WHERE id = $1::bigint", 3,

@@ -54,6 +54,10 @@ typedef struct Options
 	int			batch_size;
 	bool		print;
 	bool		json;
+	DeviceKind	device;
+	GemmPrecision precision;
+	bool		profile;		/* time the products (synchronising on a GPU) */
+	int			warmup;			/* untimed steps (train) or batches (embed) first */
 	TrainOptions train;
 } Options;
 
@@ -100,7 +104,8 @@ usage(const char *msg)
 			"         --weight-decay X --warmup-ratio X --schedule linear|cosine|constant\n"
 			"         --grad-accum N --max-grad-norm X --max-length N --hidden-dropout X\n"
 			"         --validation-fraction X --seed N --threads N --max-steps N --no-group\n"
-			"         --json --print\n");
+			"         --device auto|cpu|cuda --precision fp32|tf32|bf16 --profile\n"
+			"         --warmup N --json --print\n");
 	exit(2);
 }
 
@@ -197,6 +202,44 @@ write_file(const char *dir, const char *name, const void *data, size_t len)
 	}
 }
 
+/* Move net to the chosen device and start its profile afresh. */
+static void
+place_network(Network *net, const Options *o)
+{
+	PeftError	err = {0};
+
+	die_on(network_set_device(net, o->device, o->precision, &err), &err);
+	net->be->profile = (BackendProfile) {.enabled = o->profile};
+}
+
+/* Wait for the device, then the time; for honest wall-clock figures. */
+static double
+synced_seconds(Network *net)
+{
+	PeftError	err = {0};
+
+	net->be->ops->enter(net->be);
+	net->be->ops->sync(net->be);
+	net->be->ops->leave(net->be);
+	die_on(backend_check(net->be, &err), &err);
+	return now_seconds();
+}
+
+/* JSON fields of the device, precision and profile of a run that took seconds. */
+static void
+print_profile_json(const Network *net, const Options *o, double seconds)
+{
+	const BackendProfile *p = &net->be->profile;
+	double		flops = p->gemm_flops + p->attention_flops;
+
+	printf("\"device\": \"%s\", \"precision\": \"%s\", \"flops\": %.6g, \"tflops\": %.4f",
+		   net->be->name, net->be->host_memory ? "fp32" : gemm_precision_name(o->precision),
+		   flops, flops / seconds / 1e12);
+	if (o->profile)
+		printf(", \"gemm_seconds\": %.4f, \"total_seconds\": %.4f, \"gemm_share\": %.4f",
+			   p->gemm_seconds, seconds, p->gemm_seconds / seconds);
+}
+
 /* Parse the comma-separated target list into opts. */
 static void
 parse_targets(const char *list, LoraOptions *lora)
@@ -266,11 +309,15 @@ command_train(BertModel *model, const Options *o)
 	nopts.attention_dropout = o->hidden_dropout >= 0 ? o->hidden_dropout : model->cfg.attention_dropout;
 	nopts.seed = o->train.seed;
 	die_on(network_create(model, &nopts, &net, &err), &err);
+	place_network(net, o);
 	die_on(trainer_create(net, &ds, train_rows, ntrain, &o->train, &tr, &err), &err);
 
-	fprintf(stderr, "training on %zu rows (%zu validation), %d steps, %d trainable parameters\n",
-			ntrain, nvalid, trainer_total_steps(tr), (int) net->params.total);
-	start = now_seconds();
+	fprintf(stderr, "training on %zu rows (%zu validation), %d steps, %d trainable parameters, on %s\n",
+			ntrain, nvalid, trainer_total_steps(tr), (int) net->params.total, net->be->name);
+	for (int i = 0; i < o->warmup && !st.done; i++)
+		die_on(trainer_step(tr, &st, &err), &err);
+	net->be->profile = (BackendProfile) {.enabled = o->profile};
+	start = synced_seconds(net);
 	while (!st.done && (o->max_steps == 0 || steps < o->max_steps))
 	{
 		die_on(trainer_step(tr, &st, &err), &err);
@@ -281,18 +328,21 @@ command_train(BertModel *model, const Options *o)
 			fprintf(stderr, "epoch %d step %d/%d loss %.4f lr %.2e grad_norm %.3f\n",
 					st.epoch, st.step, st.total_steps, st.loss, st.learning_rate, st.grad_norm);
 	}
-	elapsed = now_seconds() - start;
+	elapsed = synced_seconds(net) - start;
 
+	if (o->json)
+	{
+		printf("{\"steps\": %d, \"rows\": %ld, \"tokens\": %ld, \"seconds\": %.4f, "
+			   "\"rows_per_second\": %.3f, \"tokens_per_second\": %.1f, \"final_loss\": %.6f, ",
+			   steps, rows_done, tokens_done, elapsed, rows_done / elapsed,
+			   tokens_done / elapsed, st.loss);
+		print_profile_json(net, o, elapsed);
+	}
 	die_on(evaluate(net, &ds, valid_rows, nvalid, o->train.batch_size, &m, &err), &err);
 	if (o->json)
-		printf("{\"steps\": %d, \"rows\": %ld, \"tokens\": %ld, \"seconds\": %.4f, "
-			   "\"rows_per_second\": %.3f, \"tokens_per_second\": %.1f, "
-			   "\"final_loss\": %.6f, \"valid_rows\": %zu, \"valid_loss\": %.6f, "
-			   "\"valid_accuracy\": %.6f, \"valid_macro_f1\": %.6f, \"valid_mse\": %.6f, "
-			   "\"valid_r2\": %.6f}\n",
-			   steps, rows_done, tokens_done, elapsed, rows_done / elapsed,
-			   tokens_done / elapsed, st.loss, m.rows, m.loss, m.accuracy, m.macro_f1,
-			   m.mse, m.r2);
+		printf(", \"valid_rows\": %zu, \"valid_loss\": %.6f, \"valid_accuracy\": %.6f, "
+			   "\"valid_macro_f1\": %.6f, \"valid_mse\": %.6f, \"valid_r2\": %.6f}\n",
+			   m.rows, m.loss, m.accuracy, m.macro_f1, m.mse, m.r2);
 	else
 		printf("trained %d steps in %.1f s: %.1f rows/s, %.0f tokens/s\n"
 			   "validation (%zu rows): loss %.4f accuracy %.4f macro-F1 %.4f mse %.4f r2 %.4f\n",
@@ -301,6 +351,7 @@ command_train(BertModel *model, const Options *o)
 
 	if (o->out)
 	{
+		die_on(network_params_fetch(net, &err), &err);
 		mkdir(o->out, 0755);
 		die_on(adapter_serialize(net, &bytes, &nbytes, &err), &err);
 		write_file(o->out, "adapter_model.safetensors", bytes, nbytes);
@@ -404,6 +455,7 @@ command_predict(BertModel *model, const Options *o)
 	real	   *out = malloc(sizeof(real) * o->batch_size * K);
 	PeftError	err = {0};
 
+	place_network(net, o);
 	for (size_t pos = 0; pos < rows.count; pos += o->batch_size)
 	{
 		int			count = (int) (rows.count - pos < (size_t) o->batch_size ? rows.count - pos : (size_t) o->batch_size);
@@ -479,6 +531,7 @@ command_embed(BertModel *model, const Options *o)
 		net = load_adapter(model, o->adapter, &labels, &K);
 	else
 		die_on(network_create(model, &nopts, &net, &err), &err);
+	place_network(net, o);
 	start = now_seconds();
 	for (size_t i = 0; i < rows.count; i++)
 	{
@@ -488,6 +541,20 @@ command_embed(BertModel *model, const Options *o)
 	}
 	length_ds = &ds;
 	qsort(order, rows.count, sizeof(uint32_t), by_length);
+	/* warm-up batches (device set-up, weights upload) stay out of the timing */
+	for (int i = 0; i < o->warmup && rows.count > 0; i++)
+	{
+		Batch		b;
+		int			count = rows.count < (size_t) o->batch_size ? (int) rows.count : o->batch_size;
+
+		die_on(dataset_make_batch(&ds, order, count, &buf, &b, &err), &err);
+		die_on(network_embed(net, &b, batch_emb, &err), &err);
+	}
+	if (o->warmup > 0)
+	{
+		net->be->profile = (BackendProfile) {.enabled = o->profile};
+		start = synced_seconds(net);
+	}
 	for (size_t pos = 0; pos < rows.count; pos += o->batch_size)
 	{
 		int			count = (int) (rows.count - pos < (size_t) o->batch_size ? rows.count - pos : (size_t) o->batch_size);
@@ -500,13 +567,18 @@ command_embed(BertModel *model, const Options *o)
 		for (int i = 0; i < count; i++)
 			memcpy(emb + (size_t) order[pos + i] * C, batch_emb + (size_t) i * C, sizeof(real) * C);
 	}
-	elapsed = now_seconds() - start;
+	elapsed = synced_seconds(net) - start;
 	for (size_t i = 0; o->print && i < rows.count; i++)
 		for (int c = 0; c < C; c++)
 			printf("%.7g%c", emb[i * C + c], c + 1 < C ? ' ' : '\n');
 	if (o->json)
-		printf("{\"rows\": %zu, \"tokens\": %ld, \"seconds\": %.4f, \"rows_per_second\": %.3f}\n",
-			   rows.count, tokens, elapsed, rows.count / elapsed);
+	{
+		printf("{\"rows\": %zu, \"tokens\": %ld, \"seconds\": %.4f, \"rows_per_second\": %.3f, "
+			   "\"tokens_per_second\": %.1f, ",
+			   rows.count, tokens, elapsed, rows.count / elapsed, tokens / elapsed);
+		print_profile_json(net, o, elapsed);
+		printf("}\n");
+	}
 	else if (!o->print)
 		printf("embedded %zu rows in %.2f s: %.1f rows/s\n", rows.count, elapsed, rows.count / elapsed);
 	free(emb);
@@ -550,6 +622,10 @@ parse_options(int argc, char **argv, Options *o)
 		{"print", no_argument, NULL, 21},
 		{"json", no_argument, NULL, 22},
 		{"no-group", no_argument, NULL, 23},
+		{"device", required_argument, NULL, 24},
+		{"precision", required_argument, NULL, 25},
+		{"profile", no_argument, NULL, 26},
+		{"warmup", required_argument, NULL, 27},
 		{NULL, 0, NULL, 0}
 	};
 	int			c;
@@ -594,6 +670,16 @@ parse_options(int argc, char **argv, Options *o)
 			case 21: o->print = true; break;
 			case 22: o->json = true; break;
 			case 23: o->train.group_by_length = false; break;
+			case 24:
+				if (!device_kind_parse(optarg, &o->device))
+					usage("--device is auto, cpu or cuda");
+				break;
+			case 25:
+				if (!gemm_precision_parse(optarg, &o->precision))
+					usage("--precision is fp32, tf32 or bf16");
+				break;
+			case 26: o->profile = true; break;
+			case 27: o->warmup = atoi(optarg); break;
 			default: usage(NULL);
 		}
 	}
@@ -622,6 +708,8 @@ main(int argc, char **argv)
 	o.validation_fraction = 0.1;
 	o.threads = 1;
 	o.batch_size = 32;
+	o.device = DEVICE_CPU;
+	o.precision = PRECISION_FP32;
 	parse_options(argc - 1, argv + 1, &o);
 	if (o.model == NULL || o.data == NULL)
 		usage("--model and --data are required");

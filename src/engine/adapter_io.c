@@ -70,6 +70,7 @@ adapter_load_weights(Network *net, const uint8_t *bytes, size_t len, PeftError *
 	}
 done:
 	st_close(file);
+	network_params_changed(net);
 	return rc;
 }
 

@@ -180,6 +180,7 @@ fuse_qkv(BertModel *model, PeftError *err)
 PeftCode
 bert_load(const char *dir, BertModel **out, PeftError *err)
 {
+	static _Atomic uint64_t last_serial = 0;
 	BertModel  *model = calloc(1, sizeof(BertModel));
 	TokenizerOptions topts;
 	char		path[4096];
@@ -188,6 +189,7 @@ bert_load(const char *dir, BertModel **out, PeftError *err)
 	*out = NULL;
 	if (model == NULL)
 		return peft_fail(err, PEFT_ERR_NOMEM, "out of memory loading the model");
+	model->serial = ++last_serial;
 	if ((rc = model_config_load(&model->cfg, dir, err)) != PEFT_OK)
 		goto fail;
 

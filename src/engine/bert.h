@@ -65,6 +65,7 @@ typedef struct BertModel
 	int64_t		parameters;		/* count of the weights used */
 	size_t		file_bytes;		/* size of model.safetensors */
 	char		weights_dtype[8];	/* dtype of the file, e.g. "F32" */
+	uint64_t	serial;			/* unique in the process: names it in device caches */
 } BertModel;
 
 /* Module path of a linear inside layer l, e.g. "encoder.layer.3.attention.self.query". */

@@ -21,7 +21,7 @@
 
 #include "status.h"
 
-#define PEFT_ENGINE_ABI_VERSION 2
+#define PEFT_ENGINE_ABI_VERSION 3
 #define PEFT_ENGINE_SYMBOL "peft_engine_api"
 
 typedef struct PeftModelHandle PeftModelHandle;		/* a loaded base model */
@@ -51,6 +51,30 @@ typedef enum PeftTask
 	PEFT_TASK_CLASSIFICATION,
 	PEFT_TASK_REGRESSION
 } PeftTask;
+
+/* Where the engine computes (AUTO: CUDA when the build has it and a device is visible). */
+typedef enum PeftDevice
+{
+	PEFT_DEVICE_AUTO,
+	PEFT_DEVICE_CPU,
+	PEFT_DEVICE_CUDA
+} PeftDevice;
+
+/* Arithmetic of CUDA matrix products (the CPU always computes in FP32). */
+typedef enum PeftPrecision
+{
+	PEFT_PRECISION_FP32,
+	PEFT_PRECISION_TF32,
+	PEFT_PRECISION_BF16
+} PeftPrecision;
+
+/* Settings of inference (embed, predict) in this process; see configure. */
+typedef struct PeftEngineSettings
+{
+	PeftDevice	device;
+	PeftPrecision precision;
+	int			idle_release_seconds;	/* give the GPU back after this long unused; 0 never */
+} PeftEngineSettings;
 
 typedef enum PeftSchedule
 {
@@ -83,6 +107,8 @@ typedef struct PeftTrainConfig
 	double		hidden_dropout; /* < 0: the model config's */
 	uint64_t	seed;
 	size_t		memory_limit;	/* bytes of tokenised data, 0 = none */
+	PeftDevice	device;
+	PeftPrecision precision;
 } PeftTrainConfig;
 
 /* One optimizer step's report. */
@@ -126,6 +152,9 @@ typedef struct PeftEngineApi
 
 	/* Number of CUDA devices visible, 0 without CUDA or a device. */
 	int			(*cuda_device_count) (void);
+
+	/* Device, precision and idle release of later embed/predict calls. */
+	void		(*configure) (const PeftEngineSettings *settings);
 
 	/* Free a buffer the engine returned. */
 	void		(*free_buffer) (void *buffer);
@@ -181,6 +210,8 @@ typedef struct PeftEngineApi
 	/* One optimizer step. */
 	PeftCode	(*train_step) (PeftTrainJob *job, PeftTrainProgress *progress,
 							   PeftError *err);
+	/* Where a prepared run computes: "cpu" or "cuda". */
+	const char *(*train_device) (PeftTrainJob *job);
 	/* Validation metrics of the current weights. */
 	PeftCode	(*train_evaluate) (PeftTrainJob *job, PeftMetrics *metrics,
 								   PeftError *err);

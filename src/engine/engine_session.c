@@ -18,6 +18,10 @@
 /* Rows per forward pass when embedding or predicting many texts. */
 #define INFERENCE_BATCH 32
 
+/* Where embed and predict compute in this process (session_configure). */
+static DeviceKind inference_device = DEVICE_CPU;
+static GemmPrecision inference_precision = PRECISION_FP32;
+
 struct PeftModelHandle
 {
 	BertModel  *bert;
@@ -43,6 +47,36 @@ struct PeftTrainJob
 	Network    *net;
 	Trainer    *trainer;
 };
+
+/* The engine's device kind and precision for the API's. */
+static DeviceKind
+device_kind(PeftDevice d)
+{
+	return d == PEFT_DEVICE_CUDA ? DEVICE_CUDA : d == PEFT_DEVICE_CPU ? DEVICE_CPU : DEVICE_AUTO;
+}
+
+static GemmPrecision
+gemm_precision(PeftPrecision p)
+{
+	return p == PEFT_PRECISION_BF16 ? PRECISION_BF16 :
+		p == PEFT_PRECISION_TF32 ? PRECISION_TF32 : PRECISION_FP32;
+}
+
+/* Device, precision and idle release of later embed/predict calls. */
+void
+session_configure(const PeftEngineSettings *s)
+{
+	inference_device = device_kind(s->device);
+	inference_precision = gemm_precision(s->precision);
+	backend_set_idle_release(s->idle_release_seconds);
+}
+
+/* Move an inference network to the configured device (free when already there). */
+static PeftCode
+use_inference_device(Network *net, PeftError *err)
+{
+	return network_set_device(net, inference_device, inference_precision, err);
+}
 
 /* Load and validate a model folder. */
 PeftCode
@@ -190,6 +224,8 @@ session_embed(PeftModelHandle *model, PeftAdapterHandle *adapter,
 		}
 		net = model->bare;
 	}
+	if ((rc = use_inference_device(net, err)) != PEFT_OK)
+		return rc;
 	max_length = effective_max_length(model->bert, max_length);
 	for (int first = 0; first < n && rc == PEFT_OK; first += INFERENCE_BATCH)
 	{
@@ -220,6 +256,8 @@ session_predict(PeftAdapterHandle *adapter, const char *const *texts,
 
 	if (K < 1)
 		return peft_fail(err, PEFT_ERR_INVALID, "this adapter has no prediction head");
+	if ((rc = use_inference_device(net, err)) != PEFT_OK)
+		return rc;
 	max_length = effective_max_length(bert, max_length);
 	for (int first = 0; first < n && rc == PEFT_OK; first += INFERENCE_BATCH)
 	{
@@ -287,6 +325,8 @@ session_train_config_default(PeftTrainConfig *c)
 	c->validation_fraction = 0.1;
 	c->hidden_dropout = -1;
 	c->seed = t.seed;
+	c->device = PEFT_DEVICE_AUTO;
+	c->precision = PEFT_PRECISION_FP32;
 }
 
 /* Start a run: check what can be checked before any row arrives. */
@@ -381,7 +421,9 @@ session_train_prepare(PeftTrainJob *job, int num_labels, const int *label_map,
 		return rc;
 	if (job->ntrain == 0)
 		return peft_fail(err, PEFT_ERR_INVALID, "no training rows remain after the validation split");
-	if ((rc = network_create(job->model->bert, &job->options, &job->net, err)) != PEFT_OK)
+	if ((rc = network_create(job->model->bert, &job->options, &job->net, err)) != PEFT_OK ||
+		(rc = network_set_device(job->net, device_kind(c->device), gemm_precision(c->precision),
+								 err)) != PEFT_OK)
 		return rc;
 	train_options_default(&t);
 	t.epochs = c->epochs;
@@ -426,6 +468,13 @@ session_train_step(PeftTrainJob *job, PeftTrainProgress *p, PeftError *err)
 	return PEFT_OK;
 }
 
+/* Where a prepared run computes. */
+const char *
+session_train_device(PeftTrainJob *job)
+{
+	return job->net ? job->net->be->name : "none";
+}
+
 /* Validation metrics of the current weights. */
 PeftCode
 session_train_evaluate(PeftTrainJob *job, PeftMetrics *m, PeftError *err)
@@ -459,7 +508,8 @@ session_train_export(PeftTrainJob *job, const char *base_model, uint8_t **weight
 	*config = NULL;
 	if (job->net == NULL)
 		return peft_fail(err, PEFT_ERR_INTERNAL, "export before prepare");
-	if ((rc = adapter_serialize(job->net, weights, weights_len, err)) != PEFT_OK)
+	if ((rc = network_params_fetch(job->net, err)) != PEFT_OK ||
+		(rc = adapter_serialize(job->net, weights, weights_len, err)) != PEFT_OK)
 		return rc;
 	if ((rc = adapter_config_json(job->net, base_model, config, err)) != PEFT_OK)
 	{

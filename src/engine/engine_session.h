@@ -8,6 +8,8 @@
 
 #include "engine_api.h"
 
+void		session_configure(const PeftEngineSettings *settings);
+const char *session_train_device(PeftTrainJob *job);
 PeftCode	session_model_open(const char *dir, PeftModelHandle **out,
 							   PeftModelInfo *info, PeftError *err);
 void		session_model_close(PeftModelHandle *model);

@@ -19,6 +19,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include "backend.h"
 #include "bert.h"
 #include "params.h"
 #include "rng.h"
@@ -61,6 +62,15 @@ typedef struct Batch
 
 typedef struct NetworkActivations NetworkActivations;
 
+/* The parameter buffers in the backend's memory (the ParamSet's own on the CPU). */
+typedef struct DeviceParams
+{
+	real	   *values;
+	real	   *grads;
+	real	   *adam_m;
+	real	   *adam_v;
+} DeviceParams;
+
 typedef struct Network
 {
 	const BertModel *base;
@@ -71,8 +81,18 @@ typedef struct Network
 	int			(*lora)[BERT_NUM_LINEAR][2];
 	int			head_weight;
 	int			head_bias;
-	PeftRng		rng;			/* dropout masks */
+	PeftRng		rng;			/* dropout masks (drawn on the host on every backend) */
 	NetworkActivations *act;
+
+	/* where it computes: the CPU backend unless network_set_device says otherwise */
+	Backend    *be;
+	GemmPrecision precision;
+	ModelWeights *weights;		/* the base weights there; NULL until first used */
+	DeviceParams dp;			/* the parameters there */
+	bool		dp_bound;		/* dp holds the current parameters */
+	bool		dp_newer;		/* dp changed since the host copy (training on a device) */
+	bool		pinned;			/* holds optimizer state: no idle release */
+	uint64_t	generation;		/* the backend's, when the pointers above were made */
 } Network;
 
 /* Parse a PEFT target_modules entry list into targets (suffix match as PEFT). */
@@ -80,10 +100,47 @@ PeftCode	lora_parse_targets(bool targets[BERT_NUM_LINEAR],
 							   const char *const *names, int count,
 							   PeftError *err);
 
-/* Build the network and initialise it as PEFT does (A Kaiming-uniform, B zero). */
+/* Build the network (on the CPU) and initialise it as PEFT does (A Kaiming-uniform, B zero). */
 PeftCode	network_create(const BertModel *base, const NetworkOptions *opts,
 						   Network **out, PeftError *err);
 void		network_free(Network *net);
+
+/*
+ * Compute on another device from now on (AUTO: CUDA when available); the
+ * parameters move with the network.  precision applies to CUDA products.
+ */
+PeftCode	network_set_device(Network *net, DeviceKind kind, GemmPrecision precision,
+							   PeftError *err);
+
+/*
+ * The host copy of the parameters (params.values) is authoritative for
+ * every backend until training changes them on a device: after writing
+ * params.values call network_params_changed, and before reading them after
+ * training call network_params_fetch.  On the CPU both are free.
+ */
+void		network_params_changed(Network *net);
+PeftCode	network_params_fetch(Network *net, PeftError *err);
+
+/* Keep (true) or stop keeping the optimizer state safe from idle release. */
+void		network_pin(Network *net, bool pin);
+
+/*
+ * Size the activation buffers once for the largest batch a run will use
+ * (B sequences of T tokens), so that its steps allocate nothing.
+ */
+PeftCode	network_reserve(Network *net, int B, int T, bool train, PeftError *err);
+
+/* Zero every parameter gradient. */
+PeftCode	network_zero_grads(Network *net, PeftError *err);
+
+/*
+ * Clip the gradients to max_norm by global norm (0: no clipping), then one
+ * AdamW step (t 1-based) over every parameter; *grad_norm receives the
+ * norm before clipping, as torch's clip_grad_norm_.
+ */
+PeftCode	network_optimizer_step(Network *net, double lr, double beta1, double beta2,
+								   double eps, double weight_decay, int t,
+								   double max_norm, double *grad_norm, PeftError *err);
 
 /*
  * Forward a batch.  train keeps every activation for backward and applies

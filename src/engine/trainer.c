@@ -132,6 +132,21 @@ trainer_create(Network *net, const Dataset *ds, const uint32_t *rows,
 	peft_rng_seed(&tr->rng, opts->seed ^ 0x0bdeULL);
 	dataset_epoch_order(ds, tr->rows, nrows, opts->batch_size,
 						opts->group_by_length, &tr->rng, tr->order);
+	/* On a device: size the buffers once for the longest rows, so steps allocate nothing. */
+	if (!net->be->host_memory)
+	{
+		int			longest = 1;
+
+		for (size_t i = 0; i < nrows; i++)
+			if (ds->rows[rows[i]].length > longest)
+				longest = ds->rows[rows[i]].length;
+		if ((rc = network_reserve(net, opts->batch_size, longest, true, err)) != PEFT_OK)
+		{
+			trainer_free(tr);
+			return rc;
+		}
+	}
+	network_pin(net, true);
 	*out = tr;
 	return PEFT_OK;
 }
@@ -149,6 +164,7 @@ trainer_free(Trainer *tr)
 {
 	if (tr == NULL)
 		return;
+	network_pin(tr->net, false);
 	free(tr->rows);
 	free(tr->order);
 	batch_buffer_free(&tr->buf);
@@ -175,7 +191,6 @@ clip_grad_norm(ParamSet *params, double max_norm)
 PeftCode
 trainer_step(Trainer *tr, TrainStep *st, PeftError *err)
 {
-	ParamSet   *ps = &tr->net->params;
 	const TrainOptions *o = &tr->opts;
 	size_t		remaining;
 	int			in_step;
@@ -191,7 +206,8 @@ trainer_step(Trainer *tr, TrainStep *st, PeftError *err)
 		st->total_steps = tr->total_steps;
 		return PEFT_OK;
 	}
-	memset(ps->grads, 0, ps->total * sizeof(real));
+	if ((rc = network_zero_grads(tr->net, err)) != PEFT_OK)
+		return rc;
 	st->epoch = tr->epoch + 1;
 
 	/* micro-batches of one step never cross an epoch boundary (as HF) */
@@ -222,11 +238,11 @@ trainer_step(Trainer *tr, TrainStep *st, PeftError *err)
 	}
 
 	lr = o->learning_rate * schedule_factor(o, tr->step, tr->total_steps);
-	st->grad_norm = clip_grad_norm(ps, o->max_grad_norm);
 	tr->step++;
-	adamw_update(ps->values, ps->grads, ps->adam_m, ps->adam_v, ps->total,
-				 (real) lr, (real) o->beta1, (real) o->beta2, (real) o->adam_eps,
-				 (real) o->weight_decay, tr->step);
+	if ((rc = network_optimizer_step(tr->net, lr, o->beta1, o->beta2, o->adam_eps,
+									 o->weight_decay, tr->step, o->max_grad_norm,
+									 &st->grad_norm, err)) != PEFT_OK)
+		return rc;
 
 	st->loss = loss_sum;
 	st->learning_rate = lr;

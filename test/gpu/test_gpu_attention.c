@@ -19,7 +19,9 @@
 #include "cuda_attention.h"
 #include "cuda_backend.h"
 #include "matmul.h"
+#include "ops.h"
 #include "ops_varlen.h"
+#include "rng.h"
 #include "threadpool.h"
 
 #ifdef PEFT_DOUBLE
@@ -259,13 +261,6 @@ test_attention(void **state)
 	expect_close("backward d(scores) scratch", d_scratch, scratch_cpu, P,
 				 TOL_ATTENTION);
 
-	/* Dropout is not implemented yet: it must be refused, not ignored. */
-	assert_int_not_equal(peft_cuda_varlen_attention_forward(
-		d_out, d_probs, NULL, d_qkv, d_qkv + ATT_C, d_qkv + 2 * ATT_C, ATT_LD,
-		(const uint8_t *) d_probs, 0.1f, d_seq, ATT_B, N, ATT_C, ATT_NH,
-		msg, MSG_LEN), 0);
-	printf("  dropout refused: %s\n", msg);
-
 	cudaFree(d_seq);
 	cudaFree(d_qkv);
 	cudaFree(d_dout);
@@ -280,6 +275,163 @@ test_attention(void **state)
 	free(probs_cpu);
 	free(scratch_cpu);
 	free(dqkv_cpu);
+}
+
+
+/* ---- attention dropout --------------------------------------------------- */
+
+/* Packed lengths 7, 1, 0 (an empty sequence), 12: N = 20, fused [N, 3C] q|k|v. */
+#define DROP_B 4
+
+static const int drop_lengths[DROP_B] = {7, 1, 0, 12};
+
+/*
+ * Attention with dropout of the weights at rate p, the mask drawn by
+ * dropout_mask from a seeded PeftRng in the probs layout, against
+ * varlen_attention_forward/backward: out, probs (pre-dropout) and dropped
+ * of the forward; dq|dk|dv and d(scores) of the backward; then dv alone
+ * (the key kernel without the query kernel) and the forward with dropped
+ * NULL (the weights used but not stored).
+ */
+static void
+check_attention_dropout(float p, uint64_t seed)
+{
+	int32_t		seq_start[DROP_B + 1];
+	int			N;
+	size_t		P;
+	size_t		nqkv;
+	uint8_t    *keep;
+	float	   *qkv, *dout, *dqkv0;
+	float	   *out_cpu, *probs_cpu, *dropped_cpu, *scratch_cpu, *dqkv_cpu;
+	float	   *d_qkv, *d_dout, *d_out, *d_probs, *d_dropped, *d_scratch, *d_dqkv;
+	uint8_t    *d_keep;
+	int32_t    *d_seq;
+	PeftRng		rng;
+	size_t		kept = 0;
+	char		msg[MSG_LEN] = "";
+
+	seq_start[0] = 0;
+	for (int b = 0; b < DROP_B; b++)
+		seq_start[b + 1] = seq_start[b] + drop_lengths[b];
+	N = seq_start[DROP_B];
+	P = varlen_attention_size(seq_start, DROP_B, ATT_NH);
+	nqkv = (size_t) N * ATT_LD;
+
+	keep = malloc(P);
+	assert_non_null(keep);
+	peft_rng_seed(&rng, seed);
+	dropout_mask(keep, P, p, &rng);
+	for (size_t i = 0; i < P; i++)
+		kept += keep[i];
+	qkv = random_array(nqkv);
+	dout = random_array((size_t) N * ATT_C);
+	/* Non-zero starting gradients check that the backward accumulates. */
+	dqkv0 = random_array(nqkv);
+	out_cpu = calloc((size_t) N * ATT_C, sizeof(float));
+	probs_cpu = calloc(P, sizeof(float));
+	dropped_cpu = calloc(P, sizeof(float));
+	scratch_cpu = calloc(P, sizeof(float));
+	dqkv_cpu = copy_array(dqkv0, nqkv);
+	assert_non_null(out_cpu);
+	assert_non_null(probs_cpu);
+	assert_non_null(dropped_cpu);
+	assert_non_null(scratch_cpu);
+
+	varlen_attention_forward(out_cpu, probs_cpu, dropped_cpu, qkv, qkv + ATT_C,
+							 qkv + 2 * ATT_C, ATT_LD, keep, p, seq_start,
+							 DROP_B, ATT_C, ATT_NH);
+	varlen_attention_backward(dqkv_cpu, dqkv_cpu + ATT_C, dqkv_cpu + 2 * ATT_C,
+							  scratch_cpu, dout, probs_cpu, qkv, qkv + ATT_C,
+							  qkv + 2 * ATT_C, ATT_LD, keep, p, seq_start,
+							  DROP_B, ATT_C, ATT_NH);
+
+	d_seq = dev_upload(seq_start, sizeof(seq_start));
+	d_keep = dev_upload(keep, P);
+	d_qkv = dev_upload(qkv, nqkv * sizeof(float));
+	d_dout = dev_upload(dout, (size_t) N * ATT_C * sizeof(float));
+	d_dqkv = dev_upload(dqkv0, nqkv * sizeof(float));
+	d_out = dev_alloc((size_t) N * ATT_C * sizeof(float));
+	d_probs = dev_alloc(P * sizeof(float));
+	d_dropped = dev_alloc(P * sizeof(float));
+	d_scratch = dev_alloc(P * sizeof(float));
+	dev_poison(d_out, (size_t) N * ATT_C * sizeof(float));
+	dev_poison(d_probs, P * sizeof(float));
+	dev_poison(d_dropped, P * sizeof(float));
+	dev_poison(d_scratch, P * sizeof(float));
+
+	printf("attention dropout p=%g: lengths 7 1 0 12, C=%d NH=%d ld=%d, %zu of %zu kept\n",
+		   (double) p, ATT_C, ATT_NH, ATT_LD, kept, P);
+	assert_int_equal(peft_cuda_varlen_attention_forward(
+		d_out, d_probs, d_dropped, d_qkv, d_qkv + ATT_C, d_qkv + 2 * ATT_C,
+		ATT_LD, d_keep, p, d_seq, DROP_B, N, ATT_C, ATT_NH, msg, MSG_LEN), 0);
+	expect_close("dropout forward out", d_out, out_cpu, (size_t) N * ATT_C,
+				 TOL_ATTENTION);
+	expect_close("dropout forward probs", d_probs, probs_cpu, P, TOL_ATTENTION);
+	expect_close("dropout forward dropped", d_dropped, dropped_cpu, P,
+				 TOL_ATTENTION);
+
+	/* Backward from the CPU probs, so the two backward passes see one input. */
+	assert_int_equal(cudaMemcpy(d_probs, probs_cpu, P * sizeof(float),
+								cudaMemcpyHostToDevice), cudaSuccess);
+	assert_int_equal(peft_cuda_varlen_attention_backward(
+		d_dqkv, d_dqkv + ATT_C, d_dqkv + 2 * ATT_C, d_scratch, d_dout, d_probs,
+		d_qkv, d_qkv + ATT_C, d_qkv + 2 * ATT_C, ATT_LD, d_keep, p, d_seq,
+		DROP_B, N, ATT_C, ATT_NH, msg, MSG_LEN), 0);
+	expect_close("dropout backward dq|dk|dv", d_dqkv, dqkv_cpu, nqkv,
+				 TOL_ATTENTION);
+	expect_close("dropout backward d(scores)", d_scratch, scratch_cpu, P,
+				 TOL_ATTENTION);
+
+	/* dv alone: dv += dropped^T dout from the key kernel only. */
+	memcpy(dqkv_cpu, dqkv0, nqkv * sizeof(float));
+	varlen_attention_backward(NULL, NULL, dqkv_cpu + 2 * ATT_C, scratch_cpu, dout,
+							  probs_cpu, qkv, qkv + ATT_C, qkv + 2 * ATT_C, ATT_LD,
+							  keep, p, seq_start, DROP_B, ATT_C, ATT_NH);
+	assert_int_equal(cudaMemcpy(d_dqkv, dqkv0, nqkv * sizeof(float),
+								cudaMemcpyHostToDevice), cudaSuccess);
+	assert_int_equal(peft_cuda_varlen_attention_backward(
+		NULL, NULL, d_dqkv + 2 * ATT_C, NULL, d_dout, d_probs,
+		d_qkv, d_qkv + ATT_C, d_qkv + 2 * ATT_C, ATT_LD, d_keep, p, d_seq,
+		DROP_B, N, ATT_C, ATT_NH, msg, MSG_LEN), 0);
+	expect_close("dropout backward dv only", d_dqkv, dqkv_cpu, nqkv,
+				 TOL_ATTENTION);
+
+	/* dropped NULL: the same output, the weights not stored. */
+	dev_poison(d_out, (size_t) N * ATT_C * sizeof(float));
+	assert_int_equal(peft_cuda_varlen_attention_forward(
+		d_out, d_probs, NULL, d_qkv, d_qkv + ATT_C, d_qkv + 2 * ATT_C,
+		ATT_LD, d_keep, p, d_seq, DROP_B, N, ATT_C, ATT_NH, msg, MSG_LEN), 0);
+	expect_close("dropout forward out, dropped NULL", d_out, out_cpu,
+				 (size_t) N * ATT_C, TOL_ATTENTION);
+
+	cudaFree(d_seq);
+	cudaFree(d_keep);
+	cudaFree(d_qkv);
+	cudaFree(d_dout);
+	cudaFree(d_dqkv);
+	cudaFree(d_out);
+	cudaFree(d_probs);
+	cudaFree(d_dropped);
+	cudaFree(d_scratch);
+	free(keep);
+	free(qkv);
+	free(dout);
+	free(dqkv0);
+	free(out_cpu);
+	free(probs_cpu);
+	free(dropped_cpu);
+	free(scratch_cpu);
+	free(dqkv_cpu);
+}
+
+/* Attention dropout at p = 0.1 (BERT's rate) and p = 0.5. */
+static void
+test_attention_dropout(void **state)
+{
+	(void) state;
+	SKIP_WITHOUT_DEVICE();
+	check_attention_dropout(0.1f, 61);
+	check_attention_dropout(0.5f, 62);
 }
 
 
@@ -519,6 +671,7 @@ main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_attention),
+		cmocka_unit_test(test_attention_dropout),
 		cmocka_unit_test(test_gemm),
 		cmocka_unit_test(test_gemm_rejects_bad_shapes),
 		cmocka_unit_test(test_lora),

@@ -1,0 +1,234 @@
+/*
+ * backend.h - where the network computes: one table of operations over
+ * buffers that live in the backend's memory (host memory for the CPU,
+ * device memory for CUDA).  network.c is written once against this table;
+ * backend_cpu.c implements it with the reference ops (ops.h, ops_varlen.h,
+ * matmul.h) and backend_cuda.c with cuBLAS and the kernels in kernels/.
+ * The CPU backend is the reference the CUDA one is tested against.
+ *
+ * Errors.  CPU operations cannot fail.  CUDA operations can, and most of
+ * their errors surface later, at a synchronising call, as CUDA reports
+ * them.  So operations return nothing: the first failure is recorded in
+ * the Backend, every later operation is skipped, and callers collect it
+ * at their synchronisation points with backend_check(), which turns it
+ * into a PeftCode (PEFT_ERR_DEVICE, or PEFT_ERR_NOMEM when device memory
+ * ran out) and clears it.  Nothing calls exit().
+ *
+ * Conventions are ops.h's: row-major `real` arrays, *_backward ACCUMULATE
+ * into gradients that may be NULL; int32 arrays (ids, rows, seq_start,
+ * labels) are in the backend's memory too.
+ */
+#ifndef PEFT_ENGINE_BACKEND_H
+#define PEFT_ENGINE_BACKEND_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include "bert.h"
+#include "real.h"
+#include "status.h"
+
+/* Where to compute; AUTO picks CUDA when the build has it and a device is visible. */
+typedef enum DeviceKind
+{
+	DEVICE_AUTO,
+	DEVICE_CPU,
+	DEVICE_CUDA
+} DeviceKind;
+
+/* Arithmetic of the matrix products (CUDA only; the CPU always uses FP32). */
+typedef enum GemmPrecision
+{
+	PRECISION_FP32,				/* exact FP32 */
+	PRECISION_TF32,				/* TF32 tensor cores, FP32 accumulation */
+	PRECISION_BF16				/* BF16 operands, FP32 accumulation and master weights */
+} GemmPrecision;
+
+/* Counters for benchmarks: filled while profile is set. */
+typedef struct BackendProfile
+{
+	bool		enabled;		/* time every product (CUDA: synchronising around it) */
+	double		gemm_seconds;
+	double		gemm_flops;		/* 2 M N K summed over every product */
+	double		attention_flops;	/* scores and weighted sums */
+} BackendProfile;
+
+/* The frozen base weights of one encoder layer, in the backend's memory. */
+typedef struct LayerWeights
+{
+	const real *qkv_weight;		/* [3C, C] query | key | value */
+	const real *qkv_bias;		/* [3C] */
+	const real *weight[BERT_NUM_LINEAR];	/* [out, in] */
+	const real *bias[BERT_NUM_LINEAR];
+	const real *ln_attn_gamma;
+	const real *ln_attn_beta;
+	const real *ln_out_gamma;
+	const real *ln_out_beta;
+} LayerWeights;
+
+/* All frozen base weights of a model, in the backend's memory. */
+typedef struct ModelWeights
+{
+	const real *word;
+	const real *pos;
+	const real *type;
+	const real *ln_emb_gamma;
+	const real *ln_emb_beta;
+	LayerWeights *layers;		/* [num_layers] */
+	void	   *owner;			/* backend-private */
+} ModelWeights;
+
+typedef struct Backend Backend;
+
+typedef struct BackendOps
+{
+	/* ---- memory ---- */
+	/* Zeroed buffer of bytes (NULL with an error recorded on failure). */
+	void	   *(*alloc) (Backend *be, size_t bytes);
+	void		(*release) (Backend *be, void *p);
+	void		(*upload) (Backend *be, void *dst, const void *host, size_t bytes);
+	void		(*download) (Backend *be, void *host, const void *src, size_t bytes);
+	void		(*zero) (Backend *be, void *p, size_t bytes);
+	/* Wait for queued work; errors of it are recorded. */
+	void		(*sync) (Backend *be);
+
+	/*
+	 * Bracket every use: enter takes the backend's lock and returns its
+	 * generation, which changes when idle release has freed every buffer
+	 * (the caller's pointers are then stale and must be made again);
+	 * leave releases the lock.  pin(+1/-1) keeps idle release away while
+	 * a training run holds optimizer state in the backend's memory.
+	 */
+	uint64_t	(*enter) (Backend *be);
+	void		(*leave) (Backend *be);
+	void		(*pin) (Backend *be, int delta);
+	/* The base weights of model in this backend's memory (kept and shared). */
+	PeftCode	(*weights_acquire) (Backend *be, const BertModel *model,
+									ModelWeights **out, PeftError *err);
+	void		(*weights_release) (Backend *be, ModelWeights *weights);
+
+	/* ---- products ---- */
+	/* C[M,N] = alpha op(A) op(B) + beta C, as cblas_gemm row-major. */
+	void		(*gemm) (Backend *be, bool trans_a, bool trans_b, int M, int N, int K,
+						 real alpha, const real *A, int lda, const real *B, int ldb,
+						 real beta, real *C, int ldc);
+	/* out[N, OUT] (row stride ldo) = x[N, IN] (stride ldx) W^T + bias (bias may be NULL). */
+	void		(*linear) (Backend *be, real *out, int ldo, const real *x, int ldx,
+						   const real *W, const real *bias, int N, int IN, int OUT);
+	/* dx[N,C] += dout W, dW[K,C] += dout^T x, db[K] += colsum(dout) (the head; any may be NULL). */
+	void		(*linear_backward) (Backend *be, real *dx, real *dW, real *db,
+									const real *dout, const real *x, const real *W,
+									int N, int C, int K);
+
+	/* ---- encoder ---- */
+	void		(*embeddings) (Backend *be, real *out, const int32_t *ids,
+							   const int32_t *rows, int N, int T, const real *word,
+							   const real *pos, const real *type, int C, int vocab);
+	void		(*layernorm_forward) (Backend *be, real *out, real *mean, real *rstd,
+									  const real *inp, const real *gamma,
+									  const real *beta, int N, int C, real eps);
+	void		(*layernorm_backward) (Backend *be, real *dinp, const real *dout,
+									   const real *inp, const real *gamma,
+									   const real *mean, const real *rstd, int N, int C);
+	void		(*gelu_forward) (Backend *be, real *out, const real *inp, size_t n);
+	void		(*gelu_backward) (Backend *be, real *dinp, const real *inp,
+								  const real *dout, size_t n);
+	void		(*add) (Backend *be, real *out, const real *a, const real *b, size_t n);
+	/* out = inp * keep / (1-p); the backward pass reuses it to mask gradients */
+	void		(*dropout) (Backend *be, real *out, const real *inp,
+							const uint8_t *keep, real p, size_t n);
+	/* dinp += dout * keep / (1-p) */
+	void		(*dropout_backward) (Backend *be, real *dinp, const real *dout,
+									 const uint8_t *keep, real p, size_t n);
+	/* as varlen_attention_forward / _backward (ops_varlen.h), N = seq_start[B] */
+	void		(*attention_forward) (Backend *be, real *out, real *probs, real *dropped,
+									  const real *q, const real *k, const real *v, int ld,
+									  const uint8_t *keep, real p, const int32_t *seq_start,
+									  int B, int N, int C, int NH);
+	void		(*attention_backward) (Backend *be, real *dq, real *dk, real *dv,
+									   real *scratch, const real *dout, const real *probs,
+									   const real *q, const real *k, const real *v, int ld,
+									   const uint8_t *keep, real p,
+									   const int32_t *seq_start, int B, int N, int C, int NH);
+	/* out[B,C] = mean (cls: first row) of each sequence; backward += */
+	void		(*pool_forward) (Backend *be, bool cls, real *out, const real *inp,
+								 const int32_t *seq_start, int B, int C);
+	void		(*pool_backward) (Backend *be, bool cls, real *dinp, const real *dout,
+								  const int32_t *seq_start, int B, int C);
+	void		(*l2norm_forward) (Backend *be, real *out, real *norm, const real *inp,
+								   int B, int C);
+	void		(*scatter_rows) (Backend *be, real *out, const real *packed,
+								 const int32_t *rows, int N, int BT, int C);
+
+	/* ---- losses (the mean loss comes back to the host) ---- */
+	double		(*cross_entropy_forward) (Backend *be, real *probs, const real *logits,
+										  const int32_t *labels, int B, int K);
+	void		(*cross_entropy_backward) (Backend *be, real *dlogits, const real *probs,
+										   const int32_t *labels, real dloss, int B, int K);
+	double		(*mse_forward) (Backend *be, const real *pred, const real *target, int B);
+	void		(*mse_backward) (Backend *be, real *dpred, const real *pred,
+								 const real *target, real dloss, int B);
+
+	/* ---- optimizer, over all parameters at once ---- */
+	double		(*sum_squares) (Backend *be, const real *g, size_t n);
+	void		(*scale) (Backend *be, real *g, real s, size_t n);
+	void		(*adamw) (Backend *be, real *param, const real *grad, real *m, real *v,
+						  size_t n, real lr, real beta1, real beta2, real eps,
+						  real weight_decay, int t);
+
+	/* Destroy a backend made by a create function (not the static CPU one). */
+	void		(*destroy) (Backend *be);
+} BackendOps;
+
+struct Backend
+{
+	const BackendOps *ops;
+	DeviceKind	kind;			/* DEVICE_CPU or DEVICE_CUDA */
+	const char *name;			/* "cpu" or "cuda" */
+	bool		host_memory;	/* buffers are host pointers */
+	GemmPrecision precision;
+	bool		failed;			/* an operation failed: see error */
+	PeftError	error;
+	BackendProfile profile;
+	void	   *state;			/* implementation-private */
+};
+
+/* The process's CPU backend (static; never destroyed). */
+Backend    *backend_cpu(void);
+
+/* Whether this build has CUDA and a device is visible (initialises CUDA). */
+bool		backend_cuda_available(void);
+
+/*
+ * The process's CUDA backend, created (and CUDA initialised) on first use;
+ * an error when the build has no CUDA or no device is visible.  Its
+ * precision field is set by each user before its products (network.c).
+ */
+PeftCode	backend_cuda(Backend **out, PeftError *err);
+
+/* The backend for a device choice (AUTO: CUDA when available, else the CPU). */
+PeftCode	backend_for(DeviceKind kind, Backend **out, PeftError *err);
+
+/*
+ * Seconds of idleness after which the CUDA backend frees every device
+ * buffer it holds and releases the device (0: never).  Used by
+ * prediction in long-lived server processes.
+ */
+void		backend_set_idle_release(int seconds);
+
+/* Collect a recorded failure: PEFT_OK, or its code and message (then cleared). */
+PeftCode	backend_check(Backend *be, PeftError *err);
+
+/* Record a failure (the first one wins); for implementations. */
+void		backend_fail(Backend *be, PeftCode code, const char *fmt,...)
+#ifdef __GNUC__
+			__attribute__((format(printf, 3, 4)))
+#endif
+			;
+
+/* Parse "auto" | "cpu" | "cuda" and "fp32" | "tf32" | "bf16"; false if unknown. */
+bool		device_kind_parse(const char *s, DeviceKind *out);
+bool		gemm_precision_parse(const char *s, GemmPrecision *out);
+const char *gemm_precision_name(GemmPrecision p);
+
+#endif
