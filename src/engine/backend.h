@@ -89,6 +89,8 @@ typedef struct BackendOps
 	void		(*upload) (Backend *be, void *dst, const void *host, size_t bytes);
 	void		(*download) (Backend *be, void *host, const void *src, size_t bytes);
 	void		(*zero) (Backend *be, void *p, size_t bytes);
+	/* dst = src, both in the backend's memory */
+	void		(*copy) (Backend *be, void *dst, const void *src, size_t bytes);
 	/* Wait for queued work; errors of it are recorded. */
 	void		(*sync) (Backend *be);
 
@@ -127,7 +129,8 @@ typedef struct BackendOps
 	void		(*layernorm_forward) (Backend *be, real *out, real *mean, real *rstd,
 									  const real *inp, const real *gamma,
 									  const real *beta, int N, int C, real eps);
-	void		(*layernorm_backward) (Backend *be, real *dinp, const real *dout,
+	/* dinp += input gradient; dbeta += colsum(dout) when not NULL (BitFit) */
+	void		(*layernorm_backward) (Backend *be, real *dinp, real *dbeta, const real *dout,
 									   const real *inp, const real *gamma,
 									   const real *mean, const real *rstd, int N, int C);
 	void		(*gelu_forward) (Backend *be, real *out, const real *inp, size_t n);
@@ -159,6 +162,26 @@ typedef struct BackendOps
 								   int B, int C);
 	void		(*scatter_rows) (Backend *be, real *out, const real *packed,
 								 const int32_t *rows, int N, int BT, int C);
+
+	/* ---- adapter methods: per-column scaling and reductions ---- */
+	/*
+	 * dst[i,j] = (or += when accumulate) alpha (vec[j] + offset) src[i,j]
+	 * for N rows of n columns (row strides ldd, lds; vec NULL reads as
+	 * ones); dst may be src when not accumulating.  (IA)^3 scaling and
+	 * DoRA's magnitude.
+	 */
+	void		(*colscale) (Backend *be, real *dst, int ldd, const real *src, int lds,
+							 const real *vec, real offset, real alpha, bool accumulate,
+							 int N, int n);
+	/*
+	 * dvec[j] += alpha scale[j] sum_i a[i,j] b[i,j] over N rows (b NULL:
+	 * the column sums of a; scale NULL: 1): gradients of per-column
+	 * vectors and of biases.
+	 */
+	void		(*coldot) (Backend *be, real *dvec, const real *a, int lda, const real *b,
+						   int ldb, const real *scale, real alpha, int N, int n);
+	/* inv[j] = 1 / ||W[j,:]|| for the rows of W [rows, cols] (DoRA's weight norm) */
+	void		(*row_inv_norms) (Backend *be, real *inv, const real *W, int rows, int cols);
 
 	/* ---- losses (the mean loss comes back to the host) ---- */
 	double		(*cross_entropy_forward) (Backend *be, real *probs, const real *logits,

@@ -8,6 +8,7 @@
 #include "ops.h"
 #include "ops_varlen.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -182,12 +183,13 @@ cpu_layernorm_forward(Backend *be, real *out, real *mean, real *rstd, const real
 	layernorm_forward(out, mean, rstd, inp, gamma, beta, N, C, eps);
 }
 
-/* LayerNorm input gradient (gamma and beta are frozen). */
+/* LayerNorm input gradient, and beta's when trained (gamma is frozen). */
 static void
-cpu_layernorm_backward(Backend *be, real *dinp, const real *dout, const real *inp,
-					   const real *gamma, const real *mean, const real *rstd, int N, int C)
+cpu_layernorm_backward(Backend *be, real *dinp, real *dbeta, const real *dout,
+					   const real *inp, const real *gamma, const real *mean,
+					   const real *rstd, int N, int C)
 {
-	layernorm_backward(dinp, NULL, NULL, dout, inp, gamma, mean, rstd, N, C);
+	layernorm_backward(dinp, NULL, dbeta, dout, inp, gamma, mean, rstd, N, C);
 }
 
 /* Exact GELU. */
@@ -301,6 +303,54 @@ cpu_scatter_rows(Backend *be, real *out, const real *packed, const int32_t *rows
 	varlen_scatter_rows(out, packed, rows, N, BT, C);
 }
 
+/* dst = (or +=) alpha (vec[j] + offset) src, column by column. */
+static void
+cpu_colscale(Backend *be, real *dst, int ldd, const real *src, int lds, const real *vec,
+			 real offset, real alpha, bool accumulate, int N, int n)
+{
+	for (int i = 0; i < N; i++)
+	{
+		real	   *d = dst + (size_t) i * ldd;
+		const real *x = src + (size_t) i * lds;
+
+		for (int j = 0; j < n; j++)
+		{
+			real		v = alpha * ((vec ? vec[j] : 1) + offset) * x[j];
+
+			d[j] = accumulate ? d[j] + v : v;
+		}
+	}
+}
+
+/* dvec[j] += alpha scale[j] sum_i a[i,j] b[i,j], summed in double. */
+static void
+cpu_coldot(Backend *be, real *dvec, const real *a, int lda, const real *b, int ldb,
+		   const real *scale, real alpha, int N, int n)
+{
+	for (int j = 0; j < n; j++)
+	{
+		double		sum = 0;
+
+		for (int i = 0; i < N; i++)
+			sum += (double) a[(size_t) i * lda + j] * (b ? b[(size_t) i * ldb + j] : 1);
+		dvec[j] += (real) (alpha * (scale ? scale[j] : 1) * sum);
+	}
+}
+
+/* inv[j] = 1 / ||W[j,:]||, in double. */
+static void
+cpu_row_inv_norms(Backend *be, real *inv, const real *W, int rows, int cols)
+{
+	for (int j = 0; j < rows; j++)
+	{
+		double		sum = 0;
+
+		for (int i = 0; i < cols; i++)
+			sum += (double) W[(size_t) j * cols + i] * W[(size_t) j * cols + i];
+		inv[j] = (real) (1.0 / sqrt(sum));
+	}
+}
+
 /* Mean cross-entropy. */
 static double
 cpu_cross_entropy_forward(Backend *be, real *probs, const real *logits,
@@ -366,6 +416,7 @@ static const BackendOps cpu_ops = {
 	.upload = cpu_copy,
 	.download = cpu_copy,
 	.zero = cpu_zero,
+	.copy = cpu_copy,
 	.sync = cpu_sync,
 	.enter = cpu_enter,
 	.leave = cpu_leave,
@@ -389,6 +440,9 @@ static const BackendOps cpu_ops = {
 	.pool_backward = cpu_pool_backward,
 	.l2norm_forward = cpu_l2norm_forward,
 	.scatter_rows = cpu_scatter_rows,
+	.colscale = cpu_colscale,
+	.coldot = cpu_coldot,
+	.row_inv_norms = cpu_row_inv_norms,
 	.cross_entropy_forward = cpu_cross_entropy_forward,
 	.cross_entropy_backward = cpu_cross_entropy_backward,
 	.mse_forward = cpu_mse_forward,

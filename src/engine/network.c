@@ -51,6 +51,15 @@ typedef struct LayerActs
 	real	   *lora_xa[BERT_NUM_LINEAR];	/* [N, r] input times A^T */
 	real	   *lora_xd[BERT_NUM_LINEAR];	/* [N, in] input after LoRA dropout */
 	uint8_t    *lora_keep[BERT_NUM_LINEAR];
+	real	   *ia3_pre[BERT_NUM_LINEAR];	/* [N, out] output before (IA)^3 scaling (training) */
+	real	   *ia3_in[BERT_NUM_LINEAR];	/* [N, in] input after (IA)^3 feed-forward scaling */
+	real	   *dora_t[BERT_NUM_LINEAR];	/* [N, out] dropout(x) W^T */
+	real	   *dora_u[BERT_NUM_LINEAR];	/* [N, out] dropout(x) A^T B^T */
+	real	   *dora_inv[BERT_NUM_LINEAR];	/* [out] 1 / ||W + s B A|| per row (no gradient) */
+	real	   *dora_g[BERT_NUM_LINEAR];	/* [out] magnitude * dora_inv */
+	real	   *ad_in[2];		/* bottleneck after attention / ffn: [N, C] its input */
+	real	   *ad_d[2];		/* [N, m] down projection */
+	real	   *ad_g[2];		/* [N, m] after GELU */
 } LayerActs;
 
 struct NetworkActivations
@@ -111,6 +120,15 @@ struct NetworkActivations
 	real	   *datt;			/* attention blocks; the dropped weights in forward */
 	real	   *dpooled;		/* [B, C] */
 	real	   *dhead;			/* [B, K] */
+
+	/* scratch of the adapter methods */
+	real	   *ad_tmp;			/* [N, C] bottleneck up projection */
+	real	   *dad;			/* [N, C] gradient through a bottleneck adapter */
+	real	   *dga;			/* [N, m] */
+	real	   *ddd;			/* [N, m] */
+	real	   *dscr;			/* [N, max(3C, FF)] scaled output gradients */
+	real	   *dia3;			/* [N, max(C, FF)] gradient of an (IA)^3-scaled input */
+	real	   *dora_w;			/* [max out * in] W + s B A */
 };
 
 /* ---- target modules ------------------------------------------------------ */
@@ -162,12 +180,11 @@ lora_parse_targets(bool targets[BERT_NUM_LINEAR], const char *const *names,
 
 /* ---- construction -------------------------------------------------------- */
 
-/* Fill x[n] with U(-bound, bound). */
-static void
-uniform_fill(real *x, size_t n, double bound, PeftRng *rng)
+/* Whether linear w has LoRA (or DoRA). */
+static inline bool
+has_lora(const Network *net, int l, int w)
 {
-	for (size_t i = 0; i < n; i++)
-		x[i] = (real) ((2.0 * peft_rng_uniform(rng) - 1.0) * bound);
+	return net->lp[l].lora[w][0] >= 0;
 }
 
 /* Check the options against the base model. */
@@ -175,6 +192,7 @@ static PeftCode
 check_options(const BertModel *base, const NetworkOptions *o, PeftError *err)
 {
 	bool		any = false;
+	int			C = base->cfg.hidden_size;
 
 	for (int w = 0; w < BERT_NUM_LINEAR; w++)
 		any |= o->lora.targets[w];
@@ -184,6 +202,29 @@ check_options(const BertModel *base, const NetworkOptions *o, PeftError *err)
 		return peft_fail(err, PEFT_ERR_INVALID, "lora_alpha must be positive");
 	if (!(o->lora.dropout >= 0 && o->lora.dropout < 1))
 		return peft_fail(err, PEFT_ERR_INVALID, "lora_dropout must be in [0, 1)");
+	if (o->dora && !any)
+		return peft_fail(err, PEFT_ERR_INVALID, "DoRA needs LoRA target modules");
+	for (int w = 0; w < BERT_NUM_LINEAR; w++)
+	{
+		if (o->ia3.targets[w] && o->lora.targets[w])
+			return peft_fail(err, PEFT_ERR_INVALID,
+							 "%s cannot have both a LoRA and an (IA)^3 adapter",
+							 bert_linear_name(w));
+		if (o->ia3.feedforward[w] && !o->ia3.targets[w])
+			return peft_fail(err, PEFT_ERR_INVALID,
+							 "feedforward module %s is not among the (IA)^3 target modules",
+							 bert_linear_name(w));
+		/* q, k and v share one product: only their outputs can be scaled */
+		if (o->ia3.feedforward[w] && w <= BERT_VALUE)
+			return peft_fail(err, PEFT_ERR_UNSUPPORTED,
+							 "(IA)^3 cannot scale the input of %s: use it as a non-feedforward module",
+							 bert_linear_name(w));
+	}
+	if (o->bottleneck.reduction < 0 || o->bottleneck.reduction > C ||
+		(o->bottleneck.reduction > 0 && !o->bottleneck.after_attention && !o->bottleneck.after_ffn))
+		return peft_fail(err, PEFT_ERR_INVALID,
+						 "a bottleneck adapter needs a reduction factor from 1 to %d and a place "
+						 "(after attention and/or the feed-forward)", C);
 	if (!(o->hidden_dropout >= 0 && o->hidden_dropout < 1) ||
 		!(o->attention_dropout >= 0 && o->attention_dropout < 1))
 		return peft_fail(err, PEFT_ERR_INVALID, "dropout must be in [0, 1)");
@@ -196,6 +237,160 @@ check_options(const BertModel *base, const NetworkOptions *o, PeftError *err)
 	return PEFT_OK;
 }
 
+/* Declare a parameter named base_model.model.<path>.<suffix>; -1 on failure. */
+static int
+declare(Network *net, const char *path, const char *suffix, int ndim, int64_t d0, int64_t d1,
+		PeftError *err)
+{
+	char		name[PARAM_NAME_LEN];
+
+	snprintf(name, sizeof(name), "base_model.model.%s%s%s", path, suffix[0] ? "." : "", suffix);
+	return paramset_add(&net->params, name, ndim, d0, d1, err);
+}
+
+/* Declare the trainable tensors of layer l; false on failure (err set). */
+static bool
+declare_layer(Network *net, int l, PeftError *err)
+{
+	const NetworkOptions *o = &net->opts;
+	const BertLayer *layer = &net->base->layers[l];
+	LayerParams *lp = &net->lp[l];
+	int			C = net->base->cfg.hidden_size;
+	int			width = o->bottleneck.reduction > 0 ? C / o->bottleneck.reduction : 0;
+	char		path[128];
+	bool		ok = true;
+
+	memset(lp, 0xff, sizeof(*lp));	/* every index -1 */
+	/* BitFit: q, k, v biases first and adjacent, so the fused product can use them */
+	for (int w = 0; o->bitfit && w < BERT_NUM_LINEAR; w++)
+	{
+		bert_linear_path(path, sizeof(path), l, w);
+		ok &= (lp->bias[w] = declare(net, path, "bias", 1, layer->linear[w].out, 0, err)) >= 0;
+	}
+	for (int w = 0; w < BERT_NUM_LINEAR; w++)
+	{
+		const BertLinearWeights *lin = &layer->linear[w];
+
+		bert_linear_path(path, sizeof(path), l, w);
+		if (o->lora.targets[w])
+		{
+			ok &= (lp->lora[w][0] = declare(net, path, "lora_A.weight", 2, o->lora.r, lin->in, err)) >= 0;
+			ok &= (lp->lora[w][1] = declare(net, path, "lora_B.weight", 2, lin->out, o->lora.r, err)) >= 0;
+			if (o->dora)
+				ok &= (lp->dora[w] = declare(net, path, "lora_magnitude_vector", 1, lin->out, 0, err)) >= 0;
+		}
+		if (o->ia3.targets[w])
+			ok &= (lp->ia3[w] = o->ia3.feedforward[w]
+				   ? declare(net, path, "ia3_l", 2, 1, lin->in, err)
+				   : declare(net, path, "ia3_l", 2, lin->out, 1, err)) >= 0;
+	}
+	if (o->bitfit)
+	{
+		snprintf(path, sizeof(path), "encoder.layer.%d.attention.output.LayerNorm", l);
+		ok &= (lp->ln_beta[0] = declare(net, path, "bias", 1, C, 0, err)) >= 0;
+		snprintf(path, sizeof(path), "encoder.layer.%d.output.LayerNorm", l);
+		ok &= (lp->ln_beta[1] = declare(net, path, "bias", 1, C, 0, err)) >= 0;
+	}
+	for (int pos = 0; pos < 2 && width > 0; pos++)
+	{
+		if (!(pos == 0 ? o->bottleneck.after_attention : o->bottleneck.after_ffn))
+			continue;
+		snprintf(path, sizeof(path), "encoder.layer.%d.%s.adapter", l,
+				 pos == 0 ? "attention.output" : "output");
+		ok &= (lp->adapter[pos][0] = declare(net, path, "down.weight", 2, width, C, err)) >= 0;
+		ok &= (lp->adapter[pos][1] = declare(net, path, "down.bias", 1, width, 0, err)) >= 0;
+		ok &= (lp->adapter[pos][2] = declare(net, path, "up.weight", 2, C, width, err)) >= 0;
+		ok &= (lp->adapter[pos][3] = declare(net, path, "up.bias", 1, C, 0, err)) >= 0;
+	}
+	return ok;
+}
+
+/* Fill x[n] with U(-bound, bound). */
+static void
+uniform_fill(real *x, size_t n, double bound, PeftRng *rng)
+{
+	for (size_t i = 0; i < n; i++)
+		x[i] = (real) ((2.0 * peft_rng_uniform(rng) - 1.0) * bound);
+}
+
+/* Copy n base values into parameter i (BitFit starts from the model's biases). */
+static void
+copy_into(Network *net, int i, const real *src, size_t n)
+{
+	if (i >= 0)
+		memcpy(param_value(&net->params, i), src, n * sizeof(real));
+}
+
+/*
+ * Initialise every parameter as PEFT does: LoRA A ~ kaiming_uniform(a =
+ * sqrt(5)) = U(-1/sqrt(in), 1/sqrt(in)), B = 0; DoRA's magnitude = the
+ * row norms of W (B A = 0 at first); (IA)^3 vectors = 1; BitFit biases =
+ * the model's; bottleneck down as torch.nn.Linear, up = 0 (identity); the
+ * head as torch.nn.Linear (weight and bias U(+-1/sqrt(in))).
+ */
+static void
+initialise(Network *net)
+{
+	const ModelConfig *cfg = &net->base->cfg;
+	ParamSet   *ps = &net->params;
+	PeftRng		rng;
+	int			C = cfg->hidden_size;
+
+	peft_rng_seed(&rng, net->opts.seed);
+	for (int l = 0; l < cfg->num_layers; l++)
+		for (int w = 0; w < BERT_NUM_LINEAR; w++)
+			if (has_lora(net, l, w))
+			{
+				const Param *a = &ps->items[net->lp[l].lora[w][0]];
+
+				uniform_fill(param_value(ps, net->lp[l].lora[w][0]), a->count,
+							 1.0 / sqrt((double) a->shape[1]), &rng);
+			}
+	for (int l = 0; l < cfg->num_layers; l++)
+	{
+		const BertLayer *layer = &net->base->layers[l];
+		LayerParams *lp = &net->lp[l];
+
+		for (int w = 0; w < BERT_NUM_LINEAR; w++)
+		{
+			const BertLinearWeights *lin = &layer->linear[w];
+
+			if (lp->dora[w] >= 0)
+				for (int o = 0; o < lin->out; o++)
+				{
+					double		sum = 0;
+
+					for (int i = 0; i < lin->in; i++)
+						sum += (double) lin->weight[(size_t) o * lin->in + i] *
+							lin->weight[(size_t) o * lin->in + i];
+					param_value(ps, lp->dora[w])[o] = (real) sqrt(sum);
+				}
+			if (lp->ia3[w] >= 0)
+				for (size_t i = 0; i < ps->items[lp->ia3[w]].count; i++)
+					param_value(ps, lp->ia3[w])[i] = 1;
+			copy_into(net, lp->bias[w], lin->bias, lin->out);
+		}
+		copy_into(net, lp->ln_beta[0], layer->ln_attn_beta, C);
+		copy_into(net, lp->ln_beta[1], layer->ln_out_beta, C);
+		for (int pos = 0; pos < 2; pos++)
+			if (lp->adapter[pos][0] >= 0)
+			{
+				uniform_fill(param_value(ps, lp->adapter[pos][0]), ps->items[lp->adapter[pos][0]].count,
+							 1.0 / sqrt((double) C), &rng);
+				uniform_fill(param_value(ps, lp->adapter[pos][1]), ps->items[lp->adapter[pos][1]].count,
+							 1.0 / sqrt((double) C), &rng);
+			}
+	}
+	copy_into(net, net->emb_ln_beta, net->base->ln_emb_beta, C);
+	if (net->head_weight >= 0)
+	{
+		double		bound = 1.0 / sqrt((double) C);
+
+		uniform_fill(param_value(ps, net->head_weight), ps->items[net->head_weight].count, bound, &rng);
+		uniform_fill(param_value(ps, net->head_bias), ps->items[net->head_bias].count, bound, &rng);
+	}
+}
+
 /* Build the network and initialise it as PEFT does. */
 PeftCode
 network_create(const BertModel *base, const NetworkOptions *opts,
@@ -203,9 +398,7 @@ network_create(const BertModel *base, const NetworkOptions *opts,
 {
 	const ModelConfig *cfg = &base->cfg;
 	Network    *net;
-	char		path[128];
-	char		name[PARAM_NAME_LEN];
-	PeftRng		init_rng;
+	bool		ok = true;
 	PeftCode	rc;
 
 	*out = NULL;
@@ -218,79 +411,36 @@ network_create(const BertModel *base, const NetworkOptions *opts,
 	net->opts = *opts;
 	net->scaling = (real) (opts->lora.rslora ? opts->lora.alpha / sqrt((double) opts->lora.r)
 						   : opts->lora.alpha / (opts->lora.r > 0 ? opts->lora.r : 1));
-	net->lora = malloc(sizeof(*net->lora) * cfg->num_layers);
+	net->lp = calloc(cfg->num_layers, sizeof(LayerParams));
 	net->act = calloc(1, sizeof(NetworkActivations));
-	if (net->lora == NULL || net->act == NULL)
+	net->be = backend_cpu();
+	net->precision = PRECISION_FP32;
+	if (net->lp == NULL || net->act == NULL)
 	{
 		network_free(net);
 		return peft_fail(err, PEFT_ERR_NOMEM, "out of memory creating the network");
 	}
-	net->head_weight = net->head_bias = -1;
+	net->head_weight = net->head_bias = net->emb_ln_beta = -1;
 
-	/* Declare parameters in PEFT's order: per layer, per linear, A then B. */
-	for (int l = 0; l < cfg->num_layers; l++)
-		for (int w = 0; w < BERT_NUM_LINEAR; w++)
-		{
-			const BertLinearWeights *lin = &base->layers[l].linear[w];
-
-			net->lora[l][w][0] = net->lora[l][w][1] = -1;
-			if (!opts->lora.targets[w])
-				continue;
-			bert_linear_path(path, sizeof(path), l, w);
-			snprintf(name, sizeof(name), "base_model.model.%s.lora_A.weight", path);
-			net->lora[l][w][0] = paramset_add(&net->params, name, 2, opts->lora.r, lin->in, err);
-			snprintf(name, sizeof(name), "base_model.model.%s.lora_B.weight", path);
-			net->lora[l][w][1] = paramset_add(&net->params, name, 2, lin->out, opts->lora.r, err);
-			if (net->lora[l][w][0] < 0 || net->lora[l][w][1] < 0)
-			{
-				network_free(net);
-				return err ? err->code : PEFT_ERR_NOMEM;
-			}
-		}
-	if (opts->num_labels > 0)
+	/* Parameters in PEFT's order: per layer, per linear (LoRA: A then B). */
+	if (opts->bitfit)
+		ok &= (net->emb_ln_beta = declare(net, "embeddings.LayerNorm", "bias", 1,
+										  cfg->hidden_size, 0, err)) >= 0;
+	for (int l = 0; l < cfg->num_layers && ok; l++)
+		ok &= declare_layer(net, l, err);
+	if (ok && opts->num_labels > 0)
 	{
-		net->head_weight = paramset_add(&net->params, "base_model.model.classifier.weight", 2,
-										opts->num_labels, cfg->hidden_size, err);
-		net->head_bias = paramset_add(&net->params, "base_model.model.classifier.bias", 1,
-									  opts->num_labels, 0, err);
-		if (net->head_weight < 0 || net->head_bias < 0)
-		{
-			network_free(net);
-			return err ? err->code : PEFT_ERR_NOMEM;
-		}
+		ok &= (net->head_weight = declare(net, "classifier", "weight", 2, opts->num_labels,
+										  cfg->hidden_size, err)) >= 0;
+		ok &= (net->head_bias = declare(net, "classifier", "bias", 1, opts->num_labels, 0, err)) >= 0;
 	}
-	if ((rc = paramset_allocate(&net->params, err)) != PEFT_OK)
+	if (!ok || (rc = paramset_allocate(&net->params, err)) != PEFT_OK)
 	{
 		network_free(net);
-		return rc;
+		return ok ? rc : (err ? err->code : PEFT_ERR_NOMEM);
 	}
-
-	/*
-	 * PEFT: A ~ kaiming_uniform(a = sqrt(5)) = U(-1/sqrt(in), 1/sqrt(in)),
-	 * B = 0; the head as torch.nn.Linear (weight and bias U(+-1/sqrt(in))).
-	 */
-	peft_rng_seed(&init_rng, opts->seed);
-	for (int l = 0; l < cfg->num_layers; l++)
-		for (int w = 0; w < BERT_NUM_LINEAR; w++)
-			if (net->lora[l][w][0] >= 0)
-			{
-				const Param *a = &net->params.items[net->lora[l][w][0]];
-
-				uniform_fill(param_value(&net->params, net->lora[l][w][0]), a->count,
-							 1.0 / sqrt((double) a->shape[1]), &init_rng);
-			}
-	if (net->head_weight >= 0)
-	{
-		double		bound = 1.0 / sqrt((double) cfg->hidden_size);
-
-		uniform_fill(param_value(&net->params, net->head_weight),
-					 net->params.items[net->head_weight].count, bound, &init_rng);
-		uniform_fill(param_value(&net->params, net->head_bias),
-					 net->params.items[net->head_bias].count, bound, &init_rng);
-	}
+	initialise(net);
 	peft_rng_seed(&net->rng, opts->seed ^ 0x5eed5eed5eedULL);
-	net->be = backend_cpu();
-	net->precision = PRECISION_FP32;
 	*out = net;
 	return PEFT_OK;
 }
@@ -454,7 +604,7 @@ network_free(Network *net)
 		free(net->act);
 	}
 	paramset_free(&net->params);
-	free(net->lora);
+	free(net->lp);
 	free(net);
 }
 
@@ -593,6 +743,7 @@ acts_ensure(Network *net, int B, int T, size_t N, size_t nprobs, bool train,
 	size_t		FF = cfg->intermediate_size;
 	size_t		r = net->opts.lora.r > 0 ? net->opts.lora.r : 1;
 	size_t		K = net->opts.num_labels > 0 ? net->opts.num_labels : 1;
+	size_t		width = net->opts.bottleneck.reduction > 0 ? C / net->opts.bottleneck.reduction : 0;
 	size_t		padded = (size_t) B * T;
 	size_t		rows;
 	size_t		probs;
@@ -678,7 +829,12 @@ acts_ensure(Network *net, int B, int T, size_t N, size_t nprobs, bool train,
 		for (int w = 0; w < BERT_NUM_LINEAR; w++)
 		{
 			size_t		in = (w == BERT_OUTPUT) ? FF : C;
+			size_t		out = (w == BERT_INTERMEDIATE) ? FF : C;
 
+			if (net->opts.ia3.targets[w] && net->opts.ia3.feedforward[w])
+				la->ia3_in[w] = acts_alloc(net, rows * in, sizeof(real), &ok);
+			else if (net->opts.ia3.targets[w] && train)
+				la->ia3_pre[w] = acts_alloc(net, rows * out, sizeof(real), &ok);
 			if (!net->opts.lora.targets[w])
 				continue;
 			la->lora_xa[w] = acts_alloc(net, rows * r, sizeof(real), &ok);
@@ -687,8 +843,25 @@ acts_ensure(Network *net, int B, int T, size_t N, size_t nprobs, bool train,
 				la->lora_xd[w] = acts_alloc(net, rows * in, sizeof(real), &ok);
 				la->lora_keep[w] = acts_alloc(net, rows * in, 1, &ok);
 			}
+			if (net->opts.dora)
+			{
+				la->dora_t[w] = acts_alloc(net, rows * out, sizeof(real), &ok);
+				la->dora_u[w] = acts_alloc(net, rows * out, sizeof(real), &ok);
+				la->dora_inv[w] = acts_alloc(net, out, sizeof(real), &ok);
+				la->dora_g[w] = acts_alloc(net, out, sizeof(real), &ok);
+			}
+		}
+		for (int pos = 0; pos < 2 && width > 0; pos++)
+		{
+			la->ad_in[pos] = acts_alloc(net, rows * C, sizeof(real), &ok);
+			la->ad_d[pos] = acts_alloc(net, rows * width, sizeof(real), &ok);
+			la->ad_g[pos] = acts_alloc(net, rows * width, sizeof(real), &ok);
 		}
 	}
+	if (width > 0)
+		act->ad_tmp = acts_alloc(net, rows * C, sizeof(real), &ok);
+	if (net->opts.dora)
+		act->dora_w = acts_alloc(net, FF * C, sizeof(real), &ok);
 	act->pooled = acts_alloc(net, seqs * C, sizeof(real), &ok);
 	act->normed = acts_alloc(net, seqs * C, sizeof(real), &ok);
 	act->norm = acts_alloc(net, seqs, sizeof(real), &ok);
@@ -709,6 +882,14 @@ acts_ensure(Network *net, int B, int T, size_t N, size_t nprobs, bool train,
 		act->datt = acts_alloc(net, probs, sizeof(real), &ok);
 		act->dpooled = acts_alloc(net, seqs * C, sizeof(real), &ok);
 		act->dhead = acts_alloc(net, seqs * K, sizeof(real), &ok);
+		act->dscr = acts_alloc(net, rows * (FF > 3 * C ? FF : 3 * C), sizeof(real), &ok);
+		act->dia3 = acts_alloc(net, rows * (FF > C ? FF : C), sizeof(real), &ok);
+		if (width > 0)
+		{
+			act->dad = acts_alloc(net, rows * C, sizeof(real), &ok);
+			act->dga = acts_alloc(net, rows * width, sizeof(real), &ok);
+			act->ddd = acts_alloc(net, rows * width, sizeof(real), &ok);
+		}
 	}
 	if (!ok)
 	{
@@ -861,19 +1042,53 @@ maybe_dropout(Network *net, real *x, uint8_t *keep, double p, size_t n, bool tra
 	net->be->ops->dropout(net->be, x, x, keep, (real) p, n);
 }
 
-/* out (row stride ldo) += scaling * (dropout(x) A^T) B^T where linear w has an adapter. */
+/*
+ * DoRA's per-row factors of linear w: inv = 1 / ||W + s B A|| (a constant
+ * to the gradient, as PEFT detaches it) and g = magnitude * inv.
+ */
+static void
+dora_factors(Network *net, LayerActs *la, int l, BertLinear w)
+{
+	const BertLinearWeights *lin = &net->base->layers[l].linear[w];
+	const LayerParams *lp = &net->lp[l];
+	Backend    *be = net->be;
+	real	   *full = net->act->dora_w;
+
+	if (net->freeze_dora_norm)
+	{
+		be->ops->colscale(be, la->dora_g[w], lin->out, dvalue(net, lp->dora[w]), lin->out,
+						  la->dora_inv[w], 0, 1, false, 1, lin->out);
+		return;
+	}
+	be->ops->copy(be, full, net->weights->layers[l].weight[w],
+				  sizeof(real) * lin->out * lin->in);
+	be->ops->gemm(be, false, false, lin->out, lin->in, net->opts.lora.r, net->scaling,
+				  dvalue(net, lp->lora[w][1]), net->opts.lora.r, dvalue(net, lp->lora[w][0]),
+				  lin->in, 1, full, lin->in);
+	be->ops->row_inv_norms(be, la->dora_inv[w], full, lin->out, lin->in);
+	be->ops->colscale(be, la->dora_g[w], lin->out, dvalue(net, lp->dora[w]), lin->out,
+					  la->dora_inv[w], 0, 1, false, 1, lin->out);
+}
+
+/*
+ * The LoRA update of linear w, if it has one, added to out (row stride
+ * ldo) whose input was x:
+ *   LoRA: out += s (xd A^T) B^T, xd = dropout(x)
+ *   DoRA: out += (g - 1) (xd W^T) + g s (xd A^T) B^T, per output column,
+ * which is PEFT's DoRA: with no dropout, g (x W^T + s x A^T B^T) + b.
+ */
 static void
 lora_forward(Network *net, LayerActs *la, int l, BertLinear w, real *out, int ldo,
 			 const real *x, int N, bool train)
 {
 	const BertLinearWeights *lin = &net->base->layers[l].linear[w];
+	const LayerParams *lp = &net->lp[l];
 	Backend    *be = net->be;
-	int			ia = net->lora[l][w][0];
 	int			r = net->opts.lora.r;
 	const real *xd = x;
 	double		p = net->opts.lora.dropout;
 
-	if (ia < 0)
+	if (lp->lora[w][0] < 0)
 		return;
 	if (train && p > 0)
 	{
@@ -883,24 +1098,78 @@ lora_forward(Network *net, LayerActs *la, int l, BertLinear w, real *out, int ld
 		xd = la->lora_xd[w];
 	}
 	/* xa[N, r] = xd A^T */
-	be->ops->linear(be, la->lora_xa[w], r, xd, lin->in, dvalue(net, ia), NULL,
+	be->ops->linear(be, la->lora_xa[w], r, xd, lin->in, dvalue(net, lp->lora[w][0]), NULL,
 					N, lin->in, r);
-	/* out[N, out] += scaling * xa B^T */
-	be->ops->gemm(be, false, true, N, lin->out, r, net->scaling, la->lora_xa[w], r,
-				  dvalue(net, net->lora[l][w][1]), r, 1, out, ldo);
+	if (lp->dora[w] < 0)
+	{
+		/* out[N, out] += scaling * xa B^T */
+		be->ops->gemm(be, false, true, N, lin->out, r, net->scaling, la->lora_xa[w], r,
+					  dvalue(net, lp->lora[w][1]), r, 1, out, ldo);
+		return;
+	}
+	dora_factors(net, la, l, w);
+	be->ops->linear(be, la->dora_t[w], lin->out, xd, lin->in, net->weights->layers[l].weight[w],
+					NULL, N, lin->in, lin->out);
+	be->ops->gemm(be, false, true, N, lin->out, r, 1, la->lora_xa[w], r,
+				  dvalue(net, lp->lora[w][1]), r, 0, la->dora_u[w], lin->out);
+	be->ops->colscale(be, out, ldo, la->dora_t[w], lin->out, la->dora_g[w], -1, 1, true,
+					  N, lin->out);
+	be->ops->colscale(be, out, ldo, la->dora_u[w], lin->out, la->dora_g[w], 0, net->scaling,
+					  true, N, lin->out);
 }
 
-/* out[N, out] = x W^T + b, plus the adapter of linear w if it has one. */
+/*
+ * The adapters acting on the output of linear w (row stride ldo), whose
+ * input was x: (IA)^3 scaling (of the output, bias included, as PEFT),
+ * then LoRA or DoRA.
+ */
+static void
+output_adapters(Network *net, LayerActs *la, int l, BertLinear w, real *out, int ldo,
+				const real *x, int N, bool train)
+{
+	const BertLinearWeights *lin = &net->base->layers[l].linear[w];
+	int			ia3 = net->lp[l].ia3[w];
+
+	if (ia3 >= 0 && !net->opts.ia3.feedforward[w])
+	{
+		if (train)
+			net->be->ops->colscale(net->be, la->ia3_pre[w], lin->out, out, ldo, NULL, 0, 1,
+								   false, N, lin->out);
+		net->be->ops->colscale(net->be, out, ldo, out, ldo, dvalue(net, ia3), 0, 1, false,
+							   N, lin->out);
+	}
+	lora_forward(net, la, l, w, out, ldo, x, N, train);
+}
+
+/* The bias of linear w: BitFit's trained copy, or the model's. */
+static const real *
+linear_bias(const Network *net, int l, BertLinear w)
+{
+	int			i = net->lp[l].bias[w];
+
+	return i >= 0 ? dvalue(net, i) : net->weights->layers[l].bias[w];
+}
+
+/* out[N, out] = x W^T + b with every adapter of linear w. */
 static void
 adapted_linear_forward(Network *net, LayerActs *la, int l, BertLinear w,
 					   real *out, const real *x, int N, bool train)
 {
 	const BertLinearWeights *lin = &net->base->layers[l].linear[w];
 	const LayerWeights *lw = &net->weights->layers[l];
+	int			ia3 = net->lp[l].ia3[w];
+	const real *xin = x;
 
-	net->be->ops->linear(net->be, out, lin->out, x, lin->in, lw->weight[w], lw->bias[w],
-						 N, lin->in, lin->out);
-	lora_forward(net, la, l, w, out, lin->out, x, N, train);
+	/* (IA)^3 feed-forward: the input is scaled, column by column */
+	if (ia3 >= 0 && net->opts.ia3.feedforward[w])
+	{
+		net->be->ops->colscale(net->be, la->ia3_in[w], lin->in, x, lin->in, dvalue(net, ia3),
+							   0, 1, false, N, lin->in);
+		xin = la->ia3_in[w];
+	}
+	net->be->ops->linear(net->be, out, lin->out, xin, lin->in, lw->weight[w],
+						 linear_bias(net, l, w), N, lin->in, lin->out);
+	output_adapters(net, la, l, w, out, lin->out, x, N, train);
 }
 
 /* la->qkv[N, 3C] = query | key | value of x[N, C]: one product, then each adapter on its slice. */
@@ -909,11 +1178,42 @@ qkv_forward(Network *net, LayerActs *la, int l, const real *x, int N, bool train
 {
 	size_t		C = net->base->cfg.hidden_size;
 	const LayerWeights *lw = &net->weights->layers[l];
+	/* BitFit declares the q, k, v biases adjacent: together they are the fused bias */
+	const real *bias = net->lp[l].bias[BERT_QUERY] >= 0 ?
+		dvalue(net, net->lp[l].bias[BERT_QUERY]) : lw->qkv_bias;
 
-	net->be->ops->linear(net->be, la->qkv, 3 * C, x, C, lw->qkv_weight, lw->qkv_bias,
-						 N, C, 3 * C);
+	net->be->ops->linear(net->be, la->qkv, 3 * C, x, C, lw->qkv_weight, bias, N, C, 3 * C);
 	for (int w = BERT_QUERY; w <= BERT_VALUE; w++)
-		lora_forward(net, la, l, w, la->qkv + w * C, 3 * C, x, N, train);
+		output_adapters(net, la, l, w, la->qkv + w * C, 3 * C, x, N, train);
+}
+
+/*
+ * A bottleneck adapter on h[N, C] in place: h += up(GELU(down(h))), its
+ * input, down projection and activation kept in la for backward.
+ */
+static void
+bottleneck_forward(Network *net, LayerActs *la, int l, int pos, real *h, int N)
+{
+	const int  *ad = net->lp[l].adapter[pos];
+	Backend    *be = net->be;
+	int			C = net->base->cfg.hidden_size;
+	int			m = C / net->opts.bottleneck.reduction;
+
+	if (ad[0] < 0)
+		return;
+	be->ops->copy(be, la->ad_in[pos], h, sizeof(real) * N * C);
+	be->ops->linear(be, la->ad_d[pos], m, h, C, dvalue(net, ad[0]), dvalue(net, ad[1]), N, C, m);
+	be->ops->gelu_forward(be, la->ad_g[pos], la->ad_d[pos], (size_t) N * m);
+	be->ops->linear(be, net->act->ad_tmp, C, la->ad_g[pos], m, dvalue(net, ad[2]),
+					dvalue(net, ad[3]), N, m, C);
+	be->ops->add(be, h, h, net->act->ad_tmp, (size_t) N * C);
+}
+
+/* A LayerNorm's bias: BitFit's trained copy (index i), or the model's. */
+static const real *
+ln_beta(const Network *net, int i, const real *model_beta)
+{
+	return i >= 0 ? dvalue(net, i) : model_beta;
 }
 
 /* Run the encoder over the packed real tokens; act->last receives the final hidden states. */
@@ -946,7 +1246,8 @@ encoder_forward(Network *net, const Batch *b, bool train, PeftError *err)
 	be->ops->embeddings(be, act->emb, act->d_ids, act->d_rows, N, b->T, mw->word, mw->pos,
 						mw->type, C, cfg->vocab_size);
 	be->ops->layernorm_forward(be, act->h[0], act->ln0_mean, act->ln0_rstd, act->emb,
-							   mw->ln_emb_gamma, mw->ln_emb_beta, N, C, eps);
+							   mw->ln_emb_gamma, ln_beta(net, net->emb_ln_beta, mw->ln_emb_beta),
+							   N, C, eps);
 	maybe_dropout(net, act->h[0], act->keep_emb, hp, (size_t) N * C, train);
 	act->last = act->h[0];
 
@@ -968,17 +1269,21 @@ encoder_forward(Network *net, const Batch *b, bool train, PeftError *err)
 
 		adapted_linear_forward(net, la, l, BERT_ATTN_OUT, la->res1, la->ctx, N, train);
 		maybe_dropout(net, la->res1, la->keep_ao, hp, (size_t) N * C, train);
+		bottleneck_forward(net, la, l, 0, la->res1, N);
 		be->ops->add(be, la->res1, la->res1, x, (size_t) N * C);
 		be->ops->layernorm_forward(be, la->h1, la->ln1_mean, la->ln1_rstd, la->res1,
-								   lw->ln_attn_gamma, lw->ln_attn_beta, N, C, eps);
+								   lw->ln_attn_gamma,
+								   ln_beta(net, net->lp[l].ln_beta[0], lw->ln_attn_beta), N, C, eps);
 
 		adapted_linear_forward(net, la, l, BERT_INTERMEDIATE, la->inter, la->h1, N, train);
 		be->ops->gelu_forward(be, la->gel, la->inter, (size_t) N * FF);
 		adapted_linear_forward(net, la, l, BERT_OUTPUT, la->res2, la->gel, N, train);
 		maybe_dropout(net, la->res2, la->keep_o, hp, (size_t) N * C, train);
+		bottleneck_forward(net, la, l, 1, la->res2, N);
 		be->ops->add(be, la->res2, la->res2, la->h1, (size_t) N * C);
 		be->ops->layernorm_forward(be, y, la->ln2_mean, la->ln2_rstd, la->res2,
-								   lw->ln_out_gamma, lw->ln_out_beta, N, C, eps);
+								   lw->ln_out_gamma,
+								   ln_beta(net, net->lp[l].ln_beta[1], lw->ln_out_beta), N, C, eps);
 		act->last = y;
 	}
 	return PEFT_OK;
@@ -1046,9 +1351,9 @@ network_forward(Network *net, const Batch *b, bool train, real *outputs,
 /* ---- backward ------------------------------------------------------------ */
 
 /*
- * Gradients of the adapter of linear w, if it has one, given dout (row
- * stride ldd): LoRA A and B, and dx[N, in] += its input gradient (dx may
- * be NULL).
+ * Gradients of the LoRA (or DoRA) adapter of linear w, if it has one,
+ * given dout (row stride ldd): A, B (and the magnitude), and dx[N, in] +=
+ * its input gradient (dx may be NULL).
  */
 static void
 lora_backward(Network *net, LayerActs *la, int l, BertLinear w, real *dx,
@@ -1057,8 +1362,9 @@ lora_backward(Network *net, LayerActs *la, int l, BertLinear w, real *dx,
 	NetworkActivations *act = net->act;
 	Backend    *be = net->be;
 	const BertLinearWeights *lin = &net->base->layers[l].linear[w];
-	int			ia = net->lora[l][w][0];
-	int			ib = net->lora[l][w][1];
+	const LayerParams *lp = &net->lp[l];
+	int			ia = lp->lora[w][0];
+	int			ib = lp->lora[w][1];
 	int			r = net->opts.lora.r;
 	int			in = lin->in;
 	int			out = lin->out;
@@ -1066,56 +1372,194 @@ lora_backward(Network *net, LayerActs *la, int l, BertLinear w, real *dx,
 	const real *A;
 	const real *Bm;
 	const real *xd;
+	const real *dup = dout;		/* gradient of xa B^T, before the scaling */
+	int			ldu = ldd;
+	real		s = net->scaling;
 
 	if (ia < 0)
 		return;
 	A = dvalue(net, ia);
 	Bm = dvalue(net, ib);
 	xd = p > 0 ? la->lora_xd[w] : x;
-	/* dB[out, r] += scaling * dout^T xa */
-	be->ops->gemm(be, true, false, out, r, N, net->scaling, dout, ldd,
-				  la->lora_xa[w], r, 1, dgrad(net, ib), r);
-	/* dxa[N, r] = scaling * dout B */
-	be->ops->gemm(be, false, false, N, r, out, net->scaling, dout, ldd,
-				  Bm, r, 0, act->dxa, r);
-	/* dA[r, in] += dxa^T xd */
-	be->ops->gemm(be, true, false, r, in, N, 1, act->dxa, r, xd, in,
-				  1, dgrad(net, ia), in);
-	if (dx && p > 0)
+	if (lp->dora[w] >= 0)
 	{
-		be->ops->gemm(be, false, false, N, in, r, 1, act->dxa, r, A, in,
-					  0, act->dxd, in);
-		be->ops->dropout_backward(be, dx, act->dxd, la->lora_keep[w], (real) p,
-								  (size_t) N * in);
+		/* magnitude: dm_j += inv_j sum_n dout[n,j] (t + s u)[n,j] */
+		be->ops->coldot(be, dgrad(net, lp->dora[w]), dout, ldd, la->dora_t[w], out,
+						la->dora_inv[w], 1, N, out);
+		be->ops->coldot(be, dgrad(net, lp->dora[w]), dout, ldd, la->dora_u[w], out,
+						la->dora_inv[w], s, N, out);
+		/* the LoRA product's output is scaled by g per column */
+		be->ops->colscale(be, act->dscr, out, dout, ldd, la->dora_g[w], 0, 1, false, N, out);
+		dup = act->dscr;
+		ldu = out;
 	}
-	else if (dx)
+	/* dB[out, r] += scaling * dup^T xa */
+	be->ops->gemm(be, true, false, out, r, N, s, dup, ldu, la->lora_xa[w], r, 1, dgrad(net, ib), r);
+	/* dxa[N, r] = scaling * dup B */
+	be->ops->gemm(be, false, false, N, r, out, s, dup, ldu, Bm, r, 0, act->dxa, r);
+	/* dA[r, in] += dxa^T xd */
+	be->ops->gemm(be, true, false, r, in, N, 1, act->dxa, r, xd, in, 1, dgrad(net, ia), in);
+	if (dx == NULL)
+		return;
+	/* gradient of xd: dxa A, and for DoRA ((g - 1) dout) W */
+	if (p > 0)
+		be->ops->gemm(be, false, false, N, in, r, 1, act->dxa, r, A, in, 0, act->dxd, in);
+	else
 		be->ops->gemm(be, false, false, N, in, r, 1, act->dxa, r, A, in, 1, dx, in);
+	if (lp->dora[w] >= 0)
+	{
+		be->ops->colscale(be, act->dscr, out, dout, ldd, la->dora_g[w], -1, 1, false, N, out);
+		be->ops->gemm(be, false, false, N, in, out, 1, act->dscr, out,
+					  net->weights->layers[l].weight[w], in, 1, p > 0 ? act->dxd : dx, in);
+	}
+	if (p > 0)
+		be->ops->dropout_backward(be, dx, act->dxd, la->lora_keep[w], (real) p, (size_t) N * in);
+}
+
+/*
+ * Gradients of the output adapters of linear w given dout, the gradient
+ * of its output (row stride ldd): (IA)^3's vector (dout is then scaled in
+ * place to the gradient before scaling; pass a buffer nothing else reads)
+ * and BitFit's bias.
+ */
+static void
+output_backward(Network *net, LayerActs *la, int l, BertLinear w, real *dout, int ldd, int N)
+{
+	const BertLinearWeights *lin = &net->base->layers[l].linear[w];
+	const LayerParams *lp = &net->lp[l];
+	Backend    *be = net->be;
+
+	if (lp->ia3[w] >= 0 && !net->opts.ia3.feedforward[w])
+	{
+		be->ops->coldot(be, dgrad(net, lp->ia3[w]), dout, ldd, la->ia3_pre[w], lin->out,
+						NULL, 1, N, lin->out);
+		be->ops->colscale(be, dout, ldd, dout, ldd, dvalue(net, lp->ia3[w]), 0, 1, false,
+						  N, lin->out);
+	}
+	if (lp->bias[w] >= 0)
+		be->ops->coldot(be, dgrad(net, lp->bias[w]), dout, ldd, NULL, 0, NULL, 1, N, lin->out);
 }
 
 /*
  * Backward of an adapted linear: dx[N, in] = beta dx + dout W (beta 0
- * overwrites, so dx needs no zeroing), plus the adapter's gradients.
+ * overwrites, so dx needs no zeroing), plus every adapter's gradients.
+ * dout is not changed: a copy is scaled where (IA)^3 needs it.
  */
 static void
 adapted_linear_backward(Network *net, LayerActs *la, int l, BertLinear w,
 						real *dx, real beta, const real *dout, const real *x, int N)
 {
+	NetworkActivations *act = net->act;
 	const BertLinearWeights *lin = &net->base->layers[l].linear[w];
+	const LayerParams *lp = &net->lp[l];
+	Backend    *be = net->be;
+	const real *W = net->weights->layers[l].weight[w];
+	const real *dout_lora = dout;	/* LoRA never shares a linear with (IA)^3 */
+	int			ia3 = lp->ia3[w];
 
-	net->be->ops->gemm(net->be, false, false, N, lin->in, lin->out, 1, dout, lin->out,
-					   net->weights->layers[l].weight[w], lin->in, beta, dx, lin->in);
-	lora_backward(net, la, l, w, dx, dout, lin->out, x, N);
+	if (ia3 >= 0 && !net->opts.ia3.feedforward[w])
+	{
+		be->ops->copy(be, act->dscr, dout, sizeof(real) * N * lin->out);
+		output_backward(net, la, l, w, act->dscr, lin->out, N);
+		dout = act->dscr;
+	}
+	else if (lp->bias[w] >= 0)
+		output_backward(net, la, l, w, (real *) dout, lin->out, N);	/* only reads it */
+	if (ia3 >= 0 && net->opts.ia3.feedforward[w])
+	{
+		/* x' = x * l: dx' = dout W, dl += colsum(dx' * x), dx (+)= dx' * l */
+		be->ops->gemm(be, false, false, N, lin->in, lin->out, 1, dout, lin->out, W, lin->in,
+					  0, act->dia3, lin->in);
+		be->ops->coldot(be, dgrad(net, ia3), act->dia3, lin->in, x, lin->in, NULL, 1, N, lin->in);
+		be->ops->colscale(be, dx, lin->in, act->dia3, lin->in, dvalue(net, ia3), 0, 1,
+						  beta != 0, N, lin->in);
+	}
+	else
+		be->ops->gemm(be, false, false, N, lin->in, lin->out, 1, dout, lin->out,
+					  W, lin->in, beta, dx, lin->in);
+	lora_backward(net, la, l, w, dx, dout_lora, lin->out, x, N);
 }
 
-/* True when layer l or any layer below it has an adapter. */
+/* Whether layer l holds any trainable tensor. */
 static bool
-adapters_at_or_below(const Network *net, int l)
+layer_trains(const Network *net, int l)
 {
-	for (int i = 0; i <= l; i++)
-		for (int w = 0; w < BERT_NUM_LINEAR; w++)
-			if (net->lora[i][w][0] >= 0)
-				return true;
+	const int  *idx = (const int *) &net->lp[l];
+
+	for (size_t i = 0; i < sizeof(LayerParams) / sizeof(int); i++)
+		if (idx[i] >= 0)
+			return true;
 	return false;
+}
+
+/* True when layer l or any layer below it (or the embeddings) trains. */
+static bool
+trains_at_or_below(const Network *net, int l)
+{
+	if (net->emb_ln_beta >= 0)
+		return true;
+	for (int i = 0; i <= l; i++)
+		if (layer_trains(net, i))
+			return true;
+	return false;
+}
+
+/* Whether linear w of layer l has any adapter (its output gradient is needed). */
+static bool
+linear_trains(const Network *net, int l, int w)
+{
+	const LayerParams *lp = &net->lp[l];
+
+	return lp->lora[w][0] >= 0 || lp->ia3[w] >= 0 || lp->bias[w] >= 0;
+}
+
+/*
+ * Backward of a bottleneck adapter: act->dad = gradient of its input given
+ * da, the gradient of its output (which is left as it is).
+ */
+static void
+bottleneck_backward(Network *net, LayerActs *la, int l, int pos, const real *da, int N)
+{
+	NetworkActivations *act = net->act;
+	const int  *ad = net->lp[l].adapter[pos];
+	Backend    *be = net->be;
+	int			C = net->base->cfg.hidden_size;
+	int			m = C / net->opts.bottleneck.reduction;
+
+	be->ops->copy(be, act->dad, da, sizeof(real) * N * C);
+	be->ops->zero(be, act->dga, sizeof(real) * N * m);
+	be->ops->linear_backward(be, act->dga, dgrad(net, ad[2]), dgrad(net, ad[3]), da,
+							 la->ad_g[pos], dvalue(net, ad[2]), N, m, C);
+	be->ops->zero(be, act->ddd, sizeof(real) * N * m);
+	be->ops->gelu_backward(be, act->ddd, la->ad_d[pos], act->dga, (size_t) N * m);
+	be->ops->linear_backward(be, act->dad, dgrad(net, ad[0]), dgrad(net, ad[1]), act->ddd,
+							 la->ad_in[pos], dvalue(net, ad[0]), N, C, m);
+}
+
+/*
+ * The gradient of a sublayer's dense output given dres, that of the
+ * residual sum's sublayer part: through the bottleneck adapter at pos, if
+ * any, then the hidden dropout.  Returns the buffer holding it.
+ */
+static real *
+sublayer_gradient(Network *net, LayerActs *la, int l, int pos, real *dres,
+				  const uint8_t *keep, int N)
+{
+	NetworkActivations *act = net->act;
+	size_t		NC = (size_t) N * net->base->cfg.hidden_size;
+	real		hp = (real) net->opts.hidden_dropout;
+
+	if (net->lp[l].adapter[pos][0] >= 0)
+	{
+		bottleneck_backward(net, la, l, pos, dres, N);
+		dres = act->dad;
+	}
+	if (hp > 0)
+	{
+		net->be->ops->dropout(net->be, act->dres, dres, keep, hp, NC);
+		dres = act->dres;
+	}
+	return dres;
 }
 
 /* Backward of one encoder layer: act->dh (its output gradient) -> act->dx. */
@@ -1126,30 +1570,27 @@ layer_backward(Network *net, int l, bool need_dx)
 	Backend    *be = net->be;
 	const ModelConfig *cfg = &net->base->cfg;
 	const LayerWeights *lw = &net->weights->layers[l];
+	const LayerParams *lp = &net->lp[l];
 	LayerActs  *la = &act->layers[l];
 	int			N = act->N;
 	int			C = cfg->hidden_size;
 	size_t		NC = (size_t) N * C;
 	size_t		NI = (size_t) N * cfg->intermediate_size;
-	real		hp = (real) net->opts.hidden_dropout;
 	real		ap = (real) net->opts.attention_dropout;
 	real	   *x = act->h[l];
-	real	   *dsub;			/* gradient of a sublayer's output (after dropout) */
+	real	   *dsub;			/* gradient of a sublayer's dense output */
 	real	   *dln1;
-	bool		lora_q = net->lora[l][BERT_QUERY][0] >= 0;
-	bool		lora_k = net->lora[l][BERT_KEY][0] >= 0;
-	bool		lora_v = net->lora[l][BERT_VALUE][0] >= 0;
+	bool		train_q = linear_trains(net, l, BERT_QUERY);
+	bool		train_k = linear_trains(net, l, BERT_KEY);
+	bool		train_v = linear_trains(net, l, BERT_VALUE);
 
 	/* output LayerNorm: the residual carries its input gradient to h1 */
 	be->ops->zero(be, act->dh1, NC * sizeof(real));
-	be->ops->layernorm_backward(be, act->dh1, act->dh, la->res2, lw->ln_out_gamma,
-								la->ln2_mean, la->ln2_rstd, N, C);
-	dsub = act->dh1;
-	if (hp > 0)
-	{
-		be->ops->dropout(be, act->dres, act->dh1, la->keep_o, hp, NC);
-		dsub = act->dres;
-	}
+	be->ops->layernorm_backward(be, act->dh1, lp->ln_beta[1] >= 0 ? dgrad(net, lp->ln_beta[1]) : NULL,
+								act->dh, la->res2, lw->ln_out_gamma, la->ln2_mean, la->ln2_rstd,
+								N, C);
+	/* the residual's copy is act->dres or act->dad: dh1 itself stays for h1 */
+	dsub = sublayer_gradient(net, la, l, 1, act->dh1, la->keep_o, N);
 
 	/* feed-forward; its input gradient adds onto dh1 */
 	adapted_linear_backward(net, la, l, BERT_OUTPUT, act->dgel, 0, dsub, la->gel, N);
@@ -1160,29 +1601,29 @@ layer_backward(Network *net, int l, bool need_dx)
 	/* attention LayerNorm: the residual carries its input gradient to x */
 	dln1 = need_dx ? act->dx : act->dres;
 	be->ops->zero(be, dln1, NC * sizeof(real));
-	be->ops->layernorm_backward(be, dln1, act->dh1, la->res1, lw->ln_attn_gamma,
-								la->ln1_mean, la->ln1_rstd, N, C);
-	dsub = dln1;
-	if (hp > 0)
-	{
-		be->ops->dropout(be, act->dres, dln1, la->keep_ao, hp, NC);
-		dsub = act->dres;
-	}
+	be->ops->layernorm_backward(be, dln1, lp->ln_beta[0] >= 0 ? dgrad(net, lp->ln_beta[0]) : NULL,
+								act->dh1, la->res1, lw->ln_attn_gamma, la->ln1_mean, la->ln1_rstd,
+								N, C);
+	dsub = sublayer_gradient(net, la, l, 0, dln1, la->keep_ao, N);
 	adapted_linear_backward(net, la, l, BERT_ATTN_OUT, act->dctx, 0, dsub, la->ctx, N);
 
 	/* attention core, then the fused q/k/v projection */
-	if (!need_dx && !lora_q && !lora_k && !lora_v)
+	if (!need_dx && !train_q && !train_k && !train_v)
 		return;
 	be->ops->zero(be, act->dqkv, NC * 3 * sizeof(real));
-	be->ops->attention_backward(be, need_dx || lora_q ? act->dqkv : NULL,
-								need_dx || lora_k ? act->dqkv + C : NULL,
-								need_dx || lora_v ? act->dqkv + 2 * C : NULL,
+	be->ops->attention_backward(be, need_dx || train_q ? act->dqkv : NULL,
+								need_dx || train_k ? act->dqkv + C : NULL,
+								need_dx || train_v ? act->dqkv + 2 * C : NULL,
 								act->datt, act->dctx, la->probs,
 								la->qkv, la->qkv + C, la->qkv + 2 * C, 3 * C,
 								ap > 0 ? la->keep_attn : NULL, ap,
 								act->d_seq_start, act->B, N, C, cfg->num_heads);
+	/* dqkv is read only here and below, so (IA)^3 may scale it in place */
 	for (int w = BERT_QUERY; w <= BERT_VALUE; w++)
+	{
+		output_backward(net, la, l, w, act->dqkv + w * C, 3 * C, N);
 		lora_backward(net, la, l, w, need_dx ? act->dx : NULL, act->dqkv + w * C, 3 * C, x, N);
+	}
 	/* dx[N, C] += dqkv[N, 3C] Wqkv[3C, C] */
 	if (need_dx)
 		be->ops->gemm(be, false, false, N, C, 3 * C, 1, act->dqkv, 3 * C,
@@ -1221,17 +1662,30 @@ backward_locked(Network *net, const Batch *b, real loss_scale, PeftError *err)
 	be->ops->pool_backward(be, cfg->pooling == POOLING_CLS, act->dh, act->dpooled,
 						   act->d_seq_start, act->B, C);
 
-	/* layers, top down, stopping below the lowest adapter */
+	/* layers, top down, stopping below the lowest trainable tensor */
 	for (int l = cfg->num_layers - 1; l >= 0; l--)
 	{
 		real	   *swap;
 
-		if (!adapters_at_or_below(net, l))
+		if (!trains_at_or_below(net, l))
 			break;
-		layer_backward(net, l, l > 0 && adapters_at_or_below(net, l - 1));
+		layer_backward(net, l, l > 0 ? trains_at_or_below(net, l - 1) : net->emb_ln_beta >= 0);
 		swap = act->dh;
 		act->dh = act->dx;
 		act->dx = swap;
+	}
+	/* BitFit: the embeddings' LayerNorm bias, through the embeddings' dropout */
+	if (net->emb_ln_beta >= 0)
+	{
+		const real *d = act->dh;
+
+		if (net->opts.hidden_dropout > 0)
+		{
+			be->ops->dropout(be, act->dres, act->dh, act->keep_emb,
+							 (real) net->opts.hidden_dropout, (size_t) act->N * C);
+			d = act->dres;
+		}
+		be->ops->coldot(be, dgrad(net, net->emb_ln_beta), d, C, NULL, 0, NULL, 1, act->N, C);
 	}
 	net->dp_newer = !be->host_memory;
 	return PEFT_OK;

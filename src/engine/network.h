@@ -39,9 +39,33 @@ typedef struct LoraOptions
 	bool		targets[BERT_NUM_LINEAR];	/* which linears get an adapter */
 } LoraOptions;
 
+/* (IA)^3: learned vectors scaling the outputs (or, feed-forward, the inputs) of linears. */
+typedef struct Ia3Options
+{
+	bool		targets[BERT_NUM_LINEAR];
+	bool		feedforward[BERT_NUM_LINEAR];	/* scale the input (PEFT's feedforward_modules) */
+} Ia3Options;
+
+/*
+ * Bottleneck adapters (Houlsby: after attention and after the feed-forward;
+ * Pfeiffer: after the feed-forward only): h + up(GELU(down(h))) on the
+ * sublayer's output, before the residual and LayerNorm; the up projection
+ * starts at zero so a new adapter is the identity.
+ */
+typedef struct BottleneckOptions
+{
+	int			reduction;		/* hidden size / bottleneck width; 0: none */
+	bool		after_attention;
+	bool		after_ffn;
+} BottleneckOptions;
+
 typedef struct NetworkOptions
 {
-	LoraOptions lora;
+	LoraOptions lora;			/* LoRA where lora.targets says */
+	bool		dora;			/* LoRA with a learned magnitude vector (PEFT's use_dora) */
+	Ia3Options	ia3;
+	bool		bitfit;			/* every bias of the encoder trains (BitFit) */
+	BottleneckOptions bottleneck;
 	TaskKind	task;
 	int			num_labels;		/* classes; 1 for regression; 0: no head */
 	double		hidden_dropout; /* base model dropout while training */
@@ -71,14 +95,25 @@ typedef struct DeviceParams
 	real	   *adam_v;
 } DeviceParams;
 
+/* Indices into the ParamSet of one layer's trainable tensors, -1 where absent. */
+typedef struct LayerParams
+{
+	int			lora[BERT_NUM_LINEAR][2];	/* 0 = A [r, in], 1 = B [out, r] */
+	int			dora[BERT_NUM_LINEAR];	/* magnitude [out] */
+	int			ia3[BERT_NUM_LINEAR];	/* [out] or, feed-forward, [in] */
+	int			bias[BERT_NUM_LINEAR];	/* BitFit [out]; q, k, v adjacent */
+	int			ln_beta[2];		/* BitFit: attention and output LayerNorm biases */
+	int			adapter[2][4];	/* bottleneck after attention / ffn: down W, b, up W, b */
+} LayerParams;
+
 typedef struct Network
 {
 	const BertModel *base;
 	NetworkOptions opts;
 	real		scaling;		/* alpha / r, or alpha / sqrt(r) */
 	ParamSet	params;
-	/* parameter indices: lora[layer][linear][0 = A, 1 = B], -1 if absent */
-	int			(*lora)[BERT_NUM_LINEAR][2];
+	LayerParams *lp;			/* [num_layers] */
+	int			emb_ln_beta;	/* BitFit: the embeddings' LayerNorm bias */
 	int			head_weight;
 	int			head_bias;
 	PeftRng		rng;			/* dropout masks (drawn on the host on every backend) */
@@ -93,6 +128,8 @@ typedef struct Network
 	bool		dp_newer;		/* dp changed since the host copy (training on a device) */
 	bool		pinned;			/* holds optimizer state: no idle release */
 	uint64_t	generation;		/* the backend's, when the pointers above were made */
+	bool		freeze_dora_norm;	/* tests: reuse the last forward's DoRA norms, the
+									 * constant PEFT's detached norm is to finite differences */
 } Network;
 
 /* Parse a PEFT target_modules entry list into targets (suffix match as PEFT). */

@@ -1252,6 +1252,34 @@ tokenizer_from_json(const cJSON *root, const char *path,
 	return PEFT_OK;
 }
 
+/* Parse len bytes of tokenizer.json text; label names it in messages. */
+static PeftCode
+tokenizer_parse_json(const char *data, size_t len, const char *label,
+					 const TokenizerOptions *opts, Tokenizer **out, PeftError *err)
+{
+	cJSON	   *root = cJSON_ParseWithLength(data, len);
+	PeftCode	rc;
+
+	if (root == NULL)
+		return peft_fail(err, PEFT_ERR_FORMAT, "%s: not valid JSON", label);
+	rc = tokenizer_from_json(root, label, opts, out, err);
+	cJSON_Delete(root);
+	return rc;
+}
+
+/* Same from an in-memory tokenizer.json image (need not be NUL-terminated). */
+PeftCode
+tokenizer_from_json_buffer(const char *buf, size_t len, const TokenizerOptions *opts,
+						   Tokenizer **out, PeftError *err)
+{
+	if (out == NULL)
+		return peft_fail(err, PEFT_ERR_INVALID, "tokenizer_from_json_buffer: no output");
+	*out = NULL;
+	if (buf == NULL || len == 0)
+		return peft_fail(err, PEFT_ERR_FORMAT, "tokenizer.json: empty file");
+	return tokenizer_parse_json(buf, len, "tokenizer.json", opts, out, err);
+}
+
 /* Load the WordPiece vocabulary of a tokenizer.json (when vocab.txt is absent). */
 PeftCode
 tokenizer_load_json(const char *path, const TokenizerOptions *opts,
@@ -1259,7 +1287,6 @@ tokenizer_load_json(const char *path, const TokenizerOptions *opts,
 {
 	char	   *data;
 	size_t		len;
-	cJSON	   *root;
 	PeftCode	rc;
 
 	if (out == NULL || path == NULL)
@@ -1268,12 +1295,8 @@ tokenizer_load_json(const char *path, const TokenizerOptions *opts,
 	rc = read_file(path, &data, &len, err);
 	if (rc != PEFT_OK)
 		return rc;
-	root = cJSON_ParseWithLength(data, len);
+	rc = tokenizer_parse_json(data, len, path, opts, out, err);
 	free(data);
-	if (root == NULL)
-		return peft_fail(err, PEFT_ERR_FORMAT, "%s: not valid JSON", path);
-	rc = tokenizer_from_json(root, path, opts, out, err);
-	cJSON_Delete(root);
 	return rc;
 }
 

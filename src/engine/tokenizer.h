@@ -29,6 +29,10 @@ PeftCode	tokenizer_from_buffer(const char *buf, size_t len,
 /* Load the WordPiece vocabulary of a tokenizer.json (when vocab.txt is absent). */
 PeftCode	tokenizer_load_json(const char *path, const TokenizerOptions *opts,
 								Tokenizer **out, PeftError *err);
+/* Same from an in-memory tokenizer.json image (len bytes, not necessarily NUL-terminated). */
+PeftCode	tokenizer_from_json_buffer(const char *buf, size_t len,
+									   const TokenizerOptions *opts,
+									   Tokenizer **out, PeftError *err);
 /* Load from a model folder: vocab.txt, else tokenizer.json. */
 PeftCode	tokenizer_load_dir(const char *dir, const TokenizerOptions *opts,
 							   Tokenizer **out, PeftError *err);

@@ -57,16 +57,29 @@ check_network(NetworkOptions *opts, const char *what, bool irregular)
 		}
 	assert_int_equal(network_create(model, opts, &net, &err), PEFT_OK);
 
-	/* B starts at zero in PEFT; make it non-zero so A's gradients are too */
+	/*
+	 * Parameters that start at zero or one (LoRA B, the bottleneck's up
+	 * projection, (IA)^3 vectors) would hide gradients that depend on them:
+	 * move every parameter off its initial value.
+	 */
 	peft_rng_seed(&fill, 99);
 	for (int i = 0; i < net->params.count; i++)
-		if (strstr(net->params.items[i].name, "lora_B"))
-			for (size_t j = 0; j < net->params.items[i].count; j++)
+	{
+		const char *name = net->params.items[i].name;
+		bool		zero_init = strstr(name, "lora_B") || strstr(name, "up.");
+
+		for (size_t j = 0; j < net->params.items[i].count; j++)
+			if (zero_init)
 				param_value(&net->params, i)[j] = 0.2 * (2 * peft_rng_uniform(&fill) - 1);
+			else
+				param_value(&net->params, i)[j] *= 1 + 0.2 * (2 * peft_rng_uniform(&fill) - 1);
+	}
 
 	saved = net->rng;
 	memset(net->params.grads, 0, net->params.total * sizeof(real));
 	loss_at(net, &b, &saved);
+	/* PEFT detaches DoRA's weight norm: finite differences must hold it fixed too */
+	net->freeze_dora_norm = true;
 	assert_int_equal(network_backward(net, &b, 1.0, &err), PEFT_OK);
 
 	for (int i = 0; i < net->params.count; i++)
@@ -169,10 +182,101 @@ test_irregular_mask(void **state)
 	check_network(&o, "classification, irregular mask with an empty row", true);
 }
 
+/* DoRA on all linears with LoRA dropout (the (g - 1) x_d W^T term is live). */
+static void
+test_dora(void **state)
+{
+	NetworkOptions o = all_targets();
+
+	o.dora = true;
+	o.task = TASK_CLASSIFICATION;
+	o.num_labels = 3;
+	check_network(&o, "classification, DoRA on all linears, dropout", false);
+}
+
+/* DoRA without LoRA dropout, on query and value, regression. */
+static void
+test_dora_no_dropout(void **state)
+{
+	NetworkOptions o = all_targets();
+
+	memset(o.lora.targets, 0, sizeof(o.lora.targets));
+	o.lora.targets[BERT_QUERY] = o.lora.targets[BERT_VALUE] = true;
+	o.lora.dropout = 0;
+	o.dora = true;
+	o.task = TASK_REGRESSION;
+	o.num_labels = 1;
+	check_network(&o, "regression, DoRA on query and value, no LoRA dropout", false);
+}
+
+/* (IA)^3 as PEFT's BERT default: key, value and (feed-forward) output.dense; plus the other two dense layers. */
+static void
+test_ia3(void **state)
+{
+	NetworkOptions o = all_targets();
+
+	memset(o.lora.targets, 0, sizeof(o.lora.targets));
+	o.ia3.targets[BERT_KEY] = o.ia3.targets[BERT_VALUE] = true;
+	o.ia3.targets[BERT_OUTPUT] = o.ia3.feedforward[BERT_OUTPUT] = true;
+	o.ia3.targets[BERT_INTERMEDIATE] = true;
+	o.ia3.targets[BERT_ATTN_OUT] = o.ia3.feedforward[BERT_ATTN_OUT] = true;
+	o.task = TASK_CLASSIFICATION;
+	o.num_labels = 3;
+	check_network(&o, "classification, (IA)^3 on key, value and every dense", false);
+}
+
+/* BitFit: every bias, the LayerNorm biases and the embeddings' included. */
+static void
+test_bitfit(void **state)
+{
+	NetworkOptions o = all_targets();
+
+	memset(o.lora.targets, 0, sizeof(o.lora.targets));
+	o.bitfit = true;
+	o.task = TASK_CLASSIFICATION;
+	o.num_labels = 3;
+	check_network(&o, "classification, BitFit", true);
+}
+
+/* Houlsby bottleneck adapters (after attention and feed-forward). */
+static void
+test_bottleneck(void **state)
+{
+	NetworkOptions o = all_targets();
+
+	memset(o.lora.targets, 0, sizeof(o.lora.targets));
+	o.bottleneck.reduction = 4;
+	o.bottleneck.after_attention = o.bottleneck.after_ffn = true;
+	o.task = TASK_REGRESSION;
+	o.num_labels = 1;
+	check_network(&o, "regression, Houlsby bottleneck adapters", false);
+}
+
+/* The hybrid: LoRA (DoRA) plus BitFit plus a Pfeiffer adapter, trained together. */
+static void
+test_hybrid(void **state)
+{
+	NetworkOptions o = all_targets();
+
+	o.dora = true;
+	o.bitfit = true;
+	o.bottleneck.reduction = 8;
+	o.bottleneck.after_ffn = true;
+	o.task = TASK_CLASSIFICATION;
+	o.num_labels = 3;
+	check_network(&o, "classification, DoRA + BitFit + Pfeiffer adapter", false);
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_dora, NULL, NULL),
+		cmocka_unit_test_setup_teardown(test_dora_no_dropout, NULL, NULL),
+		cmocka_unit_test_setup_teardown(test_ia3, NULL, NULL),
+		cmocka_unit_test_setup_teardown(test_bitfit, NULL, NULL),
+		cmocka_unit_test_setup_teardown(test_bottleneck, NULL, NULL),
+		cmocka_unit_test_setup_teardown(test_hybrid, NULL, NULL),
 		cmocka_unit_test(test_classification),
 		cmocka_unit_test(test_regression_rslora),
 		cmocka_unit_test(test_no_dropout_query_value),
