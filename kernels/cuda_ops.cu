@@ -101,3 +101,13 @@ peft_cuda_synchronize(void *stream, char *msg, int msglen)
 	return check(cudaStreamSynchronize((cudaStream_t) stream),
 				 "cudaStreamSynchronize", msg, msglen);
 }
+
+/* dst = src, device to device (asynchronous on the default stream). */
+extern "C" int
+peft_cuda_copy(void *dst, const void *src, size_t bytes, char *msg, int msglen)
+{
+	if (bytes == 0 || dst == src)
+		return 0;
+	return check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, 0),
+				 "cudaMemcpy device to device", msg, msglen);
+}

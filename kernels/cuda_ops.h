@@ -240,6 +240,26 @@ int			peft_cuda_mse_backward(float *dpred, const float *pred,
 								   const float *target, float dloss, int B,
 								   char *msg, int msglen);
 
+/* ---- adapter_ops.cu -------------------------------------------------------- */
+
+/*
+ * dst[i,j] = (or += when accumulate) alpha (vec[j] + offset) src[i,j] for
+ * N rows of n columns (row strides ldd, lds; vec NULL reads as ones); dst
+ * may be src when not accumulating.
+ */
+int			peft_cuda_colscale(float *dst, int ldd, const float *src, int lds,
+							   const float *vec, float offset, float alpha,
+							   int accumulate, int N, int n, char *msg, int msglen);
+/* dvec[j] += alpha scale[j] sum_i a[i,j] b[i,j] (b NULL: ones; scale NULL: 1); deterministic */
+int			peft_cuda_coldot(float *dvec, const float *a, int lda, const float *b,
+							 int ldb, const float *scale, float alpha, int N, int n,
+							 char *msg, int msglen);
+/* inv[j] = 1 / ||W[j,:]|| for the rows of W [rows, cols] */
+int			peft_cuda_row_inv_norms(float *inv, const float *W, int rows, int cols,
+									char *msg, int msglen);
+/* dst = src, bytes of device memory (asynchronous on the default stream) */
+int			peft_cuda_copy(void *dst, const void *src, size_t bytes, char *msg, int msglen);
+
 #ifdef __cplusplus
 }
 #endif

@@ -201,6 +201,13 @@ cuda_zero(Backend *be, void *p, size_t bytes)
 	CALL(be, "memset", peft_cuda_memset(p, 0, bytes, msg, MSG_LEN));
 }
 
+/* Device to device. */
+static void
+cuda_copy(Backend *be, void *dst, const void *src, size_t bytes)
+{
+	CALL(be, "copy", peft_cuda_copy(dst, src, bytes, msg, MSG_LEN));
+}
+
 /* Wait for queued work. */
 static void
 cuda_sync(Backend *be)
@@ -523,13 +530,14 @@ cuda_layernorm_forward(Backend *be, real *out, real *mean, real *rstd, const rea
 													  eps, NULL, msg, MSG_LEN));
 }
 
-/* LayerNorm input gradient. */
+/* LayerNorm input gradient, and beta's when trained. */
 static void
-cuda_layernorm_backward(Backend *be, real *dinp, const real *dout, const real *inp,
-						const real *gamma, const real *mean, const real *rstd, int N, int C)
+cuda_layernorm_backward(Backend *be, real *dinp, real *dbeta, const real *dout,
+						const real *inp, const real *gamma, const real *mean,
+						const real *rstd, int N, int C)
 {
 	CALL(be, "layernorm backward",
-		 peft_cuda_layernorm_backward(dinp, NULL, NULL, dout, inp, gamma, mean, rstd, N, C,
+		 peft_cuda_layernorm_backward(dinp, NULL, dbeta, dout, inp, gamma, mean, rstd, N, C,
 									  NULL, msg, MSG_LEN));
 }
 
@@ -631,6 +639,32 @@ cuda_scatter_rows(Backend *be, real *out, const real *packed, const int32_t *row
 				  int N, int BT, int C)
 {
 	CALL(be, "scatter rows", peft_cuda_scatter_rows(out, packed, rows, N, BT, C, msg, MSG_LEN));
+}
+
+/* ---- adapter methods ------------------------------------------------------ */
+
+/* dst (=/+=) alpha (vec + offset) src, column by column. */
+static void
+cuda_colscale(Backend *be, real *dst, int ldd, const real *src, int lds, const real *vec,
+			  real offset, real alpha, bool accumulate, int N, int n)
+{
+	CALL(be, "colscale", peft_cuda_colscale(dst, ldd, src, lds, vec, offset, alpha,
+											accumulate, N, n, msg, MSG_LEN));
+}
+
+/* dvec[j] += alpha scale[j] sum_i a[i,j] b[i,j]. */
+static void
+cuda_coldot(Backend *be, real *dvec, const real *a, int lda, const real *b, int ldb,
+			const real *scale, real alpha, int N, int n)
+{
+	CALL(be, "coldot", peft_cuda_coldot(dvec, a, lda, b, ldb, scale, alpha, N, n, msg, MSG_LEN));
+}
+
+/* inv[j] = 1 / ||W[j,:]||. */
+static void
+cuda_row_inv_norms(Backend *be, real *inv, const real *W, int rows, int cols)
+{
+	CALL(be, "row norms", peft_cuda_row_inv_norms(inv, W, rows, cols, msg, MSG_LEN));
 }
 
 /* ---- losses -------------------------------------------------------------- */
@@ -748,6 +782,7 @@ static const BackendOps cuda_ops = {
 	.upload = cuda_upload,
 	.download = cuda_download,
 	.zero = cuda_zero,
+	.copy = cuda_copy,
 	.sync = cuda_sync,
 	.enter = cuda_enter,
 	.leave = cuda_leave,
@@ -771,6 +806,9 @@ static const BackendOps cuda_ops = {
 	.pool_backward = cuda_pool_backward,
 	.l2norm_forward = cuda_l2norm_forward,
 	.scatter_rows = cuda_scatter_rows,
+	.colscale = cuda_colscale,
+	.coldot = cuda_coldot,
+	.row_inv_norms = cuda_row_inv_norms,
 	.cross_entropy_forward = cuda_cross_entropy_forward,
 	.cross_entropy_backward = cuda_cross_entropy_backward,
 	.mse_forward = cuda_mse_forward,

@@ -80,9 +80,17 @@ make_batch(Batch *b, int32_t *ids, int32_t *mask, int32_t *labels, PeftRng *rng)
 	b->targets = NULL;
 }
 
-/* Two identical networks (LoRA on every linear, all dropouts), one moved to CUDA. */
+/* The adapter method of a pair of networks. */
+typedef enum Method
+{
+	METHOD_LORA,
+	METHOD_DORA_BITFIT,			/* DoRA + BitFit + a Pfeiffer adapter: every new op */
+	METHOD_IA3_HOULSBY			/* (IA)^3 (outputs and inputs) + Houlsby adapters */
+} Method;
+
+/* Two identical networks (method, all dropouts), one moved to CUDA. */
 static void
-make_pair(Network **cpu, Network **gpu, GemmPrecision precision)
+make_pair_method(Network **cpu, Network **gpu, GemmPrecision precision, Method method)
 {
 	NetworkOptions o = {0};
 	PeftError	err = {0};
@@ -91,8 +99,22 @@ make_pair(Network **cpu, Network **gpu, GemmPrecision precision)
 	o.lora.r = 4;
 	o.lora.alpha = 8;
 	o.lora.dropout = 0.1;
-	for (int w = 0; w < BERT_NUM_LINEAR; w++)
+	for (int w = 0; w < BERT_NUM_LINEAR && method != METHOD_IA3_HOULSBY; w++)
 		o.lora.targets[w] = true;
+	if (method == METHOD_DORA_BITFIT)
+	{
+		o.dora = true;
+		o.bitfit = true;
+		o.bottleneck.reduction = 4;
+		o.bottleneck.after_ffn = true;
+	}
+	if (method == METHOD_IA3_HOULSBY)
+	{
+		o.ia3.targets[BERT_KEY] = o.ia3.targets[BERT_VALUE] = true;
+		o.ia3.targets[BERT_OUTPUT] = o.ia3.feedforward[BERT_OUTPUT] = true;
+		o.bottleneck.reduction = 4;
+		o.bottleneck.after_attention = o.bottleneck.after_ffn = true;
+	}
 	o.task = TASK_CLASSIFICATION;
 	o.num_labels = 3;
 	o.hidden_dropout = 0.1;
@@ -108,6 +130,13 @@ make_pair(Network **cpu, Network **gpu, GemmPrecision precision)
 	network_params_changed(*gpu);
 	assert_int_equal(network_set_device(*gpu, DEVICE_CUDA, precision, &err), PEFT_OK);
 	assert_string_equal((*gpu)->be->name, "cuda");
+}
+
+/* A LoRA pair. */
+static void
+make_pair(Network **cpu, Network **gpu, GemmPrecision precision)
+{
+	make_pair_method(cpu, gpu, precision, METHOD_LORA);
 }
 
 /* Forward, backward and one optimizer step agree within limit (by precision). */
@@ -183,6 +212,51 @@ static void
 test_training_step_bf16(void **state)
 {
 	check_training_step(PRECISION_BF16, 1e-2);
+}
+
+/* Forward and backward of the other methods agree within 1e-5 (FP32). */
+static void
+test_methods_fp32(void **state)
+{
+	for (int method = METHOD_DORA_BITFIT; method <= METHOD_IA3_HOULSBY; method++)
+	{
+		Network    *cpu;
+		Network    *gpu;
+		Batch		b;
+		int32_t		ids[B_ROWS * T_COLS], mask[B_ROWS * T_COLS], labels[B_ROWS];
+		real		out_cpu[B_ROWS * 3], out_gpu[B_ROWS * 3];
+		double		loss_cpu, loss_gpu, norm_cpu, norm_gpu;
+		PeftError	err = {0};
+		PeftRng		rng;
+		real	   *grads;
+		size_t		n;
+
+		require_device();
+		make_pair_method(&cpu, &gpu, PRECISION_FP32, (Method) method);
+		n = cpu->params.total;
+		peft_rng_seed(&rng, 13);
+		make_batch(&b, ids, mask, labels, &rng);
+		assert_int_equal(network_zero_grads(cpu, &err), PEFT_OK);
+		assert_int_equal(network_zero_grads(gpu, &err), PEFT_OK);
+		memset(out_gpu, 0xFF, sizeof(out_gpu));
+		assert_int_equal(network_forward(cpu, &b, true, out_cpu, &loss_cpu, &err), PEFT_OK);
+		assert_int_equal(network_forward(gpu, &b, true, out_gpu, &loss_gpu, &err), PEFT_OK);
+		assert_int_equal(network_backward(cpu, &b, 1, &err), PEFT_OK);
+		assert_int_equal(network_backward(gpu, &b, 1, &err), PEFT_OK);
+		/* a step with learning rate 0 leaves the values: compare the gradients' norms */
+		assert_int_equal(network_optimizer_step(cpu, 0, 0.9, 0.999, 1e-8, 0, 1, 0, &norm_cpu, &err), PEFT_OK);
+		assert_int_equal(network_optimizer_step(gpu, 0, 0.9, 0.999, 1e-8, 0, 1, 0, &norm_gpu, &err), PEFT_OK);
+		/* the first moment after one step is (1 - beta1) g: the gradients, element by element */
+		assert_int_equal(network_params_fetch(gpu, &err), PEFT_OK);
+		grads = cpu->params.adam_m;
+		print_message("method %d: logits rel err %.2e, gradients rel err %.2e, norms %.6f vs %.6f\n",
+					  method, rel_error(out_gpu, out_cpu, B_ROWS * 3),
+					  rel_error(gpu->params.adam_m, grads, n), norm_gpu, norm_cpu);
+		assert_true(rel_error(out_gpu, out_cpu, B_ROWS * 3) <= 1e-5);
+		assert_true(rel_error(gpu->params.adam_m, grads, n) <= 1e-4);
+		network_free(cpu);
+		network_free(gpu);
+	}
 }
 
 /* Embeddings and hidden states of the bare model agree within 1e-5. */
@@ -305,6 +379,7 @@ main(void)
 		cmocka_unit_test(test_training_step_fp32),
 		cmocka_unit_test(test_training_step_tf32),
 		cmocka_unit_test(test_training_step_bf16),
+		cmocka_unit_test(test_methods_fp32),
 		cmocka_unit_test(test_embeddings_and_hidden),
 		cmocka_unit_test(test_out_of_memory_is_an_error),
 		cmocka_unit_test(test_idle_release),
