@@ -1,30 +1,101 @@
 #!/usr/bin/env bash
 # test/gpu/check.sh - the GPU check: build (or use a build carried from a
-# development machine), run every GPU parity test, then the GPU benchmark,
-# and print a short table last.  Needs no PostgreSQL.
+# development machine), run every GPU parity test, then the GPU benchmark
+# (test/bench/run_gpu.sh), and print a short table last: the parity tests'
+# rows, then the benchmark's.  Needs no PostgreSQL.
 #
 #   test/gpu/check.sh            build with nvcc here if the libraries are
 #                                present, else run the carried build
-#   test/gpu/check.sh --bundle   (on a development machine) build and copy the
-#                                shared libraries the tests need into
-#                                build/gpu-libs, so a GPU machine with only
-#                                the CUDA toolkit can run them
+#   test/gpu/check.sh --bundle   (on a development machine) build the GPU
+#                                tests and peft-engine with CUDA and gather
+#                                what a GPU machine needs under build/:
+#                                  build/gpu        the parity test binaries
+#                                  build/gpu-bin    peft-engine, peft_engine.so
+#                                  build/gpu-libs   the shared libraries they
+#                                                   need (the big ones, i.e.
+#                                                   OpenBLAS, xz-compressed)
+#                                  build/gpu-model  the model in float16
+#                                                   (test/gpu/pack_model.py)
+#                                and fail if those exceed 60 MiB together
+#                                (or 64 MiB with the working tree).  The
+#                                binaries lose their debug information
+#                                (strip --strip-debug, in place; set
+#                                PEFT_BUNDLE_DEBUG=1 to keep it).  Run it
+#                                right before the device call.
 #
 # The GPU machine has nvcc and PyTorch but none of OpenBLAS, cJSON,
-# utf8proc or cmocka, and cannot fetch them: carry build/ (with gpu-libs).
+# utf8proc or cmocka, no network and no PostgreSQL: carry those four folders
+# (the device tool's carry: build/gpu, build/gpu-libs, build/gpu-bin,
+# build/gpu-model; all of build/ would be too big) and run this script.
+#
+# Benchmark: if build/gpu-model exists it is unpacked (unpack_model.py) into
+# a temporary float32 folder that peft-engine and the peers then all load;
+# else the model folder $PEFT_MODEL_DIR; with neither, or with no CUDA device
+# visible, the benchmark is skipped and the last line says why.  The parity
+# tests get the same folder as $PEFT_MODEL_DIR (test_gpu_train compares the
+# CPU's and the GPU's loss curves on the real model).  Python:
+# $PEFT_BENCH_PYTHON, else python3.  $PEFT_BENCH_STEPS (default 200) and
+# $PEFT_BENCH_PRECISIONS (default "tf32 fp32"; "bf16 tf32 fp32" adds bf16,
+# if the time allows) go to run_gpu.sh.
+#
+# Time: the whole check keeps within $PEFT_GPU_CHECK_BUDGET seconds (default
+# 480): the parity tests get at most 180 s together, the benchmark what is
+# left, at most 285 s.  Logs: ${OUT:-build/gpu-logs} (bench/ for the
+# benchmark's runs).  Exit status: 1 if a parity test failed, else 0 (a
+# benchmark that failed shows n/a in its rows and says so above the table).
 set -u
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 1
 export PEFT_CUDA=1
+CARRY="build/gpu build/gpu-libs build/gpu-bin build/gpu-model"
+CARRY_LIMIT=$((60 * 1024 * 1024))
 
 bundle() {
-	make -s -j"$(nproc)" PEFT_CUDA=1 gpu-tests peft_engine.so >/dev/null || exit 1
-	mkdir -p build/gpu-libs
-	for bin in build/gpu/test_gpu_* peft_engine.so; do
+	local py=${PEFT_BENCH_PYTHON:-/work/venv-ref/bin/python} bin lib total tree
+	[ -x "$py" ] || py=python3
+	make -s -j"$(nproc)" PEFT_CUDA=1 gpu-tests peft_engine.so peft-engine >/dev/null ||
+		{ echo "bundle: the CUDA build failed"; exit 1; }
+	rm -rf build/gpu-libs build/gpu-bin
+	mkdir -p build/gpu-libs build/gpu-bin
+	# peft-engine finds peft_engine.so beside itself (rpath $ORIGIN).
+	cp peft-engine peft_engine.so build/gpu-bin/
+	for bin in build/gpu/test_gpu_* build/gpu-bin/peft_engine.so build/gpu-bin/peft-engine; do
 		ldd "$bin" | awk '/=> \// {print $3}' |
 			grep -E 'openblas|gfortran|quadmath|cjson|utf8proc|cmocka' |
 			while read -r lib; do cp -L "$lib" build/gpu-libs/; done
 	done
-	ls build/gpu-libs
+	# OpenBLAS alone is about 35 MiB: the big libraries travel compressed.
+	for lib in build/gpu-libs/*; do
+		[ "$(stat -c %s "$lib")" -gt 1048576 ] || continue
+		xz -6 -T0 -f "$lib" 2>/dev/null ||
+			"$py" -c 'import lzma, os, shutil, sys
+with open(sys.argv[1], "rb") as s, lzma.open(sys.argv[1] + ".xz", "wb", preset=6) as d:
+    shutil.copyfileobj(s, d)
+os.remove(sys.argv[1])' "$lib" || { echo "bundle: cannot compress $lib"; exit 1; }
+	done
+	# Debug information is half of each binary (PEFT_BUNDLE_DEBUG=1 keeps it).
+	if [ -z "${PEFT_BUNDLE_DEBUG:-}" ]; then
+		strip --strip-debug build/gpu/test_gpu_* build/gpu-bin/peft-engine build/gpu-bin/peft_engine.so
+	fi
+	ls -l build/gpu build/gpu-libs build/gpu-bin
+	"$py" test/gpu/pack_model.py "${PEFT_MODEL_DIR:-$(scripts/fetch_model)}" build/gpu-model ||
+		{ echo "bundle: packing the model failed"; exit 1; }
+	# shellcheck disable=SC2086 # CARRY is a list of paths
+	total=$(find $CARRY -type f -printf '%s\n' | awk '{s += $1} END {print s + 0}')
+	# The working tree travels too (tracked and untracked, not ignored files).
+	tree=$(git ls-files -z -co --exclude-standard 2>/dev/null | xargs -0 -r stat -c %s 2>/dev/null |
+		awk '{s += $1} END {print s + 0}')
+	echo "all of build/: $(du -sh build | cut -f1) (not all of it is carried)"
+	awk -v t="$total" -v w="$tree" -v l="$CARRY_LIMIT" 'BEGIN {
+		printf "to carry: %.1f MiB (limit %d MiB) + the working tree %.1f MiB = %.1f MiB (the device tool takes 64)\n",
+			t / 1048576, l / 1048576, w / 1048576, (t + w) / 1048576 }'
+	if [ "$total" -gt "$CARRY_LIMIT" ] || [ $((total + tree)) -gt $((64 * 1024 * 1024)) ]; then
+		echo "bundle: too big to carry; the biggest files:"
+		# shellcheck disable=SC2086
+		find $CARRY -type f -printf '%s %p\n' | sort -rn | head -15 |
+			awk '{printf "%8.1f MiB  %s\n", $1 / 1048576, $2}'
+		exit 1
+	fi
+	echo "device tool: carry [\"${CARRY// /\", \"}\"], command test/gpu/check.sh"
 }
 
 if [ "${1:-}" = "--bundle" ]; then
@@ -32,34 +103,117 @@ if [ "${1:-}" = "--bundle" ]; then
 	exit 0
 fi
 
+BUDGET=${PEFT_GPU_CHECK_BUDGET:-480}
+PARITY_MAX=180
+BENCH_MAX=285
+PY=${PEFT_BENCH_PYTHON:-python3}
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+
 # Build here when the host libraries exist; otherwise use the carried build.
 if pkg-config --exists openblas libcjson libutf8proc 2>/dev/null; then
-	make -s -j"$(nproc)" PEFT_CUDA=1 gpu-tests >/dev/null || { echo "build failed"; exit 1; }
+	timeout 600 make -s -j"$(nproc)" PEFT_CUDA=1 gpu-tests >/dev/null || { echo "build failed"; exit 1; }
 fi
-export LD_LIBRARY_PATH="$PWD/build/gpu-libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# The carried libraries; the compressed ones are unpacked into $TMP/lib.
+mkdir -p "$TMP/lib"
+for xzlib in build/gpu-libs/*.xz; do
+	[ -f "$xzlib" ] || continue
+	out=$TMP/lib/$(basename "$xzlib" .xz)
+	xz -dc "$xzlib" >"$out" 2>/dev/null ||
+		"$PY" -c 'import lzma, shutil, sys
+with lzma.open(sys.argv[1]) as s, open(sys.argv[2], "wb") as d:
+    shutil.copyfileobj(s, d)' "$xzlib" "$out" ||
+		echo "cannot unpack $xzlib"
+done
+export LD_LIBRARY_PATH="$TMP/lib:$PWD/build/gpu-libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 OUTDIR=${OUT:-build/gpu-logs}
 mkdir -p "$OUTDIR"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -1 >"$OUTDIR/device.txt"
+START=$SECONDS
+BENCH_LOGS=$OUTDIR/bench
+rm -rf "$BENCH_LOGS" "$OUTDIR/bench.log" "$OUTDIR/unpack.log"
+
+# The model, for test_gpu_train (the CPU and CUDA loss curves, via
+# $PEFT_MODEL_DIR) and the benchmark; wanted only where a device is.
+bench=""
+MODEL=""
+if ! nvidia-smi -L 2>/dev/null | grep -q '^GPU' &&
+	! "$PY" -I -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+	bench="GPU benchmark: skipped: no CUDA device (nvidia-smi lists none, $PY's torch sees none)"
+elif [ -f build/gpu-model/pack.json ]; then
+	echo "unpacking build/gpu-model"
+	if timeout -k 5 120 "$PY" test/gpu/unpack_model.py build/gpu-model "$TMP/model" >"$OUTDIR/unpack.log" 2>&1; then
+		MODEL=$TMP/model
+	else
+		bench="GPU benchmark: skipped: unpacking build/gpu-model failed (see $OUTDIR/unpack.log)"
+	fi
+elif [ -n "${PEFT_MODEL_DIR:-}" ] && [ -f "$PEFT_MODEL_DIR/config.json" ]; then
+	MODEL=$PEFT_MODEL_DIR
+else
+	bench="GPU benchmark: skipped: no model (neither build/gpu-model, from check.sh --bundle, nor \$PEFT_MODEL_DIR)"
+fi
+[ -n "$MODEL" ] && export PEFT_MODEL_DIR=$MODEL
 
 status=0
 rows=()
+PARITY_START=$SECONDS
 for bin in build/gpu/test_gpu_*; do
 	[ -x "$bin" ] || continue
 	name=$(basename "$bin")
-	timeout 300 "$bin" >"$OUTDIR/$name.log" 2>&1
+	left=$((PARITY_MAX - (SECONDS - PARITY_START)))
+	if [ "$left" -lt 5 ]; then
+		rows+=("$(printf '%-28s %s' "$name" "not run: the parity tests' ${PARITY_MAX} s were spent")")
+		status=1
+		continue
+	fi
+	timeout -k 5 "$left" "$bin" >"$OUTDIR/$name.log" 2>&1
 	rc=$?
 	p=$(sed -n 's/^\[  PASSED  \] \([0-9]*\) test.*/\1/p' "$OUTDIR/$name.log" | tail -1)
 	f=$(sed -n 's/^\[  FAILED  \] \([0-9]*\) test.*/\1/p' "$OUTDIR/$name.log" | tail -1)
 	k=$(sed -n 's/^\[  SKIPPED \] \([0-9]*\) test.*/\1/p' "$OUTDIR/$name.log" | tail -1)
 	[ "$rc" != 0 ] && [ "${f:-0}" = 0 ] && f=1
 	[ "${f:-0}" != 0 ] && status=1
-	rows+=("$(printf '%-28s %6s %6s %7s' "$name" "${p:-0}" "${f:-0}" "${k:-0}")")
+	note=""
+	if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then note=" timed out"; fi
+	rows+=("$(printf '%-28s %6s %6s %7s%s' "$name" "${p:-0}" "${f:-0}" "${k:-0}" "$note")")
 	grep -E 'rel err|error' "$OUTDIR/$name.log" | head -40
 done
+echo "parity tests took $((SECONDS - PARITY_START)) s"
+
+# The benchmark.
+if [ -z "$bench" ]; then
+	t=$((BUDGET - (SECONDS - START) - 10))
+	[ "$t" -gt "$BENCH_MAX" ] && t=$BENCH_MAX
+	if [ "$t" -lt 60 ]; then
+		bench="GPU benchmark: skipped: only ${t} s of the check's ${BUDGET} s left"
+	else
+		echo "benchmark (up to $t s; log $OUTDIR/bench.log)"
+		PEFT_BENCH_LOGS=$BENCH_LOGS PEFT_BENCH_BUDGET=$((t - 20)) PEFT_BENCH_PYTHON=$PY \
+			timeout -k 5 "$t" bash test/bench/run_gpu.sh "$MODEL" "${PEFT_BENCH_STEPS:-200}" \
+			"${PEFT_BENCH_PRECISIONS:-tf32 fp32}" >"$OUTDIR/bench.log" 2>&1
+		rc=$?
+		tail -n 25 "$OUTDIR/bench.log" | grep -E '^  [a-z_0-9]+: ' | grep -v ': exit 0' || true
+		if [ ! -f "$BENCH_LOGS/plan.json" ]; then
+			bench="GPU benchmark: failed before any run (exit $rc: $(tail -n 1 "$OUTDIR/bench.log"))"
+		else
+			[ "$rc" = 0 ] || bench="GPU benchmark: exit $rc (see $OUTDIR/bench.log); the table holds what finished"
+			if [ "$rc" != 0 ] || [ ! -f "$BENCH_LOGS/table.txt" ]; then
+				PEFT_BENCH_PYTHON=$PY bash test/bench/run_gpu.sh --table "$BENCH_LOGS" >/dev/null 2>&1
+			fi
+		fi
+	fi
+fi
 
 echo
 if [ -s "$OUTDIR/device.txt" ]; then echo "device: $(cat "$OUTDIR/device.txt")"; else echo "device: none visible"; fi
+[ -f "$BENCH_LOGS/summary.txt" ] && cat "$BENCH_LOGS/summary.txt"
+[ -f "$BENCH_LOGS/notes.txt" ] && cat "$BENCH_LOGS/notes.txt"
+[ -n "$bench" ] && [ -f "$BENCH_LOGS/table.txt" ] && echo "$bench"
 printf '%-28s %6s %6s %7s\n' "parity test" passed failed skipped
 for r in "${rows[@]}"; do echo "$r"; done
-echo "GPU benchmark: not yet (the engine has no CUDA training path; issue 5)"
+if [ -f "$BENCH_LOGS/table.txt" ] && [ -f "$BENCH_LOGS/plan.json" ]; then
+	cat "$BENCH_LOGS/table.txt"
+else
+	echo "${bench:-GPU benchmark: no table (see $OUTDIR/bench.log)}"
+fi
 exit $status
