@@ -50,10 +50,16 @@ static const OptionSpec option_specs[] = {
 	{"validation_fraction", OPT_NUMBER, 0, 0.9},
 	{"hidden_dropout", OPT_NUMBER, 0, 1, true},
 	{"seed", OPT_INT, 0, 2147483647},
+	{"feedforward_modules", OPT_STRINGS},
+	{"reduction_factor", OPT_INT, 1, 4096},
+	{"adapter_placement", OPT_STRING},
 	{"device", OPT_STRING},
 	{"precision", OPT_STRING},
 	{"activate", OPT_BOOL},
 };
+
+static int	ParseModules(const char *key, JsonbValue *v, const char *names[16],
+						 const PeftEngineApi *engine);
 
 /* Raise the ERROR of a bad option. */
 static void
@@ -133,6 +139,8 @@ ApplyOption(TrainOptionsSql *o, const char *key, JsonbValue *v,
 		c->lora_dropout = x;
 	else if (strcmp(key, "use_rslora") == 0)
 		c->use_rslora = v->val.boolean;
+	else if (strcmp(key, "reduction_factor") == 0)
+		c->reduction_factor = (int) x;
 	else if (strcmp(key, "epochs") == 0)
 		c->epochs = (int) x;
 	else if (strcmp(key, "batch_size") == 0)
@@ -197,47 +205,66 @@ ApplyOption(TrainOptionsSql *o, const char *key, JsonbValue *v,
 			BadOption(key, "must be fp32, tf32 or bf16", NULL);
 	}
 	else if (strcmp(key, "target_modules") == 0)
+		c->num_targets = ParseModules(key, v, c->target_modules, engine);
+	else if (strcmp(key, "feedforward_modules") == 0)
+		c->num_feedforward = ParseModules(key, v, c->feedforward_modules, engine);
+	else if (strcmp(key, "adapter_placement") == 0)
 	{
-		c->num_targets = 0;
-		if (v->type == jbvString)
-			c->target_modules[c->num_targets++] = pnstrdup(v->val.string.val, v->val.string.len);
-		else if (v->type == jbvBinary)
-		{
-			JsonbIterator *it = JsonbIteratorInit(v->val.binary.data);
-			JsonbValue	elem;
-			JsonbIteratorToken tok;
-			bool		is_array = false;
+		char	   *s = pnstrdup(v->val.string.val, v->val.string.len);
 
-			while ((tok = JsonbIteratorNext(&it, &elem, true)) != WJB_DONE)
-			{
-				if (tok == WJB_BEGIN_ARRAY)
-					is_array = true;
-				else if (tok == WJB_ELEM)
-				{
-					if (elem.type != jbvString)
-						BadOption(key, "must be an array of strings", NULL);
-					if (c->num_targets == lengthof(c->target_modules))
-						BadOption(key, "lists too many modules", NULL);
-					c->target_modules[c->num_targets++] =
-						pnstrdup(elem.val.string.val, elem.val.string.len);
-				}
-				else if (tok == WJB_KEY)
-					break;
-			}
-			if (!is_array)
-				BadOption(key, "must be an array of strings", NULL);
-		}
+		if (strcmp(s, "houlsby") == 0)
+			c->houlsby = true;
+		else if (strcmp(s, "pfeiffer") == 0)
+			c->houlsby = false;
 		else
-			BadOption(key, "must be an array of strings", NULL);
-		if (c->num_targets == 0)
-			BadOption(key, "must name at least one module", NULL);
-		{
-			PeftError	err = {0};
-
-			if (engine->check_targets(c->target_modules, c->num_targets, &err) != PEFT_OK)
-				BadOption(key, err.message, NULL);
-		}
+			BadOption(key, "must be houlsby or pfeiffer", NULL);
 	}
+}
+
+/*
+ * A list of module names (a string or an array of strings, at most 16),
+ * checked against the model's linear layers; returns how many.
+ */
+static int
+ParseModules(const char *key, JsonbValue *v, const char *names[16], const PeftEngineApi *engine)
+{
+	int			n = 0;
+	PeftError	err = {0};
+
+	if (v->type == jbvString)
+		names[n++] = pnstrdup(v->val.string.val, v->val.string.len);
+	else if (v->type == jbvBinary)
+	{
+		JsonbIterator *it = JsonbIteratorInit(v->val.binary.data);
+		JsonbValue	elem;
+		JsonbIteratorToken tok;
+		bool		is_array = false;
+
+		while ((tok = JsonbIteratorNext(&it, &elem, true)) != WJB_DONE)
+		{
+			if (tok == WJB_BEGIN_ARRAY)
+				is_array = true;
+			else if (tok == WJB_ELEM)
+			{
+				if (elem.type != jbvString)
+					BadOption(key, "must be an array of strings", NULL);
+				if (n == 16)
+					BadOption(key, "lists too many modules", NULL);
+				names[n++] = pnstrdup(elem.val.string.val, elem.val.string.len);
+			}
+			else if (tok == WJB_KEY)
+				break;
+		}
+		if (!is_array)
+			BadOption(key, "must be an array of strings", NULL);
+	}
+	else
+		BadOption(key, "must be an array of strings", NULL);
+	if (n == 0 && strcmp(key, "target_modules") == 0)
+		BadOption(key, "must name at least one module", NULL);
+	if (n > 0 && engine->check_targets(names, n, &err) != PEFT_OK)
+		BadOption(key, err.message, NULL);
+	return n;
 }
 
 /* Parse and check options over the engine's defaults. */

@@ -29,6 +29,7 @@
 #include "bert.h"
 #include "dataset.h"
 #include "engine_api.h"
+#include "engine_session.h"
 #include "model_config.h"
 #include "network.h"
 #include "trainer.h"
@@ -42,6 +43,10 @@ typedef struct Options
 	const char *task;
 	const char *targets;
 	const char *schedule;
+	const char *method;			/* lora, dora, ia3, bitfit, adapter, or a+b */
+	const char *feedforward;	/* (IA)^3 feed-forward modules, comma-separated */
+	int			reduction_factor;
+	bool		houlsby;
 	int			r;
 	double		alpha;
 	double		lora_dropout;
@@ -100,7 +105,9 @@ usage(const char *msg)
 			"       peft-engine predict --model DIR --adapter DIR --data FILE\n"
 			"       peft-engine embed   --model DIR [--adapter DIR] --data FILE [--print]\n"
 			"options: --task classification|regression --r N --alpha X --lora-dropout X\n"
-			"         --targets query,value --rslora --epochs N --batch-size N --lr X\n"
+			"         --method lora|dora|ia3|bitfit|adapter|A+B --targets query,value\n"
+			"         --feedforward output.dense --reduction-factor N --houlsby\n"
+			"         --rslora --epochs N --batch-size N --lr X\n"
 			"         --weight-decay X --warmup-ratio X --schedule linear|cosine|constant\n"
 			"         --grad-accum N --max-grad-norm X --max-length N --hidden-dropout X\n"
 			"         --validation-fraction X --seed N --threads N --max-steps N --no-group\n"
@@ -240,19 +247,43 @@ print_profile_json(const Network *net, const Options *o, double seconds)
 			   p->gemm_seconds, seconds, p->gemm_seconds / seconds);
 }
 
-/* Parse the comma-separated target list into opts. */
-static void
-parse_targets(const char *list, LoraOptions *lora)
+/* Split a comma-separated list (modified in place) into at most 16 names; returns the count. */
+static int
+split_names(char *list, const char *names[16])
 {
-	char	   *copy = strdup(list);
-	const char *names[32];
 	int			n = 0;
-	PeftError	err = {0};
 
-	for (char *tok = strtok(copy, ","); tok && n < 32; tok = strtok(NULL, ","))
+	for (char *tok = strtok(list, ","); tok && n < 16; tok = strtok(NULL, ","))
 		names[n++] = tok;
-	die_on(lora_parse_targets(lora->targets, names, n, &err), &err);
-	free(copy);
+	return n;
+}
+
+/* Network options of the method, modules and hyper-parameters on the command line. */
+static void
+method_options(const Options *o, const BertModel *model, NetworkOptions *nopts)
+{
+	PeftTrainConfig c;
+	PeftError	err = {0};
+	char	   *targets = o->targets ? strdup(o->targets) : NULL;
+	char	   *ff = o->feedforward ? strdup(o->feedforward) : NULL;
+
+	peft_engine_api()->train_config_default(&c);
+	die_on(adapter_parse_method(o->method, &c.methods, &err), &err);
+	if (targets)
+		c.num_targets = split_names(targets, c.target_modules);
+	if (ff)
+		c.num_feedforward = split_names(ff, c.feedforward_modules);
+	c.r = o->r;
+	c.lora_alpha = o->alpha;
+	c.lora_dropout = o->lora_dropout;
+	c.use_rslora = o->rslora;
+	c.reduction_factor = o->reduction_factor;
+	c.houlsby = o->houlsby;
+	c.hidden_dropout = o->hidden_dropout;
+	c.seed = o->train.seed;
+	die_on(session_network_options(&c, model, nopts, &err), &err);
+	free(targets);
+	free(ff);
 }
 
 /* Train an adapter on a TSV file and save it as a PEFT folder. */
@@ -298,16 +329,9 @@ command_train(BertModel *model, const Options *o)
 	die_on(dataset_split(&ds, o->validation_fraction, o->train.seed, &train_rows, &ntrain,
 						 &valid_rows, &nvalid, &err), &err);
 
-	nopts.lora.r = o->r;
-	nopts.lora.alpha = o->alpha;
-	nopts.lora.dropout = o->lora_dropout;
-	nopts.lora.rslora = o->rslora;
-	parse_targets(o->targets, &nopts.lora);
+	method_options(o, model, &nopts);
 	nopts.task = regression ? TASK_REGRESSION : TASK_CLASSIFICATION;
 	nopts.num_labels = regression ? 1 : nlabels;
-	nopts.hidden_dropout = o->hidden_dropout >= 0 ? o->hidden_dropout : model->cfg.hidden_dropout;
-	nopts.attention_dropout = o->hidden_dropout >= 0 ? o->hidden_dropout : model->cfg.attention_dropout;
-	nopts.seed = o->train.seed;
 	die_on(network_create(model, &nopts, &net, &err), &err);
 	place_network(net, o);
 	die_on(trainer_create(net, &ds, train_rows, ntrain, &o->train, &tr, &err), &err);
@@ -628,6 +652,10 @@ parse_options(int argc, char **argv, Options *o)
 		{"precision", required_argument, NULL, 25},
 		{"profile", no_argument, NULL, 26},
 		{"warmup", required_argument, NULL, 27},
+		{"method", required_argument, NULL, 28},
+		{"feedforward", required_argument, NULL, 29},
+		{"reduction-factor", required_argument, NULL, 30},
+		{"houlsby", no_argument, NULL, 31},
 		{NULL, 0, NULL, 0}
 	};
 	int			c;
@@ -682,6 +710,10 @@ parse_options(int argc, char **argv, Options *o)
 				break;
 			case 26: o->profile = true; break;
 			case 27: o->warmup = atoi(optarg); break;
+			case 28: o->method = optarg; break;
+			case 29: o->feedforward = optarg; break;
+			case 30: o->reduction_factor = atoi(optarg); break;
+			case 31: o->houlsby = true; break;
 			default: usage(NULL);
 		}
 	}
@@ -701,7 +733,9 @@ main(int argc, char **argv)
 	command = argv[1];
 	train_options_default(&o.train);
 	o.task = "classification";
-	o.targets = "query,value";
+	o.targets = NULL;			/* the method's default modules */
+	o.method = "lora";
+	o.reduction_factor = 16;
 	o.r = 8;
 	o.alpha = 16;
 	o.lora_dropout = 0.1;

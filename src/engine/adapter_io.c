@@ -2,7 +2,10 @@
  * adapter_io.c - adapter weights and config in Hugging Face PEFT's formats.
  */
 #include "adapter_io.h"
+#include "engine_api.h"
 #include "safetensors.h"
+
+#include <stdio.h>
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -42,13 +45,23 @@ adapter_load_weights(Network *net, const uint8_t *bytes, size_t len, PeftError *
 	StFile	   *file;
 	PeftCode	rc;
 
+	int			unused = 0;
+
 	if ((rc = st_open_buffer(bytes, len, &file, err)) != PEFT_OK)
 		return rc;
-	if (file->ntensors != ps->count)
+	/*
+	 * PEFT's LoRA with bias "all" also saves the pooler's bias, which
+	 * sentence embeddings never use: the only tensors tolerated beyond the
+	 * adapter's own.
+	 */
+	for (int i = 0; i < file->ntensors; i++)
+		if (strncmp(file->tensors[i].name, "base_model.model.pooler.", 24) == 0)
+			unused++;
+	if (file->ntensors - unused != ps->count)
 	{
 		rc = peft_fail(err, PEFT_ERR_FORMAT,
 					   "adapter weights hold %d tensors, the adapter's config needs %d",
-					   file->ntensors, ps->count);
+					   file->ntensors - unused, ps->count);
 		goto done;
 	}
 	for (int i = 0; i < ps->count && rc == PEFT_OK; i++)
@@ -74,37 +87,142 @@ done:
 	return rc;
 }
 
-/* adapter_config.json text for the network. */
+/* Whether any linear has the adapter marked in flags. */
+static bool
+any_target(const bool flags[BERT_NUM_LINEAR])
+{
+	for (int w = 0; w < BERT_NUM_LINEAR; w++)
+		if (flags[w])
+			return true;
+	return false;
+}
+
+/* The method name of options, e.g. "dora+bitfit" (buf of 64 bytes). */
+const char *
+adapter_method_name(const NetworkOptions *o, char *buf, size_t len)
+{
+	buf[0] = '\0';
+	if (any_target(o->lora.targets))
+		snprintf(buf, len, "%s", o->dora ? "dora" : "lora");
+	else if (any_target(o->ia3.targets))
+		snprintf(buf, len, "ia3");
+	if (o->bitfit)
+		snprintf(buf + strlen(buf), len - strlen(buf), "%sbitfit", buf[0] ? "+" : "");
+	if (o->bottleneck.reduction > 0)
+		snprintf(buf + strlen(buf), len - strlen(buf), "%sadapter", buf[0] ? "+" : "");
+	return buf;
+}
+
+/* Parse "lora", "dora", "ia3", "bitfit", "adapter" or a "+" combination into PEFT_METHOD_* bits. */
+PeftCode
+adapter_parse_method(const char *name, unsigned *methods, PeftError *err)
+{
+	static const struct
+	{
+		const char *name;
+		unsigned	bit;
+	}			known[] = {
+		{"lora", PEFT_METHOD_LORA}, {"dora", PEFT_METHOD_DORA}, {"ia3", PEFT_METHOD_IA3},
+		{"bitfit", PEFT_METHOD_BITFIT}, {"adapter", PEFT_METHOD_ADAPTER}
+	};
+	const char *at = name;
+	unsigned	bits = 0;
+
+	*methods = 0;
+	while (*at)
+	{
+		size_t		len = strcspn(at, "+");
+		unsigned	bit = 0;
+
+		for (size_t k = 0; k < sizeof(known) / sizeof(known[0]); k++)
+			if (strlen(known[k].name) == len && strncmp(known[k].name, at, len) == 0)
+				bit = known[k].bit;
+		if (bit == 0 || (bits & bit))
+			return peft_fail(err, PEFT_ERR_INVALID,
+							 "method \"%s\" is not a combination of lora, dora, ia3, bitfit and "
+							 "adapter (each at most once, joined by +)", name);
+		bits |= bit;
+		at += len;
+		if (*at == '+')
+			at++;
+	}
+	if (bits == 0)
+		return peft_fail(err, PEFT_ERR_INVALID, "method is empty");
+	if (__builtin_popcount(bits & (PEFT_METHOD_LORA | PEFT_METHOD_DORA | PEFT_METHOD_IA3)) > 1)
+		return peft_fail(err, PEFT_ERR_INVALID,
+						 "method \"%s\" combines more than one of lora, dora and ia3", name);
+	*methods = bits;
+	return PEFT_OK;
+}
+
+/* A JSON array of the names of the linears flagged. */
+static cJSON *
+module_list(const bool flags[BERT_NUM_LINEAR])
+{
+	cJSON	   *list = cJSON_CreateArray();
+
+	for (int w = 0; list && w < BERT_NUM_LINEAR; w++)
+		if (flags[w])
+			cJSON_AddItemToArray(list, cJSON_CreateString(bert_linear_name(w)));
+	return list;
+}
+
+/*
+ * adapter_config.json text for the network, as PEFT writes it for the
+ * methods PEFT has: LoRA and DoRA (use_dora; BitFit as bias "all"), (IA)^3.
+ * What PEFT cannot say (bottleneck adapters, BitFit without LoRA) is in
+ * "peft_pg_method"; BitFit alone and bottleneck adapters alone get
+ * peft_type "BITFIT" / "BOTTLENECK" (which PEFT does not load).
+ */
 PeftCode
 adapter_config_json(const Network *net, const char *base_model, char **out,
 					PeftError *err)
 {
-	const LoraOptions *lo = &net->opts.lora;
+	const NetworkOptions *o = &net->opts;
+	const LoraOptions *lo = &o->lora;
 	cJSON	   *root = cJSON_CreateObject();
-	cJSON	   *targets = cJSON_CreateArray();
 	cJSON	   *save = cJSON_CreateArray();
+	char		method[64];
+	bool		lora = any_target(lo->targets);
+	bool		ia3 = any_target(o->ia3.targets);
 
 	*out = NULL;
-	if (root == NULL || targets == NULL || save == NULL)
+	if (root == NULL || save == NULL)
 		goto oom;
-	cJSON_AddStringToObject(root, "peft_type", "LORA");
+	adapter_method_name(o, method, sizeof(method));
+	cJSON_AddStringToObject(root, "peft_type", lora ? "LORA" : ia3 ? "IA3" :
+							o->bottleneck.reduction > 0 ? "BOTTLENECK" : "BITFIT");
 	cJSON_AddNullToObject(root, "task_type");
 	cJSON_AddStringToObject(root, "base_model_name_or_path", base_model ? base_model : "");
-	cJSON_AddNumberToObject(root, "r", lo->r);
-	cJSON_AddNumberToObject(root, "lora_alpha", lo->alpha);
-	cJSON_AddNumberToObject(root, "lora_dropout", lo->dropout);
-	for (int w = 0; w < BERT_NUM_LINEAR; w++)
-		if (lo->targets[w])
-			cJSON_AddItemToArray(targets, cJSON_CreateString(bert_linear_name(w)));
-	cJSON_AddItemToObject(root, "target_modules", targets);
-	targets = NULL;
-	cJSON_AddStringToObject(root, "bias", "none");
-	cJSON_AddBoolToObject(root, "use_rslora", lo->rslora);
-	cJSON_AddBoolToObject(root, "use_dora", 0);
+	/* PEFT's own fields say everything for LoRA/DoRA (+ BitFit as bias "all") and (IA)^3 */
+	if (o->bottleneck.reduction > 0 || (o->bitfit && !lora))
+		cJSON_AddStringToObject(root, "peft_pg_method", method);
+	if (lora)
+	{
+		cJSON_AddNumberToObject(root, "r", lo->r);
+		cJSON_AddNumberToObject(root, "lora_alpha", lo->alpha);
+		cJSON_AddNumberToObject(root, "lora_dropout", lo->dropout);
+		cJSON_AddItemToObject(root, "target_modules", module_list(lo->targets));
+		cJSON_AddStringToObject(root, "bias", o->bitfit ? "all" : "none");
+		cJSON_AddBoolToObject(root, "use_rslora", lo->rslora);
+		cJSON_AddBoolToObject(root, "use_dora", o->dora);
+		cJSON_AddBoolToObject(root, "init_lora_weights", 1);
+	}
+	else if (ia3)
+	{
+		cJSON_AddItemToObject(root, "target_modules", module_list(o->ia3.targets));
+		cJSON_AddItemToObject(root, "feedforward_modules", module_list(o->ia3.feedforward));
+		cJSON_AddBoolToObject(root, "init_ia3_weights", 1);
+	}
+	if (o->bottleneck.reduction > 0)
+	{
+		cJSON_AddNumberToObject(root, "reduction_factor", o->bottleneck.reduction);
+		cJSON_AddStringToObject(root, "adapter_placement",
+								o->bottleneck.after_attention ? "houlsby" : "pfeiffer");
+	}
 	cJSON_AddBoolToObject(root, "fan_in_fan_out", 0);
-	cJSON_AddBoolToObject(root, "init_lora_weights", 1);
 	cJSON_AddBoolToObject(root, "inference_mode", 1);
-	if (net->opts.num_labels > 0)
+	if (o->num_labels > 0)
 		cJSON_AddItemToArray(save, cJSON_CreateString("classifier"));
 	cJSON_AddItemToObject(root, "modules_to_save", save);
 	save = NULL;
@@ -115,7 +233,6 @@ adapter_config_json(const Network *net, const char *base_model, char **out,
 	return PEFT_OK;
 oom:
 	cJSON_Delete(root);
-	cJSON_Delete(targets);
 	cJSON_Delete(save);
 	return peft_fail(err, PEFT_ERR_NOMEM, "out of memory writing adapter_config.json");
 }
@@ -133,76 +250,199 @@ config_number(const cJSON *root, const char *key, double *out, PeftError *err)
 	return PEFT_OK;
 }
 
-/* Read LoRA options from adapter_config.json text. */
+/* Parse a module list (a string or an array of strings) into flags; absent is an empty list when optional. */
+static PeftCode
+config_modules(const cJSON *root, const char *key, bool optional, bool flags[BERT_NUM_LINEAR],
+			   PeftError *err)
+{
+	const cJSON *list = cJSON_GetObjectItemCaseSensitive(root, key);
+	const cJSON *item;
+	const char *names[BERT_NUM_LINEAR * 4];
+	int			count = 0;
+	PeftCode	rc;
+
+	memset(flags, 0, sizeof(bool) * BERT_NUM_LINEAR);
+	if (list == NULL || cJSON_IsNull(list))
+	{
+		if (optional)
+			return PEFT_OK;
+		return peft_fail(err, PEFT_ERR_FORMAT, "adapter config: %s is missing", key);
+	}
+	if (cJSON_IsString(list))
+		names[count++] = list->valuestring;
+	else if (cJSON_IsArray(list))
+	{
+		cJSON_ArrayForEach(item, list)
+		{
+			if (!cJSON_IsString(item) || count == (int) (sizeof(names) / sizeof(names[0])))
+				return peft_fail(err, PEFT_ERR_FORMAT,
+								 "adapter config: %s must be a short list of strings", key);
+			names[count++] = item->valuestring;
+		}
+	}
+	else
+		return peft_fail(err, PEFT_ERR_FORMAT, "adapter config: %s must be a list of strings", key);
+	if (count == 0 && optional)
+		return PEFT_OK;
+	rc = lora_parse_targets(flags, names, count, err);
+	if (rc == PEFT_ERR_INVALID)
+		rc = err ? (err->code = PEFT_ERR_FORMAT) : PEFT_ERR_FORMAT;
+	return rc;
+}
+
+/*
+ * Refuse PEFT settings that change what the weights mean and that this
+ * engine does not implement (rather than load them and compute something
+ * else): per-layer patterns, layer selections, transposed weights.
+ */
+static PeftCode
+config_refuse_unsupported(const cJSON *root, PeftError *err)
+{
+	static const char *const empty_if_present[] = {"rank_pattern", "alpha_pattern"};
+	static const char *const null_or_false[] = {
+		"layers_to_transform", "layers_pattern", "fan_in_fan_out", "lora_bias",
+		"use_qalora", "trainable_token_indices", "exclude_modules"
+	};
+	const cJSON *item;
+
+	for (size_t i = 0; i < sizeof(empty_if_present) / sizeof(empty_if_present[0]); i++)
+	{
+		item = cJSON_GetObjectItemCaseSensitive(root, empty_if_present[i]);
+		if (item && !cJSON_IsNull(item) && !(cJSON_IsObject(item) && item->child == NULL))
+			return peft_fail(err, PEFT_ERR_UNSUPPORTED, "adapter config: %s is not supported",
+							 empty_if_present[i]);
+	}
+	for (size_t i = 0; i < sizeof(null_or_false) / sizeof(null_or_false[0]); i++)
+	{
+		item = cJSON_GetObjectItemCaseSensitive(root, null_or_false[i]);
+		if (item && !cJSON_IsNull(item) && !cJSON_IsFalse(item) &&
+			!(cJSON_IsArray(item) && item->child == NULL))
+			return peft_fail(err, PEFT_ERR_UNSUPPORTED, "adapter config: %s is not supported",
+							 null_or_false[i]);
+	}
+	return PEFT_OK;
+}
+
+/* LoRA / DoRA fields of a LORA config. */
+static PeftCode
+config_lora(const cJSON *root, NetworkOptions *opts, PeftError *err)
+{
+	const cJSON *item;
+	double		r = 0;
+	PeftCode	rc;
+
+	if ((rc = config_number(root, "r", &r, err)) != PEFT_OK ||
+		(rc = config_number(root, "lora_alpha", &opts->lora.alpha, err)) != PEFT_OK)
+		return rc;
+	if (r != floor(r) || r < 1 || r > 4096)
+		return peft_fail(err, PEFT_ERR_FORMAT, "adapter config: r must be an integer from 1 to 4096");
+	if (!(opts->lora.alpha > 0))
+		return peft_fail(err, PEFT_ERR_FORMAT, "adapter config: lora_alpha must be positive");
+	opts->lora.r = (int) r;
+	opts->lora.dropout = 0;
+	item = cJSON_GetObjectItemCaseSensitive(root, "lora_dropout");
+	if (cJSON_IsNumber(item))
+	{
+		if (!(item->valuedouble >= 0 && item->valuedouble < 1))
+			return peft_fail(err, PEFT_ERR_FORMAT, "adapter config: lora_dropout must be in [0, 1)");
+		opts->lora.dropout = item->valuedouble;
+	}
+	opts->lora.rslora = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "use_rslora"));
+	opts->dora = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "use_dora"));
+	item = cJSON_GetObjectItemCaseSensitive(root, "bias");
+	if (cJSON_IsString(item) && strcmp(item->valuestring, "all") == 0)
+		opts->bitfit = true;
+	else if (item && !cJSON_IsNull(item) &&
+			 !(cJSON_IsString(item) && strcmp(item->valuestring, "none") == 0))
+		return peft_fail(err, PEFT_ERR_UNSUPPORTED,
+						 "adapter config: bias must be \"none\" or \"all\"");
+	return config_modules(root, "target_modules", false, opts->lora.targets, err);
+}
+
+/* Bottleneck fields (reduction_factor, adapter_placement). */
+static PeftCode
+config_bottleneck(const cJSON *root, NetworkOptions *opts, PeftError *err)
+{
+	const cJSON *place = cJSON_GetObjectItemCaseSensitive(root, "adapter_placement");
+	double		rf = 0;
+	PeftCode	rc;
+
+	if ((rc = config_number(root, "reduction_factor", &rf, err)) != PEFT_OK)
+		return rc;
+	if (rf != floor(rf) || rf < 1 || rf > 65536)
+		return peft_fail(err, PEFT_ERR_FORMAT, "adapter config: reduction_factor must be a positive integer");
+	if (!cJSON_IsString(place) ||
+		(strcmp(place->valuestring, "houlsby") != 0 && strcmp(place->valuestring, "pfeiffer") != 0))
+		return peft_fail(err, PEFT_ERR_FORMAT,
+						 "adapter config: adapter_placement must be \"houlsby\" or \"pfeiffer\"");
+	opts->bottleneck.reduction = (int) rf;
+	opts->bottleneck.after_attention = strcmp(place->valuestring, "houlsby") == 0;
+	opts->bottleneck.after_ffn = true;
+	return PEFT_OK;
+}
+
+/*
+ * Read network options from adapter_config.json text: peft_type LORA
+ * (use_dora, use_rslora, bias "none" or "all"), IA3, or this engine's
+ * BITFIT / BOTTLENECK, with peft_pg_method naming combinations.  Fields
+ * other than the method's are kept from opts.
+ */
 PeftCode
 adapter_options_from_config(const char *json, size_t len, NetworkOptions *opts,
 							PeftError *err)
 {
 	cJSON	   *root = cJSON_ParseWithLength(json, len);
 	const cJSON *type;
-	const cJSON *targets;
-	const cJSON *item;
-	const char *names[BERT_NUM_LINEAR * 4];
-	int			count = 0;
-	double		r = 0;
-	PeftCode	rc;
+	const cJSON *pg;
+	unsigned	methods = 0;
+	PeftCode	rc = PEFT_OK;
 
 	if (!cJSON_IsObject(root))
 	{
 		cJSON_Delete(root);
 		return peft_fail(err, PEFT_ERR_FORMAT, "adapter config is not a JSON object");
 	}
+	memset(&opts->lora.targets, 0, sizeof(opts->lora.targets));
+	memset(&opts->ia3, 0, sizeof(opts->ia3));
+	memset(&opts->bottleneck, 0, sizeof(opts->bottleneck));
+	opts->dora = opts->bitfit = false;
 	type = cJSON_GetObjectItemCaseSensitive(root, "peft_type");
-	if (!cJSON_IsString(type) || strcmp(type->valuestring, "LORA") != 0)
+	pg = cJSON_GetObjectItemCaseSensitive(root, "peft_pg_method");
+	if (pg != NULL && (!cJSON_IsString(pg) ||
+					   (rc = adapter_parse_method(pg->valuestring, &methods, err)) != PEFT_OK))
 	{
-		rc = peft_fail(err, PEFT_ERR_UNSUPPORTED, "adapter config: peft_type must be \"LORA\"");
+		if (rc == PEFT_OK)
+			rc = peft_fail(err, PEFT_ERR_FORMAT, "adapter config: peft_pg_method must be a string");
+		else
+			err->code = rc = PEFT_ERR_FORMAT;
 		goto done;
 	}
-	if ((rc = config_number(root, "r", &r, err)) != PEFT_OK ||
-		(rc = config_number(root, "lora_alpha", &opts->lora.alpha, err)) != PEFT_OK)
+	if ((rc = config_refuse_unsupported(root, err)) != PEFT_OK)
 		goto done;
-	if (r != floor(r) || r < 1 || r > 4096)
+	if (!cJSON_IsString(type))
 	{
-		rc = peft_fail(err, PEFT_ERR_FORMAT, "adapter config: r must be an integer from 1 to 4096");
-		goto done;
-	}
-	opts->lora.r = (int) r;
-	opts->lora.dropout = 0;
-	item = cJSON_GetObjectItemCaseSensitive(root, "lora_dropout");
-	if (cJSON_IsNumber(item))
-		opts->lora.dropout = item->valuedouble;
-	item = cJSON_GetObjectItemCaseSensitive(root, "use_rslora");
-	opts->lora.rslora = cJSON_IsTrue(item);
-	item = cJSON_GetObjectItemCaseSensitive(root, "use_dora");
-	if (cJSON_IsTrue(item))
-	{
-		rc = peft_fail(err, PEFT_ERR_UNSUPPORTED, "adapter config: use_dora is not supported yet");
+		rc = peft_fail(err, PEFT_ERR_FORMAT, "adapter config: peft_type is missing");
 		goto done;
 	}
-	targets = cJSON_GetObjectItemCaseSensitive(root, "target_modules");
-	if (cJSON_IsString(targets))
-		names[count++] = targets->valuestring;
-	else if (cJSON_IsArray(targets))
+	if (strcmp(type->valuestring, "LORA") == 0)
+		rc = config_lora(root, opts, err);
+	else if (strcmp(type->valuestring, "IA3") == 0)
 	{
-		cJSON_ArrayForEach(item, targets)
-		{
-			if (!cJSON_IsString(item) || count == (int) (sizeof(names) / sizeof(names[0])))
-			{
-				rc = peft_fail(err, PEFT_ERR_FORMAT,
-							   "adapter config: target_modules must be a short list of strings");
-				goto done;
-			}
-			names[count++] = item->valuestring;
-		}
+		if ((rc = config_modules(root, "target_modules", false, opts->ia3.targets, err)) == PEFT_OK)
+			rc = config_modules(root, "feedforward_modules", true, opts->ia3.feedforward, err);
 	}
-	else
-	{
-		rc = peft_fail(err, PEFT_ERR_FORMAT, "adapter config: target_modules is missing");
+	else if (strcmp(type->valuestring, "BITFIT") == 0)
+		opts->bitfit = true;
+	else if (strcmp(type->valuestring, "BOTTLENECK") != 0)
+		rc = peft_fail(err, PEFT_ERR_UNSUPPORTED,
+					   "adapter config: peft_type \"%s\" is not supported (LORA, IA3, BITFIT, "
+					   "BOTTLENECK are)", type->valuestring);
+	if (rc != PEFT_OK)
 		goto done;
-	}
-	rc = lora_parse_targets(opts->lora.targets, names, count, err);
-	if (rc == PEFT_ERR_INVALID)
-		rc = err ? (err->code = PEFT_ERR_FORMAT) : PEFT_ERR_FORMAT;
+	if (methods & PEFT_METHOD_BITFIT)
+		opts->bitfit = true;
+	if ((methods & PEFT_METHOD_ADAPTER) || strcmp(type->valuestring, "BOTTLENECK") == 0)
+		rc = config_bottleneck(root, opts, err);
 done:
 	cJSON_Delete(root);
 	return rc;

@@ -29,11 +29,18 @@ PeftCode	adapter_config_json(const Network *net, const char *base_model,
 								char **out, PeftError *err);
 
 /*
- * Read network options from adapter_config.json text (r, lora_alpha,
- * lora_dropout, target_modules, use_rslora, peft_type LORA), keeping the
- * other fields of opts.
+ * Read network options from adapter_config.json text: the method and its
+ * modules and hyper-parameters (peft_type LORA with use_dora/use_rslora/
+ * bias, IA3, BITFIT, BOTTLENECK, peft_pg_method), keeping the other
+ * fields of opts (task, labels, dropout of the base model, seed).
  */
 PeftCode	adapter_options_from_config(const char *json, size_t len,
 										NetworkOptions *opts, PeftError *err);
+
+/* The method name of options, e.g. "dora+bitfit". */
+const char *adapter_method_name(const NetworkOptions *o, char *buf, size_t len);
+
+/* Parse "lora", "dora", "ia3", "bitfit", "adapter" or an "a+b" combination into PEFT_METHOD_* bits. */
+PeftCode	adapter_parse_method(const char *name, unsigned *methods, PeftError *err);
 
 #endif

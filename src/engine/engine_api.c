@@ -96,6 +96,7 @@ static const PeftEngineApi engine_api = {
 	.embed = session_embed,
 	.predict = session_predict,
 	.check_targets = session_check_targets,
+	.parse_method = session_parse_method,
 	.train_config_default = session_train_config_default,
 	.train_begin = session_train_begin,
 	.train_add_row = session_train_add_row,

@@ -68,6 +68,16 @@ typedef enum PeftPrecision
 	PEFT_PRECISION_BF16
 } PeftPrecision;
 
+/*
+ * Adapter methods, combinable as "a+b" (one of LoRA, DoRA, (IA)^3, with
+ * BitFit and/or bottleneck adapters): bits of PeftTrainConfig.methods.
+ */
+#define PEFT_METHOD_LORA		0x01
+#define PEFT_METHOD_DORA		0x02	/* LoRA with a magnitude vector */
+#define PEFT_METHOD_IA3			0x04
+#define PEFT_METHOD_BITFIT		0x08
+#define PEFT_METHOD_ADAPTER		0x10	/* bottleneck adapters */
+
 /* Settings of inference (embed, predict) in this process; see configure. */
 typedef struct PeftEngineSettings
 {
@@ -109,6 +119,12 @@ typedef struct PeftTrainConfig
 	size_t		memory_limit;	/* bytes of tokenised data, 0 = none */
 	PeftDevice	device;
 	PeftPrecision precision;
+	unsigned	methods;		/* PEFT_METHOD_* bits; 0 reads as LoRA */
+	/* (IA)^3: target_modules above; these scale their input (PEFT's feedforward_modules) */
+	const char *feedforward_modules[16];
+	int			num_feedforward;
+	int			reduction_factor;	/* bottleneck width = hidden / this */
+	bool		houlsby;		/* adapters after attention too (else Pfeiffer: ffn only) */
 } PeftTrainConfig;
 
 /* One optimizer step's report. */
@@ -187,6 +203,9 @@ typedef struct PeftEngineApi
 
 	/* Check target_modules names against the BERT linear layers. */
 	PeftCode	(*check_targets) (const char *const *names, int count, PeftError *err);
+
+	/* Parse a method name ("lora", "dora", "ia3", "bitfit", "adapter", or "a+b"). */
+	PeftCode	(*parse_method) (const char *name, unsigned *methods, PeftError *err);
 
 	/* Defaults of a training run. */
 	void		(*train_config_default) (PeftTrainConfig *config);

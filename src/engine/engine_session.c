@@ -310,9 +310,11 @@ session_train_config_default(PeftTrainConfig *c)
 	c->r = 8;
 	c->lora_alpha = 16;
 	c->lora_dropout = 0.1;
-	c->target_modules[0] = "query";
-	c->target_modules[1] = "value";
-	c->num_targets = 2;
+	/* no targets: the method's defaults (session_network_options) */
+	c->num_targets = 0;
+	c->num_feedforward = -1;
+	c->methods = PEFT_METHOD_LORA;
+	c->reduction_factor = 16;
 	c->epochs = t.epochs;
 	c->batch_size = t.batch_size;
 	c->gradient_accumulation_steps = t.grad_accum;
@@ -327,6 +329,80 @@ session_train_config_default(PeftTrainConfig *c)
 	c->seed = t.seed;
 	c->device = PEFT_DEVICE_AUTO;
 	c->precision = PEFT_PRECISION_FP32;
+}
+
+/* Parse "lora", "dora", "ia3", "bitfit", "adapter" or a "+" combination of them. */
+PeftCode
+session_parse_method(const char *name, unsigned *methods, PeftError *err)
+{
+	return adapter_parse_method(name, methods, err);
+}
+
+/*
+ * Network options of a training configuration: the methods' modules
+ * (defaults as PEFT's for BERT: LoRA on query and value; (IA)^3 on key,
+ * value and output.dense, output.dense as feed-forward), dropout and seed.
+ */
+PeftCode
+session_network_options(const PeftTrainConfig *c, const BertModel *bert, NetworkOptions *o,
+						PeftError *err)
+{
+	static const char *const lora_default[] = {"query", "value"};
+	static const char *const ia3_default[] = {"key", "value", "output.dense"};
+	static const char *const ff_default[] = {"output.dense"};
+	unsigned	m = c->methods ? c->methods : PEFT_METHOD_LORA;
+	bool		ia3 = (m & PEFT_METHOD_IA3) != 0;
+	bool		targets[BERT_NUM_LINEAR] = {0};
+	PeftCode	rc;
+
+	memset(o, 0, sizeof(*o));
+	if (m & (PEFT_METHOD_LORA | PEFT_METHOD_DORA | PEFT_METHOD_IA3))
+	{
+		if (c->num_targets > 0)
+			rc = lora_parse_targets(targets, c->target_modules, c->num_targets, err);
+		else if (ia3)
+			rc = lora_parse_targets(targets, ia3_default, 3, err);
+		else
+			rc = lora_parse_targets(targets, lora_default, 2, err);
+		if (rc != PEFT_OK)
+			return rc;
+	}
+	if (ia3)
+	{
+		bool		ff[BERT_NUM_LINEAR] = {0};
+
+		memcpy(o->ia3.targets, targets, sizeof(targets));
+		if (c->num_feedforward > 0)
+			rc = lora_parse_targets(ff, c->feedforward_modules, c->num_feedforward, err);
+		else if (c->num_feedforward < 0)
+			rc = lora_parse_targets(ff, ff_default, 1, err);
+		else
+			rc = PEFT_OK;
+		if (rc != PEFT_OK)
+			return rc;
+		/* the default keeps only the feed-forward modules that are targets */
+		for (int w = 0; w < BERT_NUM_LINEAR; w++)
+			o->ia3.feedforward[w] = ff[w] && (targets[w] || c->num_feedforward > 0);
+	}
+	else
+		memcpy(o->lora.targets, targets, sizeof(targets));
+	o->dora = (m & PEFT_METHOD_DORA) != 0;
+	o->bitfit = (m & PEFT_METHOD_BITFIT) != 0;
+	if (m & PEFT_METHOD_ADAPTER)
+	{
+		o->bottleneck.reduction = c->reduction_factor;
+		o->bottleneck.after_attention = c->houlsby;
+		o->bottleneck.after_ffn = true;
+	}
+	o->lora.r = c->r;
+	o->lora.alpha = c->lora_alpha;
+	o->lora.dropout = c->lora_dropout;
+	o->lora.rslora = c->use_rslora;
+	o->task = c->task == PEFT_TASK_REGRESSION ? TASK_REGRESSION : TASK_CLASSIFICATION;
+	o->hidden_dropout = c->hidden_dropout >= 0 ? c->hidden_dropout : bert->cfg.hidden_dropout;
+	o->attention_dropout = c->hidden_dropout >= 0 ? c->hidden_dropout : bert->cfg.attention_dropout;
+	o->seed = c->seed;
+	return PEFT_OK;
 }
 
 /* Start a run: check what can be checked before any row arrives. */
@@ -346,18 +422,7 @@ session_train_begin(PeftModelHandle *model, const PeftTrainConfig *config,
 	job->config = *config;
 	job->data.memory_limit = config->memory_limit;
 	o = &job->options;
-	o->lora.r = config->r;
-	o->lora.alpha = config->lora_alpha;
-	o->lora.dropout = config->lora_dropout;
-	o->lora.rslora = config->use_rslora;
-	o->task = config->task == PEFT_TASK_REGRESSION ? TASK_REGRESSION : TASK_CLASSIFICATION;
-	o->hidden_dropout = config->hidden_dropout >= 0 ? config->hidden_dropout
-		: model->bert->cfg.hidden_dropout;
-	o->attention_dropout = config->hidden_dropout >= 0 ? config->hidden_dropout
-		: model->bert->cfg.attention_dropout;
-	o->seed = config->seed;
-	if ((rc = lora_parse_targets(o->lora.targets, config->target_modules,
-								 config->num_targets, err)) != PEFT_OK)
+	if ((rc = session_network_options(config, model->bert, o, err)) != PEFT_OK)
 	{
 		free(job);
 		return rc;

@@ -131,6 +131,22 @@ struct NetworkActivations
 	real	   *dora_w;			/* [max out * in] W + s B A */
 };
 
+/*
+ * network_merge's result: host copies of the weights and biases of the
+ * linears an adapter was folded into (NULL where untouched), and their
+ * copies in the backend while bound.
+ */
+struct MergedWeights
+{
+	int			L;
+	real	  **qkv_weight;		/* [L]: [3C, C] when any of q, k, v was merged */
+	real	  **qkv_bias;		/* [L]: [3C] */
+	real	  *(*weight)[BERT_NUM_LINEAR];	/* [L][w]: [out, in] of the other linears */
+	real	  *(*bias)[BERT_NUM_LINEAR];
+	void	  **device;			/* backend buffers of the bound copy */
+	int			ndevice;
+};
+
 /* ---- target modules ------------------------------------------------------ */
 
 /*
@@ -261,11 +277,16 @@ declare_layer(Network *net, int l, PeftError *err)
 	bool		ok = true;
 
 	memset(lp, 0xff, sizeof(*lp));	/* every index -1 */
-	/* BitFit: q, k, v biases first and adjacent, so the fused product can use them */
+	/*
+	 * BitFit: q, k, v biases first and adjacent, so the fused product can
+	 * use them; named as PEFT's LoRA bias "all" saves them (a LoRA-wrapped
+	 * linear's bias is its base_layer's).
+	 */
 	for (int w = 0; o->bitfit && w < BERT_NUM_LINEAR; w++)
 	{
 		bert_linear_path(path, sizeof(path), l, w);
-		ok &= (lp->bias[w] = declare(net, path, "bias", 1, layer->linear[w].out, 0, err)) >= 0;
+		ok &= (lp->bias[w] = declare(net, path, o->lora.targets[w] ? "base_layer.bias" : "bias",
+									 1, layer->linear[w].out, 0, err)) >= 0;
 	}
 	for (int w = 0; w < BERT_NUM_LINEAR; w++)
 	{
@@ -447,6 +468,10 @@ network_create(const BertModel *base, const NetworkOptions *opts,
 
 /* ---- buffers in the backend ---------------------------------------------- */
 
+static bool merges(const Network *net, int l, int w);
+static void merged_free(MergedWeights *mw);
+static PeftCode bind_merged(Network *net, PeftError *err);
+
 /* Drop every activation pointer; free them too when release (else they are already gone). */
 static void
 acts_drop(Network *net, bool release)
@@ -479,9 +504,20 @@ device_drop(Network *net, bool release)
 {
 	if (net->act)
 		acts_drop(net, release);
-	if (net->weights && release)
-		net->be->ops->weights_release(net->be, net->weights);
-	net->weights = NULL;
+	if (net->merged)
+	{
+		for (int i = 0; release && i < net->merged->ndevice; i++)
+			net->be->ops->release(net->be, net->merged->device[i]);
+		net->merged->ndevice = 0;
+		if (net->weights != net->shared_weights && net->weights != NULL)
+		{
+			free(net->weights->layers);
+			free(net->weights);
+		}
+	}
+	if (net->shared_weights && release)
+		net->be->ops->weights_release(net->be, net->shared_weights);
+	net->weights = net->shared_weights = NULL;
 	if (!net->be->host_memory && release)
 	{
 		net->be->ops->release(net->be, net->dp.values);
@@ -518,6 +554,73 @@ net_leave(Network *net, PeftCode rc, PeftError *err)
 	return rc == PEFT_OK ? brc : rc;
 }
 
+/* A copy of n reals of host in the backend's memory, remembered with the merged weights. */
+static const real *
+merged_buffer(Network *net, const real *host, size_t n)
+{
+	MergedWeights *mw = net->merged;
+	void	   *p;
+
+	if (net->be->host_memory)
+		return host;
+	p = net->be->ops->alloc(net->be, n * sizeof(real));
+	if (p == NULL)
+		return NULL;
+	mw->device[mw->ndevice++] = p;
+	net->be->ops->upload(net->be, p, host, n * sizeof(real));
+	return p;
+}
+
+/*
+ * The weights table of a merged network: the shared base weights, with the
+ * merged linears pointing at the merged copies in the backend's memory.
+ */
+static PeftCode
+bind_merged(Network *net, PeftError *err)
+{
+	const ModelConfig *cfg = &net->base->cfg;
+	MergedWeights *mw = net->merged;
+	ModelWeights *own = calloc(1, sizeof(ModelWeights));
+	LayerWeights *layers = calloc(cfg->num_layers, sizeof(LayerWeights));
+	size_t		C = cfg->hidden_size;
+
+	if (mw->device == NULL)
+		mw->device = calloc((size_t) cfg->num_layers * 2 * (BERT_NUM_LINEAR + 1), sizeof(void *));
+	if (own == NULL || layers == NULL || mw->device == NULL)
+	{
+		free(layers);
+		free(own);
+		return peft_fail(err, PEFT_ERR_NOMEM, "out of memory for merged weights");
+	}
+	*own = *net->shared_weights;
+	own->layers = memcpy(layers, net->shared_weights->layers, cfg->num_layers * sizeof(LayerWeights));
+	net->weights = own;			/* device_drop frees it, whatever happens below */
+	for (int l = 0; l < cfg->num_layers; l++)
+	{
+		LayerWeights *lw = &own->layers[l];
+
+		if (mw->qkv_weight[l])
+		{
+			lw->qkv_weight = merged_buffer(net, mw->qkv_weight[l], 3 * C * C);
+			lw->qkv_bias = merged_buffer(net, mw->qkv_bias[l], 3 * C);
+			for (int w = BERT_QUERY; w <= BERT_VALUE && lw->qkv_weight && lw->qkv_bias; w++)
+			{
+				lw->weight[w] = lw->qkv_weight + (size_t) w * C * C;
+				lw->bias[w] = lw->qkv_bias + (size_t) w * C;
+			}
+		}
+		for (int w = BERT_ATTN_OUT; w < BERT_NUM_LINEAR; w++)
+			if (mw->weight[l][w])
+			{
+				const BertLinearWeights *lin = &net->base->layers[l].linear[w];
+
+				lw->weight[w] = merged_buffer(net, mw->weight[l][w], (size_t) lin->out * lin->in);
+				lw->bias[w] = merged_buffer(net, mw->bias[l][w], lin->out);
+			}
+	}
+	return backend_check(net->be, err);
+}
+
 /* Make sure the base weights and the parameters are in the backend's memory. */
 static PeftCode
 bind_device(Network *net, PeftError *err)
@@ -527,9 +630,14 @@ bind_device(Network *net, PeftError *err)
 	size_t		bytes = ps->total * sizeof(real);
 	PeftCode	rc;
 
-	if (net->weights == NULL &&
-		(rc = be->ops->weights_acquire(be, net->base, &net->weights, err)) != PEFT_OK)
-		return rc;
+	if (net->shared_weights == NULL)
+	{
+		if ((rc = be->ops->weights_acquire(be, net->base, &net->shared_weights, err)) != PEFT_OK)
+			return rc;
+		net->weights = net->shared_weights;
+		if (net->merged && (rc = bind_merged(net, err)) != PEFT_OK)
+			return rc;
+	}
 	if (net->dp_bound)
 		return PEFT_OK;
 	if (be->host_memory)
@@ -604,6 +712,7 @@ network_free(Network *net)
 		free(net->act);
 	}
 	paramset_free(&net->params);
+	merged_free(net->merged);
 	free(net->lp);
 	free(net);
 }
@@ -1130,6 +1239,8 @@ output_adapters(Network *net, LayerActs *la, int l, BertLinear w, real *out, int
 	const BertLinearWeights *lin = &net->base->layers[l].linear[w];
 	int			ia3 = net->lp[l].ia3[w];
 
+	if (net->merged)
+		return;					/* folded into the weights */
 	if (ia3 >= 0 && !net->opts.ia3.feedforward[w])
 	{
 		if (train)
@@ -1147,6 +1258,9 @@ linear_bias(const Network *net, int l, BertLinear w)
 {
 	int			i = net->lp[l].bias[w];
 
+	/* a merged linear's bias already holds BitFit's value, scaled where (IA)^3 was folded in */
+	if (net->merged && merges(net, l, w))
+		return net->weights->layers[l].bias[w];
 	return i >= 0 ? dvalue(net, i) : net->weights->layers[l].bias[w];
 }
 
@@ -1161,7 +1275,7 @@ adapted_linear_forward(Network *net, LayerActs *la, int l, BertLinear w,
 	const real *xin = x;
 
 	/* (IA)^3 feed-forward: the input is scaled, column by column */
-	if (ia3 >= 0 && net->opts.ia3.feedforward[w])
+	if (ia3 >= 0 && net->opts.ia3.feedforward[w] && !net->merged)
 	{
 		net->be->ops->colscale(net->be, la->ia3_in[w], lin->in, x, lin->in, dvalue(net, ia3),
 							   0, 1, false, N, lin->in);
@@ -1178,8 +1292,12 @@ qkv_forward(Network *net, LayerActs *la, int l, const real *x, int N, bool train
 {
 	size_t		C = net->base->cfg.hidden_size;
 	const LayerWeights *lw = &net->weights->layers[l];
-	/* BitFit declares the q, k, v biases adjacent: together they are the fused bias */
-	const real *bias = net->lp[l].bias[BERT_QUERY] >= 0 ?
+	/*
+	 * BitFit declares the q, k, v biases adjacent: together they are the
+	 * fused bias; a merged block has its own, BitFit's values included.
+	 */
+	const real *bias = net->lp[l].bias[BERT_QUERY] >= 0 &&
+		!(net->merged && net->merged->qkv_weight[l]) ?
 		dvalue(net, net->lp[l].bias[BERT_QUERY]) : lw->qkv_bias;
 
 	net->be->ops->linear(net->be, la->qkv, 3 * C, x, C, lw->qkv_weight, bias, N, C, 3 * C);
@@ -1642,6 +1760,8 @@ backward_locked(Network *net, const Batch *b, real loss_scale, PeftError *err)
 
 	if (act == NULL || !act->train_layout || act->last == NULL || K < 1 || !net->dp_bound)
 		return peft_fail(err, PEFT_ERR_INTERNAL, "backward without a training forward");
+	if (net->merged)
+		return peft_fail(err, PEFT_ERR_INVALID, "a merged network cannot be trained");
 	if (b->B != act->B)
 		return peft_fail(err, PEFT_ERR_INTERNAL, "backward of another batch than the forward's");
 
@@ -1799,4 +1919,166 @@ network_hidden_states(Network *net, const Batch *b, real *hidden, PeftError *err
 		}
 	}
 	return net_leave(net, rc, err);
+}
+
+/* ---- merging ------------------------------------------------------------- */
+
+/* Whether linear w of layer l has an adapter that merging folds in. */
+static bool
+merges(const Network *net, int l, int w)
+{
+	return net->lp[l].lora[w][0] >= 0 || net->lp[l].ia3[w] >= 0;
+}
+
+/*
+ * out[o, :] = the merged weight of linear w (W's rows at src, stride in)
+ * and bout[o] its bias, in double then rounded once:
+ *   LoRA  W + s B A;   DoRA  diag(m / ||W + s B A||) (W + s B A);
+ *   (IA)^3 diag(l) W, l b (output) or W diag(l) (feed-forward).
+ */
+static void
+merge_linear(const Network *net, int l, int w, const real *W, const real *b, real *out, real *bout)
+{
+	const BertLinearWeights *lin = &net->base->layers[l].linear[w];
+	const LayerParams *lp = &net->lp[l];
+	const ParamSet *ps = &net->params;
+	int			in = lin->in;
+	int			r = net->opts.lora.r;
+	double	   *row = malloc(sizeof(double) * in);
+
+	for (int o = 0; o < lin->out; o++)
+	{
+		double		scale = 1;
+		double		bias = lp->bias[w] >= 0 ? param_value(ps, lp->bias[w])[o] : b[o];
+
+		for (int i = 0; i < in; i++)
+			row[i] = W[(size_t) o * in + i];
+		if (lp->lora[w][0] >= 0)
+		{
+			const real *A = param_value(ps, lp->lora[w][0]);
+			const real *Bm = param_value(ps, lp->lora[w][1]);
+
+			for (int i = 0; i < in; i++)
+			{
+				double		ba = 0;
+
+				for (int k = 0; k < r; k++)
+					ba += (double) Bm[(size_t) o * r + k] * A[(size_t) k * in + i];
+				row[i] += net->scaling * ba;
+			}
+			if (lp->dora[w] >= 0)
+			{
+				double		norm = 0;
+
+				for (int i = 0; i < in; i++)
+					norm += row[i] * row[i];
+				scale = param_value(ps, lp->dora[w])[o] / sqrt(norm);
+			}
+		}
+		if (lp->ia3[w] >= 0 && !net->opts.ia3.feedforward[w])
+		{
+			scale = param_value(ps, lp->ia3[w])[o];
+			bias *= scale;
+		}
+		for (int i = 0; i < in; i++)
+		{
+			double		v = row[i] * scale;
+
+			if (lp->ia3[w] >= 0 && net->opts.ia3.feedforward[w])
+				v *= param_value(ps, lp->ia3[w])[i];
+			out[(size_t) o * in + i] = (real) v;
+		}
+		bout[o] = (real) bias;
+	}
+	free(row);
+}
+
+/* Free the host copies of merged weights. */
+static void
+merged_free(MergedWeights *mw)
+{
+	if (mw == NULL)
+		return;
+	for (int l = 0; l < mw->L; l++)
+	{
+		free(mw->qkv_weight[l]);
+		free(mw->qkv_bias[l]);
+		for (int w = 0; w < BERT_NUM_LINEAR; w++)
+		{
+			free(mw->weight[l][w]);
+			free(mw->bias[l][w]);
+		}
+	}
+	free(mw->qkv_weight);
+	free(mw->qkv_bias);
+	free(mw->weight);
+	free(mw->bias);
+	free(mw->device);
+	free(mw);
+}
+
+/* Fold LoRA, DoRA and (IA)^3 into private copies of the weights they touch. */
+PeftCode
+network_merge(Network *net, PeftError *err)
+{
+	const BertModel *m = net->base;
+	int			L = m->cfg.num_layers;
+	size_t		C = m->cfg.hidden_size;
+	MergedWeights *mw;
+	PeftCode	rc;
+
+	if (net->merged)
+		return PEFT_OK;
+	if ((rc = network_params_fetch(net, err)) != PEFT_OK)
+		return rc;
+	mw = calloc(1, sizeof(MergedWeights));
+	if (mw == NULL || (mw->qkv_weight = calloc(L, sizeof(real *))) == NULL ||
+		(mw->qkv_bias = calloc(L, sizeof(real *))) == NULL ||
+		(mw->weight = calloc(L, sizeof(*mw->weight))) == NULL ||
+		(mw->bias = calloc(L, sizeof(*mw->bias))) == NULL)
+		goto oom;
+	mw->L = L;
+	for (int l = 0; l < L; l++)
+	{
+		if (merges(net, l, BERT_QUERY) || merges(net, l, BERT_KEY) || merges(net, l, BERT_VALUE))
+		{
+			mw->qkv_weight[l] = malloc(sizeof(real) * 3 * C * C);
+			mw->qkv_bias[l] = malloc(sizeof(real) * 3 * C);
+			if (mw->qkv_weight[l] == NULL || mw->qkv_bias[l] == NULL)
+				goto oom;
+			memcpy(mw->qkv_weight[l], m->qkv_weight + (size_t) l * 3 * C * C, sizeof(real) * 3 * C * C);
+			for (int w = BERT_QUERY; w <= BERT_VALUE; w++)
+			{
+				const LayerParams *lp = &net->lp[l];
+
+				/* every slice's bias: BitFit's where trained (merged or not), else the model's */
+				memcpy(mw->qkv_bias[l] + w * C,
+					   lp->bias[w] >= 0 ? param_value(&net->params, lp->bias[w]) : m->layers[l].linear[w].bias,
+					   sizeof(real) * C);
+				if (merges(net, l, w))
+					merge_linear(net, l, w, m->layers[l].linear[w].weight, m->layers[l].linear[w].bias,
+								 mw->qkv_weight[l] + w * C * C, mw->qkv_bias[l] + w * C);
+			}
+		}
+		for (int w = BERT_ATTN_OUT; w < BERT_NUM_LINEAR; w++)
+		{
+			const BertLinearWeights *lin = &m->layers[l].linear[w];
+
+			if (!merges(net, l, w))
+				continue;
+			mw->weight[l][w] = malloc(sizeof(real) * lin->out * lin->in);
+			mw->bias[l][w] = malloc(sizeof(real) * lin->out);
+			if (mw->weight[l][w] == NULL || mw->bias[l][w] == NULL)
+				goto oom;
+			merge_linear(net, l, w, lin->weight, lin->bias, mw->weight[l][w], mw->bias[l][w]);
+		}
+	}
+	/* rebind: the next use builds the weights table with the merged copies */
+	net_enter(net);
+	device_drop(net, true);
+	net->merged = mw;
+	return net_leave(net, PEFT_OK, err);
+oom:
+	merged_free(mw);
+	return peft_fail(err, PEFT_ERR_NOMEM, "out of memory merging the adapter");
 }

@@ -106,6 +106,8 @@ typedef struct LayerParams
 	int			adapter[2][4];	/* bottleneck after attention / ffn: down W, b, up W, b */
 } LayerParams;
 
+typedef struct MergedWeights MergedWeights;
+
 typedef struct Network
 {
 	const BertModel *base;
@@ -122,7 +124,9 @@ typedef struct Network
 	/* where it computes: the CPU backend unless network_set_device says otherwise */
 	Backend    *be;
 	GemmPrecision precision;
-	ModelWeights *weights;		/* the base weights there; NULL until first used */
+	ModelWeights *weights;		/* the weights the ops read; NULL until first used */
+	ModelWeights *shared_weights;	/* the backend's shared copy of the base weights */
+	MergedWeights *merged;		/* network_merge's folded weights, or NULL */
 	DeviceParams dp;			/* the parameters there */
 	bool		dp_bound;		/* dp holds the current parameters */
 	bool		dp_newer;		/* dp changed since the host copy (training on a device) */
@@ -166,6 +170,14 @@ void		network_pin(Network *net, bool pin);
  * (B sequences of T tokens), so that its steps allocate nothing.
  */
 PeftCode	network_reserve(Network *net, int B, int T, bool train, PeftError *err);
+
+/*
+ * Fold LoRA, DoRA and (IA)^3 into private copies of the weights (and
+ * biases) they touch, as PEFT's merge_and_unload: the network then runs
+ * those linears as plain products.  BitFit biases, bottleneck adapters and
+ * the head stay as they are.  Inference only (backward refuses).
+ */
+PeftCode	network_merge(Network *net, PeftError *err);
 
 /* Zero every parameter gradient. */
 PeftCode	network_zero_grads(Network *net, PeftError *err);

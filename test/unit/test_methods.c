@@ -1,0 +1,210 @@
+/*
+ * test_methods.c - every adapter method on the tiny model: its
+ * adapter_config.json and weights round-trip (the network rebuilt from
+ * them computes the same outputs), and merging (LoRA, DoRA, (IA)^3 folded
+ * into the weights) gives the same outputs as the unmerged network.
+ */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "adapter_io.h"
+#include "engine_api.h"
+#include "network.h"
+#include "test_util.h"
+#include "tiny_model_fixture.h"
+
+#define NB 4
+#define NT 9
+
+/* Options of one method by name (as peft_train's method argument), 3 classes. */
+static NetworkOptions
+method_options(const char *method)
+{
+	NetworkOptions o = {0};
+	unsigned	bits = 0;
+	PeftError	err = {0};
+
+	assert_int_equal(adapter_parse_method(method, &bits, &err), PEFT_OK);
+	o.lora.r = 4;
+	o.lora.alpha = 8;
+	if (bits & (PEFT_METHOD_LORA | PEFT_METHOD_DORA))
+	{
+		/* "output.dense" names both dense outputs (suffix matching, as PEFT) */
+		o.lora.targets[BERT_QUERY] = o.lora.targets[BERT_VALUE] = true;
+		o.lora.targets[BERT_ATTN_OUT] = o.lora.targets[BERT_OUTPUT] = true;
+	}
+	o.dora = (bits & PEFT_METHOD_DORA) != 0;
+	if (bits & PEFT_METHOD_IA3)
+	{
+		o.ia3.targets[BERT_KEY] = o.ia3.targets[BERT_VALUE] = true;
+		o.ia3.targets[BERT_OUTPUT] = o.ia3.feedforward[BERT_OUTPUT] = true;
+		o.ia3.targets[BERT_ATTN_OUT] = o.ia3.feedforward[BERT_ATTN_OUT] = true;
+		o.ia3.targets[BERT_INTERMEDIATE] = true;
+	}
+	o.bitfit = (bits & PEFT_METHOD_BITFIT) != 0;
+	if (bits & PEFT_METHOD_ADAPTER)
+	{
+		o.bottleneck.reduction = 8;
+		o.bottleneck.after_attention = o.bottleneck.after_ffn = true;
+	}
+	o.task = TASK_CLASSIFICATION;
+	o.num_labels = 3;
+	o.seed = 5;
+	return o;
+}
+
+/* A network of method with every parameter moved off its initial value. */
+static Network *
+random_network(const char *method)
+{
+	NetworkOptions o = method_options(method);
+	Network    *net;
+	PeftError	err = {0};
+	PeftRng		rng;
+
+	assert_int_equal(network_create(model, &o, &net, &err), PEFT_OK);
+	peft_rng_seed(&rng, 17);
+	for (size_t j = 0; j < net->params.total; j++)
+		net->params.values[j] = net->params.values[j] * (real) (1 + 0.3 * (2 * peft_rng_uniform(&rng) - 1)) +
+			(real) (0.05 * (2 * peft_rng_uniform(&rng) - 1));
+	network_params_changed(net);
+	return net;
+}
+
+/* Eval-mode logits of a fixed batch with irregular lengths. */
+static void
+logits(Network *net, real *out)
+{
+	int32_t		ids[NB * NT], mask[NB * NT];
+	static const int len[NB] = {9, 3, 6, 1};
+	Batch		b = {NB, NT, ids, mask, NULL, NULL};
+	PeftError	err = {0};
+
+	for (int i = 0; i < NB; i++)
+		for (int t = 0; t < NT; t++)
+		{
+			mask[i * NT + t] = t < len[i];
+			ids[i * NT + t] = t < len[i] ? 5 + (i * 31 + t * 17) % 140 : 0;
+		}
+	assert_int_equal(network_forward(net, &b, false, out, NULL, &err), PEFT_OK);
+}
+
+/* Largest |a - b| over n values. */
+static double
+max_diff(const real *a, const real *b, int n)
+{
+	double		worst = 0;
+
+	for (int i = 0; i < n; i++)
+		worst = fmax(worst, fabs((double) a[i] - b[i]));
+	return worst;
+}
+
+/* Config and weights of every method rebuild a network with the same outputs. */
+static void
+test_round_trip(void **state)
+{
+	static const char *const methods[] = {
+		"lora", "dora", "ia3", "bitfit", "adapter", "lora+bitfit", "dora+bitfit+adapter",
+		"ia3+bitfit", "ia3+adapter"
+	};
+
+	for (size_t k = 0; k < sizeof(methods) / sizeof(methods[0]); k++)
+	{
+		Network    *net = random_network(methods[k]);
+		Network    *copy;
+		NetworkOptions o = {0};
+		char	   *config;
+		uint8_t    *bytes;
+		size_t		len;
+		real		a[NB * 3], b[NB * 3];
+		char		name[64];
+		PeftError	err = {0};
+
+		assert_int_equal(adapter_config_json(net, "tiny", &config, &err), PEFT_OK);
+		assert_int_equal(adapter_serialize(net, &bytes, &len, &err), PEFT_OK);
+		o.task = TASK_CLASSIFICATION;
+		o.num_labels = 3;
+		if (adapter_options_from_config(config, strlen(config), &o, &err) != PEFT_OK)
+			fail_msg("%s: %s\n%s", methods[k], err.message, config);
+		assert_string_equal(adapter_method_name(&o, name, sizeof(name)), methods[k]);
+		assert_int_equal(network_create(model, &o, &copy, &err), PEFT_OK);
+		if (adapter_load_weights(copy, bytes, len, &err) != PEFT_OK)
+			fail_msg("%s: %s", methods[k], err.message);
+		logits(net, a);
+		logits(copy, b);
+		print_message("%-22s %3d tensors, round trip max |diff| %.2e\n", methods[k],
+					  net->params.count, max_diff(a, b, NB * 3));
+		assert_true(max_diff(a, b, NB * 3) == 0);
+		free(config);
+		free(bytes);
+		network_free(net);
+		network_free(copy);
+	}
+}
+
+/* Merged LoRA, DoRA and (IA)^3 (with BitFit and bottleneck adapters beside) compute the same. */
+static void
+test_merge(void **state)
+{
+	static const char *const methods[] = {
+		"lora", "dora", "ia3", "lora+bitfit", "dora+bitfit+adapter", "ia3+bitfit"
+	};
+
+	for (size_t k = 0; k < sizeof(methods) / sizeof(methods[0]); k++)
+	{
+		Network    *net = random_network(methods[k]);
+		real		before[NB * 3], after[NB * 3];
+		PeftError	err = {0};
+		double		diff;
+
+		logits(net, before);
+		assert_int_equal(network_merge(net, &err), PEFT_OK);
+		logits(net, after);
+		diff = max_diff(before, after, NB * 3);
+		print_message("%-22s merged vs unmerged max |diff| %.2e\n", methods[k], diff);
+		assert_true(diff < 1e-5);
+		assert_true(max_diff(before, after, NB * 3) >= 0);
+		network_free(net);
+	}
+}
+
+/* A merged network refuses to train; a bad method name is an error. */
+static void
+test_merged_cannot_train_and_bad_methods(void **state)
+{
+	Network    *net = random_network("lora");
+	int32_t		ids[NT] = {2, 3, 4}, mask[NT] = {1, 1, 1}, labels[1] = {1};
+	Batch		b = {1, NT, ids, mask, labels, NULL};
+	double		loss;
+	unsigned	bits;
+	PeftError	err = {0};
+
+	assert_int_equal(network_merge(net, &err), PEFT_OK);
+	assert_int_equal(network_forward(net, &b, true, NULL, &loss, &err), PEFT_OK);
+	assert_int_equal(network_backward(net, &b, 1, &err), PEFT_ERR_INVALID);
+	network_free(net);
+	assert_int_equal(adapter_parse_method("lora+ia3", &bits, &err), PEFT_ERR_INVALID);
+	assert_int_equal(adapter_parse_method("lora+lora", &bits, &err), PEFT_ERR_INVALID);
+	assert_int_equal(adapter_parse_method("", &bits, &err), PEFT_ERR_INVALID);
+	assert_int_equal(adapter_parse_method("prefix", &bits, &err), PEFT_ERR_INVALID);
+	assert_int_equal(adapter_parse_method("bitfit+dora", &bits, &err), PEFT_OK);
+	assert_int_equal(bits, PEFT_METHOD_DORA | PEFT_METHOD_BITFIT);
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_round_trip),
+		cmocka_unit_test(test_merge),
+		cmocka_unit_test(test_merged_cannot_train_and_bad_methods),
+	};
+
+	return cmocka_run_group_tests(tests, tiny_setup, tiny_teardown);
+}
