@@ -86,6 +86,15 @@ typedef struct PeftEngineSettings
 	int			idle_release_seconds;	/* give the GPU back after this long unused; 0 never */
 } PeftEngineSettings;
 
+/* What an adapter's config and weights hold (filled by adapter_inspect). */
+typedef struct PeftAdapterInfo
+{
+	char		method[64];		/* e.g. "lora", "dora+bitfit" */
+	int			num_labels;		/* rows of the classifier head; 0: none */
+	int64_t		parameters;		/* trainable values */
+	int			rank;			/* LoRA r; 0 for other methods */
+} PeftAdapterInfo;
+
 typedef enum PeftSchedule
 {
 	PEFT_SCHEDULE_LINEAR,
@@ -190,6 +199,35 @@ typedef struct PeftEngineApi
 								 int num_labels, PeftAdapterHandle **out,
 								 PeftError *err);
 	void		(*adapter_close) (PeftAdapterHandle *adapter);
+
+	/*
+	 * Validate an adapter's config and weights over model completely (as
+	 * adapter_open would, the head's size read from the weights) and
+	 * describe it.
+	 */
+	PeftCode	(*adapter_inspect) (PeftModelHandle *model, const char *config,
+									size_t config_len, const uint8_t *weights,
+									size_t weights_len, PeftAdapterInfo *info,
+									PeftError *err);
+
+	/* Fold LoRA, DoRA and (IA)^3 into the weights of an open adapter. */
+	PeftCode	(*adapter_merge) (PeftAdapterHandle *adapter, PeftError *err);
+
+	/*
+	 * A weighted combination of n LoRA adapters over model, as PEFT's
+	 * add_weighted_adapter: "linear" (equal ranks; A = sum sign sqrt(|w s|)
+	 * A_i, B = sum sqrt(|w s|) B_i) or "cat" (ranks concatenated, A_i
+	 * scaled by w s); the result has r = lora_alpha = its rank.  With a
+	 * head of equal size in every source, the head is the weighted sum
+	 * of theirs; else none.  Outputs are freed with free_buffer.
+	 */
+	PeftCode	(*adapter_combine) (PeftModelHandle *model, int n,
+									const char *const *configs, const size_t *config_lens,
+									const uint8_t *const *weights, const size_t *weights_lens,
+									const double *factors, const char *combination,
+									const char *base_model, uint8_t **out_weights,
+									size_t *out_weights_len, char **out_config,
+									PeftError *err);
 
 	/* Sentence embeddings out[n, hidden] of texts, through adapter if not NULL. */
 	PeftCode	(*embed) (PeftModelHandle *model, PeftAdapterHandle *adapter,

@@ -10,6 +10,8 @@
 #include <string.h>
 
 #include "adapter_io.h"
+#include "combine.h"
+#include "safetensors.h"
 #include "bert.h"
 #include "dataset.h"
 #include "network.h"
@@ -156,6 +158,127 @@ session_adapter_open(PeftModelHandle *model, const char *config, size_t config_l
 	}
 	*out = a;
 	return PEFT_OK;
+}
+
+/* Rows of the classifier head in adapter weights (0: none), without validating the rest. */
+static PeftCode
+head_rows(const uint8_t *weights, size_t len, int *rows, PeftError *err)
+{
+	StFile	   *file;
+	PeftCode	rc;
+
+	*rows = 0;
+	if ((rc = st_open_buffer(weights, len, &file, err)) != PEFT_OK)
+		return rc;
+	for (int i = 0; i < file->ntensors; i++)
+		if (strcmp(file->tensors[i].name, "base_model.model.classifier.weight") == 0)
+		{
+			if (file->tensors[i].ndim != 2 || file->tensors[i].shape[0] < 1 ||
+				file->tensors[i].shape[0] > 100000)
+				rc = peft_fail(err, PEFT_ERR_FORMAT, "the classifier weight has a bad shape");
+			else
+				*rows = (int) file->tensors[i].shape[0];
+		}
+	st_close(file);
+	return rc;
+}
+
+/* A network of config and weights over model, the head's size taken from the weights. */
+static PeftCode
+network_from_bytes(PeftModelHandle *model, const char *config, size_t config_len,
+				   const uint8_t *weights, size_t weights_len, Network **out, PeftError *err)
+{
+	NetworkOptions opts = {0};
+	int			rows;
+	PeftCode	rc;
+
+	*out = NULL;
+	if ((rc = head_rows(weights, weights_len, &rows, err)) != PEFT_OK ||
+		(rc = adapter_options_from_config(config, config_len, &opts, err)) != PEFT_OK)
+		return rc;
+	opts.num_labels = rows;
+	opts.task = rows == 1 ? TASK_REGRESSION : TASK_CLASSIFICATION;
+	if ((rc = network_create(model->bert, &opts, out, err)) != PEFT_OK)
+		return rc;
+	if ((rc = adapter_load_weights(*out, weights, weights_len, err)) != PEFT_OK)
+	{
+		network_free(*out);
+		*out = NULL;
+	}
+	return rc;
+}
+
+/* Validate an adapter completely and describe it. */
+PeftCode
+session_adapter_inspect(PeftModelHandle *model, const char *config, size_t config_len,
+						const uint8_t *weights, size_t weights_len, PeftAdapterInfo *info,
+						PeftError *err)
+{
+	Network    *net;
+	PeftCode	rc;
+
+	memset(info, 0, sizeof(*info));
+	if ((rc = network_from_bytes(model, config, config_len, weights, weights_len, &net, err)) != PEFT_OK)
+		return rc;
+	adapter_method_name(&net->opts, info->method, sizeof(info->method));
+	info->num_labels = net->opts.num_labels;
+	info->parameters = (int64_t) net->params.total;
+	for (int w = 0; w < BERT_NUM_LINEAR; w++)
+		if (net->opts.lora.targets[w])
+			info->rank = net->opts.lora.r;
+	network_free(net);
+	return PEFT_OK;
+}
+
+/* Fold LoRA, DoRA and (IA)^3 into the adapter's weights. */
+PeftCode
+session_adapter_merge(PeftAdapterHandle *adapter, PeftError *err)
+{
+	return network_merge(adapter->net, err);
+}
+
+/* A weighted combination of LoRA adapters (PEFT's add_weighted_adapter). */
+PeftCode
+session_adapter_combine(PeftModelHandle *model, int n, const char *const *configs,
+						const size_t *config_lens, const uint8_t *const *weights,
+						const size_t *weights_lens, const double *factors,
+						const char *combination, const char *base_model,
+						uint8_t **out_weights, size_t *out_weights_len, char **out_config,
+						PeftError *err)
+{
+	Network   **src;
+	Network    *net = NULL;
+	bool		cat;
+	PeftCode	rc = PEFT_OK;
+
+	*out_weights = NULL;
+	*out_config = NULL;
+	if (strcmp(combination, "linear") != 0 && strcmp(combination, "cat") != 0)
+		return peft_fail(err, PEFT_ERR_INVALID,
+						 "combination \"%s\" is not supported (linear or cat)", combination);
+	cat = strcmp(combination, "cat") == 0;
+	if (n < 1 || n > 64)
+		return peft_fail(err, PEFT_ERR_INVALID, "combine between 1 and 64 adapters, not %d", n);
+	src = calloc(n, sizeof(Network *));
+	if (src == NULL)
+		return peft_fail(err, PEFT_ERR_NOMEM, "out of memory combining adapters");
+	for (int i = 0; i < n && rc == PEFT_OK; i++)
+		rc = network_from_bytes(model, configs[i], config_lens[i], weights[i], weights_lens[i],
+								&src[i], err);
+	if (rc == PEFT_OK)
+		rc = combine_lora(model->bert, src, n, factors, cat, &net, err);
+	if (rc == PEFT_OK && (rc = adapter_serialize(net, out_weights, out_weights_len, err)) == PEFT_OK)
+		rc = adapter_config_json(net, base_model, out_config, err);
+	if (rc != PEFT_OK)
+	{
+		free(*out_weights);
+		*out_weights = NULL;
+	}
+	network_free(net);
+	for (int i = 0; i < n; i++)
+		network_free(src[i]);
+	free(src);
+	return rc;
 }
 
 /* Release an adapter (NULL allowed). */

@@ -25,6 +25,18 @@ PeftCode	session_adapter_open(PeftModelHandle *model, const char *config,
 								 int num_labels, PeftAdapterHandle **out,
 								 PeftError *err);
 void		session_adapter_close(PeftAdapterHandle *adapter);
+PeftCode	session_adapter_inspect(PeftModelHandle *model, const char *config,
+									size_t config_len, const uint8_t *weights,
+									size_t weights_len, PeftAdapterInfo *info,
+									PeftError *err);
+PeftCode	session_adapter_merge(PeftAdapterHandle *adapter, PeftError *err);
+PeftCode	session_adapter_combine(PeftModelHandle *model, int n,
+									const char *const *configs, const size_t *config_lens,
+									const uint8_t *const *weights, const size_t *weights_lens,
+									const double *factors, const char *combination,
+									const char *base_model, uint8_t **out_weights,
+									size_t *out_weights_len, char **out_config,
+									PeftError *err);
 PeftCode	session_embed(PeftModelHandle *model, PeftAdapterHandle *adapter,
 						  const char *const *texts, const size_t *lengths,
 						  int n, int max_length, float *out, PeftError *err);

@@ -13,6 +13,7 @@
 #include <cmocka.h>
 
 #include "adapter_io.h"
+#include "combine.h"
 #include "engine_api.h"
 #include "network.h"
 #include "test_util.h"
@@ -197,6 +198,48 @@ test_merged_cannot_train_and_bad_methods(void **state)
 	assert_int_equal(bits, PEFT_METHOD_DORA | PEFT_METHOD_BITFIT);
 }
 
+/*
+ * Combinations as PEFT's add_weighted_adapter: weights (1, 0) give the
+ * first adapter back (cat and linear); cat of (0.5, 0.5) gives half the
+ * sum of the two LoRA updates (checked through merged weights).
+ */
+static void
+test_combine(void **state)
+{
+	Network    *a = random_network("lora");
+	Network    *b;
+	Network    *src[2];
+	Network    *c;
+	real		want[NB * 3], got[NB * 3];
+	double		w10[2] = {1, 0};
+	PeftError	err = {0};
+	NetworkOptions o = method_options("lora");
+
+	o.lora.r = 2;				/* cat mixes ranks */
+	o.seed = 99;
+	assert_int_equal(network_create(model, &o, &b, &err), PEFT_OK);
+	for (size_t j = 0; j < b->params.total; j++)
+		b->params.values[j] += (real) (0.01 * ((j % 11) - 5));
+	src[0] = a;
+	src[1] = b;
+	logits(a, want);
+	assert_int_equal(combine_lora(model, src, 2, w10, true, &c, &err), PEFT_OK);
+	assert_int_equal(c->opts.lora.r, 6);
+	logits(c, got);
+	print_message("cat (1, 0): max |diff| %.2e\n", max_diff(got, want, NB * 3));
+	assert_true(max_diff(got, want, NB * 3) < 1e-5);
+	network_free(c);
+	assert_int_equal(combine_lora(model, src, 2, w10, false, &c, &err), PEFT_ERR_INVALID);
+	src[1] = a;
+	assert_int_equal(combine_lora(model, src, 2, w10, false, &c, &err), PEFT_OK);
+	logits(c, got);
+	print_message("linear (1, 0): max |diff| %.2e\n", max_diff(got, want, NB * 3));
+	assert_true(max_diff(got, want, NB * 3) < 1e-5);
+	network_free(c);
+	network_free(a);
+	network_free(b);
+}
+
 int
 main(void)
 {
@@ -204,6 +247,7 @@ main(void)
 		cmocka_unit_test(test_round_trip),
 		cmocka_unit_test(test_merge),
 		cmocka_unit_test(test_merged_cannot_train_and_bad_methods),
+		cmocka_unit_test(test_combine),
 	};
 
 	return cmocka_run_group_tests(tests, tiny_setup, tiny_teardown);
