@@ -121,11 +121,24 @@ GetModel(const char *name)
 	return slot;
 }
 
-/* Read and validate the active version of an adapter into slot. */
+/* The engine handle of a registered model (loaded and cached in this backend). */
+PeftModelHandle *
+PeftModelFor(const char *name)
+{
+	return GetModel(name)->handle;
+}
+
+/*
+ * Read and validate the active version of an adapter into slot; merged
+ * folds LoRA, DoRA and (IA)^3 into the weights (peft_merge).  An
+ * embedding adapter (imported without a head) has no labels.
+ */
 static void
 LoadAdapter(CachedAdapter *slot, const char *name, int version, const char *row_version,
-			const char *model_name, bool regression, ArrayType *labels)
+			const char *model_name, const char *task, ArrayType *labels, bool merged)
 {
+	bool		regression = strcmp(task, "regression") == 0;
+	bool		embedding = strcmp(task, "embedding") == 0;
 	Oid			types[2] = {TEXTOID, INT4OID};
 	Datum		values[2] = {CStringGetTextDatum(name), Int32GetDatum(version)};
 	bool		isnull;
@@ -147,7 +160,7 @@ LoadAdapter(CachedAdapter *slot, const char *name, int version, const char *row_
 	weights = DatumGetByteaPP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
 	if (labels)
 		deconstruct_array(labels, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &nelems);
-	if (!regression && nelems < 2)
+	if (!regression && !embedding && nelems < 2)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATA_CORRUPTED),
 				 errmsg("adapter \"%s\" version %d has fewer than two labels", name, version)));
@@ -156,8 +169,12 @@ LoadAdapter(CachedAdapter *slot, const char *name, int version, const char *row_
 								   (const uint8_t *) VARDATA_ANY(weights),
 								   VARSIZE_ANY_EXHDR(weights),
 								   regression ? PEFT_TASK_REGRESSION : PEFT_TASK_CLASSIFICATION,
-								   regression ? 1 : nelems, &slot->handle, &err) != PEFT_OK)
+								   regression ? 1 : embedding ? 0 : nelems, &slot->handle,
+								   &err) != PEFT_OK ||
+		(merged && PeftEngine()->adapter_merge(slot->handle, &err) != PEFT_OK))
 	{
+		if (slot->handle)
+			PeftEngine()->adapter_close(slot->handle);
 		slot->handle = NULL;
 		ereport(ERROR,
 				(errcode(err.code == PEFT_ERR_NOMEM ? ERRCODE_OUT_OF_MEMORY : ERRCODE_DATA_CORRUPTED),
@@ -169,7 +186,7 @@ LoadAdapter(CachedAdapter *slot, const char *name, int version, const char *row_
 	strlcpy(slot->row_version, row_version, sizeof(slot->row_version));
 	slot->model = model;
 	slot->regression = regression;
-	slot->nlabels = regression ? 0 : nelems;
+	slot->nlabels = regression || embedding ? 0 : nelems;
 	slot->labels = slot->nlabels ? palloc(sizeof(char *) * nelems) : NULL;
 	for (int i = 0; i < slot->nlabels; i++)
 		slot->labels[i] = nulls[i] ? pstrdup("") : TextDatumGetCString(elems[i]);
@@ -186,12 +203,13 @@ GetActiveAdapter(const char *name)
 	int			version;
 	char	   *row_version;
 	char	   *model_name;
-	bool		regression;
+	char	   *task;
+	bool		merged;
 	ArrayType  *labels;
 	Datum		d;
 	CachedAdapter *slot = NULL;
 
-	if (SPI_execute_with_args("SELECT version, xmin::text, base_model, task = 'regression', labels "
+	if (SPI_execute_with_args("SELECT version, xmin::text, base_model, task, labels, merged "
 							  "FROM peft.adapters WHERE name = $1 AND active",
 							  1, types, values, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read peft.adapters");
@@ -203,9 +221,10 @@ GetActiveAdapter(const char *name)
 	version = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	row_version = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
 	model_name = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3);
-	regression = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull));
+	task = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4);
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5, &isnull);
 	labels = isnull ? NULL : DatumGetArrayTypePCopy(d);
+	merged = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 6, &isnull));
 
 	for (int i = 0; i < MAX_CACHED_ADAPTERS; i++)
 	{
@@ -234,7 +253,7 @@ GetActiveAdapter(const char *name)
 			slot = &adapters[i];
 	if (slot->handle)
 		DropCachedAdapter(slot);
-	LoadAdapter(slot, name, version, row_version, model_name, regression, labels);
+	LoadAdapter(slot, name, version, row_version, model_name, task, labels, merged);
 	slot->last_used = ++use_clock;
 	return slot;
 }

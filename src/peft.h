@@ -14,6 +14,9 @@ extern int	peft_device;		/* PeftDevice */
 extern int	peft_precision;		/* PeftPrecision */
 extern int	peft_device_idle_release;	/* seconds */
 
+/* inference.c: the engine handle of a registered model, loaded in this backend */
+extern PeftModelHandle *PeftModelFor(const char *name);
+
 /* engine_loader.c */
 extern const PeftEngineApi *PeftEngine(void);
 extern bool PeftEngineLoaded(void);

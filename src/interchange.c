@@ -1,0 +1,395 @@
+/*
+ * interchange.c - adapters in and out of the catalog besides training:
+ * peft_import (a Hugging Face PEFT adapter, validated completely before it
+ * is stored), peft_merge (predictions use the base weights with the
+ * adapter folded in) and peft_combine (a weighted combination of LoRA
+ * adapters, as PEFT's add_weighted_adapter).  peft_export and
+ * peft_export_config are plain SQL over the catalog (sql/peft--*.sql).
+ *
+ * As in adapters.c, rows are read as the caller (row-level security
+ * applies) and written as the extension owner after the caller's right to
+ * the adapter name is checked.
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+
+#include "catalog.h"
+#include "peft.h"
+
+PG_FUNCTION_INFO_V1(peft_import);
+PG_FUNCTION_INFO_V1(peft_merge);
+PG_FUNCTION_INFO_V1(peft_combine);
+
+/* Labels as a text[] literal for SPI ("{}" quoting of each element). */
+static char *
+LabelsLiteral(int n, char **labels)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfoChar(&buf, '{');
+	for (int i = 0; i < n; i++)
+	{
+		appendStringInfoString(&buf, i ? ",\"" : "\"");
+		for (const char *p = labels[i]; *p; p++)
+		{
+			if (*p == '"' || *p == '\\')
+				appendStringInfoChar(&buf, '\\');
+			appendStringInfoChar(&buf, *p);
+		}
+		appendStringInfoChar(&buf, '"');
+	}
+	appendStringInfoChar(&buf, '}');
+	return buf.data;
+}
+
+/*
+ * Insert a new version of name (numbered under a lock, so concurrent
+ * callers get distinct versions) as the owner, owned by the caller;
+ * returns the version.  labels NULL for regression and embedding adapters.
+ */
+static int
+InsertVersion(const char *name, const char *base_model, const char *method, const char *task,
+			  const char *config, const char *labels, bytea *weights, const char *metrics,
+			  bool activate)
+{
+	Oid			types[9] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, BYTEAOID,
+		TEXTOID, BOOLOID};
+	Datum		values[9];
+	char		nulls[9] = "         ";
+	char	   *owner = GetUserNameFromId(GetUserId(), false);
+	OwnerContext octx;
+	bool		isnull;
+	int			version;
+
+	values[0] = CStringGetTextDatum(name);
+	values[1] = CStringGetTextDatum(base_model);
+	values[2] = CStringGetTextDatum(method);
+	values[3] = CStringGetTextDatum(task);
+	values[4] = CStringGetTextDatum(config);
+	values[5] = labels ? CStringGetTextDatum(labels) : (Datum) 0;
+	nulls[5] = labels ? ' ' : 'n';
+	values[6] = PointerGetDatum(weights);
+	values[7] = CStringGetTextDatum(metrics);
+	values[8] = BoolGetDatum(activate);
+	CheckAdapterNameOwner(name, GetUserId());
+	CatalogAsOwner(&octx);
+	if (SPI_execute_with_args("SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('peft.adapters:' || $1))",
+							  1, types, values, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not lock the adapter name");
+	if (activate &&
+		SPI_execute_with_args("UPDATE peft.adapters SET active = false WHERE name = $1 AND active",
+							  1, types, values, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not deactivate the adapter's versions");
+	if (SPI_execute_with_args("INSERT INTO peft.adapters (name, version, base_model, method, task, "
+							  "  config, labels, weights, metrics, owner, active) "
+							  "SELECT $1, coalesce(max(version), 0) + 1, $2, $3, $4, $5::jsonb, "
+							  "  $6::text[], $7, $8::jsonb, $10::name, $9 "
+							  "FROM peft.adapters WHERE name = $1 RETURNING version",
+							  10, (Oid[]) {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
+								  BYTEAOID, TEXTOID, BOOLOID, TEXTOID},
+							  (Datum[]) {values[0], values[1], values[2], values[3], values[4],
+								  values[5], values[6], values[7], values[8],
+								  CStringGetTextDatum(owner)},
+							  (char[]) {' ', ' ', ' ', ' ', ' ', nulls[5], ' ', ' ', ' ', ' '},
+							  false, 0) != SPI_OK_INSERT_RETURNING || SPI_processed != 1)
+		elog(ERROR, "could not insert the adapter");
+	version = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	CatalogAsCaller(&octx);
+	return version;
+}
+
+/* The head's labels of an import: given, or "0" .. "K-1"; checked against K. */
+static char *
+ImportLabels(ArrayType *given, int K)
+{
+	char	  **labels = palloc(sizeof(char *) * K);
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+
+	if (given == NULL)
+	{
+		for (int i = 0; i < K; i++)
+			labels[i] = psprintf("%d", i);
+		return LabelsLiteral(K, labels);
+	}
+	deconstruct_array(given, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
+	if (n != K)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("labels has %d elements, the adapter's head has %d classes", n, K)));
+	for (int i = 0; i < n; i++)
+	{
+		if (nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("labels must not contain NULL")));
+		labels[i] = TextDatumGetCString(elems[i]);
+		for (int j = 0; j < i; j++)
+			if (strcmp(labels[i], labels[j]) == 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("label \"%s\" appears twice", labels[i])));
+	}
+	return LabelsLiteral(K, labels);
+}
+
+/*
+ * peft_import(adapter, base_model, config jsonb, weights bytea, task text
+ * DEFAULT NULL, labels text[] DEFAULT NULL, activate boolean DEFAULT true)
+ * RETURNS int: store an adapter saved by Hugging Face PEFT (the contents of
+ * adapter_config.json and adapter_model.safetensors) as a new version,
+ * after building it over the base model: every tensor name, shape and
+ * value is checked.  A classifier head in the weights (PEFT's
+ * modules_to_save "classifier") makes it a classification adapter (one
+ * output: regression), else an embedding adapter for peft_embed.
+ */
+Datum
+peft_import(PG_FUNCTION_ARGS)
+{
+	char	   *name;
+	char	   *model_name;
+	char	   *config;
+	bytea	   *weights;
+	char	   *task = PG_ARGISNULL(4) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(4));
+	ArrayType  *labels = PG_ARGISNULL(5) ? NULL : PG_GETARG_ARRAYTYPE_P(5);
+	bool		activate = PG_ARGISNULL(6) ? true : PG_GETARG_BOOL(6);
+	PeftModelHandle *model;
+	PeftAdapterInfo info;
+	PeftError	err = {0};
+	const char *resolved;
+	char	   *labels_literal = NULL;
+	int			version;
+
+	for (int i = 0; i < 4; i++)
+		if (PG_ARGISNULL(i))
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("adapter, base_model, config and weights must not be NULL")));
+	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	model_name = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	config = JsonbToCString(NULL, &PG_GETARG_JSONB_P(2)->root, VARSIZE(PG_GETARG_JSONB_P(2)));
+	weights = PG_GETARG_BYTEA_PP(3);
+	CheckCatalogName("adapter", name);
+
+	SPI_connect();
+	model = PeftModelFor(model_name);
+	if (PeftEngine()->adapter_inspect(model, config, strlen(config),
+									  (const uint8_t *) VARDATA_ANY(weights),
+									  VARSIZE_ANY_EXHDR(weights), &info, &err) != PEFT_OK)
+		ereport(ERROR,
+				(errcode(err.code == PEFT_ERR_UNSUPPORTED ? ERRCODE_FEATURE_NOT_SUPPORTED :
+						 err.code == PEFT_ERR_NOMEM ? ERRCODE_OUT_OF_MEMORY :
+						 ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("the adapter cannot be imported: %s", err.message)));
+	/* the task follows from the head; a given one must agree */
+	resolved = info.num_labels == 0 ? "embedding" : info.num_labels == 1 ? "regression" : "classification";
+	if (task && strcmp(task, resolved) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("task \"%s\" does not match the adapter, whose head makes it \"%s\"",
+						task, resolved),
+				 errhint("A classifier with one output is a regression head; none means an "
+						 "embedding adapter.")));
+	if (info.num_labels >= 2)
+		labels_literal = ImportLabels(labels, info.num_labels);
+	else if (labels)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("labels are given, but the adapter has no classification head")));
+	version = InsertVersion(name, model_name, info.method, resolved, config, labels_literal,
+							weights, "{\"imported\": true}", activate);
+	SPI_finish();
+	PG_RETURN_INT32(version);
+}
+
+/*
+ * peft_merge(adapter, version DEFAULT NULL): from now on predictions with
+ * that version (the active one when NULL) use the base weights with its
+ * LoRA, DoRA or (IA)^3 folded in, as PEFT's merge_and_unload; the outputs
+ * are the same to float rounding.  BitFit biases and bottleneck adapters
+ * are applied as before.  Returns the version.
+ */
+Datum
+peft_merge(PG_FUNCTION_ARGS)
+{
+	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	bool		active = PG_ARGISNULL(1);
+	int			version = active ? 0 : PG_GETARG_INT32(1);
+	Oid			types[3] = {TEXTOID, BOOLOID, INT4OID};
+	Datum		values[3] = {CStringGetTextDatum(name), BoolGetDatum(active), Int32GetDatum(version)};
+	OwnerContext octx;
+	bool		isnull;
+	char	   *method;
+
+	SPI_connect();
+	if (SPI_execute_with_args("SELECT version, method FROM peft.adapters "
+							  "WHERE name = $1 AND (CASE WHEN $2 THEN active ELSE version = $3 END)",
+							  3, types, values, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read peft.adapters");
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 active ? errmsg("adapter \"%s\" does not exist or has no active version", name)
+				 : errmsg("adapter \"%s\" has no version %d", name, version)));
+	version = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	method = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+	if (strstr(method, "lora") == NULL && strstr(method, "dora") == NULL && strstr(method, "ia3") == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("adapter \"%s\" version %d (%s) has nothing to merge", name, version, method),
+				 errhint("LoRA, DoRA and (IA)^3 adapters can be merged into the base weights.")));
+	CheckAdapterNameOwner(name, GetUserId());
+	values[2] = Int32GetDatum(version);
+	CatalogAsOwner(&octx);
+	if (SPI_execute_with_args("UPDATE peft.adapters SET merged = true WHERE name = $1 AND version = $3",
+							  3, types, values, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not mark the adapter merged");
+	CatalogAsCaller(&octx);
+	SPI_finish();
+	PG_RETURN_INT32(version);
+}
+
+/*
+ * peft_combine(adapter, sources text[], weights float8[], combination text
+ * DEFAULT 'linear', activate boolean DEFAULT true) RETURNS int: a new
+ * version of adapter combining the active versions of sources (plain LoRA
+ * adapters of one base model and task), as PEFT's add_weighted_adapter
+ * with combination_type 'linear' (equal ranks) or 'cat'.  Classification
+ * sources with the same labels give the combination their weighted head.
+ */
+Datum
+peft_combine(PG_FUNCTION_ARGS)
+{
+	char	   *name;
+	ArrayType  *src_arr;
+	ArrayType  *w_arr;
+	char	   *combination = PG_ARGISNULL(3) ? "linear" : text_to_cstring(PG_GETARG_TEXT_PP(3));
+	bool		activate = PG_ARGISNULL(4) ? true : PG_GETARG_BOOL(4);
+	Datum	   *srcs;
+	Datum	   *ws;
+	bool	   *nulls;
+	int			n;
+	int			nw;
+	const char **configs;
+	size_t	   *config_lens;
+	const uint8_t **weights;
+	size_t	   *weights_lens;
+	double	   *factors;
+	char	   *base_model = NULL;
+	char	   *task = NULL;
+	char	   *labels = NULL;
+	bool		same_labels = true;
+	uint8_t    *out_weights;
+	size_t		out_len;
+	char	   *out_config;
+	bytea	   *stored;
+	PeftAdapterInfo info;
+	PeftModelHandle *model;
+	PeftError	err = {0};
+	int			version;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("adapter, sources and weights must not be NULL")));
+	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	src_arr = PG_GETARG_ARRAYTYPE_P(1);
+	w_arr = PG_GETARG_ARRAYTYPE_P(2);
+	CheckCatalogName("adapter", name);
+	deconstruct_array(src_arr, TEXTOID, -1, false, TYPALIGN_INT, &srcs, &nulls, &n);
+	for (int i = 0; i < n; i++)
+		if (nulls[i])
+			ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("sources must not contain NULL")));
+	deconstruct_array(w_arr, FLOAT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE, &ws, &nulls, &nw);
+	if (n < 1 || n > 64 || nw != n)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("give 1 to 64 sources and one weight per source (%d sources, %d weights)", n, nw)));
+	configs = palloc(sizeof(char *) * n);
+	config_lens = palloc(sizeof(size_t) * n);
+	weights = palloc(sizeof(uint8_t *) * n);
+	weights_lens = palloc(sizeof(size_t) * n);
+	factors = palloc(sizeof(double) * n);
+
+	SPI_connect();
+	for (int i = 0; i < n; i++)
+	{
+		char	   *src = TextDatumGetCString(srcs[i]);
+		Oid			types[1] = {TEXTOID};
+		Datum		values[1] = {CStringGetTextDatum(src)};
+		bool		isnull;
+		bytea	   *w;
+		char	   *row_model;
+		char	   *row_task;
+		char	   *row_labels;
+
+		if (nulls[i])
+			ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("weights must not contain NULL")));
+		factors[i] = DatumGetFloat8(ws[i]);
+		if (SPI_execute_with_args("SELECT config::text, weights, base_model, task, labels::text "
+								  "FROM peft.adapters WHERE name = $1 AND active",
+								  1, types, values, NULL, true, 1) != SPI_OK_SELECT)
+			elog(ERROR, "could not read peft.adapters");
+		if (SPI_processed == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("adapter \"%s\" does not exist or has no active version", src)));
+		configs[i] = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+		config_lens[i] = strlen(configs[i]);
+		w = DatumGetByteaPCopy(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+		weights[i] = (const uint8_t *) VARDATA(w);
+		weights_lens[i] = VARSIZE(w) - VARHDRSZ;
+		row_model = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3);
+		row_task = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4);
+		row_labels = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5);
+		if (base_model == NULL)
+		{
+			base_model = row_model;
+			task = row_task;
+			labels = row_labels;
+		}
+		else if (strcmp(base_model, row_model) != 0 || strcmp(task, row_task) != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("adapter \"%s\" has base model %s and task %s, not %s and %s",
+							src, row_model, row_task, base_model, task)));
+		else
+			same_labels &= (labels == NULL && row_labels == NULL) ||
+				(labels && row_labels && strcmp(labels, row_labels) == 0);
+	}
+	if (!same_labels)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("the sources' labels differ: their heads cannot be combined")));
+	model = PeftModelFor(base_model);
+	if (PeftEngine()->adapter_combine(model, n, configs, config_lens, weights, weights_lens,
+									  factors, combination, base_model, &out_weights, &out_len,
+									  &out_config, &err) != PEFT_OK)
+		PeftRaiseEngineError(&err);
+	stored = palloc(VARHDRSZ + out_len);
+	SET_VARSIZE(stored, VARHDRSZ + out_len);
+	memcpy(VARDATA(stored), out_weights, out_len);
+	PeftEngine()->free_buffer(out_weights);
+	/* the stored row describes itself: validate it exactly as an import would */
+	if (PeftEngine()->adapter_inspect(model, out_config, strlen(out_config),
+									  (const uint8_t *) VARDATA(stored), out_len, &info, &err) != PEFT_OK)
+		PeftRaiseEngineError(&err);
+	version = InsertVersion(name, base_model, info.method,
+							info.num_labels == 0 ? "embedding" : task, out_config,
+							info.num_labels >= 2 ? labels : NULL, stored,
+							psprintf("{\"combined\": {\"combination\": \"%s\", \"sources\": %d}}",
+									 combination, n), activate);
+	PeftEngine()->free_buffer(out_config);
+	SPI_finish();
+	PG_RETURN_INT32(version);
+}
