@@ -63,6 +63,7 @@ typedef struct Options
 	GemmPrecision precision;
 	bool		profile;		/* time the products (synchronising on a GPU) */
 	int			warmup;			/* untimed steps (train) or batches (embed) first */
+	bool		merge;			/* predict/embed with the adapter folded into the weights */
 	TrainOptions train;
 } Options;
 
@@ -112,7 +113,7 @@ usage(const char *msg)
 			"         --grad-accum N --max-grad-norm X --max-length N --hidden-dropout X\n"
 			"         --validation-fraction X --seed N --threads N --max-steps N --no-group\n"
 			"         --device auto|cpu|cuda --precision fp32|tf32|bf16 --profile\n"
-			"         --warmup N --json --print\n");
+			"         --warmup N --merge --json --print\n");
 	exit(2);
 }
 
@@ -357,9 +358,10 @@ command_train(BertModel *model, const Options *o)
 	if (o->json)
 	{
 		printf("{\"steps\": %d, \"rows\": %ld, \"tokens\": %ld, \"seconds\": %.4f, "
-			   "\"rows_per_second\": %.3f, \"tokens_per_second\": %.1f, \"final_loss\": %.6f, ",
+			   "\"rows_per_second\": %.3f, \"tokens_per_second\": %.1f, \"final_loss\": %.6f, "
+			   "\"parameters\": %zu, ",
 			   steps, rows_done, tokens_done, elapsed, rows_done / elapsed,
-			   tokens_done / elapsed, st.loss);
+			   tokens_done / elapsed, st.loss, net->params.total);
 		print_profile_json(net, o, elapsed);
 	}
 	die_on(evaluate(net, &ds, valid_rows, nvalid, o->train.batch_size, &m, &err), &err);
@@ -478,8 +480,12 @@ command_predict(BertModel *model, const Options *o)
 	BatchBuffer buf = {0};
 	real	   *out = malloc(sizeof(real) * o->batch_size * K);
 	PeftError	err = {0};
+	double		start;
 
+	if (o->merge)
+		die_on(network_merge(net, &err), &err);
 	place_network(net, o);
+	start = now_seconds();
 	for (size_t pos = 0; pos < rows.count; pos += o->batch_size)
 	{
 		int			count = (int) (rows.count - pos < (size_t) o->batch_size ? rows.count - pos : (size_t) o->batch_size);
@@ -487,7 +493,7 @@ command_predict(BertModel *model, const Options *o)
 
 		make_text_batch(model, &rows, pos, count, o->max_length, &ds, &buf, &b);
 		die_on(network_forward(net, &b, false, out, NULL, &err), &err);
-		for (int i = 0; i < count; i++)
+		for (int i = 0; i < count && !o->json; i++)
 		{
 			if (net->opts.task == TASK_REGRESSION)
 			{
@@ -507,6 +513,13 @@ command_predict(BertModel *model, const Options *o)
 				printf("%s\t%.6f\n", labels[best], 1.0 / sum);
 			}
 		}
+	}
+	if (o->json)
+	{
+		double		elapsed = synced_seconds(net) - start;
+
+		printf("{\"rows\": %zu, \"seconds\": %.4f, \"rows_per_second\": %.3f, \"merged\": %s}\n",
+			   rows.count, elapsed, rows.count / elapsed, o->merge ? "true" : "false");
 	}
 	free(out);
 	batch_buffer_free(&buf);
@@ -656,6 +669,7 @@ parse_options(int argc, char **argv, Options *o)
 		{"feedforward", required_argument, NULL, 29},
 		{"reduction-factor", required_argument, NULL, 30},
 		{"houlsby", no_argument, NULL, 31},
+		{"merge", no_argument, NULL, 32},
 		{NULL, 0, NULL, 0}
 	};
 	int			c;
@@ -714,6 +728,7 @@ parse_options(int argc, char **argv, Options *o)
 			case 29: o->feedforward = optarg; break;
 			case 30: o->reduction_factor = atoi(optarg); break;
 			case 31: o->houlsby = true; break;
+			case 32: o->merge = true; break;
 			default: usage(NULL);
 		}
 	}

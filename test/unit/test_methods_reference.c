@@ -1,0 +1,246 @@
+/*
+ * test_methods_reference.c - adapters saved by Hugging Face PEFT (LoRA,
+ * rsLoRA, DoRA, (IA)^3 on all-MiniLM-L6-v2, with non-trivial weights;
+ * test/fixtures/ref_methods.py) imported here give PEFT's last hidden
+ * states within 1e-4, merged or not.  With $PEFT_EXPORT_DIR set, each
+ * imported adapter is also exported there (adapter_config.json,
+ * adapter_model.safetensors and our outputs) for
+ * test/fixtures/check_export.py to load back into PEFT.
+ */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <cmocka.h>
+
+#include "adapter_io.h"
+#include "bert.h"
+#include "model_config.h"
+#include "network.h"
+#include "safetensors.h"
+#include "test_util.h"
+
+static BertModel *model;
+
+/* Load the real model once (every test skips without it). */
+static int
+setup(void **state)
+{
+	const char *dir = real_model_dir();
+	PeftError	err = {0};
+
+	if (dir != NULL && bert_load(dir, &model, &err) != PEFT_OK)
+	{
+		fprintf(stderr, "cannot load %s: %s\n", dir, err.message);
+		return -1;
+	}
+	return 0;
+}
+
+/* Free the model. */
+static int
+teardown(void **state)
+{
+	bert_free(model);
+	return 0;
+}
+
+/* A whole file of the fixture folder of method (malloc'ed), or NULL. */
+static char *
+fixture_file(const char *method, const char *name, size_t *len)
+{
+	char		path[512];
+	char	   *data = NULL;
+	PeftError	err = {0};
+
+	snprintf(path, sizeof(path), "test/fixtures/reference/methods/%s/%s", method, name);
+	if (read_small_file(source_path(path), (size_t) 1 << 30, &data, len, &err) != PEFT_OK)
+		return NULL;
+	return data;
+}
+
+/* Write len bytes to dir/name. */
+static void
+write_out(const char *dir, const char *name, const void *data, size_t len)
+{
+	char		path[2048];
+	FILE	   *f;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	f = fopen(path, "wb");
+	assert_non_null(f);
+	assert_int_equal(fwrite(data, 1, len, f), len);
+	fclose(f);
+}
+
+/*
+ * Max |ours - PEFT's| over the real tokens: ours is [B, T, C], PEFT's are
+ * packed, sequence i at rows offsets[i] .. offsets[i] + lengths[i].
+ */
+static double
+hidden_diff(const real *ours, const real *theirs, const int32_t *lengths, const int32_t *offsets,
+			int B, int T, int C)
+{
+	double		worst = 0;
+
+	for (int i = 0; i < B; i++)
+		for (int t = 0; t < lengths[i]; t++)
+			for (int c = 0; c < C; c++)
+				worst = fmax(worst, fabs((double) ours[((size_t) i * T + t) * C + c] -
+										 theirs[((size_t) offsets[i] + t) * C + c]));
+	return worst;
+}
+
+/* Import PEFT's adapter of method, compare hidden states (and merged), export it. */
+static void
+check_method(const char *method, bool mergeable)
+{
+	size_t		config_len, weights_len;
+	char	   *config;
+	char	   *weights;
+	StFile	   *out;
+	NetworkOptions o = {0};
+	Network    *net;
+	PeftError	err = {0};
+	size_t		n = 0;
+	int32_t    *ids, *mask, *lengths, *offsets;
+	real	   *expected, *hidden;
+	Batch		b = {0};
+	int			C;
+	double		diff;
+	const char *export_dir = getenv("PEFT_EXPORT_DIR");
+	char		path[1024];
+
+	if (model == NULL)
+	{
+		print_message("real model absent: run scripts/fetch_model\n");
+		skip();
+	}
+	config = fixture_file(method, "adapter_config.json", &config_len);
+	weights = fixture_file(method, "adapter_model.safetensors", &weights_len);
+	snprintf(path, sizeof(path), "test/fixtures/reference/methods/%s/outputs.safetensors", method);
+	assert_non_null(config);
+	assert_non_null(weights);
+	assert_int_equal(st_open_file(source_path(path), &out, &err), PEFT_OK);
+	C = model->cfg.hidden_size;
+	ids = tensor_int32(out, "input_ids", &n);
+	mask = tensor_int32(out, "attention_mask", NULL);
+	expected = tensor_real(out, "hidden", NULL);
+	lengths = tensor_int32(out, "lengths", NULL);
+	offsets = tensor_int32(out, "offsets", NULL);
+	assert_non_null(lengths);
+	assert_non_null(offsets);
+	assert_non_null(ids);
+	assert_non_null(expected);
+	b.B = (int) st_find(out, "input_ids")->shape[0];
+	b.T = (int) (n / b.B);
+	b.ids = ids;
+	b.mask = mask;
+
+	if (adapter_options_from_config(config, config_len, &o, &err) != PEFT_OK)
+		fail_msg("%s: %s", method, err.message);
+	assert_int_equal(network_create(model, &o, &net, &err), PEFT_OK);
+	if (adapter_load_weights(net, (const uint8_t *) weights, weights_len, &err) != PEFT_OK)
+		fail_msg("%s: %s", method, err.message);
+	hidden = malloc(sizeof(real) * n * C);
+	assert_int_equal(network_hidden_states(net, &b, hidden, &err), PEFT_OK);
+	diff = hidden_diff(hidden, expected, lengths, offsets, b.B, b.T, C);
+	print_message("%-12s imported from PEFT: max |hidden - PEFT's| = %.3g (limit 1e-4)\n", method, diff);
+	assert_true(diff < 1e-4);
+
+	if (export_dir)
+	{
+		char		dir[1024];
+		uint8_t    *bytes;
+		size_t		len;
+		char	   *ours;
+		StWriteTensor t[3];
+		int64_t		dims = b.T;
+		uint8_t    *outputs;
+		size_t		outputs_len;
+
+		snprintf(dir, sizeof(dir), "%s/%s", export_dir, method);
+		mkdir(export_dir, 0755);
+		mkdir(dir, 0755);
+		assert_int_equal(adapter_serialize(net, &bytes, &len, &err), PEFT_OK);
+		assert_int_equal(adapter_config_json(net, "sentence-transformers/all-MiniLM-L6-v2", &ours, &err), PEFT_OK);
+		write_out(dir, "adapter_model.safetensors", bytes, len);
+		write_out(dir, "adapter_config.json", ours, strlen(ours));
+		memset(t, 0, sizeof(t));
+		t[0].name = "hidden";
+		t[0].ndim = 3;
+		t[0].shape[0] = b.B;
+		t[0].shape[1] = dims;
+		t[0].shape[2] = C;
+		t[0].data = hidden;
+		assert_int_equal(st_serialize(t, 1, NULL, NULL, 0, &outputs, &outputs_len, &err), PEFT_OK);
+		write_out(dir, "ours_hidden.safetensors", outputs, outputs_len);
+		free(bytes);
+		free(ours);
+		free(outputs);
+	}
+
+	if (mergeable)
+	{
+		assert_int_equal(network_merge(net, &err), PEFT_OK);
+		assert_int_equal(network_hidden_states(net, &b, hidden, &err), PEFT_OK);
+		diff = hidden_diff(hidden, expected, lengths, offsets, b.B, b.T, C);
+		print_message("%-12s merged: max |hidden - PEFT's| = %.3g (limit 1e-4)\n", method, diff);
+		assert_true(diff < 1e-4);
+	}
+	network_free(net);
+	free(config);
+	free(weights);
+	free(ids);
+	free(mask);
+	free(lengths);
+	free(offsets);
+	free(expected);
+	free(hidden);
+	st_close(out);
+}
+
+/* PEFT's LoRA (query, value). */
+static void
+test_lora(void **state)
+{
+	check_method("lora", true);
+}
+
+/* PEFT's LoRA with use_rslora. */
+static void
+test_rslora(void **state)
+{
+	check_method("lora_rslora", true);
+}
+
+/* PEFT's DoRA (use_dora). */
+static void
+test_dora(void **state)
+{
+	check_method("dora", true);
+}
+
+/* PEFT's (IA)^3 (key, value, output.dense as feed-forward). */
+static void
+test_ia3(void **state)
+{
+	check_method("ia3", true);
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_lora),
+		cmocka_unit_test(test_rslora),
+		cmocka_unit_test(test_dora),
+		cmocka_unit_test(test_ia3),
+	};
+
+	return cmocka_run_group_tests(tests, setup, teardown);
+}
