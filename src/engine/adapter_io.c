@@ -22,6 +22,10 @@ adapter_serialize(const Network *net, uint8_t **out, size_t *len, PeftError *err
 	static const char *const values[] = {"pt"};
 	PeftCode	rc;
 
+	const StTensor *pooler = NULL;
+	real	   *pooler_bias = NULL;
+	int			n = ps->count;
+
 	if (tensors == NULL)
 		return peft_fail(err, PEFT_ERR_NOMEM, "out of memory serialising the adapter");
 	for (int i = 0; i < ps->count; i++)
@@ -32,8 +36,42 @@ adapter_serialize(const Network *net, uint8_t **out, size_t *len, PeftError *err
 		tensors[i].shape[1] = ps->items[i].shape[1];
 		tensors[i].data = param_value(ps, i);
 	}
-	rc = st_serialize(tensors, ps->count, keys, values, 1, out, len, err);
+	/*
+	 * PEFT's LoRA with bias "all" (our BitFit beside LoRA) also saves the
+	 * pooler's bias and expects it back: add the model's, unchanged (no
+	 * sentence embedding uses the pooler).
+	 */
+	if (net->opts.bitfit && net->base->file &&
+		((pooler = st_find(net->base->file, "pooler.dense.bias")) != NULL ||
+		 (pooler = st_find(net->base->file, "bert.pooler.dense.bias")) != NULL) &&
+		pooler->ndim == 1 && pooler->shape[0] > 0 && pooler->shape[0] <= (1 << 20))
+	{
+		StWriteTensor *grown = realloc(tensors, sizeof(StWriteTensor) * (n + 1));
+
+		pooler_bias = malloc(sizeof(real) * pooler->shape[0]);
+		if (grown == NULL || pooler_bias == NULL)
+		{
+			free(grown ? grown : tensors);
+			free(pooler_bias);
+			return peft_fail(err, PEFT_ERR_NOMEM, "out of memory serialising the adapter");
+		}
+		tensors = grown;
+		if ((rc = st_to_real(pooler, pooler_bias, pooler->shape[0], err)) != PEFT_OK)
+		{
+			free(tensors);
+			free(pooler_bias);
+			return rc;
+		}
+		memset(&tensors[n], 0, sizeof(StWriteTensor));
+		tensors[n].name = "base_model.model.pooler.dense.bias";
+		tensors[n].ndim = 1;
+		tensors[n].shape[0] = pooler->shape[0];
+		tensors[n].data = pooler_bias;
+		n++;
+	}
+	rc = st_serialize(tensors, n, keys, values, 1, out, len, err);
 	free(tensors);
+	free(pooler_bias);
 	return rc;
 }
 

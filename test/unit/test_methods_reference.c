@@ -232,6 +232,98 @@ test_ia3(void **state)
 	check_method("ia3", true);
 }
 
+/*
+ * Adapters built here (LoRA, DoRA, (IA)^3, LoRA + BitFit as PEFT's bias
+ * "all", every value perturbed) exported with our hidden states, for
+ * test/fixtures/check_export.py to load into PEFT; only with
+ * $PEFT_EXPORT_DIR (the check needs Python and PEFT).
+ */
+static void
+test_export_own(void **state)
+{
+	static const char *const methods[] = {"lora", "dora", "ia3", "lora+bitfit"};
+	const char *export_dir = getenv("PEFT_EXPORT_DIR");
+	StFile	   *in;
+	PeftError	err = {0};
+	size_t		n = 0;
+	int32_t    *ids, *mask;
+	Batch		b = {0};
+	int			C;
+
+	if (model == NULL || export_dir == NULL)
+	{
+		print_message("needs the real model and PEFT_EXPORT_DIR: skipped\n");
+		skip();
+	}
+	C = model->cfg.hidden_size;
+	assert_int_equal(st_open_file(source_path("test/fixtures/reference/methods/lora/outputs.safetensors"),
+								  &in, &err), PEFT_OK);
+	ids = tensor_int32(in, "input_ids", &n);
+	mask = tensor_int32(in, "attention_mask", NULL);
+	b.B = (int) st_find(in, "input_ids")->shape[0];
+	b.T = (int) (n / b.B);
+	b.ids = ids;
+	b.mask = mask;
+	for (size_t k = 0; k < sizeof(methods) / sizeof(methods[0]); k++)
+	{
+		NetworkOptions o = {0};
+		Network    *net;
+		PeftRng		rng;
+		real	   *hidden = malloc(sizeof(real) * n * C);
+		real	   *idsf = malloc(sizeof(real) * n);
+		real	   *maskf = malloc(sizeof(real) * n);
+		char		dir[1024];
+		char	   *config;
+		uint8_t    *bytes;
+		size_t		len;
+		StWriteTensor t[3];
+		uint8_t    *outputs;
+		size_t		outputs_len;
+		bool		ia3 = strcmp(methods[k], "ia3") == 0;
+
+		o.lora.r = 4;
+		o.lora.alpha = 8;
+		o.dora = strcmp(methods[k], "dora") == 0;
+		o.bitfit = strstr(methods[k], "bitfit") != NULL;
+		for (int w = 0; w < BERT_NUM_LINEAR; w++)
+			if (ia3)
+				o.ia3.targets[w] = w == BERT_KEY || w == BERT_VALUE || w >= BERT_ATTN_OUT;
+			else
+				o.lora.targets[w] = w == BERT_QUERY || w == BERT_VALUE || w == BERT_INTERMEDIATE;
+		o.ia3.feedforward[BERT_ATTN_OUT] = o.ia3.feedforward[BERT_OUTPUT] = ia3;
+		assert_int_equal(network_create(model, &o, &net, &err), PEFT_OK);
+		peft_rng_seed(&rng, 31 + k);
+		for (size_t j = 0; j < net->params.total; j++)
+			net->params.values[j] += (real) (0.05 * (2 * peft_rng_uniform(&rng) - 1));
+		network_params_changed(net);
+		assert_int_equal(network_hidden_states(net, &b, hidden, &err), PEFT_OK);
+		snprintf(dir, sizeof(dir), "%s/own_%s", export_dir, strcmp(methods[k], "lora+bitfit") ? methods[k] : "lora_bitfit");
+		mkdir(export_dir, 0755);
+		mkdir(dir, 0755);
+		assert_int_equal(adapter_serialize(net, &bytes, &len, &err), PEFT_OK);
+		assert_int_equal(adapter_config_json(net, "sentence-transformers/all-MiniLM-L6-v2", &config, &err), PEFT_OK);
+		write_out(dir, "adapter_model.safetensors", bytes, len);
+		write_out(dir, "adapter_config.json", config, strlen(config));
+		for (size_t i = 0; i < n; i++)
+		{
+			idsf[i] = (real) ids[i];
+			maskf[i] = (real) mask[i];
+		}
+		memset(t, 0, sizeof(t));
+		t[0] = (StWriteTensor) {"attention_mask", 2, {b.B, b.T}, maskf};
+		t[1] = (StWriteTensor) {"hidden", 3, {b.B, b.T, C}, hidden};
+		t[2] = (StWriteTensor) {"input_ids", 2, {b.B, b.T}, idsf};
+		assert_int_equal(st_serialize(t, 3, NULL, NULL, 0, &outputs, &outputs_len, &err), PEFT_OK);
+		write_out(dir, "outputs.safetensors", outputs, outputs_len);
+		print_message("exported %s to %s\n", methods[k], dir);
+		free(bytes), free(config), free(outputs), free(hidden), free(idsf), free(maskf);
+		network_free(net);
+	}
+	free(ids);
+	free(mask);
+	st_close(in);
+}
+
 int
 main(void)
 {
@@ -240,6 +332,7 @@ main(void)
 		cmocka_unit_test(test_rslora),
 		cmocka_unit_test(test_dora),
 		cmocka_unit_test(test_ia3),
+		cmocka_unit_test(test_export_own),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);
