@@ -260,6 +260,29 @@ int			peft_cuda_row_inv_norms(float *inv, const float *W, int rows, int cols,
 /* dst = src, bytes of device memory (asynchronous on the default stream) */
 int			peft_cuda_copy(void *dst, const void *src, size_t bytes, char *msg, int msglen);
 
+/* ---- prompt.cu (prompt tuning's virtual tokens) ---------------------------- */
+
+/*
+ * out[n,:] = word[ids[rows[n]]] + pos[rows[n] % T + V] + type[0], or for a
+ * virtual token (rows[n] = -1 - v) prompt[v] + pos[v] + type[0]
+ */
+int			peft_cuda_prompt_embeddings(float *out, const int32_t *ids, const int32_t *rows,
+										int N, int T, const float *word, const float *pos,
+										const float *type, const float *prompt, int V, int C,
+										int vocab, char *msg, int msglen);
+/* dprompt[v,:] += sum over b of demb[seq_start[b] + v, :] (deterministic) */
+int			peft_cuda_prompt_backward(float *dprompt, const float *demb,
+									  const int32_t *seq_start, int B, int V, int C,
+									  char *msg, int msglen);
+/* out[B,C] = mean (cls != 0: first) of each sequence's rows after its first skip */
+int			peft_cuda_pool_skip_forward(int cls, float *out, const float *inp,
+										const int32_t *seq_start, int B, int C, int skip,
+										char *msg, int msglen);
+/* dinp += the gradient of peft_cuda_pool_skip_forward */
+int			peft_cuda_pool_skip_backward(int cls, float *dinp, const float *dout,
+										 const int32_t *seq_start, int B, int C, int skip,
+										 char *msg, int msglen);
+
 #ifdef __cplusplus
 }
 #endif

@@ -52,6 +52,7 @@ static const OptionSpec option_specs[] = {
 	{"seed", OPT_INT, 0, 2147483647},
 	{"feedforward_modules", OPT_STRINGS},
 	{"reduction_factor", OPT_INT, 1, 4096},
+	{"num_virtual_tokens", OPT_INT, 1, 256},
 	{"adapter_placement", OPT_STRING},
 	{"device", OPT_STRING},
 	{"precision", OPT_STRING},
@@ -141,6 +142,8 @@ ApplyOption(TrainOptionsSql *o, const char *key, JsonbValue *v,
 		c->use_rslora = v->val.boolean;
 	else if (strcmp(key, "reduction_factor") == 0)
 		c->reduction_factor = (int) x;
+	else if (strcmp(key, "num_virtual_tokens") == 0)
+		c->num_virtual_tokens = (int) x;
 	else if (strcmp(key, "epochs") == 0)
 		c->epochs = (int) x;
 	else if (strcmp(key, "batch_size") == 0)

@@ -64,6 +64,7 @@ typedef struct Options
 	bool		profile;		/* time the products (synchronising on a GPU) */
 	int			warmup;			/* untimed steps (train) or batches (embed) first */
 	bool		merge;			/* predict/embed with the adapter folded into the weights */
+	int			virtual_tokens;	/* prompt tuning; 0: the default */
 	TrainOptions train;
 } Options;
 
@@ -106,7 +107,8 @@ usage(const char *msg)
 			"       peft-engine predict --model DIR --adapter DIR --data FILE\n"
 			"       peft-engine embed   --model DIR [--adapter DIR] --data FILE [--print]\n"
 			"options: --task classification|regression --r N --alpha X --lora-dropout X\n"
-			"         --method lora|dora|ia3|bitfit|adapter|A+B --targets query,value\n"
+			"         --method lora|dora|ia3|bitfit|adapter|prompt|A+B --targets query,value\n"
+			"         --virtual-tokens N\n"
 			"         --feedforward output.dense --reduction-factor N --houlsby\n"
 			"         --rslora --epochs N --batch-size N --lr X\n"
 			"         --weight-decay X --warmup-ratio X --schedule linear|cosine|constant\n"
@@ -280,6 +282,8 @@ method_options(const Options *o, const BertModel *model, NetworkOptions *nopts)
 	c.use_rslora = o->rslora;
 	c.reduction_factor = o->reduction_factor;
 	c.houlsby = o->houlsby;
+	if (o->virtual_tokens > 0)
+		c.num_virtual_tokens = o->virtual_tokens;
 	c.hidden_dropout = o->hidden_dropout;
 	c.seed = o->train.seed;
 	die_on(session_network_options(&c, model, nopts, &err), &err);
@@ -670,6 +674,7 @@ parse_options(int argc, char **argv, Options *o)
 		{"reduction-factor", required_argument, NULL, 30},
 		{"houlsby", no_argument, NULL, 31},
 		{"merge", no_argument, NULL, 32},
+		{"virtual-tokens", required_argument, NULL, 33},
 		{NULL, 0, NULL, 0}
 	};
 	int			c;
@@ -729,6 +734,7 @@ parse_options(int argc, char **argv, Options *o)
 			case 30: o->reduction_factor = atoi(optarg); break;
 			case 31: o->houlsby = true; break;
 			case 32: o->merge = true; break;
+			case 33: o->virtual_tokens = atoi(optarg); break;
 			default: usage(NULL);
 		}
 	}

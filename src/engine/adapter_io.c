@@ -148,6 +148,8 @@ adapter_method_name(const NetworkOptions *o, char *buf, size_t len)
 		snprintf(buf + strlen(buf), len - strlen(buf), "%sbitfit", buf[0] ? "+" : "");
 	if (o->bottleneck.reduction > 0)
 		snprintf(buf + strlen(buf), len - strlen(buf), "%sadapter", buf[0] ? "+" : "");
+	if (o->prompt_tokens > 0)
+		snprintf(buf + strlen(buf), len - strlen(buf), "%sprompt", buf[0] ? "+" : "");
 	return buf;
 }
 
@@ -161,7 +163,8 @@ adapter_parse_method(const char *name, unsigned *methods, PeftError *err)
 		unsigned	bit;
 	}			known[] = {
 		{"lora", PEFT_METHOD_LORA}, {"dora", PEFT_METHOD_DORA}, {"ia3", PEFT_METHOD_IA3},
-		{"bitfit", PEFT_METHOD_BITFIT}, {"adapter", PEFT_METHOD_ADAPTER}
+		{"bitfit", PEFT_METHOD_BITFIT}, {"adapter", PEFT_METHOD_ADAPTER},
+		{"prompt", PEFT_METHOD_PROMPT}
 	};
 	const char *at = name;
 	unsigned	bits = 0;
@@ -177,8 +180,8 @@ adapter_parse_method(const char *name, unsigned *methods, PeftError *err)
 				bit = known[k].bit;
 		if (bit == 0 || (bits & bit))
 			return peft_fail(err, PEFT_ERR_INVALID,
-							 "method \"%s\" is not a combination of lora, dora, ia3, bitfit and "
-							 "adapter (each at most once, joined by +)", name);
+							 "method \"%s\" is not a combination of lora, dora, ia3, bitfit, "
+							 "adapter and prompt (each at most once, joined by +)", name);
 		bits |= bit;
 		at += len;
 		if (*at == '+')
@@ -229,11 +232,13 @@ adapter_config_json(const Network *net, const char *base_model, char **out,
 		goto oom;
 	adapter_method_name(o, method, sizeof(method));
 	cJSON_AddStringToObject(root, "peft_type", lora ? "LORA" : ia3 ? "IA3" :
-							o->bottleneck.reduction > 0 ? "BOTTLENECK" : "BITFIT");
+							o->bottleneck.reduction > 0 ? "BOTTLENECK" : o->bitfit ? "BITFIT" :
+							"PROMPT_TUNING");
 	cJSON_AddNullToObject(root, "task_type");
 	cJSON_AddStringToObject(root, "base_model_name_or_path", base_model ? base_model : "");
-	/* PEFT's own fields say everything for LoRA/DoRA (+ BitFit as bias "all") and (IA)^3 */
-	if (o->bottleneck.reduction > 0 || (o->bitfit && !lora))
+	/* PEFT's own fields say everything for LoRA/DoRA (+ BitFit as bias "all"), (IA)^3, prompts */
+	if (o->bottleneck.reduction > 0 || (o->bitfit && !lora) ||
+		(o->prompt_tokens > 0 && (lora || ia3 || o->bitfit)))
 		cJSON_AddStringToObject(root, "peft_pg_method", method);
 	if (lora)
 	{
@@ -251,6 +256,19 @@ adapter_config_json(const Network *net, const char *base_model, char **out,
 		cJSON_AddItemToObject(root, "target_modules", module_list(o->ia3.targets));
 		cJSON_AddItemToObject(root, "feedforward_modules", module_list(o->ia3.feedforward));
 		cJSON_AddBoolToObject(root, "init_ia3_weights", 1);
+	}
+	if (o->prompt_tokens > 0)
+	{
+		const ModelConfig *cfg = &net->base->cfg;
+
+		/* PEFT prepends the virtual tokens only in its FEATURE_EXTRACTION (and task) models */
+		cJSON_ReplaceItemInObject(root, "task_type", cJSON_CreateString("FEATURE_EXTRACTION"));
+		cJSON_AddNumberToObject(root, "num_virtual_tokens", o->prompt_tokens);
+		cJSON_AddNumberToObject(root, "token_dim", cfg->hidden_size);
+		cJSON_AddNumberToObject(root, "num_transformer_submodules", 1);
+		cJSON_AddNumberToObject(root, "num_attention_heads", cfg->num_heads);
+		cJSON_AddNumberToObject(root, "num_layers", cfg->num_layers);
+		cJSON_AddStringToObject(root, "prompt_tuning_init", "RANDOM");
 	}
 	if (o->bottleneck.reduction > 0)
 	{
@@ -397,6 +415,30 @@ config_lora(const cJSON *root, NetworkOptions *opts, PeftError *err)
 	return config_modules(root, "target_modules", false, opts->lora.targets, err);
 }
 
+/*
+ * Prompt tuning fields: num_virtual_tokens; one transformer submodule
+ * (encoder models); the prompt is used as saved, so its init does not
+ * matter.
+ */
+static PeftCode
+config_prompt(const cJSON *root, NetworkOptions *opts, PeftError *err)
+{
+	const cJSON *subs = cJSON_GetObjectItemCaseSensitive(root, "num_transformer_submodules");
+	double		v = 0;
+	PeftCode	rc;
+
+	if ((rc = config_number(root, "num_virtual_tokens", &v, err)) != PEFT_OK)
+		return rc;
+	if (v != floor(v) || v < 1 || v > 256)
+		return peft_fail(err, PEFT_ERR_FORMAT,
+						 "adapter config: num_virtual_tokens must be an integer from 1 to 256");
+	if (subs && !cJSON_IsNull(subs) && !(cJSON_IsNumber(subs) && subs->valuedouble == 1))
+		return peft_fail(err, PEFT_ERR_UNSUPPORTED,
+						 "adapter config: num_transformer_submodules must be 1 for an encoder");
+	opts->prompt_tokens = (int) v;
+	return PEFT_OK;
+}
+
 /* Bottleneck fields (reduction_factor, adapter_placement). */
 static PeftCode
 config_bottleneck(const cJSON *root, NetworkOptions *opts, PeftError *err)
@@ -444,6 +486,7 @@ adapter_options_from_config(const char *json, size_t len, NetworkOptions *opts,
 	memset(&opts->ia3, 0, sizeof(opts->ia3));
 	memset(&opts->bottleneck, 0, sizeof(opts->bottleneck));
 	opts->dora = opts->bitfit = false;
+	opts->prompt_tokens = 0;
 	type = cJSON_GetObjectItemCaseSensitive(root, "peft_type");
 	pg = cJSON_GetObjectItemCaseSensitive(root, "peft_pg_method");
 	if (pg != NULL && (!cJSON_IsString(pg) ||
@@ -471,16 +514,20 @@ adapter_options_from_config(const char *json, size_t len, NetworkOptions *opts,
 	}
 	else if (strcmp(type->valuestring, "BITFIT") == 0)
 		opts->bitfit = true;
+	else if (strcmp(type->valuestring, "PROMPT_TUNING") == 0)
+		rc = config_prompt(root, opts, err);
 	else if (strcmp(type->valuestring, "BOTTLENECK") != 0)
 		rc = peft_fail(err, PEFT_ERR_UNSUPPORTED,
-					   "adapter config: peft_type \"%s\" is not supported (LORA, IA3, BITFIT, "
-					   "BOTTLENECK are)", type->valuestring);
+					   "adapter config: peft_type \"%s\" is not supported (LORA, IA3, PROMPT_TUNING, "
+					   "BITFIT, BOTTLENECK are)", type->valuestring);
 	if (rc != PEFT_OK)
 		goto done;
 	if (methods & PEFT_METHOD_BITFIT)
 		opts->bitfit = true;
 	if ((methods & PEFT_METHOD_ADAPTER) || strcmp(type->valuestring, "BOTTLENECK") == 0)
 		rc = config_bottleneck(root, opts, err);
+	if (rc == PEFT_OK && (methods & PEFT_METHOD_PROMPT) && strcmp(type->valuestring, "PROMPT_TUNING") != 0)
+		rc = config_prompt(root, opts, err);
 done:
 	cJSON_Delete(root);
 	return rc;

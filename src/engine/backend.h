@@ -123,9 +123,18 @@ typedef struct BackendOps
 									int N, int C, int K);
 
 	/* ---- encoder ---- */
+	/*
+	 * out[n] = word[ids[rows[n]]] + pos[rows[n] % T + V] + type[0]; a
+	 * virtual token (rows[n] = -1 - v, prompt tuning) gets prompt[v] +
+	 * pos[v] + type[0].  V = 0 and prompt NULL without prompt tuning.
+	 */
 	void		(*embeddings) (Backend *be, real *out, const int32_t *ids,
 							   const int32_t *rows, int N, int T, const real *word,
-							   const real *pos, const real *type, int C, int vocab);
+							   const real *pos, const real *type, const real *prompt,
+							   int V, int C, int vocab);
+	/* dprompt[v] += sum_b demb[seq_start[b] + v] (each sequence's first V rows are virtual) */
+	void		(*prompt_backward) (Backend *be, real *dprompt, const real *demb,
+									const int32_t *seq_start, int B, int V, int C);
 	void		(*layernorm_forward) (Backend *be, real *out, real *mean, real *rstd,
 									  const real *inp, const real *gamma,
 									  const real *beta, int N, int C, real eps);
@@ -153,13 +162,17 @@ typedef struct BackendOps
 									   const real *q, const real *k, const real *v, int ld,
 									   const uint8_t *keep, real p,
 									   const int32_t *seq_start, int B, int N, int C, int NH);
-	/* out[B,C] = mean (cls: first row) of each sequence; backward += */
+	/*
+	 * out[B,C] = mean (cls: first row) of each sequence's rows after its
+	 * first skip (virtual tokens); backward +=
+	 */
 	void		(*pool_forward) (Backend *be, bool cls, real *out, const real *inp,
-								 const int32_t *seq_start, int B, int C);
+								 const int32_t *seq_start, int B, int C, int skip);
 	void		(*pool_backward) (Backend *be, bool cls, real *dinp, const real *dout,
-								  const int32_t *seq_start, int B, int C);
+								  const int32_t *seq_start, int B, int C, int skip);
 	void		(*l2norm_forward) (Backend *be, real *out, real *norm, const real *inp,
 								   int B, int C);
+	/* out[BT,C] = zeros, then packed row n at rows[n] (negative rows, virtual tokens, skipped) */
 	void		(*scatter_rows) (Backend *be, real *out, const real *packed,
 								 const int32_t *rows, int N, int BT, int C);
 

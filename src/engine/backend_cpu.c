@@ -166,13 +166,38 @@ cpu_linear_backward(Backend *be, real *dx, real *dW, real *db, const real *dout,
 	linear_backward(dx, dW, db, dout, x, W, N, C, K);
 }
 
-/* Packed embeddings (token type 0). */
+/* Packed embeddings (token type 0), with prompt tuning's virtual tokens when V > 0. */
 static void
 cpu_embeddings(Backend *be, real *out, const int32_t *ids, const int32_t *rows,
 			   int N, int T, const real *word, const real *pos, const real *type,
-			   int C, int vocab)
+			   const real *prompt, int V, int C, int vocab)
 {
-	varlen_embeddings_forward(out, ids, NULL, rows, N, T, word, pos, type, C);
+	if (V == 0)
+	{
+		varlen_embeddings_forward(out, ids, NULL, rows, N, T, word, pos, type, C);
+		return;
+	}
+	for (int n = 0; n < N; n++)
+	{
+		real	   *o = out + (size_t) n * C;
+		int			r = rows[n];
+		const real *w = r < 0 ? prompt + (size_t) (-1 - r) * C : word + (size_t) ids[r] * C;
+		const real *p = pos + (size_t) (r < 0 ? -1 - r : r % T + V) * C;
+
+		for (int c = 0; c < C; c++)
+			o[c] = w[c] + p[c] + type[c];
+	}
+}
+
+/* dprompt[v] += the gradients of every sequence's virtual token v. */
+static void
+cpu_prompt_backward(Backend *be, real *dprompt, const real *demb, const int32_t *seq_start,
+					int B, int V, int C)
+{
+	for (int b = 0; b < B; b++)
+		for (int v = 0; v < V; v++)
+			for (int c = 0; c < C; c++)
+				dprompt[(size_t) v * C + c] += demb[((size_t) seq_start[b] + v) * C + c];
 }
 
 /* LayerNorm forward, saving mean and rstd. */
@@ -269,23 +294,51 @@ cpu_attention_backward(Backend *be, real *dq, real *dk, real *dv, real *scratch,
 /* Mean or [CLS] pooling. */
 static void
 cpu_pool_forward(Backend *be, bool cls, real *out, const real *inp,
-				 const int32_t *seq_start, int B, int C)
+				 const int32_t *seq_start, int B, int C, int skip)
 {
-	if (cls)
+	if (skip == 0 && cls)
 		varlen_cls_pool_forward(out, inp, seq_start, B, C);
-	else
+	else if (skip == 0)
 		varlen_mean_pool_forward(out, inp, seq_start, B, C);
+	else
+		for (int b = 0; b < B; b++)
+		{
+			int			first = seq_start[b] + skip;
+			int			len = seq_start[b + 1] - first;
+			real	   *o = out + (size_t) b * C;
+
+			for (int c = 0; c < C; c++)
+			{
+				double		sum = 0;
+
+				for (int n = first; n < first + (cls ? (len > 0) : len); n++)
+					sum += inp[(size_t) n * C + c];
+				o[c] = len <= 0 ? 0 : (real) (cls ? sum : sum / len);
+			}
+		}
 }
 
 /* Pooling backward (accumulates). */
 static void
 cpu_pool_backward(Backend *be, bool cls, real *dinp, const real *dout,
-				  const int32_t *seq_start, int B, int C)
+				  const int32_t *seq_start, int B, int C, int skip)
 {
-	if (cls)
+	if (skip == 0 && cls)
 		varlen_cls_pool_backward(dinp, dout, seq_start, B, C);
-	else
+	else if (skip == 0)
 		varlen_mean_pool_backward(dinp, dout, seq_start, B, C);
+	else
+		for (int b = 0; b < B; b++)
+		{
+			int			first = seq_start[b] + skip;
+			int			len = seq_start[b + 1] - first;
+			real		inv = len > 0 ? (real) (1.0 / len) : 0;
+
+			for (int n = first; n < first + (cls ? (len > 0) : len); n++)
+				for (int c = 0; c < C; c++)
+					dinp[(size_t) n * C + c] += cls ? dout[(size_t) b * C + c]
+						: dout[(size_t) b * C + c] * inv;
+		}
 }
 
 /* Row-wise L2 normalisation. */
@@ -427,6 +480,7 @@ static const BackendOps cpu_ops = {
 	.linear = cpu_linear,
 	.linear_backward = cpu_linear_backward,
 	.embeddings = cpu_embeddings,
+	.prompt_backward = cpu_prompt_backward,
 	.layernorm_forward = cpu_layernorm_forward,
 	.layernorm_backward = cpu_layernorm_backward,
 	.gelu_forward = cpu_gelu_forward,

@@ -511,14 +511,28 @@ cuda_linear_backward(Backend *be, real *dx, real *dW, real *db, const real *dout
 
 /* ---- encoder ------------------------------------------------------------- */
 
-/* Packed embeddings. */
+/* Packed embeddings, with prompt tuning's virtual tokens when V > 0. */
 static void
 cuda_embeddings(Backend *be, real *out, const int32_t *ids, const int32_t *rows,
 				int N, int T, const real *word, const real *pos, const real *type,
-				int C, int vocab)
+				const real *prompt, int V, int C, int vocab)
 {
-	CALL(be, "embeddings", peft_cuda_embeddings_forward(out, ids, rows, N, T, word, pos, type,
-														C, vocab, msg, MSG_LEN));
+	if (V == 0)
+		CALL(be, "embeddings", peft_cuda_embeddings_forward(out, ids, rows, N, T, word, pos, type,
+															C, vocab, msg, MSG_LEN));
+	else
+		CALL(be, "prompt embeddings",
+			 peft_cuda_prompt_embeddings(out, ids, rows, N, T, word, pos, type, prompt, V, C,
+										 vocab, msg, MSG_LEN));
+}
+
+/* The virtual tokens' gradients. */
+static void
+cuda_prompt_backward(Backend *be, real *dprompt, const real *demb, const int32_t *seq_start,
+					 int B, int V, int C)
+{
+	CALL(be, "prompt backward",
+		 peft_cuda_prompt_backward(dprompt, demb, seq_start, B, V, C, msg, MSG_LEN));
 }
 
 /* LayerNorm forward. */
@@ -605,9 +619,12 @@ cuda_attention_backward(Backend *be, real *dq, real *dk, real *dv, real *scratch
 /* Mean or [CLS] pooling. */
 static void
 cuda_pool_forward(Backend *be, bool cls, real *out, const real *inp,
-				  const int32_t *seq_start, int B, int C)
+				  const int32_t *seq_start, int B, int C, int skip)
 {
-	if (cls)
+	if (skip > 0)
+		CALL(be, "pool", peft_cuda_pool_skip_forward(cls, out, inp, seq_start, B, C, skip,
+													 msg, MSG_LEN));
+	else if (cls)
 		CALL(be, "cls pool", peft_cuda_cls_pool_forward(out, inp, seq_start, B, C, msg, MSG_LEN));
 	else
 		CALL(be, "mean pool", peft_cuda_mean_pool_forward(out, inp, seq_start, B, C, msg, MSG_LEN));
@@ -616,9 +633,12 @@ cuda_pool_forward(Backend *be, bool cls, real *out, const real *inp,
 /* Pooling backward. */
 static void
 cuda_pool_backward(Backend *be, bool cls, real *dinp, const real *dout,
-				   const int32_t *seq_start, int B, int C)
+				   const int32_t *seq_start, int B, int C, int skip)
 {
-	if (cls)
+	if (skip > 0)
+		CALL(be, "pool backward", peft_cuda_pool_skip_backward(cls, dinp, dout, seq_start, B, C,
+															   skip, msg, MSG_LEN));
+	else if (cls)
 		CALL(be, "cls pool backward",
 			 peft_cuda_cls_pool_backward(dinp, dout, seq_start, B, C, msg, MSG_LEN));
 	else
@@ -793,6 +813,7 @@ static const BackendOps cuda_ops = {
 	.linear = cuda_linear,
 	.linear_backward = cuda_linear_backward,
 	.embeddings = cuda_embeddings,
+	.prompt_backward = cuda_prompt_backward,
 	.layernorm_forward = cuda_layernorm_forward,
 	.layernorm_backward = cuda_layernorm_backward,
 	.gelu_forward = cuda_gelu_forward,

@@ -77,6 +77,7 @@ typedef enum PeftPrecision
 #define PEFT_METHOD_IA3			0x04
 #define PEFT_METHOD_BITFIT		0x08
 #define PEFT_METHOD_ADAPTER		0x10	/* bottleneck adapters */
+#define PEFT_METHOD_PROMPT		0x20	/* prompt tuning: virtual tokens */
 
 /* Settings of inference (embed, predict) in this process; see configure. */
 typedef struct PeftEngineSettings
@@ -134,6 +135,7 @@ typedef struct PeftTrainConfig
 	int			num_feedforward;
 	int			reduction_factor;	/* bottleneck width = hidden / this */
 	bool		houlsby;		/* adapters after attention too (else Pfeiffer: ffn only) */
+	int			num_virtual_tokens;	/* prompt tuning */
 } PeftTrainConfig;
 
 /* One optimizer step's report. */

@@ -438,6 +438,7 @@ session_train_config_default(PeftTrainConfig *c)
 	c->num_feedforward = -1;
 	c->methods = PEFT_METHOD_LORA;
 	c->reduction_factor = 16;
+	c->num_virtual_tokens = 8;
 	c->epochs = t.epochs;
 	c->batch_size = t.batch_size;
 	c->gradient_accumulation_steps = t.grad_accum;
@@ -509,6 +510,8 @@ session_network_options(const PeftTrainConfig *c, const BertModel *bert, Network
 	}
 	else
 		memcpy(o->lora.targets, targets, sizeof(targets));
+	if (m & PEFT_METHOD_PROMPT)
+		o->prompt_tokens = c->num_virtual_tokens;
 	o->dora = (m & PEFT_METHOD_DORA) != 0;
 	o->bitfit = (m & PEFT_METHOD_BITFIT) != 0;
 	if (m & PEFT_METHOD_ADAPTER)

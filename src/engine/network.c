@@ -236,6 +236,9 @@ check_options(const BertModel *base, const NetworkOptions *o, PeftError *err)
 							 "(IA)^3 cannot scale the input of %s: use it as a non-feedforward module",
 							 bert_linear_name(w));
 	}
+	if (o->prompt_tokens < 0 || o->prompt_tokens > 256 ||
+		o->prompt_tokens >= base->cfg.max_position)
+		return peft_fail(err, PEFT_ERR_INVALID, "num_virtual_tokens must be between 1 and 256");
 	if (o->bottleneck.reduction < 0 || o->bottleneck.reduction > C ||
 		(o->bottleneck.reduction > 0 && !o->bottleneck.after_attention && !o->bottleneck.after_ffn))
 		return peft_fail(err, PEFT_ERR_INVALID,
@@ -403,6 +406,11 @@ initialise(Network *net)
 			}
 	}
 	copy_into(net, net->emb_ln_beta, net->base->ln_emb_beta, C);
+	/* prompt tuning: each virtual token starts as the embedding of a random vocabulary token */
+	for (int v = 0; net->prompt >= 0 && v < net->opts.prompt_tokens; v++)
+		memcpy(param_value(ps, net->prompt) + (size_t) v * C,
+			   net->base->word_embeddings + (size_t) peft_rng_below(&rng, cfg->vocab_size) * C,
+			   sizeof(real) * C);
 	if (net->head_weight >= 0)
 	{
 		double		bound = 1.0 / sqrt((double) C);
@@ -441,9 +449,12 @@ network_create(const BertModel *base, const NetworkOptions *opts,
 		network_free(net);
 		return peft_fail(err, PEFT_ERR_NOMEM, "out of memory creating the network");
 	}
-	net->head_weight = net->head_bias = net->emb_ln_beta = -1;
+	net->head_weight = net->head_bias = net->emb_ln_beta = net->prompt = -1;
 
 	/* Parameters in PEFT's order: per layer, per linear (LoRA: A then B). */
+	if (opts->prompt_tokens > 0)
+		ok &= (net->prompt = paramset_add(&net->params, "prompt_embeddings", 2, opts->prompt_tokens,
+										  cfg->hidden_size, err)) >= 0;
 	if (opts->bitfit)
 		ok &= (net->emb_ln_beta = declare(net, "embeddings.LayerNorm", "bias", 1,
 										  cfg->hidden_size, 0, err)) >= 0;
@@ -870,8 +881,9 @@ acts_ensure(Network *net, int B, int T, size_t N, size_t nprobs, bool train,
 		(size_t) B <= act->cap_seqs && (!device || padded <= act->cap_padded) &&
 		(!train || act->train_layout))
 		return PEFT_OK;
-	rows = grow_capacity(N, act->cap_rows, padded);
-	probs = grow_capacity(nprobs, act->cap_probs, padded * NH * T);
+	rows = grow_capacity(N, act->cap_rows, padded + (size_t) B * net->opts.prompt_tokens);
+	probs = grow_capacity(nprobs, act->cap_probs, (size_t) B * NH * (T + net->opts.prompt_tokens) *
+						  (T + net->opts.prompt_tokens));
 	seqs = grow_capacity(B, act->cap_seqs, B);
 	ids = grow_capacity(padded, act->cap_padded, padded);
 	train = train || act->train_layout;
@@ -1018,7 +1030,8 @@ acts_ensure(Network *net, int B, int T, size_t N, size_t nprobs, bool train,
 PeftCode
 network_reserve(Network *net, int B, int T, bool train, PeftError *err)
 {
-	size_t		nprobs = (size_t) net->base->cfg.num_heads * B * T * T;
+	size_t		S = (size_t) T + net->opts.prompt_tokens;	/* tokens of a sequence, virtual included */
+	size_t		nprobs = (size_t) net->base->cfg.num_heads * B * S * S;
 	PeftCode	rc;
 
 	if (B < 1 || T < 1 || B > (1 << 20) || T > net->base->cfg.max_position)
@@ -1026,7 +1039,7 @@ network_reserve(Network *net, int B, int T, bool train, PeftError *err)
 	net_enter(net);
 	rc = bind_device(net, err);
 	if (rc == PEFT_OK)
-		rc = acts_ensure(net, B, T, (size_t) B * T, nprobs, train, err);
+		rc = acts_ensure(net, B, T, (size_t) B * S, nprobs, train, err);
 	return net_leave(net, rc, err);
 }
 
@@ -1040,10 +1053,10 @@ check_batch(const Network *net, const Batch *b, PeftError *err)
 
 	if (b->B < 1 || b->T < 1 || b->B > (1 << 20))
 		return peft_fail(err, PEFT_ERR_INVALID, "empty or oversized batch (%d x %d)", b->B, b->T);
-	if (b->T > cfg->max_position)
+	if (b->T + net->opts.prompt_tokens > cfg->max_position)
 		return peft_fail(err, PEFT_ERR_INVALID,
-						 "sequence length %d exceeds the model's %d positions",
-						 b->T, cfg->max_position);
+						 "sequence length %d (with %d virtual tokens) exceeds the model's %d positions",
+						 b->T, net->opts.prompt_tokens, cfg->max_position);
 	if ((size_t) b->B * b->T > (size_t) INT32_MAX / cfg->hidden_size)
 		return peft_fail(err, PEFT_ERR_INVALID, "batch of %d x %d is too large", b->B, b->T);
 	for (size_t i = 0; i < (size_t) b->B * b->T; i++)
@@ -1058,7 +1071,8 @@ static PeftCode
 pack_batch(Network *net, const Batch *b, PeftError *err)
 {
 	NetworkActivations *act = net->act;
-	size_t		padded = (size_t) b->B * b->T;
+	int			V = net->opts.prompt_tokens;
+	size_t		padded = (size_t) b->B * b->T + (size_t) b->B * V;
 
 	if (act->cap_pack_seqs < b->B + 1)
 	{
@@ -1079,7 +1093,25 @@ pack_batch(Network *net, const Batch *b, PeftError *err)
 		act->cap_pack = padded;
 	}
 	act->B = b->B;
-	act->N = varlen_pack(act->seq_start, act->rows, b->mask, b->B, b->T);
+	if (V == 0)
+		act->N = varlen_pack(act->seq_start, act->rows, b->mask, b->B, b->T);
+	else
+	{
+		/* every sequence starts with the V virtual tokens, rows -1 - v */
+		int			n = 0;
+
+		for (int i = 0; i < b->B; i++)
+		{
+			act->seq_start[i] = n;
+			for (int v = 0; v < V; v++)
+				act->rows[n++] = -1 - v;
+			for (int t = 0; t < b->T; t++)
+				if (b->mask[(size_t) i * b->T + t])
+					act->rows[n++] = i * b->T + t;
+		}
+		act->seq_start[b->B] = n;
+		act->N = n;
+	}
 	act->nprobs = varlen_attention_size(act->seq_start, b->B, net->base->cfg.num_heads);
 	return PEFT_OK;
 }
@@ -1362,7 +1394,8 @@ encoder_forward(Network *net, const Batch *b, bool train, PeftError *err)
 	upload_batch(net, b);
 
 	be->ops->embeddings(be, act->emb, act->d_ids, act->d_rows, N, b->T, mw->word, mw->pos,
-						mw->type, C, cfg->vocab_size);
+						mw->type, net->prompt >= 0 ? dvalue(net, net->prompt) : NULL,
+						net->opts.prompt_tokens, C, cfg->vocab_size);
 	be->ops->layernorm_forward(be, act->h[0], act->ln0_mean, act->ln0_rstd, act->emb,
 							   mw->ln_emb_gamma, ln_beta(net, net->emb_ln_beta, mw->ln_emb_beta),
 							   N, C, eps);
@@ -1413,9 +1446,10 @@ pool_forward(Network *net)
 {
 	NetworkActivations *act = net->act;
 
+	/* over the real tokens: prompt tuning's virtual ones are left out */
 	net->be->ops->pool_forward(net->be, net->base->cfg.pooling == POOLING_CLS, act->pooled,
 							   act->last, act->d_seq_start, act->B,
-							   net->base->cfg.hidden_size);
+							   net->base->cfg.hidden_size, net->opts.prompt_tokens);
 }
 
 /* Forward through encoder, pooling and head; optional mean loss (inside a backend use). */
@@ -1610,11 +1644,18 @@ layer_trains(const Network *net, int l)
 	return false;
 }
 
+/* Whether the embeddings train (BitFit's LayerNorm bias, prompt tuning's tokens). */
+static bool
+embeddings_train(const Network *net)
+{
+	return net->emb_ln_beta >= 0 || net->prompt >= 0;
+}
+
 /* True when layer l or any layer below it (or the embeddings) trains. */
 static bool
 trains_at_or_below(const Network *net, int l)
 {
-	if (net->emb_ln_beta >= 0)
+	if (embeddings_train(net))
 		return true;
 	for (int i = 0; i <= l; i++)
 		if (layer_trains(net, i))
@@ -1780,7 +1821,7 @@ backward_locked(Network *net, const Batch *b, real loss_scale, PeftError *err)
 	/* pooled -> final hidden states */
 	be->ops->zero(be, act->dh, (size_t) act->N * C * sizeof(real));
 	be->ops->pool_backward(be, cfg->pooling == POOLING_CLS, act->dh, act->dpooled,
-						   act->d_seq_start, act->B, C);
+						   act->d_seq_start, act->B, C, net->opts.prompt_tokens);
 
 	/* layers, top down, stopping below the lowest trainable tensor */
 	for (int l = cfg->num_layers - 1; l >= 0; l--)
@@ -1789,13 +1830,16 @@ backward_locked(Network *net, const Batch *b, real loss_scale, PeftError *err)
 
 		if (!trains_at_or_below(net, l))
 			break;
-		layer_backward(net, l, l > 0 ? trains_at_or_below(net, l - 1) : net->emb_ln_beta >= 0);
+		layer_backward(net, l, l > 0 ? trains_at_or_below(net, l - 1) : embeddings_train(net));
 		swap = act->dh;
 		act->dh = act->dx;
 		act->dx = swap;
 	}
-	/* BitFit: the embeddings' LayerNorm bias, through the embeddings' dropout */
-	if (net->emb_ln_beta >= 0)
+	/*
+	 * The embeddings, through their dropout and LayerNorm: BitFit's
+	 * LayerNorm bias, prompt tuning's virtual tokens.
+	 */
+	if (embeddings_train(net))
 	{
 		const real *d = act->dh;
 
@@ -1805,7 +1849,16 @@ backward_locked(Network *net, const Batch *b, real loss_scale, PeftError *err)
 							 (real) net->opts.hidden_dropout, (size_t) act->N * C);
 			d = act->dres;
 		}
-		be->ops->coldot(be, dgrad(net, net->emb_ln_beta), d, C, NULL, 0, NULL, 1, act->N, C);
+		if (net->emb_ln_beta >= 0)
+			be->ops->coldot(be, dgrad(net, net->emb_ln_beta), d, C, NULL, 0, NULL, 1, act->N, C);
+		if (net->prompt >= 0)
+		{
+			be->ops->zero(be, act->dx, (size_t) act->N * C * sizeof(real));
+			be->ops->layernorm_backward(be, act->dx, NULL, d, act->emb, net->weights->ln_emb_gamma,
+										act->ln0_mean, act->ln0_rstd, act->N, C);
+			be->ops->prompt_backward(be, dgrad(net, net->prompt), act->dx, act->d_seq_start,
+									 act->B, net->opts.prompt_tokens, C);
+		}
 	}
 	net->dp_newer = !be->host_memory;
 	return PEFT_OK;

@@ -683,6 +683,7 @@ varlen_scatter_rows(real *out, const real *packed, const int32_t *rows,
 		return;
 	memset(out, 0, (size_t) BT * C * sizeof(real));
 	for (int n = 0; n < N; n++)
-		memcpy(out + (size_t) rows[n] * C, packed + (size_t) n * C,
-			   (size_t) C * sizeof(real));
+		if (rows[n] >= 0 && rows[n] < BT)	/* a virtual token has no padded place */
+			memcpy(out + (size_t) rows[n] * C, packed + (size_t) n * C,
+				   (size_t) C * sizeof(real));
 }

@@ -48,6 +48,8 @@ method_options(const char *method)
 		o.ia3.targets[BERT_INTERMEDIATE] = true;
 	}
 	o.bitfit = (bits & PEFT_METHOD_BITFIT) != 0;
+	if (bits & PEFT_METHOD_PROMPT)
+		o.prompt_tokens = 3;
 	if (bits & PEFT_METHOD_ADAPTER)
 	{
 		o.bottleneck.reduction = 8;
@@ -112,7 +114,7 @@ test_round_trip(void **state)
 {
 	static const char *const methods[] = {
 		"lora", "dora", "ia3", "bitfit", "adapter", "lora+bitfit", "dora+bitfit+adapter",
-		"ia3+bitfit", "ia3+adapter"
+		"ia3+bitfit", "ia3+adapter", "prompt", "lora+prompt"
 	};
 
 	for (size_t k = 0; k < sizeof(methods) / sizeof(methods[0]); k++)
@@ -154,7 +156,7 @@ static void
 test_merge(void **state)
 {
 	static const char *const methods[] = {
-		"lora", "dora", "ia3", "lora+bitfit", "dora+bitfit+adapter", "ia3+bitfit"
+		"lora", "dora", "ia3", "lora+bitfit", "dora+bitfit+adapter", "ia3+bitfit", "lora+prompt"
 	};
 
 	for (size_t k = 0; k < sizeof(methods) / sizeof(methods[0]); k++)

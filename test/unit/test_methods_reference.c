@@ -324,6 +324,13 @@ test_export_own(void **state)
 	st_close(in);
 }
 
+/* PEFT's prompt tuning (8 virtual tokens; real tokens at positions 8 ..). */
+static void
+test_prompt_tuning(void **state)
+{
+	check_method("prompt_tuning", false);
+}
+
 int
 main(void)
 {
@@ -332,6 +339,7 @@ main(void)
 		cmocka_unit_test(test_rslora),
 		cmocka_unit_test(test_dora),
 		cmocka_unit_test(test_ia3),
+		cmocka_unit_test(test_prompt_tuning),
 		cmocka_unit_test(test_export_own),
 	};
 

@@ -901,6 +901,31 @@ test_load_dir(void **state)
 	assert_int_equal(tokenizer_load_vocab("/tmp", NULL, &tok, &err), PEFT_ERR_IO);
 }
 
+/* tokenizer.json from memory: the buffer need not end in a NUL. */
+static void
+test_json_buffer(void **state)
+{
+	static const char json[] =
+		"{\"model\": {\"type\": \"WordPiece\", \"vocab\": {\"[PAD]\": 0,"
+		" \"[UNK]\": 1, \"[CLS]\": 2, \"[SEP]\": 3, \"hi\": 4}}}";
+	char	   *copy = malloc(sizeof(json) - 1);
+	Tokenizer  *tok = NULL;
+	PeftError	err;
+
+	(void) state;
+	memcpy(copy, json, sizeof(json) - 1);	/* no NUL after the text */
+	assert_int_equal(tokenizer_from_json_buffer(copy, sizeof(json) - 1, NULL, &tok, &err),
+					 PEFT_OK);
+	assert_int_equal(tokenizer_vocab_size(tok), 5);
+	ASSERT_ENCODES(tok, "Hi there", 2, 4, 1, 3);
+	tokenizer_free(tok);
+	assert_int_equal(tokenizer_from_json_buffer(copy, sizeof(json) - 3, NULL, &tok, &err),
+					 PEFT_ERR_FORMAT);
+	assert_null(tok);
+	assert_int_equal(tokenizer_from_json_buffer(NULL, 0, NULL, &tok, &err), PEFT_ERR_FORMAT);
+	free(copy);
+}
+
 int
 main(void)
 {
@@ -920,6 +945,7 @@ main(void)
 		cmocka_unit_test(test_hostile_vocab),
 		cmocka_unit_test(test_vocab_lines),
 		cmocka_unit_test(test_load_dir),
+		cmocka_unit_test(test_json_buffer),
 	};
 
 	return cmocka_run_group_tests_name("tokenizer", tests, NULL, NULL);

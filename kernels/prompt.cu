@@ -1,0 +1,199 @@
+/*
+ * prompt.cu - prompt tuning's virtual tokens: the embeddings of a packed
+ * batch whose sequences start with V virtual tokens (rows[n] = -1 - v),
+ * their gradient, and pooling that skips them.  GPU twins of
+ * cpu_embeddings, cpu_prompt_backward and cpu_pool_* (skip > 0) in
+ * src/engine/backend_cpu.c.
+ */
+#include "cuda_ops.h"
+
+#include <cuda_runtime.h>
+
+/* out[n,:] = (word[ids[r]] or prompt[v]) + pos[r % T + V or v] + type[0], grid-stride. */
+static __global__ void
+prompt_embeddings_kernel(float *out, const int32_t *ids, const int32_t *rows, int N, int T,
+						 const float *word, const float *pos, const float *type,
+						 const float *prompt, int V, int C, int vocab)
+{
+	size_t		total = (size_t) N * C;
+	size_t		stride = (size_t) gridDim.x * blockDim.x;
+
+	for (size_t i = (size_t) blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride)
+	{
+		int			n = (int) (i / C);
+		int			c = (int) (i % C);
+		int			r = rows[n];
+		float		w;
+		int			p;
+
+		if (r < 0)
+		{
+			w = prompt[(size_t) (-1 - r) * C + c];
+			p = -1 - r;
+		}
+		else
+		{
+			int			id = ids[r];
+
+			w = id >= 0 && id < vocab ? word[(size_t) id * C + c] : 0.0f;
+			p = r % T + V;
+		}
+		out[i] = w + pos[(size_t) p * C + c] + type[c];
+	}
+}
+
+/* dprompt[v,c] += sum over sequences b of demb[seq_start[b] + v, c], in order of b. */
+static __global__ void
+prompt_backward_kernel(float *dprompt, const float *demb, const int32_t *seq_start,
+					   int B, int V, int C)
+{
+	size_t		total = (size_t) V * C;
+	size_t		stride = (size_t) gridDim.x * blockDim.x;
+
+	for (size_t i = (size_t) blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride)
+	{
+		int			v = (int) (i / C);
+		int			c = (int) (i % C);
+		double		sum = 0;
+
+		for (int b = 0; b < B; b++)
+			sum += demb[((size_t) seq_start[b] + v) * C + c];
+		dprompt[i] += (float) sum;
+	}
+}
+
+/* out[b,c] = mean (cls: first) of rows seq_start[b] + skip .. seq_start[b+1] of column c. */
+static __global__ void
+pool_skip_forward_kernel(float *out, const float *inp, const int32_t *seq_start, int B, int C,
+						 int skip, bool cls)
+{
+	size_t		total = (size_t) B * C;
+	size_t		stride = (size_t) gridDim.x * blockDim.x;
+
+	for (size_t i = (size_t) blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride)
+	{
+		int			b = (int) (i / C);
+		int			c = (int) (i % C);
+		int			first = seq_start[b] + skip;
+		int			len = seq_start[b + 1] - first;
+		double		sum = 0;
+
+		if (len <= 0)
+		{
+			out[i] = 0.0f;
+			continue;
+		}
+		if (cls)
+		{
+			out[i] = inp[(size_t) first * C + c];
+			continue;
+		}
+		for (int n = first; n < first + len; n++)
+			sum += inp[(size_t) n * C + c];
+		out[i] = (float) (sum / len);
+	}
+}
+
+/* dinp rows of b (after skip) += dout[b] / len (cls: the first row += dout[b]). */
+static __global__ void
+pool_skip_backward_kernel(float *dinp, const float *dout, const int32_t *seq_start, int B, int C,
+						  int skip, bool cls)
+{
+	size_t		total = (size_t) B * C;
+	size_t		stride = (size_t) gridDim.x * blockDim.x;
+
+	for (size_t i = (size_t) blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride)
+	{
+		int			b = (int) (i / C);
+		int			c = (int) (i % C);
+		int			first = seq_start[b] + skip;
+		int			len = seq_start[b + 1] - first;
+		float		inv;
+
+		if (len <= 0)
+			continue;
+		if (cls)
+		{
+			dinp[(size_t) first * C + c] += dout[i];
+			continue;
+		}
+		inv = (float) (1.0 / len);
+		for (int n = first; n < first + len; n++)
+			dinp[(size_t) n * C + c] += dout[i] * inv;
+	}
+}
+
+/* Embeddings of a packed batch with V virtual tokens per sequence. */
+extern "C" int
+peft_cuda_prompt_embeddings(float *out, const int32_t *ids, const int32_t *rows, int N, int T,
+							const float *word, const float *pos, const float *type,
+							const float *prompt, int V, int C, int vocab, char *msg, int msglen)
+{
+	size_t		total = (size_t) N * C;
+
+	if (N < 0 || T <= 0 || V < 0 || C <= 0)
+		return peft_cuda_fail(msg, msglen, "prompt_embeddings: bad shape N=%d T=%d V=%d C=%d",
+							  N, T, V, C);
+	if (total == 0)
+		return 0;
+	if (out == NULL || ids == NULL || rows == NULL || word == NULL || pos == NULL ||
+		type == NULL || (V > 0 && prompt == NULL))
+		return peft_cuda_fail(msg, msglen, "prompt_embeddings: NULL tensor");
+	prompt_embeddings_kernel<<<peft_cuda_grid(total, PEFT_CUDA_THREADS), PEFT_CUDA_THREADS>>>(
+		out, ids, rows, N, T, word, pos, type, prompt, V, C, vocab);
+	return peft_cuda_check_launch("prompt_embeddings_kernel", msg, msglen);
+}
+
+/* dprompt[V,C] += the virtual tokens' gradients summed over sequences. */
+extern "C" int
+peft_cuda_prompt_backward(float *dprompt, const float *demb, const int32_t *seq_start,
+						  int B, int V, int C, char *msg, int msglen)
+{
+	size_t		total = (size_t) V * C;
+
+	if (B < 0 || V < 0 || C < 0)
+		return peft_cuda_fail(msg, msglen, "prompt_backward: bad shape B=%d V=%d C=%d", B, V, C);
+	if (total == 0 || B == 0 || dprompt == NULL)
+		return 0;
+	if (demb == NULL || seq_start == NULL)
+		return peft_cuda_fail(msg, msglen, "prompt_backward: NULL tensor");
+	prompt_backward_kernel<<<peft_cuda_grid(total, PEFT_CUDA_THREADS), PEFT_CUDA_THREADS>>>(
+		dprompt, demb, seq_start, B, V, C);
+	return peft_cuda_check_launch("prompt_backward_kernel", msg, msglen);
+}
+
+/* Mean or [CLS] pooling of each sequence's rows after its first skip. */
+extern "C" int
+peft_cuda_pool_skip_forward(int cls, float *out, const float *inp, const int32_t *seq_start,
+							int B, int C, int skip, char *msg, int msglen)
+{
+	size_t		total = (size_t) B * C;
+
+	if (B < 0 || C < 0 || skip < 0)
+		return peft_cuda_fail(msg, msglen, "pool_skip_forward: bad shape B=%d C=%d skip=%d", B, C, skip);
+	if (total == 0)
+		return 0;
+	if (out == NULL || inp == NULL || seq_start == NULL)
+		return peft_cuda_fail(msg, msglen, "pool_skip_forward: NULL tensor");
+	pool_skip_forward_kernel<<<peft_cuda_grid(total, PEFT_CUDA_THREADS), PEFT_CUDA_THREADS>>>(
+		out, inp, seq_start, B, C, skip, cls != 0);
+	return peft_cuda_check_launch("pool_skip_forward_kernel", msg, msglen);
+}
+
+/* Its backward (accumulates). */
+extern "C" int
+peft_cuda_pool_skip_backward(int cls, float *dinp, const float *dout, const int32_t *seq_start,
+							 int B, int C, int skip, char *msg, int msglen)
+{
+	size_t		total = (size_t) B * C;
+
+	if (B < 0 || C < 0 || skip < 0)
+		return peft_cuda_fail(msg, msglen, "pool_skip_backward: bad shape B=%d C=%d skip=%d", B, C, skip);
+	if (total == 0 || dinp == NULL)
+		return 0;
+	if (dout == NULL || seq_start == NULL)
+		return peft_cuda_fail(msg, msglen, "pool_skip_backward: NULL tensor");
+	pool_skip_backward_kernel<<<peft_cuda_grid(total, PEFT_CUDA_THREADS), PEFT_CUDA_THREADS>>>(
+		dinp, dout, seq_start, B, C, skip, cls != 0);
+	return peft_cuda_check_launch("pool_skip_backward_kernel", msg, msglen);
+}
