@@ -270,10 +270,14 @@ int			peft_cuda_prompt_embeddings(float *out, const int32_t *ids, const int32_t 
 										int N, int T, const float *word, const float *pos,
 										const float *type, const float *prompt, int V, int C,
 										int vocab, char *msg, int msglen);
-/* dprompt[v,:] += sum over b of demb[seq_start[b] + v, :] (deterministic) */
-int			peft_cuda_prompt_backward(float *dprompt, const float *demb,
+/* dprompt[v,:] (row stride ldp) += sum over b of demb[seq_start[b] + v, :] (stride lde); deterministic */
+int			peft_cuda_prompt_backward(float *dprompt, int ldp, const float *demb, int lde,
 									  const int32_t *seq_start, int B, int V, int C,
 									  char *msg, int msglen);
+/* dst[dst_rows[i]] = src[src_rows[i]], cols columns (a NULL index array is the identity) */
+int			peft_cuda_row_copy(float *dst, int ldd, const int32_t *dst_rows, const float *src,
+							   int lds, const int32_t *src_rows, int n, int cols,
+							   char *msg, int msglen);
 /* out[B,C] = mean (cls != 0: first) of each sequence's rows after its first skip */
 int			peft_cuda_pool_skip_forward(int cls, float *out, const float *inp,
 										const int32_t *seq_start, int B, int C, int skip,

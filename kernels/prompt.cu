@@ -44,8 +44,8 @@ prompt_embeddings_kernel(float *out, const int32_t *ids, const int32_t *rows, in
 
 /* dprompt[v,c] += sum over sequences b of demb[seq_start[b] + v, c], in order of b. */
 static __global__ void
-prompt_backward_kernel(float *dprompt, const float *demb, const int32_t *seq_start,
-					   int B, int V, int C)
+prompt_backward_kernel(float *dprompt, int ldp, const float *demb, int lde,
+					   const int32_t *seq_start, int B, int V, int C)
 {
 	size_t		total = (size_t) V * C;
 	size_t		stride = (size_t) gridDim.x * blockDim.x;
@@ -57,8 +57,8 @@ prompt_backward_kernel(float *dprompt, const float *demb, const int32_t *seq_sta
 		double		sum = 0;
 
 		for (int b = 0; b < B; b++)
-			sum += demb[((size_t) seq_start[b] + v) * C + c];
-		dprompt[i] += (float) sum;
+			sum += demb[((size_t) seq_start[b] + v) * lde + c];
+		dprompt[(size_t) v * ldp + c] += (float) sum;
 	}
 }
 
@@ -136,8 +136,9 @@ peft_cuda_prompt_embeddings(float *out, const int32_t *ids, const int32_t *rows,
 							  N, T, V, C);
 	if (total == 0)
 		return 0;
+	/* prompt is read only for virtual rows; prefix tuning passes NULL with V > 0 */
 	if (out == NULL || ids == NULL || rows == NULL || word == NULL || pos == NULL ||
-		type == NULL || (V > 0 && prompt == NULL))
+		type == NULL)
 		return peft_cuda_fail(msg, msglen, "prompt_embeddings: NULL tensor");
 	prompt_embeddings_kernel<<<peft_cuda_grid(total, PEFT_CUDA_THREADS), PEFT_CUDA_THREADS>>>(
 		out, ids, rows, N, T, word, pos, type, prompt, V, C, vocab);
@@ -146,20 +147,57 @@ peft_cuda_prompt_embeddings(float *out, const int32_t *ids, const int32_t *rows,
 
 /* dprompt[V,C] += the virtual tokens' gradients summed over sequences. */
 extern "C" int
-peft_cuda_prompt_backward(float *dprompt, const float *demb, const int32_t *seq_start,
-						  int B, int V, int C, char *msg, int msglen)
+peft_cuda_prompt_backward(float *dprompt, int ldp, const float *demb, int lde,
+						  const int32_t *seq_start, int B, int V, int C, char *msg, int msglen)
 {
 	size_t		total = (size_t) V * C;
 
-	if (B < 0 || V < 0 || C < 0)
+	if (B < 0 || V < 0 || C < 0 || ldp < C || lde < C)
 		return peft_cuda_fail(msg, msglen, "prompt_backward: bad shape B=%d V=%d C=%d", B, V, C);
 	if (total == 0 || B == 0 || dprompt == NULL)
 		return 0;
 	if (demb == NULL || seq_start == NULL)
 		return peft_cuda_fail(msg, msglen, "prompt_backward: NULL tensor");
 	prompt_backward_kernel<<<peft_cuda_grid(total, PEFT_CUDA_THREADS), PEFT_CUDA_THREADS>>>(
-		dprompt, demb, seq_start, B, V, C);
+		dprompt, ldp, demb, lde, seq_start, B, V, C);
 	return peft_cuda_check_launch("prompt_backward_kernel", msg, msglen);
+}
+
+/* dst[dst_rows[i], c] = src[src_rows[i], c], one thread per element. */
+static __global__ void
+row_copy_kernel(float *dst, int ldd, const int32_t *dst_rows, const float *src, int lds,
+				const int32_t *src_rows, int n, int cols)
+{
+	size_t		total = (size_t) n * cols;
+	size_t		stride = (size_t) gridDim.x * blockDim.x;
+
+	for (size_t k = (size_t) blockIdx.x * blockDim.x + threadIdx.x; k < total; k += stride)
+	{
+		int			i = (int) (k / cols);
+		int			c = (int) (k % cols);
+
+		dst[(size_t) (dst_rows ? dst_rows[i] : i) * ldd + c] =
+			src[(size_t) (src_rows ? src_rows[i] : i) * lds + c];
+	}
+}
+
+/* Copy rows between layouts (prefix tuning's extended attention rows). */
+extern "C" int
+peft_cuda_row_copy(float *dst, int ldd, const int32_t *dst_rows, const float *src, int lds,
+				   const int32_t *src_rows, int n, int cols, char *msg, int msglen)
+{
+	size_t		total = (size_t) n * cols;
+
+	if (n < 0 || cols < 0 || ldd < cols || lds < cols)
+		return peft_cuda_fail(msg, msglen, "row_copy: bad shape n=%d cols=%d ldd=%d lds=%d",
+							  n, cols, ldd, lds);
+	if (total == 0)
+		return 0;
+	if (dst == NULL || src == NULL)
+		return peft_cuda_fail(msg, msglen, "row_copy: NULL tensor");
+	row_copy_kernel<<<peft_cuda_grid(total, PEFT_CUDA_THREADS), PEFT_CUDA_THREADS>>>(
+		dst, ldd, dst_rows, src, lds, src_rows, n, cols);
+	return peft_cuda_check_launch("row_copy_kernel", msg, msglen);
 }
 
 /* Mean or [CLS] pooling of each sequence's rows after its first skip. */

@@ -150,6 +150,8 @@ adapter_method_name(const NetworkOptions *o, char *buf, size_t len)
 		snprintf(buf + strlen(buf), len - strlen(buf), "%sadapter", buf[0] ? "+" : "");
 	if (o->prompt_tokens > 0)
 		snprintf(buf + strlen(buf), len - strlen(buf), "%sprompt", buf[0] ? "+" : "");
+	if (o->prefix_tokens > 0)
+		snprintf(buf + strlen(buf), len - strlen(buf), "%sprefix", buf[0] ? "+" : "");
 	return buf;
 }
 
@@ -164,7 +166,7 @@ adapter_parse_method(const char *name, unsigned *methods, PeftError *err)
 	}			known[] = {
 		{"lora", PEFT_METHOD_LORA}, {"dora", PEFT_METHOD_DORA}, {"ia3", PEFT_METHOD_IA3},
 		{"bitfit", PEFT_METHOD_BITFIT}, {"adapter", PEFT_METHOD_ADAPTER},
-		{"prompt", PEFT_METHOD_PROMPT}
+		{"prompt", PEFT_METHOD_PROMPT}, {"prefix", PEFT_METHOD_PREFIX}
 	};
 	const char *at = name;
 	unsigned	bits = 0;
@@ -181,7 +183,7 @@ adapter_parse_method(const char *name, unsigned *methods, PeftError *err)
 		if (bit == 0 || (bits & bit))
 			return peft_fail(err, PEFT_ERR_INVALID,
 							 "method \"%s\" is not a combination of lora, dora, ia3, bitfit, "
-							 "adapter and prompt (each at most once, joined by +)", name);
+							 "adapter, prompt and prefix (each at most once, joined by +)", name);
 		bits |= bit;
 		at += len;
 		if (*at == '+')
@@ -192,6 +194,9 @@ adapter_parse_method(const char *name, unsigned *methods, PeftError *err)
 	if (__builtin_popcount(bits & (PEFT_METHOD_LORA | PEFT_METHOD_DORA | PEFT_METHOD_IA3)) > 1)
 		return peft_fail(err, PEFT_ERR_INVALID,
 						 "method \"%s\" combines more than one of lora, dora and ia3", name);
+	if ((bits & PEFT_METHOD_PROMPT) && (bits & PEFT_METHOD_PREFIX))
+		return peft_fail(err, PEFT_ERR_INVALID,
+						 "method \"%s\" combines prompt and prefix tuning", name);
 	*methods = bits;
 	return PEFT_OK;
 }
@@ -233,12 +238,12 @@ adapter_config_json(const Network *net, const char *base_model, char **out,
 	adapter_method_name(o, method, sizeof(method));
 	cJSON_AddStringToObject(root, "peft_type", lora ? "LORA" : ia3 ? "IA3" :
 							o->bottleneck.reduction > 0 ? "BOTTLENECK" : o->bitfit ? "BITFIT" :
-							"PROMPT_TUNING");
+							o->prefix_tokens > 0 ? "PREFIX_TUNING" : "PROMPT_TUNING");
 	cJSON_AddNullToObject(root, "task_type");
 	cJSON_AddStringToObject(root, "base_model_name_or_path", base_model ? base_model : "");
 	/* PEFT's own fields say everything for LoRA/DoRA (+ BitFit as bias "all"), (IA)^3, prompts */
 	if (o->bottleneck.reduction > 0 || (o->bitfit && !lora) ||
-		(o->prompt_tokens > 0 && (lora || ia3 || o->bitfit)))
+		((o->prompt_tokens > 0 || o->prefix_tokens > 0) && (lora || ia3 || o->bitfit)))
 		cJSON_AddStringToObject(root, "peft_pg_method", method);
 	if (lora)
 	{
@@ -257,18 +262,24 @@ adapter_config_json(const Network *net, const char *base_model, char **out,
 		cJSON_AddItemToObject(root, "feedforward_modules", module_list(o->ia3.feedforward));
 		cJSON_AddBoolToObject(root, "init_ia3_weights", 1);
 	}
-	if (o->prompt_tokens > 0)
+	if (o->prompt_tokens > 0 || o->prefix_tokens > 0)
 	{
 		const ModelConfig *cfg = &net->base->cfg;
 
 		/* PEFT prepends the virtual tokens only in its FEATURE_EXTRACTION (and task) models */
 		cJSON_ReplaceItemInObject(root, "task_type", cJSON_CreateString("FEATURE_EXTRACTION"));
-		cJSON_AddNumberToObject(root, "num_virtual_tokens", o->prompt_tokens);
+		cJSON_AddNumberToObject(root, "num_virtual_tokens", o->prompt_tokens + o->prefix_tokens);
 		cJSON_AddNumberToObject(root, "token_dim", cfg->hidden_size);
 		cJSON_AddNumberToObject(root, "num_transformer_submodules", 1);
 		cJSON_AddNumberToObject(root, "num_attention_heads", cfg->num_heads);
 		cJSON_AddNumberToObject(root, "num_layers", cfg->num_layers);
-		cJSON_AddStringToObject(root, "prompt_tuning_init", "RANDOM");
+		if (o->prefix_tokens > 0)
+		{
+			cJSON_AddNumberToObject(root, "encoder_hidden_size", cfg->hidden_size);
+			cJSON_AddBoolToObject(root, "prefix_projection", 0);
+		}
+		else
+			cJSON_AddStringToObject(root, "prompt_tuning_init", "RANDOM");
 	}
 	if (o->bottleneck.reduction > 0)
 	{
@@ -486,7 +497,7 @@ adapter_options_from_config(const char *json, size_t len, NetworkOptions *opts,
 	memset(&opts->ia3, 0, sizeof(opts->ia3));
 	memset(&opts->bottleneck, 0, sizeof(opts->bottleneck));
 	opts->dora = opts->bitfit = false;
-	opts->prompt_tokens = 0;
+	opts->prompt_tokens = opts->prefix_tokens = 0;
 	type = cJSON_GetObjectItemCaseSensitive(root, "peft_type");
 	pg = cJSON_GetObjectItemCaseSensitive(root, "peft_pg_method");
 	if (pg != NULL && (!cJSON_IsString(pg) ||
@@ -516,18 +527,37 @@ adapter_options_from_config(const char *json, size_t len, NetworkOptions *opts,
 		opts->bitfit = true;
 	else if (strcmp(type->valuestring, "PROMPT_TUNING") == 0)
 		rc = config_prompt(root, opts, err);
+	else if (strcmp(type->valuestring, "PREFIX_TUNING") == 0)
+	{
+		if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "prefix_projection")))
+			rc = peft_fail(err, PEFT_ERR_UNSUPPORTED,
+						   "adapter config: prefix_projection is not supported");
+		else if ((rc = config_prompt(root, opts, err)) == PEFT_OK)
+		{
+			opts->prefix_tokens = opts->prompt_tokens;
+			opts->prompt_tokens = 0;
+		}
+	}
 	else if (strcmp(type->valuestring, "BOTTLENECK") != 0)
 		rc = peft_fail(err, PEFT_ERR_UNSUPPORTED,
 					   "adapter config: peft_type \"%s\" is not supported (LORA, IA3, PROMPT_TUNING, "
-					   "BITFIT, BOTTLENECK are)", type->valuestring);
+					   "PREFIX_TUNING, BITFIT, BOTTLENECK are)", type->valuestring);
 	if (rc != PEFT_OK)
 		goto done;
 	if (methods & PEFT_METHOD_BITFIT)
 		opts->bitfit = true;
 	if ((methods & PEFT_METHOD_ADAPTER) || strcmp(type->valuestring, "BOTTLENECK") == 0)
 		rc = config_bottleneck(root, opts, err);
-	if (rc == PEFT_OK && (methods & PEFT_METHOD_PROMPT) && strcmp(type->valuestring, "PROMPT_TUNING") != 0)
+	if (rc == PEFT_OK && (methods & (PEFT_METHOD_PROMPT | PEFT_METHOD_PREFIX)) &&
+		strcmp(type->valuestring, "PROMPT_TUNING") != 0 && strcmp(type->valuestring, "PREFIX_TUNING") != 0)
+	{
 		rc = config_prompt(root, opts, err);
+		if (rc == PEFT_OK && (methods & PEFT_METHOD_PREFIX))
+		{
+			opts->prefix_tokens = opts->prompt_tokens;
+			opts->prompt_tokens = 0;
+		}
+	}
 done:
 	cJSON_Delete(root);
 	return rc;

@@ -132,9 +132,19 @@ typedef struct BackendOps
 							   const int32_t *rows, int N, int T, const real *word,
 							   const real *pos, const real *type, const real *prompt,
 							   int V, int C, int vocab);
-	/* dprompt[v] += sum_b demb[seq_start[b] + v] (each sequence's first V rows are virtual) */
-	void		(*prompt_backward) (Backend *be, real *dprompt, const real *demb,
-									const int32_t *seq_start, int B, int V, int C);
+	/*
+	 * dprompt[v] += sum_b demb[seq_start[b] + v], C columns, row strides
+	 * ldp and lde (each sequence's first V rows are virtual: prompt and
+	 * prefix tuning's gradients)
+	 */
+	void		(*prompt_backward) (Backend *be, real *dprompt, int ldp, const real *demb,
+									int lde, const int32_t *seq_start, int B, int V, int C);
+	/*
+	 * dst[dst_rows[i]] = src[src_rows[i]] for i < n, cols columns, row
+	 * strides ldd and lds (a NULL index array is the identity)
+	 */
+	void		(*row_copy) (Backend *be, real *dst, int ldd, const int32_t *dst_rows,
+							 const real *src, int lds, const int32_t *src_rows, int n, int cols);
 	void		(*layernorm_forward) (Backend *be, real *out, real *mean, real *rstd,
 									  const real *inp, const real *gamma,
 									  const real *beta, int N, int C, real eps);

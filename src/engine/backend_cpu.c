@@ -189,15 +189,30 @@ cpu_embeddings(Backend *be, real *out, const int32_t *ids, const int32_t *rows,
 	}
 }
 
-/* dprompt[v] += the gradients of every sequence's virtual token v. */
+/* dprompt[v] += the gradients of every sequence's virtual token v (summed in double). */
 static void
-cpu_prompt_backward(Backend *be, real *dprompt, const real *demb, const int32_t *seq_start,
-					int B, int V, int C)
+cpu_prompt_backward(Backend *be, real *dprompt, int ldp, const real *demb, int lde,
+					const int32_t *seq_start, int B, int V, int C)
 {
-	for (int b = 0; b < B; b++)
-		for (int v = 0; v < V; v++)
-			for (int c = 0; c < C; c++)
-				dprompt[(size_t) v * C + c] += demb[((size_t) seq_start[b] + v) * C + c];
+	for (int v = 0; v < V; v++)
+		for (int c = 0; c < C; c++)
+		{
+			double		sum = 0;
+
+			for (int b = 0; b < B; b++)
+				sum += demb[((size_t) seq_start[b] + v) * lde + c];
+			dprompt[(size_t) v * ldp + c] += (real) sum;
+		}
+}
+
+/* dst[dst_rows[i]] = src[src_rows[i]] (NULL: identity). */
+static void
+cpu_row_copy(Backend *be, real *dst, int ldd, const int32_t *dst_rows, const real *src, int lds,
+			 const int32_t *src_rows, int n, int cols)
+{
+	for (int i = 0; i < n; i++)
+		memcpy(dst + (size_t) (dst_rows ? dst_rows[i] : i) * ldd,
+			   src + (size_t) (src_rows ? src_rows[i] : i) * lds, sizeof(real) * cols);
 }
 
 /* LayerNorm forward, saving mean and rstd. */
@@ -481,6 +496,7 @@ static const BackendOps cpu_ops = {
 	.linear_backward = cpu_linear_backward,
 	.embeddings = cpu_embeddings,
 	.prompt_backward = cpu_prompt_backward,
+	.row_copy = cpu_row_copy,
 	.layernorm_forward = cpu_layernorm_forward,
 	.layernorm_backward = cpu_layernorm_backward,
 	.gelu_forward = cpu_gelu_forward,

@@ -528,11 +528,20 @@ cuda_embeddings(Backend *be, real *out, const int32_t *ids, const int32_t *rows,
 
 /* The virtual tokens' gradients. */
 static void
-cuda_prompt_backward(Backend *be, real *dprompt, const real *demb, const int32_t *seq_start,
-					 int B, int V, int C)
+cuda_prompt_backward(Backend *be, real *dprompt, int ldp, const real *demb, int lde,
+					 const int32_t *seq_start, int B, int V, int C)
 {
 	CALL(be, "prompt backward",
-		 peft_cuda_prompt_backward(dprompt, demb, seq_start, B, V, C, msg, MSG_LEN));
+		 peft_cuda_prompt_backward(dprompt, ldp, demb, lde, seq_start, B, V, C, msg, MSG_LEN));
+}
+
+/* Rows between layouts. */
+static void
+cuda_row_copy(Backend *be, real *dst, int ldd, const int32_t *dst_rows, const real *src, int lds,
+			  const int32_t *src_rows, int n, int cols)
+{
+	CALL(be, "row copy", peft_cuda_row_copy(dst, ldd, dst_rows, src, lds, src_rows, n, cols,
+											 msg, MSG_LEN));
 }
 
 /* LayerNorm forward. */
@@ -814,6 +823,7 @@ static const BackendOps cuda_ops = {
 	.linear_backward = cuda_linear_backward,
 	.embeddings = cuda_embeddings,
 	.prompt_backward = cuda_prompt_backward,
+	.row_copy = cuda_row_copy,
 	.layernorm_forward = cuda_layernorm_forward,
 	.layernorm_backward = cuda_layernorm_backward,
 	.gelu_forward = cuda_gelu_forward,

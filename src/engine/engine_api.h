@@ -78,6 +78,7 @@ typedef enum PeftPrecision
 #define PEFT_METHOD_BITFIT		0x08
 #define PEFT_METHOD_ADAPTER		0x10	/* bottleneck adapters */
 #define PEFT_METHOD_PROMPT		0x20	/* prompt tuning: virtual tokens */
+#define PEFT_METHOD_PREFIX		0x40	/* prefix tuning: key/value prefixes */
 
 /* Settings of inference (embed, predict) in this process; see configure. */
 typedef struct PeftEngineSettings
@@ -135,7 +136,7 @@ typedef struct PeftTrainConfig
 	int			num_feedforward;
 	int			reduction_factor;	/* bottleneck width = hidden / this */
 	bool		houlsby;		/* adapters after attention too (else Pfeiffer: ffn only) */
-	int			num_virtual_tokens;	/* prompt tuning */
+	int			num_virtual_tokens;	/* prompt and prefix tuning */
 } PeftTrainConfig;
 
 /* One optimizer step's report. */

@@ -512,6 +512,8 @@ session_network_options(const PeftTrainConfig *c, const BertModel *bert, Network
 		memcpy(o->lora.targets, targets, sizeof(targets));
 	if (m & PEFT_METHOD_PROMPT)
 		o->prompt_tokens = c->num_virtual_tokens;
+	if (m & PEFT_METHOD_PREFIX)
+		o->prefix_tokens = c->num_virtual_tokens;
 	o->dora = (m & PEFT_METHOD_DORA) != 0;
 	o->bitfit = (m & PEFT_METHOD_BITFIT) != 0;
 	if (m & PEFT_METHOD_ADAPTER)

@@ -60,6 +60,8 @@ typedef struct LayerActs
 	real	   *ad_in[2];		/* bottleneck after attention / ffn: [N, C] its input */
 	real	   *ad_d[2];		/* [N, m] down projection */
 	real	   *ad_g[2];		/* [N, m] after GELU */
+	real	   *qkv_ext;		/* prefix tuning: [N + B V, 3C] each sequence's prefixes, then its rows */
+	real	   *ctx_ext;		/* [N + B V, C] attention output over those rows */
 } LayerActs;
 
 struct NetworkActivations
@@ -88,7 +90,7 @@ struct NetworkActivations
 	const int32_t *d_ids;
 	const int32_t *d_labels;
 	const real *d_targets;
-	int32_t    *dev_ints;		/* device copies: seq_start | rows | ids | labels */
+	int32_t    *dev_ints;		/* device copies: seq_start | rows | ids | labels | prefix maps */
 	real	   *dev_targets;
 	uint8_t    *mask_host;		/* host staging of dropout masks for a device */
 	size_t		cap_mask_host;
@@ -129,6 +131,21 @@ struct NetworkActivations
 	real	   *dscr;			/* [N, max(3C, FF)] scaled output gradients */
 	real	   *dia3;			/* [N, max(C, FF)] gradient of an (IA)^3-scaled input */
 	real	   *dora_w;			/* [max out * in] W + s B A */
+
+	/* prefix tuning: attention runs over each sequence's V prefixes and its rows */
+	int			N_ext;
+	int32_t    *seq_start_ext;	/* [B+1] host */
+	int32_t    *real_ext;		/* [N] extended row of each packed row */
+	int32_t    *prefix_dst;		/* [B V] extended row of each sequence's prefix v */
+	int32_t    *prefix_src;		/* [B V] v */
+	int			cap_ext_seqs;
+	size_t		cap_ext_rows;
+	const int32_t *d_seq_start_ext;
+	const int32_t *d_real_ext;
+	const int32_t *d_prefix_dst;
+	const int32_t *d_prefix_src;
+	real	   *dctx_ext;		/* [N + B V, C] */
+	real	   *dqkv_ext;		/* [N + B V, 3C] */
 };
 
 /*
@@ -237,8 +254,12 @@ check_options(const BertModel *base, const NetworkOptions *o, PeftError *err)
 							 bert_linear_name(w));
 	}
 	if (o->prompt_tokens < 0 || o->prompt_tokens > 256 ||
-		o->prompt_tokens >= base->cfg.max_position)
+		o->prompt_tokens >= base->cfg.max_position ||
+		o->prefix_tokens < 0 || o->prefix_tokens > 256 ||
+		o->prefix_tokens >= base->cfg.max_position)
 		return peft_fail(err, PEFT_ERR_INVALID, "num_virtual_tokens must be between 1 and 256");
+	if (o->prompt_tokens > 0 && o->prefix_tokens > 0)
+		return peft_fail(err, PEFT_ERR_INVALID, "prompt and prefix tuning cannot be combined");
 	if (o->bottleneck.reduction < 0 || o->bottleneck.reduction > C ||
 		(o->bottleneck.reduction > 0 && !o->bottleneck.after_attention && !o->bottleneck.after_ffn))
 		return peft_fail(err, PEFT_ERR_INVALID,
@@ -411,6 +432,32 @@ initialise(Network *net)
 		memcpy(param_value(ps, net->prompt) + (size_t) v * C,
 			   net->base->word_embeddings + (size_t) peft_rng_below(&rng, cfg->vocab_size) * C,
 			   sizeof(real) * C);
+	/*
+	 * prefix tuning: each prefix starts as the key and value every layer
+	 * computes for the embedding of a random vocabulary token, so the
+	 * prefixes look like keys and values the model has seen
+	 */
+	for (int v = 0; net->prefix >= 0 && v < net->opts.prefix_tokens; v++)
+	{
+		const real *e = net->base->word_embeddings + (size_t) peft_rng_below(&rng, cfg->vocab_size) * C;
+
+		for (int l = 0; l < cfg->num_layers; l++)
+			for (int kv = 0; kv < 2; kv++)
+			{
+				const BertLinearWeights *lin = &net->base->layers[l].linear[BERT_KEY + kv];
+				real	   *dst = param_value(ps, net->prefix) +
+					((size_t) v * cfg->num_layers * 2 + (size_t) l * 2 + kv) * C;
+
+				for (int o = 0; o < C; o++)
+				{
+					double		sum = lin->bias[o];
+
+					for (int i = 0; i < C; i++)
+						sum += (double) lin->weight[(size_t) o * C + i] * e[i];
+					dst[o] = (real) sum;
+				}
+			}
+	}
 	if (net->head_weight >= 0)
 	{
 		double		bound = 1.0 / sqrt((double) C);
@@ -449,12 +496,16 @@ network_create(const BertModel *base, const NetworkOptions *opts,
 		network_free(net);
 		return peft_fail(err, PEFT_ERR_NOMEM, "out of memory creating the network");
 	}
-	net->head_weight = net->head_bias = net->emb_ln_beta = net->prompt = -1;
+	net->head_weight = net->head_bias = net->emb_ln_beta = net->prompt = net->prefix = -1;
 
 	/* Parameters in PEFT's order: per layer, per linear (LoRA: A then B). */
 	if (opts->prompt_tokens > 0)
 		ok &= (net->prompt = paramset_add(&net->params, "prompt_embeddings", 2, opts->prompt_tokens,
 										  cfg->hidden_size, err)) >= 0;
+	/* PEFT's layout: [token][layer][key, value][C] */
+	if (opts->prefix_tokens > 0)
+		ok &= (net->prefix = paramset_add(&net->params, "prompt_embeddings", 2, opts->prefix_tokens,
+										  (int64_t) cfg->num_layers * 2 * cfg->hidden_size, err)) >= 0;
 	if (opts->bitfit)
 		ok &= (net->emb_ln_beta = declare(net, "embeddings.LayerNorm", "bias", 1,
 										  cfg->hidden_size, 0, err)) >= 0;
@@ -720,6 +771,10 @@ network_free(Network *net)
 		free(net->act->seq_start);
 		free(net->act->rows);
 		free(net->act->mask_host);
+		free(net->act->seq_start_ext);
+		free(net->act->real_ext);
+		free(net->act->prefix_dst);
+		free(net->act->prefix_src);
 		free(net->act);
 	}
 	paramset_free(&net->params);
@@ -864,6 +919,8 @@ acts_ensure(Network *net, int B, int T, size_t N, size_t nprobs, bool train,
 	size_t		r = net->opts.lora.r > 0 ? net->opts.lora.r : 1;
 	size_t		K = net->opts.num_labels > 0 ? net->opts.num_labels : 1;
 	size_t		width = net->opts.bottleneck.reduction > 0 ? C / net->opts.bottleneck.reduction : 0;
+	size_t		virtual_tokens = (size_t) net->opts.prompt_tokens + net->opts.prefix_tokens;
+	size_t		prefix = net->opts.prefix_tokens;
 	size_t		padded = (size_t) B * T;
 	size_t		rows;
 	size_t		probs;
@@ -882,8 +939,8 @@ acts_ensure(Network *net, int B, int T, size_t N, size_t nprobs, bool train,
 		(!train || act->train_layout))
 		return PEFT_OK;
 	rows = grow_capacity(N, act->cap_rows, padded + (size_t) B * net->opts.prompt_tokens);
-	probs = grow_capacity(nprobs, act->cap_probs, (size_t) B * NH * (T + net->opts.prompt_tokens) *
-						  (T + net->opts.prompt_tokens));
+	probs = grow_capacity(nprobs, act->cap_probs, (size_t) B * NH * (T + virtual_tokens) *
+						  (T + virtual_tokens));
 	seqs = grow_capacity(B, act->cap_seqs, B);
 	ids = grow_capacity(padded, act->cap_padded, padded);
 	train = train || act->train_layout;
@@ -907,7 +964,10 @@ acts_ensure(Network *net, int B, int T, size_t N, size_t nprobs, bool train,
 	{
 		size_t		mask = probs > rows * FF ? probs : rows * FF;
 
-		act->dev_ints = acts_alloc(net, (seqs + 1) + rows + ids + seqs, sizeof(int32_t), &ok);
+		/* seq_start | rows | ids | labels, then prefix tuning's seq_start_ext | real_ext | prefix maps */
+		act->dev_ints = acts_alloc(net, (seqs + 1) + rows + ids + seqs +
+								   (prefix ? (seqs + 1) + rows + 2 * seqs * prefix : 0),
+								   sizeof(int32_t), &ok);
 		act->dev_targets = acts_alloc(net, seqs, sizeof(real), &ok);
 		if (ok && train && act->cap_mask_host < mask)
 		{
@@ -972,6 +1032,11 @@ acts_ensure(Network *net, int B, int T, size_t N, size_t nprobs, bool train,
 				la->dora_g[w] = acts_alloc(net, out, sizeof(real), &ok);
 			}
 		}
+		if (prefix)
+		{
+			la->qkv_ext = acts_alloc(net, (rows + seqs * prefix) * 3 * C, sizeof(real), &ok);
+			la->ctx_ext = acts_alloc(net, (rows + seqs * prefix) * C, sizeof(real), &ok);
+		}
 		for (int pos = 0; pos < 2 && width > 0; pos++)
 		{
 			la->ad_in[pos] = acts_alloc(net, rows * C, sizeof(real), &ok);
@@ -1004,6 +1069,11 @@ acts_ensure(Network *net, int B, int T, size_t N, size_t nprobs, bool train,
 		act->dpooled = acts_alloc(net, seqs * C, sizeof(real), &ok);
 		act->dhead = acts_alloc(net, seqs * K, sizeof(real), &ok);
 		act->dscr = acts_alloc(net, rows * (FF > 3 * C ? FF : 3 * C), sizeof(real), &ok);
+		if (prefix)
+		{
+			act->dctx_ext = acts_alloc(net, (rows + seqs * prefix) * C, sizeof(real), &ok);
+			act->dqkv_ext = acts_alloc(net, (rows + seqs * prefix) * 3 * C, sizeof(real), &ok);
+		}
 		act->dia3 = acts_alloc(net, rows * (FF > C ? FF : C), sizeof(real), &ok);
 		if (width > 0)
 		{
@@ -1030,7 +1100,7 @@ acts_ensure(Network *net, int B, int T, size_t N, size_t nprobs, bool train,
 PeftCode
 network_reserve(Network *net, int B, int T, bool train, PeftError *err)
 {
-	size_t		S = (size_t) T + net->opts.prompt_tokens;	/* tokens of a sequence, virtual included */
+	size_t		S = (size_t) T + net->opts.prompt_tokens + net->opts.prefix_tokens;	/* virtual included */
 	size_t		nprobs = (size_t) net->base->cfg.num_heads * B * S * S;
 	PeftCode	rc;
 
@@ -1039,7 +1109,7 @@ network_reserve(Network *net, int B, int T, bool train, PeftError *err)
 	net_enter(net);
 	rc = bind_device(net, err);
 	if (rc == PEFT_OK)
-		rc = acts_ensure(net, B, T, (size_t) B * S, nprobs, train, err);
+		rc = acts_ensure(net, B, T, (size_t) B * (T + net->opts.prompt_tokens), nprobs, train, err);
 	return net_leave(net, rc, err);
 }
 
@@ -1053,16 +1123,62 @@ check_batch(const Network *net, const Batch *b, PeftError *err)
 
 	if (b->B < 1 || b->T < 1 || b->B > (1 << 20))
 		return peft_fail(err, PEFT_ERR_INVALID, "empty or oversized batch (%d x %d)", b->B, b->T);
-	if (b->T + net->opts.prompt_tokens > cfg->max_position)
+	if (b->T + net->opts.prompt_tokens + net->opts.prefix_tokens > cfg->max_position)
 		return peft_fail(err, PEFT_ERR_INVALID,
 						 "sequence length %d (with %d virtual tokens) exceeds the model's %d positions",
-						 b->T, net->opts.prompt_tokens, cfg->max_position);
+						 b->T, net->opts.prompt_tokens + net->opts.prefix_tokens, cfg->max_position);
 	if ((size_t) b->B * b->T > (size_t) INT32_MAX / cfg->hidden_size)
 		return peft_fail(err, PEFT_ERR_INVALID, "batch of %d x %d is too large", b->B, b->T);
 	for (size_t i = 0; i < (size_t) b->B * b->T; i++)
 		if (b->ids[i] < 0 || b->ids[i] >= cfg->vocab_size || (b->mask[i] & ~1) != 0)
 			return peft_fail(err, PEFT_ERR_INVALID, "token id %d or mask %d out of range",
 							 b->ids[i], b->mask[i]);
+	return PEFT_OK;
+}
+
+/*
+ * Prefix tuning's extended layout: sequence b is its V prefixes, then its
+ * packed rows; the maps between the layouts, and the attention size over
+ * it (act->nprobs).
+ */
+static PeftCode
+pack_prefix(Network *net, const Batch *b, PeftError *err)
+{
+	NetworkActivations *act = net->act;
+	int			V = net->opts.prefix_tokens;
+	size_t		ext = (size_t) act->N + (size_t) b->B * V;
+	int			n = 0;
+
+	if (act->cap_ext_seqs < b->B + 1 || act->cap_ext_rows < ext)
+	{
+		free(act->seq_start_ext);
+		free(act->real_ext);
+		free(act->prefix_dst);
+		free(act->prefix_src);
+		act->seq_start_ext = malloc(sizeof(int32_t) * (b->B + 1));
+		act->real_ext = malloc(sizeof(int32_t) * (ext ? ext : 1));
+		act->prefix_dst = malloc(sizeof(int32_t) * ((size_t) b->B * V));
+		act->prefix_src = malloc(sizeof(int32_t) * ((size_t) b->B * V));
+		act->cap_ext_seqs = act->cap_ext_rows = 0;
+		if (!act->seq_start_ext || !act->real_ext || !act->prefix_dst || !act->prefix_src)
+			return peft_fail(err, PEFT_ERR_NOMEM, "out of memory packing a batch");
+		act->cap_ext_seqs = b->B + 1;
+		act->cap_ext_rows = ext;
+	}
+	for (int i = 0; i < b->B; i++)
+	{
+		act->seq_start_ext[i] = n;
+		for (int v = 0; v < V; v++)
+		{
+			act->prefix_dst[i * V + v] = n++;
+			act->prefix_src[i * V + v] = v;
+		}
+		for (int r = act->seq_start[i]; r < act->seq_start[i + 1]; r++)
+			act->real_ext[r] = n++;
+	}
+	act->seq_start_ext[b->B] = n;
+	act->N_ext = n;
+	act->nprobs = varlen_attention_size(act->seq_start_ext, b->B, net->base->cfg.num_heads);
 	return PEFT_OK;
 }
 
@@ -1113,6 +1229,8 @@ pack_batch(Network *net, const Batch *b, PeftError *err)
 		act->N = n;
 	}
 	act->nprobs = varlen_attention_size(act->seq_start, b->B, net->base->cfg.num_heads);
+	if (net->opts.prefix_tokens > 0)
+		return pack_prefix(net, b, err);
 	return PEFT_OK;
 }
 
@@ -1135,6 +1253,10 @@ upload_batch(Network *net, const Batch *b)
 		act->d_ids = b->ids;
 		act->d_labels = b->labels;
 		act->d_targets = b->targets;
+		act->d_seq_start_ext = act->seq_start_ext;
+		act->d_real_ext = act->real_ext;
+		act->d_prefix_dst = act->prefix_dst;
+		act->d_prefix_src = act->prefix_src;
 		return;
 	}
 	be->ops->upload(be, at, act->seq_start, sizeof(int32_t) * (b->B + 1));
@@ -1157,6 +1279,23 @@ upload_batch(Network *net, const Batch *b)
 	{
 		be->ops->upload(be, act->dev_targets, b->targets, sizeof(real) * b->B);
 		act->d_targets = act->dev_targets;
+	}
+	if (net->opts.prefix_tokens > 0)
+	{
+		size_t		BV = (size_t) b->B * net->opts.prefix_tokens;
+
+		at += act->cap_seqs;	/* past the labels */
+		be->ops->upload(be, at, act->seq_start_ext, sizeof(int32_t) * (b->B + 1));
+		act->d_seq_start_ext = at;
+		at += act->cap_seqs + 1;
+		be->ops->upload(be, at, act->real_ext, sizeof(int32_t) * act->N);
+		act->d_real_ext = at;
+		at += act->cap_rows;
+		be->ops->upload(be, at, act->prefix_dst, sizeof(int32_t) * BV);
+		act->d_prefix_dst = at;
+		at += act->cap_seqs * net->opts.prefix_tokens;
+		be->ops->upload(be, at, act->prefix_src, sizeof(int32_t) * BV);
+		act->d_prefix_src = at;
 	}
 }
 
@@ -1366,6 +1505,35 @@ ln_beta(const Network *net, int i, const real *model_beta)
 	return i >= 0 ? dvalue(net, i) : model_beta;
 }
 
+/*
+ * Prefix tuning's attention for layer l: each sequence's queries attend
+ * over its V key/value prefixes (raw, as PEFT's past_key_values) and its
+ * own keys; the rows run in the extended layout and come back to ctx.
+ */
+static void
+prefix_attention_forward(Network *net, LayerActs *la, int l, bool drop_attn)
+{
+	NetworkActivations *act = net->act;
+	Backend    *be = net->be;
+	const ModelConfig *cfg = &net->base->cfg;
+	int			C = cfg->hidden_size;
+	int			V = net->opts.prefix_tokens;
+	int			ld = cfg->num_layers * 2 * C;
+	const real *E = dvalue(net, net->prefix);
+
+	be->ops->row_copy(be, la->qkv_ext, 3 * C, act->d_real_ext, la->qkv, 3 * C, NULL, act->N, 3 * C);
+	be->ops->row_copy(be, la->qkv_ext + C, 3 * C, act->d_prefix_dst, E + (size_t) 2 * l * C, ld,
+					  act->d_prefix_src, act->B * V, C);
+	be->ops->row_copy(be, la->qkv_ext + 2 * C, 3 * C, act->d_prefix_dst, E + (size_t) (2 * l + 1) * C,
+					  ld, act->d_prefix_src, act->B * V, C);
+	be->ops->attention_forward(be, la->ctx_ext, la->probs, drop_attn ? act->datt : NULL,
+							   la->qkv_ext, la->qkv_ext + C, la->qkv_ext + 2 * C, 3 * C,
+							   drop_attn ? la->keep_attn : NULL,
+							   drop_attn ? (real) net->opts.attention_dropout : 0,
+							   act->d_seq_start_ext, act->B, act->N_ext, C, cfg->num_heads);
+	be->ops->row_copy(be, la->ctx, C, NULL, la->ctx_ext, C, act->d_real_ext, act->N, C);
+}
+
 /* Run the encoder over the packed real tokens; act->last receives the final hidden states. */
 static PeftCode
 encoder_forward(Network *net, const Batch *b, bool train, PeftError *err)
@@ -1395,7 +1563,7 @@ encoder_forward(Network *net, const Batch *b, bool train, PeftError *err)
 
 	be->ops->embeddings(be, act->emb, act->d_ids, act->d_rows, N, b->T, mw->word, mw->pos,
 						mw->type, net->prompt >= 0 ? dvalue(net, net->prompt) : NULL,
-						net->opts.prompt_tokens, C, cfg->vocab_size);
+						net->opts.prompt_tokens + net->opts.prefix_tokens, C, cfg->vocab_size);
 	be->ops->layernorm_forward(be, act->h[0], act->ln0_mean, act->ln0_rstd, act->emb,
 							   mw->ln_emb_gamma, ln_beta(net, net->emb_ln_beta, mw->ln_emb_beta),
 							   N, C, eps);
@@ -1413,10 +1581,13 @@ encoder_forward(Network *net, const Batch *b, bool train, PeftError *err)
 		qkv_forward(net, la, l, x, N, train);
 		if (drop_attn)
 			draw_mask(net, la->keep_attn, act->nprobs, ap);
-		be->ops->attention_forward(be, la->ctx, la->probs, drop_attn ? act->datt : NULL,
-								   la->qkv, la->qkv + C, la->qkv + 2 * C, 3 * C,
-								   drop_attn ? la->keep_attn : NULL, drop_attn ? (real) ap : 0,
-								   act->d_seq_start, b->B, N, C, NH);
+		if (net->prefix >= 0)
+			prefix_attention_forward(net, la, l, drop_attn);
+		else
+			be->ops->attention_forward(be, la->ctx, la->probs, drop_attn ? act->datt : NULL,
+									   la->qkv, la->qkv + C, la->qkv + 2 * C, 3 * C,
+									   drop_attn ? la->keep_attn : NULL, drop_attn ? (real) ap : 0,
+									   act->d_seq_start, b->B, N, C, NH);
 
 		adapted_linear_forward(net, la, l, BERT_ATTN_OUT, la->res1, la->ctx, N, train);
 		maybe_dropout(net, la->res1, la->keep_ao, hp, (size_t) N * C, train);
@@ -1632,10 +1803,12 @@ adapted_linear_backward(Network *net, LayerActs *la, int l, BertLinear w,
 	lora_backward(net, la, l, w, dx, dout_lora, lin->out, x, N);
 }
 
-/* Whether layer l holds any trainable tensor. */
+/* Whether layer l holds any trainable tensor (prefix tuning's prefixes are in every layer). */
 static bool
 layer_trains(const Network *net, int l)
 {
+	if (net->prefix >= 0)
+		return true;
 	const int  *idx = (const int *) &net->lp[l];
 
 	for (size_t i = 0; i < sizeof(LayerParams) / sizeof(int); i++)
@@ -1721,6 +1894,39 @@ sublayer_gradient(Network *net, LayerActs *la, int l, int pos, real *dres,
 	return dres;
 }
 
+/*
+ * Backward of prefix tuning's attention for layer l: act->dctx -> act->dqkv
+ * (the real rows) and the gradients of the layer's prefixes (summed over
+ * the sequences).
+ */
+static void
+prefix_attention_backward(Network *net, LayerActs *la, int l)
+{
+	NetworkActivations *act = net->act;
+	Backend    *be = net->be;
+	const ModelConfig *cfg = &net->base->cfg;
+	int			C = cfg->hidden_size;
+	int			V = net->opts.prefix_tokens;
+	int			ld = cfg->num_layers * 2 * C;
+	size_t		ext = (size_t) act->N_ext;
+	real		ap = (real) net->opts.attention_dropout;
+	real	   *dE = dgrad(net, net->prefix);
+
+	be->ops->zero(be, act->dctx_ext, ext * C * sizeof(real));
+	be->ops->row_copy(be, act->dctx_ext, C, act->d_real_ext, act->dctx, C, NULL, act->N, C);
+	be->ops->zero(be, act->dqkv_ext, ext * 3 * C * sizeof(real));
+	be->ops->attention_backward(be, act->dqkv_ext, act->dqkv_ext + C, act->dqkv_ext + 2 * C,
+								act->datt, act->dctx_ext, la->probs,
+								la->qkv_ext, la->qkv_ext + C, la->qkv_ext + 2 * C, 3 * C,
+								ap > 0 ? la->keep_attn : NULL, ap,
+								act->d_seq_start_ext, act->B, act->N_ext, C, cfg->num_heads);
+	be->ops->row_copy(be, act->dqkv, 3 * C, NULL, act->dqkv_ext, 3 * C, act->d_real_ext, act->N, 3 * C);
+	be->ops->prompt_backward(be, dE + (size_t) 2 * l * C, ld, act->dqkv_ext + C, 3 * C,
+							 act->d_seq_start_ext, act->B, V, C);
+	be->ops->prompt_backward(be, dE + (size_t) (2 * l + 1) * C, ld, act->dqkv_ext + 2 * C, 3 * C,
+							 act->d_seq_start_ext, act->B, V, C);
+}
+
 /* Backward of one encoder layer: act->dh (its output gradient) -> act->dx. */
 static void
 layer_backward(Network *net, int l, bool need_dx)
@@ -1767,16 +1973,19 @@ layer_backward(Network *net, int l, bool need_dx)
 	adapted_linear_backward(net, la, l, BERT_ATTN_OUT, act->dctx, 0, dsub, la->ctx, N);
 
 	/* attention core, then the fused q/k/v projection */
-	if (!need_dx && !train_q && !train_k && !train_v)
+	if (!need_dx && !train_q && !train_k && !train_v && net->prefix < 0)
 		return;
 	be->ops->zero(be, act->dqkv, NC * 3 * sizeof(real));
-	be->ops->attention_backward(be, need_dx || train_q ? act->dqkv : NULL,
-								need_dx || train_k ? act->dqkv + C : NULL,
-								need_dx || train_v ? act->dqkv + 2 * C : NULL,
-								act->datt, act->dctx, la->probs,
-								la->qkv, la->qkv + C, la->qkv + 2 * C, 3 * C,
-								ap > 0 ? la->keep_attn : NULL, ap,
-								act->d_seq_start, act->B, N, C, cfg->num_heads);
+	if (net->prefix >= 0)
+		prefix_attention_backward(net, la, l);
+	else
+		be->ops->attention_backward(be, need_dx || train_q ? act->dqkv : NULL,
+									need_dx || train_k ? act->dqkv + C : NULL,
+									need_dx || train_v ? act->dqkv + 2 * C : NULL,
+									act->datt, act->dctx, la->probs,
+									la->qkv, la->qkv + C, la->qkv + 2 * C, 3 * C,
+									ap > 0 ? la->keep_attn : NULL, ap,
+									act->d_seq_start, act->B, N, C, cfg->num_heads);
 	/* dqkv is read only here and below, so (IA)^3 may scale it in place */
 	for (int w = BERT_QUERY; w <= BERT_VALUE; w++)
 	{
@@ -1856,7 +2065,7 @@ backward_locked(Network *net, const Batch *b, real loss_scale, PeftError *err)
 			be->ops->zero(be, act->dx, (size_t) act->N * C * sizeof(real));
 			be->ops->layernorm_backward(be, act->dx, NULL, d, act->emb, net->weights->ln_emb_gamma,
 										act->ln0_mean, act->ln0_rstd, act->N, C);
-			be->ops->prompt_backward(be, dgrad(net, net->prompt), act->dx, act->d_seq_start,
+			be->ops->prompt_backward(be, dgrad(net, net->prompt), C, act->dx, C, act->d_seq_start,
 									 act->B, net->opts.prompt_tokens, C);
 		}
 	}

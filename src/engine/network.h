@@ -67,6 +67,7 @@ typedef struct NetworkOptions
 	bool		bitfit;			/* every bias of the encoder trains (BitFit) */
 	BottleneckOptions bottleneck;
 	int			prompt_tokens;	/* prompt tuning: virtual tokens prepended to every input; 0 none */
+	int			prefix_tokens;	/* prefix tuning: key/value prefixes of every layer; 0 none */
 	TaskKind	task;
 	int			num_labels;		/* classes; 1 for regression; 0: no head */
 	double		hidden_dropout; /* base model dropout while training */
@@ -118,6 +119,7 @@ typedef struct Network
 	LayerParams *lp;			/* [num_layers] */
 	int			emb_ln_beta;	/* BitFit: the embeddings' LayerNorm bias */
 	int			prompt;			/* prompt tuning: prompt_embeddings [V, C] */
+	int			prefix;			/* prefix tuning: prompt_embeddings [V, L * 2 * C] */
 	int			head_weight;
 	int			head_bias;
 	PeftRng		rng;			/* dropout masks (drawn on the host on every backend) */

@@ -85,7 +85,9 @@ typedef enum Method
 {
 	METHOD_LORA,
 	METHOD_DORA_BITFIT,			/* DoRA + BitFit + a Pfeiffer adapter: every new op */
-	METHOD_IA3_HOULSBY			/* (IA)^3 (outputs and inputs) + Houlsby adapters */
+	METHOD_IA3_HOULSBY,			/* (IA)^3 (outputs and inputs) + Houlsby adapters */
+	METHOD_PROMPT,				/* prompt tuning + LoRA */
+	METHOD_PREFIX				/* prefix tuning + BitFit */
 } Method;
 
 /* Two identical networks (method, all dropouts), one moved to CUDA. */
@@ -99,8 +101,11 @@ make_pair_method(Network **cpu, Network **gpu, GemmPrecision precision, Method m
 	o.lora.r = 4;
 	o.lora.alpha = 8;
 	o.lora.dropout = 0.1;
-	for (int w = 0; w < BERT_NUM_LINEAR && method != METHOD_IA3_HOULSBY; w++)
+	for (int w = 0; w < BERT_NUM_LINEAR && method != METHOD_IA3_HOULSBY && method != METHOD_PREFIX; w++)
 		o.lora.targets[w] = true;
+	o.prompt_tokens = method == METHOD_PROMPT ? 3 : 0;
+	o.prefix_tokens = method == METHOD_PREFIX ? 3 : 0;
+	o.bitfit = method == METHOD_PREFIX;
 	if (method == METHOD_DORA_BITFIT)
 	{
 		o.dora = true;
@@ -218,7 +223,7 @@ test_training_step_bf16(void **state)
 static void
 test_methods_fp32(void **state)
 {
-	for (int method = METHOD_DORA_BITFIT; method <= METHOD_IA3_HOULSBY; method++)
+	for (int method = METHOD_DORA_BITFIT; method <= METHOD_PREFIX; method++)
 	{
 		Network    *cpu;
 		Network    *gpu;

@@ -299,10 +299,37 @@ test_prompt_hybrid(void **state)
 	check_network(&o, "regression, prompt tuning + LoRA + BitFit", false);
 }
 
+/* Prefix tuning (key/value prefixes in every layer), every dropout on, irregular masks. */
+static void
+test_prefix(void **state)
+{
+	NetworkOptions o = all_targets();
+
+	memset(o.lora.targets, 0, sizeof(o.lora.targets));
+	o.prefix_tokens = 3;
+	o.task = TASK_CLASSIFICATION;
+	o.num_labels = 3;
+	check_network(&o, "classification, prefix tuning (3 prefixes)", true);
+}
+
+/* Prefix tuning with LoRA on every linear, regression. */
+static void
+test_prefix_lora(void **state)
+{
+	NetworkOptions o = all_targets();
+
+	o.prefix_tokens = 2;
+	o.task = TASK_REGRESSION;
+	o.num_labels = 1;
+	check_network(&o, "regression, prefix tuning + LoRA", false);
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_prefix, NULL, NULL),
+		cmocka_unit_test_setup_teardown(test_prefix_lora, NULL, NULL),
 		cmocka_unit_test_setup_teardown(test_prompt, NULL, NULL),
 		cmocka_unit_test_setup_teardown(test_prompt_hybrid, NULL, NULL),
 		cmocka_unit_test_setup_teardown(test_dora, NULL, NULL),

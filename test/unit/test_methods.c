@@ -50,6 +50,8 @@ method_options(const char *method)
 	o.bitfit = (bits & PEFT_METHOD_BITFIT) != 0;
 	if (bits & PEFT_METHOD_PROMPT)
 		o.prompt_tokens = 3;
+	if (bits & PEFT_METHOD_PREFIX)
+		o.prefix_tokens = 2;
 	if (bits & PEFT_METHOD_ADAPTER)
 	{
 		o.bottleneck.reduction = 8;
@@ -114,7 +116,7 @@ test_round_trip(void **state)
 {
 	static const char *const methods[] = {
 		"lora", "dora", "ia3", "bitfit", "adapter", "lora+bitfit", "dora+bitfit+adapter",
-		"ia3+bitfit", "ia3+adapter", "prompt", "lora+prompt"
+		"ia3+bitfit", "ia3+adapter", "prompt", "lora+prompt", "prefix", "dora+bitfit+prefix"
 	};
 
 	for (size_t k = 0; k < sizeof(methods) / sizeof(methods[0]); k++)
@@ -156,7 +158,8 @@ static void
 test_merge(void **state)
 {
 	static const char *const methods[] = {
-		"lora", "dora", "ia3", "lora+bitfit", "dora+bitfit+adapter", "ia3+bitfit", "lora+prompt"
+		"lora", "dora", "ia3", "lora+bitfit", "dora+bitfit+adapter", "ia3+bitfit", "lora+prompt",
+		"ia3+prefix"
 	};
 
 	for (size_t k = 0; k < sizeof(methods) / sizeof(methods[0]); k++)
@@ -195,7 +198,7 @@ test_merged_cannot_train_and_bad_methods(void **state)
 	assert_int_equal(adapter_parse_method("lora+ia3", &bits, &err), PEFT_ERR_INVALID);
 	assert_int_equal(adapter_parse_method("lora+lora", &bits, &err), PEFT_ERR_INVALID);
 	assert_int_equal(adapter_parse_method("", &bits, &err), PEFT_ERR_INVALID);
-	assert_int_equal(adapter_parse_method("prefix", &bits, &err), PEFT_ERR_INVALID);
+	assert_int_equal(adapter_parse_method("prompt+prefix", &bits, &err), PEFT_ERR_INVALID);
 	assert_int_equal(adapter_parse_method("bitfit+dora", &bits, &err), PEFT_OK);
 	assert_int_equal(bits, PEFT_METHOD_DORA | PEFT_METHOD_BITFIT);
 }

@@ -234,14 +234,14 @@ test_ia3(void **state)
 
 /*
  * Adapters built here (LoRA, DoRA, (IA)^3, LoRA + BitFit as PEFT's bias
- * "all", every value perturbed) exported with our hidden states, for
+ * "all", prompt and prefix tuning, every value perturbed) exported with our hidden states, for
  * test/fixtures/check_export.py to load into PEFT; only with
  * $PEFT_EXPORT_DIR (the check needs Python and PEFT).
  */
 static void
 test_export_own(void **state)
 {
-	static const char *const methods[] = {"lora", "dora", "ia3", "lora+bitfit"};
+	static const char *const methods[] = {"lora", "dora", "ia3", "lora+bitfit", "prompt", "prefix"};
 	const char *export_dir = getenv("PEFT_EXPORT_DIR");
 	StFile	   *in;
 	PeftError	err = {0};
@@ -280,12 +280,15 @@ test_export_own(void **state)
 		uint8_t    *outputs;
 		size_t		outputs_len;
 		bool		ia3 = strcmp(methods[k], "ia3") == 0;
+		bool		virtual_tokens = strcmp(methods[k], "prompt") == 0 || strcmp(methods[k], "prefix") == 0;
 
 		o.lora.r = 4;
 		o.lora.alpha = 8;
 		o.dora = strcmp(methods[k], "dora") == 0;
 		o.bitfit = strstr(methods[k], "bitfit") != NULL;
-		for (int w = 0; w < BERT_NUM_LINEAR; w++)
+		o.prompt_tokens = strcmp(methods[k], "prompt") == 0 ? 5 : 0;
+		o.prefix_tokens = strcmp(methods[k], "prefix") == 0 ? 5 : 0;
+		for (int w = 0; w < BERT_NUM_LINEAR && !virtual_tokens; w++)
 			if (ia3)
 				o.ia3.targets[w] = w == BERT_KEY || w == BERT_VALUE || w >= BERT_ATTN_OUT;
 			else
@@ -331,6 +334,13 @@ test_prompt_tuning(void **state)
 	check_method("prompt_tuning", false);
 }
 
+/* PEFT's prefix tuning (8 key/value prefixes per layer; real tokens at positions 8 ..). */
+static void
+test_prefix_tuning(void **state)
+{
+	check_method("prefix_tuning", false);
+}
+
 int
 main(void)
 {
@@ -340,6 +350,7 @@ main(void)
 		cmocka_unit_test(test_dora),
 		cmocka_unit_test(test_ia3),
 		cmocka_unit_test(test_prompt_tuning),
+		cmocka_unit_test(test_prefix_tuning),
 		cmocka_unit_test(test_export_own),
 	};
 
