@@ -8,15 +8,19 @@ SET client_min_messages = warning;
 SELECT peft_train('m_' || replace(m, 'bitfit+lora', 'lora_bitfit'), 'tiny', 'reviews', 'body', 'sentiment', method => m,
                   options => '{"epochs": 6, "learning_rate": 0.01, "batch_size": 16, "seed": 7}',
                   wait => true) IS NOT NULL AS trained
-FROM unnest(ARRAY['dora', 'ia3', 'bitfit', 'adapter', 'bitfit+lora']) m;
+FROM unnest(ARRAY['dora', 'ia3', 'bitfit', 'adapter', 'bitfit+lora', 'prompt', 'prefix']) m;
 SELECT name, method, config->>'peft_type' AS peft_type, config->>'bias' AS bias,
        (config->>'use_dora')::boolean AS use_dora, config->>'peft_pg_method' AS pg_method,
        (metrics->'final'->>'accuracy')::float8 > 0.4 AS better_than_chance
 FROM peft.adapters WHERE name LIKE 'm\_%' ORDER BY name;
 SELECT name, label IN ('negative', 'neutral', 'positive') AS a_label, score BETWEEN 1.0 / 3 AND 1 AS probability
-FROM (VALUES ('m_dora'), ('m_ia3'), ('m_bitfit'), ('m_adapter'), ('m_lora_bitfit')) n(name),
+FROM (VALUES ('m_dora'), ('m_ia3'), ('m_bitfit'), ('m_adapter'), ('m_lora_bitfit'), ('m_prompt'),
+             ('m_prefix')) n(name),
      LATERAL peft_predict(n.name, 'movie excellent today') ORDER BY name;
 SELECT peft_train('x', 'tiny', 'reviews', 'body', 'sentiment', method => 'lora+ia3');
+SELECT peft_train('x', 'tiny', 'reviews', 'body', 'sentiment', method => 'prompt+prefix');
+SELECT peft_train('x', 'tiny', 'reviews', 'body', 'sentiment', method => 'prompt',
+                  options => '{"num_virtual_tokens": 0}');
 SELECT peft_train('x', 'tiny', 'reviews', 'body', 'sentiment', method => 'adapter',
                   options => '{"reduction_factor": 0}');
 SELECT peft_train('x', 'tiny', 'reviews', 'body', 'sentiment', method => 'adapter',
@@ -78,5 +82,16 @@ SELECT peft_combine('mix', ARRAY['lora_a'], ARRAY[0.5, 0.5]);
 SELECT peft_combine('mix', ARRAY['lora_a', 'lora_a'], ARRAY[0.5, 0.5], 'svd');
 SELECT version, active FROM peft.adapters WHERE name = 'mix' ORDER BY version;
 
+-- Prompt and prefix tuning export as PEFT's PROMPT_TUNING / PREFIX_TUNING and import back.
+SELECT name, config->>'peft_type' AS peft_type, (config->>'num_virtual_tokens')::int AS tokens,
+       config->>'task_type' AS task_type
+FROM peft.adapters WHERE name IN ('m_prompt', 'm_prefix') ORDER BY name;
+SELECT peft_import('prefix_again', 'tiny', peft_export_config('m_prefix'), peft_export('m_prefix'),
+                   labels => ARRAY['negative', 'neutral', 'positive']) AS version;
+SELECT count(*) AS disagreements
+FROM reviews r, LATERAL peft_predict('m_prefix', r.body) a, LATERAL peft_predict('prefix_again', r.body) b
+WHERE r.body IS NOT NULL AND (a.label <> b.label OR abs(a.score - b.score) > 1e-6);
+SELECT peft_merge('m_prompt');
 SELECT peft_drop_adapter(n) FROM unnest(ARRAY['m_dora', 'm_ia3', 'm_bitfit', 'm_adapter',
-                                               'm_lora_bitfit', 'imported', 'lora_a', 'lora_b', 'mix']) n;
+                                               'm_lora_bitfit', 'imported', 'lora_a', 'lora_b', 'mix',
+                                               'm_prompt', 'm_prefix', 'prefix_again']) n;

@@ -25,9 +25,9 @@ echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; threads 
 echo
 echo "| method | trainable parameters | validation accuracy | training sentences/s | prediction sentences/s | merged prediction sentences/s |"
 echo "|---|---:|---:|---:|---:|---:|"
-for method in lora dora ia3 bitfit adapter lora+bitfit; do
+for method in lora dora ia3 bitfit adapter prompt prefix lora+bitfit; do
 	lr=5e-4
-	case $method in ia3|bitfit|adapter) lr=3e-3 ;; esac
+	case $method in ia3|bitfit|adapter) lr=3e-3 ;; prompt|prefix) lr=1e-2 ;; esac
 	train=$(./peft-engine train --model "$MODEL" --data "$WORK/train.tsv" --out "$WORK/$method" \
 		--method "$method" --epochs "$EPOCHS" --lr "$lr" --threads "$THREADS" --json 2>/dev/null)
 	plain=$(./peft-engine predict --model "$MODEL" --adapter "$WORK/$method" --data "$WORK/predict.txt" \
