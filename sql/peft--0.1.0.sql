@@ -69,17 +69,23 @@ CREATE FUNCTION peft._worker_alive(pid int, started timestamptz) RETURNS boolean
     AS 'MODULE_PATHNAME', 'peft_worker_alive'
     LANGUAGE C STABLE PARALLEL SAFE;
 
+-- When the server last started or, after a crash restart, reinitialised
+-- (pg_postmaster_start_time() does not move on a crash restart).
+CREATE FUNCTION peft._server_started() RETURNS timestamptz
+    AS 'MODULE_PATHNAME', 'peft_server_started'
+    LANGUAGE C STABLE PARALLEL SAFE;
+
 -- A job whose worker vanished (crash, kill -9, immediate shutdown) is shown
 -- as failed at once, whoever looks, even before anything repairs its row;
 -- so is a queued job whose worker never started before the server
--- restarted (dynamic workers do not survive a restart).
+-- restarted or crash-restarted (dynamic workers survive neither).
 CREATE FUNCTION peft._job_lost(status text, worker_pid int, worker_started timestamptz,
                                created_at timestamptz) RETURNS boolean
     LANGUAGE sql STABLE PARALLEL SAFE
     SET search_path = pg_catalog, pg_temp
     AS $$
         SELECT status IN ('queued', 'running')
-           AND CASE WHEN worker_pid IS NULL THEN created_at < pg_postmaster_start_time()
+           AND CASE WHEN worker_pid IS NULL THEN created_at < peft._server_started()
                     ELSE NOT peft._worker_alive(worker_pid, worker_started) END
     $$;
 
@@ -106,7 +112,7 @@ CREATE TABLE peft.adapters (
     version     int NOT NULL CHECK (version >= 1),
     base_model  text NOT NULL REFERENCES peft.models (name) ON UPDATE CASCADE,
     method      text NOT NULL,
-    task        text NOT NULL CHECK (task IN ('classification', 'regression')),
+    task        text NOT NULL CHECK (task IN ('classification', 'regression', 'embedding')),
     config      jsonb NOT NULL,
     labels      text[],
     weights     bytea NOT NULL,
@@ -115,6 +121,7 @@ CREATE TABLE peft.adapters (
     owner       name NOT NULL DEFAULT current_user,
     created_at  timestamptz NOT NULL DEFAULT now(),
     active      boolean NOT NULL DEFAULT false,
+    merged      boolean NOT NULL DEFAULT false,
     PRIMARY KEY (name, version)
 );
 CREATE UNIQUE INDEX adapters_one_active_idx ON peft.adapters (name) WHERE active;
@@ -127,13 +134,18 @@ SELECT pg_catalog.pg_extension_config_dump('peft.job_rows', '');
 
 -- Everyone may read the catalog; row-level security shows each role its
 -- own rows (and those of roles it belongs to).  Writes go through the
--- functions only.
+-- functions only.  owner is a role name, and the role may have been dropped
+-- since: pg_has_role(current_user, owner, ...) then raised "role does not
+-- exist" for every ordinary role reading the table, so the name is looked up
+-- with to_regrole, and a row of a dropped role is shown to superusers only.
 ALTER TABLE peft.job_rows ENABLE ROW LEVEL SECURITY;
 ALTER TABLE peft.adapters ENABLE ROW LEVEL SECURITY;
 CREATE POLICY jobs_owner ON peft.job_rows
-    USING (pg_catalog.pg_has_role(current_user, owner, 'MEMBER'));
+    USING (pg_catalog.pg_has_role(current_user,
+           pg_catalog.to_regrole(pg_catalog.quote_ident(owner)), 'MEMBER'));
 CREATE POLICY adapters_owner ON peft.adapters
-    USING (pg_catalog.pg_has_role(current_user, owner, 'MEMBER'));
+    USING (pg_catalog.pg_has_role(current_user,
+           pg_catalog.to_regrole(pg_catalog.quote_ident(owner)), 'MEMBER'));
 GRANT USAGE ON SCHEMA peft TO PUBLIC;
 GRANT SELECT ON peft.models, peft.job_rows, peft.jobs, peft.adapters TO PUBLIC;
 
@@ -198,4 +210,70 @@ CREATE FUNCTION peft_predict(adapter text, inputs text[])
 -- Sentence embedding of a text (pooling and normalisation as the model says).
 CREATE FUNCTION peft_embed(model text, input text, adapter text DEFAULT NULL) RETURNS real[]
     AS 'MODULE_PATHNAME', 'peft_embed'
+    LANGUAGE C VOLATILE CALLED ON NULL INPUT;
+
+-- Hugging Face PEFT interchange.  An adapter's weights are the bytes of
+-- adapter_model.safetensors, its config the contents of adapter_config.json
+-- (for LoRA, DoRA, LoRA/DoRA + BitFit as bias "all", and (IA)^3, exactly what
+-- PEFT reads).  Read as the caller: row-level security applies.
+CREATE FUNCTION peft_export(adapter text, version int DEFAULT NULL) RETURNS bytea
+    LANGUAGE plpgsql STABLE CALLED ON NULL INPUT
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+    DECLARE
+        result bytea;
+    BEGIN
+        SELECT a.weights INTO result FROM peft.adapters a
+         WHERE a.name = peft_export.adapter
+           AND CASE WHEN peft_export.version IS NULL THEN a.active
+                    ELSE a.version = peft_export.version END;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'adapter "%" has no %', adapter,
+                  coalesce('version ' || peft_export.version, 'active version')
+                  USING ERRCODE = 'undefined_object';
+        END IF;
+        RETURN result;
+    END
+    $$;
+
+CREATE FUNCTION peft_export_config(adapter text, version int DEFAULT NULL) RETURNS jsonb
+    LANGUAGE plpgsql STABLE CALLED ON NULL INPUT
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+    DECLARE
+        result jsonb;
+    BEGIN
+        SELECT a.config INTO result FROM peft.adapters a
+         WHERE a.name = peft_export_config.adapter
+           AND CASE WHEN peft_export_config.version IS NULL THEN a.active
+                    ELSE a.version = peft_export_config.version END;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'adapter "%" has no %', adapter,
+                  coalesce('version ' || peft_export_config.version, 'active version')
+                  USING ERRCODE = 'undefined_object';
+        END IF;
+        RETURN result;
+    END
+    $$;
+
+-- Store an adapter saved by Hugging Face PEFT as a new version, after
+-- validating it completely over the base model; returns the version.
+CREATE FUNCTION peft_import(adapter text, base_model text, config jsonb, weights bytea,
+                            task text DEFAULT NULL, labels text[] DEFAULT NULL,
+                            activate boolean DEFAULT true) RETURNS int
+    AS 'MODULE_PATHNAME', 'peft_import'
+    LANGUAGE C VOLATILE CALLED ON NULL INPUT;
+
+-- Predict with the base weights with the adapter folded in (LoRA, DoRA,
+-- (IA)^3), as PEFT's merge_and_unload; returns the version marked.
+CREATE FUNCTION peft_merge(adapter text, version int DEFAULT NULL) RETURNS int
+    AS 'MODULE_PATHNAME', 'peft_merge'
+    LANGUAGE C VOLATILE CALLED ON NULL INPUT;
+
+-- A new version of adapter combining LoRA adapters, as PEFT's
+-- add_weighted_adapter ('linear' or 'cat'); returns the version.
+CREATE FUNCTION peft_combine(adapter text, sources text[], weights float8[],
+                             combination text DEFAULT 'linear',
+                             activate boolean DEFAULT true) RETURNS int
+    AS 'MODULE_PATHNAME', 'peft_combine'
     LANGUAGE C VOLATILE CALLED ON NULL INPUT;

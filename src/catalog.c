@@ -74,9 +74,18 @@ CheckAdapterNameOwner(const char *name, Oid role)
 	OwnerContext octx;
 	bool		taken;
 
+	/* superusers see every version (row-level security does not apply) */
+	if (superuser_arg(role))
+		return;
 	CatalogAsOwner(&octx);
+	/*
+	 * owner may name a dropped role (pg_has_role would raise "role does not
+	 * exist"): its versions count as another role's, which a superuser may
+	 * still drop.
+	 */
 	if (SPI_execute_with_args("SELECT 1 FROM peft.adapters WHERE name = $1 "
-							  "AND NOT pg_catalog.pg_has_role($2, owner, 'MEMBER')",
+							  "AND NOT coalesce(pg_catalog.pg_has_role($2, "
+							  "pg_catalog.to_regrole(pg_catalog.quote_ident(owner)), 'MEMBER'), false)",
 							  2, types, values, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read peft.adapters");
 	taken = SPI_processed > 0;

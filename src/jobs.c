@@ -23,10 +23,12 @@
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
 #include "storage/latch.h"
+#include "utils/array.h"
 #include "utils/backend_status.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/jsonb.h"
+#include "utils/memutils.h"
 #include "utils/regproc.h"
 #include "utils/timestamp.h"
 #include "utils/varlena.h"
@@ -44,6 +46,7 @@ PG_FUNCTION_INFO_V1(peft_train);
 PG_FUNCTION_INFO_V1(peft_wait);
 PG_FUNCTION_INFO_V1(peft_cancel);
 PG_FUNCTION_INFO_V1(peft_worker_alive);
+PG_FUNCTION_INFO_V1(peft_server_started);
 
 /* Define peft.max_jobs, peft.train_threads, peft.max_train_memory. */
 void
@@ -62,14 +65,71 @@ PeftInitJobSettings(void)
 							PGC_SUSET, GUC_UNIT_KB, NULL, NULL, NULL);
 }
 
+/*
+ * True when data starts with the keyword kw as a whole word.  A keyword
+ * followed by more identifier characters is the start of a name: the table
+ * "withdrawals" or "selections" must not be taken for a WITH or SELECT
+ * query (it was, and the call failed with a syntax error).
+ */
+static bool
+StartsWithKeyword(const char *data, const char *kw)
+{
+	size_t		len = strlen(kw);
+	unsigned char next;
+
+	if (pg_strncasecmp(data, kw, len) != 0)
+		return false;
+	next = (unsigned char) data[len];
+	return !(isalnum(next) || next == '_' || next == '$' || next >= 0x80);
+}
+
+/* The option value of a PeftDevice. */
+static const char *
+DeviceName(int device)
+{
+	return device == PEFT_DEVICE_CUDA ? "cuda" : device == PEFT_DEVICE_CPU ? "cpu" : "auto";
+}
+
+/* The option value of a PeftPrecision. */
+static const char *
+PrecisionName(int precision)
+{
+	return precision == PEFT_PRECISION_BF16 ? "bf16" :
+		precision == PEFT_PRECISION_TF32 ? "tf32" : "fp32";
+}
+
+/* The method name of PEFT_METHOD_* bits, in a fixed order (e.g. "dora+bitfit"). */
+static char *
+CanonicalMethod(unsigned methods)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	if (methods & PEFT_METHOD_LORA)
+		appendStringInfoString(&buf, "lora");
+	if (methods & PEFT_METHOD_DORA)
+		appendStringInfoString(&buf, "dora");
+	if (methods & PEFT_METHOD_IA3)
+		appendStringInfoString(&buf, "ia3");
+	if (methods & PEFT_METHOD_BITFIT)
+		appendStringInfo(&buf, "%sbitfit", buf.len ? "+" : "");
+	if (methods & PEFT_METHOD_ADAPTER)
+		appendStringInfo(&buf, "%sadapter", buf.len ? "+" : "");
+	if (methods & PEFT_METHOD_PROMPT)
+		appendStringInfo(&buf, "%sprompt", buf.len ? "+" : "");
+	if (methods & PEFT_METHOD_PREFIX)
+		appendStringInfo(&buf, "%sprefix", buf.len ? "+" : "");
+	return buf.data;
+}
+
 /* True when data looks like a query rather than a table or view name. */
 static bool
 IsQuery(const char *data)
 {
 	while (*data == ' ' || *data == '\t' || *data == '\n' || *data == '\r' || *data == '(')
 		data++;
-	return pg_strncasecmp(data, "select", 6) == 0 || pg_strncasecmp(data, "with", 4) == 0 ||
-		pg_strncasecmp(data, "values", 6) == 0 || pg_strncasecmp(data, "table", 5) == 0;
+	return StartsWithKeyword(data, "select") || StartsWithKeyword(data, "with") ||
+		StartsWithKeyword(data, "values") || StartsWithKeyword(data, "table");
 }
 
 /*
@@ -222,6 +282,68 @@ CreateWaitShared(char **fields)
 	return seg;
 }
 
+/*
+ * True when process worker waits for a lock that this backend holds,
+ * directly or through other waiting processes (pg_blocking_pids, followed
+ * transitively).
+ */
+static bool
+WorkerBlockedByMe(int worker)
+{
+	MemoryContext tmp = AllocSetContextCreate(CurrentMemoryContext, "peft blockers",
+											  ALLOCSET_SMALL_SIZES);
+	MemoryContext old = MemoryContextSwitchTo(tmp);
+	int			pids[64];
+	int			n = 0;
+	bool		found = false;
+
+	pids[n++] = worker;
+	for (int i = 0; i < n && !found; i++)
+	{
+		ArrayType  *blockers = DatumGetArrayTypeP(DirectFunctionCall1(pg_blocking_pids,
+																	 Int32GetDatum(pids[i])));
+		int32	   *b = (int32 *) ARR_DATA_PTR(blockers);
+		int			nb = ArrayGetNItems(ARR_NDIM(blockers), ARR_DIMS(blockers));
+
+		for (int j = 0; j < nb && !found; j++)
+		{
+			bool		seen = false;
+
+			found = b[j] == MyProcPid;
+			for (int k = 0; k < n; k++)
+				seen |= pids[k] == b[j];
+			if (!seen && n < (int) lengthof(pids))
+				pids[n++] = b[j];
+		}
+	}
+	MemoryContextSwitchTo(old);
+	MemoryContextDelete(tmp);
+	return found;
+}
+
+/*
+ * ERROR when the job's worker waits for a lock held by this transaction.
+ * The caller waits for the worker on a latch, which the deadlock detector
+ * does not see, so such a cycle hung all of them for good: e.g. DROP
+ * EXTENSION peft (or ALTER or VACUUM FULL of a catalog table, or DROP TABLE
+ * of the data) queued behind this transaction's locks from its call-time
+ * checks, with the worker queued behind it; or a lock this transaction took
+ * on the data before calling.
+ */
+static void
+CheckNotBlockingWorker(int64 job_id, int worker)
+{
+	if (worker > 0 && WorkerBlockedByMe(worker))
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_DEADLOCK_DETECTED),
+				 errmsg("deadlock detected: training job %lld waits for a lock held by this transaction",
+						(long long) job_id),
+				 errdetail("Its worker (PID %d) waits, directly or behind other sessions, for a lock "
+						   "this transaction holds, while this transaction waits for the job.", worker),
+				 errhint("Wait for jobs outside transactions that lock the data or peft's tables, "
+						 "or call peft_train with wait => false.")));
+}
+
 /* Wait for a worker we started; a canceled wait cancels the job. */
 static void
 WaitForWorker(BackgroundWorkerHandle *handle, WaitShared *shared)
@@ -230,7 +352,7 @@ WaitForWorker(BackgroundWorkerHandle *handle, WaitShared *shared)
 
 	PG_TRY();
 	{
-		for (;;)
+		for (int round = 1;; round++)
 		{
 			if (pg_atomic_read_u32(&shared->stage) == WAIT_STAGE_FINISHED)
 				break;
@@ -240,6 +362,8 @@ WaitForWorker(BackgroundWorkerHandle *handle, WaitShared *shared)
 							 200, PG_WAIT_EXTENSION);
 			ResetLatch(MyLatch);
 			CHECK_FOR_INTERRUPTS();
+			if (round % 5 == 0)
+				CheckNotBlockingWorker(shared->job_id, (int) pid);
 		}
 	}
 	PG_CATCH();
@@ -293,6 +417,8 @@ peft_train(PG_FUNCTION_ARGS)
 	bool		wait = PG_GETARG_BOOL(8);
 	Jsonb	   *options = PG_GETARG_JSONB_P(7);
 	TrainOptionsSql parsed;
+	unsigned	methods;
+	PeftError	err = {0};
 	const PeftEngineApi *engine = PeftEngine();
 	bool		regression;
 	WorkerArgs	args = {0};
@@ -319,12 +445,27 @@ peft_train(PG_FUNCTION_ARGS)
 				 errmsg("unknown task \"%s\"", fields[JOB_TASK]),
 				 errhint("Use 'classification' or 'regression'.")));
 	regression = strcmp(fields[JOB_TASK], "regression") == 0;
-	if (strcmp(fields[JOB_METHOD], "lora") != 0)
+	if (engine->parse_method(fields[JOB_METHOD], &methods, &err) != PEFT_OK)
 		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("method \"%s\" is not supported", fields[JOB_METHOD]),
-				 errhint("Supported methods: lora.")));
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s", err.message),
+				 errhint("Methods: lora, dora, ia3, bitfit, adapter, or a combination such as "
+						 "lora+bitfit.")));
+	fields[JOB_METHOD] = CanonicalMethod(methods);
+	/*
+	 * The worker parses the options again, with its own settings: pin the
+	 * caller's peft.device and peft.precision in the stored options (the
+	 * caller's own keys win).
+	 */
+	options = DatumGetJsonbP(DirectFunctionCall2(jsonb_concat,
+												 DirectFunctionCall1(jsonb_in, CStringGetDatum(
+													 psprintf("{\"device\": \"%s\", \"precision\": \"%s\"}",
+															  DeviceName(peft_device),
+															  PrecisionName(peft_precision)))),
+												 JsonbPGetDatum(options)));
+	fields[JOB_OPTIONS] = JsonbToCString(NULL, &options->root, VARSIZE(options));
 	ParseTrainOptions(options, engine, &parsed);
+	parsed.config.methods = methods;
 	if (parsed.config.device == PEFT_DEVICE_CUDA && engine->cuda_device_count() == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
@@ -444,20 +585,24 @@ peft_wait(PG_FUNCTION_ARGS)
 				 errmsg("job %lld was created by this transaction and cannot start before it commits",
 						(long long) job_id),
 				 errhint("Commit first, or call peft_train with wait => true.")));
-	for (;;)
+	for (int round = 1;; round++)
 	{
 		char	   *status;
+		char	   *worker;
 
 		/* read_only = false: each poll takes a fresh snapshot */
-		if (SPI_execute_with_args("SELECT status FROM peft.jobs WHERE id = $1",
+		if (SPI_execute_with_args("SELECT status, worker_pid FROM peft.jobs WHERE id = $1",
 								  1, types, values, NULL, false, 1) != SPI_OK_SELECT ||
 			SPI_processed != 1)
 			ereport(ERROR,
 					(errcode(ERRCODE_UNDEFINED_OBJECT),
 					 errmsg("job %lld does not exist", (long long) job_id)));
 		status = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+		worker = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
 		if (IsFinished(status))
 			break;
+		if (round % 5 == 0 && worker != NULL)
+			CheckNotBlockingWorker(job_id, atoi(worker));
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 200, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
@@ -526,4 +671,33 @@ peft_worker_alive(PG_FUNCTION_ARGS)
 			PG_RETURN_BOOL(true);
 	}
 	PG_RETURN_BOOL(false);
+}
+
+/*
+ * peft._server_started(): when the server last started or, after a crash
+ * restart, reinitialised.  A queued job with no worker recorded and created
+ * before that can no longer start: dynamic workers do not survive either.
+ * pg_postmaster_start_time() alone is not enough: it keeps the postmaster's
+ * start across a crash restart (restart_after_crash), so such a job showed
+ * "queued" forever and peft_wait on it never returned.  The checkpointer is
+ * restarted with every reinitialisation (any other exit of it is itself a
+ * crash), before connections are accepted again, so its start time is used.
+ */
+Datum
+peft_server_started(PG_FUNCTION_ARGS)
+{
+	TimestampTz started = PgStartTime;
+	int			n;
+
+	pgstat_clear_backend_activity_snapshot();
+	n = pgstat_fetch_stat_numbackends();
+	for (int i = 1; i <= n; i++)
+	{
+		LocalPgBackendStatus *local = pgstat_fetch_stat_local_beentry(i);
+
+		if (local && local->backendStatus.st_backendType == B_CHECKPOINTER &&
+			local->backendStatus.st_proc_start_timestamp > started)
+			started = local->backendStatus.st_proc_start_timestamp;
+	}
+	PG_RETURN_TIMESTAMPTZ(started);
 }

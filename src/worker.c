@@ -78,6 +78,7 @@ typedef struct Job
 	int64		trained_rows;
 	StringInfoData epochs;		/* JSON array of per-epoch metrics */
 	bool		canceled;
+	bool		marked;			/* the row records this process as its worker */
 } Job;
 
 typedef struct LabelEntry
@@ -139,6 +140,25 @@ static const char *
 JobIdText(const Job *job)
 {
 	return psprintf("%lld", (long long) job->id);
+}
+
+/*
+ * After a write to the job's row: ERROR unless it reached the row.  Every
+ * write after MarkStarted matches the row by id and by worker_pid =
+ * pg_backend_pid(), so a worker whose row is gone stops instead of going on
+ * unseen: DROP EXTENSION peft leaves it no row, and DROP then CREATE
+ * EXTENSION makes new rows that reuse the ids, which it must not write
+ * into (it did: it set another job's progress, inserted its own adapter
+ * under that job and marked it succeeded).
+ */
+static void
+CheckOwnRow(const Job *job)
+{
+	if (SPI_processed != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the row of training job %lld is gone", (long long) job->id),
+				 errdetail("The extension was dropped, or the row deleted, while the job ran.")));
 }
 
 /* wait => true: record the job row from the caller's parameters and commit. */
@@ -211,9 +231,10 @@ CancelRequested(Job *job)
 
 	if (job->shared && pg_atomic_read_u32(&job->shared->cancel))
 		return true;
-	ExecText("SELECT cancel_requested FROM peft.job_rows WHERE id = $1::bigint", 1, &id);
-	return SPI_processed == 1 &&
-		strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), "t") == 0;
+	ExecText("SELECT cancel_requested FROM peft.job_rows "
+			 "WHERE id = $1::bigint AND worker_pid = pg_backend_pid()", 1, &id);
+	CheckOwnRow(job);
+	return strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), "t") == 0;
 }
 
 /* Mark the job running with this process as its worker. */
@@ -224,11 +245,19 @@ MarkStarted(Job *job, const char *status)
 	timestamptz_to_str(MyStartTimestamp)};
 
 	BeginStep();
-	ExecText("UPDATE peft.job_rows SET status = $2, worker_pid = pg_backend_pid(), "
+	ExecText(job->marked ?
+			 "UPDATE peft.job_rows SET status = $2, worker_pid = pg_backend_pid(), "
 			 "worker_started = $3::timestamptz, "
-			 "started_at = CASE WHEN $2 = 'running' THEN now() END WHERE id = $1::bigint",
+			 "started_at = CASE WHEN $2 = 'running' THEN now() END "
+			 "WHERE id = $1::bigint AND worker_pid = pg_backend_pid()" :
+			 "UPDATE peft.job_rows SET status = $2, worker_pid = pg_backend_pid(), "
+			 "worker_started = $3::timestamptz, "
+			 "started_at = CASE WHEN $2 = 'running' THEN now() END "
+			 "WHERE id = $1::bigint AND worker_pid IS NULL",
 			 3, args);
+	CheckOwnRow(job);
 	EndStep();
+	job->marked = true;
 }
 
 /*
@@ -286,6 +315,9 @@ OpenModel(Job *job)
 	job->engine = PeftEngine();
 	options = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(job->fields[JOB_OPTIONS])));
 	ParseTrainOptions(options, job->engine, &job->options);
+	if (job->engine->parse_method(job->fields[JOB_METHOD], &job->options.config.methods,
+								  &err) != PEFT_OK)
+		PeftRaiseEngineError(&err);
 	job->regression = strcmp(job->fields[JOB_TASK], "regression") == 0;
 	job->options.config.task = job->regression ? PEFT_TASK_REGRESSION : PEFT_TASK_CLASSIFICATION;
 	job->options.config.memory_limit = (size_t) peft_max_train_memory * 1024;
@@ -455,7 +487,8 @@ ReportProgress(Job *job, const PeftTrainProgress *p)
 	ExecText("UPDATE peft.job_rows SET epoch = $2::int, step = $3::int, total_steps = $4::int, "
 			 "loss = $5::float8, samples_per_second = $6::float8, eta = $7::interval, "
 			 "progress = least($8::real, 1), loss_history = loss_history || $5::float8 "
-			 "WHERE id = $1::bigint", 8, args);
+			 "WHERE id = $1::bigint AND worker_pid = pg_backend_pid()", 8, args);
+	CheckOwnRow(job);
 	stop = CancelRequested(job);
 	EndStep();
 	return stop || got_sigterm;
@@ -491,7 +524,8 @@ EvaluateEpoch(Job *job, int epoch)
 	args[1] = psprintf("%s]", job->epochs.data);
 	BeginStep();
 	ExecText("UPDATE peft.job_rows SET metrics = jsonb_set(metrics, '{epochs}', $2::jsonb) "
-			 "WHERE id = $1::bigint", 2, args);
+			 "WHERE id = $1::bigint AND worker_pid = pg_backend_pid()", 2, args);
+	CheckOwnRow(job);
 	EndStep();
 	return json;
 }
@@ -576,11 +610,14 @@ SaveAdapter(Job *job, const char *final_metrics, int64 train_rows, int64 valid_r
 							  "SELECT $1, coalesce(max(version), 0) + 1, $2, $3, $4, $5::jsonb, "
 							  "  $6::text[], $7, $8::jsonb, $9, j.owner, $10 "
 							  "FROM peft.job_rows j LEFT JOIN peft.adapters a ON a.name = $1 "
-							  "WHERE j.id = $9 GROUP BY j.owner",
+							  "WHERE j.id = $9 AND j.worker_pid = pg_backend_pid() GROUP BY j.owner",
 							  10, types, values, nulls, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not insert the adapter");
+	CheckOwnRow(job);			/* an error rolls the adapter back */
 	ExecText("UPDATE peft.job_rows SET status = 'succeeded', progress = 1, finished_at = now(), "
-			 "eta = '0'::interval WHERE id = $1::bigint", 1, (const char *[]) {JobIdText(job)});
+			 "eta = '0'::interval WHERE id = $1::bigint AND worker_pid = pg_backend_pid()",
+			 1, (const char *[]) {JobIdText(job)});
+	CheckOwnRow(job);
 	EndStep();
 }
 
@@ -624,8 +661,9 @@ Train(Job *job)
 					   job->engine->train_device(job->train));
 	BeginStep();
 	ExecText("UPDATE peft.job_rows SET total_steps = $3::int, epoch = 1, step = 0, "
-			 "metrics = $2::jsonb WHERE id = $1::bigint", 3,
+			 "metrics = $2::jsonb WHERE id = $1::bigint AND worker_pid = pg_backend_pid()", 3,
 			 (const char *[]) {args[0], args[1], psprintf("%d", total_steps)});
+	CheckOwnRow(job);
 	EndStep();
 
 	initStringInfo(&job->epochs);
@@ -666,8 +704,12 @@ RecordEnd(Job *job, const char *status, const char *error)
 	const char *args[3] = {JobIdText(job), status, error};
 
 	BeginStep();
-	ExecText("UPDATE peft.job_rows SET status = $2, error = $3, finished_at = now() "
-			 "WHERE id = $1::bigint", 3, args);
+	/* only this worker's row (see CheckOwnRow); none left is no error here */
+	ExecText(job->marked ?
+			 "UPDATE peft.job_rows SET status = $2, error = $3, finished_at = now() "
+			 "WHERE id = $1::bigint AND worker_pid = pg_backend_pid()" :
+			 "UPDATE peft.job_rows SET status = $2, error = $3, finished_at = now() "
+			 "WHERE id = $1::bigint AND worker_pid IS NULL", 3, args);
 	EndStep();
 }
 
