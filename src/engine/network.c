@@ -1486,10 +1486,11 @@ bottleneck_forward(Network *net, LayerActs *la, int l, int pos, real *h, int N)
 	const int  *ad = net->lp[l].adapter[pos];
 	Backend    *be = net->be;
 	int			C = net->base->cfg.hidden_size;
-	int			m = C / net->opts.bottleneck.reduction;
+	int			m;
 
 	if (ad[0] < 0)
-		return;
+		return;					/* (reduction is 0 without adapters: no division before this) */
+	m = C / net->opts.bottleneck.reduction;
 	be->ops->copy(be, la->ad_in[pos], h, sizeof(real) * N * C);
 	be->ops->linear(be, la->ad_d[pos], m, h, C, dvalue(net, ad[0]), dvalue(net, ad[1]), N, C, m);
 	be->ops->gelu_forward(be, la->ad_g[pos], la->ad_d[pos], (size_t) N * m);
