@@ -18,7 +18,7 @@ REGRESS      = $(patsubst sql/%.sql,%,$(sort $(wildcard sql/[0-9]*.sql)))
 REGRESS_OPTS = --inputdir=. --load-extension=$(EXTENSION)
 PG_CPPFLAGS  = -Isrc -Isrc/engine -Wall -Wextra -Wno-unused-parameter \
                -Wno-missing-field-initializers -Wno-sign-compare
-EXTRA_CLEAN  = peft_engine.so peft-engine build build-asan results regression.diffs \
+EXTRA_CLEAN  = peft_engine.so peft_engine_cuda.so peft-engine build build-asan results regression.diffs \
                regression.out
 
 PG_CONFIG ?= pg_config
@@ -81,13 +81,19 @@ ifeq ($(PEFT_CUDA),1)
                   -gencode arch=compute_90,code=sm_90 \
                   -gencode arch=compute_90,code=compute_90
   ENGINE_CFLAGS += -DPEFT_WITH_CUDA -I$(CUDA_HOME)/include
-  ENGINE_LIBS   += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 \
+  CUDA_LIBS      = -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 \
                    -Wl,--no-as-needed -lcublas -lcudart -Wl,--as-needed -lstdc++
-  BACKENDS      = cpu (OpenBLAS) + cuda (cuBLAS, sm_80/sm_90)
+  # the CUDA backend and kernels are their own library, loaded on first use
+  CUDA_LIB       = peft_engine_cuda.so
+  BACKENDS      = cpu (OpenBLAS) + cuda (cuBLAS, sm_80/sm_90, in peft_engine_cuda.so)
 else
   CUDA_OBJS     =
+  CUDA_LIBS     =
+  CUDA_LIB      =
   BACKENDS      = cpu (OpenBLAS)
 endif
+# peft_engine.so holds everything but the CUDA backend
+ENGINE_LIB_OBJS = $(filter-out $(B)/engine/backend_cuda.o,$(ENGINE_OBJS))
 
 $(B)/engine/%.o: src/engine/%.c $(wildcard src/engine/*.h) | $(B)/engine
 	$(CC) $(ENGINE_CFLAGS) -c $< -o $@
@@ -110,9 +116,15 @@ FORCE:
 
 $(ENGINE_OBJS) $(CUDA_OBJS): $(B)/config.stamp
 
-peft_engine.so: $(ENGINE_OBJS) $(CUDA_OBJS)
-	$(CC) -shared -Wl,--no-undefined -o $@ $(ENGINE_OBJS) $(CUDA_OBJS) $(ENGINE_LIBS)
+peft_engine.so: $(ENGINE_LIB_OBJS)
+	$(CC) -shared -Wl,--no-undefined -o $@ $(ENGINE_LIB_OBJS) $(ENGINE_LIBS) -ldl
 	@echo "peft: engine backends: $(BACKENDS)"
+
+# The CUDA backend: found by peft_engine.so in its own folder ($ORIGIN), and
+# resolving the engine's symbols from it.
+peft_engine_cuda.so: $(B)/engine/backend_cuda.o $(CUDA_OBJS) peft_engine.so
+	$(CC) -shared -Wl,--no-undefined -o $@ $(B)/engine/backend_cuda.o $(CUDA_OBJS) \
+		-L. -l:peft_engine.so -Wl,-rpath,'$$ORIGIN' $(CUDA_LIBS) $(ENGINE_LIBS)
 
 # The command-line runner links the engine library from its own folder.
 peft-engine: src/cli/peft_engine_main.c peft_engine.so
@@ -121,15 +133,16 @@ peft-engine: src/cli/peft_engine_main.c peft_engine.so
 ifneq ($(wildcard src/cli/peft_engine_main.c),)
 all: peft-engine
 endif
-all: peft_engine.so
+all: peft_engine.so $(CUDA_LIB)
 $(shlib): $(B)/config.stamp
 
 install: install-engine
-install-engine: peft_engine.so
+install-engine: peft_engine.so $(CUDA_LIB)
 	$(INSTALL_SHLIB) peft_engine.so '$(DESTDIR)$(pkglibdir)/peft_engine.so'
+	$(if $(CUDA_LIB),$(INSTALL_SHLIB) $(CUDA_LIB) '$(DESTDIR)$(pkglibdir)/$(CUDA_LIB)')
 uninstall: uninstall-engine
 uninstall-engine:
-	rm -f '$(DESTDIR)$(pkglibdir)/peft_engine.so'
+	rm -f '$(DESTDIR)$(pkglibdir)/peft_engine.so' '$(DESTDIR)$(pkglibdir)/peft_engine_cuda.so'
 
 # ---- engine unit tests (cmocka) -------------------------------------------
 # test/unit/test_*.c link the float engine; test/unit/gradcheck_*.c the
@@ -141,10 +154,10 @@ UNIT_BINS   = $(patsubst test/unit/%.c,$(B)/unit/%,$(UNIT_SRCS) $(GRAD_SRCS))
 UNIT_CFLAGS = $(ENGINE_CFLAGS) -Itest/unit -DPEFT_SOURCE_DIR='"$(CURDIR)"'
 
 $(B)/unit/test_%: test/unit/test_%.c $(ENGINE_OBJS) $(CUDA_OBJS) $(wildcard test/unit/*.h) | $(B)/unit
-	$(CC) $(UNIT_CFLAGS) -o $@ $< $(ENGINE_OBJS) $(CUDA_OBJS) $(ENGINE_LIBS) -lcmocka
+	$(CC) $(UNIT_CFLAGS) -o $@ $< $(ENGINE_OBJS) $(CUDA_OBJS) $(ENGINE_LIBS) $(CUDA_LIBS) -ldl -lcmocka
 
 $(B)/unit/gradcheck_%: test/unit/gradcheck_%.c $(ENGINE_DOUBLE_OBJS) $(wildcard test/unit/*.h) | $(B)/unit
-	$(CC) $(UNIT_CFLAGS) -UPEFT_WITH_CUDA -DPEFT_DOUBLE -o $@ $< $(ENGINE_DOUBLE_OBJS) $(ENGINE_LIBS) -lcmocka
+	$(CC) $(UNIT_CFLAGS) -UPEFT_WITH_CUDA -DPEFT_DOUBLE -o $@ $< $(ENGINE_DOUBLE_OBJS) $(ENGINE_LIBS) -ldl -lcmocka
 
 unit: $(UNIT_BINS)
 
@@ -161,7 +174,7 @@ $(B)/gpu:
 	mkdir -p $@
 
 $(B)/gpu/test_gpu_%: test/gpu/test_gpu_%.c $(ENGINE_OBJS) $(CUDA_OBJS) | $(B)/gpu
-	$(CC) $(UNIT_CFLAGS) -Itest/gpu -o $@ $< $(ENGINE_OBJS) $(CUDA_OBJS) $(ENGINE_LIBS) -lcmocka
+	$(CC) $(UNIT_CFLAGS) -Itest/gpu -o $@ $< $(ENGINE_OBJS) $(CUDA_OBJS) $(ENGINE_LIBS) $(CUDA_LIBS) -ldl -lcmocka
 
 gpu-tests: $(GPU_BINS)
 

@@ -242,6 +242,28 @@ struct Backend
 /* The process's CPU backend (static; never destroyed). */
 Backend    *backend_cpu(void);
 
+/*
+ * The CUDA backend's entry points.  CUDA builds put the CUDA backend and
+ * kernels in their own library, peft_engine_cuda.so beside peft_engine.so,
+ * which backend.c loads only when CUDA is first asked for: a process that
+ * never computes on a GPU never maps cuBLAS (about 90 MiB per connection).
+ * Test programs link it in directly instead.
+ */
+#define PEFT_CUDA_BACKEND_ABI 1
+#define PEFT_CUDA_BACKEND_SYMBOL "peft_cuda_backend_api"
+
+typedef struct CudaBackendApi
+{
+	int			abi_version;
+	bool		(*available) (void);
+	PeftCode	(*get) (Backend **out, PeftError *err);
+	void		(*set_idle_release) (int seconds);
+	int			(*device_count) (void);
+} CudaBackendApi;
+
+/* Number of visible CUDA devices (0 without the CUDA library or a device). */
+int			backend_cuda_device_count(void);
+
 /* Whether this build has CUDA and a device is visible (initialises CUDA). */
 bool		backend_cuda_available(void);
 

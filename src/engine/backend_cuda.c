@@ -28,6 +28,7 @@
 
 #include <pthread.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -927,8 +928,8 @@ start_watcher(Backend *be)
 }
 
 /* Seconds of idleness before the device is given back (0: never). */
-void
-backend_set_idle_release(int seconds)
+static void
+cuda_set_idle_release(int seconds)
 {
 	atomic_store(&idle_release_seconds, seconds > 0 ? seconds : 0);
 	pthread_mutex_lock(&create_lock);
@@ -940,8 +941,8 @@ backend_set_idle_release(int seconds)
 /* ---- creation ------------------------------------------------------------ */
 
 /* Whether a CUDA device is visible (asked once per process, with signals blocked). */
-bool
-backend_cuda_available(void)
+static bool
+cuda_available(void)
 {
 	sigset_t	all;
 	sigset_t	saved;
@@ -959,8 +960,8 @@ backend_cuda_available(void)
 }
 
 /* The process's CUDA backend, made on first use. */
-PeftCode
-backend_cuda(Backend **out, PeftError *err)
+static PeftCode
+cuda_get(Backend **out, PeftError *err)
 {
 	Backend    *be;
 	CudaState  *st;
@@ -970,7 +971,7 @@ backend_cuda(Backend **out, PeftError *err)
 	int			probe;
 
 	*out = NULL;
-	if (!backend_cuda_available())
+	if (!cuda_available())
 		return peft_fail(err, PEFT_ERR_UNSUPPORTED,
 						 "device \"cuda\" is not available: no CUDA device is visible");
 	pthread_mutex_lock(&create_lock);
@@ -1010,6 +1011,36 @@ backend_cuda(Backend **out, PeftError *err)
 	*out = cuda_backend;
 	pthread_mutex_unlock(&create_lock);
 	return PEFT_OK;
+}
+
+/* Number of visible devices, with signals blocked (CUDA may start threads). */
+static int
+cuda_device_count(void)
+{
+	sigset_t	all;
+	sigset_t	saved;
+	int			count;
+
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, &saved);
+	count = peft_cuda_device_count();
+	pthread_sigmask(SIG_SETMASK, &saved, NULL);
+	return count;
+}
+
+/* The table peft_engine.so finds in this library (or a test program links in). */
+const CudaBackendApi *
+peft_cuda_backend_api(void)
+{
+	static const CudaBackendApi api = {
+		.abi_version = PEFT_CUDA_BACKEND_ABI,
+		.available = cuda_available,
+		.get = cuda_get,
+		.set_idle_release = cuda_set_idle_release,
+		.device_count = cuda_device_count,
+	};
+
+	return &api;
 }
 
 #endif							/* PEFT_WITH_CUDA && !PEFT_DOUBLE */

@@ -10,9 +10,7 @@
 #include <signal.h>
 #include <stdlib.h>
 
-#ifdef PEFT_WITH_CUDA
-#include "cuda_backend.h"
-#endif
+#include "backend.h"
 
 #define PEFT_ENGINE_VERSION "0.1.0"
 
@@ -59,26 +57,14 @@ engine_init(int nthreads, PeftError *err)
 }
 
 /*
- * Number of visible CUDA devices (0 when built without CUDA).  The first
- * CUDA call starts driver threads, so signals are blocked around it: those
- * threads inherit the mask and PostgreSQL's signals stay on the main thread.
+ * Number of visible CUDA devices (0 when built without CUDA or when its
+ * library cannot load).  Loads the CUDA backend; it blocks signals around
+ * the first CUDA calls, whose driver threads then inherit the full mask.
  */
 static int
 engine_cuda_device_count(void)
 {
-#ifdef PEFT_WITH_CUDA
-	sigset_t	all;
-	sigset_t	saved;
-	int			count;
-
-	sigfillset(&all);
-	pthread_sigmask(SIG_BLOCK, &all, &saved);
-	count = peft_cuda_device_count();
-	pthread_sigmask(SIG_SETMASK, &saved, NULL);
-	return count;
-#else
-	return 0;
-#endif
+	return backend_cuda_device_count();
 }
 
 static const PeftEngineApi engine_api = {

@@ -10,7 +10,7 @@
 #                                tests and peft-engine with CUDA and gather
 #                                what a GPU machine needs under build/:
 #                                  build/gpu        the parity test binaries
-#                                  build/gpu-bin    peft-engine, peft_engine.so
+#                                  build/gpu-bin    peft-engine, peft_engine.so, peft_engine_cuda.so
 #                                  build/gpu-libs   the shared libraries they
 #                                                   need (the big ones, i.e.
 #                                                   OpenBLAS, xz-compressed)
@@ -52,13 +52,13 @@ CARRY_LIMIT=$((60 * 1024 * 1024))
 bundle() {
 	local py=${PEFT_BENCH_PYTHON:-/work/venv-ref/bin/python} bin lib total tree
 	[ -x "$py" ] || py=python3
-	make -s -j"$(nproc)" PEFT_CUDA=1 gpu-tests peft_engine.so peft-engine >/dev/null ||
+	make -s -j"$(nproc)" PEFT_CUDA=1 gpu-tests peft_engine.so peft_engine_cuda.so peft-engine >/dev/null ||
 		{ echo "bundle: the CUDA build failed"; exit 1; }
 	rm -rf build/gpu-libs build/gpu-bin
 	mkdir -p build/gpu-libs build/gpu-bin
 	# peft-engine finds peft_engine.so beside itself (rpath $ORIGIN).
-	cp peft-engine peft_engine.so build/gpu-bin/
-	for bin in build/gpu/test_gpu_* build/gpu-bin/peft_engine.so build/gpu-bin/peft-engine; do
+	cp peft-engine peft_engine.so peft_engine_cuda.so build/gpu-bin/
+	for bin in build/gpu/test_gpu_* build/gpu-bin/peft_engine.so build/gpu-bin/peft_engine_cuda.so build/gpu-bin/peft-engine; do
 		ldd "$bin" | awk '/=> \// {print $3}' |
 			grep -E 'openblas|gfortran|quadmath|cjson|utf8proc|cmocka' |
 			while read -r lib; do cp -L "$lib" build/gpu-libs/; done
@@ -74,7 +74,7 @@ os.remove(sys.argv[1])' "$lib" || { echo "bundle: cannot compress $lib"; exit 1;
 	done
 	# Debug information is half of each binary (PEFT_BUNDLE_DEBUG=1 keeps it).
 	if [ -z "${PEFT_BUNDLE_DEBUG:-}" ]; then
-		strip --strip-debug build/gpu/test_gpu_* build/gpu-bin/peft-engine build/gpu-bin/peft_engine.so
+		strip --strip-debug build/gpu/test_gpu_* build/gpu-bin/peft-engine build/gpu-bin/peft_engine.so build/gpu-bin/peft_engine_cuda.so
 	fi
 	ls -l build/gpu build/gpu-libs build/gpu-bin
 	"$py" test/gpu/pack_model.py "${PEFT_MODEL_DIR:-$(scripts/fetch_model)}" build/gpu-model ||
