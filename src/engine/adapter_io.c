@@ -482,12 +482,15 @@ PeftCode
 adapter_options_from_config(const char *json, size_t len, NetworkOptions *opts,
 							PeftError *err)
 {
-	cJSON	   *root = cJSON_ParseWithLength(json, len);
+	cJSON	   *root = NULL;
 	const cJSON *type;
 	const cJSON *pg;
 	unsigned	methods = 0;
 	PeftCode	rc = PEFT_OK;
 
+	/* a copy ending in NUL; a NUL inside the text is refused (not a silent end) */
+	if ((rc = parse_json_text(json, len, "adapter config", &root, err)) != PEFT_OK)
+		return rc;
 	if (!cJSON_IsObject(root))
 	{
 		cJSON_Delete(root);

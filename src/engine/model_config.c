@@ -55,7 +55,7 @@ config_set_defaults(ModelConfig *cfg)
  * up to a NUL, so the text is copied, and a NUL inside it is an error rather
  * than a silent end of input.
  */
-static PeftCode
+PeftCode
 parse_json_text(const char *text, size_t len, const char *what, cJSON **out,
 				PeftError *err)
 {

@@ -43,6 +43,15 @@ typedef struct ModelConfig
 	int			max_seq_length; /* 0 when unspecified */
 } ModelConfig;
 
+/*
+ * Parse len bytes of JSON text (not necessarily NUL-terminated) into a
+ * cJSON tree: copied first, since cJSON reads to a NUL, and a NUL inside is
+ * an error rather than a silent end of input.
+ */
+struct cJSON;
+PeftCode	parse_json_text(const char *text, size_t len, const char *what,
+							struct cJSON **out, PeftError *err);
+
 /* Parse config.json text (len bytes, not necessarily NUL-terminated). */
 PeftCode	model_config_parse(ModelConfig *cfg, const char *json, size_t len,
 							   PeftError *err);

@@ -33,6 +33,7 @@
  * checks every code point against the tokenizers library.
  */
 #include "tokenizer.h"
+#include "model_config.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -1257,11 +1258,11 @@ static PeftCode
 tokenizer_parse_json(const char *data, size_t len, const char *label,
 					 const TokenizerOptions *opts, Tokenizer **out, PeftError *err)
 {
-	cJSON	   *root = cJSON_ParseWithLength(data, len);
+	cJSON	   *root = NULL;
 	PeftCode	rc;
 
-	if (root == NULL)
-		return peft_fail(err, PEFT_ERR_FORMAT, "%s: not valid JSON", label);
+	if ((rc = parse_json_text(data, len, label, &root, err)) != PEFT_OK)
+		return rc;
 	rc = tokenizer_from_json(root, label, opts, out, err);
 	cJSON_Delete(root);
 	return rc;

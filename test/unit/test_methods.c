@@ -199,6 +199,15 @@ test_merged_cannot_train_and_bad_methods(void **state)
 	assert_int_equal(adapter_parse_method("lora+lora", &bits, &err), PEFT_ERR_INVALID);
 	assert_int_equal(adapter_parse_method("", &bits, &err), PEFT_ERR_INVALID);
 	assert_int_equal(adapter_parse_method("prompt+prefix", &bits, &err), PEFT_ERR_INVALID);
+	/* a NUL inside a config is refused, not read as the end of the text */
+	{
+		const char	raw[] = {'{', '"', 'p', 'e', 'f', 't', '_', 't', 'y', 'p', 'e', '"', ':', '"',
+			'B', 'I', 'T', 'F', 'I', 'T', '\0', 'x', '"', '}'};
+		NetworkOptions o = {0};
+
+		assert_int_equal(adapter_options_from_config(raw, sizeof(raw), &o, &err), PEFT_ERR_FORMAT);
+		assert_non_null(strstr(err.message, "NUL"));
+	}
 	assert_int_equal(adapter_parse_method("bitfit+dora", &bits, &err), PEFT_OK);
 	assert_int_equal(bits, PEFT_METHOD_DORA | PEFT_METHOD_BITFIT);
 }
