@@ -176,13 +176,32 @@ scatter_rows_kernel(float *out, const float *packed, const int32_t *rows,
 	}
 }
 
-/* Check B and C of a pooling launcher: 1 to launch, 0 for an empty no-op, -1 on error. */
+/* A pooling kernel over [B, C]: (out or dinp, inp or dout, seq_start, B, C). */
+typedef void (*PoolKernel)(float *, const float *, const int32_t *, int, int);
+
+/*
+ * The pooling launchers' common part: check B and C ("what: bad shape"),
+ * return 0 for an empty batch, or for dst NULL when the kernel accumulates
+ * into it (a gradient nobody wants), fail on a NULL tensor ("what: NULL
+ * tensor"), then launch kernel (named kernel_name in a launch error) with
+ * one thread per (sequence, column).
+ */
 static int
-pool_shapes(const char *what, int B, int C, char *msg, int msglen)
+launch_pool(const char *what, PoolKernel kernel, const char *kernel_name, bool accumulate,
+			float *dst, const float *src, const int32_t *seq_start, int B, int C,
+			char *msg, int msglen)
 {
+	size_t		total = (size_t) B * C;
+
 	if (B < 0 || C < 0)
 		return peft_cuda_fail(msg, msglen, "%s: bad shape B=%d C=%d", what, B, C);
-	return B > 0 && C > 0;
+	if (total == 0 || (accumulate && dst == NULL))
+		return 0;
+	if (dst == NULL || src == NULL || seq_start == NULL)
+		return peft_cuda_fail(msg, msglen, "%s: NULL tensor", what);
+	kernel<<<peft_cuda_grid(total, PEFT_CUDA_THREADS), PEFT_CUDA_THREADS>>>
+		(dst, src, seq_start, B, C);
+	return peft_cuda_check_launch(kernel_name, msg, msglen);
 }
 
 /* out[B,C] = mean of each sequence's rows of inp[N,C] (out overwritten; zeros for an empty one). */
@@ -190,16 +209,8 @@ extern "C" int
 peft_cuda_mean_pool_forward(float *out, const float *inp, const int32_t *seq_start,
 							int B, int C, char *msg, int msglen)
 {
-	int			rc = pool_shapes("mean_pool_forward", B, C, msg, msglen);
-	size_t		total = (size_t) B * C;
-
-	if (rc <= 0)
-		return rc;
-	if (out == NULL || inp == NULL || seq_start == NULL)
-		return peft_cuda_fail(msg, msglen, "mean_pool_forward: NULL tensor");
-	mean_pool_forward_kernel<<<peft_cuda_grid(total, PEFT_CUDA_THREADS), PEFT_CUDA_THREADS>>>
-		(out, inp, seq_start, B, C);
-	return peft_cuda_check_launch("mean_pool_forward_kernel", msg, msglen);
+	return launch_pool("mean_pool_forward", mean_pool_forward_kernel, "mean_pool_forward_kernel",
+					   false, out, inp, seq_start, B, C, msg, msglen);
 }
 
 /* dinp[N,C] += dout[b,:] / len_b on every row of sequence b (dinp NULL is a no-op). */
@@ -207,16 +218,8 @@ extern "C" int
 peft_cuda_mean_pool_backward(float *dinp, const float *dout, const int32_t *seq_start,
 							 int B, int C, char *msg, int msglen)
 {
-	int			rc = pool_shapes("mean_pool_backward", B, C, msg, msglen);
-	size_t		total = (size_t) B * C;
-
-	if (rc <= 0 || dinp == NULL)
-		return rc < 0 ? -1 : 0;
-	if (dout == NULL || seq_start == NULL)
-		return peft_cuda_fail(msg, msglen, "mean_pool_backward: NULL tensor");
-	mean_pool_backward_kernel<<<peft_cuda_grid(total, PEFT_CUDA_THREADS), PEFT_CUDA_THREADS>>>
-		(dinp, dout, seq_start, B, C);
-	return peft_cuda_check_launch("mean_pool_backward_kernel", msg, msglen);
+	return launch_pool("mean_pool_backward", mean_pool_backward_kernel, "mean_pool_backward_kernel",
+					   true, dinp, dout, seq_start, B, C, msg, msglen);
 }
 
 /* out[B,C] = each sequence's first row ([CLS]); zeros for an empty one. */
@@ -224,16 +227,8 @@ extern "C" int
 peft_cuda_cls_pool_forward(float *out, const float *inp, const int32_t *seq_start,
 						   int B, int C, char *msg, int msglen)
 {
-	int			rc = pool_shapes("cls_pool_forward", B, C, msg, msglen);
-	size_t		total = (size_t) B * C;
-
-	if (rc <= 0)
-		return rc;
-	if (out == NULL || inp == NULL || seq_start == NULL)
-		return peft_cuda_fail(msg, msglen, "cls_pool_forward: NULL tensor");
-	cls_pool_forward_kernel<<<peft_cuda_grid(total, PEFT_CUDA_THREADS), PEFT_CUDA_THREADS>>>
-		(out, inp, seq_start, B, C);
-	return peft_cuda_check_launch("cls_pool_forward_kernel", msg, msglen);
+	return launch_pool("cls_pool_forward", cls_pool_forward_kernel, "cls_pool_forward_kernel",
+					   false, out, inp, seq_start, B, C, msg, msglen);
 }
 
 /* dinp[first row of b,:] += dout[b,:] (dinp NULL is a no-op). */
@@ -241,16 +236,8 @@ extern "C" int
 peft_cuda_cls_pool_backward(float *dinp, const float *dout, const int32_t *seq_start,
 							int B, int C, char *msg, int msglen)
 {
-	int			rc = pool_shapes("cls_pool_backward", B, C, msg, msglen);
-	size_t		total = (size_t) B * C;
-
-	if (rc <= 0 || dinp == NULL)
-		return rc < 0 ? -1 : 0;
-	if (dout == NULL || seq_start == NULL)
-		return peft_cuda_fail(msg, msglen, "cls_pool_backward: NULL tensor");
-	cls_pool_backward_kernel<<<peft_cuda_grid(total, PEFT_CUDA_THREADS), PEFT_CUDA_THREADS>>>
-		(dinp, dout, seq_start, B, C);
-	return peft_cuda_check_launch("cls_pool_backward_kernel", msg, msglen);
+	return launch_pool("cls_pool_backward", cls_pool_backward_kernel, "cls_pool_backward_kernel",
+					   true, dinp, dout, seq_start, B, C, msg, msglen);
 }
 
 /* out[B,C] = inp / max(||inp||_2, 1e-12), norm[B] = ||inp|| (norm may be NULL). */

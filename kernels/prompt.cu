@@ -200,22 +200,42 @@ peft_cuda_row_copy(float *dst, int ldd, const int32_t *dst_rows, const float *sr
 	return peft_cuda_check_launch("row_copy_kernel", msg, msglen);
 }
 
+/* A skip-pooling kernel over [B, C]: (out or dinp, inp or dout, seq_start, B, C, skip, cls). */
+typedef void (*PoolSkipKernel)(float *, const float *, const int32_t *, int, int, int, bool);
+
+/*
+ * The skip-pooling launchers' common part: check B, C and skip ("what: bad
+ * shape"), return 0 for an empty batch, or for dst NULL when the kernel
+ * accumulates into it, fail on a NULL tensor ("what: NULL tensor"), then
+ * launch kernel (named kernel_name in a launch error) with one thread per
+ * (sequence, column).
+ */
+static int
+launch_pool_skip(const char *what, PoolSkipKernel kernel, const char *kernel_name,
+				 bool accumulate, int cls, float *dst, const float *src,
+				 const int32_t *seq_start, int B, int C, int skip, char *msg, int msglen)
+{
+	size_t		total = (size_t) B * C;
+
+	if (B < 0 || C < 0 || skip < 0)
+		return peft_cuda_fail(msg, msglen, "%s: bad shape B=%d C=%d skip=%d", what, B, C, skip);
+	if (total == 0 || (accumulate && dst == NULL))
+		return 0;
+	if (dst == NULL || src == NULL || seq_start == NULL)
+		return peft_cuda_fail(msg, msglen, "%s: NULL tensor", what);
+	kernel<<<peft_cuda_grid(total, PEFT_CUDA_THREADS), PEFT_CUDA_THREADS>>>(
+		dst, src, seq_start, B, C, skip, cls != 0);
+	return peft_cuda_check_launch(kernel_name, msg, msglen);
+}
+
 /* Mean or [CLS] pooling of each sequence's rows after its first skip. */
 extern "C" int
 peft_cuda_pool_skip_forward(int cls, float *out, const float *inp, const int32_t *seq_start,
 							int B, int C, int skip, char *msg, int msglen)
 {
-	size_t		total = (size_t) B * C;
-
-	if (B < 0 || C < 0 || skip < 0)
-		return peft_cuda_fail(msg, msglen, "pool_skip_forward: bad shape B=%d C=%d skip=%d", B, C, skip);
-	if (total == 0)
-		return 0;
-	if (out == NULL || inp == NULL || seq_start == NULL)
-		return peft_cuda_fail(msg, msglen, "pool_skip_forward: NULL tensor");
-	pool_skip_forward_kernel<<<peft_cuda_grid(total, PEFT_CUDA_THREADS), PEFT_CUDA_THREADS>>>(
-		out, inp, seq_start, B, C, skip, cls != 0);
-	return peft_cuda_check_launch("pool_skip_forward_kernel", msg, msglen);
+	return launch_pool_skip("pool_skip_forward", pool_skip_forward_kernel,
+							"pool_skip_forward_kernel", false, cls, out, inp, seq_start,
+							B, C, skip, msg, msglen);
 }
 
 /* Its backward (accumulates). */
@@ -223,15 +243,7 @@ extern "C" int
 peft_cuda_pool_skip_backward(int cls, float *dinp, const float *dout, const int32_t *seq_start,
 							 int B, int C, int skip, char *msg, int msglen)
 {
-	size_t		total = (size_t) B * C;
-
-	if (B < 0 || C < 0 || skip < 0)
-		return peft_cuda_fail(msg, msglen, "pool_skip_backward: bad shape B=%d C=%d skip=%d", B, C, skip);
-	if (total == 0 || dinp == NULL)
-		return 0;
-	if (dout == NULL || seq_start == NULL)
-		return peft_cuda_fail(msg, msglen, "pool_skip_backward: NULL tensor");
-	pool_skip_backward_kernel<<<peft_cuda_grid(total, PEFT_CUDA_THREADS), PEFT_CUDA_THREADS>>>(
-		dinp, dout, seq_start, B, C, skip, cls != 0);
-	return peft_cuda_check_launch("pool_skip_backward_kernel", msg, msglen);
+	return launch_pool_skip("pool_skip_backward", pool_skip_backward_kernel,
+							"pool_skip_backward_kernel", true, cls, dinp, dout, seq_start,
+							B, C, skip, msg, msglen);
 }
