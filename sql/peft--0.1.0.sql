@@ -216,45 +216,37 @@ CREATE FUNCTION peft_embed(model text, input text, adapter text DEFAULT NULL) RE
 -- adapter_model.safetensors, its config the contents of adapter_config.json
 -- (for LoRA, DoRA, LoRA/DoRA + BitFit as bias "all", and (IA)^3, exactly what
 -- PEFT reads).  Read as the caller: row-level security applies.
-CREATE FUNCTION peft_export(adapter text, version int DEFAULT NULL) RETURNS bytea
+-- The row of a version of an adapter (the active one when version is NULL),
+-- as the caller sees it; an error when there is none.
+CREATE FUNCTION peft._adapter_version(adapter text, version int) RETURNS peft.adapters
     LANGUAGE plpgsql STABLE CALLED ON NULL INPUT
     SET search_path = pg_catalog, pg_temp
     AS $$
     DECLARE
-        result bytea;
+        result peft.adapters;
     BEGIN
-        SELECT a.weights INTO result FROM peft.adapters a
-         WHERE a.name = peft_export.adapter
-           AND CASE WHEN peft_export.version IS NULL THEN a.active
-                    ELSE a.version = peft_export.version END;
+        SELECT * INTO result FROM peft.adapters a
+         WHERE a.name = _adapter_version.adapter
+           AND CASE WHEN _adapter_version.version IS NULL THEN a.active
+                    ELSE a.version = _adapter_version.version END;
         IF NOT FOUND THEN
             RAISE EXCEPTION 'adapter "%" has no %', adapter,
-                  coalesce('version ' || peft_export.version, 'active version')
+                  coalesce('version ' || _adapter_version.version, 'active version')
                   USING ERRCODE = 'undefined_object';
         END IF;
         RETURN result;
     END
     $$;
 
-CREATE FUNCTION peft_export_config(adapter text, version int DEFAULT NULL) RETURNS jsonb
-    LANGUAGE plpgsql STABLE CALLED ON NULL INPUT
+CREATE FUNCTION peft_export(adapter text, version int DEFAULT NULL) RETURNS bytea
+    LANGUAGE sql STABLE CALLED ON NULL INPUT
     SET search_path = pg_catalog, pg_temp
-    AS $$
-    DECLARE
-        result jsonb;
-    BEGIN
-        SELECT a.config INTO result FROM peft.adapters a
-         WHERE a.name = peft_export_config.adapter
-           AND CASE WHEN peft_export_config.version IS NULL THEN a.active
-                    ELSE a.version = peft_export_config.version END;
-        IF NOT FOUND THEN
-            RAISE EXCEPTION 'adapter "%" has no %', adapter,
-                  coalesce('version ' || peft_export_config.version, 'active version')
-                  USING ERRCODE = 'undefined_object';
-        END IF;
-        RETURN result;
-    END
-    $$;
+    AS $$ SELECT (peft._adapter_version(adapter, version)).weights $$;
+
+CREATE FUNCTION peft_export_config(adapter text, version int DEFAULT NULL) RETURNS jsonb
+    LANGUAGE sql STABLE CALLED ON NULL INPUT
+    SET search_path = pg_catalog, pg_temp
+    AS $$ SELECT (peft._adapter_version(adapter, version)).config $$;
 
 -- Store an adapter saved by Hugging Face PEFT as a new version, after
 -- validating it completely over the base model; returns the version.
