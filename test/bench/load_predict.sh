@@ -253,7 +253,13 @@ print("CPU over the first %.1f s: the %d peft backends %.1f CPU-s, pgbench %.1f,
 EOF
 )
 engine_deps=$(ldd "$ENGINE_SO" 2>/dev/null || true)
-[[ $engine_deps == *libcublas* ]] && engine_kind="CUDA build, links cuBLAS" || engine_kind="CPU-only build"
+if [[ $engine_deps == *libcublas* ]]; then
+	engine_kind="CUDA build, links cuBLAS"
+elif [ -e "$(dirname "$ENGINE_SO")/peft_engine_cuda.so" ]; then
+	engine_kind="CUDA build, cuBLAS in peft_engine_cuda.so (loaded only to compute on CUDA)"
+else
+	engine_kind="CPU-only build"
+fi
 echo "peft: ${BUILD:-the installed files} (engine $ENGINE_SO: $engine_kind)"
 echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $NCPU cores, $(free -g | awk '/^Mem:/ {print $2}') GiB; $(pg_config --version)"
 echo "load: $CLIENTS clients, $THREADS pgbench threads, ${DURATION} s, peft.threads = 1, -M prepared; $ntexts texts of $words words on average"
