@@ -131,27 +131,50 @@ session_model_close(PeftModelHandle *model)
 	free(model);
 }
 
+/*
+ * The network of an adapter's config and weights over model, with a head
+ * of num_labels outputs for task: every name, shape and value checked.
+ */
+static PeftCode
+adapter_network(PeftModelHandle *model, const char *config, size_t config_len,
+				const uint8_t *weights, size_t weights_len, TaskKind task, int num_labels,
+				Network **out, PeftError *err)
+{
+	NetworkOptions opts = {0};
+	PeftCode	rc;
+
+	*out = NULL;
+	if ((rc = adapter_options_from_config(config, config_len, &opts, err)) != PEFT_OK)
+		return rc;
+	opts.task = task;
+	opts.num_labels = num_labels;
+	if ((rc = network_create(model->bert, &opts, out, err)) != PEFT_OK)
+		return rc;
+	if ((rc = adapter_load_weights(*out, weights, weights_len, err)) != PEFT_OK)
+	{
+		network_free(*out);
+		*out = NULL;
+	}
+	return rc;
+}
+
 /* Build an adapter from its config text and validated weights. */
 PeftCode
 session_adapter_open(PeftModelHandle *model, const char *config, size_t config_len,
 					 const uint8_t *weights, size_t weights_len, PeftTask task,
 					 int num_labels, PeftAdapterHandle **out, PeftError *err)
 {
-	NetworkOptions opts = {0};
 	PeftAdapterHandle *a;
 	PeftCode	rc;
 
 	*out = NULL;
-	if ((rc = adapter_options_from_config(config, config_len, &opts, err)) != PEFT_OK)
-		return rc;
-	opts.task = task == PEFT_TASK_REGRESSION ? TASK_REGRESSION : TASK_CLASSIFICATION;
-	opts.num_labels = num_labels;
 	a = calloc(1, sizeof(PeftAdapterHandle));
 	if (a == NULL)
 		return peft_fail(err, PEFT_ERR_NOMEM, "out of memory opening an adapter");
 	a->model = model;
-	if ((rc = network_create(model->bert, &opts, &a->net, err)) != PEFT_OK ||
-		(rc = adapter_load_weights(a->net, weights, weights_len, err)) != PEFT_OK)
+	if ((rc = adapter_network(model, config, config_len, weights, weights_len,
+							  task == PEFT_TASK_REGRESSION ? TASK_REGRESSION : TASK_CLASSIFICATION,
+							  num_labels, &a->net, err)) != PEFT_OK)
 	{
 		session_adapter_close(a);
 		return rc;
@@ -188,24 +211,14 @@ static PeftCode
 network_from_bytes(PeftModelHandle *model, const char *config, size_t config_len,
 				   const uint8_t *weights, size_t weights_len, Network **out, PeftError *err)
 {
-	NetworkOptions opts = {0};
 	int			rows;
 	PeftCode	rc;
 
 	*out = NULL;
-	if ((rc = head_rows(weights, weights_len, &rows, err)) != PEFT_OK ||
-		(rc = adapter_options_from_config(config, config_len, &opts, err)) != PEFT_OK)
+	if ((rc = head_rows(weights, weights_len, &rows, err)) != PEFT_OK)
 		return rc;
-	opts.num_labels = rows;
-	opts.task = rows == 1 ? TASK_REGRESSION : TASK_CLASSIFICATION;
-	if ((rc = network_create(model->bert, &opts, out, err)) != PEFT_OK)
-		return rc;
-	if ((rc = adapter_load_weights(*out, weights, weights_len, err)) != PEFT_OK)
-	{
-		network_free(*out);
-		*out = NULL;
-	}
-	return rc;
+	return adapter_network(model, config, config_len, weights, weights_len,
+						   rows == 1 ? TASK_REGRESSION : TASK_CLASSIFICATION, rows, out, err);
 }
 
 /* Validate an adapter completely and describe it. */
