@@ -12,6 +12,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 /* Record a failure (the first one wins: later ones are its consequences). */
 void
@@ -176,10 +177,24 @@ cuda_api(void)
 	return cuda_table;
 }
 
-/* Whether CUDA can be used here (the library loads and a device is visible). */
+/*
+ * Whether the machine has an NVIDIA device node.  Without one CUDA cannot
+ * see a device, so device "auto" settles on the CPU without loading the
+ * CUDA library (and its ~90 MiB of cuBLAS) in every connection.
+ */
+static bool
+nvidia_device_node(void)
+{
+	return access("/dev/nvidiactl", F_OK) == 0 || access("/dev/nvidia0", F_OK) == 0 ||
+		access("/dev/dxg", F_OK) == 0;	/* WSL2 */
+}
+
+/* Whether CUDA can be used here (a device node, the library loads, a device is visible). */
 bool
 backend_cuda_available(void)
 {
+	if (peft_cuda_backend_api == NULL && !nvidia_device_node())
+		return false;
 	return cuda_api() != NULL && cuda_api()->available();
 }
 
