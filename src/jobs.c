@@ -98,30 +98,6 @@ PrecisionName(int precision)
 		precision == PEFT_PRECISION_TF32 ? "tf32" : "fp32";
 }
 
-/* The method name of PEFT_METHOD_* bits, in a fixed order (e.g. "dora+bitfit"). */
-static char *
-CanonicalMethod(unsigned methods)
-{
-	StringInfoData buf;
-
-	initStringInfo(&buf);
-	if (methods & PEFT_METHOD_LORA)
-		appendStringInfoString(&buf, "lora");
-	if (methods & PEFT_METHOD_DORA)
-		appendStringInfoString(&buf, "dora");
-	if (methods & PEFT_METHOD_IA3)
-		appendStringInfoString(&buf, "ia3");
-	if (methods & PEFT_METHOD_BITFIT)
-		appendStringInfo(&buf, "%sbitfit", buf.len ? "+" : "");
-	if (methods & PEFT_METHOD_ADAPTER)
-		appendStringInfo(&buf, "%sadapter", buf.len ? "+" : "");
-	if (methods & PEFT_METHOD_PROMPT)
-		appendStringInfo(&buf, "%sprompt", buf.len ? "+" : "");
-	if (methods & PEFT_METHOD_PREFIX)
-		appendStringInfo(&buf, "%sprefix", buf.len ? "+" : "");
-	return buf.data;
-}
-
 /* True when data looks like a query rather than a table or view name. */
 static bool
 IsQuery(const char *data)
@@ -451,7 +427,7 @@ peft_train(PG_FUNCTION_ARGS)
 				 errmsg("%s", err.message),
 				 errhint("Methods: lora, dora, ia3, bitfit, adapter, or a combination such as "
 						 "lora+bitfit.")));
-	fields[JOB_METHOD] = CanonicalMethod(methods);
+	fields[JOB_METHOD] = (char *) engine->method_name(methods, palloc(64), 64);
 	/*
 	 * The worker parses the options again, with its own settings: pin the
 	 * caller's peft.device and peft.precision in the stored options (the

@@ -135,39 +135,54 @@ any_target(const bool flags[BERT_NUM_LINEAR])
 	return false;
 }
 
+/* The method names, in the order a canonical name lists them. */
+static const struct
+{
+	const char *name;
+	unsigned	bit;
+}			known_methods[] = {
+	{"lora", PEFT_METHOD_LORA}, {"dora", PEFT_METHOD_DORA}, {"ia3", PEFT_METHOD_IA3},
+	{"bitfit", PEFT_METHOD_BITFIT}, {"adapter", PEFT_METHOD_ADAPTER},
+	{"prompt", PEFT_METHOD_PROMPT}, {"prefix", PEFT_METHOD_PREFIX}
+};
+
+/* The canonical name of PEFT_METHOD_* bits, e.g. "dora+bitfit" (buf of 64 bytes). */
+const char *
+adapter_methods_name(unsigned methods, char *buf, size_t len)
+{
+	buf[0] = '\0';
+	for (size_t k = 0; k < sizeof(known_methods) / sizeof(known_methods[0]); k++)
+		if (methods & known_methods[k].bit)
+			snprintf(buf + strlen(buf), len - strlen(buf), "%s%s", buf[0] ? "+" : "",
+					 known_methods[k].name);
+	return buf;
+}
+
 /* The method name of options, e.g. "dora+bitfit" (buf of 64 bytes). */
 const char *
 adapter_method_name(const NetworkOptions *o, char *buf, size_t len)
 {
-	buf[0] = '\0';
+	unsigned	methods = 0;
+
 	if (any_target(o->lora.targets))
-		snprintf(buf, len, "%s", o->dora ? "dora" : "lora");
+		methods |= o->dora ? PEFT_METHOD_DORA : PEFT_METHOD_LORA;
 	else if (any_target(o->ia3.targets))
-		snprintf(buf, len, "ia3");
+		methods |= PEFT_METHOD_IA3;
 	if (o->bitfit)
-		snprintf(buf + strlen(buf), len - strlen(buf), "%sbitfit", buf[0] ? "+" : "");
+		methods |= PEFT_METHOD_BITFIT;
 	if (o->bottleneck.reduction > 0)
-		snprintf(buf + strlen(buf), len - strlen(buf), "%sadapter", buf[0] ? "+" : "");
+		methods |= PEFT_METHOD_ADAPTER;
 	if (o->prompt_tokens > 0)
-		snprintf(buf + strlen(buf), len - strlen(buf), "%sprompt", buf[0] ? "+" : "");
+		methods |= PEFT_METHOD_PROMPT;
 	if (o->prefix_tokens > 0)
-		snprintf(buf + strlen(buf), len - strlen(buf), "%sprefix", buf[0] ? "+" : "");
-	return buf;
+		methods |= PEFT_METHOD_PREFIX;
+	return adapter_methods_name(methods, buf, len);
 }
 
 /* Parse "lora", "dora", "ia3", "bitfit", "adapter" or a "+" combination into PEFT_METHOD_* bits. */
 PeftCode
 adapter_parse_method(const char *name, unsigned *methods, PeftError *err)
 {
-	static const struct
-	{
-		const char *name;
-		unsigned	bit;
-	}			known[] = {
-		{"lora", PEFT_METHOD_LORA}, {"dora", PEFT_METHOD_DORA}, {"ia3", PEFT_METHOD_IA3},
-		{"bitfit", PEFT_METHOD_BITFIT}, {"adapter", PEFT_METHOD_ADAPTER},
-		{"prompt", PEFT_METHOD_PROMPT}, {"prefix", PEFT_METHOD_PREFIX}
-	};
 	const char *at = name;
 	unsigned	bits = 0;
 
@@ -177,9 +192,9 @@ adapter_parse_method(const char *name, unsigned *methods, PeftError *err)
 		size_t		len = strcspn(at, "+");
 		unsigned	bit = 0;
 
-		for (size_t k = 0; k < sizeof(known) / sizeof(known[0]); k++)
-			if (strlen(known[k].name) == len && strncmp(known[k].name, at, len) == 0)
-				bit = known[k].bit;
+		for (size_t k = 0; k < sizeof(known_methods) / sizeof(known_methods[0]); k++)
+			if (strlen(known_methods[k].name) == len && strncmp(known_methods[k].name, at, len) == 0)
+				bit = known_methods[k].bit;
 		if (bit == 0 || (bits & bit))
 			return peft_fail(err, PEFT_ERR_INVALID,
 							 "method \"%s\" is not a combination of lora, dora, ia3, bitfit, "

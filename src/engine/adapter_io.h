@@ -40,6 +40,9 @@ PeftCode	adapter_options_from_config(const char *json, size_t len,
 /* The method name of options, e.g. "dora+bitfit". */
 const char *adapter_method_name(const NetworkOptions *o, char *buf, size_t len);
 
+/* The canonical name of PEFT_METHOD_* bits, e.g. "dora+bitfit". */
+const char *adapter_methods_name(unsigned methods, char *buf, size_t len);
+
 /* Parse "lora", "dora", "ia3", "bitfit", "adapter" or an "a+b" combination into PEFT_METHOD_* bits. */
 PeftCode	adapter_parse_method(const char *name, unsigned *methods, PeftError *err);
 

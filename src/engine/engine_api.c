@@ -10,6 +10,7 @@
 #include <signal.h>
 #include <stdlib.h>
 
+#include "adapter_io.h"
 #include "backend.h"
 
 #define PEFT_ENGINE_VERSION "0.1.0"
@@ -86,6 +87,7 @@ static const PeftEngineApi engine_api = {
 	.predict = session_predict,
 	.check_targets = session_check_targets,
 	.parse_method = session_parse_method,
+	.method_name = adapter_methods_name,
 	.train_config_default = session_train_config_default,
 	.train_begin = session_train_begin,
 	.train_add_row = session_train_add_row,

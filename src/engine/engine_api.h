@@ -247,6 +247,8 @@ typedef struct PeftEngineApi
 
 	/* Parse a method name ("lora", "dora", "ia3", "bitfit", "adapter", or "a+b"). */
 	PeftCode	(*parse_method) (const char *name, unsigned *methods, PeftError *err);
+	/* The canonical name of PEFT_METHOD_* bits into buf[len], e.g. "dora+bitfit". */
+	const char *(*method_name) (unsigned methods, char *buf, size_t len);
 
 	/* Defaults of a training run. */
 	void		(*train_config_default) (PeftTrainConfig *config);
