@@ -11,6 +11,10 @@
 
 EXTENSION    = peft
 EXTVERSION   = $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" peft.control)
+# The release number is written in peft.control and src/engine/version.h: they must agree.
+ifneq ($(EXTVERSION),$(shell sed -n 's/^\#define PEFT_VERSION "\(.*\)"/\1/p' src/engine/version.h))
+$(error peft.control's default_version $(EXTVERSION) differs from src/engine/version.h)
+endif
 MODULE_big   = peft
 OBJS         = $(patsubst %.c,%.o,$(wildcard src/*.c))
 DATA         = $(wildcard sql/peft--*.sql)

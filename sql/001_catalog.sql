@@ -16,6 +16,16 @@ WHERE table_schema = 'peft'
 GROUP BY table_name
 ORDER BY table_name;
 
+-- Functions that are not STRICT, each because a NULL argument has a meaning
+-- (documented in the README) or for internal use; every other function is
+-- STRICT.  A new function shows up here and needs that reason.
+SELECT p.oid::regprocedure AS called_on_null_input
+FROM pg_proc p
+JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e'
+JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'peft'
+WHERE NOT p.proisstrict AND p.pronargs > 0
+ORDER BY p.oid::regprocedure::text;
+
 -- Catalog rows are dumped by pg_dump.
 SELECT unnest(extconfig)::regclass AS dumped FROM pg_extension WHERE extname = 'peft' ORDER BY 1;
 

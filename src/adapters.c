@@ -42,6 +42,8 @@ peft_activate(PG_FUNCTION_ARGS)
 	Datum		values[2] = {CStringGetTextDatum(name), Int32GetDatum(version)};
 	OwnerContext octx;
 
+	PeftRequirePrimary("peft_activate");
+
 	SPI_connect();
 	if (VisibleVersions(name, false, version) == 0)
 		ereport(ERROR,
@@ -69,14 +71,22 @@ peft_activate(PG_FUNCTION_ARGS)
 Datum
 peft_drop_adapter(PG_FUNCTION_ARGS)
 {
-	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char	   *name;
 	bool		all = PG_ARGISNULL(1);
 	int			version = all ? 0 : PG_GETARG_INT32(1);
 	Oid			types[3] = {TEXTOID, BOOLOID, INT4OID};
-	Datum		values[3] = {CStringGetTextDatum(name), BoolGetDatum(all), Int32GetDatum(version)};
+	Datum		values[3];
 	int64		visible;
 	OwnerContext octx;
 
+	PeftRequirePrimary("peft_drop_adapter");
+
+	/* not STRICT: a NULL version means every version; the name has no NULL meaning */
+	PeftRequireArg(fcinfo, 0, "adapter");
+	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	values[0] = CStringGetTextDatum(name);
+	values[1] = BoolGetDatum(all);
+	values[2] = Int32GetDatum(version);
 	SPI_connect();
 	visible = VisibleVersions(name, all, version);
 	if (visible == 0)

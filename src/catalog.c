@@ -8,6 +8,7 @@
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/timestamp.h"
 
 #include "catalog.h"
 
@@ -113,7 +114,17 @@ CatalogGetModel(const char *name)
 	Datum		values[1] = {CStringGetTextDatum(name)};
 	CatalogModel *m;
 
-	if (SPI_execute_with_args("SELECT name, path, checksum, owner FROM peft.models WHERE name = $1",
+	bool		isnull;
+	Datum		d;
+
+	/*
+	 * file_mtime came with 0.2.0: read through to_jsonb so that a database
+	 * whose extension is still at 0.1.0 (not yet ALTER EXTENSION ... UPDATE)
+	 * works with this library too.
+	 */
+	if (SPI_execute_with_args("SELECT name, path, checksum, owner, file_bytes, "
+							  "  (pg_catalog.to_jsonb(m) OPERATOR(pg_catalog.->>) 'file_mtime')::pg_catalog.timestamptz "
+							  "FROM peft.models m WHERE name = $1",
 							  1, types, values, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read peft.models");
 	if (SPI_processed == 0)
@@ -126,6 +137,10 @@ CatalogGetModel(const char *name)
 	m->path = spi_text(0, 2);
 	m->checksum = spi_text(0, 3);
 	m->owner = spi_text(0, 4);
+	m->file_bytes = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5, &isnull));
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 6, &isnull);
+	m->has_mtime = !isnull;
+	m->file_mtime = isnull ? 0 : DatumGetTimestampTz(d);
 	return m;
 }
 
@@ -146,4 +161,25 @@ CheckCatalogName(const char *what, const char *name)
 				(errcode(ERRCODE_INVALID_NAME),
 				 errmsg("invalid %s name \"%s\"", what, name),
 				 errdetail("Names are 1 to 63 characters of letters, digits, \"_\", \".\" and \"-\".")));
+}
+
+/*
+ * Whether peft.<table> has column.  The library serves every database of
+ * the server, some of which may still have an older version of the
+ * extension's catalog, until ALTER EXTENSION peft UPDATE runs there.
+ */
+bool
+CatalogHasColumn(const char *table, const char *column)
+{
+	Oid			types[2] = {TEXTOID, TEXTOID};
+	Datum		values[2] = {CStringGetTextDatum(table), CStringGetTextDatum(column)};
+
+	if (SPI_execute_with_args("SELECT 1 FROM pg_catalog.pg_attribute a "
+							  "JOIN pg_catalog.pg_class c ON c.oid = a.attrelid "
+							  "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+							  "WHERE n.nspname = 'peft' AND c.relname = $1 AND a.attname = $2 "
+							  "AND NOT a.attisdropped",
+							  2, types, values, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read pg_attribute");
+	return SPI_processed == 1;
 }

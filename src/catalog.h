@@ -12,6 +12,8 @@
 
 #include "postgres.h"
 
+#include "datatype/timestamp.h"
+
 /* A registered base model (peft.models). */
 typedef struct CatalogModel
 {
@@ -19,6 +21,9 @@ typedef struct CatalogModel
 	char	   *path;
 	char	   *checksum;
 	char	   *owner;
+	int64		file_bytes;		/* size of model.safetensors when registered */
+	bool		has_mtime;		/* false for rows registered before 0.2.0, until verified */
+	TimestampTz file_mtime;		/* its modification time then */
 } CatalogModel;
 
 /* The role that owns the extension (and so the catalog tables). */
@@ -41,6 +46,9 @@ extern void CheckAdapterNameOwner(const char *name, Oid role);
 
 /* Look up a model by name as the caller; ERROR if absent. */
 extern CatalogModel *CatalogGetModel(const char *name);
+
+/* Whether peft.<table> has column (columns added by updates; inside SPI). */
+extern bool CatalogHasColumn(const char *table, const char *column);
 
 /* Check a model or adapter name: 1..63 of [A-Za-z0-9_.-]. */
 extern void CheckCatalogName(const char *what, const char *name);

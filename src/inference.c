@@ -22,6 +22,7 @@
 #include "utils/memutils.h"
 
 #include "catalog.h"
+#include "models.h"
 #include "peft.h"
 
 #define MAX_CACHED_MODELS 4
@@ -88,6 +89,9 @@ GetModel(const char *name)
 	CatalogModel *row = CatalogGetModel(name);
 	CachedModel *slot = NULL;
 	PeftError	err = {0};
+
+	/* every call, cached or not: a file changed in place changes a live mapping too */
+	CheckModelFiles(row);
 
 	for (int i = 0; i < MAX_CACHED_MODELS; i++)
 	{

@@ -12,6 +12,8 @@
  */
 #include "postgres.h"
 
+#include <math.h>
+
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -162,7 +164,7 @@ peft_import(PG_FUNCTION_ARGS)
 	bytea	   *weights;
 	char	   *task = PG_ARGISNULL(4) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(4));
 	ArrayType  *labels = PG_ARGISNULL(5) ? NULL : PG_GETARG_ARRAYTYPE_P(5);
-	bool		activate = PG_ARGISNULL(6) ? true : PG_GETARG_BOOL(6);
+	bool		activate;
 	PeftModelHandle *model;
 	PeftAdapterInfo info;
 	PeftError	err = {0};
@@ -170,11 +172,15 @@ peft_import(PG_FUNCTION_ARGS)
 	char	   *labels_literal = NULL;
 	int			version;
 
-	for (int i = 0; i < 4; i++)
-		if (PG_ARGISNULL(i))
-			ereport(ERROR,
-					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-					 errmsg("adapter, base_model, config and weights must not be NULL")));
+	PeftRequirePrimary("peft_import");
+
+	/* not STRICT: NULL task and labels mean "from the weights"; nothing else may be NULL */
+	PeftRequireArg(fcinfo, 0, "adapter");
+	PeftRequireArg(fcinfo, 1, "base_model");
+	PeftRequireArg(fcinfo, 2, "config");
+	PeftRequireArg(fcinfo, 3, "weights");
+	PeftRequireArg(fcinfo, 6, "activate");
+	activate = PG_GETARG_BOOL(6);
 	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	model_name = text_to_cstring(PG_GETARG_TEXT_PP(1));
 	config = JsonbToCString(NULL, &PG_GETARG_JSONB_P(2)->root, VARSIZE(PG_GETARG_JSONB_P(2)));
@@ -222,15 +228,23 @@ peft_import(PG_FUNCTION_ARGS)
 Datum
 peft_merge(PG_FUNCTION_ARGS)
 {
-	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char	   *name;
 	bool		active = PG_ARGISNULL(1);
 	int			version = active ? 0 : PG_GETARG_INT32(1);
 	Oid			types[3] = {TEXTOID, BOOLOID, INT4OID};
-	Datum		values[3] = {CStringGetTextDatum(name), BoolGetDatum(active), Int32GetDatum(version)};
+	Datum		values[3];
 	OwnerContext octx;
 	bool		isnull;
 	char	   *method;
 
+	PeftRequirePrimary("peft_merge");
+
+	/* not STRICT: a NULL version means the active one; the name has no NULL meaning */
+	PeftRequireArg(fcinfo, 0, "adapter");
+	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	values[0] = CStringGetTextDatum(name);
+	values[1] = BoolGetDatum(active);
+	values[2] = Int32GetDatum(version);
 	SPI_connect();
 	if (SPI_execute_with_args("SELECT version, method FROM peft.adapters "
 							  "WHERE name = $1 AND (CASE WHEN $2 THEN active ELSE version = $3 END)",
@@ -273,8 +287,8 @@ peft_combine(PG_FUNCTION_ARGS)
 	char	   *name;
 	ArrayType  *src_arr;
 	ArrayType  *w_arr;
-	char	   *combination = PG_ARGISNULL(3) ? "linear" : text_to_cstring(PG_GETARG_TEXT_PP(3));
-	bool		activate = PG_ARGISNULL(4) ? true : PG_GETARG_BOOL(4);
+	char	   *combination;
+	bool		activate;
 	Datum	   *srcs;
 	Datum	   *ws;
 	bool	   *nulls;
@@ -298,10 +312,19 @@ peft_combine(PG_FUNCTION_ARGS)
 	PeftError	err = {0};
 	int			version;
 
-	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("adapter, sources and weights must not be NULL")));
+	PeftRequirePrimary("peft_combine");
+
+	/*
+	 * STRICT since 0.2.0; a database still at 0.1.0 declares it CALLED ON
+	 * NULL INPUT and reaches this same code, so the arguments are checked.
+	 */
+	PeftRequireArg(fcinfo, 0, "adapter");
+	PeftRequireArg(fcinfo, 1, "sources");
+	PeftRequireArg(fcinfo, 2, "weights");
+	PeftRequireArg(fcinfo, 3, "combination");
+	PeftRequireArg(fcinfo, 4, "activate");
+	combination = text_to_cstring(PG_GETARG_TEXT_PP(3));
+	activate = PG_GETARG_BOOL(4);
 	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	src_arr = PG_GETARG_ARRAYTYPE_P(1);
 	w_arr = PG_GETARG_ARRAYTYPE_P(2);
@@ -311,6 +334,11 @@ peft_combine(PG_FUNCTION_ARGS)
 		if (nulls[i])
 			ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("sources must not contain NULL")));
 	deconstruct_array(w_arr, FLOAT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE, &ws, &nulls, &nw);
+	for (int i = 0; i < nw; i++)
+		if (nulls[i] || isnan(DatumGetFloat8(ws[i])) || isinf(DatumGetFloat8(ws[i])))
+			ereport(ERROR,
+					(errcode(nulls[i] ? ERRCODE_NULL_VALUE_NOT_ALLOWED : ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("weights must be finite numbers, not NULL, NaN or infinity")));
 	if (n < 1 || n > 64 || nw != n)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

@@ -34,6 +34,7 @@
 #include "utils/varlena.h"
 
 #include "catalog.h"
+#include "models.h"
 #include "peft.h"
 #include "train_options.h"
 #include "worker.h"
@@ -403,6 +404,8 @@ peft_train(PG_FUNCTION_ARGS)
 	Datum		values[1];
 	int			max_position;
 
+	PeftRequirePrimary("peft_train");
+
 	fields[JOB_ADAPTER] = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	fields[JOB_BASE_MODEL] = text_to_cstring(PG_GETARG_TEXT_PP(1));
 	fields[JOB_DATA] = text_to_cstring(PG_GETARG_TEXT_PP(2));
@@ -450,7 +453,7 @@ peft_train(PG_FUNCTION_ARGS)
 				 errhint("Use \"device\": \"auto\" or \"cpu\".")));
 
 	SPI_connect();
-	(void) CatalogGetModel(fields[JOB_BASE_MODEL]);
+	CheckModelFiles(CatalogGetModel(fields[JOB_BASE_MODEL]));
 	values[0] = CStringGetTextDatum(fields[JOB_BASE_MODEL]);
 	SPI_execute_with_args("SELECT max_position FROM peft.models WHERE name = $1",
 						  1, types, values, NULL, true, 1);
@@ -600,6 +603,8 @@ peft_cancel(PG_FUNCTION_ARGS)
 	Datum		values[1] = {Int64GetDatum(job_id)};
 	char	   *status;
 	OwnerContext octx;
+
+	PeftRequirePrimary("peft_cancel");
 
 	SPI_connect();
 	if (SPI_execute_with_args("SELECT status FROM peft.jobs WHERE id = $1",

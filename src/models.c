@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "catalog/pg_authid.h"
@@ -17,12 +18,23 @@
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
+#include "access/xlog.h"
 #include "utils/builtins.h"
+#include "utils/timestamp.h"
 
 #include "catalog.h"
+#include "models.h"
 #include "peft.h"
 
 PG_FUNCTION_INFO_V1(peft_register_model);
+PG_FUNCTION_INFO_V1(peft_verify_model);
+
+/* Modification time of a stat result as a timestamptz (microseconds). */
+static TimestampTz
+StatMtime(const struct stat *st)
+{
+	return time_t_to_timestamptz(st->st_mtim.tv_sec) + st->st_mtim.tv_nsec / 1000;
+}
 
 /* Hex SHA-256 of a file, read in chunks with interrupts checked. */
 static char *
@@ -96,10 +108,14 @@ peft_register_model(PG_FUNCTION_ARGS)
 	char	   *checksum;
 	char	   *config;
 	OwnerContext octx;
-	Oid			types[15] = {TEXTOID, TEXTOID, TEXTOID, INT4OID, INT4OID, INT4OID, INT4OID,
-		INT4OID, INT4OID, INT8OID, INT8OID, TEXTOID, TEXTOID, TEXTOID, BOOLOID};
-	Datum		values[15];
+	Oid			types[16] = {TEXTOID, TEXTOID, TEXTOID, INT4OID, INT4OID, INT4OID, INT4OID,
+		INT4OID, INT4OID, INT8OID, INT8OID, TEXTOID, TEXTOID, TEXTOID, BOOLOID, TIMESTAMPTZOID};
+	Datum		values[16];
+	struct stat st;
+	bool		mtime;
 	Datum		result;
+
+	PeftRequirePrimary("peft_register_model");
 
 	CheckRegisterPrivilege();
 	CheckCatalogName("model", name);
@@ -119,6 +135,11 @@ peft_register_model(PG_FUNCTION_ARGS)
 	engine->model_close(model);
 
 	snprintf(weights, sizeof(weights), "%s/model.safetensors", resolved);
+	/* the time first: a change while hashing then shows as a newer time */
+	if (stat(weights, &st) != 0)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not stat \"%s\": %m", weights)));
 	checksum = FileSha256(weights);
 	config = psprintf("{\"pooling\": \"%s\", \"normalize\": %s, \"max_seq_length\": %d, "
 					  "\"weights_dtype\": \"%s\"}", info.pooling,
@@ -140,14 +161,17 @@ peft_register_model(PG_FUNCTION_ARGS)
 	values[12] = CStringGetTextDatum(config);
 	values[13] = CStringGetTextDatum(GetUserNameFromId(GetUserId(), false));
 	values[14] = BoolGetDatum(superuser());
+	values[15] = TimestampTzGetDatum(StatMtime(&st));
 
 	SPI_connect();
 	CatalogAsOwner(&octx);
-	if (SPI_execute_with_args(
+	/* a database still at 0.1.0 (before ALTER EXTENSION peft UPDATE) has no file_mtime */
+	mtime = CatalogHasColumn("models", "file_mtime");
+	if (SPI_execute_with_args(psprintf(
 							  "INSERT INTO peft.models AS m (name, path, architecture, hidden_size, num_layers, "
 							  "  num_heads, intermediate_size, vocab_size, max_position, parameters, "
-							  "  file_bytes, checksum, config, owner) "
-							  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::jsonb, $14) "
+							  "  file_bytes, checksum, config, owner%s) "
+							  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::jsonb, $14%s) "
 							  "ON CONFLICT (name) DO UPDATE SET path = EXCLUDED.path, "
 							  "  architecture = EXCLUDED.architecture, hidden_size = EXCLUDED.hidden_size, "
 							  "  num_layers = EXCLUDED.num_layers, num_heads = EXCLUDED.num_heads, "
@@ -155,10 +179,12 @@ peft_register_model(PG_FUNCTION_ARGS)
 							  "  vocab_size = EXCLUDED.vocab_size, max_position = EXCLUDED.max_position, "
 							  "  parameters = EXCLUDED.parameters, file_bytes = EXCLUDED.file_bytes, "
 							  "  checksum = EXCLUDED.checksum, config = EXCLUDED.config, "
+							  "  %s"
 							  "  created_at = pg_catalog.now() "
 							  "WHERE m.owner = EXCLUDED.owner OR $15 "
-							  "RETURNING *",
-							  15, types, values, NULL, false, 1) != SPI_OK_INSERT_RETURNING)
+							  "RETURNING *", mtime ? ", file_mtime" : "", mtime ? ", $16" : "",
+							  mtime ? "file_mtime = EXCLUDED.file_mtime, " : ""),
+							  16, types, values, NULL, false, 1) != SPI_OK_INSERT_RETURNING)
 		elog(ERROR, "could not record the model");
 	CatalogAsCaller(&octx);
 	if (SPI_processed != 1)
@@ -169,4 +195,92 @@ peft_register_model(PG_FUNCTION_ARGS)
 	result = PointerGetDatum(SPI_returntuple(SPI_tuptable->vals[0], SPI_tuptable->tupdesc));
 	SPI_finish();
 	PG_RETURN_DATUM(result);
+}
+
+/* ERROR naming the model when its folder is missing on this server. */
+static void
+MissingModelFolder(const CatalogModel *model)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_UNDEFINED_FILE),
+			 errmsg("model \"%s\" is registered at \"%s\", which is missing on this server",
+					model->name, model->path),
+			 errdetail("The weights are not stored in the database: every server that trains or "
+					   "predicts with a model (the primary, each replica, a restored copy) reads "
+					   "them from that folder."),
+			 errhint("Copy the model folder to that path, keeping modification times (rsync -a, "
+					 "cp -p), then check it with SELECT peft_verify_model('%s').", model->name)));
+}
+
+/* ERROR unless the model's weights file is the size and age registered. */
+void
+CheckModelFiles(const CatalogModel *model)
+{
+	char		weights[MAXPGPATH];
+	struct stat st;
+
+	if (stat(model->path, &st) != 0 || !S_ISDIR(st.st_mode))
+		MissingModelFolder(model);
+	snprintf(weights, sizeof(weights), "%s/model.safetensors", model->path);
+	if (stat(weights, &st) != 0)
+		MissingModelFolder(model);
+	if ((int64) st.st_size != model->file_bytes ||
+		(model->has_mtime && StatMtime(&st) != model->file_mtime))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("model \"%s\": \"%s\" changed after it was registered", model->name, weights),
+				 (int64) st.st_size != model->file_bytes ?
+				 errdetail("It has %lld bytes; %lld were registered.",
+						   (long long) st.st_size, (long long) model->file_bytes) :
+				 errdetail("Its modification time is %s; %s was registered.",
+						   timestamptz_to_str(StatMtime(&st)),
+						   timestamptz_to_str(model->file_mtime)),
+				 errhint("Restore the registered file, or register the model again with "
+						 "peft_register_model if the change is intended.  If only the time "
+						 "changed (a copy), SELECT peft_verify_model('%s') checks its SHA-256 and "
+						 "records the new time.", model->name)));
+}
+
+/*
+ * peft_verify_model(name) RETURNS boolean: whether the model's weights on
+ * this server have the SHA-256 recorded at registration.  When they do and
+ * the modification time differs (a copy made without keeping times), the
+ * new time is recorded, so predictions work again; on a standby nothing
+ * can be recorded and the answer is all it gives.
+ */
+Datum
+peft_verify_model(PG_FUNCTION_ARGS)
+{
+	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	CatalogModel *model;
+	char		weights[MAXPGPATH];
+	struct stat st;
+	char	   *checksum;
+	bool		same;
+
+	SPI_connect();
+	model = CatalogGetModel(name);
+	snprintf(weights, sizeof(weights), "%s/model.safetensors", model->path);
+	if (stat(model->path, &st) != 0 || stat(weights, &st) != 0)
+		MissingModelFolder(model);
+	checksum = FileSha256(weights);
+	same = strcmp(checksum, model->checksum) == 0 && (int64) st.st_size == model->file_bytes;
+	if (!same)
+		ereport(NOTICE,
+				(errmsg("model \"%s\": the SHA-256 of \"%s\" is %s; %s was registered",
+						name, weights, checksum, model->checksum)));
+	else if ((!model->has_mtime || StatMtime(&st) != model->file_mtime) && !RecoveryInProgress())
+	{
+		Oid			types[2] = {TEXTOID, TIMESTAMPTZOID};
+		Datum		values[2] = {CStringGetTextDatum(name), TimestampTzGetDatum(StatMtime(&st))};
+		OwnerContext octx;
+
+		CatalogAsOwner(&octx);
+		if (SPI_execute_with_args("UPDATE peft.models SET file_mtime = $2 WHERE name = $1",
+								  2, types, values, NULL, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "could not record the model's modification time");
+		CatalogAsCaller(&octx);
+	}
+	SPI_finish();
+	PG_RETURN_BOOL(same);
 }

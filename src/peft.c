@@ -7,16 +7,16 @@
  */
 #include "postgres.h"
 
+#include "access/xlog.h"
 #include "fmgr.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 
 #include "peft.h"
+#include "version.h"
 #include "worker.h"
 
 PG_MODULE_MAGIC;
-
-#define PEFT_VERSION "0.1.0"
 
 int			peft_threads = 1;
 int			peft_device = PEFT_DEVICE_AUTO;
@@ -102,4 +102,31 @@ Datum
 peft_version(PG_FUNCTION_ARGS)
 {
 	PG_RETURN_TEXT_P(cstring_to_text(PEFT_VERSION));
+}
+
+/* ERROR when a non-STRICT function's argument without a NULL meaning is NULL. */
+void
+PeftRequireArg(FunctionCallInfo fcinfo, int argno, const char *name)
+{
+	if (argno >= PG_NARGS() || PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be NULL", name)));
+}
+
+/*
+ * ERROR on a hot standby: catalog rows are written on the primary and
+ * reach standbys by replication, which is also how they get adapters.
+ */
+void
+PeftRequirePrimary(const char *function)
+{
+	if (RecoveryInProgress())
+		ereport(ERROR,
+				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+				 errmsg("%s cannot run on a standby server", function),
+				 errdetail("This server is in recovery: peft's catalog is read-only here."),
+				 errhint("Run %s on the primary; the rows it writes (adapters, jobs, models) reach "
+						 "this standby by replication, and peft_predict and peft_embed work here.",
+						 function)));
 }

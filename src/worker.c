@@ -36,6 +36,7 @@
 #include "utils/timestamp.h"
 
 #include "catalog.h"
+#include "models.h"
 #include "peft.h"
 #include "train_options.h"
 #include "worker.h"
@@ -298,16 +299,13 @@ OpenModel(Job *job)
 	Jsonb	   *options;
 	PeftModelInfo info;
 	PeftError	err = {0};
+	CatalogModel *row;
 	int			threads = peft_train_threads > 0 ? peft_train_threads : (int) sysconf(_SC_NPROCESSORS_ONLN);
 
 	BeginStep();
-	ExecText("SELECT path FROM peft.models WHERE name = $1", 1, (const char **) &job->fields[JOB_BASE_MODEL]);
-	if (SPI_processed != 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("model \"%s\" is no longer registered", job->fields[JOB_BASE_MODEL])));
-	job->model_path = MemoryContextStrdup(TopMemoryContext,
-										  SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
+	row = CatalogGetModel(job->fields[JOB_BASE_MODEL]);
+	CheckModelFiles(row);
+	job->model_path = MemoryContextStrdup(TopMemoryContext, row->path);
 	EndStep();
 
 	/* the worker computes with peft.train_threads, not peft.threads */

@@ -12,8 +12,7 @@
 
 #include "adapter_io.h"
 #include "backend.h"
-
-#define PEFT_ENGINE_VERSION "0.1.0"
+#include "version.h"
 
 /* OpenBLAS's own setter; declared here as older cblas.h lack it. */
 extern void openblas_set_num_threads(int num_threads);
@@ -22,7 +21,7 @@ extern void openblas_set_num_threads(int num_threads);
 static const char *
 engine_version(void)
 {
-	return PEFT_ENGINE_VERSION;
+	return PEFT_VERSION;
 }
 
 /* Backends compiled into this library. */

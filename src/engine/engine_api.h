@@ -169,7 +169,7 @@ typedef struct PeftEngineApi
 {
 	int			abi_version;
 
-	/* Engine version string, e.g. "0.1.0". */
+	/* Engine version string (version.h), e.g. "0.2.0". */
 	const char *(*version) (void);
 
 	/* Backends compiled in, comma-separated: "cpu" or "cpu,cuda". */

@@ -1,0 +1,19 @@
+-- peft 0.1.0 -> 0.2.0 (ALTER EXTENSION peft UPDATE): the same changes as
+-- in sql/peft--0.2.0.sql, for databases created at 0.1.0.
+
+\echo Use "ALTER EXTENSION peft UPDATE TO '0.2.0'" to load this file. \quit
+
+-- A model file changed after registration is refused: its size and
+-- modification time are checked on every load.  Rows registered at 0.1.0
+-- have no time until peft_verify_model checks their SHA-256 and records it.
+ALTER TABLE peft.models ADD COLUMN file_mtime timestamptz;
+COMMENT ON COLUMN peft.models.file_bytes IS 'size of model.safetensors when registered';
+COMMENT ON COLUMN peft.models.checksum IS 'SHA-256 of model.safetensors when registered';
+COMMENT ON COLUMN peft.models.file_mtime IS 'modification time of model.safetensors when registered or last verified (NULL: registered before 0.2.0 and not verified since)';
+
+CREATE FUNCTION peft_verify_model(name text) RETURNS boolean
+    AS 'MODULE_PATHNAME', 'peft_verify_model'
+    LANGUAGE C VOLATILE STRICT;
+
+-- No NULL argument of peft_combine has a meaning.
+ALTER FUNCTION peft_combine(text, text[], float8[], text, boolean) STRICT;
