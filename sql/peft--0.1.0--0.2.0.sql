@@ -17,3 +17,7 @@ CREATE FUNCTION peft_verify_model(name text) RETURNS boolean
 
 -- No NULL argument of peft_combine has a meaning.
 ALTER FUNCTION peft_combine(text, text[], float8[], text, boolean) STRICT;
+
+-- pg_dump dumps the sequence of job ids too: without it a restored database
+-- numbered new jobs from 1 again, and the first one failed on the primary key.
+SELECT pg_catalog.pg_extension_config_dump('peft.job_rows_id_seq', '');

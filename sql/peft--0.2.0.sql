@@ -138,6 +138,9 @@ COMMENT ON TABLE peft.adapters IS 'adapter versions; at most one active version 
 SELECT pg_catalog.pg_extension_config_dump('peft.models', '');
 SELECT pg_catalog.pg_extension_config_dump('peft.adapters', '');
 SELECT pg_catalog.pg_extension_config_dump('peft.job_rows', '');
+-- ... and the identity sequence of job ids, or a restored database would
+-- number new jobs from 1 again and collide with the restored rows.
+SELECT pg_catalog.pg_extension_config_dump('peft.job_rows_id_seq', '');
 
 -- Everyone may read the catalog; row-level security shows each role its
 -- own rows (and those of roles it belongs to).  Writes go through the
