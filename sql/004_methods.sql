@@ -6,13 +6,19 @@ SET client_min_messages = warning;
 -- Every method (and a hybrid) trains and predicts; the method is recorded
 -- canonically, the options it does not use are refused.
 SELECT peft_train('m_' || replace(m, 'bitfit+lora', 'lora_bitfit'), 'tiny', 'reviews', 'body', 'sentiment', method => m,
-                  options => '{"epochs": 6, "learning_rate": 0.01, "batch_size": 16, "seed": 7}',
+                  options => '{"epochs": 20, "learning_rate": 0.01, "batch_size": 16, "seed": 7}',
                   wait => true) IS NOT NULL AS trained
 FROM unnest(ARRAY['dora', 'ia3', 'bitfit', 'adapter', 'bitfit+lora', 'prompt', 'prefix']) m;
 SELECT name, method, config->>'peft_type' AS peft_type, config->>'bias' AS bias,
        (config->>'use_dora')::boolean AS use_dora, config->>'peft_pg_method' AS pg_method,
-       (metrics->'final'->>'accuracy')::float8 > 0.4 AS better_than_chance
-FROM peft.adapters WHERE name LIKE 'm\_%' ORDER BY name;
+       -- always answering the largest class scores its share (0.4); every
+       -- method reaches 1.0 here, so demand the share plus 0.4
+       (metrics->'final'->>'accuracy')::float8 >= majority.share + 0.4 AS beats_majority_class
+FROM peft.adapters,
+     (SELECT max(n)::float8 / sum(n) AS share
+      FROM (SELECT count(*) AS n FROM reviews WHERE body IS NOT NULL AND sentiment IS NOT NULL
+            GROUP BY sentiment) classes) majority
+WHERE name LIKE 'm\_%' ORDER BY name;
 SELECT name, label IN ('negative', 'neutral', 'positive') AS a_label, score BETWEEN 1.0 / 3 AND 1 AS probability
 FROM (VALUES ('m_dora'), ('m_ia3'), ('m_bitfit'), ('m_adapter'), ('m_lora_bitfit'), ('m_prompt'),
              ('m_prefix')) n(name),
