@@ -74,8 +74,16 @@ SELECT * FROM peft_predict('unknown', 'text');
 SELECT peft_embed('tiny', 'good film', 'sentiment') <> peft_embed('tiny', 'good film') AS adapted;
 
 -- A second version, not activated; then activate it, roll back to 1, drop 2.
+-- max_steps ends it after 7 steps (of 12 in the epoch), as Hugging Face's:
+-- the schedule spans those 7, and the metrics say what the job held.
 SELECT peft_train('sentiment', 'tiny', 'reviews', 'body', 'sentiment',
-                  options => '{"epochs": 1, "activate": false}', wait => true) IS NOT NULL AS trained;
+                  options => '{"epochs": 1, "max_steps": 7, "activate": false}', wait => true) AS job \gset
+SELECT step, total_steps, jsonb_array_length(metrics->'epochs') AS evaluations FROM peft.jobs WHERE id = :job;
+SELECT (metrics->'memory'->>'rows_kb')::int >= 0 AS rows_kb, (metrics->'memory'->>'state_kb')::int > 0 AS state_kb,
+       (metrics->'memory'->>'activations_kb')::int > 0 AS activations_kb,
+       (metrics->'memory'->>'limit_kb')::int AS limit_kb
+FROM peft.adapters WHERE name = 'sentiment' AND version = 2;
+SELECT peft_train('x', 'tiny', 'reviews', 'body', 'sentiment', options => '{"max_steps": 0}');
 SELECT version, active FROM peft.adapters WHERE name = 'sentiment' ORDER BY version;
 SELECT peft_activate('sentiment', 2);
 SELECT version, active FROM peft.adapters WHERE name = 'sentiment' ORDER BY version;

@@ -39,6 +39,7 @@ static const OptionSpec option_specs[] = {
 	{"use_rslora", OPT_BOOL},
 	{"target_modules", OPT_STRINGS},
 	{"epochs", OPT_INT, 1, 10000},
+	{"max_steps", OPT_INT, 1, 2147483647},
 	{"batch_size", OPT_INT, 1, 4096},
 	{"gradient_accumulation_steps", OPT_INT, 1, 1024},
 	{"learning_rate", OPT_NUMBER, 1e-9, 1, true},
@@ -117,7 +118,7 @@ ApplyOption(TrainOptionsSql *o, const char *key, JsonbValue *v,
 			if (!isfinite(x) || (spec->kind == OPT_INT && x != floor(x)))
 				BadOption(key, spec->kind == OPT_INT ? "must be an integer" : "must be finite", NULL);
 			if (x < spec->min || x > spec->max || (spec->max_exclusive && x >= spec->max))
-				BadOption(key, psprintf("%g is out of range [%g, %g%s", x, spec->min, spec->max,
+				BadOption(key, psprintf("%.15g is out of range [%.15g, %.15g%s", x, spec->min, spec->max,
 										spec->max_exclusive ? ")" : "]"), NULL);
 			break;
 		case OPT_BOOL:
@@ -146,6 +147,8 @@ ApplyOption(TrainOptionsSql *o, const char *key, JsonbValue *v,
 		c->num_virtual_tokens = (int) x;
 	else if (strcmp(key, "epochs") == 0)
 		c->epochs = (int) x;
+	else if (strcmp(key, "max_steps") == 0)
+		c->max_steps = (int) x;
 	else if (strcmp(key, "batch_size") == 0)
 		c->batch_size = (int) x;
 	else if (strcmp(key, "gradient_accumulation_steps") == 0)

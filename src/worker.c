@@ -55,6 +55,9 @@ PGDLLEXPORT void peft_train_worker_main(Datum arg);
 
 static volatile sig_atomic_t got_sigterm = false;
 
+/* The memory context BeginStep found current, restored by EndStep. */
+static MemoryContext step_caller_context = NULL;
+
 /* Everything the worker knows about its job. */
 typedef struct Job
 {
@@ -78,6 +81,9 @@ typedef struct Job
 	TimestampTz started;
 	int64		trained_rows;
 	StringInfoData epochs;		/* JSON array of per-epoch metrics */
+	PeftTrainMemory memory;		/* what the prepared run holds */
+	long		peak_private_kb;	/* largest private resident memory seen (SampleMemory) */
+	MemoryContext context;		/* what lives as long as the job */
 	bool		canceled;
 	bool		marked;			/* the row records this process as its worker */
 } Job;
@@ -103,13 +109,18 @@ WorkerSigterm(SIGNAL_ARGS)
 static void
 BeginStep(void)
 {
+	step_caller_context = CurrentMemoryContext;
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	SPI_connect();
 	PushActiveSnapshot(GetTransactionSnapshot());
 }
 
-/* Finish SPI and commit. */
+/*
+ * Finish SPI and commit, back in the memory context BeginStep found:
+ * commit leaves TopMemoryContext current, where whatever the job then
+ * allocated would stay until the process ends.
+ */
 static void
 EndStep(void)
 {
@@ -117,6 +128,7 @@ EndStep(void)
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 	pgstat_report_stat(false);
+	MemoryContextSwitchTo(step_caller_context);
 }
 
 /* Run SQL with text parameters (NULL for SQL NULL); returns SPI's code. */
@@ -328,6 +340,58 @@ OpenModel(Job *job)
 		PeftRaiseEngineError(&err);
 }
 
+/* A "Name: N kB" field of /proc/self/status, or -1 where /proc does not tell. */
+static long
+ProcStatusKb(const char *field)
+{
+	FILE	   *f = fopen("/proc/self/status", "r");
+	char		line[256];
+	size_t		len = strlen(field);
+	long		kb = -1;
+
+	if (f == NULL)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (strncmp(line, field, len) == 0 && line[len] == ':')
+		{
+			kb = strtol(line + len + 1, NULL, 10);
+			break;
+		}
+	fclose(f);
+	return kb;
+}
+
+/*
+ * Note this process's private (anonymous) resident memory, keeping the
+ * largest seen.  The peak of all resident memory (VmHWM) also counts the
+ * shared buffers the data query touched and the mapped model's pages,
+ * which grow with a small table but belong to the server, not the job.
+ */
+static void
+SampleMemory(Job *job)
+{
+	long		kb = ProcStatusKb("RssAnon");
+
+	if (kb > job->peak_private_kb)
+		job->peak_private_kb = kb;
+}
+
+/*
+ * Raise an engine error of training; running out of memory (over
+ * peft.max_train_memory, or malloc failing) names the setting in the
+ * message, which is what the job row keeps.
+ */
+static void
+TrainEngineError(const PeftError *err)
+{
+	if (err->code == PEFT_ERR_NOMEM)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("%s: raise peft.max_train_memory, or train on fewer or shorter rows "
+						"or with a smaller batch_size", err->message)));
+	PeftRaiseEngineError(err);
+}
+
 /* Index of a classification label, assigned in first-seen order. */
 static int
 LabelIndex(Job *job, const char *label)
@@ -365,6 +429,9 @@ ReadRows(Job *job)
 	SPIPlanPtr	plan;
 	PeftError	err = {0};
 	int			nestlevel;
+	MemoryContext batch = AllocSetContextCreate(job->context, "peft data batch",
+												ALLOCSET_DEFAULT_SIZES);
+	MemoryContext spi;
 
 	ctl.keysize = MAX_LABEL_BYTES + 1;
 	ctl.entrysize = sizeof(LabelEntry);
@@ -395,6 +462,13 @@ ReadRows(Job *job)
 		SPI_cursor_fetch(portal, true, FETCH_ROWS);
 		if (SPI_processed == 0)
 			break;
+
+		/*
+		 * Detoasted inputs and label copies go into a context reset after
+		 * every batch: in SPI's they stayed until the whole table was read,
+		 * so the worker grew with the table, beyond the tokenised rows.
+		 */
+		spi = MemoryContextSwitchTo(batch);
 		for (uint64 i = 0; i < SPI_processed; i++)
 		{
 			HeapTuple	tuple = SPI_tuptable->vals[i];
@@ -416,15 +490,13 @@ ReadRows(Job *job)
 			else
 				rc = job->engine->train_add_row(job->train, VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t),
 												LabelIndex(job, TextDatumGetCString(label)), 0, &err);
-			if (rc == PEFT_ERR_NOMEM)
-				ereport(ERROR,
-						(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-						 errmsg("%s: raise peft.max_train_memory, or train on fewer rows",
-								err.message)));
 			if (rc != PEFT_OK)
-				PeftRaiseEngineError(&err);
+				TrainEngineError(&err);
 			job->rows++;
 		}
+		MemoryContextSwitchTo(spi);
+		MemoryContextReset(batch);
+		SampleMemory(job);
 		SPI_freetuptable(SPI_tuptable);
 		CHECK_FOR_INTERRUPTS();
 	}
@@ -432,6 +504,7 @@ ReadRows(Job *job)
 	SetUserIdAndSecContext(save_user, save_sec);
 	AtEOXact_GUC(false, nestlevel);
 	EndStep();
+	MemoryContextDelete(batch);
 }
 
 /* qsort comparator for label strings (byte order, as COLLATE "C"). */
@@ -490,6 +563,28 @@ ReportProgress(Job *job, const PeftTrainProgress *p)
 	stop = CancelRequested(job);
 	EndStep();
 	return stop || got_sigterm;
+}
+
+/*
+ * What the run holds, counted against peft.max_train_memory, as a JSON
+ * object in kB; with peak, also the worker's peak resident memory (which
+ * includes the pages of the mapped model it touched and the server's own).
+ */
+static char *
+MemoryJson(Job *job, bool peak)
+{
+	const PeftTrainMemory *m = &job->memory;
+	long		rss = peak ? ProcStatusKb("VmHWM") : -1;
+
+	if (peak)
+		SampleMemory(job);
+	return psprintf("{\"rows_kb\": %lld, \"state_kb\": %lld, \"activations_kb\": %lld, "
+					"\"limit_kb\": %d%s%s}",
+					(long long) (m->data / 1024), (long long) (m->state / 1024),
+					(long long) (m->activations / 1024), peft_max_train_memory,
+					rss >= 0 ? psprintf(", \"peak_rss_kb\": %ld", rss) : "",
+					peak && job->peak_private_kb >= 0 ?
+					psprintf(", \"peak_private_kb\": %ld", job->peak_private_kb) : "");
 }
 
 /* Validation metrics as a JSON object. */
@@ -585,11 +680,12 @@ SaveAdapter(Job *job, const char *final_metrics, int64 train_rows, int64 valid_r
 	values[7] = CStringGetTextDatum(psprintf("{\"final\": %s, \"epochs\": [%s], "
 											 "\"train_rows\": %lld, \"valid_rows\": %lld, "
 											 "\"skipped_rows\": %lld, \"train_seconds\": %.3f, "
-											 "\"device\": \"%s\"}",
+											 "\"device\": \"%s\", \"memory\": %s}",
 											 final_metrics, job->epochs.data + 1,
 											 (long long) train_rows, (long long) valid_rows,
 											 (long long) job->skipped, seconds,
-											 job->engine->train_device(job->train)));
+											 job->engine->train_device(job->train),
+											 MemoryJson(job, true)));
 	values[8] = Int64GetDatum(job->id);
 	values[9] = BoolGetDatum(job->options.activate);
 	free(config);
@@ -628,9 +724,9 @@ Train(Job *job)
 	int64		train_rows, valid_rows;
 	int			total_steps;
 	int		   *map = NULL;
-	int			steps_per_epoch;
 	TimestampTz last_report = 0;
 	char	   *final_metrics = NULL;
+	MemoryContext step;
 	const char *args[2];
 
 	if (job->rows == 0)
@@ -649,14 +745,15 @@ Train(Job *job)
 	job->options.config.num_labels = job->regression ? 1 : job->nlabels;
 	if (job->engine->train_prepare(job->train, job->options.config.num_labels, map,
 								   &train_rows, &valid_rows, &total_steps, &err) != PEFT_OK)
-		PeftRaiseEngineError(&err);
-	steps_per_epoch = Max(1, total_steps / job->options.config.epochs);
+		TrainEngineError(&err);
+	job->engine->train_memory(job->train, &job->memory);
+	SampleMemory(job);
 
 	args[0] = JobIdText(job);
 	args[1] = psprintf("{\"train_rows\": %lld, \"valid_rows\": %lld, \"skipped_rows\": %lld, "
-					   "\"device\": \"%s\"}",
+					   "\"device\": \"%s\", \"memory\": %s}",
 					   (long long) train_rows, (long long) valid_rows, (long long) job->skipped,
-					   job->engine->train_device(job->train));
+					   job->engine->train_device(job->train), MemoryJson(job, false));
 	BeginStep();
 	ExecText("UPDATE peft.job_rows SET total_steps = $3::int, epoch = 1, step = 0, "
 			 "metrics = $2::jsonb WHERE id = $1::bigint AND worker_pid = pg_backend_pid()", 3,
@@ -667,13 +764,16 @@ Train(Job *job)
 	initStringInfo(&job->epochs);
 	appendStringInfoChar(&job->epochs, '[');
 	job->started = GetCurrentTimestamp();
+	/* what one step's reports allocate is freed after the step */
+	step = AllocSetContextCreate(job->context, "peft training step", ALLOCSET_SMALL_SIZES);
+	MemoryContextSwitchTo(step);
 	while (!p.done)
 	{
 		if (job->engine->train_step(job->train, &p, &err) != PEFT_OK)
 			PeftRaiseEngineError(&err);
 		job->trained_rows += p.rows;
-		if (p.step % steps_per_epoch == 0 || p.done)
-			final_metrics = EvaluateEpoch(job, p.epoch);
+		if (p.epoch_end || p.done)
+			final_metrics = MemoryContextStrdup(job->context, EvaluateEpoch(job, p.epoch));
 		if (p.done || TimestampDifferenceExceeds(last_report, GetCurrentTimestamp(),
 												 PROGRESS_INTERVAL_MS))
 		{
@@ -685,11 +785,15 @@ Train(Job *job)
 					ereport(ERROR,
 							(errcode(ERRCODE_ADMIN_SHUTDOWN),
 							 errmsg("the training worker was terminated by an administrator command")));
+				MemoryContextSwitchTo(job->context);
 				return;
 			}
 		}
+		MemoryContextReset(step);
+		SampleMemory(job);
 		CHECK_FOR_INTERRUPTS();
 	}
+	MemoryContextSwitchTo(job->context);
 	if (final_metrics == NULL)
 		final_metrics = EvaluateEpoch(job, p.epoch);
 	SaveAdapter(job, final_metrics, train_rows, valid_rows);
@@ -803,6 +907,7 @@ peft_train_worker_main(Datum arg)
 		job->shared = dsm_segment_address(seg);
 	}
 
+	job->context = work;
 	MemoryContextSwitchTo(work);
 	PG_TRY();
 	{

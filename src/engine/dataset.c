@@ -6,8 +6,25 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
-/* Grow an array to hold need elements of size sz (doubling). */
+/* Bytes of n elements of size sz, whole pages (what a mapping spans). */
+static size_t
+mapped_bytes(size_t n, size_t sz)
+{
+	size_t		page = (size_t) sysconf(_SC_PAGESIZE);
+
+	return (n * sz + page - 1) / page * page;
+}
+
+/*
+ * Grow an array to hold need elements of size sz (doubling).  The arrays
+ * are their own mappings, grown by mremap: pages move without a copy, so a
+ * doubling never holds the old and the new array at once (realloc's copy
+ * did, and the peak memory of a job reading a big table was twice its
+ * rows).  Pages never written stay unallocated.
+ */
 static int
 grow(void **ptr, size_t *cap, size_t need, size_t sz)
 {
@@ -19,19 +36,23 @@ grow(void **ptr, size_t *cap, size_t need, size_t sz)
 	ncap = *cap ? *cap : 1024;
 	while (ncap < need)
 		ncap *= 2;
-	p = realloc(*ptr, ncap * sz);
-	if (p == NULL)
+	if (*ptr == NULL)
+		p = mmap(NULL, mapped_bytes(ncap, sz), PROT_READ | PROT_WRITE,
+				 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	else
+		p = mremap(*ptr, mapped_bytes(*cap, sz), mapped_bytes(ncap, sz), MREMAP_MAYMOVE);
+	if (p == MAP_FAILED)
 		return -1;
 	*ptr = p;
 	*cap = ncap;
 	return 0;
 }
 
-/* Bytes held by the dataset. */
+/* Bytes of the dataset's rows (what is written: unwritten capacity takes no memory). */
 size_t
 dataset_memory(const Dataset *ds)
 {
-	return ds->cap_tokens * sizeof(int32_t) + ds->cap_rows * sizeof(Example);
+	return ds->ntokens * sizeof(int32_t) + ds->count * sizeof(Example);
 }
 
 /* Tokenise text and append it as a row. */
@@ -48,7 +69,8 @@ dataset_add(Dataset *ds, const Tokenizer *tok, const char *text, size_t len,
 			 sizeof(int32_t)) != 0 ||
 		grow((void **) &ds->rows, &ds->cap_rows, ds->count + 1, sizeof(Example)) != 0)
 		return peft_fail(err, PEFT_ERR_NOMEM, "out of memory holding %zu training rows", ds->count);
-	if (ds->memory_limit && dataset_memory(ds) > ds->memory_limit)
+	if (ds->memory_limit && dataset_memory(ds) + (size_t) max_length * sizeof(int32_t) +
+		sizeof(Example) > ds->memory_limit)
 		return peft_fail(err, PEFT_ERR_NOMEM,
 						 "the tokenised training data exceeds the memory limit of %zu kB "
 						 "after %zu rows", ds->memory_limit / 1024, ds->count);
@@ -66,8 +88,10 @@ dataset_add(Dataset *ds, const Tokenizer *tok, const char *text, size_t len,
 void
 dataset_free(Dataset *ds)
 {
-	free(ds->tokens);
-	free(ds->rows);
+	if (ds->tokens)
+		munmap(ds->tokens, mapped_bytes(ds->cap_tokens, sizeof(int32_t)));
+	if (ds->rows)
+		munmap(ds->rows, mapped_bytes(ds->cap_rows, sizeof(Example)));
 	memset(ds, 0, sizeof(*ds));
 }
 

@@ -36,7 +36,7 @@ typedef struct Dataset
 PeftCode	dataset_add(Dataset *ds, const Tokenizer *tok, const char *text,
 						size_t len, int max_length, int32_t label, real target,
 						PeftError *err);
-/* Bytes held by the dataset. */
+/* Bytes of the rows held (token ids and row records). */
 size_t		dataset_memory(const Dataset *ds);
 void		dataset_free(Dataset *ds);
 

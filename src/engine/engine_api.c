@@ -92,6 +92,7 @@ static const PeftEngineApi engine_api = {
 	.train_add_row = session_train_add_row,
 	.train_prepare = session_train_prepare,
 	.train_step = session_train_step,
+	.train_memory = session_train_memory,
 	.train_device = session_train_device,
 	.train_evaluate = session_train_evaluate,
 	.train_export = session_train_export,

@@ -21,7 +21,7 @@
 
 #include "status.h"
 
-#define PEFT_ENGINE_ABI_VERSION 3
+#define PEFT_ENGINE_ABI_VERSION 4
 #define PEFT_ENGINE_SYMBOL "peft_engine_api"
 
 typedef struct PeftModelHandle PeftModelHandle;		/* a loaded base model */
@@ -122,12 +122,18 @@ typedef struct PeftTrainConfig
 	double		weight_decay;
 	double		warmup_ratio;
 	double		max_grad_norm;
+	int			max_steps;		/* > 0: this many steps, replacing epochs (Hugging Face's max_steps) */
 	PeftSchedule schedule;
 	int			max_length;
 	double		validation_fraction;
 	double		hidden_dropout; /* < 0: the model config's */
 	uint64_t	seed;
-	size_t		memory_limit;	/* bytes of tokenised data, 0 = none */
+	/*
+	 * Bytes the run may hold, 0 = no limit: the tokenised rows (checked as
+	 * they arrive) and, at prepare, those with the parameters, gradients,
+	 * optimizer moments, activations and row orders (PeftTrainMemory).
+	 */
+	size_t		memory_limit;
 	PeftDevice	device;
 	PeftPrecision precision;
 	unsigned	methods;		/* PEFT_METHOD_* bits; 0 reads as LoRA */
@@ -150,8 +156,17 @@ typedef struct PeftTrainProgress
 	double		grad_norm;
 	int			rows;
 	int			tokens;
+	bool		epoch_end;		/* this step finished a pass over the training rows */
 	bool		done;
 } PeftTrainProgress;
+
+/* What a prepared run holds, in bytes (memory_limit covers their sum). */
+typedef struct PeftTrainMemory
+{
+	int64_t		data;			/* tokenised rows, validation split and row orders */
+	int64_t		state;			/* trainable parameters, gradients, Adam moments */
+	int64_t		activations;	/* buffers for the largest batch */
+} PeftTrainMemory;
 
 /* Validation metrics (classification or regression fields). */
 typedef struct PeftMetrics
@@ -272,6 +287,8 @@ typedef struct PeftEngineApi
 	/* One optimizer step. */
 	PeftCode	(*train_step) (PeftTrainJob *job, PeftTrainProgress *progress,
 							   PeftError *err);
+	/* What a prepared run holds. */
+	void		(*train_memory) (PeftTrainJob *job, PeftTrainMemory *memory);
 	/* Where a prepared run computes: "cpu" or "cuda". */
 	const char *(*train_device) (PeftTrainJob *job);
 	/* Validation metrics of the current weights. */

@@ -593,6 +593,24 @@ session_train_add_row(PeftTrainJob *job, const char *text, size_t len, int label
 					   job->config.max_length, label, (real) target, err);
 }
 
+/* Fail when what the prepared run holds exceeds config.memory_limit. */
+static PeftCode
+check_train_memory(PeftTrainJob *job, PeftError *err)
+{
+	PeftTrainMemory m;
+	size_t		total;
+
+	session_train_memory(job, &m);
+	total = (size_t) (m.data + m.state + m.activations);
+	if (job->config.memory_limit == 0 || total <= job->config.memory_limit)
+		return PEFT_OK;
+	return peft_fail(err, PEFT_ERR_NOMEM,
+					 "training needs %zu kB (rows %lld kB, parameters and optimizer %lld kB, "
+					 "activations %lld kB), over the memory limit of %zu kB",
+					 total / 1024, (long long) m.data / 1024, (long long) m.state / 1024,
+					 (long long) m.activations / 1024, job->config.memory_limit / 1024);
+}
+
 /* Split, build the network and the trainer once every row is in. */
 PeftCode
 session_train_prepare(PeftTrainJob *job, int num_labels, const int *label_map,
@@ -642,8 +660,10 @@ session_train_prepare(PeftTrainJob *job, int num_labels, const int *label_map,
 	t.schedule = c->schedule == PEFT_SCHEDULE_COSINE ? SCHEDULE_COSINE :
 		c->schedule == PEFT_SCHEDULE_CONSTANT ? SCHEDULE_CONSTANT : SCHEDULE_LINEAR;
 	t.seed = c->seed;
+	t.max_steps = c->max_steps;
 	if ((rc = trainer_create(job->net, &job->data, job->train_rows, job->ntrain, &t,
-							 &job->trainer, err)) != PEFT_OK)
+							 &job->trainer, err)) != PEFT_OK ||
+		(rc = check_train_memory(job, err)) != PEFT_OK)
 		return rc;
 	*train_rows = (int64_t) job->ntrain;
 	*valid_rows = (int64_t) job->nvalid;
@@ -670,8 +690,22 @@ session_train_step(PeftTrainJob *job, PeftTrainProgress *p, PeftError *err)
 	p->grad_norm = st.grad_norm;
 	p->rows = st.rows;
 	p->tokens = st.tokens;
+	p->epoch_end = st.epoch_end;
 	p->done = st.done;
 	return PEFT_OK;
+}
+
+/* What a prepared run holds. */
+void
+session_train_memory(PeftTrainJob *job, PeftTrainMemory *m)
+{
+	size_t		activations = 0;
+	size_t		network = job->net ? network_memory(job->net, &activations) : 0;
+
+	m->data = (int64_t) (dataset_memory(&job->data) + (job->ntrain + job->nvalid) * sizeof(uint32_t) +
+						 (job->trainer ? trainer_memory(job->trainer) : 0));
+	m->state = (int64_t) (network - activations);
+	m->activations = (int64_t) activations;
 }
 
 /* Where a prepared run computes. */

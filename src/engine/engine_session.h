@@ -16,6 +16,7 @@ PeftCode	session_network_options(const PeftTrainConfig *c, const BertModel *bert
 
 void		session_configure(const PeftEngineSettings *settings);
 const char *session_train_device(PeftTrainJob *job);
+void		session_train_memory(PeftTrainJob *job, PeftTrainMemory *memory);
 PeftCode	session_model_open(const char *dir, PeftModelHandle **out,
 							   PeftModelInfo *info, PeftError *err);
 void		session_model_close(PeftModelHandle *model);

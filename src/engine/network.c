@@ -72,6 +72,7 @@ struct NetworkActivations
 	size_t		cap_padded;		/* B*T token ids they hold */
 	bool		train_layout;	/* every layer has its own buffers */
 	void	  **blocks;			/* every allocation in the backend, for freeing */
+	size_t		bytes;			/* their sizes together (peft.max_train_memory counts them) */
 	int			nblocks;
 	int			cap_blocks;
 
@@ -546,6 +547,7 @@ acts_drop(Network *net, bool release)
 	free(act->h);
 	free(act->layers);
 	act->blocks = NULL;
+	act->bytes = 0;
 	act->nblocks = act->cap_blocks = 0;
 	act->h = NULL;
 	act->layers = NULL;
@@ -877,7 +879,10 @@ acts_alloc(Network *net, size_t n, size_t sz, bool *ok)
 	if (p == NULL)
 		*ok = false;
 	else
+	{
 		act->blocks[act->nblocks++] = p;
+		act->bytes += n ? n * sz : sz;
+	}
 	return p;
 }
 
@@ -1094,6 +1099,21 @@ acts_ensure(Network *net, int B, int T, size_t N, size_t nprobs, bool train,
 						 cause.message[0] ? ": " : "", cause.message);
 	}
 	return PEFT_OK;
+}
+
+/*
+ * Bytes the network holds for training: the trainable parameters with
+ * their gradients and Adam moments (twice on a device, which keeps its own
+ * copies), and the activation buffers.  The base weights are a shared
+ * read-only mapping and not counted.
+ */
+size_t
+network_memory(const Network *net, size_t *activations)
+{
+	size_t		params = net->params.total * sizeof(real) * 4;
+
+	*activations = net->act ? net->act->bytes : 0;
+	return params * (net->be->host_memory ? 1 : 2) + *activations;
 }
 
 /* Size the buffers once for the largest batch (B x T, every token real) a run will use. */

@@ -174,6 +174,8 @@ void		network_pin(Network *net, bool pin);
  * (B sequences of T tokens), so that its steps allocate nothing.
  */
 PeftCode	network_reserve(Network *net, int B, int T, bool train, PeftError *err);
+/* Bytes held for training: parameters, gradients, moments, activations (also in *activations). */
+size_t		network_memory(const Network *net, size_t *activations);
 
 /*
  * Fold LoRA, DoRA and (IA)^3 into private copies of the weights (and

@@ -94,6 +94,8 @@ check_train_options(const TrainOptions *o, PeftError *err)
 		return peft_fail(err, PEFT_ERR_INVALID, "warmup_ratio must be in [0, 1]");
 	if (!(o->max_grad_norm >= 0))
 		return peft_fail(err, PEFT_ERR_INVALID, "max_grad_norm must be non-negative");
+	if (o->max_steps < 0)
+		return peft_fail(err, PEFT_ERR_INVALID, "max_steps must not be negative");
 	return PEFT_OK;
 }
 
@@ -128,12 +130,22 @@ trainer_create(Network *net, const Dataset *ds, const uint32_t *rows,
 	memcpy(tr->rows, rows, nrows * sizeof(uint32_t));
 	tr->nrows = nrows;
 	batches = (nrows + opts->batch_size - 1) / opts->batch_size;
-	tr->total_steps = (int) (opts->epochs * ((batches + opts->grad_accum - 1) / opts->grad_accum));
+	if (opts->max_steps == 0 &&
+		(double) opts->epochs * ((batches + opts->grad_accum - 1) / opts->grad_accum) > INT32_MAX)
+	{
+		trainer_free(tr);
+		return peft_fail(err, PEFT_ERR_INVALID, "epochs x steps per epoch exceeds %d steps", INT32_MAX);
+	}
+	/* as Hugging Face's max_steps: it replaces epochs, and the schedule spans it */
+	tr->total_steps = opts->max_steps > 0 ? opts->max_steps :
+		(int) (opts->epochs * ((batches + opts->grad_accum - 1) / opts->grad_accum));
 	peft_rng_seed(&tr->rng, opts->seed ^ 0x0bdeULL);
 	dataset_epoch_order(ds, tr->rows, nrows, opts->batch_size,
 						opts->group_by_length, &tr->rng, tr->order);
-	/* On a device: size the buffers once for the longest rows, so steps allocate nothing. */
-	if (!net->be->host_memory)
+	/*
+	 * Size the buffers once for the longest rows, so steps allocate nothing
+	 * (and peft.max_train_memory sees them before the first step).
+	 */
 	{
 		int			longest = 1;
 
@@ -149,6 +161,13 @@ trainer_create(Network *net, const Dataset *ds, const uint32_t *rows,
 	network_pin(net, true);
 	*out = tr;
 	return PEFT_OK;
+}
+
+/* Bytes of the row order arrays. */
+size_t
+trainer_memory(const Trainer *tr)
+{
+	return tr->nrows * sizeof(uint32_t) * 2;
 }
 
 /* Total optimizer steps of the run. */
@@ -250,15 +269,16 @@ trainer_step(Trainer *tr, TrainStep *st, PeftError *err)
 	st->total_steps = tr->total_steps;
 
 	/* next epoch: a fresh order */
+	st->done = tr->step >= tr->total_steps;
 	if (tr->position >= tr->nrows)
 	{
+		st->epoch_end = true;
 		tr->position = 0;
 		tr->epoch++;
-		if (tr->epoch < o->epochs)
+		if (!st->done)
 			dataset_epoch_order(tr->ds, tr->rows, tr->nrows, o->batch_size,
 								o->group_by_length, &tr->rng, tr->order);
 	}
-	st->done = tr->step >= tr->total_steps;
 	return PEFT_OK;
 }
 

@@ -35,6 +35,7 @@ typedef struct TrainOptions
 	int			warmup_steps;
 	ScheduleKind schedule;
 	double		max_grad_norm;	/* 0: no clipping */
+	int			max_steps;		/* > 0: exactly this many steps, over as many epochs as it takes */
 	bool		group_by_length;
 	uint64_t	seed;
 } TrainOptions;
@@ -57,6 +58,7 @@ typedef struct TrainStep
 	double		learning_rate;	/* used by this step */
 	int			rows;			/* rows processed by this step */
 	int			tokens;			/* real (non-pad) tokens processed */
+	bool		epoch_end;		/* this step finished a pass over the rows */
 	bool		done;			/* no steps remain */
 } TrainStep;
 
@@ -67,6 +69,8 @@ PeftCode	trainer_create(Network *net, const Dataset *ds, const uint32_t *rows,
 /* Run one optimizer step; step->done when training is complete. */
 PeftCode	trainer_step(Trainer *tr, TrainStep *step, PeftError *err);
 int			trainer_total_steps(const Trainer *tr);
+/* Bytes the trainer holds besides the network and the data (row orders). */
+size_t		trainer_memory(const Trainer *tr);
 void		trainer_free(Trainer *tr);
 
 /* Clip gradients to max_norm (0: none); returns the norm before clipping. */

@@ -1,5 +1,6 @@
-# Resource limits: a job whose tokenised rows exceed peft.max_train_memory
-# fails with an error naming the setting, and peft_train with no free
+# Resource limits: a job whose tokenised rows, or whose rows with its
+# training state, exceed peft.max_train_memory fails with an error naming the
+# setting, and peft_train with no free
 # background-worker slot fails at call time instead of losing the job.
 use strict;
 use warnings;
@@ -38,6 +39,14 @@ is($node->safe_psql('postgres', "SELECT status FROM peft.jobs WHERE adapter = 'b
 	'failed', 'the job row says failed');
 like($node->safe_psql('postgres', "SELECT error FROM peft.jobs WHERE adapter = 'big'"),
 	qr/peft\.max_train_memory/, 'the job row keeps the error');
+is($node->safe_psql('postgres', "SELECT count(*) FROM peft.adapters"), '0', 'no adapter row');
+
+# 100 rows fit, but the training state does not: the limit counts the
+# activations of a 64-row batch (and parameters, moments, row orders) too.
+($rc, $out, $err) = $node->psql('postgres',
+	"SELECT peft_train('state', 'tiny', 'small', 'body', 'label', options => '{\"epochs\": 1, \"batch_size\": 64}', wait => true)");
+like($err, qr/training needs \d+ kB \(rows \d+ kB, parameters and optimizer \d+ kB, activations \d+ kB\), over the memory limit of 1024 kB: raise peft\.max_train_memory/,
+	'a job whose training state exceeds peft.max_train_memory fails, saying what it needs');
 is($node->safe_psql('postgres', "SELECT count(*) FROM peft.adapters"), '0', 'no adapter row');
 
 # The only worker slot busy (a job waiting for an open transaction): the
