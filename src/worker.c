@@ -213,6 +213,7 @@ LoadJobAfterCaller(Job *job)
 	StartTransactionCommand();
 	XactLockTableWait(job->args.caller_xid, NULL, NULL, XLTW_None);
 	CommitTransactionCommand();
+	MemoryContextSwitchTo(job->context);	/* commit left TopMemoryContext current */
 
 	BeginStep();
 	ExecText(psprintf("SELECT %s FROM peft.job_rows WHERE id = $1::bigint", cols), 1, &id);
