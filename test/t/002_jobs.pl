@@ -7,6 +7,7 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use PeftTest;
 use Time::HiRes qw(time usleep);
 
 my $tiny = $ENV{PEFT_TINY_MODEL_DIR};
@@ -23,14 +24,7 @@ $node->start;
 $node->safe_psql('postgres', qq{
 	CREATE EXTENSION peft;
 	SELECT peft_register_model('tiny', '$tiny');
-	CREATE TABLE reviews (id int PRIMARY KEY, body text, sentiment text);
-	INSERT INTO reviews
-	SELECT i,
-	       (ARRAY['the','movie','was','and','it','service','food','place','we','went'])[1 + (i * 7) % 10] || ' ' ||
-	       (ARRAY['good','great','excellent','bad','terrible','awful','table','chair','city','river'])[1 + (i * 13) % 10] || ' ' ||
-	       (ARRAY['today','with','our','team','very','really','hotel','room'])[1 + (i * 3) % 8],
-	       CASE WHEN (i * 13) % 10 < 3 THEN 'positive' WHEN (i * 13) % 10 < 6 THEN 'negative' ELSE 'neutral' END
-	FROM generate_series(1, 20000) i;
+	@{[ reviews_sql('reviews', 20000) ]}
 });
 my $LONG = '{"epochs": 500, "batch_size": 8}';
 my $SHORT = '{"epochs": 2, "batch_size": 8}';

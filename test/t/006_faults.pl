@@ -16,6 +16,7 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use PeftTest;
 use Time::HiRes qw(time usleep);
 
 my $tiny = $ENV{PEFT_TINY_MODEL_DIR};
@@ -30,22 +31,6 @@ max_worker_processes = 16
 restart_after_crash = on
 });
 $node->start;
-
-# reviews: 20,000 learnable rows, so LONG runs for minutes; small: 600 rows.
-sub reviews_sql
-{
-	my ($table, $n) = @_;
-	return qq{
-	CREATE TABLE $table (id int PRIMARY KEY, body text, sentiment text);
-	INSERT INTO $table
-	SELECT i,
-	       (ARRAY['the','movie','was','and','it','service','food','place','we','went'])[1 + (i * 7) % 10] || ' ' ||
-	       (ARRAY['good','great','excellent','bad','terrible','awful','table','chair','city','river'])[1 + (i * 13) % 10] || ' ' ||
-	       (ARRAY['today','with','our','team','very','really','hotel','room'])[1 + (i * 3) % 8],
-	       CASE WHEN (i * 13) % 10 < 3 THEN 'positive' WHEN (i * 13) % 10 < 6 THEN 'negative' ELSE 'neutral' END
-	FROM generate_series(1, $n) i;
-	};
-}
 
 sub setup_sql
 {

@@ -23,6 +23,7 @@ use File::Basename qw(basename);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use PeftTest;
 
 my $tiny = $ENV{PEFT_TINY_MODEL_DIR};
 plan skip_all => 'PEFT_TINY_MODEL_DIR is not set' unless $tiny && -d $tiny;
@@ -32,23 +33,6 @@ my $node = PostgreSQL::Test::Cluster->new('security2');
 $node->init;
 $node->append_conf('postgresql.conf', "max_worker_processes = 16");
 $node->start;
-
-sub reviews_sql
-{
-	my ($table, $n, $body, $label) = @_;
-	$body //= 'body';
-	$label //= 'sentiment';
-	return qq{
-	CREATE TABLE $table (id int PRIMARY KEY, $body text, $label text);
-	INSERT INTO $table
-	SELECT i,
-	       (ARRAY['the','movie','was','and','it','service','food','place','we','went'])[1 + (i * 7) % 10] || ' ' ||
-	       (ARRAY['good','great','excellent','bad','terrible','awful','table','chair','city','river'])[1 + (i * 13) % 10] || ' ' ||
-	       (ARRAY['today','with','our','team','very','really','hotel','room'])[1 + (i * 3) % 8],
-	       CASE WHEN (i * 13) % 10 < 3 THEN 'positive' WHEN (i * 13) % 10 < 6 THEN 'negative' ELSE 'neutral' END
-	FROM generate_series(1, $n) i;
-	};
-}
 
 $node->safe_psql('postgres', qq{
 	CREATE EXTENSION peft;

@@ -24,25 +24,8 @@ $node->safe_psql('postgres', q{
 	SELECT peft_merge('ia3');
 });
 
-# Every version of every adapter, each made active in turn, scored on a few texts.
+# The texts every version of every adapter is scored on (version_predictions).
 my $TEXTS = q{ARRAY['the movie was great today', 'the food was awful', 'we went to the river', 'excellent hotel room']};
-sub predictions
-{
-	my ($db) = @_;
-	my @rows = split /\n/, $node->safe_psql($db, 'SELECT name, version, active FROM peft.adapters ORDER BY 1, 2');
-	my $out = '';
-	for my $row (@rows)
-	{
-		my ($name, $version, $active) = split /\|/, $row;
-		$out .= $node->safe_psql($db, qq{
-			BEGIN;
-			SELECT peft_activate('$name', $version);
-			SELECT '$name v$version ' || ord || ' ' || label || ' ' || score FROM peft_predict('$name', $TEXTS);
-			ROLLBACK;
-		}) . "\n";
-	}
-	return $out;
-}
 my $CATALOG = q{
 	SELECT 'model ' || name || ' ' || path || ' ' || checksum || ' ' || file_bytes || ' ' || coalesce(file_mtime::text, '-') FROM peft.models
 	UNION ALL
@@ -53,7 +36,7 @@ my $CATALOG = q{
 	SELECT 'job ' || id || ' ' || adapter || ' ' || status || ' ' || coalesce(step, 0) || ' ' || loss_history::text FROM peft.jobs
 	ORDER BY 1
 };
-my $before = predictions('postgres');
+my $before = version_predictions($node, 'postgres', $TEXTS);
 my $catalog = $node->safe_psql('postgres', $CATALOG);
 like($catalog, qr/^adapter copy 1 ia3/m, 'the source has an imported adapter');
 like($catalog, qr/^adapter ia3 1 ia3 classification true true /m, '... a merged one');
@@ -66,7 +49,7 @@ $node->command_ok([ 'pg_restore', '--exit-on-error', '-d', $node->connstr('resto
 
 is($node->safe_psql('restored', $CATALOG), $catalog,
 	'models, adapter versions (weights, configs, labels, metrics, active, merged) and jobs are restored');
-is(predictions('restored'), $before, 'every adapter version predicts identically after the restore');
+is(version_predictions($node, 'restored', $TEXTS), $before, 'every adapter version predicts identically after the restore');
 my $embed = q{SELECT peft_embed('tiny', 'good service', 'lora')::text};
 is($node->safe_psql('restored', $embed), $node->safe_psql('postgres', $embed), 'embeddings too');
 

@@ -38,24 +38,8 @@ $node->safe_psql('postgres', q{
 	SELECT peft_merge('lora', 1);
 });
 
+# The texts every version of every adapter is scored on (version_predictions).
 my $TEXTS = q{ARRAY['the movie was great today', 'the food was awful', 'we went to the river']};
-# Every version of every adapter, each made active in turn, scored on a few texts.
-sub predictions
-{
-	my @rows = split /\n/, $node->safe_psql('postgres', 'SELECT name, version FROM peft.adapters ORDER BY 1, 2');
-	my $out = '';
-	for my $row (@rows)
-	{
-		my ($name, $version) = split /\|/, $row;
-		$out .= $node->safe_psql('postgres', qq{
-			BEGIN;
-			SELECT peft_activate('$name', $version);
-			SELECT '$name v$version ' || ord || ' ' || label || ' ' || score FROM peft_predict('$name', $TEXTS);
-			ROLLBACK;
-		}) . "\n";
-	}
-	return $out;
-}
 my $ROWS = q{
 	SELECT 'adapter ' || name || ' ' || version || ' ' || method || ' ' || active || ' ' || merged || ' '
 	       || md5(weights) || ' ' || md5(config::text) || ' ' || coalesce(labels::text, '-')
@@ -64,7 +48,7 @@ my $ROWS = q{
 	SELECT 'job ' || id || ' ' || adapter || ' ' || status || ' ' || step FROM peft.jobs
 	ORDER BY 1
 };
-my $before = predictions();
+my $before = version_predictions($node, 'postgres', $TEXTS);
 my $rows = $node->safe_psql('postgres', $ROWS);
 is(scalar(() = $rows =~ /^adapter /mg), 5, 'five adapter versions at 0.1.0');
 is(scalar(() = $rows =~ /^job \d+ \w+ succeeded/mg), 4, 'four succeeded jobs at 0.1.0');
@@ -77,7 +61,7 @@ $node->safe_psql('postgres', 'ALTER EXTENSION peft UPDATE');
 is($node->safe_psql('postgres', q{SELECT extversion FROM pg_extension WHERE extname = 'peft'}), $current,
 	"updated to $current");
 is($node->safe_psql('postgres', $ROWS), $rows, 'every job and adapter version is there, unchanged');
-is(predictions(), $before, 'every old adapter version predicts identically');
+is(version_predictions($node, 'postgres', $TEXTS), $before, 'every old adapter version predicts identically');
 is($node->safe_psql('postgres', q{SELECT peft_verify_model('tiny')}), 't',
 	'peft_verify_model (new in 0.2.0) verifies the model registered at 0.1.0');
 my $job = train_and_wait($node, 'lora', 'small');

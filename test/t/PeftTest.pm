@@ -9,7 +9,7 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-our @EXPORT = qw(tiny_model_dir reviews_sql peft_node train_and_wait);
+our @EXPORT = qw(tiny_model_dir reviews_sql peft_node train_and_wait version_predictions);
 
 # The tiny model's folder; the whole test is skipped without it (./test/run
 # always generates it, so a skip there is a bug of the runner, not a pass).
@@ -20,12 +20,15 @@ sub tiny_model_dir
 	return $tiny;
 }
 
-# SQL creating a learnable table of $n three-class reviews (id, body, sentiment).
+# SQL creating a learnable table of $n three-class reviews: id, $body (text,
+# default body) and $label (the sentiment, default sentiment).
 sub reviews_sql
 {
-	my ($table, $n) = @_;
+	my ($table, $n, $body, $label) = @_;
+	$body //= 'body';
+	$label //= 'sentiment';
 	return qq{
-	CREATE TABLE $table (id int PRIMARY KEY, body text, sentiment text);
+	CREATE TABLE $table (id int PRIMARY KEY, $body text, $label text);
 	INSERT INTO $table
 	SELECT i,
 	       (ARRAY['the','movie','was','and','it','service','food','place','we','went'])[1 + (i * 7) % 10] || ' ' ||
@@ -64,6 +67,27 @@ sub train_and_wait
 	return $node->safe_psql($db, qq{
 		SELECT peft_train('$adapter', 'tiny', '$table', 'body', 'sentiment',
 		                  method => '$method', options => '$options', wait => true)});
+}
+
+# Every version of every adapter in $db, each made active in turn (in a
+# transaction rolled back), scored on the texts of the SQL array $texts: one
+# line per text, "name vN ord label score" (float8 text is exact).
+sub version_predictions
+{
+	my ($node, $db, $texts) = @_;
+	my @rows = split /\n/, $node->safe_psql($db, 'SELECT name, version FROM peft.adapters ORDER BY 1, 2');
+	my $out = '';
+	for my $row (@rows)
+	{
+		my ($name, $version) = split /\|/, $row;
+		$out .= $node->safe_psql($db, qq{
+			BEGIN;
+			SELECT peft_activate('$name', $version);
+			SELECT '$name v$version ' || ord || ' ' || label || ' ' || score FROM peft_predict('$name', $texts);
+			ROLLBACK;
+		}) . "\n";
+	}
+	return $out;
 }
 
 1;
