@@ -12,12 +12,52 @@
 #include <stdlib.h>
 #include <string.h>
 
+static bool any_target(const bool flags[BERT_NUM_LINEAR]);
+
+/* The head's names as PEFT saves them, and as ours are declared. */
+#define HEAD_PREFIX "base_model.model.classifier."
+#define PROMPT_HEAD_PREFIX "base_model.classifier."
+/* PEFT's LoRA with bias "all" also saves these two copies of the head's bias (ModulesToSaveWrapper's). */
+static const char *const lora_bias_all_head_copies[] = {
+	"base_model.model.classifier.modules_to_save.bias", "base_model.model.classifier.original_module.bias"
+};
+
+/*
+ * Whether the network is one of PEFT's prompt-learning adapters (prompt or
+ * prefix tuning alone): PEFT wraps the model itself, not a LoraModel around
+ * it, so the head it saves is base_model.classifier.*, without ".model".
+ */
+static bool
+prompt_learning_only(const NetworkOptions *o)
+{
+	for (int w = 0; w < BERT_NUM_LINEAR; w++)
+		if (o->lora.targets[w] || o->ia3.targets[w])
+			return false;
+	return (o->prompt_tokens > 0 || o->prefix_tokens > 0) && !o->bitfit && o->bottleneck.reduction == 0;
+}
+
+/* The name parameter i is saved under (PEFT's for this kind of adapter). */
+static const char *
+saved_name(const Network *net, int i, char *buf, size_t len)
+{
+	const char *name = net->params.items[i].name;
+
+	if (prompt_learning_only(&net->opts) && strncmp(name, HEAD_PREFIX, strlen(HEAD_PREFIX)) == 0)
+	{
+		snprintf(buf, len, "%s%s", PROMPT_HEAD_PREFIX, name + strlen(HEAD_PREFIX));
+		return buf;
+	}
+	return name;
+}
+
 /* Serialise every trainable parameter (malloc'ed bytes). */
 PeftCode
 adapter_serialize(const Network *net, uint8_t **out, size_t *len, PeftError *err)
 {
 	const ParamSet *ps = &net->params;
-	StWriteTensor *tensors = calloc(ps->count ? ps->count : 1, sizeof(StWriteTensor));
+	/* room for the pooler bias and the head bias's two copies */
+	StWriteTensor *tensors = calloc(ps->count + 3, sizeof(StWriteTensor));
+	char	  (*names)[128] = calloc(ps->count ? ps->count : 1, sizeof(*names));
 	static const char *const keys[] = {"format"};
 	static const char *const values[] = {"pt"};
 	PeftCode	rc;
@@ -26,11 +66,15 @@ adapter_serialize(const Network *net, uint8_t **out, size_t *len, PeftError *err
 	real	   *pooler_bias = NULL;
 	int			n = ps->count;
 
-	if (tensors == NULL)
+	if (tensors == NULL || names == NULL)
+	{
+		free(tensors);
+		free(names);
 		return peft_fail(err, PEFT_ERR_NOMEM, "out of memory serialising the adapter");
+	}
 	for (int i = 0; i < ps->count; i++)
 	{
-		tensors[i].name = ps->items[i].name;
+		tensors[i].name = saved_name(net, i, names[i], sizeof(names[i]));
 		tensors[i].ndim = ps->items[i].ndim;
 		tensors[i].shape[0] = ps->items[i].shape[0];
 		tensors[i].shape[1] = ps->items[i].shape[1];
@@ -46,19 +90,17 @@ adapter_serialize(const Network *net, uint8_t **out, size_t *len, PeftError *err
 		 (pooler = st_find(net->base->file, "bert.pooler.dense.bias")) != NULL) &&
 		pooler->ndim == 1 && pooler->shape[0] > 0 && pooler->shape[0] <= (1 << 20))
 	{
-		StWriteTensor *grown = realloc(tensors, sizeof(StWriteTensor) * (n + 1));
-
 		pooler_bias = malloc(sizeof(real) * pooler->shape[0]);
-		if (grown == NULL || pooler_bias == NULL)
+		if (pooler_bias == NULL)
 		{
-			free(grown ? grown : tensors);
-			free(pooler_bias);
+			free(tensors);
+			free(names);
 			return peft_fail(err, PEFT_ERR_NOMEM, "out of memory serialising the adapter");
 		}
-		tensors = grown;
 		if ((rc = st_to_real(pooler, pooler_bias, pooler->shape[0], err)) != PEFT_OK)
 		{
 			free(tensors);
+			free(names);
 			free(pooler_bias);
 			return rc;
 		}
@@ -69,8 +111,22 @@ adapter_serialize(const Network *net, uint8_t **out, size_t *len, PeftError *err
 		tensors[n].data = pooler_bias;
 		n++;
 	}
+
+	/*
+	 * With a head, bias "all" also makes PEFT save the bias of the head's
+	 * ModulesToSaveWrapper twice more (the trained copy and the original
+	 * module's): the trained bias under both names, so the names are PEFT's.
+	 */
+	if (net->opts.bitfit && net->head_bias >= 0 && any_target(net->opts.lora.targets))
+		for (int k = 0; k < 2; k++)
+		{
+			tensors[n] = tensors[net->head_bias];
+			tensors[n].name = lora_bias_all_head_copies[k];
+			n++;
+		}
 	rc = st_serialize(tensors, n, keys, values, 1, out, len, err);
 	free(tensors);
+	free(names);
 	free(pooler_bias);
 	return rc;
 }
@@ -89,11 +145,14 @@ adapter_load_weights(Network *net, const uint8_t *bytes, size_t len, PeftError *
 		return rc;
 	/*
 	 * PEFT's LoRA with bias "all" also saves the pooler's bias, which
-	 * sentence embeddings never use: the only tensors tolerated beyond the
-	 * adapter's own.
+	 * sentence embeddings never use, and two copies of the head's bias: the
+	 * only tensors tolerated beyond the adapter's own.
 	 */
 	for (int i = 0; i < file->ntensors; i++)
-		if (strncmp(file->tensors[i].name, "base_model.model.pooler.", 24) == 0)
+		if (strncmp(file->tensors[i].name, "base_model.model.pooler.", 24) == 0 ||
+			(net->opts.bitfit &&
+			 (strcmp(file->tensors[i].name, lora_bias_all_head_copies[0]) == 0 ||
+			  strcmp(file->tensors[i].name, lora_bias_all_head_copies[1]) == 0)))
 			unused++;
 	if (file->ntensors - unused != ps->count)
 	{
@@ -107,8 +166,13 @@ adapter_load_weights(Network *net, const uint8_t *bytes, size_t len, PeftError *
 		const Param *p = &ps->items[i];
 		const StTensor *t;
 		real	   *dst = param_value(ps, i);
+		char		buf[128];
+		const char *name = saved_name(net, i, buf, sizeof(buf));
 
-		if ((rc = st_expect(file, p->name, p->ndim, p->shape, &t, err)) != PEFT_OK ||
+		/* prompt-learning heads as PEFT saves them, or as versions before 0.2.0 did */
+		if (st_find(file, name) == NULL && st_find(file, p->name) != NULL)
+			name = p->name;
+		if ((rc = st_expect(file, name, p->ndim, p->shape, &t, err)) != PEFT_OK ||
 			(rc = st_to_real(t, dst, p->count, err)) != PEFT_OK)
 			break;
 		for (size_t j = 0; j < p->count; j++)
@@ -216,14 +280,19 @@ adapter_parse_method(const char *name, unsigned *methods, PeftError *err)
 	return PEFT_OK;
 }
 
-/* A JSON array of the names of the linears flagged. */
+/*
+ * A JSON array of the names of the linears flagged, as PEFT writes them:
+ * "output.dense" matches both dense outputs by suffix (and no name selects
+ * the feed-forward one alone), so with it "attention.output.dense" is not
+ * written again.
+ */
 static cJSON *
 module_list(const bool flags[BERT_NUM_LINEAR])
 {
 	cJSON	   *list = cJSON_CreateArray();
 
 	for (int w = 0; list && w < BERT_NUM_LINEAR; w++)
-		if (flags[w])
+		if (flags[w] && !(w == BERT_ATTN_OUT && flags[BERT_OUTPUT]))
 			cJSON_AddItemToArray(list, cJSON_CreateString(bert_linear_name(w)));
 	return list;
 }
@@ -302,7 +371,8 @@ adapter_config_json(const Network *net, const char *base_model, char **out,
 		cJSON_AddStringToObject(root, "adapter_placement",
 								o->bottleneck.after_attention ? "houlsby" : "pfeiffer");
 	}
-	cJSON_AddBoolToObject(root, "fan_in_fan_out", 0);
+	if (lora || ia3)
+		cJSON_AddBoolToObject(root, "fan_in_fan_out", 0);	/* not a prompt-learning key */
 	cJSON_AddBoolToObject(root, "inference_mode", 1);
 	if (o->num_labels > 0)
 		cJSON_AddItemToArray(save, cJSON_CreateString("classifier"));

@@ -194,7 +194,8 @@ head_rows(const uint8_t *weights, size_t len, int *rows, PeftError *err)
 	if ((rc = st_open_buffer(weights, len, &file, err)) != PEFT_OK)
 		return rc;
 	for (int i = 0; i < file->ntensors; i++)
-		if (strcmp(file->tensors[i].name, "base_model.model.classifier.weight") == 0)
+		if (strcmp(file->tensors[i].name, "base_model.model.classifier.weight") == 0 ||
+			strcmp(file->tensors[i].name, "base_model.classifier.weight") == 0)
 		{
 			if (file->tensors[i].ndim != 2 || file->tensors[i].shape[0] < 1 ||
 				file->tensors[i].shape[0] > 100000)
