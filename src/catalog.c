@@ -6,11 +6,13 @@
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
+#include "lib/stringinfo.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/timestamp.h"
 
 #include "catalog.h"
+#include "worker.h"
 
 /* The role that owns the extension (and so the catalog tables). */
 Oid
@@ -182,4 +184,102 @@ CatalogHasColumn(const char *table, const char *column)
 							  2, types, values, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read pg_attribute");
 	return SPI_processed == 1;
+}
+
+/* A text[] literal of n strings ("{}" quoting of each), for SPI parameters. */
+char *
+CatalogTextArrayLiteral(int n, char *const *items)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfoChar(&buf, '{');
+	for (int i = 0; i < n; i++)
+	{
+		appendStringInfoString(&buf, i ? ",\"" : "\"");
+		for (const char *p = items[i]; *p; p++)
+		{
+			if (*p == '"' || *p == '\\')
+				appendStringInfoChar(&buf, '\\');
+			appendStringInfoChar(&buf, *p);
+		}
+		appendStringInfoChar(&buf, '"');
+	}
+	appendStringInfoChar(&buf, '}');
+	return buf.data;
+}
+
+/* Store a new adapter version as the extension owner; returns the version. */
+int
+CatalogInsertVersion(const CatalogVersion *v)
+{
+	Oid			types[11] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, BYTEAOID,
+		TEXTOID, INT8OID, TEXTOID, BOOLOID};
+	Datum		values[11];
+	char		nulls[11] = "           ";
+	OwnerContext octx;
+	bool		isnull;
+	int			version;
+
+	values[0] = CStringGetTextDatum(v->name);
+	values[1] = CStringGetTextDatum(v->base_model);
+	values[2] = CStringGetTextDatum(v->method);
+	values[3] = CStringGetTextDatum(v->task);
+	values[4] = CStringGetTextDatum(v->config);
+	values[5] = v->labels ? CStringGetTextDatum(v->labels) : (Datum) 0;
+	nulls[5] = v->labels ? ' ' : 'n';
+	values[6] = PointerGetDatum(v->weights);
+	values[7] = CStringGetTextDatum(v->metrics);
+	values[8] = Int64GetDatum(v->job);
+	nulls[8] = v->job ? ' ' : 'n';
+	values[9] = CStringGetTextDatum(GetUserNameFromId(v->owner, false));
+	values[10] = BoolGetDatum(v->activate);
+
+	/* checked at call time too; again here, as another role may have used the name since */
+	CheckAdapterNameOwner(v->name, v->owner);
+	CatalogAsOwner(&octx);
+	if (SPI_execute_with_args("SELECT pg_catalog.pg_advisory_xact_lock("
+							  "pg_catalog.hashtext('peft.adapters:' OPERATOR(pg_catalog.||) $1))",
+							  1, types, values, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not lock the adapter name");
+	if (v->activate &&
+		SPI_execute_with_args("UPDATE peft.adapters SET active = false WHERE name = $1 AND active",
+							  1, types, values, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not deactivate the adapter's versions");
+	if (SPI_execute_with_args("INSERT INTO peft.adapters (name, version, base_model, method, task, "
+							  "  config, labels, weights, metrics, job, owner, active) "
+							  "SELECT $1, coalesce(max(version), 0) + 1, $2, $3, $4, $5::jsonb, "
+							  "  $6::text[], $7, $8::jsonb, $9, $10::name, $11 "
+							  "FROM peft.adapters WHERE name = $1 RETURNING version",
+							  11, types, values, nulls, false, 0) != SPI_OK_INSERT_RETURNING ||
+		SPI_processed != 1)
+		elog(ERROR, "could not insert the adapter");
+	version = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	CatalogAsCaller(&octx);
+	return version;
+}
+
+/* Record a training job as the extension owner; returns its id. */
+int64
+CatalogInsertJob(char *const *fields)
+{
+	Oid			types[JOB_NUM_FIELDS];
+	Datum		values[JOB_NUM_FIELDS];
+	OwnerContext octx;
+	int64		id;
+
+	for (int i = 0; i < JOB_NUM_FIELDS; i++)
+	{
+		types[i] = TEXTOID;
+		values[i] = CStringGetTextDatum(fields[i]);
+	}
+	CatalogAsOwner(&octx);
+	if (SPI_execute_with_args("INSERT INTO peft.job_rows (adapter, base_model, method, task, "
+							  "data, input_column, label_column, options, owner, search_path) "
+							  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10) RETURNING id",
+							  JOB_NUM_FIELDS, types, values, NULL, false, 1) != SPI_OK_INSERT_RETURNING)
+		elog(ERROR, "could not record the job");
+	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &(bool){false}));
+	CatalogAsCaller(&octx);
+	return id;
 }

@@ -47,6 +47,39 @@ extern void CheckAdapterNameOwner(const char *name, Oid role);
 /* Look up a model by name as the caller; ERROR if absent. */
 extern CatalogModel *CatalogGetModel(const char *name);
 
+/* A new adapter version, as CatalogInsertVersion stores it. */
+typedef struct CatalogVersion
+{
+	const char *name;
+	const char *base_model;		/* the registered model's name */
+	const char *method;			/* canonical, e.g. "dora+bitfit" */
+	const char *task;			/* classification, regression or embedding */
+	const char *config;			/* adapter_config.json text */
+	const char *labels;			/* text[] literal of the class names (CatalogTextArrayLiteral);
+								 * NULL for regression and embedding */
+	bytea	   *weights;		/* adapter_model.safetensors bytes */
+	const char *metrics;		/* JSON */
+	int64		job;			/* the training job, 0 for none */
+	Oid			owner;			/* the role the version belongs to */
+	bool		activate;
+} CatalogVersion;
+
+/*
+ * Store a new version of v->name (numbered under a lock on the name, so
+ * concurrent callers get distinct versions; activated if asked) after
+ * checking v->owner's right to the name; returns the version.  Inside SPI.
+ */
+extern int	CatalogInsertVersion(const CatalogVersion *v);
+
+/* A text[] literal of n strings, for SPI parameters. */
+extern char *CatalogTextArrayLiteral(int n, char *const *items);
+
+/*
+ * Record a training job (the JOB_NUM_FIELDS columns of worker.h's JobField
+ * order, as text) as the extension owner; returns its id.  Inside SPI.
+ */
+extern int64 CatalogInsertJob(char *const *fields);
+
 /* Whether peft.<table> has column (columns added by updates; inside SPI). */
 extern bool CatalogHasColumn(const char *table, const char *column);
 

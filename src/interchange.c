@@ -30,85 +30,6 @@ PG_FUNCTION_INFO_V1(peft_import);
 PG_FUNCTION_INFO_V1(peft_merge);
 PG_FUNCTION_INFO_V1(peft_combine);
 
-/* Labels as a text[] literal for SPI ("{}" quoting of each element). */
-static char *
-LabelsLiteral(int n, char **labels)
-{
-	StringInfoData buf;
-
-	initStringInfo(&buf);
-	appendStringInfoChar(&buf, '{');
-	for (int i = 0; i < n; i++)
-	{
-		appendStringInfoString(&buf, i ? ",\"" : "\"");
-		for (const char *p = labels[i]; *p; p++)
-		{
-			if (*p == '"' || *p == '\\')
-				appendStringInfoChar(&buf, '\\');
-			appendStringInfoChar(&buf, *p);
-		}
-		appendStringInfoChar(&buf, '"');
-	}
-	appendStringInfoChar(&buf, '}');
-	return buf.data;
-}
-
-/*
- * Insert a new version of name (numbered under a lock, so concurrent
- * callers get distinct versions) as the owner, owned by the caller;
- * returns the version.  labels NULL for regression and embedding adapters.
- */
-static int
-InsertVersion(const char *name, const char *base_model, const char *method, const char *task,
-			  const char *config, const char *labels, bytea *weights, const char *metrics,
-			  bool activate)
-{
-	Oid			types[9] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, BYTEAOID,
-		TEXTOID, BOOLOID};
-	Datum		values[9];
-	char		nulls[9] = "         ";
-	char	   *owner = GetUserNameFromId(GetUserId(), false);
-	OwnerContext octx;
-	bool		isnull;
-	int			version;
-
-	values[0] = CStringGetTextDatum(name);
-	values[1] = CStringGetTextDatum(base_model);
-	values[2] = CStringGetTextDatum(method);
-	values[3] = CStringGetTextDatum(task);
-	values[4] = CStringGetTextDatum(config);
-	values[5] = labels ? CStringGetTextDatum(labels) : (Datum) 0;
-	nulls[5] = labels ? ' ' : 'n';
-	values[6] = PointerGetDatum(weights);
-	values[7] = CStringGetTextDatum(metrics);
-	values[8] = BoolGetDatum(activate);
-	CheckAdapterNameOwner(name, GetUserId());
-	CatalogAsOwner(&octx);
-	if (SPI_execute_with_args("SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('peft.adapters:' || $1))",
-							  1, types, values, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not lock the adapter name");
-	if (activate &&
-		SPI_execute_with_args("UPDATE peft.adapters SET active = false WHERE name = $1 AND active",
-							  1, types, values, NULL, false, 0) != SPI_OK_UPDATE)
-		elog(ERROR, "could not deactivate the adapter's versions");
-	if (SPI_execute_with_args("INSERT INTO peft.adapters (name, version, base_model, method, task, "
-							  "  config, labels, weights, metrics, owner, active) "
-							  "SELECT $1, coalesce(max(version), 0) + 1, $2, $3, $4, $5::jsonb, "
-							  "  $6::text[], $7, $8::jsonb, $10::name, $9 "
-							  "FROM peft.adapters WHERE name = $1 RETURNING version",
-							  10, (Oid[]) {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
-								  BYTEAOID, TEXTOID, BOOLOID, TEXTOID},
-							  (Datum[]) {values[0], values[1], values[2], values[3], values[4],
-								  values[5], values[6], values[7], values[8],
-								  CStringGetTextDatum(owner)},
-							  (char[]) {' ', ' ', ' ', ' ', ' ', nulls[5], ' ', ' ', ' ', ' '},
-							  false, 0) != SPI_OK_INSERT_RETURNING || SPI_processed != 1)
-		elog(ERROR, "could not insert the adapter");
-	version = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	CatalogAsCaller(&octx);
-	return version;
-}
-
 /* The head's labels of an import: given, or "0" .. "K-1"; checked against K. */
 static char *
 ImportLabels(ArrayType *given, int K)
@@ -122,7 +43,7 @@ ImportLabels(ArrayType *given, int K)
 	{
 		for (int i = 0; i < K; i++)
 			labels[i] = psprintf("%d", i);
-		return LabelsLiteral(K, labels);
+		return CatalogTextArrayLiteral(K, labels);
 	}
 	deconstruct_array(given, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
 	if (n != K)
@@ -142,7 +63,7 @@ ImportLabels(ArrayType *given, int K)
 						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 						 errmsg("label \"%s\" appears twice", labels[i])));
 	}
-	return LabelsLiteral(K, labels);
+	return CatalogTextArrayLiteral(K, labels);
 }
 
 /*
@@ -212,8 +133,10 @@ peft_import(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("labels are given, but the adapter has no classification head")));
-	version = InsertVersion(name, model_name, info.method, resolved, config, labels_literal,
-							weights, "{\"imported\": true}", activate);
+	version = CatalogInsertVersion(&(CatalogVersion) {
+		.name = name, .base_model = model_name, .method = info.method, .task = resolved,
+			.config = config, .labels = labels_literal, .weights = weights,
+			.metrics = "{\"imported\": true}", .owner = GetUserId(), .activate = activate});
 	SPI_finish();
 	PG_RETURN_INT32(version);
 }
@@ -412,11 +335,13 @@ peft_combine(PG_FUNCTION_ARGS)
 	if (PeftEngine()->adapter_inspect(model, out_config, strlen(out_config),
 									  (const uint8_t *) VARDATA(stored), out_len, &info, &err) != PEFT_OK)
 		PeftRaiseEngineError(&err);
-	version = InsertVersion(name, base_model, info.method,
-							info.num_labels == 0 ? "embedding" : task, out_config,
-							info.num_labels >= 2 ? labels : NULL, stored,
-							psprintf("{\"combined\": {\"combination\": \"%s\", \"sources\": %d}}",
-									 combination, n), activate);
+	version = CatalogInsertVersion(&(CatalogVersion) {
+		.name = name, .base_model = base_model, .method = info.method,
+			.task = info.num_labels == 0 ? "embedding" : task, .config = out_config,
+			.labels = info.num_labels >= 2 ? labels : NULL, .weights = stored,
+			.metrics = psprintf("{\"combined\": {\"combination\": \"%s\", \"sources\": %d}}",
+								combination, n),
+			.owner = GetUserId(), .activate = activate});
 	PeftEngine()->free_buffer(out_config);
 	SPI_finish();
 	PG_RETURN_INT32(version);

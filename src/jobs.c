@@ -473,23 +473,7 @@ peft_train(PG_FUNCTION_ARGS)
 
 	if (!wait)
 	{
-		Oid			jtypes[JOB_NUM_FIELDS];
-		Datum		jvalues[JOB_NUM_FIELDS];
-		OwnerContext octx;
-
-		for (int i = 0; i < JOB_NUM_FIELDS; i++)
-		{
-			jtypes[i] = TEXTOID;
-			jvalues[i] = CStringGetTextDatum(fields[i]);
-		}
-		CatalogAsOwner(&octx);
-		if (SPI_execute_with_args("INSERT INTO peft.job_rows (adapter, base_model, method, task, "
-								  "data, input_column, label_column, options, owner, search_path) "
-								  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10) RETURNING id",
-								  JOB_NUM_FIELDS, jtypes, jvalues, NULL, false, 1) != SPI_OK_INSERT_RETURNING)
-			elog(ERROR, "could not record the job");
-		CatalogAsCaller(&octx);
-		job_id = atoll(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
+		job_id = CatalogInsertJob(fields);
 		args.job_id = job_id;
 		args.caller_xid = GetTopTransactionId();
 		SPI_finish();

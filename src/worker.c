@@ -186,12 +186,7 @@ RecordJobFromShared(Job *job)
 		p += strlen(p) + 1;
 	}
 	BeginStep();
-	if (ExecText("INSERT INTO peft.job_rows (adapter, base_model, method, task, data, "
-				 "input_column, label_column, options, owner, search_path) "
-				 "VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10) RETURNING id",
-				 JOB_NUM_FIELDS, (const char **) job->fields) != SPI_OK_INSERT_RETURNING)
-		elog(ERROR, "could not record the job");
-	job->id = atoll(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
+	job->id = CatalogInsertJob(job->fields);
 	EndStep();
 	job->shared->job_id = job->id;
 	pg_atomic_write_u32(&job->shared->stage, WAIT_STAGE_JOB_RECORDED);
@@ -624,29 +619,6 @@ EvaluateEpoch(Job *job, int epoch)
 	return json;
 }
 
-/* The labels as a text[] literal. */
-static char *
-LabelsLiteral(Job *job)
-{
-	StringInfoData buf;
-
-	initStringInfo(&buf);
-	appendStringInfoChar(&buf, '{');
-	for (int i = 0; i < job->nlabels; i++)
-	{
-		appendStringInfoString(&buf, i ? ",\"" : "\"");
-		for (const char *p = job->labels[i]; *p; p++)
-		{
-			if (*p == '"' || *p == '\\')
-				appendStringInfoChar(&buf, '\\');
-			appendStringInfoChar(&buf, *p);
-		}
-		appendStringInfoChar(&buf, '"');
-	}
-	appendStringInfoChar(&buf, '}');
-	return buf.data;
-}
-
 /* Insert the adapter version and mark the job succeeded, in one transaction. */
 static void
 SaveAdapter(Job *job, const char *final_metrics, int64 train_rows, int64 valid_rows)
@@ -655,60 +627,40 @@ SaveAdapter(Job *job, const char *final_metrics, int64 train_rows, int64 valid_r
 	size_t		weights_len;
 	char	   *config;
 	PeftError	err = {0};
-	Oid			types[10] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
-	BYTEAOID, TEXTOID, INT8OID, BOOLOID};
-	Datum		values[10];
-	char		nulls[10] = "          ";
-	bytea	   *bytes;
+	CatalogVersion v = {0};
 	double		seconds = (GetCurrentTimestamp() - job->started) / 1e6;
 
-	if (job->engine->train_export(job->train, job->model_path, &weights, &weights_len,
+	/* base_model_name_or_path: the registered name, as peft_combine writes it */
+	if (job->engine->train_export(job->train, job->fields[JOB_BASE_MODEL], &weights, &weights_len,
 								  &config, &err) != PEFT_OK)
 		PeftRaiseEngineError(&err);
-	bytes = palloc(VARHDRSZ + weights_len);
-	SET_VARSIZE(bytes, VARHDRSZ + weights_len);
-	memcpy(VARDATA(bytes), weights, weights_len);
+	v.weights = palloc(VARHDRSZ + weights_len);
+	SET_VARSIZE(v.weights, VARHDRSZ + weights_len);
+	memcpy(VARDATA(v.weights), weights, weights_len);
 	job->engine->free_buffer(weights);
+	v.config = pstrdup(config);
+	job->engine->free_buffer(config);
 
-	values[0] = CStringGetTextDatum(job->fields[JOB_ADAPTER]);
-	values[1] = CStringGetTextDatum(job->fields[JOB_BASE_MODEL]);
-	values[2] = CStringGetTextDatum(job->fields[JOB_METHOD]);
-	values[3] = CStringGetTextDatum(job->fields[JOB_TASK]);
-	values[4] = CStringGetTextDatum(config);
-	values[5] = job->regression ? (Datum) 0 : CStringGetTextDatum(LabelsLiteral(job));
-	nulls[5] = job->regression ? 'n' : ' ';
-	values[6] = PointerGetDatum(bytes);
-	values[7] = CStringGetTextDatum(psprintf("{\"final\": %s, \"epochs\": [%s], "
-											 "\"train_rows\": %lld, \"valid_rows\": %lld, "
-											 "\"skipped_rows\": %lld, \"train_seconds\": %.3f, "
-											 "\"device\": \"%s\", \"memory\": %s}",
-											 final_metrics, job->epochs.data + 1,
-											 (long long) train_rows, (long long) valid_rows,
-											 (long long) job->skipped, seconds,
-											 job->engine->train_device(job->train),
-											 MemoryJson(job, true)));
-	values[8] = Int64GetDatum(job->id);
-	values[9] = BoolGetDatum(job->options.activate);
-	free(config);
+	v.name = job->fields[JOB_ADAPTER];
+	v.base_model = job->fields[JOB_BASE_MODEL];
+	v.method = job->fields[JOB_METHOD];
+	v.task = job->fields[JOB_TASK];
+	v.labels = job->regression ? NULL : CatalogTextArrayLiteral(job->nlabels, job->labels);
+	v.metrics = psprintf("{\"final\": %s, \"epochs\": [%s], "
+						 "\"train_rows\": %lld, \"valid_rows\": %lld, "
+						 "\"skipped_rows\": %lld, \"train_seconds\": %.3f, "
+						 "\"device\": \"%s\", \"memory\": %s}",
+						 final_metrics, job->epochs.data + 1,
+						 (long long) train_rows, (long long) valid_rows,
+						 (long long) job->skipped, seconds,
+						 job->engine->train_device(job->train), MemoryJson(job, true));
+	v.job = job->id;
+	v.owner = job->args.caller;
+	v.activate = job->options.activate;
 
 	BeginStep();
-	/* versions of one name are numbered under a lock: concurrent jobs get distinct ones */
-	ExecText("SELECT pg_advisory_xact_lock(hashtext('peft.adapters:' || $1))", 1,
-			 (const char **) &job->fields[JOB_ADAPTER]);
-	/* checked at call time too; again here, as another role may have used the name since */
-	CheckAdapterNameOwner(job->fields[JOB_ADAPTER], job->args.caller);
-	if (job->options.activate)
-		ExecText("UPDATE peft.adapters SET active = false WHERE name = $1 AND active", 1,
-				 (const char **) &job->fields[JOB_ADAPTER]);
-	if (SPI_execute_with_args("INSERT INTO peft.adapters (name, version, base_model, method, task, "
-							  "  config, labels, weights, metrics, job, owner, active) "
-							  "SELECT $1, coalesce(max(version), 0) + 1, $2, $3, $4, $5::jsonb, "
-							  "  $6::text[], $7, $8::jsonb, $9, j.owner, $10 "
-							  "FROM peft.job_rows j LEFT JOIN peft.adapters a ON a.name = $1 "
-							  "WHERE j.id = $9 AND j.worker_pid = pg_backend_pid() GROUP BY j.owner",
-							  10, types, values, nulls, false, 0) != SPI_OK_INSERT)
-		elog(ERROR, "could not insert the adapter");
-	CheckOwnRow(job);			/* an error rolls the adapter back */
+	(void) CatalogInsertVersion(&v);
+	/* the job's row must still be this worker's: if not, the error rolls the version back */
 	ExecText("UPDATE peft.job_rows SET status = 'succeeded', progress = 1, finished_at = now(), "
 			 "eta = '0'::interval WHERE id = $1::bigint AND worker_pid = pg_backend_pid()",
 			 1, (const char *[]) {JobIdText(job)});
