@@ -2,7 +2,7 @@
  * test_methods_reference.c - adapters saved by Hugging Face PEFT (LoRA,
  * rsLoRA, DoRA, (IA)^3 on all-MiniLM-L6-v2, with non-trivial weights;
  * test/fixtures/ref_methods.py) imported here give PEFT's last hidden
- * states within 1e-4, merged or not.  With $PEFT_EXPORT_DIR set, each
+ * states within 2e-5, merged or not.  With $PEFT_EXPORT_DIR set, each
  * imported adapter is also exported there (adapter_config.json,
  * adapter_model.safetensors and our outputs) for
  * test/fixtures/check_export.py to load back into PEFT.
@@ -19,6 +19,7 @@
 
 #include "adapter_io.h"
 #include "bert.h"
+#include "compare.h"
 #include "model_config.h"
 #include "network.h"
 #include "safetensors.h"
@@ -78,21 +79,30 @@ write_out(const char *dir, const char *name, const void *data, size_t len)
 }
 
 /*
- * Max |ours - PEFT's| over the real tokens: ours is [B, T, C], PEFT's are
- * packed, sequence i at rows offsets[i] .. offsets[i] + lengths[i].
+ * Our last hidden states agree with PEFT's within HIDDEN_TOLERANCE
+ * (measured: at most 3.8e-6 over the six methods, merged or not).
  */
-static double
-hidden_diff(const real *ours, const real *theirs, const int32_t *lengths, const int32_t *offsets,
-			int B, int T, int C)
-{
-	double		worst = 0;
+#define HIDDEN_TOLERANCE 2e-5
 
+/*
+ * Compare ours [B, T, C] with PEFT's over the real tokens (PEFT's are
+ * packed, sequence i at rows offsets[i] .. offsets[i] + lengths[i]);
+ * indices in messages are into PEFT's packed rows.
+ */
+static void
+check_hidden(const char *what, const real *ours, const real *theirs, const int32_t *lengths,
+			 const int32_t *offsets, int B, int T, int C)
+{
+	Compare		c;
+
+	compare_begin(&c, what, HIDDEN_TOLERANCE, 0);
 	for (int i = 0; i < B; i++)
 		for (int t = 0; t < lengths[i]; t++)
-			for (int c = 0; c < C; c++)
-				worst = fmax(worst, fabs((double) ours[((size_t) i * T + t) * C + c] -
-										 theirs[((size_t) offsets[i] + t) * C + c]));
-	return worst;
+			for (int ch = 0; ch < C; ch++)
+				compare_add(&c, ((size_t) offsets[i] + t) * C + ch,
+							ours[((size_t) i * T + t) * C + ch],
+							theirs[((size_t) offsets[i] + t) * C + ch]);
+	compare_end(&c);
 }
 
 /* Import PEFT's adapter of method, compare hidden states (and merged), export it. */
@@ -111,9 +121,9 @@ check_method(const char *method, bool mergeable)
 	real	   *expected, *hidden;
 	Batch		b = {0};
 	int			C;
-	double		diff;
 	const char *export_dir = getenv("PEFT_EXPORT_DIR");
 	char		path[1024];
+	char		what[128];
 
 	if (model == NULL)
 	{
@@ -148,9 +158,8 @@ check_method(const char *method, bool mergeable)
 		fail_msg("%s: %s", method, err.message);
 	hidden = malloc(sizeof(real) * n * C);
 	assert_int_equal(network_hidden_states(net, &b, hidden, &err), PEFT_OK);
-	diff = hidden_diff(hidden, expected, lengths, offsets, b.B, b.T, C);
-	print_message("%-12s imported from PEFT: max |hidden - PEFT's| = %.3g (limit 1e-4)\n", method, diff);
-	assert_true(diff < 1e-4);
+	snprintf(what, sizeof(what), "%s imported from PEFT: hidden", method);
+	check_hidden(what, hidden, expected, lengths, offsets, b.B, b.T, C);
 
 	if (export_dir)
 	{
@@ -188,9 +197,8 @@ check_method(const char *method, bool mergeable)
 	{
 		assert_int_equal(network_merge(net, &err), PEFT_OK);
 		assert_int_equal(network_hidden_states(net, &b, hidden, &err), PEFT_OK);
-		diff = hidden_diff(hidden, expected, lengths, offsets, b.B, b.T, C);
-		print_message("%-12s merged: max |hidden - PEFT's| = %.3g (limit 1e-4)\n", method, diff);
-		assert_true(diff < 1e-4);
+		snprintf(what, sizeof(what), "%s merged: hidden", method);
+		check_hidden(what, hidden, expected, lengths, offsets, b.B, b.T, C);
 	}
 	network_free(net);
 	free(config);

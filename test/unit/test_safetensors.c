@@ -21,6 +21,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "compare.h"
 #include "safetensors.h"
 
 #ifndef PEFT_SOURCE_DIR
@@ -1347,6 +1348,7 @@ test_tiny_model_dtypes(void **state)
 		const StTensor *h = st_find(f16, t->name);
 		const StTensor *b = st_find(bf16, t->name);
 		char		prefixed_name[256];
+		char		what[300];
 		real	   *ref;
 		real	   *half;
 		real	   *brain;
@@ -1371,20 +1373,14 @@ test_tiny_model_dtypes(void **state)
 		half = read_tensor(f16, t->name, &n);
 		brain = read_tensor(bf16, t->name, &n);
 		same = read_tensor(prefixed, prefixed_name, &n);
-		for (size_t k = 0; k < n; k++)
-		{
-			double		x = ref[k];
-
-			/* half: 11 significant bits, subnormal spacing 2^-24 */
-			if (fabs(half[k] - x) > fabs(x) * 0x1p-11 + 0x1p-25)
-				fail_msg("%s[%zu]: f16 %.9g vs f32 %.9g", t->name, k,
-						 (double) half[k], x);
-			/* bfloat16: 8 significant bits */
-			if (fabs(brain[k] - x) > fabs(x) * 0x1p-8)
-				fail_msg("%s[%zu]: bf16 %.9g vs f32 %.9g", t->name, k,
-						 (double) brain[k], x);
-			assert_true(same[k] == ref[k]);
-		}
+		/* half: 11 significant bits, subnormal spacing 2^-24 */
+		snprintf(what, sizeof(what), "%s f16 vs f32", t->name);
+		compare_close(what, half, ref, n, 0x1p-25, 0x1p-11);
+		/* bfloat16: 8 significant bits */
+		snprintf(what, sizeof(what), "%s bf16 vs f32", t->name);
+		compare_close(what, brain, ref, n, 0, 0x1p-8);
+		snprintf(what, sizeof(what), "%s prefixed vs f32", t->name);
+		compare_close(what, same, ref, n, 0, 0);
 		free(ref);
 		free(half);
 		free(brain);
