@@ -27,7 +27,7 @@
 
 static BertModel *model;
 
-/* Load the real model once (every test skips without it). */
+/* Load the real model once (absent: every test calls require_real_model). */
 static int
 setup(void **state)
 {
@@ -125,11 +125,7 @@ check_method(const char *method, bool mergeable)
 	char		path[1024];
 	char		what[128];
 
-	if (model == NULL)
-	{
-		print_message("real model absent: run scripts/fetch_model\n");
-		skip();
-	}
+	require_real_model(model != NULL);
 	config = fixture_file(method, "adapter_config.json", &config_len);
 	weights = fixture_file(method, "adapter_model.safetensors", &weights_len);
 	snprintf(path, sizeof(path), "test/fixtures/reference/methods/%s/outputs.safetensors", method);

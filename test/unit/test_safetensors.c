@@ -23,12 +23,12 @@
 
 #include "compare.h"
 #include "safetensors.h"
+#include "test_util.h"
 
 #ifndef PEFT_SOURCE_DIR
 #define PEFT_SOURCE_DIR "."
 #endif
 
-#define DEFAULT_MODEL_DIR "/var/cache/peft/all-MiniLM-L6-v2"
 
 /* Tiny-model folders written once by the group setup. */
 static char tiny_root[256];
@@ -1392,12 +1392,12 @@ test_tiny_model_dtypes(void **state)
 	st_close(prefixed);
 }
 
-/* The real all-MiniLM-L6-v2 file (skipped when not present). */
+/* The real all-MiniLM-L6-v2 file (require_real_model). */
 static void
 test_real_model(void **state)
 {
-	const char *dir = getenv("PEFT_MODEL_DIR");
-	char		path[1024];
+	const char *dir = real_model_dir();
+	char		path[4096 + 32];
 	StFile	   *file = NULL;
 	PeftError	err;
 	const StTensor *t;
@@ -1411,14 +1411,8 @@ test_real_model(void **state)
 	size_t		n;
 
 	(void) state;
-	if (dir == NULL || *dir == '\0')
-		dir = DEFAULT_MODEL_DIR;
+	require_real_model(dir != NULL);
 	snprintf(path, sizeof(path), "%s/model.safetensors", dir);
-	if (access(path, R_OK) != 0)
-	{
-		print_message("no %s (set PEFT_MODEL_DIR): skipped\n", path);
-		skip();
-	}
 	if (st_open_file(path, &file, &err) != PEFT_OK)
 		fail_msg("%s", err.message);
 
