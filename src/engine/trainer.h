@@ -36,6 +36,12 @@ typedef struct TrainOptions
 	ScheduleKind schedule;
 	double		max_grad_norm;	/* 0: no clipping */
 	bool		group_by_length;
+	/*
+	 * false: every epoch takes the rows in the order given (batch b is
+	 * rows[b * batch_size ...]), so a test can replay a reference run's
+	 * batches step by step; peft_train always shuffles.
+	 */
+	bool		shuffle;
 	uint64_t	seed;
 } TrainOptions;
 
@@ -68,9 +74,6 @@ PeftCode	trainer_create(Network *net, const Dataset *ds, const uint32_t *rows,
 PeftCode	trainer_step(Trainer *tr, TrainStep *step, PeftError *err);
 int			trainer_total_steps(const Trainer *tr);
 void		trainer_free(Trainer *tr);
-
-/* Clip gradients to max_norm (0: none); returns the norm before clipping. */
-double		clip_grad_norm(ParamSet *params, double max_norm);
 
 typedef struct EvalMetrics
 {

@@ -7,13 +7,17 @@
  * "if (d > max)" drops NaN, so a network that outputs NaN everywhere used
  * to report "max difference 0" and pass.  Every comparison prints the
  * largest absolute difference and the largest relative one (each with its
- * index) and fails in one of two ways:
+ * index) and holds the values to one of three tests:
  *
  *   elementwise (compare_begin, compare_close*): every element must have
  *     |got - want| <= atol + rtol * |want|, as numpy's allclose;
  *   normwise (compare_begin_norm, compare_close_norm): the largest
  *     |got - want| must be at most tol * max(max|got|, max|want|, floor),
- *     for tensors whose small elements carry only rounding noise.
+ *     for tensors whose small elements carry only rounding noise;
+ *   l2 (compare_begin_l2, compare_close_l2): ||got - want||_2 must be at
+ *     most tol * max(||got||_2, ||want||_2, floor), for weights after many
+ *     Adam steps, where a few elements whose gradient is at float-noise
+ *     level move by noise times the learning rate.
  *
  * Either compare whole arrays with compare_close*, or walk irregular
  * layouts with compare_begin*, compare_add for each pair, compare_end.
@@ -29,14 +33,21 @@
 
 #include "real.h"
 
+typedef enum CompareTest
+{
+	COMPARE_ELEMENTWISE,
+	COMPARE_NORMWISE,
+	COMPARE_L2
+} CompareTest;
+
 typedef struct Compare
 {
 	const char *what;
-	bool		normwise;		/* the normwise test instead of the elementwise one */
+	CompareTest test;
 	double		atol;			/* elementwise: |d| <= atol + rtol |want| */
 	double		rtol;
-	double		tol;			/* normwise: max |d| <= tol * scale */
-	double		floor;			/* normwise: least scale */
+	double		tol;			/* normwise and l2: difference <= tol * scale */
+	double		floor;			/* normwise and l2: least scale */
 	size_t		n;				/* pairs compared */
 	double		max_abs;		/* largest |got - want| */
 	size_t		max_abs_at;
@@ -44,6 +55,9 @@ typedef struct Compare
 	size_t		max_rel_at;
 	double		max_got;		/* largest |got| */
 	double		max_want;		/* largest |want| */
+	double		sum_d2;			/* sums of squares of the difference and operands */
+	double		sum_got2;
+	double		sum_want2;
 	double		worst;			/* elementwise: largest |d| / (atol + rtol |want|) */
 	size_t		worst_at;
 	double		worst_got;
@@ -60,6 +74,7 @@ compare_begin(Compare *c, const char *what, double atol, double rtol)
 {
 	*c = (Compare) {0};
 	c->what = what;
+	c->test = COMPARE_ELEMENTWISE;
 	c->atol = atol;
 	c->rtol = rtol;
 }
@@ -70,9 +85,17 @@ compare_begin_norm(Compare *c, const char *what, double tol, double floor)
 {
 	*c = (Compare) {0};
 	c->what = what;
-	c->normwise = true;
+	c->test = COMPARE_NORMWISE;
 	c->tol = tol;
 	c->floor = floor;
+}
+
+/* Start an l2 comparison named what: ||d|| <= tol * max(||got||, ||want||, floor). */
+static inline void
+compare_begin_l2(Compare *c, const char *what, double tol, double floor)
+{
+	compare_begin_norm(c, what, tol, floor);
+	c->test = COMPARE_L2;
 }
 
 /* Add the pair (got, want) found at index i of the caller's layout. */
@@ -85,7 +108,7 @@ compare_add(Compare *c, size_t i, double got, double want)
 	double		ratio;
 
 	c->n++;
-	/* written so that no comparison with NaN can be skipped silently */
+	/* checked first, so that no comparison below ever meets a NaN */
 	if (!isfinite(got) || !isfinite(want))
 	{
 		if (!c->nonfinite)
@@ -120,22 +143,29 @@ compare_add(Compare *c, size_t i, double got, double want)
 		c->max_got = fabs(got);
 	if (fabs(want) > c->max_want)
 		c->max_want = fabs(want);
+	c->sum_d2 += d * d;
+	c->sum_got2 += got * got;
+	c->sum_want2 += want * want;
 }
 
-/* The scale of a normwise comparison: max(max|got|, max|want|, floor). */
+/* The scale of a normwise or l2 comparison. */
 static inline double
 compare_scale(const Compare *c)
 {
-	double		s = c->max_got > c->max_want ? c->max_got : c->max_want;
+	double		s;
 
+	if (c->test == COMPARE_L2)
+		s = sqrt(c->sum_got2 > c->sum_want2 ? c->sum_got2 : c->sum_want2);
+	else
+		s = c->max_got > c->max_want ? c->max_got : c->max_want;
 	return s > c->floor ? s : c->floor;
 }
 
-/* Normwise relative difference: max |d| over the scale. */
+/* Normwise (largest difference) or l2 relative difference, over the scale. */
 static inline double
 compare_norm_error(const Compare *c)
 {
-	return c->max_abs / compare_scale(c);
+	return (c->test == COMPARE_L2 ? sqrt(c->sum_d2) : c->max_abs) / compare_scale(c);
 }
 
 /* Print the comparison's line and fail the test if it does not hold. */
@@ -145,15 +175,17 @@ compare_end(Compare *c)
 	if (c->nonfinite)
 		fail_msg("%s: element %zu is not finite: got %.9g, expected %.9g", c->what,
 				 c->nonfinite_at, c->nonfinite_got, c->nonfinite_want);
-	if (c->normwise)
+	if (c->test != COMPARE_ELEMENTWISE)
 	{
-		printf("%-34s max abs diff %.3g at %zu, max rel %.3g at %zu, normwise %.3g "
+		const char *kind = c->test == COMPARE_L2 ? "l2" : "normwise";
+
+		printf("%-34s max abs diff %.3g at %zu, max rel %.3g at %zu, %s %.3g "
 			   "(limit %.3g) over %zu values\n", c->what, c->max_abs, c->max_abs_at,
-			   c->max_rel, c->max_rel_at, compare_norm_error(c), c->tol, c->n);
-		if (!(c->max_abs <= c->tol * compare_scale(c)))
-			fail_msg("%s: max |got - expected| %.3g at element %zu is %.3g of the scale %.3g "
-					 "(limit %.3g)", c->what, c->max_abs, c->max_abs_at,
-					 compare_norm_error(c), compare_scale(c), c->tol);
+			   c->max_rel, c->max_rel_at, kind, compare_norm_error(c), c->tol, c->n);
+		if (!(compare_norm_error(c) <= c->tol))
+			fail_msg("%s: %s relative difference %.3g > %.3g (largest |got - expected| "
+					 "%.3g at element %zu)", c->what, kind, compare_norm_error(c), c->tol,
+					 c->max_abs, c->max_abs_at);
 	}
 	else
 	{
@@ -217,6 +249,20 @@ compare_close_norm(const char *what, const real *got, const real *want, size_t n
 	Compare		c;
 
 	compare_begin_norm(&c, what, tol, floor);
+	for (size_t i = 0; i < n; i++)
+		compare_add(&c, i, got[i], want[i]);
+	compare_end(&c);
+	return c;
+}
+
+/* Compare got[n] with want[n] in l2: ||d|| <= tol * max(||got||, ||want||, floor). */
+static inline Compare
+compare_close_l2(const char *what, const real *got, const real *want, size_t n,
+				 double tol, double floor)
+{
+	Compare		c;
+
+	compare_begin_l2(&c, what, tol, floor);
 	for (size_t i = 0; i < n; i++)
 		compare_add(&c, i, got[i], want[i]);
 	compare_end(&c);
