@@ -229,6 +229,63 @@ test_merged_cannot_train_and_bad_methods(void **state)
 	assert_int_equal(bits, PEFT_METHOD_DORA | PEFT_METHOD_BITFIT);
 }
 
+/* Safetensors bytes of net's parameters, plus an extra tensor when extra is set. */
+static uint8_t *
+weights_bytes(const Network *net, const char *extra, size_t *len)
+{
+	StWriteTensor t[64];
+	uint8_t    *bytes;
+	PeftError	err = {0};
+	int			n = net->params.count;
+
+	assert_true(n + 1 <= 64);
+	for (int i = 0; i < n; i++)
+	{
+		const Param *p = &net->params.items[i];
+
+		t[i] = (StWriteTensor) {p->name, p->ndim, {p->shape[0], p->shape[1]}, param_value(&net->params, i)};
+	}
+	if (extra != NULL)
+	{
+		t[n] = t[0];
+		t[n++].name = extra;
+	}
+	assert_int_equal(st_serialize(t, n, NULL, NULL, 0, &bytes, len, &err), PEFT_OK);
+	return bytes;
+}
+
+/*
+ * Adapter weights load only when they are exactly the adapter's tensors,
+ * all finite: a NaN, or a tensor the config does not name, is an error.
+ */
+static void
+test_load_rejects_bad_weights(void **state)
+{
+	Network    *net = random_network("lora");
+	Network    *copy = random_network("lora");
+	uint8_t    *bytes;
+	size_t		len;
+	PeftError	err = {0};
+
+	bytes = weights_bytes(net, NULL, &len);
+	assert_int_equal(adapter_load_weights(copy, bytes, len, &err), PEFT_OK);
+	free(bytes);
+
+	bytes = weights_bytes(net, "base_model.model.encoder.layer.0.attention.self.key.lora_A.weight", &len);
+	assert_int_equal(adapter_load_weights(copy, bytes, len, &err), PEFT_ERR_FORMAT);
+	print_message("an extra tensor: %s\n", err.message);
+	free(bytes);
+
+	param_value(&net->params, 3)[5] = NAN;
+	bytes = weights_bytes(net, NULL, &len);
+	assert_int_equal(adapter_load_weights(copy, bytes, len, &err), PEFT_ERR_FORMAT);
+	assert_non_null(strstr(err.message, "non-finite"));
+	print_message("a NaN: %s\n", err.message);
+	free(bytes);
+	network_free(net);
+	network_free(copy);
+}
+
 /*
  * Combinations as PEFT's add_weighted_adapter: weights (1, 0) give the
  * first adapter back (cat and linear); cat of (0.5, 0.5) gives half the
@@ -276,6 +333,7 @@ main(void)
 		cmocka_unit_test(test_round_trip),
 		cmocka_unit_test(test_merge),
 		cmocka_unit_test(test_merged_cannot_train_and_bad_methods),
+		cmocka_unit_test(test_load_rejects_bad_weights),
 		cmocka_unit_test(test_combine),
 	};
 
