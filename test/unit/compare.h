@@ -172,6 +172,8 @@ compare_norm_error(const Compare *c)
 static inline void
 compare_end(Compare *c)
 {
+	/* the failure message goes to stderr: keep the lines before it in order */
+	fflush(stdout);
 	if (c->nonfinite)
 		fail_msg("%s: element %zu is not finite: got %.9g, expected %.9g", c->what,
 				 c->nonfinite_at, c->nonfinite_got, c->nonfinite_want);
@@ -182,6 +184,7 @@ compare_end(Compare *c)
 		printf("%-34s max abs diff %.3g at %zu, max rel %.3g at %zu, %s %.3g "
 			   "(limit %.3g) over %zu values\n", c->what, c->max_abs, c->max_abs_at,
 			   c->max_rel, c->max_rel_at, kind, compare_norm_error(c), c->tol, c->n);
+		fflush(stdout);
 		if (!(compare_norm_error(c) <= c->tol))
 			fail_msg("%s: %s relative difference %.3g > %.3g (largest |got - expected| "
 					 "%.3g at element %zu)", c->what, kind, compare_norm_error(c), c->tol,
@@ -196,6 +199,7 @@ compare_end(Compare *c)
 			printf("%-34s max abs diff %.3g at %zu, max rel %.3g at %zu over %zu values "
 				   "(limit %.3g + %.3g |want|)\n", c->what, c->max_abs, c->max_abs_at,
 				   c->max_rel, c->max_rel_at, c->n, c->atol, c->rtol);
+		fflush(stdout);
 		if (!(c->worst <= 1))
 			fail_msg("%s: element %zu is %.9g, expected %.9g (|diff| %.3g > %.3g + %.3g * %.3g)",
 					 c->what, c->worst_at, c->worst_got, c->worst_want,

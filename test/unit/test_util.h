@@ -138,6 +138,7 @@ require_real_model(bool present)
 	if (present)
 		return;
 	why = real_model_expected();
+	fflush(stdout);
 	if (why != NULL)
 		fail_msg("the real model all-MiniLM-L6-v2 is missing although %s: "
 				 "run scripts/fetch_model or point PEFT_MODEL_DIR at it", why);
