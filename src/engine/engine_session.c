@@ -547,6 +547,28 @@ session_network_options(const PeftTrainConfig *c, const BertModel *bert, Network
 	return PEFT_OK;
 }
 
+/*
+ * The trainer's options of a training configuration: what the
+ * configuration does not say (Adam's betas and epsilon, length grouping,
+ * shuffling) keeps train_options_default's value.
+ */
+void
+session_train_options(const PeftTrainConfig *c, TrainOptions *t)
+{
+	train_options_default(t);
+	t->epochs = c->epochs;
+	t->batch_size = c->batch_size;
+	t->grad_accum = c->gradient_accumulation_steps;
+	t->learning_rate = c->learning_rate;
+	t->weight_decay = c->weight_decay;
+	t->warmup_ratio = c->warmup_ratio;
+	t->max_grad_norm = c->max_grad_norm;
+	t->schedule = c->schedule == PEFT_SCHEDULE_COSINE ? SCHEDULE_COSINE :
+		c->schedule == PEFT_SCHEDULE_CONSTANT ? SCHEDULE_CONSTANT : SCHEDULE_LINEAR;
+	t->seed = c->seed;
+	t->max_steps = c->max_steps;
+}
+
 /* Start a run: check what can be checked before any row arrives. */
 PeftCode
 session_train_begin(PeftModelHandle *model, const PeftTrainConfig *config,
@@ -650,18 +672,7 @@ session_train_prepare(PeftTrainJob *job, int num_labels, const int *label_map,
 		(rc = network_set_device(job->net, device_kind(c->device), gemm_precision(c->precision),
 								 err)) != PEFT_OK)
 		return rc;
-	train_options_default(&t);
-	t.epochs = c->epochs;
-	t.batch_size = c->batch_size;
-	t.grad_accum = c->gradient_accumulation_steps;
-	t.learning_rate = c->learning_rate;
-	t.weight_decay = c->weight_decay;
-	t.warmup_ratio = c->warmup_ratio;
-	t.max_grad_norm = c->max_grad_norm;
-	t.schedule = c->schedule == PEFT_SCHEDULE_COSINE ? SCHEDULE_COSINE :
-		c->schedule == PEFT_SCHEDULE_CONSTANT ? SCHEDULE_CONSTANT : SCHEDULE_LINEAR;
-	t.seed = c->seed;
-	t.max_steps = c->max_steps;
+	session_train_options(c, &t);
 	if ((rc = trainer_create(job->net, &job->data, job->train_rows, job->ntrain, &t,
 							 &job->trainer, err)) != PEFT_OK ||
 		(rc = check_train_memory(job, err)) != PEFT_OK)

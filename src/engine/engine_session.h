@@ -9,10 +9,13 @@
 #include "engine_api.h"
 #include "bert.h"
 #include "network.h"
+#include "trainer.h"
 
 /* Network options of a training configuration (also used by the CLI). */
 PeftCode	session_network_options(const PeftTrainConfig *c, const BertModel *bert,
 									NetworkOptions *o, PeftError *err);
+/* Trainer options of a training configuration (peft_train's; the reference test's). */
+void		session_train_options(const PeftTrainConfig *c, TrainOptions *t);
 
 void		session_configure(const PeftEngineSettings *settings);
 const char *session_train_device(PeftTrainJob *job);

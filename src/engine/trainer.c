@@ -2,7 +2,6 @@
  * trainer.c - optimizer steps, schedule, clipping and evaluation.
  */
 #include "trainer.h"
-#include "ops.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -42,6 +41,7 @@ train_options_default(TrainOptions *o)
 	o->schedule = SCHEDULE_LINEAR;
 	o->max_grad_norm = 1.0;
 	o->group_by_length = true;
+	o->shuffle = true;
 	o->seed = 42;
 }
 
@@ -99,6 +99,19 @@ check_train_options(const TrainOptions *o, PeftError *err)
 	return PEFT_OK;
 }
 
+/* Put this epoch's row order in tr->order: shuffled, or as given (opts.shuffle false). */
+static void
+epoch_order(Trainer *tr)
+{
+	const TrainOptions *o = &tr->opts;
+
+	if (!o->shuffle)
+		memcpy(tr->order, tr->rows, tr->nrows * sizeof(uint32_t));
+	else
+		dataset_epoch_order(tr->ds, tr->rows, tr->nrows, o->batch_size,
+							o->group_by_length, &tr->rng, tr->order);
+}
+
 /* Prepare training over the given rows. */
 PeftCode
 trainer_create(Network *net, const Dataset *ds, const uint32_t *rows,
@@ -140,8 +153,7 @@ trainer_create(Network *net, const Dataset *ds, const uint32_t *rows,
 	tr->total_steps = opts->max_steps > 0 ? opts->max_steps :
 		(int) (opts->epochs * ((batches + opts->grad_accum - 1) / opts->grad_accum));
 	peft_rng_seed(&tr->rng, opts->seed ^ 0x0bdeULL);
-	dataset_epoch_order(ds, tr->rows, nrows, opts->batch_size,
-						opts->group_by_length, &tr->rng, tr->order);
+	epoch_order(tr);
 	/*
 	 * Size the buffers once for the longest rows, so steps allocate nothing
 	 * (and peft.max_train_memory sees them before the first step).
@@ -188,22 +200,6 @@ trainer_free(Trainer *tr)
 	free(tr->order);
 	batch_buffer_free(&tr->buf);
 	free(tr);
-}
-
-/* Clip gradients to max_norm (0: none); returns the norm before clipping, as torch's clip_grad_norm_. */
-double
-clip_grad_norm(ParamSet *params, double max_norm)
-{
-	double		norm = sqrt(sum_squares(params->grads, params->total));
-	double		coef;
-
-	if (max_norm > 0)
-	{
-		coef = max_norm / (norm + 1e-6);
-		if (coef < 1.0)
-			scale_inplace(params->grads, (real) coef, params->total);
-	}
-	return norm;
 }
 
 /* Run one optimizer step over grad_accum micro-batches. */
@@ -276,8 +272,7 @@ trainer_step(Trainer *tr, TrainStep *st, PeftError *err)
 		tr->position = 0;
 		tr->epoch++;
 		if (!st->done)
-			dataset_epoch_order(tr->ds, tr->rows, tr->nrows, o->batch_size,
-								o->group_by_length, &tr->rng, tr->order);
+			epoch_order(tr);
 	}
 	return PEFT_OK;
 }

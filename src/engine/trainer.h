@@ -37,6 +37,12 @@ typedef struct TrainOptions
 	double		max_grad_norm;	/* 0: no clipping */
 	int			max_steps;		/* > 0: exactly this many steps, over as many epochs as it takes */
 	bool		group_by_length;
+	/*
+	 * false: every epoch takes the rows in the order given (batch b is
+	 * rows[b * batch_size ...]), so a test can replay a reference run's
+	 * batches step by step; peft_train always shuffles.
+	 */
+	bool		shuffle;
 	uint64_t	seed;
 } TrainOptions;
 
@@ -72,9 +78,6 @@ int			trainer_total_steps(const Trainer *tr);
 /* Bytes the trainer holds besides the network and the data (row orders). */
 size_t		trainer_memory(const Trainer *tr);
 void		trainer_free(Trainer *tr);
-
-/* Clip gradients to max_norm (0: none); returns the norm before clipping. */
-double		clip_grad_norm(ParamSet *params, double max_norm);
 
 typedef struct EvalMetrics
 {

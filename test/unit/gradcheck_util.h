@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "compare.h"
 #include "real.h"
 #include "rng.h"
 
@@ -78,8 +79,10 @@ typedef double (*LossFn) (void *ctx);
 typedef void (*BackwardFn) (void *ctx);
 
 /*
- * Compare analytic and numeric gradients of every input; print each
- * input's relative error and return the largest.
+ * Compare analytic and numeric gradients of every input (normwise: the
+ * largest difference over the largest gradient must stay under
+ * GRAD_TOLERANCE; NaN or infinity fails); print each input's figures and
+ * return the largest normwise error.
  */
 static double
 gradcheck(const char *op, void *ctx, LossFn loss, BackwardFn backward,
@@ -99,36 +102,30 @@ gradcheck(const char *op, void *ctx, LossFn loss, BackwardFn backward,
 	for (int i = 0; i < ninputs; i++)
 	{
 		GradInput  *in = &inputs[i];
-		double		max_diff = 0;
-		double		max_analytic = 0;
-		double		max_numeric = 0;
-		double		rel;
+		char		what[96];
+		Compare		c;
 
+		snprintf(what, sizeof(what), "gradcheck %s d%s", op, in->name);
+		compare_begin_norm(&c, what, GRAD_TOLERANCE, 1e-8);
 		for (size_t j = 0; j < in->n; j++)
 		{
 			real		saved = in->x[j];
 			double		plus;
 			double		minus;
-			double		numeric;
-			double		analytic = in->grad[j] - prefill[i][j];
 
 			in->x[j] = saved + GRAD_STEP;
 			plus = loss(ctx);
 			in->x[j] = saved - GRAD_STEP;
 			minus = loss(ctx);
 			in->x[j] = saved;
-			numeric = (plus - minus) / (2 * GRAD_STEP);
-
-			max_diff = fmax(max_diff, fabs(analytic - numeric));
-			max_analytic = fmax(max_analytic, fabs(analytic));
-			max_numeric = fmax(max_numeric, fabs(numeric));
+			compare_add(&c, j, in->grad[j] - prefill[i][j], (plus - minus) / (2 * GRAD_STEP));
 		}
-		rel = max_diff / fmax(fmax(max_analytic, max_numeric), 1e-8);
-		printf("gradcheck %-22s d%-6s rel err %.3e (max |grad| %.3e)\n",
-			   op, in->name, rel, max_analytic);
+		compare_end(&c);
 		/* A gradient that is zero everywhere would make the check vacuous. */
-		assert_true(max_analytic > 1e-3);
-		worst = fmax(worst, rel);
+		assert_true(c.max_got > 1e-3);
+		/* finite here: compare_end failed the test otherwise */
+		if (compare_norm_error(&c) > worst)
+			worst = compare_norm_error(&c);
 		free(prefill[i]);
 	}
 	return worst;

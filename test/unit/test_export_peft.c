@@ -28,10 +28,6 @@
 #include "safetensors.h"
 #include "test_util.h"
 
-/* (replaced by test_util.h's require_real_model once merged) */
-#define REQUIRE_REAL_MODEL(present) \
-	do { if (!(present)) { print_message("real model absent\n"); skip(); } } while (0)
-
 static const PeftEngineApi *api;
 static PeftModelHandle *model;
 static cJSON *fixture;
@@ -280,7 +276,7 @@ test_exports_match_peft(void **state)
 	int			problems = 0;
 	int			count = 0;
 
-	REQUIRE_REAL_MODEL(model != NULL);
+	require_real_model(model != NULL);
 	cJSON_ArrayForEach(m, methods)
 	{
 		problems += check_method(m->string, m);

@@ -16,6 +16,7 @@
 #include <math.h>
 #include <cmocka.h>
 
+#include "compare.h"
 #include "matmul.h"
 #include "rng.h"
 #include "threadpool.h"
@@ -63,7 +64,8 @@ check_product(bool ta, bool tb, int M, int N, int K, real beta, bool linear,
 	real	   *C0 = random_array((size_t) M * ldc);
 	real	   *C1 = malloc(sizeof(real) * M * ldc);
 	real	   *C2 = malloc(sizeof(real) * M * ldc);
-	double		worst = 0;
+	char		what[96];
+	Compare		cmp;
 
 	memcpy(C1, C0, sizeof(real) * M * ldc);
 	if (linear)
@@ -71,6 +73,10 @@ check_product(bool ta, bool tb, int M, int N, int K, real beta, bool linear,
 	else
 		matmul(ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
 			   M, N, K, alpha, A, lda, Bm, ldb, beta, C1, ldc);
+	snprintf(what, sizeof(what), "%s %dx%dx%d ta=%d tb=%d beta=%.1f (%d threads)",
+			 linear ? "linear" : "matmul", M, N, K, ta, tb, (double) beta, peft_threads_count());
+	/* element C[i, j] is index i * N + j */
+	compare_begin(&cmp, what, 1e-4, 1e-4);
 	for (int i = 0; i < M; i++)
 	{
 		for (int j = 0; j < N; j++)
@@ -81,15 +87,13 @@ check_product(bool ta, bool tb, int M, int N, int K, real beta, bool linear,
 			for (int k = 0; k < K; k++)
 				sum += op_at(A, lda, ta, i, k) * op_at(Bm, ldb, tb || linear, k, j);
 			want += alpha * sum;
-			if (fabs(C1[(size_t) i * ldc + j] - want) > 1e-4 * (1 + fabs(want)))
-				fail_msg("%dx%dx%d ta=%d tb=%d: C[%d,%d] = %.7g, expected %.7g",
-						 M, N, K, ta, tb, i, j, (double) C1[(size_t) i * ldc + j], want);
-			worst = fmax(worst, fabs(C1[(size_t) i * ldc + j] - want));
+			compare_add(&cmp, (size_t) i * N + j, C1[(size_t) i * ldc + j], want);
 		}
 		/* Columns past N (inside the stride) are untouched. */
 		for (int j = N; j < ldc; j++)
 			assert_true(C1[(size_t) i * ldc + j] == C0[(size_t) i * ldc + j]);
 	}
+	compare_end(&cmp);
 
 	memcpy(C2, C0, sizeof(real) * M * ldc);
 	if (linear)
@@ -98,9 +102,6 @@ check_product(bool ta, bool tb, int M, int N, int K, real beta, bool linear,
 		matmul(ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
 			   M, N, K, alpha, A, lda, Bm, ldb, beta, C2, ldc);
 	assert_memory_equal(C1, C2, sizeof(real) * M * ldc);
-	printf("%-7s %4d x %4d x %4d ta=%d tb=%d beta=%.1f: max abs err %.2e (%d threads)\n",
-		   linear ? "linear" : "matmul", M, N, K, ta, tb, (double) beta, worst,
-		   peft_threads_count());
 	free(A);
 	free(Bm);
 	free(bias);

@@ -14,6 +14,7 @@
 
 #include "adapter_io.h"
 #include "combine.h"
+#include "compare.h"
 #include "engine_api.h"
 #include "network.h"
 #include "test_util.h"
@@ -99,15 +100,27 @@ logits(Network *net, real *out)
 	assert_int_equal(network_forward(net, &b, false, out, NULL, &err), PEFT_OK);
 }
 
-/* Largest |a - b| over n values. */
-static double
-max_diff(const real *a, const real *b, int n)
+/* Eval-mode logits of the same head with no adapter at all. */
+static void
+head_only_logits(const Network *net, real *out)
 {
-	double		worst = 0;
+	NetworkOptions o = {0};
+	Network    *bare;
+	PeftError	err = {0};
+	const Param *w = &net->params.items[net->head_weight];
+	const Param *bias = &net->params.items[net->head_bias];
 
-	for (int i = 0; i < n; i++)
-		worst = fmax(worst, fabs((double) a[i] - b[i]));
-	return worst;
+	o.task = net->opts.task;
+	o.num_labels = net->opts.num_labels;
+	assert_int_equal(network_create(model, &o, &bare, &err), PEFT_OK);
+	assert_int_equal(bare->params.items[bare->head_weight].count, w->count);
+	memcpy(param_value(&bare->params, bare->head_weight), param_value(&net->params, net->head_weight),
+		   w->count * sizeof(real));
+	memcpy(param_value(&bare->params, bare->head_bias), param_value(&net->params, net->head_bias),
+		   bias->count * sizeof(real));
+	network_params_changed(bare);
+	logits(bare, out);
+	network_free(bare);
 }
 
 /* Config and weights of every method rebuild a network with the same outputs. */
@@ -129,6 +142,7 @@ test_round_trip(void **state)
 		size_t		len;
 		real		a[NB * 3], b[NB * 3];
 		char		name[64];
+		char		what[96];
 		PeftError	err = {0};
 
 		assert_int_equal(adapter_config_json(net, "tiny", &config, &err), PEFT_OK);
@@ -143,9 +157,8 @@ test_round_trip(void **state)
 			fail_msg("%s: %s", methods[k], err.message);
 		logits(net, a);
 		logits(copy, b);
-		print_message("%-22s %3d tensors, round trip max |diff| %.2e\n", methods[k],
-					  net->params.count, max_diff(a, b, NB * 3));
-		assert_true(max_diff(a, b, NB * 3) == 0);
+		snprintf(what, sizeof(what), "%s (%d tensors): round trip", methods[k], net->params.count);
+		compare_close(what, b, a, NB * 3, 0, 0);
 		free(config);
 		free(bytes);
 		network_free(net);
@@ -165,17 +178,21 @@ test_merge(void **state)
 	for (size_t k = 0; k < sizeof(methods) / sizeof(methods[0]); k++)
 	{
 		Network    *net = random_network(methods[k]);
-		real		before[NB * 3], after[NB * 3];
+		real		before[NB * 3], after[NB * 3], bare[NB * 3];
 		PeftError	err = {0};
-		double		diff;
+		char		what[96];
+		Compare		effect;
 
 		logits(net, before);
+		/* the adapter must change the outputs, or merged == unmerged proves nothing */
+		head_only_logits(net, bare);
+		snprintf(what, sizeof(what), "%s: adapter vs head only", methods[k]);
+		effect = compare_measure(what, before, bare, NB * 3);
+		assert_true(effect.max_abs > 1e-3);
 		assert_int_equal(network_merge(net, &err), PEFT_OK);
 		logits(net, after);
-		diff = max_diff(before, after, NB * 3);
-		print_message("%-22s merged vs unmerged max |diff| %.2e\n", methods[k], diff);
-		assert_true(diff < 1e-5);
-		assert_true(max_diff(before, after, NB * 3) >= 0);
+		snprintf(what, sizeof(what), "%s: merged vs unmerged", methods[k]);
+		compare_close(what, after, before, NB * 3, 1e-5, 0);
 		network_free(net);
 	}
 }
@@ -212,6 +229,63 @@ test_merged_cannot_train_and_bad_methods(void **state)
 	assert_int_equal(bits, PEFT_METHOD_DORA | PEFT_METHOD_BITFIT);
 }
 
+/* Safetensors bytes of net's parameters, plus an extra tensor when extra is set. */
+static uint8_t *
+weights_bytes(const Network *net, const char *extra, size_t *len)
+{
+	StWriteTensor t[64];
+	uint8_t    *bytes;
+	PeftError	err = {0};
+	int			n = net->params.count;
+
+	assert_true(n + 1 <= 64);
+	for (int i = 0; i < n; i++)
+	{
+		const Param *p = &net->params.items[i];
+
+		t[i] = (StWriteTensor) {p->name, p->ndim, {p->shape[0], p->shape[1]}, param_value(&net->params, i)};
+	}
+	if (extra != NULL)
+	{
+		t[n] = t[0];
+		t[n++].name = extra;
+	}
+	assert_int_equal(st_serialize(t, n, NULL, NULL, 0, &bytes, len, &err), PEFT_OK);
+	return bytes;
+}
+
+/*
+ * Adapter weights load only when they are exactly the adapter's tensors,
+ * all finite: a NaN, or a tensor the config does not name, is an error.
+ */
+static void
+test_load_rejects_bad_weights(void **state)
+{
+	Network    *net = random_network("lora");
+	Network    *copy = random_network("lora");
+	uint8_t    *bytes;
+	size_t		len;
+	PeftError	err = {0};
+
+	bytes = weights_bytes(net, NULL, &len);
+	assert_int_equal(adapter_load_weights(copy, bytes, len, &err), PEFT_OK);
+	free(bytes);
+
+	bytes = weights_bytes(net, "base_model.model.encoder.layer.0.attention.self.key.lora_A.weight", &len);
+	assert_int_equal(adapter_load_weights(copy, bytes, len, &err), PEFT_ERR_FORMAT);
+	print_message("an extra tensor: %s\n", err.message);
+	free(bytes);
+
+	param_value(&net->params, 3)[5] = NAN;
+	bytes = weights_bytes(net, NULL, &len);
+	assert_int_equal(adapter_load_weights(copy, bytes, len, &err), PEFT_ERR_FORMAT);
+	assert_non_null(strstr(err.message, "non-finite"));
+	print_message("a NaN: %s\n", err.message);
+	free(bytes);
+	network_free(net);
+	network_free(copy);
+}
+
 /*
  * Combinations as PEFT's add_weighted_adapter: weights (1, 0) give the
  * first adapter back (cat and linear); cat of (0.5, 0.5) gives half the
@@ -240,15 +314,13 @@ test_combine(void **state)
 	assert_int_equal(combine_lora(model, src, 2, w10, true, &c, &err), PEFT_OK);
 	assert_int_equal(c->opts.lora.r, 6);
 	logits(c, got);
-	print_message("cat (1, 0): max |diff| %.2e\n", max_diff(got, want, NB * 3));
-	assert_true(max_diff(got, want, NB * 3) < 1e-5);
+	compare_close("combine cat (1, 0)", got, want, NB * 3, 1e-5, 0);
 	network_free(c);
 	assert_int_equal(combine_lora(model, src, 2, w10, false, &c, &err), PEFT_ERR_INVALID);
 	src[1] = a;
 	assert_int_equal(combine_lora(model, src, 2, w10, false, &c, &err), PEFT_OK);
 	logits(c, got);
-	print_message("linear (1, 0): max |diff| %.2e\n", max_diff(got, want, NB * 3));
-	assert_true(max_diff(got, want, NB * 3) < 1e-5);
+	compare_close("combine linear (1, 0)", got, want, NB * 3, 1e-5, 0);
 	network_free(c);
 	network_free(a);
 	network_free(b);
@@ -261,6 +333,7 @@ main(void)
 		cmocka_unit_test(test_round_trip),
 		cmocka_unit_test(test_merge),
 		cmocka_unit_test(test_merged_cannot_train_and_bad_methods),
+		cmocka_unit_test(test_load_rejects_bad_weights),
 		cmocka_unit_test(test_combine),
 	};
 

@@ -20,12 +20,12 @@
 #include <unistd.h>
 
 #include "model_config.h"
+#include "test_util.h"
 
 #ifndef PEFT_SOURCE_DIR
 #define PEFT_SOURCE_DIR "."
 #endif
 
-#define DEFAULT_MODEL_DIR "/var/cache/peft/all-MiniLM-L6-v2"
 
 /* all-MiniLM-L6-v2's config.json, verbatim. */
 static const char minilm_config[] =
@@ -757,24 +757,16 @@ test_read_small_file(void **state)
 	remove_tree(dir);
 }
 
-/* model_config_load on the real all-MiniLM-L6-v2 folder (skipped when absent). */
+/* model_config_load on the real all-MiniLM-L6-v2 folder (require_real_model). */
 static void
 test_load_real_model(void **state)
 {
-	const char *dir = getenv("PEFT_MODEL_DIR");
-	char		path[1024];
+	const char *dir = real_model_dir();
 	ModelConfig cfg;
 	PeftError	err;
 
 	(void) state;
-	if (dir == NULL || *dir == '\0')
-		dir = DEFAULT_MODEL_DIR;
-	snprintf(path, sizeof(path), "%s/config.json", dir);
-	if (access(path, R_OK) != 0)
-	{
-		print_message("no %s (set PEFT_MODEL_DIR): skipped\n", path);
-		skip();
-	}
+	require_real_model(dir != NULL);
 	if (model_config_load(&cfg, dir, &err) != PEFT_OK)
 		fail_msg("%s", err.message);
 	assert_string_equal(cfg.model_type, "bert");

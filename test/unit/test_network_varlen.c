@@ -12,6 +12,7 @@
 #include <cmocka.h>
 
 #include "bert.h"
+#include "compare.h"
 #include "network.h"
 #include "test_util.h"
 #include "tiny_model_fixture.h"
@@ -41,17 +42,6 @@ fill_batch(int32_t *ids, int32_t *mask, int T)
 		}
 }
 
-/* Largest |a - b| over n values. */
-static double
-max_diff(const real *a, const real *b, size_t n)
-{
-	double		worst = 0;
-
-	for (size_t i = 0; i < n; i++)
-		worst = fmax(worst, fabs((double) a[i] - (double) b[i]));
-	return worst;
-}
-
 /* Hidden states and embeddings of the padded batch equal each sequence's alone. */
 static void
 test_padding_changes_nothing(void **state)
@@ -67,29 +57,32 @@ test_padding_changes_nothing(void **state)
 	Network    *net;
 	PeftError	err = {0};
 	Batch		b = {NSEQ, T_PAD, ids, mask, NULL, NULL};
-	double		worst_hidden = 0;
-	double		worst_emb = 0;
+	Compare		hid;
+	Compare		em;
 
 	(void) state;
 	assert_int_equal(network_create(model, &opts, &net, &err), PEFT_OK);
 	fill_batch(ids, mask, T_PAD);
 	assert_int_equal(network_hidden_states(net, &b, hidden, &err), PEFT_OK);
 	assert_int_equal(network_embed(net, &b, emb, &err), PEFT_OK);
+	/* indices are into the padded batch's hidden [B, T, C] and embeddings [B, C] */
+	compare_begin(&hid, "padded vs alone: hidden states", 1e-5, 0);
+	compare_begin(&em, "padded vs alone: embeddings", 1e-6, 0);
 	for (int i = 0; i < NSEQ; i++)
 	{
 		Batch		one = {1, lengths[i], ids + i * T_PAD, mask + i * T_PAD, NULL, NULL};
 
 		assert_int_equal(network_hidden_states(net, &one, alone, &err), PEFT_OK);
-		worst_hidden = fmax(worst_hidden, max_diff(hidden + (size_t) i * T_PAD * C, alone,
-												   (size_t) lengths[i] * C));
+		for (size_t j = 0; j < (size_t) lengths[i] * C; j++)
+			compare_add(&hid, (size_t) i * T_PAD * C + j, hidden[(size_t) i * T_PAD * C + j], alone[j]);
 		for (size_t j = (size_t) lengths[i] * C; j < (size_t) T_PAD * C; j++)
 			assert_true(hidden[(size_t) i * T_PAD * C + j] == 0);
 		assert_int_equal(network_embed(net, &one, emb_alone, &err), PEFT_OK);
-		worst_emb = fmax(worst_emb, max_diff(emb + (size_t) i * C, emb_alone, C));
+		for (int c = 0; c < C; c++)
+			compare_add(&em, (size_t) i * C + c, emb[(size_t) i * C + c], emb_alone[c]);
 	}
-	printf("padded vs alone: hidden states %.3g, embeddings %.3g\n", worst_hidden, worst_emb);
-	assert_true(worst_hidden < 1e-5);
-	assert_true(worst_emb < 1e-6);
+	compare_end(&hid);
+	compare_end(&em);
 
 	network_free(net);
 	free(hidden);
@@ -138,12 +131,10 @@ test_training_step_ignores_padding(void **state)
 		grads[run] = malloc(net->params.total * sizeof(real));
 		memcpy(grads[run], net->params.grads, net->params.total * sizeof(real));
 	}
-	printf("T %d vs %d: loss %.9g vs %.9g, logits %.3g, gradients %.3g\n", T_PAD, T_PAD + 6,
-		   loss[0], loss[1], max_diff(logits[0], logits[1], NSEQ * 3),
-		   max_diff(grads[0], grads[1], net->params.total));
-	assert_true(fabs(loss[0] - loss[1]) < 1e-6);
-	assert_true(max_diff(logits[0], logits[1], NSEQ * 3) < 1e-6);
-	assert_true(max_diff(grads[0], grads[1], net->params.total) < 1e-6);
+	printf("T %d vs %d: loss %.9g vs %.9g\n", T_PAD, T_PAD + 6, loss[0], loss[1]);
+	compare_scalar("more padding: loss", loss[0], loss[1], 1e-6, 0);
+	compare_close("more padding: logits", logits[0], logits[1], NSEQ * 3, 1e-6, 0);
+	compare_close("more padding: gradients", grads[0], grads[1], net->params.total, 1e-6, 0);
 
 	free(grads[0]);
 	free(grads[1]);

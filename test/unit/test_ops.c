@@ -17,6 +17,7 @@
 #include <math.h>
 #include <cmocka.h>
 
+#include "compare.h"
 #include "ops.h"
 #include "rng.h"
 #include "threadpool.h"
@@ -48,29 +49,6 @@ copy_array(const real *x, size_t n)
 	assert_non_null(y);
 	memcpy(y, x, n * sizeof(real));
 	return y;
-}
-
-/*
- * Assert |got - want| <= atol + rtol |want| elementwise, naming the op and
- * the first failing index.
- */
-static void
-assert_close(const char *what, const real *got, const double *want, size_t n,
-			 double atol, double rtol)
-{
-	double		worst = 0;
-
-	for (size_t i = 0; i < n; i++)
-	{
-		double		err = fabs((double) got[i] - want[i]);
-
-		if (!(err <= atol + rtol * fabs(want[i])))
-			fail_msg("%s: element %zu is %.9g, expected %.9g", what, i,
-					 (double) got[i], want[i]);
-		if (err > worst)
-			worst = err;
-	}
-	printf("%-28s max abs err %.3e over %zu values\n", what, worst, n);
 }
 
 /* mask[B,T]: row b has its last (b % 3) tokens padded. */
@@ -455,7 +433,7 @@ test_linear_matches_naive(void **state)
 					s += (double) x[n * IC + i] * w[o * IC + i];
 				want[n * OC + o] = s;
 			}
-		assert_close(with_bias ? "linear_forward (bias)" : "linear_forward",
+		compare_close_double(with_bias ? "linear_forward (bias)" : "linear_forward",
 					 out, want, (size_t) N * OC, 1e-5, 1e-5);
 	}
 
@@ -488,9 +466,9 @@ test_linear_matches_naive(void **state)
 			}
 		}
 		linear_backward(dx, dw, db, dout, x, w, N, IC, OC);
-		assert_close("linear_backward dinp", dx, want, (size_t) N * IC, 1e-5, 1e-5);
-		assert_close("linear_backward dweight", dw, want_dw, (size_t) OC * IC, 1e-5, 1e-5);
-		assert_close("linear_backward dbias", db, want_db, OC, 1e-5, 1e-5);
+		compare_close_double("linear_backward dinp", dx, want, (size_t) N * IC, 1e-5, 1e-5);
+		compare_close_double("linear_backward dweight", dw, want_dw, (size_t) OC * IC, 1e-5, 1e-5);
+		compare_close_double("linear_backward dbias", db, want_db, OC, 1e-5, 1e-5);
 		free(want_dw);
 		free(want_db);
 	}
@@ -542,9 +520,9 @@ test_layernorm_matches_naive(void **state)
 		for (int c = 0; c < C; c++)
 			want[n * C + c] = (x[n * C + c] - mu) * want_rstd[n] * gamma[c] + beta[c];
 	}
-	assert_close("layernorm_forward", out, want, (size_t) N * C, 1e-4, 1e-5);
-	assert_close("layernorm_forward mean", mean, want_mean, N, 0, 1e-6);
-	assert_close("layernorm_forward rstd", rstd, want_rstd, N, 0, 1e-6);
+	compare_close_double("layernorm_forward", out, want, (size_t) N * C, 1e-4, 1e-5);
+	compare_close_double("layernorm_forward mean", mean, want_mean, N, 0, 1e-6);
+	compare_close_double("layernorm_forward rstd", rstd, want_rstd, N, 0, 1e-6);
 	free(x);
 	free(gamma);
 	free(beta);
@@ -583,8 +561,8 @@ test_gelu_matches_erf(void **state)
 	gelu_forward(out, x, n);
 	gelu_backward(dx, x, ones, n);
 	/* A few float ulps of the result's scale. */
-	assert_close("gelu_forward", out, want, n, 3e-7, 3e-7);
-	assert_close("gelu_backward", dx, want_dx, n, 3e-7, 3e-7);
+	compare_close_double("gelu_forward", out, want, n, 3e-7, 3e-7);
+	compare_close_double("gelu_backward", dx, want_dx, n, 3e-7, 3e-7);
 	free(x);
 	free(out);
 	free(dx);
@@ -676,13 +654,13 @@ test_attention_matches_naive(void **state)
 
 	attention_forward(out, probs, q, k, v, mask, NULL, 0, B, T, C, NH);
 	naive_attention(want, want_probs, q, k, v, mask, NULL, 0, B, T, C, NH);
-	assert_close("attention_forward", out, want, n, 1e-6, 1e-5);
-	assert_close("attention_forward probs", probs, want_probs, np, 1e-7, 1e-5);
+	compare_close_double("attention_forward", out, want, n, 1e-6, 1e-5);
+	compare_close_double("attention_forward probs", probs, want_probs, np, 1e-7, 1e-5);
 
 	attention_forward(out, probs, q, k, v, mask, keep, 0.2f, B, T, C, NH);
 	naive_attention(want, want_probs, q, k, v, mask, keep, 0.2, B, T, C, NH);
-	assert_close("attention_forward dropout", out, want, n, 1e-6, 1e-5);
-	assert_close("attention_forward dropout probs", probs, want_probs, np, 1e-7, 1e-5);
+	compare_close_double("attention_forward dropout", out, want, n, 1e-6, 1e-5);
+	compare_close_double("attention_forward dropout probs", probs, want_probs, np, 1e-7, 1e-5);
 
 	/* Padded keys get exactly zero weight. */
 	for (int b = 0; b < B; b++)
@@ -803,9 +781,9 @@ test_attention_backward_matches_naive(void **state)
 	attention_forward(out, probs, q, k, v, mask, keep, (real) p, B, T, C, NH);
 	attention_backward(dq, dk, dv, scratch, dout, probs, q, k, v, mask, keep,
 					   (real) p, B, T, C, NH);
-	assert_close("attention_backward dq", dq, want_dq, n, 1e-5, 1e-5);
-	assert_close("attention_backward dk", dk, want_dk, n, 1e-5, 1e-5);
-	assert_close("attention_backward dv", dv, want_dv, n, 1e-5, 1e-5);
+	compare_close_double("attention_backward dq", dq, want_dq, n, 1e-5, 1e-5);
+	compare_close_double("attention_backward dk", dk, want_dk, n, 1e-5, 1e-5);
+	compare_close_double("attention_backward dv", dv, want_dv, n, 1e-5, 1e-5);
 
 	free(q);
 	free(k);
@@ -854,7 +832,7 @@ test_cross_entropy_by_hand(void **state)
 		want_probs[i] = exp(logits[i] - lse0);
 		want_probs[3 + i] = exp(logits[3 + i] - lse1);
 	}
-	assert_close("cross_entropy_forward probs", probs, want_probs, 6, 1e-7, 1e-6);
+	compare_close_double("cross_entropy_forward probs", probs, want_probs, 6, 1e-7, 1e-6);
 
 	/* (probs - onehot) * dloss / B, added to what is there. */
 	dlogits[0] = 1.0f;
@@ -865,7 +843,7 @@ test_cross_entropy_by_hand(void **state)
 
 		want_probs[i] = (want_probs[i] - onehot) * 2.0 / 2 + (i == 0 ? 1 : 0);
 	}
-	assert_close("cross_entropy_backward", dlogits, want_probs, 6, 1e-6, 1e-6);
+	compare_close_double("cross_entropy_backward", dlogits, want_probs, 6, 1e-6, 1e-6);
 
 	loss = cross_entropy_forward(big_probs, big, &big_label, 1, 2);
 	assert_true(fabs(loss - log(2.0)) < 1e-6);
@@ -895,7 +873,7 @@ test_small_ops_by_hand(void **state)
 
 		assert_true(fabs(mse_forward(pred, target, 3) - (0.25 + 0 + 4) / 3) < 1e-6);
 		mse_backward(dpred, pred, target, 3.0f, 3);
-		assert_close("mse_backward", dpred, want_d, 3, 1e-6, 1e-6);
+		compare_close_double("mse_backward", dpred, want_d, 3, 1e-6, 1e-6);
 	}
 
 	mean_pool_forward(out, x, mask, B, T, C);
@@ -913,13 +891,13 @@ test_small_ops_by_hand(void **state)
 				}
 			want[b * C + c] = s / count;
 		}
-	assert_close("mean_pool_forward", out, want, (size_t) B * C, 1e-7, 1e-6);
+	compare_close_double("mean_pool_forward", out, want, (size_t) B * C, 1e-7, 1e-6);
 
 	cls_pool_forward(out, x, B, T, C);
 	for (int b = 0; b < B; b++)
 		for (int c = 0; c < C; c++)
 			want[b * C + c] = x[b * T * C + c];
-	assert_close("cls_pool_forward", out, want, (size_t) B * C, 0, 0);
+	compare_close_double("cls_pool_forward", out, want, (size_t) B * C, 0, 0);
 
 	l2norm_forward(out, norm, x, B * T, C);
 	for (int r = 0; r < B * T; r++)
@@ -931,7 +909,7 @@ test_small_ops_by_hand(void **state)
 		for (int c = 0; c < C; c++)
 			want[r * C + c] = x[r * C + c] / sqrt(s);
 	}
-	assert_close("l2norm_forward", out, want, n, 1e-7, 1e-6);
+	compare_close_double("l2norm_forward", out, want, n, 1e-7, 1e-6);
 
 	/* A zero vector is divided by the 1e-12 clamp: stays zero, no NaN. */
 	memset(x, 0, C * sizeof(real));
@@ -951,13 +929,13 @@ test_small_ops_by_hand(void **state)
 			for (int c = 0; c < C; c++)
 				want[r * C + c] = (double) word[ids[r] * C + c] +
 					pos[(r % 3) * C + c] + type[types[r] * C + c];
-		assert_close("embeddings_forward", out, want, 6 * C, 1e-6, 1e-6);
+		compare_close_double("embeddings_forward", out, want, 6 * C, 1e-6, 1e-6);
 		embeddings_forward(out, ids, NULL, word, pos, type, 2, 3, C);
 		for (int r = 0; r < 6; r++)
 			for (int c = 0; c < C; c++)
 				want[r * C + c] = (double) word[ids[r] * C + c] +
 					pos[(r % 3) * C + c] + type[c];
-		assert_close("embeddings_forward (no types)", out, want, 6 * C, 1e-6, 1e-6);
+		compare_close_double("embeddings_forward (no types)", out, want, 6 * C, 1e-6, 1e-6);
 		free(word);
 		free(pos);
 		free(type);
@@ -970,9 +948,9 @@ test_small_ops_by_hand(void **state)
 		double		want_scaled[4] = {3, 0, 8, 8};
 
 		add_forward(a, a, b, 4);	/* out aliases a */
-		assert_close("add_forward", a, want_sum, 4, 0, 0);
+		compare_close_double("add_forward", a, want_sum, 4, 0, 0);
 		scale_inplace(a, 2.0f, 4);
-		assert_close("scale_inplace", a, want_scaled, 4, 0, 0);
+		compare_close_double("scale_inplace", a, want_scaled, 4, 0, 0);
 		assert_true(sum_squares(a, 4) == 9 + 0 + 64 + 64);
 	}
 

@@ -15,6 +15,7 @@
 #include <math.h>
 #include <cmocka.h>
 
+#include "compare.h"
 #include "ops.h"
 #include "ops_varlen.h"
 #include "rng.h"
@@ -54,26 +55,6 @@ fill_mask(int32_t *mask)
 	for (int b = 0; b < B; b++)
 		for (int t = 0; t < T; t++)
 			mask[b * T + t] = t < lengths[b];
-}
-
-/* Assert |got - want| <= atol + rtol |want| over n values; print the worst. */
-static void
-assert_close(const char *what, const real *got, const real *want, size_t n,
-			 double atol, double rtol)
-{
-	double		worst = 0;
-
-	for (size_t i = 0; i < n; i++)
-	{
-		double		err = fabs((double) got[i] - (double) want[i]);
-
-		if (!(err <= atol + rtol * fabs((double) want[i])))
-			fail_msg("%s: element %zu is %.9g, expected %.9g", what, i,
-					 (double) got[i], (double) want[i]);
-		if (err > worst)
-			worst = err;
-	}
-	printf("%-34s max abs diff %.3e over %zu values\n", what, worst, n);
 }
 
 /* packed[N, ld] (the C columns at the pointer) = the real rows of padded[B*T, C]. */
@@ -294,9 +275,9 @@ test_attention_matches_padded(void **state)
 
 		varlen_attention_forward(out, probs, dropped, q, k, v, C,
 								 drop ? f.keep_packed : NULL, p, f.seq_start, B, C, NH);
-		assert_close(drop ? "attention out (dropout)" : "attention out", out, want,
+		compare_close(drop ? "attention out (dropout)" : "attention out", out, want,
 					 (size_t) f.N * C, 1e-6, 1e-5);
-		assert_close(drop ? "attention probs (dropout)" : "attention probs", probs,
+		compare_close(drop ? "attention probs (dropout)" : "attention probs", probs,
 					 want_probs, f.np_packed, 1e-7, 1e-5);
 
 		/* The fused [N, 3C] layout runs the same products on the same values. */
@@ -383,7 +364,7 @@ test_attention_backward_matches_padded(void **state)
 			for (int r = 0; r < f.N; r++)
 				for (int c = 0; c < C; c++)
 					got[(size_t) r * C + c] = dqkv[(size_t) r * 3 * C + i * C + c] - 0.5f;
-			assert_close(names[drop][i], got, want, (size_t) f.N * C, 2e-6, 1e-4);
+			compare_close(names[drop][i], got, want, (size_t) f.N * C, 2e-6, 1e-4);
 		}
 	}
 

@@ -21,6 +21,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "compare.h"
 #include "safetensors.h"
 #include "model_config.h"
 #include "test_util.h"
@@ -29,7 +30,6 @@
 #define PEFT_SOURCE_DIR "."
 #endif
 
-#define DEFAULT_MODEL_DIR "/var/cache/peft/all-MiniLM-L6-v2"
 
 /* Tiny-model folders written once by the group setup. */
 static char tiny_root[256];
@@ -1326,6 +1326,7 @@ test_tiny_model_dtypes(void **state)
 		const StTensor *h = st_find(f16, t->name);
 		const StTensor *b = st_find(bf16, t->name);
 		char		prefixed_name[256];
+		char		what[300];
 		real	   *ref;
 		real	   *half;
 		real	   *brain;
@@ -1350,20 +1351,14 @@ test_tiny_model_dtypes(void **state)
 		half = read_tensor(f16, t->name, &n);
 		brain = read_tensor(bf16, t->name, &n);
 		same = read_tensor(prefixed, prefixed_name, &n);
-		for (size_t k = 0; k < n; k++)
-		{
-			double		x = ref[k];
-
-			/* half: 11 significant bits, subnormal spacing 2^-24 */
-			if (fabs(half[k] - x) > fabs(x) * 0x1p-11 + 0x1p-25)
-				fail_msg("%s[%zu]: f16 %.9g vs f32 %.9g", t->name, k,
-						 (double) half[k], x);
-			/* bfloat16: 8 significant bits */
-			if (fabs(brain[k] - x) > fabs(x) * 0x1p-8)
-				fail_msg("%s[%zu]: bf16 %.9g vs f32 %.9g", t->name, k,
-						 (double) brain[k], x);
-			assert_true(same[k] == ref[k]);
-		}
+		/* half: 11 significant bits, subnormal spacing 2^-24 */
+		snprintf(what, sizeof(what), "%s f16 vs f32", t->name);
+		compare_close(what, half, ref, n, 0x1p-25, 0x1p-11);
+		/* bfloat16: 8 significant bits */
+		snprintf(what, sizeof(what), "%s bf16 vs f32", t->name);
+		compare_close(what, brain, ref, n, 0, 0x1p-8);
+		snprintf(what, sizeof(what), "%s prefixed vs f32", t->name);
+		compare_close(what, same, ref, n, 0, 0);
 		free(ref);
 		free(half);
 		free(brain);
@@ -1375,12 +1370,12 @@ test_tiny_model_dtypes(void **state)
 	st_close(prefixed);
 }
 
-/* The real all-MiniLM-L6-v2 file (skipped when not present). */
+/* The real all-MiniLM-L6-v2 file (require_real_model). */
 static void
 test_real_model(void **state)
 {
-	const char *dir = getenv("PEFT_MODEL_DIR");
-	char		path[1024];
+	const char *dir = real_model_dir();
+	char		path[4096 + 32];
 	StFile	   *file = NULL;
 	PeftError	err;
 	const StTensor *t;
@@ -1394,14 +1389,8 @@ test_real_model(void **state)
 	size_t		n;
 
 	(void) state;
-	if (dir == NULL || *dir == '\0')
-		dir = DEFAULT_MODEL_DIR;
+	require_real_model(dir != NULL);
 	snprintf(path, sizeof(path), "%s/model.safetensors", dir);
-	if (access(path, R_OK) != 0)
-	{
-		print_message("no %s (set PEFT_MODEL_DIR): skipped\n", path);
-		skip();
-	}
 	if (st_open_file(path, &file, &err) != PEFT_OK)
 		fail_msg("%s", err.message);
 

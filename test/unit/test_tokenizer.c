@@ -22,6 +22,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "test_util.h"
 #include "tokenizer.h"
 
 #ifndef PEFT_SOURCE_DIR
@@ -29,7 +30,6 @@
 #endif
 
 #define REFERENCE_DIR PEFT_SOURCE_DIR "/test/fixtures/reference"
-#define DEFAULT_MODEL_DIR "/var/cache/peft/all-MiniLM-L6-v2"
 #define REFERENCE_MAX_LENGTH 128
 
 /*
@@ -132,22 +132,6 @@ slurp(const char *path, size_t *len)
 	buf[*len] = '\0';
 	fclose(f);
 	return buf;
-}
-
-/* The real model folder, or NULL when it is not on this machine. */
-static const char *
-model_dir(void)
-{
-	const char *dir = getenv("PEFT_MODEL_DIR");
-	struct stat st;
-	char		path[4096];
-
-	if (dir == NULL || dir[0] == '\0')
-		dir = DEFAULT_MODEL_DIR;
-	snprintf(path, sizeof(path), "%s/vocab.txt", dir);
-	if (stat(path, &st) != 0)
-		return NULL;
-	return dir;
 }
 
 /* Value of a hex digit, or -1. */
@@ -281,20 +265,14 @@ compare_with_reference(const Tokenizer *tok, const char *label, int *total)
 static void
 test_reference_tokens_vocab_txt(void **state)
 {
-	const char *dir = model_dir();
+	const char *dir = real_model_dir();
 	Tokenizer  *tok = NULL;
 	PeftError	err;
 	int			total;
 	int			mismatches;
 
 	(void) state;
-	if (dir == NULL)
-	{
-		print_message("skipped: no vocab.txt in %s; set PEFT_MODEL_DIR to the "
-					  "all-MiniLM-L6-v2 folder to compare with Hugging Face\n",
-					  getenv("PEFT_MODEL_DIR") ? getenv("PEFT_MODEL_DIR") : DEFAULT_MODEL_DIR);
-		skip();
-	}
+	require_real_model(dir != NULL);
 	assert_int_equal(tokenizer_load_dir(dir, NULL, &tok, &err), PEFT_OK);
 	assert_int_equal(tokenizer_vocab_size(tok), 30522);
 	assert_int_equal(tokenizer_token_id(tok, "[CLS]"), 101);
@@ -310,8 +288,8 @@ test_reference_tokens_vocab_txt(void **state)
 static void
 test_reference_tokens_json(void **state)
 {
-	const char *dir = model_dir();
-	char		path[4096];
+	const char *dir = real_model_dir();
+	char		path[8192];
 	Tokenizer  *tok = NULL;
 	PeftError	err;
 	int			total;
@@ -319,17 +297,10 @@ test_reference_tokens_json(void **state)
 	struct stat st;
 
 	(void) state;
-	if (dir == NULL)
-	{
-		print_message("skipped: no model folder (set PEFT_MODEL_DIR)\n");
-		skip();
-	}
+	require_real_model(dir != NULL);
 	snprintf(path, sizeof(path), "%s/tokenizer.json", dir);
-	if (stat(path, &st) != 0)
-	{
-		print_message("skipped: %s has no tokenizer.json\n", dir);
-		skip();
-	}
+	/* all-MiniLM-L6-v2 ships one: a folder without it is incomplete */
+	require_real_model(stat(path, &st) == 0);
 	assert_int_equal(tokenizer_load_json(path, NULL, &tok, &err), PEFT_OK);
 	assert_true(tokenizer_options(tok).lowercase);
 	assert_true(tokenizer_options(tok).strip_accents);
