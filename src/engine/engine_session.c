@@ -717,7 +717,8 @@ session_train_memory(PeftTrainJob *job, PeftTrainMemory *m)
 	m->data = (int64_t) (dataset_memory(&job->data) + (job->ntrain + job->nvalid) * sizeof(uint32_t) +
 						 (job->trainer ? trainer_memory(job->trainer) : 0));
 	m->state = (int64_t) (network - activations);
-	m->activations = (int64_t) activations;
+	/* what the largest batch needs, whether or not its buffers are held now */
+	m->activations = (int64_t) (job->trainer ? trainer_activation_bytes(job->trainer) : activations);
 }
 
 /* Where a prepared run computes. */

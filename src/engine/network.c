@@ -1116,6 +1116,15 @@ network_memory(const Network *net, size_t *activations)
 	return params * (net->be->host_memory ? 1 : 2) + *activations;
 }
 
+/* Free the activation buffers (they grow again with the next batch). */
+void
+network_release_activations(Network *net)
+{
+	net_enter(net);
+	acts_drop(net, true);
+	net_leave(net, PEFT_OK, NULL);
+}
+
 /* Size the buffers once for the largest batch (B x T, every token real) a run will use. */
 PeftCode
 network_reserve(Network *net, int B, int T, bool train, PeftError *err)

@@ -176,6 +176,8 @@ void		network_pin(Network *net, bool pin);
 PeftCode	network_reserve(Network *net, int B, int T, bool train, PeftError *err);
 /* Bytes held for training: parameters, gradients, moments, activations (also in *activations). */
 size_t		network_memory(const Network *net, size_t *activations);
+/* Free the activation buffers (they grow again with the next batch). */
+void		network_release_activations(Network *net);
 
 /*
  * Fold LoRA, DoRA and (IA)^3 into private copies of the weights (and

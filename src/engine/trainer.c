@@ -21,6 +21,7 @@ struct Trainer
 	int			total_steps;
 	PeftRng		rng;
 	BatchBuffer buf;
+	size_t		activation_bytes;	/* of the largest batch (network_reserve) */
 };
 
 /* Hugging Face Trainer's defaults where it has them. */
@@ -155,8 +156,11 @@ trainer_create(Network *net, const Dataset *ds, const uint32_t *rows,
 	peft_rng_seed(&tr->rng, opts->seed ^ 0x0bdeULL);
 	epoch_order(tr);
 	/*
-	 * Size the buffers once for the longest rows, so steps allocate nothing
-	 * (and peft.max_train_memory sees them before the first step).
+	 * Size the buffers once for the longest rows: on a device so that steps
+	 * allocate nothing; on the CPU only to learn their size (what
+	 * peft.max_train_memory counts before the first step), then let them go
+	 * and grow with the batches, which was a quarter faster on the CPU than
+	 * training in buffers sized for the worst batch from the start.
 	 */
 	{
 		int			longest = 1;
@@ -169,6 +173,9 @@ trainer_create(Network *net, const Dataset *ds, const uint32_t *rows,
 			trainer_free(tr);
 			return rc;
 		}
+		(void) network_memory(net, &tr->activation_bytes);
+		if (net->be->host_memory)
+			network_release_activations(net);
 	}
 	network_pin(net, true);
 	*out = tr;
@@ -180,6 +187,13 @@ size_t
 trainer_memory(const Trainer *tr)
 {
 	return tr->nrows * sizeof(uint32_t) * 2;
+}
+
+/* Bytes of the activations of the run's largest batch. */
+size_t
+trainer_activation_bytes(const Trainer *tr)
+{
+	return tr->activation_bytes;
 }
 
 /* Total optimizer steps of the run. */

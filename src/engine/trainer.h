@@ -77,6 +77,8 @@ PeftCode	trainer_step(Trainer *tr, TrainStep *step, PeftError *err);
 int			trainer_total_steps(const Trainer *tr);
 /* Bytes the trainer holds besides the network and the data (row orders). */
 size_t		trainer_memory(const Trainer *tr);
+/* Bytes of the activations of the run's largest batch. */
+size_t		trainer_activation_bytes(const Trainer *tr);
 void		trainer_free(Trainer *tr);
 
 typedef struct EvalMetrics

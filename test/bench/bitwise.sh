@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# test/bench/bitwise.sh - fingerprints of adapters trained from SQL and by
+# the command-line runner, for every method, so that a change that must not
+# change behaviour (a refactoring) can be shown to leave every adapter's
+# weights identical to the bit.
+#
+#   test/bench/bitwise.sh OUT.tsv              write the fingerprints
+#   test/bench/bitwise.sh OUT.tsv BEFORE.tsv   ... and compare with BEFORE
+#
+# Starts its own temporary cluster (as postgres when root) on port
+# $PEFT_BENCH_PORT (54334) with one training thread, generates the tiny test
+# model, makes a 400-row learnable table, and for each method trains an
+# adapter with peft_train (epochs 2, batch 16, learning rate 0.01, seed 7)
+# and the same rows with `peft-engine train` (the same options, one thread);
+# writes "method  sql_md5  cli_md5" (MD5 of the adapter_model.safetensors
+# bytes).  With BEFORE, prints the methods whose weights changed and exits 1
+# if any did.  Runs the installed peft and ./peft-engine (make; sudo make
+# install first, or set PEFT_BENCH_INSTALL=1).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${1:?usage: test/bench/bitwise.sh OUT.tsv [BEFORE.tsv]}
+BEFORE=${2:-}
+PORT=${PEFT_BENCH_PORT:-54334}
+BINDIR=$(pg_config --bindir)
+METHODS="lora dora ia3 bitfit adapter prompt prefix lora+bitfit dora+bitfit+adapter"
+OPTIONS='{"epochs": 2, "batch_size": 16, "learning_rate": 0.01, "seed": 7}'
+if [ "${PEFT_BENCH_INSTALL:-0}" = 1 ]; then
+	make -s -j"$(nproc)" all >/dev/null
+	if [ "$(id -u)" = 0 ]; then make -s install >/dev/null; else sudo make -s install >/dev/null; fi
+fi
+
+WORK=$(mktemp -d /tmp/peft-bitwise.XXXXXX)
+[ "$(id -u)" = 0 ] && chown postgres: "$WORK"
+chmod 755 "$WORK"
+as_pg() {
+	if [ "$(id -u)" = 0 ]; then runuser -u postgres -- env PATH="$BINDIR:$PATH" "$@"; else env PATH="$BINDIR:$PATH" "$@"; fi
+}
+cleanup() {
+	as_pg pg_ctl -D "$WORK/data" -m immediate stop >/dev/null 2>&1 || true
+	rm -rf "$WORK"
+}
+trap cleanup EXIT
+python3 test/fixtures/make_tiny_model.py "$WORK/tiny" >/dev/null
+[ "$(id -u)" = 0 ] && chown -R postgres: "$WORK/tiny"
+as_pg initdb -D "$WORK/data" -A trust -U postgres >/dev/null
+cat >>"$WORK/data/postgresql.conf" <<EOF
+port = $PORT
+listen_addresses = ''
+unix_socket_directories = '$WORK'
+max_worker_processes = 16
+peft.train_threads = 1
+EOF
+as_pg pg_ctl -D "$WORK/data" -l "$WORK/server.log" -w start >/dev/null
+psql_q() { as_pg psql -X -q -A -t -h "$WORK" -p "$PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 -c "$1"; }
+psql_q "CREATE EXTENSION peft"
+psql_q "SELECT name FROM peft_register_model('tiny', '$WORK/tiny')" >/dev/null
+psql_q "CREATE TABLE reviews AS
+        SELECT i AS id,
+               (ARRAY['the','movie','was','and','it','service','food','place','we','went'])[1 + (i * 7) % 10] || ' ' ||
+               (ARRAY['good','great','excellent','bad','terrible','awful','table','chair','city','river'])[1 + (i * 13) % 10] || ' ' ||
+               (ARRAY['today','with','our','team','very','really','hotel','room'])[1 + (i * 3) % 8] AS body,
+               CASE WHEN (i * 13) % 10 < 3 THEN 'positive' WHEN (i * 13) % 10 < 6 THEN 'negative' ELSE 'neutral' END AS label
+        FROM generate_series(1, 400) i"
+psql_q "SELECT body || E'\t' || label FROM reviews ORDER BY id" >"$WORK/train.tsv"
+
+: >"$OUT"
+for m in $METHODS; do
+	psql_q "SELECT peft_train('a', 'tiny', 'reviews', 'body', 'label', method => '$m',
+	        options => '$OPTIONS', wait => true)" >/dev/null
+	sql=$(psql_q "SELECT md5(peft_export('a'))")
+	./peft-engine train --model "$WORK/tiny" --data "$WORK/train.tsv" --out "$WORK/cli-$m" \
+		--method "$m" --epochs 2 --batch-size 16 --lr 0.01 --seed 7 --threads 1 >/dev/null
+	cli=$(md5sum "$WORK/cli-$m/adapter_model.safetensors" | cut -d' ' -f1)
+	printf '%s\t%s\t%s\n' "$m" "$sql" "$cli" | tee -a "$OUT"
+done
+if [ -n "$BEFORE" ]; then
+	if diff <(sort "$BEFORE") <(sort "$OUT"); then
+		echo "every adapter is identical to the bit ($(wc -l <"$OUT") methods, SQL and CLI)"
+	else
+		echo "adapters changed (< before, > now)"
+		exit 1
+	fi
+fi
