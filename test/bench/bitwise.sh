@@ -21,7 +21,6 @@ cd "$(dirname "$0")/../.."
 OUT=${1:?usage: test/bench/bitwise.sh OUT.tsv [BEFORE.tsv]}
 BEFORE=${2:-}
 PORT=${PEFT_BENCH_PORT:-54334}
-BINDIR=$(pg_config --bindir)
 METHODS="lora dora ia3 bitfit adapter prompt prefix lora+bitfit dora+bitfit+adapter"
 OPTIONS='{"epochs": 2, "batch_size": 16, "learning_rate": 0.01, "seed": 7}'
 if [ "${PEFT_BENCH_INSTALL:-0}" = 1 ]; then
@@ -29,29 +28,10 @@ if [ "${PEFT_BENCH_INSTALL:-0}" = 1 ]; then
 	if [ "$(id -u)" = 0 ]; then make -s install >/dev/null; else sudo make -s install >/dev/null; fi
 fi
 
-WORK=$(mktemp -d /tmp/peft-bitwise.XXXXXX)
-[ "$(id -u)" = 0 ] && chown postgres: "$WORK"
-chmod 755 "$WORK"
-as_pg() {
-	if [ "$(id -u)" = 0 ]; then runuser -u postgres -- env PATH="$BINDIR:$PATH" "$@"; else env PATH="$BINDIR:$PATH" "$@"; fi
-}
-cleanup() {
-	as_pg pg_ctl -D "$WORK/data" -m immediate stop >/dev/null 2>&1 || true
-	rm -rf "$WORK"
-}
-trap cleanup EXIT
+. test/bench/cluster.sh
+bench_cluster "$PORT" "peft.train_threads = 1"
 python3 test/fixtures/make_tiny_model.py "$WORK/tiny" >/dev/null
 [ "$(id -u)" = 0 ] && chown -R postgres: "$WORK/tiny"
-as_pg initdb -D "$WORK/data" -A trust -U postgres >/dev/null
-cat >>"$WORK/data/postgresql.conf" <<EOF
-port = $PORT
-listen_addresses = ''
-unix_socket_directories = '$WORK'
-max_worker_processes = 16
-peft.train_threads = 1
-EOF
-as_pg pg_ctl -D "$WORK/data" -l "$WORK/server.log" -w start >/dev/null
-psql_q() { as_pg psql -X -q -A -t -h "$WORK" -p "$PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 -c "$1"; }
 psql_q "CREATE EXTENSION peft"
 psql_q "SELECT name FROM peft_register_model('tiny', '$WORK/tiny')" >/dev/null
 psql_q "CREATE TABLE reviews AS
@@ -69,7 +49,7 @@ for m in $METHODS; do
 	        options => '$OPTIONS', wait => true)" >/dev/null
 	sql=$(psql_q "SELECT md5(peft_export('a'))")
 	./peft-engine train --model "$WORK/tiny" --data "$WORK/train.tsv" --out "$WORK/cli-$m" \
-		--method "$m" --epochs 2 --batch-size 16 --lr 0.01 --seed 7 --threads 1 >/dev/null
+		--method "$m" --epochs 2 --batch-size 16 --lr 0.01 --seed 7 --threads 1 >/dev/null 2>&1
 	cli=$(md5sum "$WORK/cli-$m/adapter_model.safetensors" | cut -d' ' -f1)
 	printf '%s\t%s\t%s\n' "$m" "$sql" "$cli" | tee -a "$OUT"
 done

@@ -33,7 +33,6 @@ PORT=${PEFT_BENCH_PORT:-54333}
 SIZES=${*:-"20000 2000000"}
 OPTIONS=${PEFT_BENCH_OPTIONS:-'{"epochs": 1, "max_steps": 20, "batch_size": 32, "validation_fraction": 0.001, "learning_rate": 0.002}'}
 MODEL=$(scripts/fetch_model)
-BINDIR=$(pg_config --bindir)
 if [ "${PEFT_BENCH_NO_INSTALL:-0}" != 1 ]; then
 	SUDO=""
 	[ "$(id -u)" = 0 ] || SUDO="sudo"
@@ -41,28 +40,9 @@ if [ "${PEFT_BENCH_NO_INSTALL:-0}" != 1 ]; then
 	$SUDO make -s install >/dev/null
 fi
 
-WORK=$(mktemp -d /tmp/peft-memory.XXXXXX)
-[ "$(id -u)" = 0 ] && chown postgres: "$WORK"
-chmod 755 "$WORK"
-as_pg() {
-	if [ "$(id -u)" = 0 ]; then runuser -u postgres -- env PATH="$BINDIR:$PATH" "$@"; else env PATH="$BINDIR:$PATH" "$@"; fi
-}
-cleanup() {
-	as_pg pg_ctl -D "$WORK/data" -m immediate stop >/dev/null 2>&1 || true
-	if [ -n "${PEFT_BENCH_KEEP:-}" ]; then echo "kept $WORK"; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-as_pg initdb -D "$WORK/data" -A trust -U postgres >/dev/null
-cat >>"$WORK/data/postgresql.conf" <<EOF
-port = $PORT
-listen_addresses = ''
-unix_socket_directories = '$WORK'
-max_worker_processes = 16
-peft.max_train_memory = '8GB'
-peft.train_threads = $(nproc)
-EOF
-as_pg pg_ctl -D "$WORK/data" -l "$WORK/server.log" -w start >/dev/null
-psql_q() { as_pg psql -X -q -A -t -h "$WORK" -p "$PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 -c "$1"; }
+. test/bench/cluster.sh
+bench_cluster "$PORT" "peft.max_train_memory = '8GB'
+peft.train_threads = $(nproc)"
 psql_q "CREATE EXTENSION peft"
 psql_q "SELECT name FROM peft_register_model('minilm', '$MODEL')" >/dev/null
 
