@@ -363,7 +363,8 @@ adapter_config_json(const Network *net, const char *base_model, char **out,
 			cJSON_AddBoolToObject(root, "prefix_projection", 0);
 		}
 		else
-			cJSON_AddStringToObject(root, "prompt_tuning_init", "RANDOM");
+			/* each virtual token starts as a random vocabulary token's embedding (network.c) */
+			cJSON_AddStringToObject(root, "prompt_tuning_init", "SAMPLE_VOCAB");
 	}
 	if (o->bottleneck.reduction > 0)
 	{

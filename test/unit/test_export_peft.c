@@ -35,9 +35,11 @@ static cJSON *fixture;
 /*
  * Config keys whose value is ours to choose, not PEFT's: the base model is
  * named by its registration, PEFT writes its own version and the class of
- * the model object it wrapped.
+ * the model object it wrapped, and our prompt tuning starts from sampled
+ * vocabulary embeddings (PEFT's SAMPLE_VOCAB; the fixture used its default).
  */
-static const char *const own_values[] = {"base_model_name_or_path", "peft_version", "auto_mapping"};
+static const char *const own_values[] = {"base_model_name_or_path", "peft_version", "auto_mapping",
+	"prompt_tuning_init"};
 
 /* Load the engine, the real model and the fixture once. */
 static int
