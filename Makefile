@@ -154,7 +154,10 @@ uninstall-engine:
 # double-precision build of the same sources.  Both also link the test-only
 # code, which peft_engine.so never contains:
 #   test/unit/ops_reference.c  padded-batch reference ops the tests compare
-#                              with (float and double builds).
+#                              with (float and double builds);
+#   test/unit/X_hooks.c        engine module X plus its test-only entry
+#                              points: it includes src/engine/X.c and
+#                              replaces X.o.
 
 UNIT_SRCS   = $(sort $(wildcard test/unit/test_*.c))
 GRAD_SRCS   = $(sort $(wildcard test/unit/gradcheck_*.c))
@@ -163,12 +166,18 @@ UNIT_CFLAGS = $(ENGINE_CFLAGS) -Itest/unit -DPEFT_SOURCE_DIR='"$(CURDIR)"'
 TEST_HEADERS = $(wildcard src/engine/*.h test/unit/*.h)
 
 TEST_REF_SRCS  = test/unit/ops_reference.c
-TEST_ONLY_OBJS   = $(patsubst test/unit/%.c,$(B)/test/%.o,$(TEST_REF_SRCS))
+TEST_HOOK_SRCS = $(sort $(wildcard test/unit/*_hooks.c))
+TEST_ONLY_OBJS   = $(patsubst test/unit/%.c,$(B)/test/%.o,$(TEST_HOOK_SRCS) $(TEST_REF_SRCS))
 TEST_DOUBLE_ONLY = $(patsubst test/unit/%.c,$(B)/test-double/%.o,$(TEST_REF_SRCS))
-TEST_OBJS        = $(ENGINE_OBJS) $(TEST_ONLY_OBJS)
+# What the tests link: the engine, hooked modules swapped for their hooks.
+TEST_OBJS        = $(filter-out $(patsubst test/unit/%_hooks.c,$(B)/engine/%.o,$(TEST_HOOK_SRCS)),$(ENGINE_OBJS)) \
+                   $(TEST_ONLY_OBJS)
 TEST_DOUBLE_OBJS = $(ENGINE_DOUBLE_OBJS) $(TEST_DOUBLE_ONLY)
 
 $(TEST_ONLY_OBJS) $(TEST_DOUBLE_ONLY): $(B)/config.stamp
+
+$(B)/test/%_hooks.o: test/unit/%_hooks.c src/engine/%.c $(TEST_HEADERS) | $(B)/test
+	$(CC) $(UNIT_CFLAGS) -c $< -o $@
 
 $(B)/test/ops_reference.o: test/unit/ops_reference.c $(TEST_HEADERS) | $(B)/test
 	$(CC) $(UNIT_CFLAGS) -c $< -o $@

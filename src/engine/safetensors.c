@@ -823,31 +823,6 @@ st_find(const StFile *file, const char *name)
 	return NULL;
 }
 
-/* Metadata value for key, or NULL (binary search over sorted keys). */
-const char *
-st_metadata(const StFile *file, const char *key)
-{
-	int			lo = 0;
-	int			hi;
-
-	if (file == NULL || key == NULL)
-		return NULL;
-	hi = file->nmeta - 1;
-	while (lo <= hi)
-	{
-		int			mid = lo + (hi - lo) / 2;
-		int			cmp = strcmp(key, file->meta_keys[mid]);
-
-		if (cmp == 0)
-			return file->meta_values[mid];
-		if (cmp < 0)
-			hi = mid - 1;
-		else
-			lo = mid + 1;
-	}
-	return NULL;
-}
-
 /* Format a shape as "[384, 384]" into buf. */
 static void
 format_shape(char *buf, size_t buflen, int ndim, const int64_t *shape)
