@@ -38,6 +38,7 @@
 #include "peft.h"
 #include "train_options.h"
 #include "worker.h"
+#include "words.h"
 
 int			peft_max_jobs = 1;
 int			peft_train_threads = 0;
@@ -84,19 +85,18 @@ StartsWithKeyword(const char *data, const char *kw)
 	return !(isalnum(next) || next == '_' || next == '$' || next >= 0x80);
 }
 
-/* The option value of a PeftDevice. */
-static const char *
-DeviceName(int device)
+/* The engine's method names, "lora, dora, ... and prefix". */
+static char *
+MethodNames(const PeftEngineApi *engine)
 {
-	return device == PEFT_DEVICE_CUDA ? "cuda" : device == PEFT_DEVICE_CPU ? "cpu" : "auto";
-}
+	StringInfoData buf;
+	int			count;
+	const PeftMethodInfo *methods = engine->methods(&count);
 
-/* The option value of a PeftPrecision. */
-static const char *
-PrecisionName(int precision)
-{
-	return precision == PEFT_PRECISION_BF16 ? "bf16" :
-		precision == PEFT_PRECISION_TF32 ? "tf32" : "fp32";
+	initStringInfo(&buf);
+	for (int i = 0; i < count; i++)
+		appendStringInfo(&buf, "%s%s", i == 0 ? "" : i == count - 1 ? " and " : ", ", methods[i].name);
+	return buf.data;
 }
 
 /* True when data looks like a query rather than a table or view name. */
@@ -393,7 +393,7 @@ peft_train(PG_FUNCTION_ARGS)
 	char	   *fields[JOB_NUM_FIELDS];
 	bool		wait = PG_GETARG_BOOL(8);
 	Jsonb	   *options = PG_GETARG_JSONB_P(7);
-	TrainOptionsSql parsed;
+	PeftTrainConfig parsed;
 	unsigned	methods;
 	PeftError	err = {0};
 	const PeftEngineApi *engine = PeftEngine();
@@ -428,8 +428,8 @@ peft_train(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("%s", err.message),
-				 errhint("Methods: lora, dora, ia3, bitfit, adapter, or a combination such as "
-						 "lora+bitfit.")));
+				 errhint("Methods: %s, or a combination such as lora+bitfit.",
+						 MethodNames(engine))));
 	fields[JOB_METHOD] = (char *) engine->method_name(methods, palloc(64), 64);
 	/*
 	 * The worker parses the options again, with its own settings: pin the
@@ -439,13 +439,13 @@ peft_train(PG_FUNCTION_ARGS)
 	options = DatumGetJsonbP(DirectFunctionCall2(jsonb_concat,
 												 DirectFunctionCall1(jsonb_in, CStringGetDatum(
 													 psprintf("{\"device\": \"%s\", \"precision\": \"%s\"}",
-															  DeviceName(peft_device),
-															  PrecisionName(peft_precision)))),
+															  peft_device_words[peft_device],
+															  peft_precision_words[peft_precision]))),
 												 JsonbPGetDatum(options)));
 	fields[JOB_OPTIONS] = JsonbToCString(NULL, &options->root, VARSIZE(options));
 	ParseTrainOptions(options, engine, &parsed);
-	parsed.config.methods = methods;
-	if (parsed.config.device == PEFT_DEVICE_CUDA && engine->cuda_device_count() == 0)
+	parsed.methods = methods;
+	if (parsed.device == PEFT_DEVICE_CUDA && engine->cuda_device_count() == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("device \"cuda\" is not available"),
@@ -458,11 +458,11 @@ peft_train(PG_FUNCTION_ARGS)
 	SPI_execute_with_args("SELECT max_position FROM peft.models WHERE name = $1",
 						  1, types, values, NULL, true, 1);
 	max_position = atoi(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
-	if (parsed.config.max_length > max_position)
+	if (parsed.max_length > max_position)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("invalid option \"max_length\": %d exceeds the model's %d positions",
-						parsed.config.max_length, max_position)));
+						parsed.max_length, max_position)));
 	CheckData(fields[JOB_DATA], fields[JOB_INPUT], fields[JOB_LABEL], regression);
 	CheckAdapterNameOwner(fields[JOB_ADAPTER], GetUserId());
 
