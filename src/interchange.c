@@ -17,6 +17,7 @@
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "fmgr.h"
+#include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -141,6 +142,39 @@ peft_import(PG_FUNCTION_ARGS)
 	PG_RETURN_INT32(version);
 }
 
+/* Whether a stored method name has a part the engine's method table says merges. */
+static bool
+Mergeable(const char *method)
+{
+	const PeftEngineApi *engine = PeftEngine();
+	unsigned	bits;
+	int			count;
+	const PeftMethodInfo *methods = engine->methods(&count);
+	PeftError	err = {0};
+
+	if (engine->parse_method(method, &bits, &err) != PEFT_OK)
+		return false;
+	for (int i = 0; i < count; i++)
+		if ((bits & methods[i].bit) && methods[i].mergeable)
+			return true;
+	return false;
+}
+
+/* The names of the methods that merge, from the engine's method table. */
+static char *
+MergeableNames(void)
+{
+	StringInfoData buf;
+	int			count;
+	const PeftMethodInfo *methods = PeftEngine()->methods(&count);
+
+	initStringInfo(&buf);
+	for (int i = 0; i < count; i++)
+		if (methods[i].mergeable)
+			appendStringInfo(&buf, "%s%s", buf.len ? ", " : "", methods[i].name);
+	return buf.data;
+}
+
 /*
  * peft_merge(adapter, version DEFAULT NULL): from now on predictions with
  * that version (the active one when NULL) use the base weights with its
@@ -180,11 +214,12 @@ peft_merge(PG_FUNCTION_ARGS)
 				 : errmsg("adapter \"%s\" has no version %d", name, version)));
 	version = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	method = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
-	if (strstr(method, "lora") == NULL && strstr(method, "dora") == NULL && strstr(method, "ia3") == NULL)
+	if (!Mergeable(method))
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("adapter \"%s\" version %d (%s) has nothing to merge", name, version, method),
-				 errhint("LoRA, DoRA and (IA)^3 adapters can be merged into the base weights.")));
+				 errhint("Adapters of these methods can be merged into the base weights: %s.",
+						 MergeableNames())));
 	CheckAdapterNameOwner(name, GetUserId());
 	values[2] = Int32GetDatum(version);
 	CatalogAsOwner(&octx);
