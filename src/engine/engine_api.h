@@ -383,6 +383,6 @@ typedef struct PeftEngineApi
 typedef const PeftEngineApi *(*PeftEngineApiFn) (void);
 
 /* The engine's function table (exported from peft_engine.so). */
-const PeftEngineApi *peft_engine_api(void);
+PEFT_EXPORT const PeftEngineApi *peft_engine_api(void);
 
 #endif
