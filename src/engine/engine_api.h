@@ -132,6 +132,7 @@ typedef struct PeftTrainConfig
 	double		learning_rate;
 	double		weight_decay;
 	double		warmup_ratio;
+	int			warmup_steps;	/* >= 0: replaces warmup_ratio */
 	double		max_grad_norm;
 	int			max_steps;		/* > 0: this many steps, replacing epochs (Hugging Face's max_steps) */
 	PeftSchedule schedule;

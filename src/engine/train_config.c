@@ -67,6 +67,8 @@ static const PeftOption option_table[] = {
 				  "peak learning rate (AdamW, decoupled weight decay)"),
 	NUMBER_OPTION("weight_decay", weight_decay, 0, 1, true, 0.01, "0.01", "AdamW weight decay"),
 	NUMBER_OPTION("warmup_ratio", warmup_ratio, 0, 1, false, 0.06, "0.06", "share of steps with linear warm-up"),
+	INT_OPTION("warmup_steps", warmup_steps, 0, 2147483647, -1, "none",
+			   "steps of linear warm-up, instead of `warmup_ratio` (Hugging Face's `warmup_steps`)"),
 	WORD_OPTION("lr_scheduler_type", schedule, peft_schedule_words, PEFT_SCHEDULE_LINEAR, "`linear`",
 				"`linear`, `cosine` or `constant` after warm-up"),
 	NUMBER_OPTION("max_grad_norm", max_grad_norm, 0, 1e6, false, 1.0, "1.0",

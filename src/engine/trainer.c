@@ -43,7 +43,7 @@ train_options_from_config(const PeftTrainConfig *c, TrainOptions *o)
 	o->beta2 = 0.999;
 	o->adam_eps = 1e-8;
 	o->warmup_ratio = c->warmup_ratio;
-	o->warmup_steps = -1;
+	o->warmup_steps = c->warmup_steps;
 	o->schedule = c->schedule == PEFT_SCHEDULE_COSINE ? SCHEDULE_COSINE :
 		c->schedule == PEFT_SCHEDULE_CONSTANT ? SCHEDULE_CONSTANT : SCHEDULE_LINEAR;
 	o->max_grad_norm = c->max_grad_norm;
