@@ -169,7 +169,27 @@ word_list(const char *const *words, char *buf, size_t len)
 	return buf;
 }
 
-/* Check a module list and store it (names point into the caller's strings). */
+/*
+ * The engine's lasting copy of a module name: configs are copied by value and
+ * outlive the caller's strings, so they point here.  Names are checked first,
+ * so the set is small (the suffixes of the model's linear paths).
+ */
+static const char *
+intern_module_name(const char *name)
+{
+	static char *names[64];
+
+	for (int i = 0; i < 64; i++)
+	{
+		if (names[i] == NULL)
+			return (names[i] = strdup(name));
+		if (strcmp(names[i], name) == 0)
+			return names[i];
+	}
+	return NULL;
+}
+
+/* Check a module list and store it (as the engine's copies of the names). */
 static PeftCode
 set_modules(PeftTrainConfig *c, const PeftOption *o, const char *const *names, int n, PeftError *err)
 {
@@ -184,7 +204,8 @@ set_modules(PeftTrainConfig *c, const PeftOption *o, const char *const *names, i
 	if (n > 0 && lora_parse_targets(flags, names, n, &cause) != PEFT_OK)
 		return bad_value(err, o, cause.message);
 	for (int i = 0; i < n; i++)
-		slots[i] = names[i];
+		if ((slots[i] = intern_module_name(names[i])) == NULL)
+			return peft_fail(err, PEFT_ERR_NOMEM, "out of memory for module names");
 	*(int *) ((char *) c + o->count_offset) = n;
 	return PEFT_OK;
 }
@@ -280,14 +301,17 @@ train_config_parse(PeftTrainConfig *c, const char *key, const char *text, PeftEr
 			break;
 		case PEFT_OPTION_MODULES:
 			{
-				/* split at commas in place: the config keeps pointers into text */
-				static char *kept[MAX_MODULES + 1];
-				char	   *copy = strdup(text);
+				/* split a copy at commas; set_modules keeps its own copies */
+				const char *kept[MAX_MODULES + 1];
+				char		copy[1024];
+				char	   *save = NULL;
 				int			n = 0;
 
-				if (copy == NULL)
-					return peft_fail(err, PEFT_ERR_NOMEM, "out of memory");
-				for (char *at = strtok(copy, ","); at && n <= MAX_MODULES; at = strtok(NULL, ","))
+				if (strlen(text) >= sizeof(copy))
+					return bad_value(err, o, "is too long");
+				strcpy(copy, text);
+				for (char *at = strtok_r(copy, ",", &save); at && n <= MAX_MODULES;
+					 at = strtok_r(NULL, ",", &save))
 					kept[n++] = at;
 				v.type = PEFT_OPTION_MODULES;
 				v.names = (const char *const *) kept;
