@@ -341,7 +341,7 @@ typedef struct PeftEngineApi
 							   const PeftOptionValue *value, PeftError *err);
 	/*
 	 * The same from text, as a command line has it (numbers, true/false,
-	 * words, comma-separated module names; text must outlive config).
+	 * words, comma-separated module names; config keeps copies).
 	 */
 	PeftCode	(*option_parse) (PeftTrainConfig *config, const char *key,
 								 const char *text, PeftError *err);
