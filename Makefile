@@ -58,7 +58,9 @@ ifneq ($(PEFT_CUDA),1)
 endif
 
 ENGINE_PKGS    = openblas libcjson libutf8proc
-ENGINE_CFLAGS  = -std=gnu11 -O3 -fPIC -g -Wall -Wextra -Wno-unused-parameter \
+# -fvisibility=hidden: the engine's library exports its API table and what the
+# CUDA library needs from it (PEFT_EXPORT), nothing else.
+ENGINE_CFLAGS  = -std=gnu11 -O3 -fPIC -g -fvisibility=hidden -Wall -Wextra -Wno-unused-parameter \
                  -Wno-sign-compare -pthread -Isrc/engine -Ikernels \
                  $(shell pkg-config --cflags $(ENGINE_PKGS))
 ENGINE_LIBS    = $(shell pkg-config --libs $(ENGINE_PKGS)) -lm -pthread
@@ -80,7 +82,7 @@ endif
 ifeq ($(PEFT_CUDA),1)
   CUDA_SRCS     = $(sort $(wildcard kernels/*.cu))
   CUDA_OBJS     = $(patsubst kernels/%.cu,$(B)/cuda/%.o,$(CUDA_SRCS))
-  NVCC_FLAGS    = -O3 -std=c++17 -Xcompiler -fPIC -Isrc/engine -Ikernels \
+  NVCC_FLAGS    = -O3 -std=c++17 -Xcompiler -fPIC -Xcompiler -fvisibility=hidden -Isrc/engine -Ikernels \
                   -gencode arch=compute_80,code=sm_80 \
                   -gencode arch=compute_90,code=sm_90 \
                   -gencode arch=compute_90,code=compute_90
@@ -132,8 +134,10 @@ peft_engine_cuda.so: $(B)/engine/backend_cuda.o $(CUDA_OBJS) peft_engine.so
 		-L. -l:peft_engine.so -Wl,-rpath,'$$ORIGIN' $(CUDA_LIBS) $(ENGINE_LIBS)
 
 # The command-line runner links the engine library from its own folder.
-peft-engine: src/cli/peft_engine_main.c peft_engine.so
-	$(CC) $(ENGINE_CFLAGS) -o $@ $< -L. -l:peft_engine.so -Wl,-rpath,'$$ORIGIN' $(ENGINE_LIBS)
+# (until it is rewritten on the API table: it links the engine's objects, as
+# the engine library exports nothing else)
+peft-engine: src/cli/peft_engine_main.c $(ENGINE_LIB_OBJS)
+	$(CC) $(ENGINE_CFLAGS) -o $@ $< $(ENGINE_LIB_OBJS) $(ENGINE_LIBS) -ldl
 
 ifneq ($(wildcard src/cli/peft_engine_main.c),)
 all: peft-engine

@@ -7,6 +7,7 @@
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "lib/stringinfo.h"
+#include "funcapi.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/timestamp.h"
@@ -282,4 +283,67 @@ CatalogInsertJob(char *const *fields)
 	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &(bool){false}));
 	CatalogAsCaller(&octx);
 	return id;
+}
+
+/* Record a model as the extension owner; returns the peft.models row (survives SPI_finish). */
+Datum
+CatalogRecordModel(const CatalogModelRow *row)
+{
+	const PeftModelInfo *info = row->info;
+	Oid			types[16] = {TEXTOID, TEXTOID, TEXTOID, INT4OID, INT4OID, INT4OID, INT4OID,
+		INT4OID, INT4OID, INT8OID, INT8OID, TEXTOID, TEXTOID, TEXTOID, BOOLOID, TIMESTAMPTZOID};
+	Datum		values[16];
+	OwnerContext octx;
+	bool		mtime;
+	Datum		result;
+
+	values[0] = CStringGetTextDatum(row->name);
+	values[1] = CStringGetTextDatum(row->path);
+	values[2] = CStringGetTextDatum(info->architecture);
+	values[3] = Int32GetDatum(info->hidden_size);
+	values[4] = Int32GetDatum(info->num_layers);
+	values[5] = Int32GetDatum(info->num_heads);
+	values[6] = Int32GetDatum(info->intermediate_size);
+	values[7] = Int32GetDatum(info->vocab_size);
+	values[8] = Int32GetDatum(info->max_position);
+	values[9] = Int64GetDatum(info->parameters);
+	values[10] = Int64GetDatum(info->file_bytes);
+	values[11] = CStringGetTextDatum(row->checksum);
+	values[12] = CStringGetTextDatum(psprintf("{\"pooling\": \"%s\", \"normalize\": %s, "
+											  "\"max_seq_length\": %d, \"weights_dtype\": \"%s\"}",
+											  info->pooling, info->normalize ? "true" : "false",
+											  info->max_seq_length, info->weights_dtype));
+	values[13] = CStringGetTextDatum(GetUserNameFromId(GetUserId(), false));
+	values[14] = BoolGetDatum(superuser());
+	values[15] = TimestampTzGetDatum(row->file_mtime);
+
+	CatalogAsOwner(&octx);
+	/* a database still at 0.1.0 (before ALTER EXTENSION peft UPDATE) has no file_mtime */
+	mtime = CatalogHasColumn("models", "file_mtime");
+	if (SPI_execute_with_args(psprintf(
+							  "INSERT INTO peft.models AS m (name, path, architecture, hidden_size, num_layers, "
+							  "  num_heads, intermediate_size, vocab_size, max_position, parameters, "
+							  "  file_bytes, checksum, config, owner%s) "
+							  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::jsonb, $14%s) "
+							  "ON CONFLICT (name) DO UPDATE SET path = EXCLUDED.path, "
+							  "  architecture = EXCLUDED.architecture, hidden_size = EXCLUDED.hidden_size, "
+							  "  num_layers = EXCLUDED.num_layers, num_heads = EXCLUDED.num_heads, "
+							  "  intermediate_size = EXCLUDED.intermediate_size, "
+							  "  vocab_size = EXCLUDED.vocab_size, max_position = EXCLUDED.max_position, "
+							  "  parameters = EXCLUDED.parameters, file_bytes = EXCLUDED.file_bytes, "
+							  "  checksum = EXCLUDED.checksum, config = EXCLUDED.config, "
+							  "  %s"
+							  "  created_at = pg_catalog.now() "
+							  "WHERE m.owner = EXCLUDED.owner OR $15 "
+							  "RETURNING *", mtime ? ", file_mtime" : "", mtime ? ", $16" : "",
+							  mtime ? "file_mtime = EXCLUDED.file_mtime, " : ""),
+							  16, types, values, NULL, false, 1) != SPI_OK_INSERT_RETURNING)
+		elog(ERROR, "could not record the model");
+	CatalogAsCaller(&octx);
+	if (SPI_processed != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_DUPLICATE_OBJECT),
+				 errmsg("model \"%s\" is already registered by another role", row->name)));
+	result = PointerGetDatum(SPI_returntuple(SPI_tuptable->vals[0], SPI_tuptable->tupdesc));
+	return result;
 }

@@ -14,6 +14,8 @@
 
 #include "datatype/timestamp.h"
 
+#include "engine_api.h"
+
 /* A registered base model (peft.models). */
 typedef struct CatalogModel
 {
@@ -79,6 +81,23 @@ extern char *CatalogTextArrayLiteral(int n, char *const *items);
  * order, as text) as the extension owner; returns its id.  Inside SPI.
  */
 extern int64 CatalogInsertJob(char *const *fields);
+
+/* A model folder as peft_register_model records it. */
+typedef struct CatalogModelRow
+{
+	const char *name;
+	const char *path;			/* resolved */
+	const PeftModelInfo *info;	/* what the engine read there */
+	const char *checksum;		/* SHA-256 of model.safetensors */
+	TimestampTz file_mtime;		/* its modification time */
+} CatalogModelRow;
+
+/*
+ * Record a model (or update the caller's own, or any as a superuser) as the
+ * extension owner; returns the peft.models row, valid after SPI_finish.
+ * Inside SPI.
+ */
+extern Datum CatalogRecordModel(const CatalogModelRow *row);
 
 /* Whether peft.<table> has column (columns added by updates; inside SPI). */
 extern bool CatalogHasColumn(const char *table, const char *column);

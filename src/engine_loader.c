@@ -24,13 +24,6 @@
 
 static const PeftEngineApi *engine = NULL;
 
-/* True once the engine library is loaded in this process. */
-bool
-PeftEngineLoaded(void)
-{
-	return engine != NULL;
-}
-
 /* Turn an engine failure into an ERROR with a fitting errcode. */
 void
 PeftRaiseEngineError(const PeftError *err)

@@ -17,6 +17,7 @@
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "fmgr.h"
+#include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -141,6 +142,39 @@ peft_import(PG_FUNCTION_ARGS)
 	PG_RETURN_INT32(version);
 }
 
+/* Whether a stored method name has a part the engine's method table says merges. */
+static bool
+Mergeable(const char *method)
+{
+	const PeftEngineApi *engine = PeftEngine();
+	unsigned	bits;
+	int			count;
+	const PeftMethodInfo *methods = engine->methods(&count);
+	PeftError	err = {0};
+
+	if (engine->parse_method(method, &bits, &err) != PEFT_OK)
+		return false;
+	for (int i = 0; i < count; i++)
+		if ((bits & methods[i].bit) && methods[i].mergeable)
+			return true;
+	return false;
+}
+
+/* The names of the methods that merge, from the engine's method table. */
+static char *
+MergeableNames(void)
+{
+	StringInfoData buf;
+	int			count;
+	const PeftMethodInfo *methods = PeftEngine()->methods(&count);
+
+	initStringInfo(&buf);
+	for (int i = 0; i < count; i++)
+		if (methods[i].mergeable)
+			appendStringInfo(&buf, "%s%s", buf.len ? ", " : "", methods[i].name);
+	return buf.data;
+}
+
 /*
  * peft_merge(adapter, version DEFAULT NULL): from now on predictions with
  * that version (the active one when NULL) use the base weights with its
@@ -180,11 +214,12 @@ peft_merge(PG_FUNCTION_ARGS)
 				 : errmsg("adapter \"%s\" has no version %d", name, version)));
 	version = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	method = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
-	if (strstr(method, "lora") == NULL && strstr(method, "dora") == NULL && strstr(method, "ia3") == NULL)
+	if (!Mergeable(method))
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("adapter \"%s\" version %d (%s) has nothing to merge", name, version, method),
-				 errhint("LoRA, DoRA and (IA)^3 adapters can be merged into the base weights.")));
+				 errhint("Adapters of these methods can be merged into the base weights: %s.",
+						 MergeableNames())));
 	CheckAdapterNameOwner(name, GetUserId());
 	values[2] = Int32GetDatum(version);
 	CatalogAsOwner(&octx);
@@ -204,28 +239,119 @@ peft_merge(PG_FUNCTION_ARGS)
  * with combination_type 'linear' (equal ranks) or 'cat'.  Classification
  * sources with the same labels give the combination their weighted head.
  */
-Datum
-peft_combine(PG_FUNCTION_ARGS)
+/* The sources of a combination: their active versions, checked to go together. */
+typedef struct CombineSources
 {
-	char	   *name;
-	ArrayType  *src_arr;
-	ArrayType  *w_arr;
-	char	   *combination;
-	bool		activate;
-	Datum	   *srcs;
-	Datum	   *ws;
-	bool	   *nulls;
 	int			n;
-	int			nw;
+	char	  **names;
+	double	   *factors;
 	const char **configs;
 	size_t	   *config_lens;
 	const uint8_t **weights;
 	size_t	   *weights_lens;
-	double	   *factors;
-	char	   *base_model = NULL;
-	char	   *task = NULL;
-	char	   *labels = NULL;
+	char	   *base_model;		/* shared by all */
+	char	   *task;			/* shared by all */
+	char	   *labels;			/* text[] literal when all have the same, else NULL */
+} CombineSources;
+
+/* Check the sources and weights arrays (no NULL, finite weights, 1..64 of each, as many). */
+static void
+CombineArguments(ArrayType *src_arr, ArrayType *w_arr, CombineSources *cs)
+{
+	Datum	   *srcs;
+	Datum	   *ws;
+	bool	   *nulls;
+	int			nw;
+
+	deconstruct_array(src_arr, TEXTOID, -1, false, TYPALIGN_INT, &srcs, &nulls, &cs->n);
+	for (int i = 0; i < cs->n; i++)
+		if (nulls[i])
+			ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("sources must not contain NULL")));
+	deconstruct_array(w_arr, FLOAT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE, &ws, &nulls, &nw);
+	for (int i = 0; i < nw; i++)
+		if (nulls[i] || isnan(DatumGetFloat8(ws[i])) || isinf(DatumGetFloat8(ws[i])))
+			ereport(ERROR,
+					(errcode(nulls[i] ? ERRCODE_NULL_VALUE_NOT_ALLOWED : ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("weights must be finite numbers, not NULL, NaN or infinity")));
+	if (cs->n < 1 || cs->n > 64 || nw != cs->n)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("give 1 to 64 sources and one weight per source (%d sources, %d weights)",
+						cs->n, nw)));
+	cs->names = palloc(sizeof(char *) * cs->n);
+	cs->factors = palloc(sizeof(double) * cs->n);
+	for (int i = 0; i < cs->n; i++)
+	{
+		cs->names[i] = TextDatumGetCString(srcs[i]);
+		cs->factors[i] = DatumGetFloat8(ws[i]);
+	}
+}
+
+/* Read the active version of every source (as the caller) and check they combine. */
+static void
+ReadSources(CombineSources *cs)
+{
 	bool		same_labels = true;
+
+	cs->configs = palloc(sizeof(char *) * cs->n);
+	cs->config_lens = palloc(sizeof(size_t) * cs->n);
+	cs->weights = palloc(sizeof(uint8_t *) * cs->n);
+	cs->weights_lens = palloc(sizeof(size_t) * cs->n);
+	for (int i = 0; i < cs->n; i++)
+	{
+		Oid			types[1] = {TEXTOID};
+		Datum		values[1] = {CStringGetTextDatum(cs->names[i])};
+		bool		isnull;
+		bytea	   *w;
+		char	   *row_model;
+		char	   *row_task;
+		char	   *row_labels;
+
+		if (SPI_execute_with_args("SELECT config::text, weights, base_model, task, labels::text "
+								  "FROM peft.adapters WHERE name = $1 AND active",
+								  1, types, values, NULL, true, 1) != SPI_OK_SELECT)
+			elog(ERROR, "could not read peft.adapters");
+		if (SPI_processed == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("adapter \"%s\" does not exist or has no active version", cs->names[i])));
+		cs->configs[i] = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+		cs->config_lens[i] = strlen(cs->configs[i]);
+		w = DatumGetByteaPCopy(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+		cs->weights[i] = (const uint8_t *) VARDATA(w);
+		cs->weights_lens[i] = VARSIZE(w) - VARHDRSZ;
+		row_model = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3);
+		row_task = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4);
+		row_labels = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5);
+		if (i == 0)
+		{
+			cs->base_model = row_model;
+			cs->task = row_task;
+			cs->labels = row_labels;
+		}
+		else if (strcmp(cs->base_model, row_model) != 0 || strcmp(cs->task, row_task) != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("adapter \"%s\" has base model %s and task %s, not %s and %s",
+							cs->names[i], row_model, row_task, cs->base_model, cs->task)));
+		else
+			same_labels &= (cs->labels == NULL && row_labels == NULL) ||
+				(cs->labels && row_labels && strcmp(cs->labels, row_labels) == 0);
+	}
+	if (!same_labels)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("the sources' labels differ: their heads cannot be combined")));
+}
+
+/* peft_combine(adapter, sources, weights, combination, activate): see above. */
+Datum
+peft_combine(PG_FUNCTION_ARGS)
+{
+	char	   *name;
+	char	   *combination;
+	bool		activate;
+	CombineSources cs = {0};
 	uint8_t    *out_weights;
 	size_t		out_len;
 	char	   *out_config;
@@ -246,86 +372,18 @@ peft_combine(PG_FUNCTION_ARGS)
 	PeftRequireArg(fcinfo, 2, "weights");
 	PeftRequireArg(fcinfo, 3, "combination");
 	PeftRequireArg(fcinfo, 4, "activate");
+	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	combination = text_to_cstring(PG_GETARG_TEXT_PP(3));
 	activate = PG_GETARG_BOOL(4);
-	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	src_arr = PG_GETARG_ARRAYTYPE_P(1);
-	w_arr = PG_GETARG_ARRAYTYPE_P(2);
 	CheckCatalogName("adapter", name);
-	deconstruct_array(src_arr, TEXTOID, -1, false, TYPALIGN_INT, &srcs, &nulls, &n);
-	for (int i = 0; i < n; i++)
-		if (nulls[i])
-			ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("sources must not contain NULL")));
-	deconstruct_array(w_arr, FLOAT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE, &ws, &nulls, &nw);
-	for (int i = 0; i < nw; i++)
-		if (nulls[i] || isnan(DatumGetFloat8(ws[i])) || isinf(DatumGetFloat8(ws[i])))
-			ereport(ERROR,
-					(errcode(nulls[i] ? ERRCODE_NULL_VALUE_NOT_ALLOWED : ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("weights must be finite numbers, not NULL, NaN or infinity")));
-	if (n < 1 || n > 64 || nw != n)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("give 1 to 64 sources and one weight per source (%d sources, %d weights)", n, nw)));
-	configs = palloc(sizeof(char *) * n);
-	config_lens = palloc(sizeof(size_t) * n);
-	weights = palloc(sizeof(uint8_t *) * n);
-	weights_lens = palloc(sizeof(size_t) * n);
-	factors = palloc(sizeof(double) * n);
+	CombineArguments(PG_GETARG_ARRAYTYPE_P(1), PG_GETARG_ARRAYTYPE_P(2), &cs);
 
 	SPI_connect();
-	for (int i = 0; i < n; i++)
-	{
-		char	   *src = TextDatumGetCString(srcs[i]);
-		Oid			types[1] = {TEXTOID};
-		Datum		values[1] = {CStringGetTextDatum(src)};
-		bool		isnull;
-		bytea	   *w;
-		char	   *row_model;
-		char	   *row_task;
-		char	   *row_labels;
-
-		if (nulls[i])
-			ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("weights must not contain NULL")));
-		factors[i] = DatumGetFloat8(ws[i]);
-		if (SPI_execute_with_args("SELECT config::text, weights, base_model, task, labels::text "
-								  "FROM peft.adapters WHERE name = $1 AND active",
-								  1, types, values, NULL, true, 1) != SPI_OK_SELECT)
-			elog(ERROR, "could not read peft.adapters");
-		if (SPI_processed == 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_UNDEFINED_OBJECT),
-					 errmsg("adapter \"%s\" does not exist or has no active version", src)));
-		configs[i] = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-		config_lens[i] = strlen(configs[i]);
-		w = DatumGetByteaPCopy(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
-		weights[i] = (const uint8_t *) VARDATA(w);
-		weights_lens[i] = VARSIZE(w) - VARHDRSZ;
-		row_model = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3);
-		row_task = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4);
-		row_labels = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5);
-		if (base_model == NULL)
-		{
-			base_model = row_model;
-			task = row_task;
-			labels = row_labels;
-		}
-		else if (strcmp(base_model, row_model) != 0 || strcmp(task, row_task) != 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("adapter \"%s\" has base model %s and task %s, not %s and %s",
-							src, row_model, row_task, base_model, task)));
-		else
-			same_labels &= (labels == NULL && row_labels == NULL) ||
-				(labels && row_labels && strcmp(labels, row_labels) == 0);
-	}
-	if (!same_labels)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("the sources' labels differ: their heads cannot be combined")));
-	model = PeftModelFor(base_model);
-	if (PeftEngine()->adapter_combine(model, n, configs, config_lens, weights, weights_lens,
-									  factors, combination, base_model, &out_weights, &out_len,
-									  &out_config, &err) != PEFT_OK)
+	ReadSources(&cs);
+	model = PeftModelFor(cs.base_model);
+	if (PeftEngine()->adapter_combine(model, cs.n, cs.configs, cs.config_lens, cs.weights,
+									  cs.weights_lens, cs.factors, combination, cs.base_model,
+									  &out_weights, &out_len, &out_config, &err) != PEFT_OK)
 		PeftRaiseEngineError(&err);
 	stored = palloc(VARHDRSZ + out_len);
 	SET_VARSIZE(stored, VARHDRSZ + out_len);
@@ -336,11 +394,11 @@ peft_combine(PG_FUNCTION_ARGS)
 									  (const uint8_t *) VARDATA(stored), out_len, &info, &err) != PEFT_OK)
 		PeftRaiseEngineError(&err);
 	version = CatalogInsertVersion(&(CatalogVersion) {
-		.name = name, .base_model = base_model, .method = info.method,
-			.task = info.num_labels == 0 ? "embedding" : task, .config = out_config,
-			.labels = info.num_labels >= 2 ? labels : NULL, .weights = stored,
+		.name = name, .base_model = cs.base_model, .method = info.method,
+			.task = info.num_labels == 0 ? "embedding" : cs.task, .config = out_config,
+			.labels = info.num_labels >= 2 ? cs.labels : NULL, .weights = stored,
 			.metrics = psprintf("{\"combined\": {\"combination\": \"%s\", \"sources\": %d}}",
-								combination, n),
+								combination, cs.n),
 			.owner = GetUserId(), .activate = activate});
 	PeftEngine()->free_buffer(out_config);
 	SPI_finish();

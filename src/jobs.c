@@ -38,6 +38,7 @@
 #include "peft.h"
 #include "train_options.h"
 #include "worker.h"
+#include "words.h"
 
 int			peft_max_jobs = 1;
 int			peft_train_threads = 0;
@@ -84,19 +85,18 @@ StartsWithKeyword(const char *data, const char *kw)
 	return !(isalnum(next) || next == '_' || next == '$' || next >= 0x80);
 }
 
-/* The option value of a PeftDevice. */
-static const char *
-DeviceName(int device)
+/* The engine's method names, "lora, dora, ... and prefix". */
+static char *
+MethodNames(const PeftEngineApi *engine)
 {
-	return device == PEFT_DEVICE_CUDA ? "cuda" : device == PEFT_DEVICE_CPU ? "cpu" : "auto";
-}
+	StringInfoData buf;
+	int			count;
+	const PeftMethodInfo *methods = engine->methods(&count);
 
-/* The option value of a PeftPrecision. */
-static const char *
-PrecisionName(int precision)
-{
-	return precision == PEFT_PRECISION_BF16 ? "bf16" :
-		precision == PEFT_PRECISION_TF32 ? "tf32" : "fp32";
+	initStringInfo(&buf);
+	for (int i = 0; i < count; i++)
+		appendStringInfo(&buf, "%s%s", i == 0 ? "" : i == count - 1 ? " and " : ", ", methods[i].name);
+	return buf.data;
 }
 
 /* True when data looks like a query rather than a table or view name. */
@@ -384,27 +384,18 @@ RaiseJobOutcome(int64 job_id)
 }
 
 /*
- * peft_train(adapter, base_model, data, input, label, task, method, options, wait)
- * RETURNS bigint: the job id.
+ * The job's fields from peft_train's arguments, checked: adapter name, task,
+ * method (canonical), and the options with the caller's peft.device and
+ * peft.precision pinned (the worker parses them again with its own
+ * settings; the caller's own keys win); the parsed options in *parsed.
  */
-Datum
-peft_train(PG_FUNCTION_ARGS)
+static bool
+TrainFields(FunctionCallInfo fcinfo, char **fields, PeftTrainConfig *parsed)
 {
-	char	   *fields[JOB_NUM_FIELDS];
-	bool		wait = PG_GETARG_BOOL(8);
+	const PeftEngineApi *engine = PeftEngine();
 	Jsonb	   *options = PG_GETARG_JSONB_P(7);
-	TrainOptionsSql parsed;
 	unsigned	methods;
 	PeftError	err = {0};
-	const PeftEngineApi *engine = PeftEngine();
-	bool		regression;
-	WorkerArgs	args = {0};
-	int64		job_id = 0;
-	Oid			types[1] = {TEXTOID};
-	Datum		values[1];
-	int			max_position;
-
-	PeftRequirePrimary("peft_train");
 
 	fields[JOB_ADAPTER] = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	fields[JOB_BASE_MODEL] = text_to_cstring(PG_GETARG_TEXT_PP(1));
@@ -413,100 +404,137 @@ peft_train(PG_FUNCTION_ARGS)
 	fields[JOB_LABEL] = text_to_cstring(PG_GETARG_TEXT_PP(4));
 	fields[JOB_TASK] = text_to_cstring(PG_GETARG_TEXT_PP(5));
 	fields[JOB_METHOD] = text_to_cstring(PG_GETARG_TEXT_PP(6));
-	fields[JOB_OPTIONS] = JsonbToCString(NULL, &options->root, VARSIZE(options));
 	fields[JOB_OWNER] = GetUserNameFromId(GetUserId(), false);
 	fields[JOB_SEARCH_PATH] = pstrdup(GetConfigOption("search_path", false, false));
 
 	CheckCatalogName("adapter", fields[JOB_ADAPTER]);
-	if (strcmp(fields[JOB_TASK], "classification") != 0 && strcmp(fields[JOB_TASK], "regression") != 0)
+	if (peft_word_index(peft_task_words, fields[JOB_TASK]) < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("unknown task \"%s\"", fields[JOB_TASK]),
 				 errhint("Use 'classification' or 'regression'.")));
-	regression = strcmp(fields[JOB_TASK], "regression") == 0;
 	if (engine->parse_method(fields[JOB_METHOD], &methods, &err) != PEFT_OK)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("%s", err.message),
-				 errhint("Methods: lora, dora, ia3, bitfit, adapter, or a combination such as "
-						 "lora+bitfit.")));
+				 errhint("Methods: %s, or a combination such as lora+bitfit.",
+						 MethodNames(engine))));
 	fields[JOB_METHOD] = (char *) engine->method_name(methods, palloc(64), 64);
-	/*
-	 * The worker parses the options again, with its own settings: pin the
-	 * caller's peft.device and peft.precision in the stored options (the
-	 * caller's own keys win).
-	 */
 	options = DatumGetJsonbP(DirectFunctionCall2(jsonb_concat,
 												 DirectFunctionCall1(jsonb_in, CStringGetDatum(
 													 psprintf("{\"device\": \"%s\", \"precision\": \"%s\"}",
-															  DeviceName(peft_device),
-															  PrecisionName(peft_precision)))),
+															  peft_device_words[peft_device],
+															  peft_precision_words[peft_precision]))),
 												 JsonbPGetDatum(options)));
 	fields[JOB_OPTIONS] = JsonbToCString(NULL, &options->root, VARSIZE(options));
-	ParseTrainOptions(options, engine, &parsed);
-	parsed.config.methods = methods;
-	if (parsed.config.device == PEFT_DEVICE_CUDA && engine->cuda_device_count() == 0)
+	ParseTrainOptions(options, engine, parsed);
+	parsed->methods = methods;
+	if (parsed->device == PEFT_DEVICE_CUDA && engine->cuda_device_count() == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("device \"cuda\" is not available"),
 				 errdetail("This server's engine has no usable CUDA device."),
 				 errhint("Use \"device\": \"auto\" or \"cpu\".")));
+	return strcmp(fields[JOB_TASK], "regression") == 0;
+}
 
-	SPI_connect();
+/*
+ * What can be checked in the catalog and the data before a job is queued
+ * (inside SPI): the model and its files, max_length against its positions,
+ * the data readable by the caller with usable rows, the adapter name.
+ */
+static void
+CheckTrainCatalog(char **fields, const PeftTrainConfig *parsed, bool regression)
+{
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1];
+	int			max_position;
+
 	CheckModelFiles(CatalogGetModel(fields[JOB_BASE_MODEL]));
 	values[0] = CStringGetTextDatum(fields[JOB_BASE_MODEL]);
 	SPI_execute_with_args("SELECT max_position FROM peft.models WHERE name = $1",
 						  1, types, values, NULL, true, 1);
 	max_position = atoi(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
-	if (parsed.config.max_length > max_position)
+	if (parsed->max_length > max_position)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("invalid option \"max_length\": %d exceeds the model's %d positions",
-						parsed.config.max_length, max_position)));
+						parsed->max_length, max_position)));
 	CheckData(fields[JOB_DATA], fields[JOB_INPUT], fields[JOB_LABEL], regression);
 	CheckAdapterNameOwner(fields[JOB_ADAPTER], GetUserId());
+}
 
+/*
+ * wait => false: record the job in the caller's transaction and start its
+ * worker, which waits for that transaction to end; returns the job id.
+ */
+static int64
+StartJob(char **fields, WorkerArgs *args)
+{
+	int64		job_id = CatalogInsertJob(fields);
+
+	args->job_id = job_id;
+	args->caller_xid = GetTopTransactionId();
+	SPI_finish();
+	(void) StartWorker(args, false);
+	return job_id;
+}
+
+/*
+ * wait => true: the worker records the job and trains while the caller
+ * waits; returns the job id, or raises the job's error.
+ */
+static int64
+RunJobAndWait(char **fields, WorkerArgs *args)
+{
+	dsm_segment *seg = CreateWaitShared(fields);
+	WaitShared *shared = dsm_segment_address(seg);
+	BackgroundWorkerHandle *handle;
+	pid_t		pid;
+	int64		job_id;
+
+	args->shared = dsm_segment_handle(seg);
+	handle = StartWorker(args, true);
+	if (WaitForBackgroundWorkerStartup(handle, &pid) != BGWH_STARTED)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
+				 errmsg("the training worker could not start")));
+	WaitForWorker(handle, shared);
+	job_id = shared->job_id;
+	if (pg_atomic_read_u32(&shared->stage) != WAIT_STAGE_FINISHED || job_id == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("the training worker exited before finishing the job"),
+				 errhint("See the server log.")));
+	/* the outcome travels through shared memory: the caller's snapshot may predate the worker's commits */
+	RaiseOutcome(job_id, shared->status, shared->error, true);
+	dsm_detach(seg);
+	SPI_finish();
+	return job_id;
+}
+
+/*
+ * peft_train(adapter, base_model, data, input, label, task, method, options, wait)
+ * RETURNS bigint: the job id.
+ */
+Datum
+peft_train(PG_FUNCTION_ARGS)
+{
+	char	   *fields[JOB_NUM_FIELDS];
+	bool		wait = PG_GETARG_BOOL(8);
+	PeftTrainConfig parsed;
+	bool		regression;
+	WorkerArgs	args = {0};
+
+	PeftRequirePrimary("peft_train");
+	regression = TrainFields(fcinfo, fields, &parsed);
+	SPI_connect();
+	CheckTrainCatalog(fields, &parsed, regression);
 	args.magic = PEFT_WORKER_MAGIC;
 	args.database = MyDatabaseId;
 	args.owner = ExtensionOwner();
 	args.caller = GetUserId();
-
-	if (!wait)
-	{
-		job_id = CatalogInsertJob(fields);
-		args.job_id = job_id;
-		args.caller_xid = GetTopTransactionId();
-		SPI_finish();
-		(void) StartWorker(&args, false);
-		PG_RETURN_INT64(job_id);
-	}
-	else
-	{
-		dsm_segment *seg = CreateWaitShared(fields);
-		WaitShared *shared = dsm_segment_address(seg);
-		BackgroundWorkerHandle *handle;
-		pid_t		pid;
-
-		args.shared = dsm_segment_handle(seg);
-		handle = StartWorker(&args, true);
-		if (WaitForBackgroundWorkerStartup(handle, &pid) != BGWH_STARTED)
-			ereport(ERROR,
-					(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
-					 errmsg("the training worker could not start")));
-		WaitForWorker(handle, shared);
-		job_id = shared->job_id;
-		if (pg_atomic_read_u32(&shared->stage) != WAIT_STAGE_FINISHED || job_id == 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_INTERNAL_ERROR),
-					 errmsg("the training worker exited before finishing the job"),
-					 errhint("See the server log.")));
-		/* the outcome travels through shared memory: the caller's snapshot
-		 * may predate the worker's commits */
-		RaiseOutcome(job_id, shared->status, shared->error, true);
-		dsm_detach(seg);
-		SPI_finish();
-		PG_RETURN_INT64(job_id);
-	}
+	PG_RETURN_INT64(wait ? RunJobAndWait(fields, &args) : StartJob(fields, &args));
 }
 
 /* Terminal job statuses. */

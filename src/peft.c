@@ -14,6 +14,7 @@
 
 #include "peft.h"
 #include "version.h"
+#include "words.h"
 #include "worker.h"
 
 PG_MODULE_MAGIC;
@@ -23,19 +24,20 @@ int			peft_device = PEFT_DEVICE_AUTO;
 int			peft_precision = PEFT_PRECISION_FP32;
 int			peft_device_idle_release = 60;
 
-static const struct config_enum_entry device_options[] = {
-	{"auto", PEFT_DEVICE_AUTO, false},
-	{"cpu", PEFT_DEVICE_CPU, false},
-	{"cuda", PEFT_DEVICE_CUDA, false},
-	{NULL, 0, false}
-};
+/* The settings' words come from words.h, which the engine's option table uses too. */
+static struct config_enum_entry device_options[lengthof(peft_device_words)];
+static struct config_enum_entry precision_options[lengthof(peft_precision_words)];
 
-static const struct config_enum_entry precision_options[] = {
-	{"fp32", PEFT_PRECISION_FP32, false},
-	{"tf32", PEFT_PRECISION_TF32, false},
-	{"bf16", PEFT_PRECISION_BF16, false},
-	{NULL, 0, false}
-};
+/* A GUC enum table of a NULL-terminated word list (index = value). */
+static void
+WordEntries(struct config_enum_entry *entries, const char *const *words)
+{
+	int			i;
+
+	for (i = 0; words[i] != NULL; i++)
+		entries[i] = (struct config_enum_entry) {words[i], i, false};
+	entries[i] = (struct config_enum_entry) {NULL, 0, false};
+}
 
 void		_PG_init(void);
 
@@ -43,6 +45,8 @@ void		_PG_init(void);
 static void
 PeftInitSettings(void)
 {
+	WordEntries(device_options, peft_device_words);
+	WordEntries(precision_options, peft_precision_words);
 	DefineCustomIntVariable("peft.threads",
 							"Threads one backend computes with (OpenBLAS and the engine's own loops).",
 							"Read when the engine is first loaded in a process; "

@@ -35,7 +35,6 @@ extern void PeftRequirePrimary(const char *function);
 
 /* engine_loader.c */
 extern const PeftEngineApi *PeftEngine(void);
-extern bool PeftEngineLoaded(void);
 extern void PeftRaiseEngineError(const PeftError *err);
 
 #endif

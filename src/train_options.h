@@ -10,14 +10,8 @@
 
 #include "peft.h"
 
-typedef struct TrainOptionsSql
-{
-	PeftTrainConfig config;		/* engine settings (task/labels set later) */
-	bool		activate;		/* make the new version active */
-} TrainOptionsSql;
-
 /* Parse and check options over the engine's defaults; ERROR on any bad key. */
 extern void ParseTrainOptions(Jsonb *options, const PeftEngineApi *engine,
-							  TrainOptionsSql *out);
+							  PeftTrainConfig *out);
 
 #endif

@@ -49,7 +49,6 @@
 #define MAX_LABEL_BYTES 255
 #define MAX_CLASSES 10000
 /* max_length when the options give none (capped by the model). */
-#define DEFAULT_MAX_LENGTH 128
 
 PGDLLEXPORT void peft_train_worker_main(Datum arg);
 
@@ -67,7 +66,7 @@ typedef struct Job
 	char	   *fields[JOB_NUM_FIELDS];
 	char	   *model_path;
 	bool		regression;
-	TrainOptionsSql options;
+	PeftTrainConfig config;		/* the job's options over the defaults */
 	const PeftEngineApi *engine;
 	PeftModelHandle *model;
 	PeftTrainJob *train;
@@ -320,19 +319,16 @@ OpenModel(Job *job)
 	peft_threads = threads < 1 ? 1 : threads;
 	job->engine = PeftEngine();
 	options = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(job->fields[JOB_OPTIONS])));
-	ParseTrainOptions(options, job->engine, &job->options);
-	if (job->engine->parse_method(job->fields[JOB_METHOD], &job->options.config.methods,
+	ParseTrainOptions(options, job->engine, &job->config);
+	if (job->engine->parse_method(job->fields[JOB_METHOD], &job->config.methods,
 								  &err) != PEFT_OK)
 		PeftRaiseEngineError(&err);
 	job->regression = strcmp(job->fields[JOB_TASK], "regression") == 0;
-	job->options.config.task = job->regression ? PEFT_TASK_REGRESSION : PEFT_TASK_CLASSIFICATION;
-	job->options.config.memory_limit = (size_t) peft_max_train_memory * 1024;
+	job->config.task = job->regression ? PEFT_TASK_REGRESSION : PEFT_TASK_CLASSIFICATION;
+	job->config.memory_limit = (size_t) peft_max_train_memory * 1024;
 	if (job->engine->model_open(job->model_path, &job->model, &info, &err) != PEFT_OK)
 		PeftRaiseEngineError(&err);
-	if (job->options.config.max_length == 0)
-		job->options.config.max_length = Min(DEFAULT_MAX_LENGTH, info.max_seq_length > 0 ?
-											 info.max_seq_length : info.max_position);
-	if (job->engine->train_begin(job->model, &job->options.config, &job->train, &err) != PEFT_OK)
+	if (job->engine->train_begin(job->model, &job->config, &job->train, &err) != PEFT_OK)
 		PeftRaiseEngineError(&err);
 }
 
@@ -656,7 +652,7 @@ SaveAdapter(Job *job, const char *final_metrics, int64 train_rows, int64 valid_r
 						 job->engine->train_device(job->train), MemoryJson(job, true));
 	v.job = job->id;
 	v.owner = job->args.caller;
-	v.activate = job->options.activate;
+	v.activate = job->config.activate;
 
 	BeginStep();
 	(void) CatalogInsertVersion(&v);
@@ -695,8 +691,8 @@ Train(Job *job)
 					 errmsg("the training data has a single class")));
 		map = SortLabels(job);
 	}
-	job->options.config.num_labels = job->regression ? 1 : job->nlabels;
-	if (job->engine->train_prepare(job->train, job->options.config.num_labels, map,
+	job->config.num_labels = job->regression ? 1 : job->nlabels;
+	if (job->engine->train_prepare(job->train, job->config.num_labels, map,
 								   &train_rows, &valid_rows, &total_steps, &err) != PEFT_OK)
 		TrainEngineError(&err);
 	job->engine->train_memory(job->train, &job->memory);

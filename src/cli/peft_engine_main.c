@@ -281,7 +281,7 @@ method_options(const Options *o, const BertModel *model, NetworkOptions *nopts)
 	c.lora_dropout = o->lora_dropout;
 	c.use_rslora = o->rslora;
 	c.reduction_factor = o->reduction_factor;
-	c.houlsby = o->houlsby;
+	c.adapter_placement = o->houlsby ? PEFT_PLACEMENT_HOULSBY : PEFT_PLACEMENT_PFEIFFER;
 	if (o->virtual_tokens > 0)
 		c.num_virtual_tokens = o->virtual_tokens;
 	c.hidden_dropout = o->hidden_dropout;

@@ -2,6 +2,7 @@
  * adapter_io.c - adapter weights and config in Hugging Face PEFT's formats.
  */
 #include "adapter_io.h"
+#include "method_table.h"
 #include "engine_api.h"
 #include "safetensors.h"
 
@@ -199,29 +200,6 @@ any_target(const bool flags[BERT_NUM_LINEAR])
 	return false;
 }
 
-/* The method names, in the order a canonical name lists them. */
-static const struct
-{
-	const char *name;
-	unsigned	bit;
-}			known_methods[] = {
-	{"lora", PEFT_METHOD_LORA}, {"dora", PEFT_METHOD_DORA}, {"ia3", PEFT_METHOD_IA3},
-	{"bitfit", PEFT_METHOD_BITFIT}, {"adapter", PEFT_METHOD_ADAPTER},
-	{"prompt", PEFT_METHOD_PROMPT}, {"prefix", PEFT_METHOD_PREFIX}
-};
-
-/* The canonical name of PEFT_METHOD_* bits, e.g. "dora+bitfit" (buf of 64 bytes). */
-const char *
-adapter_methods_name(unsigned methods, char *buf, size_t len)
-{
-	buf[0] = '\0';
-	for (size_t k = 0; k < sizeof(known_methods) / sizeof(known_methods[0]); k++)
-		if (methods & known_methods[k].bit)
-			snprintf(buf + strlen(buf), len - strlen(buf), "%s%s", buf[0] ? "+" : "",
-					 known_methods[k].name);
-	return buf;
-}
-
 /* The method name of options, e.g. "dora+bitfit" (buf of 64 bytes). */
 const char *
 adapter_method_name(const NetworkOptions *o, char *buf, size_t len)
@@ -241,43 +219,6 @@ adapter_method_name(const NetworkOptions *o, char *buf, size_t len)
 	if (o->prefix_tokens > 0)
 		methods |= PEFT_METHOD_PREFIX;
 	return adapter_methods_name(methods, buf, len);
-}
-
-/* Parse "lora", "dora", "ia3", "bitfit", "adapter" or a "+" combination into PEFT_METHOD_* bits. */
-PeftCode
-adapter_parse_method(const char *name, unsigned *methods, PeftError *err)
-{
-	const char *at = name;
-	unsigned	bits = 0;
-
-	*methods = 0;
-	while (*at)
-	{
-		size_t		len = strcspn(at, "+");
-		unsigned	bit = 0;
-
-		for (size_t k = 0; k < sizeof(known_methods) / sizeof(known_methods[0]); k++)
-			if (strlen(known_methods[k].name) == len && strncmp(known_methods[k].name, at, len) == 0)
-				bit = known_methods[k].bit;
-		if (bit == 0 || (bits & bit))
-			return peft_fail(err, PEFT_ERR_INVALID,
-							 "method \"%s\" is not a combination of lora, dora, ia3, bitfit, "
-							 "adapter, prompt and prefix (each at most once, joined by +)", name);
-		bits |= bit;
-		at += len;
-		if (*at == '+')
-			at++;
-	}
-	if (bits == 0)
-		return peft_fail(err, PEFT_ERR_INVALID, "method is empty");
-	if (__builtin_popcount(bits & (PEFT_METHOD_LORA | PEFT_METHOD_DORA | PEFT_METHOD_IA3)) > 1)
-		return peft_fail(err, PEFT_ERR_INVALID,
-						 "method \"%s\" combines more than one of lora, dora and ia3", name);
-	if ((bits & PEFT_METHOD_PROMPT) && (bits & PEFT_METHOD_PREFIX))
-		return peft_fail(err, PEFT_ERR_INVALID,
-						 "method \"%s\" combines prompt and prefix tuning", name);
-	*methods = bits;
-	return PEFT_OK;
 }
 
 /*

@@ -10,6 +10,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include "method_table.h"
 #include "network.h"
 
 /* Serialise every trainable parameter (malloc'ed bytes). */
@@ -40,10 +41,6 @@ PeftCode	adapter_options_from_config(const char *json, size_t len,
 /* The method name of options, e.g. "dora+bitfit". */
 const char *adapter_method_name(const NetworkOptions *o, char *buf, size_t len);
 
-/* The canonical name of PEFT_METHOD_* bits, e.g. "dora+bitfit". */
-const char *adapter_methods_name(unsigned methods, char *buf, size_t len);
 
-/* Parse "lora", "dora", "ia3", "bitfit", "adapter" or an "a+b" combination into PEFT_METHOD_* bits. */
-PeftCode	adapter_parse_method(const char *name, unsigned *methods, PeftError *err);
 
 #endif

@@ -285,10 +285,10 @@ PeftCode	backend_for(DeviceKind kind, Backend **out, PeftError *err);
 void		backend_set_idle_release(int seconds);
 
 /* Collect a recorded failure: PEFT_OK, or its code and message (then cleared). */
-PeftCode	backend_check(Backend *be, PeftError *err);
+PEFT_EXPORT PeftCode backend_check(Backend *be, PeftError *err);
 
 /* Record a failure (the first one wins); for implementations. */
-void		backend_fail(Backend *be, PeftCode code, const char *fmt,...)
+PEFT_EXPORT void backend_fail(Backend *be, PeftCode code, const char *fmt,...)
 #ifdef __GNUC__
 			__attribute__((format(printf, 3, 4)))
 #endif

@@ -1029,7 +1029,7 @@ cuda_device_count(void)
 }
 
 /* The table peft_engine.so finds in this library (or a test program links in). */
-const CudaBackendApi *
+PEFT_EXPORT const CudaBackendApi *
 peft_cuda_backend_api(void)
 {
 	static const CudaBackendApi api = {

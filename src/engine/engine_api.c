@@ -12,6 +12,8 @@
 
 #include "adapter_io.h"
 #include "backend.h"
+#include "method_table.h"
+#include "train_config.h"
 #include "version.h"
 
 /* OpenBLAS's own setter; declared here as older cblas.h lack it. */
@@ -85,9 +87,13 @@ static const PeftEngineApi engine_api = {
 	.embed = session_embed,
 	.predict = session_predict,
 	.check_targets = session_check_targets,
-	.parse_method = session_parse_method,
+	.parse_method = adapter_parse_method,
 	.method_name = adapter_methods_name,
-	.train_config_default = session_train_config_default,
+	.train_config_default = train_config_default,
+	.options = train_config_options,
+	.option_set = train_config_set,
+	.option_parse = train_config_parse,
+	.methods = method_table,
 	.train_begin = session_train_begin,
 	.train_add_row = session_train_add_row,
 	.train_prepare = session_train_prepare,

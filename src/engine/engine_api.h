@@ -21,7 +21,7 @@
 
 #include "status.h"
 
-#define PEFT_ENGINE_ABI_VERSION 4
+#define PEFT_ENGINE_ABI_VERSION 5
 #define PEFT_ENGINE_SYMBOL "peft_engine_api"
 
 typedef struct PeftModelHandle PeftModelHandle;		/* a loaded base model */
@@ -104,7 +104,18 @@ typedef enum PeftSchedule
 	PEFT_SCHEDULE_CONSTANT
 } PeftSchedule;
 
-/* Everything a training run needs; train_config_default fills defaults. */
+/* Where bottleneck adapters sit (words.h: "pfeiffer", "houlsby"). */
+typedef enum PeftAdapterPlacement
+{
+	PEFT_PLACEMENT_PFEIFFER,	/* after the feed-forward block only */
+	PEFT_PLACEMENT_HOULSBY		/* after attention too */
+} PeftAdapterPlacement;
+
+/*
+ * Everything a training run needs.  The fields users set by name are the
+ * rows of the option table (options(), train_config.c): their defaults,
+ * types, ranges and help come from there; train_config_default fills them.
+ */
 typedef struct PeftTrainConfig
 {
 	PeftTask	task;
@@ -121,6 +132,7 @@ typedef struct PeftTrainConfig
 	double		learning_rate;
 	double		weight_decay;
 	double		warmup_ratio;
+	int			warmup_steps;	/* >= 0: replaces warmup_ratio */
 	double		max_grad_norm;
 	int			max_steps;		/* > 0: this many steps, replacing epochs (Hugging Face's max_steps) */
 	PeftSchedule schedule;
@@ -141,9 +153,64 @@ typedef struct PeftTrainConfig
 	const char *feedforward_modules[16];
 	int			num_feedforward;
 	int			reduction_factor;	/* bottleneck width = hidden / this */
-	bool		houlsby;		/* adapters after attention too (else Pfeiffer: ffn only) */
+	PeftAdapterPlacement adapter_placement;
 	int			num_virtual_tokens;	/* prompt and prefix tuning */
+	bool		group_by_length;	/* batches of similar lengths (less padding) */
+	bool		activate;		/* the SQL layer's: make the new version active */
 } PeftTrainConfig;
+
+/* The kinds of value an option takes. */
+typedef enum PeftOptionType
+{
+	PEFT_OPTION_INT,
+	PEFT_OPTION_NUMBER,
+	PEFT_OPTION_BOOL,
+	PEFT_OPTION_WORD,			/* one of the words; stored as its index (an enum) */
+	PEFT_OPTION_MODULES,		/* a list of linear layer names */
+	PEFT_OPTION_NONE			/* (a value only) of no kind an option takes: JSON null, an object */
+} PeftOptionType;
+
+/*
+ * One training option: a row of the option table, the single source of
+ * peft_train's options keys, peft-engine's --flags (the key with "-" for
+ * "_"), their checks, defaults and help, and the README's options table.
+ */
+typedef struct PeftOption
+{
+	const char *key;			/* "learning_rate" */
+	PeftOptionType type;
+	double		min;			/* INT, NUMBER: the range */
+	double		max;
+	bool		max_open;		/* max itself is out of range */
+	const char *const *words;	/* WORD: NULL-terminated (words.h) */
+	size_t		offset;			/* where the value lands in PeftTrainConfig */
+	size_t		size;			/* its size: int, uint64_t, double, bool or an enum */
+	size_t		count_offset;	/* MODULES: the int that counts the names */
+	double		default_value;	/* INT, NUMBER, BOOL, WORD (the index) */
+	const char *default_text;	/* the default as people read it */
+	const char *help;			/* one line */
+} PeftOption;
+
+/* A value for an option, as the caller has it (JSON, a command line). */
+typedef struct PeftOptionValue
+{
+	PeftOptionType type;		/* INT and NUMBER are both given as number */
+	double		number;
+	bool		boolean;
+	const char *word;
+	const char *const *names;	/* MODULES: kept by the caller while the config is used */
+	int			nnames;
+} PeftOptionValue;
+
+/* A method, as the method table describes it. */
+typedef struct PeftMethodInfo
+{
+	const char *name;			/* "lora", as in method => 'lora' and "a+b" */
+	unsigned	bit;			/* PEFT_METHOD_* */
+	const char *peft_type;		/* PEFT's peft_type when used alone; NULL: PEFT has none */
+	bool		mergeable;		/* peft_merge can fold it into the base weights */
+	const char *help;			/* one line */
+} PeftMethodInfo;
 
 /* One optimizer step's report. */
 typedef struct PeftTrainProgress
@@ -267,6 +334,19 @@ typedef struct PeftEngineApi
 
 	/* Defaults of a training run. */
 	void		(*train_config_default) (PeftTrainConfig *config);
+	/* The option table: *count rows. */
+	const PeftOption *(*options) (int *count);
+	/* Check value against option key's type and range and store it in config. */
+	PeftCode	(*option_set) (PeftTrainConfig *config, const char *key,
+							   const PeftOptionValue *value, PeftError *err);
+	/*
+	 * The same from text, as a command line has it (numbers, true/false,
+	 * words, comma-separated module names; config keeps copies).
+	 */
+	PeftCode	(*option_parse) (PeftTrainConfig *config, const char *key,
+								 const char *text, PeftError *err);
+	/* The method table: *count rows. */
+	const PeftMethodInfo *(*methods) (int *count);
 	/* Start a run: rows are added next. */
 	PeftCode	(*train_begin) (PeftModelHandle *model,
 								const PeftTrainConfig *config,
@@ -304,6 +384,6 @@ typedef struct PeftEngineApi
 typedef const PeftEngineApi *(*PeftEngineApiFn) (void);
 
 /* The engine's function table (exported from peft_engine.so). */
-const PeftEngineApi *peft_engine_api(void);
+PEFT_EXPORT const PeftEngineApi *peft_engine_api(void);
 
 #endif

@@ -4,6 +4,7 @@
  * the PostgreSQL side never sees engine internals.
  */
 #include "engine_session.h"
+#include "train_config.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -35,6 +36,9 @@ struct PeftAdapterHandle
 	PeftModelHandle *model;
 	Network    *net;
 };
+
+/* Tokens per training row when max_length is not given (capped by the model). */
+#define DEFAULT_MAX_LENGTH 128
 
 struct PeftTrainJob
 {
@@ -435,47 +439,6 @@ session_check_targets(const char *const *names, int count, PeftError *err)
 	return lora_parse_targets(targets, names, count, err);
 }
 
-/* Defaults of a training run (Hugging Face's where it has them). */
-void
-session_train_config_default(PeftTrainConfig *c)
-{
-	TrainOptions t;
-
-	train_options_default(&t);
-	memset(c, 0, sizeof(*c));
-	c->task = PEFT_TASK_CLASSIFICATION;
-	c->r = 8;
-	c->lora_alpha = 16;
-	c->lora_dropout = 0.1;
-	/* no targets: the method's defaults (session_network_options) */
-	c->num_targets = 0;
-	c->num_feedforward = -1;
-	c->methods = PEFT_METHOD_LORA;
-	c->reduction_factor = 16;
-	c->num_virtual_tokens = 8;
-	c->epochs = t.epochs;
-	c->batch_size = t.batch_size;
-	c->gradient_accumulation_steps = t.grad_accum;
-	c->learning_rate = t.learning_rate;
-	c->weight_decay = t.weight_decay;
-	c->warmup_ratio = t.warmup_ratio;
-	c->max_grad_norm = t.max_grad_norm;
-	c->schedule = PEFT_SCHEDULE_LINEAR;
-	c->max_length = 128;
-	c->validation_fraction = 0.1;
-	c->hidden_dropout = -1;
-	c->seed = t.seed;
-	c->device = PEFT_DEVICE_AUTO;
-	c->precision = PEFT_PRECISION_FP32;
-}
-
-/* Parse "lora", "dora", "ia3", "bitfit", "adapter" or a "+" combination of them. */
-PeftCode
-session_parse_method(const char *name, unsigned *methods, PeftError *err)
-{
-	return adapter_parse_method(name, methods, err);
-}
-
 /*
  * Network options of a training configuration: the methods' modules
  * (defaults as PEFT's for BERT: LoRA on query and value; (IA)^3 on key,
@@ -533,7 +496,7 @@ session_network_options(const PeftTrainConfig *c, const BertModel *bert, Network
 	if (m & PEFT_METHOD_ADAPTER)
 	{
 		o->bottleneck.reduction = c->reduction_factor;
-		o->bottleneck.after_attention = c->houlsby;
+		o->bottleneck.after_attention = c->adapter_placement == PEFT_PLACEMENT_HOULSBY;
 		o->bottleneck.after_ffn = true;
 	}
 	o->lora.r = c->r;
@@ -545,28 +508,6 @@ session_network_options(const PeftTrainConfig *c, const BertModel *bert, Network
 	o->attention_dropout = c->hidden_dropout >= 0 ? c->hidden_dropout : bert->cfg.attention_dropout;
 	o->seed = c->seed;
 	return PEFT_OK;
-}
-
-/*
- * The trainer's options of a training configuration: what the
- * configuration does not say (Adam's betas and epsilon, length grouping,
- * shuffling) keeps train_options_default's value.
- */
-void
-session_train_options(const PeftTrainConfig *c, TrainOptions *t)
-{
-	train_options_default(t);
-	t->epochs = c->epochs;
-	t->batch_size = c->batch_size;
-	t->grad_accum = c->gradient_accumulation_steps;
-	t->learning_rate = c->learning_rate;
-	t->weight_decay = c->weight_decay;
-	t->warmup_ratio = c->warmup_ratio;
-	t->max_grad_norm = c->max_grad_norm;
-	t->schedule = c->schedule == PEFT_SCHEDULE_COSINE ? SCHEDULE_COSINE :
-		c->schedule == PEFT_SCHEDULE_CONSTANT ? SCHEDULE_CONSTANT : SCHEDULE_LINEAR;
-	t->seed = c->seed;
-	t->max_steps = c->max_steps;
 }
 
 /* Start a run: check what can be checked before any row arrives. */
@@ -584,6 +525,14 @@ session_train_begin(PeftModelHandle *model, const PeftTrainConfig *config,
 		return peft_fail(err, PEFT_ERR_NOMEM, "out of memory starting training");
 	job->model = model;
 	job->config = *config;
+	/* max_length not given: 128, or the model's own limit if lower (as sentence-transformers') */
+	if (job->config.max_length == 0)
+	{
+		const ModelConfig *cfg = &model->bert->cfg;
+		int			limit = cfg->max_seq_length > 0 ? cfg->max_seq_length : cfg->max_position;
+
+		job->config.max_length = limit < DEFAULT_MAX_LENGTH ? limit : DEFAULT_MAX_LENGTH;
+	}
 	job->data.memory_limit = config->memory_limit;
 	o = &job->options;
 	if ((rc = session_network_options(config, model->bert, o, err)) != PEFT_OK)
@@ -591,7 +540,7 @@ session_train_begin(PeftModelHandle *model, const PeftTrainConfig *config,
 		free(job);
 		return rc;
 	}
-	if (config->max_length < 2 || config->max_length > model->bert->cfg.max_position)
+	if (job->config.max_length < 2 || job->config.max_length > model->bert->cfg.max_position)
 	{
 		free(job);
 		return peft_fail(err, PEFT_ERR_INVALID, "max_length must be between 2 and %d",
@@ -672,7 +621,7 @@ session_train_prepare(PeftTrainJob *job, int num_labels, const int *label_map,
 		(rc = network_set_device(job->net, device_kind(c->device), gemm_precision(c->precision),
 								 err)) != PEFT_OK)
 		return rc;
-	session_train_options(c, &t);
+	train_options_from_config(c, &t);
 	if ((rc = trainer_create(job->net, &job->data, job->train_rows, job->ntrain, &t,
 							 &job->trainer, err)) != PEFT_OK ||
 		(rc = check_train_memory(job, err)) != PEFT_OK)

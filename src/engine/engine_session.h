@@ -14,8 +14,6 @@
 /* Network options of a training configuration (also used by the CLI). */
 PeftCode	session_network_options(const PeftTrainConfig *c, const BertModel *bert,
 									NetworkOptions *o, PeftError *err);
-/* Trainer options of a training configuration (peft_train's; the reference test's). */
-void		session_train_options(const PeftTrainConfig *c, TrainOptions *t);
 
 void		session_configure(const PeftEngineSettings *settings);
 const char *session_train_device(PeftTrainJob *job);
@@ -47,9 +45,7 @@ PeftCode	session_embed(PeftModelHandle *model, PeftAdapterHandle *adapter,
 PeftCode	session_predict(PeftAdapterHandle *adapter, const char *const *texts,
 							const size_t *lengths, int n, int max_length,
 							float *out, PeftError *err);
-PeftCode	session_parse_method(const char *name, unsigned *methods, PeftError *err);
 PeftCode	session_check_targets(const char *const *names, int count, PeftError *err);
-void		session_train_config_default(PeftTrainConfig *config);
 PeftCode	session_train_begin(PeftModelHandle *model,
 								const PeftTrainConfig *config,
 								PeftTrainJob **out, PeftError *err);

@@ -1,14 +1,17 @@
 /*
- * network.h - the trainable network: a frozen BERT encoder, LoRA adapters on
- * chosen linear layers, and a task head on the pooled sentence embedding.
+ * network.h - the trainable network: a frozen BERT encoder, the adapter
+ * methods of its options, and a task head on the pooled sentence embedding.
  *
  *   h0      = LayerNorm(word[ids] + pos[t] + type[0])         (dropout when training)
- *   layer l = post-LN BERT layer whose targeted linears compute
- *             y = x W^T + b + scaling * (dropout(x) A^T) B^T
+ *   layer l = post-LN BERT layer (encoder_block.h), whose linears, biases,
+ *             sublayers and attention the methods adapt; LoRA's targeted
+ *             linears compute y = x W^T + b + scaling * (dropout(x) A^T) B^T
  *   pooled  = mean over real tokens (or the first real token, [CLS]) of h_L
  *   head    = pooled Wc^T + bc: K logits (classification) or 1 value (regression)
  *
- * Parameter names follow Hugging Face PEFT's saved adapters, e.g.
+ * Each method is a module (method.h, one file each); the network calls
+ * their hooks and names none of them.  Parameter names follow Hugging Face
+ * PEFT's saved adapters, e.g.
  * base_model.model.encoder.layer.0.attention.self.query.lora_A.weight
  * [r, in], ...lora_B.weight [out, r]; the head is
  * base_model.model.classifier.weight [K, C] and .bias [K] (PEFT's
@@ -97,7 +100,11 @@ typedef struct DeviceParams
 	real	   *adam_v;
 } DeviceParams;
 
-/* Indices into the ParamSet of one layer's trainable tensors, -1 where absent. */
+/*
+ * Indices into the ParamSet of one layer's trainable tensors, -1 where
+ * absent.  The method modules (method.h) fill them; serialization and
+ * combination (combine.c) read them.
+ */
 typedef struct LayerParams
 {
 	int			lora[BERT_NUM_LINEAR][2];	/* 0 = A [r, in], 1 = B [out, r] */
@@ -108,6 +115,37 @@ typedef struct LayerParams
 	int			adapter[2][4];	/* bottleneck after attention / ffn: down W, b, up W, b */
 } LayerParams;
 
+/* Indices of the trainable tensors outside the layers, -1 where absent (as LayerParams). */
+typedef struct ModelParams
+{
+	int			emb_ln_beta;	/* BitFit: the embeddings' LayerNorm bias */
+	int			prompt;			/* prompt tuning: prompt_embeddings [V, C] */
+	int			prefix;			/* prefix tuning: prompt_embeddings [V, L * 2 * C] */
+} ModelParams;
+
+/*
+ * What the method modules do in one layer, gathered when the network is
+ * built, so that the blocks ask no module at every step.
+ */
+typedef struct LayerHooks
+{
+	unsigned	linear[BERT_NUM_LINEAR];	/* HOOK_* bits (method.h) at each linear */
+	int			bias[BERT_NUM_LINEAR];	/* trained bias replacing the model's, -1 none */
+	int			norm_bias[2];	/* the same for the attention and output LayerNorms */
+	bool		trains;			/* some tensor of the layer trains */
+} LayerHooks;
+
+typedef struct MethodModule MethodModule;
+
+/* A module the network's options use, and its state. */
+typedef struct ActiveMethod
+{
+	const MethodModule *m;
+	void	   *state;
+} ActiveMethod;
+
+#define NETWORK_MAX_METHODS 16
+
 typedef struct MergedWeights MergedWeights;
 
 typedef struct Network
@@ -117,12 +155,20 @@ typedef struct Network
 	real		scaling;		/* alpha / r, or alpha / sqrt(r) */
 	ParamSet	params;
 	LayerParams *lp;			/* [num_layers] */
-	int			emb_ln_beta;	/* BitFit: the embeddings' LayerNorm bias */
-	int			prompt;			/* prompt tuning: prompt_embeddings [V, C] */
-	int			prefix;			/* prefix tuning: prompt_embeddings [V, L * 2 * C] */
+	ModelParams mp;
 	int			head_weight;
 	int			head_bias;
 	PeftRng		rng;			/* dropout masks (drawn on the host on every backend) */
+
+	/* the method modules of the options, in table order, and what they do where */
+	ActiveMethod methods[NETWORK_MAX_METHODS];
+	int			nmethods;
+	LayerHooks *hooks;			/* [num_layers] */
+	int			emb_norm_bias;	/* trained bias of the embeddings' LayerNorm, -1 none */
+	bool		embeddings_train;	/* a tensor at the input or the embeddings trains */
+	int			attention;		/* the index in methods of the one computing attention, -1 none */
+	int			virtual_tokens; /* positions before every sequence's real tokens */
+	int			virtual_rows;	/* of them, rows starting every packed sequence */
 	NetworkActivations *act;
 
 	/* where it computes: the CPU backend unless network_set_device says otherwise */

@@ -25,6 +25,13 @@ typedef enum PeftCode
 
 #define PEFT_ERROR_MESSAGE_LEN 512
 
+/*
+ * The engine builds with -fvisibility=hidden: its one entrance is the API
+ * table (peft_engine_api), and the CUDA library's its own table; only what
+ * crosses a library boundary is marked with this.
+ */
+#define PEFT_EXPORT __attribute__((visibility("default")))
+
 typedef struct PeftError
 {
 	PeftCode	code;
@@ -32,11 +39,11 @@ typedef struct PeftError
 } PeftError;
 
 /* Record a failure in err (may be NULL) and return code, printf-style. */
-PeftCode	peft_fail(PeftError *err, PeftCode code, const char *fmt,...)
+PEFT_EXPORT PeftCode peft_fail(PeftError *err, PeftCode code, const char *fmt,...)
 			__attribute__((format(printf, 3, 4)));
 
 /* Reset err to success. */
-void		peft_error_clear(PeftError *err);
+PEFT_EXPORT void peft_error_clear(PeftError *err);
 
 /* Name of a code, e.g. "format error", for messages. */
 const char *peft_code_name(PeftCode code);

@@ -2,6 +2,7 @@
  * trainer.c - optimizer steps, schedule, clipping and evaluation.
  */
 #include "trainer.h"
+#include "train_config.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -24,26 +25,42 @@ struct Trainer
 	size_t		activation_bytes;	/* of the largest batch (network_reserve) */
 };
 
-/* Hugging Face Trainer's defaults where it has them. */
+/*
+ * The trainer's options of a training configuration: what peft_train's
+ * options say (train_config.c's table), and AdamW's constants, which are
+ * torch's and Hugging Face's defaults and not options.
+ */
 void
-train_options_default(TrainOptions *o)
+train_options_from_config(const PeftTrainConfig *c, TrainOptions *o)
 {
 	memset(o, 0, sizeof(*o));
-	o->epochs = 3;
-	o->batch_size = 32;
-	o->grad_accum = 1;
-	o->learning_rate = 5e-4;
-	o->weight_decay = 0.01;
+	o->epochs = c->epochs;
+	o->batch_size = c->batch_size;
+	o->grad_accum = c->gradient_accumulation_steps;
+	o->learning_rate = c->learning_rate;
+	o->weight_decay = c->weight_decay;
 	o->beta1 = 0.9;
 	o->beta2 = 0.999;
 	o->adam_eps = 1e-8;
-	o->warmup_ratio = 0.06;
-	o->warmup_steps = -1;
-	o->schedule = SCHEDULE_LINEAR;
-	o->max_grad_norm = 1.0;
-	o->group_by_length = true;
+	o->warmup_ratio = c->warmup_ratio;
+	o->warmup_steps = c->warmup_steps;
+	o->schedule = c->schedule == PEFT_SCHEDULE_COSINE ? SCHEDULE_COSINE :
+		c->schedule == PEFT_SCHEDULE_CONSTANT ? SCHEDULE_CONSTANT : SCHEDULE_LINEAR;
+	o->max_grad_norm = c->max_grad_norm;
+	o->max_steps = c->max_steps;
+	o->group_by_length = c->group_by_length;
 	o->shuffle = true;
-	o->seed = 42;
+	o->seed = c->seed;
+}
+
+/* peft_train's defaults (the option table's), as trainer options. */
+void
+train_options_default(TrainOptions *o)
+{
+	PeftTrainConfig c;
+
+	train_config_default(&c);
+	train_options_from_config(&c, o);
 }
 
 /* Warm-up steps for a run of total_steps. */

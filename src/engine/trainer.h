@@ -12,6 +12,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include "dataset.h"
+#include "engine_api.h"
 #include "network.h"
 
 typedef enum ScheduleKind
@@ -46,7 +47,9 @@ typedef struct TrainOptions
 	uint64_t	seed;
 } TrainOptions;
 
-/* Hugging Face Trainer's defaults where it has them. */
+/* The trainer's options of a training configuration (AdamW's constants added). */
+void		train_options_from_config(const PeftTrainConfig *c, TrainOptions *o);
+/* peft_train's defaults, as trainer options. */
 void		train_options_default(TrainOptions *o);
 
 /* Multiplier of the peak learning rate at optimizer step s (0-based). */

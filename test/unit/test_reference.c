@@ -17,6 +17,7 @@
 #include "compare.h"
 #include "dataset.h"
 #include "engine_session.h"
+#include "train_config.h"
 #include "network.h"
 #include "trainer.h"
 #include "test_util.h"
@@ -270,7 +271,7 @@ fixture_network(const cJSON *opts, PeftTrainConfig *c)
 	Network    *net;
 	PeftError	err = {0};
 
-	session_train_config_default(c);
+	train_config_default(c);
 	c->r = (int) json_number(opts, "r");
 	c->lora_alpha = json_number(opts, "lora_alpha");
 	c->lora_dropout = json_number(opts, "lora_dropout");
@@ -385,9 +386,11 @@ test_lora_training_steps(void **state)
 	net = fixture_network(opts, &c);
 	load_initial_weights(net, fx);
 	rows = malloc(sizeof(uint32_t) * steps * c.batch_size);
-	fixture_rows(fx, json, steps, c.batch_size, c.max_length, &ds, rows);
+	/* max_length is not given: 128, the model's limit being 256 (as the worker resolves it) */
+	assert_int_equal(c.max_length, 0);
+	fixture_rows(fx, json, steps, c.batch_size, 128, &ds, rows);
 
-	session_train_options(&c, &topt);
+	train_options_from_config(&c, &topt);
 	/* PyTorch took the batches in order; peft_train shuffles */
 	assert_true(topt.shuffle);
 	topt.shuffle = false;

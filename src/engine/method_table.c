@@ -1,0 +1,107 @@
+/*
+ * method_table.c - the adapter methods as one table: a row per method is
+ * what parsing, canonical names, the SQL layer's hints and merge checks
+ * know about it.  Combinations ("lora+bitfit") are at most one of LoRA,
+ * DoRA and (IA)^3, with any of BitFit, bottleneck adapters and one of
+ * prompt and prefix tuning.
+ */
+#include "method_table.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static const PeftMethodInfo methods[] = {
+	{"lora", PEFT_METHOD_LORA, "LORA", true,
+	 "LoRA A and B on target_modules (default query, value)"},
+	{"dora", PEFT_METHOD_DORA, "LORA", true,
+	 "LoRA plus a magnitude per output row (PEFT's use_dora)"},
+	{"ia3", PEFT_METHOD_IA3, "IA3", true,
+	 "vectors scaling the outputs (or, for feedforward_modules, the inputs) of target_modules"},
+	{"bitfit", PEFT_METHOD_BITFIT, NULL, false,
+	 "every bias of the encoder (with LoRA or DoRA: PEFT's bias \"all\")"},
+	{"adapter", PEFT_METHOD_ADAPTER, NULL, false,
+	 "bottleneck adapters after the feed-forward block (and attention: houlsby)"},
+	{"prompt", PEFT_METHOD_PROMPT, "PROMPT_TUNING", false,
+	 "num_virtual_tokens trainable input embeddings before every input"},
+	{"prefix", PEFT_METHOD_PREFIX, "PREFIX_TUNING", false,
+	 "num_virtual_tokens trainable keys and values in every layer"},
+};
+#define NMETHODS ((int) (sizeof(methods) / sizeof(methods[0])))
+
+/* The method table: *count rows. */
+const PeftMethodInfo *
+method_table(int *count)
+{
+	*count = NMETHODS;
+	return methods;
+}
+
+/* The method names as "a, b, ... and z" into buf. */
+const char *
+method_names_list(char *buf, size_t len)
+{
+	buf[0] = '\0';
+	for (int k = 0; k < NMETHODS; k++)
+		snprintf(buf + strlen(buf), len - strlen(buf), "%s%s",
+				 k == 0 ? "" : k == NMETHODS - 1 ? " and " : ", ", methods[k].name);
+	return buf;
+}
+
+/* The canonical name of PEFT_METHOD_* bits, e.g. "dora+bitfit". */
+const char *
+adapter_methods_name(unsigned bits, char *buf, size_t len)
+{
+	buf[0] = '\0';
+	for (int k = 0; k < NMETHODS; k++)
+		if (bits & methods[k].bit)
+			snprintf(buf + strlen(buf), len - strlen(buf), "%s%s", buf[0] ? "+" : "", methods[k].name);
+	return buf;
+}
+
+/* Whether any of the methods in bits can be folded into the base weights. */
+bool
+methods_mergeable(unsigned bits)
+{
+	for (int k = 0; k < NMETHODS; k++)
+		if ((bits & methods[k].bit) && methods[k].mergeable)
+			return true;
+	return false;
+}
+
+/* Parse "lora", "dora", ... or a "+" combination into PEFT_METHOD_* bits. */
+PeftCode
+adapter_parse_method(const char *name, unsigned *out, PeftError *err)
+{
+	const char *at = name;
+	unsigned	bits = 0;
+	char		names[128];
+
+	*out = 0;
+	while (*at)
+	{
+		size_t		len = strcspn(at, "+");
+		unsigned	bit = 0;
+
+		for (int k = 0; k < NMETHODS; k++)
+			if (strlen(methods[k].name) == len && strncmp(methods[k].name, at, len) == 0)
+				bit = methods[k].bit;
+		if (bit == 0 || (bits & bit))
+			return peft_fail(err, PEFT_ERR_INVALID,
+							 "method \"%s\" is not a combination of %s (each at most once, joined by +)",
+							 name, method_names_list(names, sizeof(names)));
+		bits |= bit;
+		at += len;
+		if (*at == '+')
+			at++;
+	}
+	if (bits == 0)
+		return peft_fail(err, PEFT_ERR_INVALID, "method is empty");
+	if (__builtin_popcount(bits & (PEFT_METHOD_LORA | PEFT_METHOD_DORA | PEFT_METHOD_IA3)) > 1)
+		return peft_fail(err, PEFT_ERR_INVALID,
+						 "method \"%s\" combines more than one of lora, dora and ia3", name);
+	if ((bits & PEFT_METHOD_PROMPT) && (bits & PEFT_METHOD_PREFIX))
+		return peft_fail(err, PEFT_ERR_INVALID,
+						 "method \"%s\" combines prompt and prefix tuning", name);
+	*out = bits;
+	return PEFT_OK;
+}
