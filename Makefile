@@ -110,13 +110,14 @@ $(B)/double/%.o: src/engine/%.c $(wildcard src/engine/*.h) | $(B)/double
 $(B)/cuda/%.o: kernels/%.cu $(wildcard kernels/*.h kernels/*.cuh src/engine/*.h) | $(B)/cuda
 	$(NVCC) $(NVCC_FLAGS) -c $< -o $@
 
-$(B)/engine $(B)/double $(B)/cuda $(B)/unit:
+$(B)/engine $(B)/double $(B)/cuda $(B)/unit $(B)/test $(B)/test-double:
 	mkdir -p $@
 
 # Rebuild everything when the configuration changes.
 $(B)/config.stamp: FORCE | $(B)/engine
 	@echo "PEFT_CUDA=$(PEFT_CUDA) PEFT_ASAN=$(PEFT_ASAN)" > $@.tmp
-	@cmp -s $@.tmp $@ || { mv $@.tmp $@; rm -f $(B)/engine/*.o $(B)/cuda/*.o $(B)/double/*.o; }
+	@cmp -s $@.tmp $@ || { mv $@.tmp $@; rm -f $(B)/engine/*.o $(B)/cuda/*.o $(B)/double/*.o \
+		$(B)/test/*.o $(B)/test-double/*.o; }
 	@rm -f $@.tmp
 FORCE:
 
@@ -154,18 +155,45 @@ uninstall-engine:
 
 # ---- engine unit tests (cmocka) -------------------------------------------
 # test/unit/test_*.c link the float engine; test/unit/gradcheck_*.c the
-# double-precision build of the same sources.
+# double-precision build of the same sources.  Both also link the test-only
+# code, which peft_engine.so never contains:
+#   test/unit/ops_reference.c  padded-batch reference ops the tests compare
+#                              with (float and double builds);
+#   test/unit/X_hooks.c        engine module X plus its test-only entry
+#                              points: it includes src/engine/X.c and
+#                              replaces X.o.
 
 UNIT_SRCS   = $(sort $(wildcard test/unit/test_*.c))
 GRAD_SRCS   = $(sort $(wildcard test/unit/gradcheck_*.c))
 UNIT_BINS   = $(patsubst test/unit/%.c,$(B)/unit/%,$(UNIT_SRCS) $(GRAD_SRCS))
 UNIT_CFLAGS = $(ENGINE_CFLAGS) -Itest/unit -DPEFT_SOURCE_DIR='"$(CURDIR)"'
+TEST_HEADERS = $(wildcard src/engine/*.h test/unit/*.h)
 
-$(B)/unit/test_%: test/unit/test_%.c $(ENGINE_OBJS) $(CUDA_OBJS) $(wildcard test/unit/*.h) | $(B)/unit
-	$(CC) $(UNIT_CFLAGS) -o $@ $< $(ENGINE_OBJS) $(CUDA_OBJS) $(ENGINE_LIBS) $(CUDA_LIBS) -ldl -lcmocka
+TEST_REF_SRCS  = test/unit/ops_reference.c
+TEST_HOOK_SRCS = $(sort $(wildcard test/unit/*_hooks.c))
+TEST_ONLY_OBJS   = $(patsubst test/unit/%.c,$(B)/test/%.o,$(TEST_HOOK_SRCS) $(TEST_REF_SRCS))
+TEST_DOUBLE_ONLY = $(patsubst test/unit/%.c,$(B)/test-double/%.o,$(TEST_REF_SRCS))
+# What the tests link: the engine, hooked modules swapped for their hooks.
+TEST_OBJS        = $(filter-out $(patsubst test/unit/%_hooks.c,$(B)/engine/%.o,$(TEST_HOOK_SRCS)),$(ENGINE_OBJS)) \
+                   $(TEST_ONLY_OBJS)
+TEST_DOUBLE_OBJS = $(ENGINE_DOUBLE_OBJS) $(TEST_DOUBLE_ONLY)
 
-$(B)/unit/gradcheck_%: test/unit/gradcheck_%.c $(ENGINE_DOUBLE_OBJS) $(wildcard test/unit/*.h) | $(B)/unit
-	$(CC) $(UNIT_CFLAGS) -UPEFT_WITH_CUDA -DPEFT_DOUBLE -o $@ $< $(ENGINE_DOUBLE_OBJS) $(ENGINE_LIBS) -ldl -lcmocka
+$(TEST_ONLY_OBJS) $(TEST_DOUBLE_ONLY): $(B)/config.stamp
+
+$(B)/test/%_hooks.o: test/unit/%_hooks.c src/engine/%.c $(TEST_HEADERS) | $(B)/test
+	$(CC) $(UNIT_CFLAGS) -c $< -o $@
+
+$(B)/test/ops_reference.o: test/unit/ops_reference.c $(TEST_HEADERS) | $(B)/test
+	$(CC) $(UNIT_CFLAGS) -c $< -o $@
+
+$(B)/test-double/ops_reference.o: test/unit/ops_reference.c $(TEST_HEADERS) | $(B)/test-double
+	$(CC) $(UNIT_CFLAGS) -UPEFT_WITH_CUDA -DPEFT_DOUBLE -c $< -o $@
+
+$(B)/unit/test_%: test/unit/test_%.c $(TEST_OBJS) $(CUDA_OBJS) $(wildcard test/unit/*.h) | $(B)/unit
+	$(CC) $(UNIT_CFLAGS) -o $@ $< $(TEST_OBJS) $(CUDA_OBJS) $(ENGINE_LIBS) $(CUDA_LIBS) -ldl -lcmocka
+
+$(B)/unit/gradcheck_%: test/unit/gradcheck_%.c $(TEST_DOUBLE_OBJS) $(wildcard test/unit/*.h) | $(B)/unit
+	$(CC) $(UNIT_CFLAGS) -UPEFT_WITH_CUDA -DPEFT_DOUBLE -o $@ $< $(TEST_DOUBLE_OBJS) $(ENGINE_LIBS) -ldl -lcmocka
 
 unit: $(UNIT_BINS)
 
@@ -181,8 +209,8 @@ endif
 $(B)/gpu:
 	mkdir -p $@
 
-$(B)/gpu/test_gpu_%: test/gpu/test_gpu_%.c $(ENGINE_OBJS) $(CUDA_OBJS) | $(B)/gpu
-	$(CC) $(UNIT_CFLAGS) -Itest/gpu -o $@ $< $(ENGINE_OBJS) $(CUDA_OBJS) $(ENGINE_LIBS) $(CUDA_LIBS) -ldl -lcmocka
+$(B)/gpu/test_gpu_%: test/gpu/test_gpu_%.c $(TEST_OBJS) $(CUDA_OBJS) | $(B)/gpu
+	$(CC) $(UNIT_CFLAGS) -Itest/gpu -o $@ $< $(TEST_OBJS) $(CUDA_OBJS) $(ENGINE_LIBS) $(CUDA_LIBS) -ldl -lcmocka
 
 gpu-tests: $(GPU_BINS)
 

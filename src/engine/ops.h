@@ -1,13 +1,18 @@
 /*
- * ops.h - the CPU reference operations of a BERT-style encoder, each a
- * forward/backward pair (llm.c style: outputs first, shapes in comments).
+ * ops.h - the CPU operations of a BERT-style encoder that run row by row or
+ * element by element, each a forward/backward pair where training needs
+ * one (llm.c style: outputs first, shapes in comments).  The CPU backend
+ * (backend_cpu.c) and network.c call them; the CUDA kernels are checked
+ * against them (test/gpu).  The linear forward is matmul.h's; attention,
+ * embeddings and pooling run on packed batches (ops_varlen.h).  The padded
+ * [B,T] versions of those, which the tests compare with, are in
+ * test/unit/ops_reference.h, outside the library.
  *
  * Conventions:
  *  - All tensors are contiguous, row-major `real` arrays.
  *  - Linear weights use PyTorch's layout: weight[out_features, in_features].
  *  - Every *_backward ACCUMULATES (+=) into its gradient outputs, and any
  *    gradient output may be NULL when it is not needed (frozen weights).
- *  - mask[B,T] is 1 for a real token, 0 for padding.
  *  - Loops are split over the engine thread pool (threadpool.h); matrix
  *    products go through cblas_gemm (real.h).
  */
@@ -19,9 +24,6 @@
 #include "real.h"
 #include "rng.h"
 
-/* out[N,OC] = inp[N,IC] @ weight[OC,IC]^T + bias[OC] (bias may be NULL) */
-void		linear_forward(real *out, const real *inp, const real *weight,
-						   const real *bias, int N, int IC, int OC);
 /* dinp[N,IC] += dout @ weight; dweight[OC,IC] += dout^T @ inp; dbias += colsum(dout) */
 void		linear_backward(real *dinp, real *dweight, real *dbias,
 							const real *dout, const real *inp,
@@ -54,48 +56,8 @@ void		dropout_forward(real *out, const real *inp, const uint8_t *keep,
 void		dropout_backward(real *dinp, const real *dout, const uint8_t *keep,
 							 real p, size_t n);
 
-/*
- * Multi-head self-attention core, heads split along C (head size C/NH):
- *   probs[B,NH,T,T] = softmax(q k^T / sqrt(C/NH) over keys with mask 1)
- *   out[B,T,C]      = dropout(probs, keep, p) @ v
- * q, k, v are [B,T,C].  keep is [B,NH,T,T] or NULL (no dropout).  probs keeps
- * the pre-dropout softmax for the backward pass.  Padded keys get weight 0;
- * padded query rows are computed like any other (their output is ignored
- * by pooling), matching Hugging Face's additive mask.
- */
-void		attention_forward(real *out, real *probs, const real *q,
-							  const real *k, const real *v, const int32_t *mask,
-							  const uint8_t *keep, real p,
-							  int B, int T, int C, int NH);
-/* dq, dk, dv [B,T,C] += gradients given dout[B,T,C]; scratch is [B,NH,T,T] */
-void		attention_backward(real *dq, real *dk, real *dv, real *scratch,
-							   const real *dout, const real *probs,
-							   const real *q, const real *k, const real *v,
-							   const int32_t *mask, const uint8_t *keep, real p,
-							   int B, int T, int C, int NH);
-
-/* out[B,T,C] = word[ids] + pos[t] + type[type_ids or 0] (no LayerNorm) */
-void		embeddings_forward(real *out, const int32_t *ids,
-							   const int32_t *type_ids, const real *word,
-							   const real *pos, const real *type,
-							   int B, int T, int C);
-
-/* out[B,C] = mean over t with mask[b,t] == 1 of inp[b,t,:] */
-void		mean_pool_forward(real *out, const real *inp, const int32_t *mask,
-							  int B, int T, int C);
-/* dinp[B,T,C] += dout[b,:] / count(b) where mask is 1 */
-void		mean_pool_backward(real *dinp, const real *dout, const int32_t *mask,
-							   int B, int T, int C);
-/* out[B,C] = inp[b,0,:] */
-void		cls_pool_forward(real *out, const real *inp, int B, int T, int C);
-/* dinp[b,0,:] += dout[b,:] */
-void		cls_pool_backward(real *dinp, const real *dout, int B, int T, int C);
-
 /* out[B,C] = inp / max(||inp||_2, 1e-12) (as torch.nn.functional.normalize); norm[B] saved */
 void		l2norm_forward(real *out, real *norm, const real *inp, int B, int C);
-/* dinp[B,C] += gradient through the normalisation */
-void		l2norm_backward(real *dinp, const real *dout, const real *inp,
-							const real *norm, int B, int C);
 
 /*
  * Mean cross-entropy over B rows of logits[B,K] with integer labels[B];

@@ -340,40 +340,11 @@ compare_meta_pairs(const void *a, const void *b)
 	return strcmp(((const MetaPair *) a)->key, ((const MetaPair *) b)->key);
 }
 
-/*
- * Validate one tensor entry of the header and fill *t; its bytes must lie
- * within the data area of data_len bytes.  *begin and *end get the offsets.
- */
+/* Read a tensor's "dtype" member into t->dtype. */
 static PeftCode
-parse_tensor_entry(const cJSON *entry, const char *name, const uint8_t *data,
-				   size_t data_len, const char *label, StTensor *t,
-				   uint64_t *begin, uint64_t *end, PeftError *err)
+parse_tensor_dtype(const cJSON *dtype_item, const char *name,
+				   const char *label, StTensor *t, PeftError *err)
 {
-	const cJSON *dtype_item;
-	const cJSON *shape_item;
-	const cJSON *offsets_item;
-	const cJSON *dim;
-	bool		dup_dtype;
-	bool		dup_shape;
-	bool		dup_offsets;
-	size_t		nelem = 1;
-	size_t		nbytes;
-	int			ndim;
-
-	if (!cJSON_IsObject(entry))
-		return peft_fail(err, PEFT_ERR_FORMAT,
-						 "%s: tensor \"%s\": entry is not a JSON object",
-						 label, name);
-	dtype_item = json_member(entry, "dtype", &dup_dtype);
-	shape_item = json_member(entry, "shape", &dup_shape);
-	offsets_item = json_member(entry, "data_offsets", &dup_offsets);
-	if (dup_dtype || dup_shape || dup_offsets)
-		return peft_fail(err, PEFT_ERR_FORMAT,
-						 "%s: tensor \"%s\": key \"%s\" appears more than once",
-						 label, name,
-						 dup_dtype ? "dtype" : dup_shape ? "shape" : "data_offsets");
-
-	/* dtype */
 	if (dtype_item == NULL || !cJSON_IsString(dtype_item))
 		return peft_fail(err, PEFT_ERR_FORMAT,
 						 "%s: tensor \"%s\": \"dtype\" is missing or not a string",
@@ -388,8 +359,22 @@ parse_tensor_entry(const cJSON *entry, const char *name, const uint8_t *data,
 						 "%s: tensor \"%s\": unknown dtype \"%s\"",
 						 label, name, dtype_item->valuestring);
 	}
+	return PEFT_OK;
+}
 
-	/* shape: each dimension a non-negative integer, product without overflow */
+/*
+ * Read a tensor's "shape" member into t->shape and t->ndim, and its
+ * element count into *nelem: each dimension a non-negative integer, the
+ * product without overflow.
+ */
+static PeftCode
+parse_tensor_shape(const cJSON *shape_item, const char *name,
+				   const char *label, StTensor *t, size_t *nelem,
+				   PeftError *err)
+{
+	const cJSON *dim;
+	int			ndim;
+
 	if (shape_item == NULL || !cJSON_IsArray(shape_item))
 		return peft_fail(err, PEFT_ERR_FORMAT,
 						 "%s: tensor \"%s\": \"shape\" is missing or not an array",
@@ -399,6 +384,7 @@ parse_tensor_entry(const cJSON *entry, const char *name, const uint8_t *data,
 		return peft_fail(err, PEFT_ERR_FORMAT,
 						 "%s: tensor \"%s\": %d dimensions, at most %d allowed",
 						 label, name, ndim, ST_MAX_DIMS);
+	*nelem = 1;
 	t->ndim = 0;
 	cJSON_ArrayForEach(dim, shape_item)
 	{
@@ -408,17 +394,25 @@ parse_tensor_entry(const cJSON *entry, const char *name, const uint8_t *data,
 			return peft_fail(err, PEFT_ERR_FORMAT,
 							 "%s: tensor \"%s\": shape dimension %d is not a non-negative integer",
 							 label, name, t->ndim);
-		if (d > SIZE_MAX || __builtin_mul_overflow(nelem, (size_t) d, &nelem))
+		if (d > SIZE_MAX || __builtin_mul_overflow(*nelem, (size_t) d, nelem))
 			return peft_fail(err, PEFT_ERR_FORMAT,
 							 "%s: tensor \"%s\": element count overflows",
 							 label, name);
 		t->shape[t->ndim++] = (int64_t) d;
 	}
-	if (__builtin_mul_overflow(nelem, st_dtype_size(t->dtype), &nbytes))
-		return peft_fail(err, PEFT_ERR_FORMAT,
-						 "%s: tensor \"%s\": byte size overflows", label, name);
+	return PEFT_OK;
+}
 
-	/* data_offsets: [begin, end] inside the data area, matching the size */
+/*
+ * Read a tensor's "data_offsets" member into *begin and *end: two integers
+ * in order, inside the data area of data_len bytes, spanning nbytes.
+ */
+static PeftCode
+parse_tensor_offsets(const cJSON *offsets_item, const char *name,
+					 const char *label, StDtype dtype, size_t nbytes,
+					 size_t data_len, uint64_t *begin, uint64_t *end,
+					 PeftError *err)
+{
 	if (offsets_item == NULL || !cJSON_IsArray(offsets_item) ||
 		cJSON_GetArraySize(offsets_item) != 2 ||
 		!json_get_uint(cJSON_GetArrayItem(offsets_item, 0), begin) ||
@@ -439,7 +433,52 @@ parse_tensor_entry(const cJSON *entry, const char *name, const uint8_t *data,
 		return peft_fail(err, PEFT_ERR_FORMAT,
 						 "%s: tensor \"%s\": data_offsets span %llu bytes but %s shape needs %zu",
 						 label, name, (unsigned long long) (*end - *begin),
-						 st_dtype_name(t->dtype), nbytes);
+						 st_dtype_name(dtype), nbytes);
+	return PEFT_OK;
+}
+
+/*
+ * Validate one tensor entry of the header and fill *t; its bytes must lie
+ * within the data area of data_len bytes.  *begin and *end get the offsets.
+ */
+static PeftCode
+parse_tensor_entry(const cJSON *entry, const char *name, const uint8_t *data,
+				   size_t data_len, const char *label, StTensor *t,
+				   uint64_t *begin, uint64_t *end, PeftError *err)
+{
+	const cJSON *dtype_item;
+	const cJSON *shape_item;
+	const cJSON *offsets_item;
+	bool		dup_dtype;
+	bool		dup_shape;
+	bool		dup_offsets;
+	size_t		nelem = 0;
+	size_t		nbytes;
+	PeftCode	code;
+
+	if (!cJSON_IsObject(entry))
+		return peft_fail(err, PEFT_ERR_FORMAT,
+						 "%s: tensor \"%s\": entry is not a JSON object",
+						 label, name);
+	dtype_item = json_member(entry, "dtype", &dup_dtype);
+	shape_item = json_member(entry, "shape", &dup_shape);
+	offsets_item = json_member(entry, "data_offsets", &dup_offsets);
+	if (dup_dtype || dup_shape || dup_offsets)
+		return peft_fail(err, PEFT_ERR_FORMAT,
+						 "%s: tensor \"%s\": key \"%s\" appears more than once",
+						 label, name,
+						 dup_dtype ? "dtype" : dup_shape ? "shape" : "data_offsets");
+
+	if ((code = parse_tensor_dtype(dtype_item, name, label, t, err)) != PEFT_OK ||
+		(code = parse_tensor_shape(shape_item, name, label, t, &nelem, err)) != PEFT_OK)
+		return code;
+	if (__builtin_mul_overflow(nelem, st_dtype_size(t->dtype), &nbytes))
+		return peft_fail(err, PEFT_ERR_FORMAT,
+						 "%s: tensor \"%s\": byte size overflows", label, name);
+	code = parse_tensor_offsets(offsets_item, name, label, t->dtype, nbytes,
+								data_len, begin, end, err);
+	if (code != PEFT_OK)
+		return code;
 
 	t->nelem = nelem;
 	t->nbytes = nbytes;
@@ -518,6 +557,166 @@ done:
 }
 
 /*
+ * Check the raw header of base[0..size): an 8-byte length within the limit
+ * and the file, then header bytes free of NUL and valid UTF-8.
+ */
+static PeftCode
+check_header_bytes(const uint8_t *base, size_t size, const char *label,
+				   uint64_t *header_len, PeftError *err)
+{
+	size_t		bad_at = 0;
+
+	if (size < 8)
+		return peft_fail(err, PEFT_ERR_FORMAT,
+						 "%s: %zu bytes is too short for a safetensors file",
+						 label, size);
+	*header_len = load_le64(base);
+	if (*header_len > ST_MAX_HEADER)
+		return peft_fail(err, PEFT_ERR_FORMAT,
+						 "%s: header length %llu exceeds the limit of %d bytes",
+						 label, (unsigned long long) *header_len, ST_MAX_HEADER);
+	if (*header_len > size - 8)
+		return peft_fail(err, PEFT_ERR_FORMAT,
+						 "%s: header length %llu runs past the end of the %zu-byte file",
+						 label, (unsigned long long) *header_len, size);
+	if (memchr(base + 8, '\0', (size_t) *header_len) != NULL)
+		return peft_fail(err, PEFT_ERR_FORMAT,
+						 "%s: header contains a NUL byte", label);
+	if (!utf8_valid(base + 8, (size_t) *header_len, &bad_at))
+		return peft_fail(err, PEFT_ERR_FORMAT,
+						 "%s: header is not valid UTF-8 (at byte %zu)",
+						 label, bad_at);
+	return PEFT_OK;
+}
+
+/*
+ * Parse the header_len bytes of JSON after the length into *root, a JSON
+ * object.  cJSON needs a NUL-terminated string, so it parses a private
+ * copy, *header, which the caller frees (on failure too).
+ */
+static PeftCode
+parse_header_json(const uint8_t *base, uint64_t header_len, const char *label,
+				  char **header, cJSON **root, PeftError *err)
+{
+	const char *parse_end = NULL;
+	const char *problem;
+
+	*header = malloc((size_t) header_len + 1);
+	if (*header == NULL)
+		return peft_fail(err, PEFT_ERR_NOMEM,
+						 "%s: out of memory for a %llu-byte header",
+						 label, (unsigned long long) header_len);
+	memcpy(*header, base + 8, (size_t) header_len);
+	(*header)[header_len] = '\0';
+	if ((problem = json_string_problem(*header, (size_t) header_len)) != NULL)
+		return peft_fail(err, PEFT_ERR_FORMAT, "%s: header contains %s",
+						 label, problem);
+	*root = cJSON_ParseWithOpts(*header, &parse_end, true);
+	if (*root == NULL)
+		return peft_fail(err, PEFT_ERR_FORMAT,
+						 "%s: header is not valid JSON (near byte %zu)", label,
+						 parse_end ? (size_t) (parse_end - *header) : (size_t) 0);
+	if (!cJSON_IsObject(*root))
+		return peft_fail(err, PEFT_ERR_FORMAT,
+						 "%s: header is not a JSON object", label);
+	return PEFT_OK;
+}
+
+/*
+ * Fill file's tensors (pointing into data[0..data_len)) and metadata from
+ * the header object root, in the header's order; spans[] has room for one
+ * per entry.
+ */
+static PeftCode
+parse_header_entries(const cJSON *root, const uint8_t *data, size_t data_len,
+					 const char *label, StFile *file, TensorSpan *spans,
+					 PeftError *err)
+{
+	const cJSON *child;
+	bool		seen_metadata = false;
+	PeftCode	code;
+
+	cJSON_ArrayForEach(child, root)
+	{
+		StTensor   *t;
+
+		if (strcmp(child->string, "__metadata__") == 0)
+		{
+			if (seen_metadata)
+				return peft_fail(err, PEFT_ERR_FORMAT,
+								 "%s: \"__metadata__\" appears more than once",
+								 label);
+			seen_metadata = true;
+			code = parse_metadata(child, label, file, err);
+			if (code != PEFT_OK)
+				return code;
+			continue;
+		}
+		t = &file->tensors[file->ntensors];
+		t->name = strdup(child->string);
+		if (t->name == NULL)
+			return peft_fail(err, PEFT_ERR_NOMEM,
+							 "%s: out of memory for tensor names", label);
+		file->ntensors++;
+		code = parse_tensor_entry(child, t->name, data, data_len, label, t,
+								  &spans[file->ntensors - 1].begin,
+								  &spans[file->ntensors - 1].end, err);
+		if (code != PEFT_OK)
+			return code;
+	}
+	return PEFT_OK;
+}
+
+/*
+ * Sort file's tensors by name: duplicates become neighbours, and st_find
+ * can bisect.  A name that appears twice is an error.
+ */
+static PeftCode
+sort_tensor_names(StFile *file, const char *label, PeftError *err)
+{
+	if (file->ntensors > 1)
+		qsort(file->tensors, (size_t) file->ntensors, sizeof(StTensor),
+			  compare_tensor_names);
+	for (int i = 1; i < file->ntensors; i++)
+	{
+		if (strcmp(file->tensors[i - 1].name, file->tensors[i].name) == 0)
+			return peft_fail(err, PEFT_ERR_FORMAT,
+							 "%s: tensor \"%s\" appears more than once",
+							 label, file->tensors[i].name);
+	}
+	return PEFT_OK;
+}
+
+/*
+ * Refuse tensors that share bytes of data: fill spans[] (one per tensor)
+ * with their offsets, sort them by offset and compare neighbours.
+ */
+static PeftCode
+check_no_overlap(const StFile *file, const uint8_t *data, TensorSpan *spans,
+				 const char *label, PeftError *err)
+{
+	for (int i = 0; i < file->ntensors; i++)
+	{
+		const StTensor *t = &file->tensors[i];
+
+		spans[i].begin = (uint64_t) (t->data - data);
+		spans[i].end = spans[i].begin + t->nbytes;
+		spans[i].tensor = t;
+	}
+	if (file->ntensors > 1)
+		qsort(spans, (size_t) file->ntensors, sizeof(TensorSpan), compare_spans);
+	for (int i = 1; i < file->ntensors; i++)
+	{
+		if (spans[i].begin < spans[i - 1].end)
+			return peft_fail(err, PEFT_ERR_FORMAT,
+							 "%s: tensors \"%s\" and \"%s\" overlap",
+							 label, spans[i - 1].tensor->name,
+							 spans[i].tensor->name);
+	}
+	return PEFT_OK;
+}
+
+/*
  * Validate base[0..size) as a safetensors file and build the StFile.  label
  * says what is being read, for messages.  On failure nothing is kept (the
  * caller unmaps).
@@ -530,67 +729,19 @@ st_parse(const uint8_t *base, size_t size, bool mapped, const char *label,
 	char	   *header = NULL;
 	cJSON	   *root = NULL;
 	TensorSpan *spans = NULL;
-	const cJSON *child;
-	const char *parse_end = NULL;
-	const char *problem;
-	uint64_t	header_len;
+	uint64_t	header_len = 0;
 	const uint8_t *data;
 	size_t		data_len;
-	size_t		bad_at = 0;
 	int			nentries;
-	bool		seen_metadata = false;
-	PeftCode	code = PEFT_OK;
+	PeftCode	code;
 
 	*out = NULL;
-	if (size < 8)
-		return peft_fail(err, PEFT_ERR_FORMAT,
-						 "%s: %zu bytes is too short for a safetensors file",
-						 label, size);
-	header_len = load_le64(base);
-	if (header_len > ST_MAX_HEADER)
-		return peft_fail(err, PEFT_ERR_FORMAT,
-						 "%s: header length %llu exceeds the limit of %d bytes",
-						 label, (unsigned long long) header_len, ST_MAX_HEADER);
-	if (header_len > size - 8)
-		return peft_fail(err, PEFT_ERR_FORMAT,
-						 "%s: header length %llu runs past the end of the %zu-byte file",
-						 label, (unsigned long long) header_len, size);
-	if (memchr(base + 8, '\0', (size_t) header_len) != NULL)
-		return peft_fail(err, PEFT_ERR_FORMAT,
-						 "%s: header contains a NUL byte", label);
-	if (!utf8_valid(base + 8, (size_t) header_len, &bad_at))
-		return peft_fail(err, PEFT_ERR_FORMAT,
-						 "%s: header is not valid UTF-8 (at byte %zu)",
-						 label, bad_at);
-
-	/* cJSON needs a NUL-terminated string: parse a private copy */
-	header = malloc((size_t) header_len + 1);
-	if (header == NULL)
-		return peft_fail(err, PEFT_ERR_NOMEM,
-						 "%s: out of memory for a %llu-byte header",
-						 label, (unsigned long long) header_len);
-	memcpy(header, base + 8, (size_t) header_len);
-	header[header_len] = '\0';
-	if ((problem = json_string_problem(header, (size_t) header_len)) != NULL)
-	{
-		code = peft_fail(err, PEFT_ERR_FORMAT, "%s: header contains %s",
-						 label, problem);
+	code = check_header_bytes(base, size, label, &header_len, err);
+	if (code != PEFT_OK)
+		return code;
+	code = parse_header_json(base, header_len, label, &header, &root, err);
+	if (code != PEFT_OK)
 		goto fail;
-	}
-	root = cJSON_ParseWithOpts(header, &parse_end, true);
-	if (root == NULL)
-	{
-		code = peft_fail(err, PEFT_ERR_FORMAT,
-						 "%s: header is not valid JSON (near byte %zu)", label,
-						 parse_end ? (size_t) (parse_end - header) : (size_t) 0);
-		goto fail;
-	}
-	if (!cJSON_IsObject(root))
-	{
-		code = peft_fail(err, PEFT_ERR_FORMAT,
-						 "%s: header is not a JSON object", label);
-		goto fail;
-	}
 
 	data = base + 8 + header_len;
 	data_len = size - 8 - (size_t) header_len;
@@ -607,79 +758,11 @@ st_parse(const uint8_t *base, size_t size, bool mapped, const char *label,
 	}
 	file->base = base;
 	file->size = size;
-
-	cJSON_ArrayForEach(child, root)
-	{
-		StTensor   *t;
-
-		if (strcmp(child->string, "__metadata__") == 0)
-		{
-			if (seen_metadata)
-			{
-				code = peft_fail(err, PEFT_ERR_FORMAT,
-								 "%s: \"__metadata__\" appears more than once",
-								 label);
-				goto fail;
-			}
-			seen_metadata = true;
-			code = parse_metadata(child, label, file, err);
-			if (code != PEFT_OK)
-				goto fail;
-			continue;
-		}
-		t = &file->tensors[file->ntensors];
-		t->name = strdup(child->string);
-		if (t->name == NULL)
-		{
-			code = peft_fail(err, PEFT_ERR_NOMEM,
-							 "%s: out of memory for tensor names", label);
-			goto fail;
-		}
-		file->ntensors++;
-		code = parse_tensor_entry(child, t->name, data, data_len, label, t,
-								  &spans[file->ntensors - 1].begin,
-								  &spans[file->ntensors - 1].end, err);
-		if (code != PEFT_OK)
-			goto fail;
-	}
-
-	/* sorted names: duplicates become neighbours, and st_find can bisect */
-	if (file->ntensors > 1)
-		qsort(file->tensors, (size_t) file->ntensors, sizeof(StTensor),
-			  compare_tensor_names);
-	for (int i = 1; i < file->ntensors; i++)
-	{
-		if (strcmp(file->tensors[i - 1].name, file->tensors[i].name) == 0)
-		{
-			code = peft_fail(err, PEFT_ERR_FORMAT,
-							 "%s: tensor \"%s\" appears more than once",
-							 label, file->tensors[i].name);
-			goto fail;
-		}
-	}
-
-	/* no byte may belong to two tensors: sort by offset, compare neighbours */
-	for (int i = 0; i < file->ntensors; i++)
-	{
-		const StTensor *t = &file->tensors[i];
-
-		spans[i].begin = (uint64_t) (t->data - data);
-		spans[i].end = spans[i].begin + t->nbytes;
-		spans[i].tensor = t;
-	}
-	if (file->ntensors > 1)
-		qsort(spans, (size_t) file->ntensors, sizeof(TensorSpan), compare_spans);
-	for (int i = 1; i < file->ntensors; i++)
-	{
-		if (spans[i].begin < spans[i - 1].end)
-		{
-			code = peft_fail(err, PEFT_ERR_FORMAT,
-							 "%s: tensors \"%s\" and \"%s\" overlap",
-							 label, spans[i - 1].tensor->name,
-							 spans[i].tensor->name);
-			goto fail;
-		}
-	}
+	if ((code = parse_header_entries(root, data, data_len, label, file, spans,
+									 err)) != PEFT_OK ||
+		(code = sort_tensor_names(file, label, err)) != PEFT_OK ||
+		(code = check_no_overlap(file, data, spans, label, err)) != PEFT_OK)
+		goto fail;
 
 	free(spans);
 	cJSON_Delete(root);
@@ -815,31 +898,6 @@ st_find(const StFile *file, const char *name)
 
 		if (cmp == 0)
 			return &file->tensors[mid];
-		if (cmp < 0)
-			hi = mid - 1;
-		else
-			lo = mid + 1;
-	}
-	return NULL;
-}
-
-/* Metadata value for key, or NULL (binary search over sorted keys). */
-const char *
-st_metadata(const StFile *file, const char *key)
-{
-	int			lo = 0;
-	int			hi;
-
-	if (file == NULL || key == NULL)
-		return NULL;
-	hi = file->nmeta - 1;
-	while (lo <= hi)
-	{
-		int			mid = lo + (hi - lo) / 2;
-		int			cmp = strcmp(key, file->meta_keys[mid]);
-
-		if (cmp == 0)
-			return file->meta_values[mid];
 		if (cmp < 0)
 			hi = mid - 1;
 		else
@@ -1097,32 +1155,13 @@ compare_write_items(const void *a, const void *b)
 				  ((const WriteItem *) b)->tensor->name);
 }
 
-/*
- * Serialise tensors (written in name order, F32, 8-byte aligned header) and
- * optional metadata pairs into a malloc'ed buffer.
- */
-PeftCode
-st_serialize(const StWriteTensor *tensors, int ntensors,
-			 const char *const *meta_keys, const char *const *meta_values,
-			 int nmeta, uint8_t **out, size_t *outlen, PeftError *err)
+/* Check the metadata to write: valid UTF-8 strings, no key given twice. */
+static PeftCode
+check_write_metadata(const char *const *meta_keys,
+					 const char *const *meta_values, int nmeta, PeftError *err)
 {
-	ByteBuf		header = {0};
-	WriteItem  *items = NULL;
-	uint64_t	offset = 0;
-	size_t		padded_len;
-	size_t		total;
-	uint8_t    *result;
-	uint8_t    *dst;
-	PeftCode	code = PEFT_OK;
+	PeftCode	code;
 
-	*out = NULL;
-	*outlen = 0;
-	if (ntensors < 0 || nmeta < 0 || (ntensors > 0 && tensors == NULL) ||
-		(nmeta > 0 && (meta_keys == NULL || meta_values == NULL)))
-		return peft_fail(err, PEFT_ERR_INVALID,
-						 "st_serialize: bad tensor or metadata arrays");
-
-	/* check every argument before writing anything */
 	for (int i = 0; i < nmeta; i++)
 	{
 		if ((code = check_write_string(meta_keys[i], "metadata key", err)) != PEFT_OK ||
@@ -1134,57 +1173,68 @@ st_serialize(const StWriteTensor *tensors, int ntensors,
 								 "st_serialize: metadata key \"%s\" given twice",
 								 meta_keys[i]);
 	}
+	return PEFT_OK;
+}
+
+/*
+ * Check one tensor to write: its name, its shape, a size whose byte
+ * offsets a JSON number holds exactly, and data unless it is empty.  Sets
+ * *nelem to its element count.
+ */
+static PeftCode
+check_write_tensor(const StWriteTensor *t, size_t *nelem, PeftError *err)
+{
+	size_t		n = 1;
+	PeftCode	code;
+
+	if ((code = check_write_string(t->name, "tensor name", err)) != PEFT_OK)
+		return code;
+	if (strcmp(t->name, "__metadata__") == 0)
+		return peft_fail(err, PEFT_ERR_INVALID,
+						 "st_serialize: \"__metadata__\" is reserved, not a tensor name");
+	if (t->ndim < 0 || t->ndim > ST_MAX_DIMS)
+		return peft_fail(err, PEFT_ERR_INVALID,
+						 "st_serialize: tensor \"%s\" has %d dimensions",
+						 t->name, t->ndim);
+	for (int d = 0; d < t->ndim; d++)
+	{
+		if (t->shape[d] < 0 ||
+			__builtin_mul_overflow(n, (uint64_t) t->shape[d], &n))
+			return peft_fail(err, PEFT_ERR_INVALID,
+							 "st_serialize: tensor \"%s\" has a bad shape",
+							 t->name);
+	}
+	if (n > (size_t) ST_MAX_JSON_INTEGER / 4)
+		return peft_fail(err, PEFT_ERR_INVALID,
+						 "st_serialize: tensor \"%s\" is too large", t->name);
+	if (n > 0 && t->data == NULL)
+		return peft_fail(err, PEFT_ERR_INVALID,
+						 "st_serialize: tensor \"%s\" has no data", t->name);
+	*nelem = n;
+	return PEFT_OK;
+}
+
+/*
+ * Check every tensor to write and return them in *out (malloc'ed, NULL on
+ * failure) sorted by name, the order they are written in; a name given
+ * twice is an error.
+ */
+static PeftCode
+collect_write_items(const StWriteTensor *tensors, int ntensors,
+					WriteItem **out, PeftError *err)
+{
+	WriteItem  *items;
+	PeftCode	code;
+
+	*out = NULL;
 	items = malloc(sizeof(WriteItem) * (size_t) (ntensors > 0 ? ntensors : 1));
 	if (items == NULL)
-	{
-		code = peft_fail(err, PEFT_ERR_NOMEM, "st_serialize: out of memory");
-		goto done;
-	}
+		return peft_fail(err, PEFT_ERR_NOMEM, "st_serialize: out of memory");
 	for (int i = 0; i < ntensors; i++)
 	{
-		const StWriteTensor *t = &tensors[i];
-		size_t		n = 1;
-
-		if ((code = check_write_string(t->name, "tensor name", err)) != PEFT_OK)
-			goto done;
-		if (strcmp(t->name, "__metadata__") == 0)
-		{
-			code = peft_fail(err, PEFT_ERR_INVALID,
-							 "st_serialize: \"__metadata__\" is reserved, not a tensor name");
-			goto done;
-		}
-		if (t->ndim < 0 || t->ndim > ST_MAX_DIMS)
-		{
-			code = peft_fail(err, PEFT_ERR_INVALID,
-							 "st_serialize: tensor \"%s\" has %d dimensions",
-							 t->name, t->ndim);
-			goto done;
-		}
-		for (int d = 0; d < t->ndim; d++)
-		{
-			if (t->shape[d] < 0 ||
-				__builtin_mul_overflow(n, (uint64_t) t->shape[d], &n))
-			{
-				code = peft_fail(err, PEFT_ERR_INVALID,
-								 "st_serialize: tensor \"%s\" has a bad shape",
-								 t->name);
-				goto done;
-			}
-		}
-		if (n > (size_t) ST_MAX_JSON_INTEGER / 4)
-		{
-			code = peft_fail(err, PEFT_ERR_INVALID,
-							 "st_serialize: tensor \"%s\" is too large", t->name);
-			goto done;
-		}
-		if (n > 0 && t->data == NULL)
-		{
-			code = peft_fail(err, PEFT_ERR_INVALID,
-							 "st_serialize: tensor \"%s\" has no data", t->name);
-			goto done;
-		}
-		items[i].tensor = t;
-		items[i].nelem = n;
+		items[i].tensor = &tensors[i];
+		if ((code = check_write_tensor(&tensors[i], &items[i].nelem, err)) != PEFT_OK)
+			goto fail;
 	}
 	if (ntensors > 1)
 		qsort(items, (size_t) ntensors, sizeof(WriteItem), compare_write_items);
@@ -1195,86 +1245,113 @@ st_serialize(const StWriteTensor *tensors, int ntensors,
 			code = peft_fail(err, PEFT_ERR_INVALID,
 							 "st_serialize: tensor \"%s\" given twice",
 							 items[i].tensor->name);
-			goto done;
+			goto fail;
 		}
 	}
+	*out = items;
+	return PEFT_OK;
 
-	/* header JSON: metadata first, then tensors in name order */
-	bytebuf_puts(&header, "{");
+fail:
+	free(items);
+	return code;
+}
+
+/* Append one tensor's header entry: F32, its shape, data_offsets [begin, end]. */
+static void
+put_tensor_entry(ByteBuf *header, const StWriteTensor *t, uint64_t begin,
+				 uint64_t end)
+{
+	bytebuf_put_json_string(header, t->name);
+	bytebuf_puts(header, ":{\"dtype\":\"F32\",\"shape\":[");
+	for (int d = 0; d < t->ndim; d++)
+	{
+		if (d > 0)
+			bytebuf_puts(header, ",");
+		bytebuf_put_u64(header, (uint64_t) t->shape[d]);
+	}
+	bytebuf_puts(header, "],\"data_offsets\":[");
+	bytebuf_put_u64(header, begin);
+	bytebuf_puts(header, ",");
+	bytebuf_put_u64(header, end);
+	bytebuf_puts(header, "]}");
+}
+
+/*
+ * Build the header JSON: metadata first, then the tensors in items' order,
+ * their data back to back.  *data_len gets the bytes of tensor data.
+ */
+static PeftCode
+build_header(ByteBuf *header, const WriteItem *items, int ntensors,
+			 const char *const *meta_keys, const char *const *meta_values,
+			 int nmeta, uint64_t *data_len, PeftError *err)
+{
+	uint64_t	offset = 0;
+
+	bytebuf_puts(header, "{");
 	if (nmeta > 0)
 	{
-		bytebuf_puts(&header, "\"__metadata__\":{");
+		bytebuf_puts(header, "\"__metadata__\":{");
 		for (int i = 0; i < nmeta; i++)
 		{
 			if (i > 0)
-				bytebuf_puts(&header, ",");
-			bytebuf_put_json_string(&header, meta_keys[i]);
-			bytebuf_puts(&header, ":");
-			bytebuf_put_json_string(&header, meta_values[i]);
+				bytebuf_puts(header, ",");
+			bytebuf_put_json_string(header, meta_keys[i]);
+			bytebuf_puts(header, ":");
+			bytebuf_put_json_string(header, meta_values[i]);
 		}
-		bytebuf_puts(&header, "}");
+		bytebuf_puts(header, "}");
 	}
 	for (int i = 0; i < ntensors; i++)
 	{
-		const StWriteTensor *t = items[i].tensor;
+		uint64_t	begin = offset;
 		uint64_t	nbytes = (uint64_t) items[i].nelem * 4;
 
-		if (i > 0 || nmeta > 0)
-			bytebuf_puts(&header, ",");
-		bytebuf_put_json_string(&header, t->name);
-		bytebuf_puts(&header, ":{\"dtype\":\"F32\",\"shape\":[");
-		for (int d = 0; d < t->ndim; d++)
-		{
-			if (d > 0)
-				bytebuf_puts(&header, ",");
-			bytebuf_put_u64(&header, (uint64_t) t->shape[d]);
-		}
-		bytebuf_puts(&header, "],\"data_offsets\":[");
-		bytebuf_put_u64(&header, offset);
-		bytebuf_puts(&header, ",");
 		if (__builtin_add_overflow(offset, nbytes, &offset))
-		{
-			code = peft_fail(err, PEFT_ERR_INVALID,
+			return peft_fail(err, PEFT_ERR_INVALID,
 							 "st_serialize: total size overflows");
-			goto done;
-		}
-		bytebuf_put_u64(&header, offset);
-		bytebuf_puts(&header, "]}");
+		if (i > 0 || nmeta > 0)
+			bytebuf_puts(header, ",");
+		put_tensor_entry(header, items[i].tensor, begin, offset);
 	}
-	bytebuf_puts(&header, "}");
-	if (header.failed)
-	{
-		code = peft_fail(err, PEFT_ERR_NOMEM,
+	bytebuf_puts(header, "}");
+	if (header->failed)
+		return peft_fail(err, PEFT_ERR_NOMEM,
 						 "st_serialize: out of memory for the header");
-		goto done;
-	}
+	*data_len = offset;
+	return PEFT_OK;
+}
 
-	/* pad with spaces so tensor data starts 8-byte aligned */
-	padded_len = (header.len + 7) & ~(size_t) 7;
-	if (padded_len > ST_MAX_HEADER || offset > SIZE_MAX ||
-		__builtin_add_overflow(8 + padded_len, (size_t) offset, &total))
-	{
-		code = peft_fail(err, PEFT_ERR_INVALID,
+/*
+ * Lay out the file in a malloc'ed *out of *outlen bytes: the header length,
+ * the header padded with spaces so tensor data starts 8-byte aligned, then
+ * each tensor's data as little-endian F32.
+ */
+static PeftCode
+assemble_file(const ByteBuf *header, const WriteItem *items, int ntensors,
+			  uint64_t data_len, uint8_t **out, size_t *outlen, PeftError *err)
+{
+	size_t		padded_len = (header->len + 7) & ~(size_t) 7;
+	size_t		total;
+	uint8_t    *result;
+	uint8_t    *dst;
+
+	if (padded_len > ST_MAX_HEADER || data_len > SIZE_MAX ||
+		__builtin_add_overflow(8 + padded_len, (size_t) data_len, &total))
+		return peft_fail(err, PEFT_ERR_INVALID,
 						 "st_serialize: result is too large");
-		goto done;
-	}
 	result = malloc(total > 0 ? total : 1);
 	if (result == NULL)
-	{
-		code = peft_fail(err, PEFT_ERR_NOMEM,
+		return peft_fail(err, PEFT_ERR_NOMEM,
 						 "st_serialize: out of memory for %zu bytes", total);
-		goto done;
-	}
 	store_le64(result, padded_len);
-	memcpy(result + 8, header.data, header.len);
-	memset(result + 8 + header.len, ' ', padded_len - header.len);
+	memcpy(result + 8, header->data, header->len);
+	memset(result + 8 + header->len, ' ', padded_len - header->len);
 	dst = result + 8 + padded_len;
 	for (int i = 0; i < ntensors; i++)
 	{
 		const StWriteTensor *t = items[i].tensor;
-		size_t		n = items[i].nelem;
 
-		for (size_t k = 0; k < n; k++)
+		for (size_t k = 0; k < items[i].nelem; k++)
 		{
 			float		f = (float) t->data[k];
 			uint32_t	bits;
@@ -1286,8 +1363,37 @@ st_serialize(const StWriteTensor *tensors, int ntensors,
 	}
 	*out = result;
 	*outlen = total;
+	return PEFT_OK;
+}
 
-done:
+/*
+ * Serialise tensors (written in name order, F32, 8-byte aligned header) and
+ * optional metadata pairs into a malloc'ed buffer.  Every argument is
+ * checked before anything is written.
+ */
+PeftCode
+st_serialize(const StWriteTensor *tensors, int ntensors,
+			 const char *const *meta_keys, const char *const *meta_values,
+			 int nmeta, uint8_t **out, size_t *outlen, PeftError *err)
+{
+	ByteBuf		header = {0};
+	WriteItem  *items = NULL;
+	uint64_t	data_len = 0;
+	PeftCode	code;
+
+	*out = NULL;
+	*outlen = 0;
+	if (ntensors < 0 || nmeta < 0 || (ntensors > 0 && tensors == NULL) ||
+		(nmeta > 0 && (meta_keys == NULL || meta_values == NULL)))
+		return peft_fail(err, PEFT_ERR_INVALID,
+						 "st_serialize: bad tensor or metadata arrays");
+	if ((code = check_write_metadata(meta_keys, meta_values, nmeta, err)) != PEFT_OK ||
+		(code = collect_write_items(tensors, ntensors, &items, err)) != PEFT_OK)
+		return code;
+	code = build_header(&header, items, ntensors, meta_keys, meta_values, nmeta,
+						&data_len, err);
+	if (code == PEFT_OK)
+		code = assemble_file(&header, items, ntensors, data_len, out, outlen, err);
 	free(header.data);
 	free(items);
 	return code;

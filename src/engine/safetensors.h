@@ -44,7 +44,7 @@ typedef struct StFile
 	bool		mapped;			/* true: munmap on close */
 	StTensor   *tensors;		/* sorted by name */
 	int			ntensors;
-	char	  **meta_keys;		/* __metadata__ string pairs */
+	char	  **meta_keys;		/* __metadata__ string pairs, sorted by key */
 	char	  **meta_values;
 	int			nmeta;
 } StFile;
@@ -64,8 +64,6 @@ void		st_close(StFile *file);
 
 /* Find a tensor by exact name; NULL if absent. */
 const StTensor *st_find(const StFile *file, const char *name);
-/* Metadata value for key, or NULL. */
-const char *st_metadata(const StFile *file, const char *key);
 
 /*
  * Check that name exists with exactly the given shape (ndim dims), or fail

@@ -150,16 +150,6 @@ typedef struct EncodeSink
 	int			limit;			/* room for tokens, [SEP] excluded */
 } EncodeSink;
 
-/* The sink that writes words as text for tokenizer_pretokenize. */
-typedef struct TextSink
-{
-	TokenSink	base;
-	const Tokenizer *tok;
-	char	   *out;
-	size_t		out_size;
-	size_t		needed;
-} TextSink;
-
 
 /* ---- Unicode properties, as Hugging Face's tables define them ---------- */
 
@@ -1124,51 +1114,41 @@ options_from_normalizer(const cJSON *normalizer, const char *path,
 }
 
 /*
- * Load from a parsed tokenizer.json: model.vocab (token -> id) of a
- * WordPiece model, its unk_token, continuing_subword_prefix and
- * max_input_chars_per_word, and the added tokens that are matched in the
- * raw text (those with "normalized": false).
+ * Find the WordPiece model of a parsed tokenizer.json: root's "model"
+ * object, of type WordPiece, and its "vocab" object.
  */
 static PeftCode
-tokenizer_from_json(const cJSON *root, const char *path,
-					const TokenizerOptions *opts, Tokenizer **out, PeftError *err)
+json_wordpiece_model(const cJSON *root, const char *path, const cJSON **model,
+					 const cJSON **vocab, PeftError *err)
 {
-	const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
-	const cJSON *type = cJSON_GetObjectItemCaseSensitive(model, "type");
-	const cJSON *vocab = cJSON_GetObjectItemCaseSensitive(model, "vocab");
-	const cJSON *item;
-	const cJSON *added;
-	const char *unk_token = "[UNK]";
-	TokenizerOptions json_opts;
-	size_t		n_tokens = 0;
-	size_t		arena_bytes = 0;
-	Tokenizer  *tok;
-	PeftCode	rc;
+	const cJSON *type;
 
-	*out = NULL;
-	if (!cJSON_IsObject(model))
+	*model = cJSON_GetObjectItemCaseSensitive(root, "model");
+	type = cJSON_GetObjectItemCaseSensitive(*model, "type");
+	*vocab = cJSON_GetObjectItemCaseSensitive(*model, "vocab");
+	if (!cJSON_IsObject(*model))
 		return peft_fail(err, PEFT_ERR_FORMAT, "%s: no \"model\" object", path);
 	if (!cJSON_IsString(type) || strcmp(type->valuestring, "WordPiece") != 0)
 		return peft_fail(err, PEFT_ERR_UNSUPPORTED,
 						 "%s: model type is %s, not WordPiece", path,
 						 cJSON_IsString(type) ? type->valuestring : "missing");
-	if (!cJSON_IsObject(vocab))
+	if (!cJSON_IsObject(*vocab))
 		return peft_fail(err, PEFT_ERR_FORMAT, "%s: model.vocab is not an object", path);
-	if (opts == NULL)
-	{
-		const cJSON *normalizer = cJSON_GetObjectItemCaseSensitive(root, "normalizer");
+	return PEFT_OK;
+}
 
-		if (cJSON_IsObject(normalizer))
-		{
-			rc = options_from_normalizer(normalizer, path, &json_opts, err);
-			if (rc != PEFT_OK)
-				return rc;
-		}
-		else
-			default_options(&json_opts);
-		opts = &json_opts;
-	}
+/*
+ * Check every entry of model.vocab (token -> id) and count the tokens and
+ * the arena bytes their strings need.
+ */
+static PeftCode
+json_vocab_size(const cJSON *vocab, const char *path, size_t *n_tokens,
+				size_t *arena_bytes, PeftError *err)
+{
+	const cJSON *item;
 
+	*n_tokens = 0;
+	*arena_bytes = 0;
 	cJSON_ArrayForEach(item, vocab)
 	{
 		size_t		len = item->string ? strlen(item->string) : 0;
@@ -1183,30 +1163,33 @@ tokenizer_from_json(const cJSON *root, const char *path,
 			return peft_fail(err, PEFT_ERR_FORMAT,
 							 "%s: a vocabulary token is longer than %d bytes",
 							 path, MAX_TOKEN_BYTES);
-		n_tokens++;
-		arena_bytes += len + 1;
+		(*n_tokens)++;
+		*arena_bytes += len + 1;
 	}
-	if (n_tokens == 0)
+	if (*n_tokens == 0)
 		return peft_fail(err, PEFT_ERR_FORMAT, "%s: empty vocabulary", path);
+	return PEFT_OK;
+}
 
-	rc = tokenizer_alloc(n_tokens, arena_bytes, opts, &tok, err);
-	if (rc != PEFT_OK)
-		return rc;
-	cJSON_ArrayForEach(item, vocab)
-		vocab_insert(tok, item->string, strlen(item->string), item->valueint);
+/*
+ * Apply the WordPiece model's settings to tok: continuing_subword_prefix
+ * and max_input_chars_per_word; *unk_token gets its unk_token if it has one.
+ */
+static PeftCode
+json_model_settings(Tokenizer *tok, const cJSON *model, const char *path,
+					const char **unk_token, PeftError *err)
+{
+	const cJSON *item;
 
 	item = cJSON_GetObjectItemCaseSensitive(model, "unk_token");
 	if (cJSON_IsString(item))
-		unk_token = item->valuestring;
+		*unk_token = item->valuestring;
 	item = cJSON_GetObjectItemCaseSensitive(model, "continuing_subword_prefix");
 	if (cJSON_IsString(item))
 	{
 		if (strlen(item->valuestring) > MAX_PREFIX_BYTES)
-		{
-			tokenizer_free(tok);
 			return peft_fail(err, PEFT_ERR_UNSUPPORTED,
 							 "%s: continuing_subword_prefix is too long", path);
-		}
 		strcpy(tok->prefix, item->valuestring);
 		tok->prefix_len = strlen(item->valuestring);
 	}
@@ -1214,21 +1197,29 @@ tokenizer_from_json(const cJSON *root, const char *path,
 	if (cJSON_IsNumber(item))
 	{
 		if (item->valuedouble < 1 || item->valuedouble > MAX_WORD_CHARS_LIMIT)
-		{
-			tokenizer_free(tok);
 			return peft_fail(err, PEFT_ERR_UNSUPPORTED,
 							 "%s: max_input_chars_per_word must be 1..%d",
 							 path, MAX_WORD_CHARS_LIMIT);
-		}
 		tok->max_word_chars = item->valueint;
 	}
+	return PEFT_OK;
+}
 
-	/*
-	 * Hugging Face matches exactly the added tokens in the text.  Those with
-	 * "normalized": true would be matched after normalisation; BERT has none
-	 * and they are ignored, as are lstrip, rstrip and single_word.
-	 */
-	added = cJSON_GetObjectItemCaseSensitive(root, "added_tokens");
+/*
+ * Finish tok (special ids, unk_token) and add the added tokens of root
+ * that are matched in the raw text.  Hugging Face matches exactly the
+ * added tokens in the text.  Those with "normalized": true would be
+ * matched after normalisation; BERT has none and they are ignored, as are
+ * lstrip, rstrip and single_word.
+ */
+static PeftCode
+json_finish(Tokenizer *tok, const cJSON *root, const char *unk_token,
+			const char *path, PeftError *err)
+{
+	const cJSON *added = cJSON_GetObjectItemCaseSensitive(root, "added_tokens");
+	const cJSON *item;
+	PeftCode	rc;
+
 	rc = tokenizer_finish(tok, unk_token, path, !cJSON_IsArray(added), err);
 	cJSON_ArrayForEach(item, added)
 	{
@@ -1244,7 +1235,56 @@ tokenizer_from_json(const cJSON *root, const char *path,
 			continue;
 		rc = add_special_token(tok, content->valuestring, id->valueint, err);
 	}
+	return rc;
+}
+
+/*
+ * Load from a parsed tokenizer.json: model.vocab (token -> id) of a
+ * WordPiece model, its unk_token, continuing_subword_prefix and
+ * max_input_chars_per_word, and the added tokens that are matched in the
+ * raw text (those with "normalized": false).
+ */
+static PeftCode
+tokenizer_from_json(const cJSON *root, const char *path,
+					const TokenizerOptions *opts, Tokenizer **out, PeftError *err)
+{
+	const cJSON *model;
+	const cJSON *vocab;
+	const cJSON *item;
+	const char *unk_token = "[UNK]";
+	TokenizerOptions json_opts;
+	size_t		n_tokens;
+	size_t		arena_bytes;
+	Tokenizer  *tok;
+	PeftCode	rc;
+
+	*out = NULL;
+	if ((rc = json_wordpiece_model(root, path, &model, &vocab, err)) != PEFT_OK)
+		return rc;
+	if (opts == NULL)
+	{
+		const cJSON *normalizer = cJSON_GetObjectItemCaseSensitive(root, "normalizer");
+
+		if (cJSON_IsObject(normalizer))
+		{
+			rc = options_from_normalizer(normalizer, path, &json_opts, err);
+			if (rc != PEFT_OK)
+				return rc;
+		}
+		else
+			default_options(&json_opts);
+		opts = &json_opts;
+	}
+	if ((rc = json_vocab_size(vocab, path, &n_tokens, &arena_bytes, err)) != PEFT_OK)
+		return rc;
+
+	rc = tokenizer_alloc(n_tokens, arena_bytes, opts, &tok, err);
 	if (rc != PEFT_OK)
+		return rc;
+	cJSON_ArrayForEach(item, vocab)
+		vocab_insert(tok, item->string, strlen(item->string), item->valueint);
+	if ((rc = json_model_settings(tok, model, path, &unk_token, err)) != PEFT_OK ||
+		(rc = json_finish(tok, root, unk_token, path, err)) != PEFT_OK)
 	{
 		tokenizer_free(tok);
 		return rc;
@@ -1266,19 +1306,6 @@ tokenizer_parse_json(const char *data, size_t len, const char *label,
 	rc = tokenizer_from_json(root, label, opts, out, err);
 	cJSON_Delete(root);
 	return rc;
-}
-
-/* Same from an in-memory tokenizer.json image (need not be NUL-terminated). */
-PeftCode
-tokenizer_from_json_buffer(const char *buf, size_t len, const TokenizerOptions *opts,
-						   Tokenizer **out, PeftError *err)
-{
-	if (out == NULL)
-		return peft_fail(err, PEFT_ERR_INVALID, "tokenizer_from_json_buffer: no output");
-	*out = NULL;
-	if (buf == NULL || len == 0)
-		return peft_fail(err, PEFT_ERR_FORMAT, "tokenizer.json: empty file");
-	return tokenizer_parse_json(buf, len, "tokenizer.json", opts, out, err);
 }
 
 /* Load the WordPiece vocabulary of a tokenizer.json (when vocab.txt is absent). */
@@ -1373,22 +1400,6 @@ int
 tokenizer_vocab_size(const Tokenizer *tok)
 {
 	return tok == NULL ? 0 : tok->vocab_size;
-}
-
-/* Id of a token string, or -1. */
-int
-tokenizer_token_id(const Tokenizer *tok, const char *token)
-{
-	if (tok == NULL || token == NULL)
-		return -1;
-	return vocab_id(tok, token, strlen(token));
-}
-
-/* Options the tokenizer applies (those given, or found in the model folder). */
-TokenizerOptions
-tokenizer_options(const Tokenizer *tok)
-{
-	return tok->opts;
 }
 
 
@@ -1701,78 +1712,4 @@ tokenizer_encode(const Tokenizer *tok, const char *text, size_t len,
 		split_text(tok, (const uint8_t *) text, len, &sink.base);
 	ids[sink.count++] = tok->sep_id;
 	return sink.count;
-}
-
-/* Text sink: append bytes, counting what would be needed beyond the room. */
-static void
-text_append(TextSink *ts, const void *bytes, size_t n)
-{
-	if (ts->needed < ts->out_size)
-	{
-		size_t		room = ts->out_size - ts->needed;
-
-		memcpy(ts->out + ts->needed, bytes, n < room ? n : room);
-	}
-	ts->needed += n;
-}
-
-/* Text sink: write the word (or the unknown token if too long), space-separated. */
-static void
-text_word(TokenSink *sink, const WordBuffer *word)
-{
-	TextSink   *ts = (TextSink *) sink;
-
-	if (ts->needed > 0)
-		text_append(ts, " ", 1);
-	if (word->nchars > ts->tok->max_word_chars)
-	{
-		text_append(ts, "[UNK]", 5);
-		return;
-	}
-	for (int i = 0; i < word->nchars; i++)
-	{
-		uint8_t		buf[4];
-
-		text_append(ts, buf, (size_t) encode_utf8(word->cps[i], buf));
-	}
-}
-
-/* Text sink: write a special token found in the text as itself. */
-static void
-text_special(TokenSink *sink, const SpecialToken *special)
-{
-	TextSink   *ts = (TextSink *) sink;
-
-	if (ts->needed > 0)
-		text_append(ts, " ", 1);
-	text_append(ts, special->text, special->len);
-}
-
-/*
- * Normalise and split text as tokenizer_encode does before WordPiece, and
- * write the words separated by single spaces into out[out_size] (always
- * NUL-terminated when out_size > 0, truncated if it does not fit).  A word
- * over the length limit is written as [UNK].  Returns the length of the
- * whole result, without the NUL.
- */
-size_t
-tokenizer_pretokenize(const Tokenizer *tok, const char *text, size_t len,
-					  char *out, size_t out_size)
-{
-	TextSink	sink;
-
-	if (tok == NULL)
-		return 0;
-	sink.base.word = text_word;
-	sink.base.special = text_special;
-	sink.base.stop = false;
-	sink.tok = tok;
-	sink.out = out;
-	sink.out_size = out != NULL ? out_size : 0;
-	sink.needed = 0;
-	if (text != NULL && len > 0)
-		split_text(tok, (const uint8_t *) text, len, &sink.base);
-	if (sink.out_size > 0)
-		out[sink.needed < sink.out_size ? sink.needed : sink.out_size - 1] = '\0';
-	return sink.needed;
 }

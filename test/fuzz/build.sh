@@ -8,6 +8,9 @@
 # include and pkg-config flags of the Makefile's ENGINE_CFLAGS/ENGINE_LIBS
 # (ENGINE_PKGS is read from the Makefile) plus the sanitizers, archived into
 # build/fuzz/libengine-fuzz.a, and each harness links what it needs from it.
+# As in the unit tests, a module with test-only entry points
+# (test/unit/X_hooks.c, which includes src/engine/X.c) is compiled from its
+# hooks file.
 # Environment: CC (clang), JOBS (nproc).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -26,7 +29,7 @@ PKGS=$(sed -n 's/^ENGINE_PKGS *= *//p' Makefile)
 
 SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined"
 CFLAGS="-std=gnu11 -g -O1 -fno-omit-frame-pointer -pthread -Wall -Wextra \
--Wno-unused-parameter -Wno-sign-compare -Isrc/engine -Ikernels \
+-Wno-unused-parameter -Wno-sign-compare -Isrc/engine -Ikernels -Itest/unit \
 $(pkg-config --cflags $PKGS) -DPEFT_SOURCE_DIR=\"$ROOT\" $SAN"
 LIBS="$(pkg-config --libs $PKGS) -lm -pthread"
 
@@ -39,13 +42,18 @@ if [ "$(cat "$OBJ/flags" 2>/dev/null)" != "$STAMP" ]; then
 fi
 
 # Engine objects, coverage-instrumented for the fuzzer (no main).  An object
-# is rebuilt when its source or any engine header is newer.
-newest_header=$(ls -t src/engine/*.h | head -1)
+# is rebuilt when its source (or hooks file) or any engine or test header is
+# newer.
+newest_header=$(ls -t src/engine/*.h test/unit/*.h | head -1)
 stale=()
 for src in src/engine/*.c; do
-	obj=$OBJ/$(basename "${src%.c}").o
-	if [ ! -f "$obj" ] || [ "$src" -nt "$obj" ] || [ "$newest_header" -nt "$obj" ]; then
-		stale+=("$src")
+	name=$(basename "${src%.c}")
+	obj=$OBJ/$name.o
+	build=$src
+	[ -f "test/unit/${name}_hooks.c" ] && build=test/unit/${name}_hooks.c
+	if [ ! -f "$obj" ] || [ "$src" -nt "$obj" ] || [ "$build" -nt "$obj" ] ||
+		[ "$newest_header" -nt "$obj" ]; then
+		stale+=("$build")
 	fi
 done
 # Objects of sources that are gone must not stay in the archive.
@@ -57,7 +65,7 @@ if [ ${#stale[@]} -gt 0 ]; then
 	echo "fuzz: compiling ${#stale[@]} engine sources"
 	export CC CFLAGS OBJ
 	printf '%s\n' "${stale[@]}" | xargs -P "$JOBS" -I{} sh -c \
-		'$CC $CFLAGS -fsanitize=fuzzer-no-link -c "$1" -o "$OBJ/$(basename "${1%.c}").o"' sh {}
+		'$CC $CFLAGS -fsanitize=fuzzer-no-link -c "$1" -o "$OBJ/$(basename "${1%.c}" _hooks).o"' sh {}
 fi
 rm -f "$OUT/libengine-fuzz.a"
 ar rcs "$OUT/libengine-fuzz.a" "$OBJ"/*.o

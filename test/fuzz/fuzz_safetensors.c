@@ -13,7 +13,7 @@
 #include <string.h>
 
 #include "fuzz_common.h"
-#include "safetensors.h"
+#include "safetensors_hooks.h"
 
 /* Whether st_to_real converts this dtype. */
 static bool

@@ -18,7 +18,7 @@
 #include <string.h>
 
 #include "fuzz_common.h"
-#include "tokenizer.h"
+#include "tokenizer_hooks.h"
 
 #define FULL_MAX_LENGTH 8192
 

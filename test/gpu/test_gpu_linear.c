@@ -19,6 +19,7 @@
 #include "cuda_backend.h"
 #include "cuda_ops.h"
 #include "ops.h"
+#include "ops_reference.h"
 #include "rng.h"
 
 #define TOLERANCE 1e-5

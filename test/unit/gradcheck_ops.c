@@ -1,6 +1,7 @@
 /*
- * gradcheck_ops.c - every backward in ops.h against central finite
- * differences, in double precision (built with -DPEFT_DOUBLE).
+ * gradcheck_ops.c - every backward in ops.h and ops_reference.h against
+ * central finite differences, in double precision (built with
+ * -DPEFT_DOUBLE).
  *
  * For an op y = f(x) we take a random projection L = sum(w * y), run the
  * backward with dout = w into gradient buffers pre-filled with random
@@ -20,6 +21,7 @@
 #include <cmocka.h>
 
 #include "ops.h"
+#include "ops_reference.h"
 #include "rng.h"
 #include "threadpool.h"
 #include "gradcheck_util.h"

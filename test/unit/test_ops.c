@@ -1,7 +1,7 @@
 /*
- * test_ops.c - the float CPU operations against naive reference loops
- * written here in double, their determinism across thread counts, and the
- * engine thread pool.
+ * test_ops.c - the float CPU operations (ops.h, and the padded references
+ * of ops_reference.h) against naive reference loops written here in double,
+ * their determinism across thread counts, and the engine thread pool.
  */
 #include <pthread.h>
 #include <setjmp.h>
@@ -19,6 +19,7 @@
 
 #include "compare.h"
 #include "ops.h"
+#include "ops_reference.h"
 #include "rng.h"
 #include "threadpool.h"
 

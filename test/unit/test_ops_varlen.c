@@ -1,9 +1,9 @@
 /*
  * test_ops_varlen.c - the packed (varlen) operations against the padded
- * operations of ops.h on the same real tokens: packing, embeddings,
- * attention forward and backward (separate and fused [N, 3C] layouts, with
- * and without dropout), pooling, scattering back, and identical results
- * for any engine thread count.
+ * references of ops_reference.h on the same real tokens: packing,
+ * embeddings, attention forward and backward (separate and fused [N, 3C]
+ * layouts, with and without dropout), pooling, scattering back, and
+ * identical results for any engine thread count.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -17,6 +17,7 @@
 
 #include "compare.h"
 #include "ops.h"
+#include "ops_reference.h"
 #include "ops_varlen.h"
 #include "rng.h"
 #include "threadpool.h"

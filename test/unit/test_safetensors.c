@@ -22,7 +22,7 @@
 #include <unistd.h>
 
 #include "compare.h"
-#include "safetensors.h"
+#include "safetensors_hooks.h"
 #include "model_config.h"
 #include "test_util.h"
 

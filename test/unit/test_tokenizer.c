@@ -23,7 +23,7 @@
 #include <unistd.h>
 
 #include "test_util.h"
-#include "tokenizer.h"
+#include "tokenizer_hooks.h"
 
 #ifndef PEFT_SOURCE_DIR
 #define PEFT_SOURCE_DIR "."
