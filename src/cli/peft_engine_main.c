@@ -59,8 +59,8 @@ typedef struct Options
 	int			batch_size;
 	bool		print;
 	bool		json;
-	DeviceKind	device;
-	GemmPrecision precision;
+	PeftDevice	device;
+	PeftPrecision precision;
 	bool		profile;		/* time the products (synchronising on a GPU) */
 	int			warmup;			/* untimed steps (train) or batches (embed) first */
 	bool		merge;			/* predict/embed with the adapter folded into the weights */
@@ -306,8 +306,8 @@ command_train(BertModel *model, const Options *o)
 	uint32_t   *train_rows, *valid_rows;
 	size_t		ntrain, nvalid;
 	PeftError	err = {0};
-	TrainStep	st = {0};
-	EvalMetrics m;
+	PeftTrainProgress	st = {0};
+	PeftMetrics m;
 	double		start, elapsed;
 	long		rows_done = 0, tokens_done = 0;
 	uint8_t    *bytes;
@@ -335,7 +335,7 @@ command_train(BertModel *model, const Options *o)
 						 &valid_rows, &nvalid, &err), &err);
 
 	method_options(o, model, &nopts);
-	nopts.task = regression ? TASK_REGRESSION : TASK_CLASSIFICATION;
+	nopts.task = regression ? PEFT_TASK_REGRESSION : PEFT_TASK_CLASSIFICATION;
 	nopts.num_labels = regression ? 1 : nlabels;
 	die_on(network_create(model, &nopts, &net, &err), &err);
 	place_network(net, o);
@@ -438,10 +438,10 @@ load_adapter(BertModel *model, const char *dir, char ***labels, int *nlabels)
 	if (!cJSON_IsString(task))
 		usage("peft_head.json has no task");
 	die_on(adapter_options_from_config(config, strlen(config), &nopts, &err), &err);
-	nopts.task = strcmp(task->valuestring, "regression") == 0 ? TASK_REGRESSION : TASK_CLASSIFICATION;
-	*nlabels = nopts.task == TASK_REGRESSION ? 1 : cJSON_GetArraySize(names);
+	nopts.task = strcmp(task->valuestring, "regression") == 0 ? PEFT_TASK_REGRESSION : PEFT_TASK_CLASSIFICATION;
+	*nlabels = nopts.task == PEFT_TASK_REGRESSION ? 1 : cJSON_GetArraySize(names);
 	*labels = calloc(*nlabels, sizeof(char *));
-	for (int i = 0; nopts.task == TASK_CLASSIFICATION && i < *nlabels; i++)
+	for (int i = 0; nopts.task == PEFT_TASK_CLASSIFICATION && i < *nlabels; i++)
 		(*labels)[i] = strdup(cJSON_GetArrayItem(names, i)->valuestring);
 	nopts.num_labels = *nlabels;
 	die_on(network_create(model, &nopts, &net, &err), &err);
@@ -499,7 +499,7 @@ command_predict(BertModel *model, const Options *o)
 		die_on(network_forward(net, &b, false, out, NULL, &err), &err);
 		for (int i = 0; i < count && !o->json; i++)
 		{
-			if (net->opts.task == TASK_REGRESSION)
+			if (net->opts.task == PEFT_TASK_REGRESSION)
 			{
 				printf("\t%.6f\n", out[i]);
 				continue;
@@ -700,11 +700,11 @@ parse_options(int argc, char **argv, Options *o)
 			case 11: o->train.warmup_ratio = atof(optarg); break;
 			case 12:
 				if (strcmp(optarg, "linear") == 0)
-					o->train.schedule = SCHEDULE_LINEAR;
+					o->train.schedule = PEFT_SCHEDULE_LINEAR;
 				else if (strcmp(optarg, "cosine") == 0)
-					o->train.schedule = SCHEDULE_COSINE;
+					o->train.schedule = PEFT_SCHEDULE_COSINE;
 				else if (strcmp(optarg, "constant") == 0)
-					o->train.schedule = SCHEDULE_CONSTANT;
+					o->train.schedule = PEFT_SCHEDULE_CONSTANT;
 				else
 					usage("--schedule is linear, cosine or constant");
 				break;
@@ -765,8 +765,8 @@ main(int argc, char **argv)
 	o.validation_fraction = 0.1;
 	o.threads = 1;
 	o.batch_size = 32;
-	o.device = DEVICE_CPU;
-	o.precision = PRECISION_FP32;
+	o.device = PEFT_DEVICE_CPU;
+	o.precision = PEFT_PRECISION_FP32;
 	parse_options(argc - 1, argv + 1, &o);
 	if (o.model == NULL || o.data == NULL)
 		usage("--model and --data are required");

@@ -46,16 +46,16 @@ backend_check(Backend *be, PeftError *err)
 
 /* The backend for a device choice (AUTO: CUDA when available, else the CPU). */
 PeftCode
-backend_for(DeviceKind kind, Backend **out, PeftError *err)
+backend_for(PeftDevice kind, Backend **out, PeftError *err)
 {
 	switch (kind)
 	{
-		case DEVICE_CPU:
+		case PEFT_DEVICE_CPU:
 			*out = backend_cpu();
 			return PEFT_OK;
-		case DEVICE_CUDA:
+		case PEFT_DEVICE_CUDA:
 			return backend_cuda(out, err);
-		case DEVICE_AUTO:
+		case PEFT_DEVICE_AUTO:
 			if (backend_cuda_available())
 				return backend_cuda(out, err);
 			*out = backend_cpu();
@@ -66,14 +66,14 @@ backend_for(DeviceKind kind, Backend **out, PeftError *err)
 
 /* Parse "auto" | "cpu" | "cuda"; false if unknown. */
 bool
-device_kind_parse(const char *s, DeviceKind *out)
+device_kind_parse(const char *s, PeftDevice *out)
 {
 	if (strcmp(s, "auto") == 0)
-		*out = DEVICE_AUTO;
+		*out = PEFT_DEVICE_AUTO;
 	else if (strcmp(s, "cpu") == 0)
-		*out = DEVICE_CPU;
+		*out = PEFT_DEVICE_CPU;
 	else if (strcmp(s, "cuda") == 0)
-		*out = DEVICE_CUDA;
+		*out = PEFT_DEVICE_CUDA;
 	else
 		return false;
 	return true;
@@ -81,14 +81,14 @@ device_kind_parse(const char *s, DeviceKind *out)
 
 /* Parse "fp32" | "tf32" | "bf16"; false if unknown. */
 bool
-gemm_precision_parse(const char *s, GemmPrecision *out)
+gemm_precision_parse(const char *s, PeftPrecision *out)
 {
 	if (strcmp(s, "fp32") == 0)
-		*out = PRECISION_FP32;
+		*out = PEFT_PRECISION_FP32;
 	else if (strcmp(s, "tf32") == 0)
-		*out = PRECISION_TF32;
+		*out = PEFT_PRECISION_TF32;
 	else if (strcmp(s, "bf16") == 0)
-		*out = PRECISION_BF16;
+		*out = PEFT_PRECISION_BF16;
 	else
 		return false;
 	return true;
@@ -96,15 +96,15 @@ gemm_precision_parse(const char *s, GemmPrecision *out)
 
 /* Name of a precision, as gemm_precision_parse reads it. */
 const char *
-gemm_precision_name(GemmPrecision p)
+gemm_precision_name(PeftPrecision p)
 {
 	switch (p)
 	{
-		case PRECISION_FP32:
+		case PEFT_PRECISION_FP32:
 			return "fp32";
-		case PRECISION_TF32:
+		case PEFT_PRECISION_TF32:
 			return "tf32";
-		case PRECISION_BF16:
+		case PEFT_PRECISION_BF16:
 			return "bf16";
 	}
 	return "?";

@@ -63,9 +63,9 @@ typedef enum PeftDevice
 /* Arithmetic of CUDA matrix products (the CPU always computes in FP32). */
 typedef enum PeftPrecision
 {
-	PEFT_PRECISION_FP32,
-	PEFT_PRECISION_TF32,
-	PEFT_PRECISION_BF16
+	PEFT_PRECISION_FP32,		/* exact FP32 */
+	PEFT_PRECISION_TF32,		/* TF32 tensor cores, FP32 accumulation */
+	PEFT_PRECISION_BF16			/* BF16 operands, FP32 accumulation and master weights */
 } PeftPrecision;
 
 /*
@@ -198,7 +198,7 @@ typedef struct PeftOptionValue
 	double		number;
 	bool		boolean;
 	const char *word;
-	const char *const *names;	/* MODULES: kept by the caller while the config is used */
+	const char *const *names;	/* MODULES (the config keeps copies) */
 	int			nnames;
 } PeftOptionValue;
 
@@ -215,16 +215,16 @@ typedef struct PeftMethodInfo
 /* One optimizer step's report. */
 typedef struct PeftTrainProgress
 {
-	int			step;
+	int			step;			/* optimizer steps done (1-based after a step) */
 	int			total_steps;
-	int			epoch;
-	double		loss;
-	double		learning_rate;
-	double		grad_norm;
-	int			rows;
-	int			tokens;
+	int			epoch;			/* 1-based epoch of this step */
+	double		loss;			/* mean loss of this step's micro-batches */
+	double		learning_rate;	/* used by this step */
+	double		grad_norm;		/* before clipping */
+	int			rows;			/* rows processed by this step */
+	int			tokens;			/* real (non-pad) tokens processed */
 	bool		epoch_end;		/* this step finished a pass over the training rows */
-	bool		done;
+	bool		done;			/* no steps remain */
 } PeftTrainProgress;
 
 /* What a prepared run holds, in bytes (memory_limit covers their sum). */
@@ -327,7 +327,7 @@ typedef struct PeftEngineApi
 	/* Check target_modules names against the BERT linear layers. */
 	PeftCode	(*check_targets) (const char *const *names, int count, PeftError *err);
 
-	/* Parse a method name ("lora", "dora", "ia3", "bitfit", "adapter", or "a+b"). */
+	/* Parse a method name: a row of the method table, or "a+b" (methods() lists them). */
 	PeftCode	(*parse_method) (const char *name, unsigned *methods, PeftError *err);
 	/* The canonical name of PEFT_METHOD_* bits into buf[len], e.g. "dora+bitfit". */
 	const char *(*method_name) (unsigned methods, char *buf, size_t len);

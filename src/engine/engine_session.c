@@ -22,8 +22,8 @@
 #define INFERENCE_BATCH 32
 
 /* Where embed and predict compute in this process (session_configure). */
-static DeviceKind inference_device = DEVICE_CPU;
-static GemmPrecision inference_precision = PRECISION_FP32;
+static PeftDevice inference_device = PEFT_DEVICE_CPU;
+static PeftPrecision inference_precision = PEFT_PRECISION_FP32;
 
 struct PeftModelHandle
 {
@@ -54,26 +54,12 @@ struct PeftTrainJob
 	Trainer    *trainer;
 };
 
-/* The engine's device kind and precision for the API's. */
-static DeviceKind
-device_kind(PeftDevice d)
-{
-	return d == PEFT_DEVICE_CUDA ? DEVICE_CUDA : d == PEFT_DEVICE_CPU ? DEVICE_CPU : DEVICE_AUTO;
-}
-
-static GemmPrecision
-gemm_precision(PeftPrecision p)
-{
-	return p == PEFT_PRECISION_BF16 ? PRECISION_BF16 :
-		p == PEFT_PRECISION_TF32 ? PRECISION_TF32 : PRECISION_FP32;
-}
-
 /* Device, precision and idle release of later embed/predict calls. */
 void
 session_configure(const PeftEngineSettings *s)
 {
-	inference_device = device_kind(s->device);
-	inference_precision = gemm_precision(s->precision);
+	inference_device = s->device;
+	inference_precision = s->precision;
 	backend_set_idle_release(s->idle_release_seconds);
 }
 
@@ -141,7 +127,7 @@ session_model_close(PeftModelHandle *model)
  */
 static PeftCode
 adapter_network(PeftModelHandle *model, const char *config, size_t config_len,
-				const uint8_t *weights, size_t weights_len, TaskKind task, int num_labels,
+				const uint8_t *weights, size_t weights_len, PeftTask task, int num_labels,
 				Network **out, PeftError *err)
 {
 	NetworkOptions opts = {0};
@@ -177,7 +163,7 @@ session_adapter_open(PeftModelHandle *model, const char *config, size_t config_l
 		return peft_fail(err, PEFT_ERR_NOMEM, "out of memory opening an adapter");
 	a->model = model;
 	if ((rc = adapter_network(model, config, config_len, weights, weights_len,
-							  task == PEFT_TASK_REGRESSION ? TASK_REGRESSION : TASK_CLASSIFICATION,
+							  task == PEFT_TASK_REGRESSION ? PEFT_TASK_REGRESSION : PEFT_TASK_CLASSIFICATION,
 							  num_labels, &a->net, err)) != PEFT_OK)
 	{
 		session_adapter_close(a);
@@ -223,7 +209,7 @@ network_from_bytes(PeftModelHandle *model, const char *config, size_t config_len
 	if ((rc = head_rows(weights, weights_len, &rows, err)) != PEFT_OK)
 		return rc;
 	return adapter_network(model, config, config_len, weights, weights_len,
-						   rows == 1 ? TASK_REGRESSION : TASK_CLASSIFICATION, rows, out, err);
+						   rows == 1 ? PEFT_TASK_REGRESSION : PEFT_TASK_CLASSIFICATION, rows, out, err);
 }
 
 /* Validate an adapter completely and describe it. */
@@ -411,7 +397,7 @@ session_predict(PeftAdapterHandle *adapter, const char *const *texts,
 			(rc = network_forward(net, &batch, false, z, NULL, err)) != PEFT_OK)
 			break;
 		/* softmax per row: probabilities for classification */
-		for (int i = 0; net->opts.task == TASK_CLASSIFICATION && i < count; i++)
+		for (int i = 0; net->opts.task == PEFT_TASK_CLASSIFICATION && i < count; i++)
 		{
 			float	   *row = z + (size_t) i * K;
 			float		top = row[0];
@@ -503,7 +489,7 @@ session_network_options(const PeftTrainConfig *c, const BertModel *bert, Network
 	o->lora.alpha = c->lora_alpha;
 	o->lora.dropout = c->lora_dropout;
 	o->lora.rslora = c->use_rslora;
-	o->task = c->task == PEFT_TASK_REGRESSION ? TASK_REGRESSION : TASK_CLASSIFICATION;
+	o->task = c->task;
 	o->hidden_dropout = c->hidden_dropout >= 0 ? c->hidden_dropout : bert->cfg.hidden_dropout;
 	o->attention_dropout = c->hidden_dropout >= 0 ? c->hidden_dropout : bert->cfg.attention_dropout;
 	o->seed = c->seed;
@@ -618,7 +604,7 @@ session_train_prepare(PeftTrainJob *job, int num_labels, const int *label_map,
 	if (job->ntrain == 0)
 		return peft_fail(err, PEFT_ERR_INVALID, "no training rows remain after the validation split");
 	if ((rc = network_create(job->model->bert, &job->options, &job->net, err)) != PEFT_OK ||
-		(rc = network_set_device(job->net, device_kind(c->device), gemm_precision(c->precision),
+		(rc = network_set_device(job->net, c->device, c->precision,
 								 err)) != PEFT_OK)
 		return rc;
 	train_options_from_config(c, &t);
@@ -636,24 +622,9 @@ session_train_prepare(PeftTrainJob *job, int num_labels, const int *label_map,
 PeftCode
 session_train_step(PeftTrainJob *job, PeftTrainProgress *p, PeftError *err)
 {
-	TrainStep	st;
-	PeftCode	rc;
-
 	if (job->trainer == NULL)
 		return peft_fail(err, PEFT_ERR_INTERNAL, "training step before prepare");
-	if ((rc = trainer_step(job->trainer, &st, err)) != PEFT_OK)
-		return rc;
-	p->step = st.step;
-	p->total_steps = st.total_steps;
-	p->epoch = st.epoch;
-	p->loss = st.loss;
-	p->learning_rate = st.learning_rate;
-	p->grad_norm = st.grad_norm;
-	p->rows = st.rows;
-	p->tokens = st.tokens;
-	p->epoch_end = st.epoch_end;
-	p->done = st.done;
-	return PEFT_OK;
+	return trainer_step(job->trainer, p, err);
 }
 
 /* What a prepared run holds. */
@@ -681,22 +652,10 @@ session_train_device(PeftTrainJob *job)
 PeftCode
 session_train_evaluate(PeftTrainJob *job, PeftMetrics *m, PeftError *err)
 {
-	EvalMetrics e;
-	PeftCode	rc;
-
 	if (job->net == NULL)
 		return peft_fail(err, PEFT_ERR_INTERNAL, "evaluation before prepare");
-	if ((rc = evaluate(job->net, &job->data, job->valid_rows, job->nvalid,
-					   job->config.batch_size, &e, err)) != PEFT_OK)
-		return rc;
-	m->rows = (int64_t) e.rows;
-	m->loss = e.loss;
-	m->accuracy = e.accuracy;
-	m->macro_f1 = e.macro_f1;
-	m->mse = e.mse;
-	m->mae = e.mae;
-	m->r2 = e.r2;
-	return PEFT_OK;
+	return evaluate(job->net, &job->data, job->valid_rows, job->nvalid, job->config.batch_size,
+					m, err);
 }
 
 /* Weights (safetensors) and adapter_config.json of the run. */

@@ -58,7 +58,7 @@ method_options(const char *method)
 		o.bottleneck.reduction = 8;
 		o.bottleneck.after_attention = o.bottleneck.after_ffn = true;
 	}
-	o.task = TASK_CLASSIFICATION;
+	o.task = PEFT_TASK_CLASSIFICATION;
 	o.num_labels = 3;
 	o.seed = 5;
 	return o;
@@ -147,7 +147,7 @@ test_round_trip(void **state)
 
 		assert_int_equal(adapter_config_json(net, "tiny", &config, &err), PEFT_OK);
 		assert_int_equal(adapter_serialize(net, &bytes, &len, &err), PEFT_OK);
-		o.task = TASK_CLASSIFICATION;
+		o.task = PEFT_TASK_CLASSIFICATION;
 		o.num_labels = 3;
 		if (adapter_options_from_config(config, strlen(config), &o, &err) != PEFT_OK)
 			fail_msg("%s: %s\n%s", methods[k], err.message, config);
