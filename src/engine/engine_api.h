@@ -21,7 +21,7 @@
 
 #include "status.h"
 
-#define PEFT_ENGINE_ABI_VERSION 5
+#define PEFT_ENGINE_ABI_VERSION 6
 #define PEFT_ENGINE_SYMBOL "peft_engine_api"
 
 typedef struct PeftModelHandle PeftModelHandle;		/* a loaded base model */
@@ -209,6 +209,8 @@ typedef struct PeftMethodInfo
 	unsigned	bit;			/* PEFT_METHOD_* */
 	const char *peft_type;		/* PEFT's peft_type when used alone; NULL: PEFT has none */
 	bool		mergeable;		/* peft_merge can fold it into the base weights */
+	unsigned	tasks;			/* the tasks it trains for: bits 1 << PeftTask */
+	const char *architectures;	/* the model families it works on: model_type values, comma-separated */
 	const char *help;			/* one line */
 } PeftMethodInfo;
 

@@ -15,6 +15,7 @@
 #include "safetensors.h"
 #include "bert.h"
 #include "dataset.h"
+#include "method_table.h"
 #include "network.h"
 #include "trainer.h"
 
@@ -521,7 +522,9 @@ session_train_begin(PeftModelHandle *model, const PeftTrainConfig *config,
 	}
 	job->data.memory_limit = config->memory_limit;
 	o = &job->options;
-	if ((rc = session_network_options(config, model->bert, o, err)) != PEFT_OK)
+	if ((rc = methods_check_support(config->methods ? config->methods : PEFT_METHOD_LORA, config->task,
+									model->bert->cfg.model_type, err)) != PEFT_OK ||
+		(rc = session_network_options(config, model->bert, o, err)) != PEFT_OK)
 	{
 		free(job);
 		return rc;

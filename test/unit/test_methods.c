@@ -16,6 +16,7 @@
 #include "combine.h"
 #include "compare.h"
 #include "engine_api.h"
+#include "method_table.h"
 #include "network.h"
 #include "test_util.h"
 #include "tiny_model_fixture.h"
@@ -229,6 +230,33 @@ test_merged_cannot_train_and_bad_methods(void **state)
 	assert_int_equal(bits, PEFT_METHOD_DORA | PEFT_METHOD_BITFIT);
 }
 
+/*
+ * Every row of the method table names the tasks and model families it
+ * supports; the check reads them: BERT and both tasks pass, another model
+ * family is refused by name.
+ */
+static void
+test_method_support(void **state)
+{
+	int			count;
+	const PeftMethodInfo *rows = method_table(&count);
+	PeftError	err = {0};
+
+	for (int i = 0; i < count; i++)
+	{
+		assert_true(rows[i].tasks != 0);
+		assert_non_null(rows[i].architectures);
+		assert_int_equal(methods_check_support(rows[i].bit, PEFT_TASK_CLASSIFICATION, "bert", &err), PEFT_OK);
+		assert_int_equal(methods_check_support(rows[i].bit, PEFT_TASK_REGRESSION, "bert", &err), PEFT_OK);
+		assert_int_equal(methods_check_support(rows[i].bit, PEFT_TASK_REGRESSION, "ber", &err),
+						 PEFT_ERR_UNSUPPORTED);
+		assert_int_equal(methods_check_support(rows[i].bit, PEFT_TASK_CLASSIFICATION, "llama", &err),
+						 PEFT_ERR_UNSUPPORTED);
+		assert_non_null(strstr(err.message, "llama"));
+		assert_non_null(strstr(err.message, rows[i].name));
+	}
+}
+
 /* Safetensors bytes of net's parameters, plus an extra tensor when extra is set. */
 static uint8_t *
 weights_bytes(const Network *net, const char *extra, size_t *len)
@@ -333,6 +361,7 @@ main(void)
 		cmocka_unit_test(test_round_trip),
 		cmocka_unit_test(test_merge),
 		cmocka_unit_test(test_merged_cannot_train_and_bad_methods),
+		cmocka_unit_test(test_method_support),
 		cmocka_unit_test(test_load_rejects_bad_weights),
 		cmocka_unit_test(test_combine),
 	};
