@@ -46,9 +46,7 @@ peft_activate(PG_FUNCTION_ARGS)
 
 	SPI_connect();
 	if (VisibleVersions(name, false, version) == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("adapter \"%s\" has no version %d", name, version)));
+		CatalogVersionMissing(name, version);
 	/* the deactivation below would otherwise reach another role's version */
 	CheckAdapterNameOwner(name, GetUserId());
 	CatalogAsOwner(&octx);
@@ -89,11 +87,12 @@ peft_drop_adapter(PG_FUNCTION_ARGS)
 	values[2] = Int32GetDatum(version);
 	SPI_connect();
 	visible = VisibleVersions(name, all, version);
-	if (visible == 0)
+	if (visible == 0 && all)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 all ? errmsg("adapter \"%s\" does not exist", name)
-				 : errmsg("adapter \"%s\" has no version %d", name, version)));
+				 errmsg("adapter \"%s\" does not exist", name)));
+	if (visible == 0)
+		CatalogVersionMissing(name, version);
 	/* the DELETE below runs as the owner and would reach versions the caller cannot see */
 	CheckAdapterNameOwner(name, GetUserId());
 	CatalogAsOwner(&octx);

@@ -347,3 +347,17 @@ CatalogRecordModel(const CatalogModelRow *row)
 	result = PointerGetDatum(SPI_returntuple(SPI_tuptable->vals[0], SPI_tuptable->tupdesc));
 	return result;
 }
+
+/* ERROR for a missing version of adapter name (0: the active one). */
+void
+CatalogVersionMissing(const char *name, int version)
+{
+	if (version == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("adapter \"%s\" does not exist or has no active version", name),
+				 errhint("Train one with peft_train, or activate a version with peft_activate.")));
+	ereport(ERROR,
+			(errcode(ERRCODE_UNDEFINED_OBJECT),
+			 errmsg("adapter \"%s\" has no version %d", name, version)));
+}

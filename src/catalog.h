@@ -46,6 +46,12 @@ extern void CatalogAsCaller(const OwnerContext *ctx);
 /* ERROR unless role may see every existing version of adapter name. */
 extern void CheckAdapterNameOwner(const char *name, Oid role);
 
+/*
+ * ERROR (undefined_object) for a version of adapter name the caller cannot
+ * find: version 0 is the active one.
+ */
+extern void CatalogVersionMissing(const char *name, int version) pg_attribute_noreturn();
+
 /* Look up a model by name as the caller; ERROR if absent. */
 extern CatalogModel *CatalogGetModel(const char *name);
 
