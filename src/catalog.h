@@ -79,6 +79,18 @@ typedef struct CatalogVersion
  */
 extern int	CatalogInsertVersion(const CatalogVersion *v);
 
+/* Serialise changes to adapter name's versions until the transaction ends.  Inside SPI. */
+extern void CatalogLockName(const char *name);
+
+/*
+ * Delete every version of name (all) or one version, under the name's
+ * lock; if the active one went and others remain, activate the newest
+ * (*activated, else 0).  Returns the count deleted; *remaining is what is
+ * left.  Inside SPI, after the caller's right to the name is checked.
+ */
+extern int	CatalogDropVersions(const char *name, bool all, int version, int *activated,
+								int64 *remaining);
+
 /* A text[] literal of n strings, for SPI parameters. */
 extern char *CatalogTextArrayLiteral(int n, char *const *items);
 
