@@ -112,6 +112,12 @@ SELECT peft_activate('sentiment', 2);
 SELECT peft_drop_adapter('sentiment', 2);
 SELECT version, active FROM peft.adapters WHERE name = 'sentiment' ORDER BY version;
 SELECT label FROM peft_predict('sentiment', 'good') AS still_predicts;
+-- peft.adapter_versions: every column but the weights, with headline metrics.
+SELECT name, version, active, base_model, method, task, labels, accuracy BETWEEN 0 AND 1 AS accuracy,
+       macro_f1 BETWEEN 0 AND 1 AS macro_f1, r2 IS NULL AND mae IS NULL AS no_regression_metrics,
+       train_rows, valid_rows, parameters > 0 AS parameters, weights_bytes > 1000 AS weights,
+       merged, job IS NOT NULL AS job, owner = current_user AS owner, created_at <= now() AS created
+FROM peft.adapter_versions WHERE name = 'sentiment';
 SELECT peft_drop_adapter('later', 1);
 SET client_min_messages = warning;
 SELECT peft_wait(-1);
@@ -140,6 +146,7 @@ SELECT 1 AS still_alive;
 GRANT SELECT ON reviews TO peft_plain;
 SET ROLE peft_plain;
 SELECT count(*) AS visible_adapters FROM peft.adapters;
+SELECT count(*) AS visible_versions FROM peft.adapter_versions;
 SELECT count(*) AS visible_jobs FROM peft.jobs;
 SELECT * FROM peft_predict('sentiment', 'good');
 SELECT peft_drop_adapter('sentiment');

@@ -21,3 +21,23 @@ ALTER FUNCTION peft_combine(text, text[], float8[], text, boolean) STRICT;
 -- pg_dump dumps the sequence of job ids too: without it a restored database
 -- numbered new jobs from 1 again, and the first one failed on the primary key.
 SELECT pg_catalog.pg_extension_config_dump('peft.job_rows_id_seq', '');
+
+-- Adapter versions as people read them: everything but the weights (a
+-- SELECT * of peft.adapters prints megabytes of hex), with the headline
+-- validation metrics of the version's training job.
+CREATE VIEW peft.adapter_versions WITH (security_invoker = true) AS
+SELECT a.name, a.version, a.active, a.base_model, a.method, a.task, a.labels,
+       (a.metrics->'final'->>'accuracy')::float8 AS accuracy,
+       (a.metrics->'final'->>'macro_f1')::float8 AS macro_f1,
+       (a.metrics->'final'->>'r2')::float8 AS r2,
+       (a.metrics->'final'->>'mae')::float8 AS mae,
+       (a.metrics->>'train_rows')::bigint AS train_rows,
+       (a.metrics->>'valid_rows')::bigint AS valid_rows,
+       (a.metrics->>'parameters')::bigint AS parameters,
+       pg_catalog.octet_length(a.weights) AS weights_bytes,
+       a.merged, a.job, a.owner, a.created_at
+FROM peft.adapters a;
+COMMENT ON VIEW peft.adapter_versions IS 'adapter versions without their weights, with headline validation metrics';
+COMMENT ON COLUMN peft.adapter_versions.accuracy IS 'classification: validation accuracy after training (NULL for imported versions)';
+COMMENT ON COLUMN peft.adapter_versions.parameters IS 'trainable parameters of the adapter and head';
+GRANT SELECT ON peft.adapter_versions TO PUBLIC;
