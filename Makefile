@@ -121,7 +121,7 @@ $(B)/config.stamp: FORCE | $(B)/engine
 	@rm -f $@.tmp
 FORCE:
 
-$(ENGINE_OBJS) $(CUDA_OBJS): $(B)/config.stamp
+$(ENGINE_OBJS) $(ENGINE_DOUBLE_OBJS) $(CUDA_OBJS): $(B)/config.stamp
 
 peft_engine.so: $(ENGINE_LIB_OBJS)
 	$(CC) -shared -Wl,--no-undefined -o $@ $(ENGINE_LIB_OBJS) $(ENGINE_LIBS) -ldl
