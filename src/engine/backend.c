@@ -1,7 +1,7 @@
 /*
  * backend.c - what every backend shares: error recording and collection,
- * parsing of the device and precision names, and the choice of a backend
- * for a device setting.
+ * the names of the precisions, and the choice of a backend for a device
+ * setting.
  */
 #define _GNU_SOURCE				/* dladdr */
 #include "backend.h"
@@ -64,37 +64,7 @@ backend_for(DeviceKind kind, Backend **out, PeftError *err)
 	return peft_fail(err, PEFT_ERR_INVALID, "unknown device %d", (int) kind);
 }
 
-/* Parse "auto" | "cpu" | "cuda"; false if unknown. */
-bool
-device_kind_parse(const char *s, DeviceKind *out)
-{
-	if (strcmp(s, "auto") == 0)
-		*out = DEVICE_AUTO;
-	else if (strcmp(s, "cpu") == 0)
-		*out = DEVICE_CPU;
-	else if (strcmp(s, "cuda") == 0)
-		*out = DEVICE_CUDA;
-	else
-		return false;
-	return true;
-}
-
-/* Parse "fp32" | "tf32" | "bf16"; false if unknown. */
-bool
-gemm_precision_parse(const char *s, GemmPrecision *out)
-{
-	if (strcmp(s, "fp32") == 0)
-		*out = PRECISION_FP32;
-	else if (strcmp(s, "tf32") == 0)
-		*out = PRECISION_TF32;
-	else if (strcmp(s, "bf16") == 0)
-		*out = PRECISION_BF16;
-	else
-		return false;
-	return true;
-}
-
-/* Name of a precision, as gemm_precision_parse reads it. */
+/* Name of a precision, as the precision option words it. */
 const char *
 gemm_precision_name(GemmPrecision p)
 {
