@@ -25,24 +25,9 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "bert.h"
+#include "engine_api.h"
 #include "real.h"
 #include "status.h"
-
-/* Where to compute; AUTO picks CUDA when the build has it and a device is visible. */
-typedef enum DeviceKind
-{
-	DEVICE_AUTO,
-	DEVICE_CPU,
-	DEVICE_CUDA
-} DeviceKind;
-
-/* Arithmetic of the matrix products (CUDA only; the CPU always uses FP32). */
-typedef enum GemmPrecision
-{
-	PRECISION_FP32,				/* exact FP32 */
-	PRECISION_TF32,				/* TF32 tensor cores, FP32 accumulation */
-	PRECISION_BF16				/* BF16 operands, FP32 accumulation and master weights */
-} GemmPrecision;
 
 /* Counters for benchmarks: filled while profile is set. */
 typedef struct BackendProfile
@@ -229,10 +214,10 @@ typedef struct BackendOps
 struct Backend
 {
 	const BackendOps *ops;
-	DeviceKind	kind;			/* DEVICE_CPU or DEVICE_CUDA */
+	PeftDevice	kind;			/* PEFT_DEVICE_CPU or PEFT_DEVICE_CUDA */
 	const char *name;			/* "cpu" or "cuda" */
 	bool		host_memory;	/* buffers are host pointers */
-	GemmPrecision precision;
+	PeftPrecision precision;
 	bool		failed;			/* an operation failed: see error */
 	PeftError	error;
 	BackendProfile profile;
@@ -275,7 +260,7 @@ bool		backend_cuda_available(void);
 PeftCode	backend_cuda(Backend **out, PeftError *err);
 
 /* The backend for a device choice (AUTO: CUDA when available, else the CPU). */
-PeftCode	backend_for(DeviceKind kind, Backend **out, PeftError *err);
+PeftCode	backend_for(PeftDevice kind, Backend **out, PeftError *err);
 
 /*
  * Seconds of idleness after which the CUDA backend frees every device
@@ -295,6 +280,6 @@ PEFT_EXPORT void backend_fail(Backend *be, PeftCode code, const char *fmt,...)
 			;
 
 /* "fp32", "tf32" or "bf16". */
-const char *gemm_precision_name(GemmPrecision p);
+const char *gemm_precision_name(PeftPrecision p);
 
 #endif

@@ -532,10 +532,10 @@ backend_cpu(void)
 {
 	static Backend cpu = {
 		.ops = &cpu_ops,
-		.kind = DEVICE_CPU,
+		.kind = PEFT_DEVICE_CPU,
 		.name = "cpu",
 		.host_memory = true,
-		.precision = PRECISION_FP32,
+		.precision = PEFT_PRECISION_FP32,
 	};
 
 	return &cpu;

@@ -466,7 +466,7 @@ cuda_gemm(Backend *be, bool ta, bool tb, int M, int N, int K, real alpha,
 		cuda_sync(be);
 		t0 = now_seconds();
 	}
-	if (be->precision == PRECISION_BF16 && K > 0)
+	if (be->precision == PEFT_PRECISION_BF16 && K > 0)
 	{
 		const void *a16 = bf16_operand(be, A, ta ? K : M, ta ? M : K, lda, true);
 		const void *b16 = bf16_operand(be, B, tb ? N : K, tb ? K : N, ldb, false);
@@ -477,7 +477,7 @@ cuda_gemm(Backend *be, bool ta, bool tb, int M, int N, int K, real alpha,
 	}
 	else
 		CALL(be, "gemm", peft_cuda_gemm(opa, opb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc,
-										be->precision == PRECISION_TF32 ? PEFT_GEMM_TF32
+										be->precision == PEFT_PRECISION_TF32 ? PEFT_GEMM_TF32
 										: PEFT_GEMM_FP32, msg, MSG_LEN));
 	be->profile.gemm_flops += 2.0 * M * N * K;
 	if (be->profile.enabled)
@@ -999,10 +999,10 @@ cuda_get(Backend **out, PeftError *err)
 		st->generation = 1;
 		st->last_used = now_seconds();
 		be->ops = &cuda_ops;
-		be->kind = DEVICE_CUDA;
+		be->kind = PEFT_DEVICE_CUDA;
 		be->name = "cuda";
 		be->host_memory = false;
-		be->precision = PRECISION_FP32;
+		be->precision = PEFT_PRECISION_FP32;
 		be->state = st;
 		cuda_backend = be;
 		if (atomic_load(&idle_release_seconds) > 0)

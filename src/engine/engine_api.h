@@ -22,7 +22,7 @@
 
 #include "status.h"
 
-#define PEFT_ENGINE_ABI_VERSION 6
+#define PEFT_ENGINE_ABI_VERSION 7
 #define PEFT_ENGINE_SYMBOL "peft_engine_api"
 
 typedef struct PeftModelHandle PeftModelHandle;		/* a loaded base model */
@@ -64,9 +64,9 @@ typedef enum PeftDevice
 /* Arithmetic of CUDA matrix products (the CPU always computes in FP32). */
 typedef enum PeftPrecision
 {
-	PEFT_PRECISION_FP32,
-	PEFT_PRECISION_TF32,
-	PEFT_PRECISION_BF16
+	PEFT_PRECISION_FP32,		/* exact FP32 */
+	PEFT_PRECISION_TF32,		/* TF32 tensor cores, FP32 accumulation */
+	PEFT_PRECISION_BF16			/* BF16 operands, FP32 accumulation and master weights */
 } PeftPrecision;
 
 /*
@@ -200,7 +200,7 @@ typedef struct PeftOptionValue
 	double		number;
 	bool		boolean;
 	const char *word;
-	const char *const *names;	/* MODULES: kept by the caller while the config is used */
+	const char *const *names;	/* MODULES (the config keeps copies) */
 	int			nnames;
 } PeftOptionValue;
 
@@ -211,22 +211,24 @@ typedef struct PeftMethodInfo
 	unsigned	bit;			/* PEFT_METHOD_* */
 	const char *peft_type;		/* PEFT's peft_type when used alone; NULL: PEFT has none */
 	bool		mergeable;		/* peft_merge can fold it into the base weights */
+	unsigned	tasks;			/* the tasks it trains for: bits 1 << PeftTask */
+	const char *architectures;	/* the model families it works on: model_type values, comma-separated */
 	const char *help;			/* one line */
 } PeftMethodInfo;
 
 /* One optimizer step's report. */
 typedef struct PeftTrainProgress
 {
-	int			step;
+	int			step;			/* optimizer steps done (1-based after a step) */
 	int			total_steps;
-	int			epoch;
-	double		loss;
-	double		learning_rate;
-	double		grad_norm;
-	int			rows;
-	int			tokens;
+	int			epoch;			/* 1-based epoch of this step */
+	double		loss;			/* mean loss of this step's micro-batches */
+	double		learning_rate;	/* used by this step */
+	double		grad_norm;		/* before clipping */
+	int			rows;			/* rows processed by this step */
+	int			tokens;			/* real (non-pad) tokens processed */
 	bool		epoch_end;		/* this step finished a pass over the training rows */
-	bool		done;
+	bool		done;			/* no steps remain */
 } PeftTrainProgress;
 
 /* What a prepared run holds, in bytes (memory_limit covers their sum). */
@@ -347,7 +349,7 @@ typedef struct PeftEngineApi
 	/* Check target_modules names against the BERT linear layers. */
 	PeftCode	(*check_targets) (const char *const *names, int count, PeftError *err);
 
-	/* Parse a method name ("lora", "dora", "ia3", "bitfit", "adapter", or "a+b"). */
+	/* Parse a method name: a row of the method table, or "a+b" (methods() lists them). */
 	PeftCode	(*parse_method) (const char *name, unsigned *methods, PeftError *err);
 	/* The canonical name of PEFT_METHOD_* bits into buf[len], e.g. "dora+bitfit". */
 	const char *(*method_name) (unsigned methods, char *buf, size_t len);

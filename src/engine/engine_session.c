@@ -16,6 +16,7 @@
 #include "safetensors.h"
 #include "bert.h"
 #include "dataset.h"
+#include "method_table.h"
 #include "network.h"
 #include "trainer.h"
 
@@ -25,8 +26,8 @@
 #define MAX_INFERENCE_BATCH 4096
 
 /* Where embed and predict compute in this process, and in batches of how many (session_configure). */
-static DeviceKind inference_device = DEVICE_CPU;
-static GemmPrecision inference_precision = PRECISION_FP32;
+static PeftDevice inference_device = PEFT_DEVICE_CPU;
+static PeftPrecision inference_precision = PEFT_PRECISION_FP32;
 static int	inference_batch = INFERENCE_BATCH;
 
 /* Tokens embed and predict computed since profile_start (benchmarks). */
@@ -61,26 +62,12 @@ struct PeftTrainJob
 	Trainer    *trainer;
 };
 
-/* The engine's device kind and precision for the API's. */
-static DeviceKind
-device_kind(PeftDevice d)
-{
-	return d == PEFT_DEVICE_CUDA ? DEVICE_CUDA : d == PEFT_DEVICE_CPU ? DEVICE_CPU : DEVICE_AUTO;
-}
-
-static GemmPrecision
-gemm_precision(PeftPrecision p)
-{
-	return p == PEFT_PRECISION_BF16 ? PRECISION_BF16 :
-		p == PEFT_PRECISION_TF32 ? PRECISION_TF32 : PRECISION_FP32;
-}
-
-/* Device, precision and idle release of later embed/predict calls. */
+/* Device, precision, idle release and batch size of later embed/predict calls. */
 void
 session_configure(const PeftEngineSettings *s)
 {
-	inference_device = device_kind(s->device);
-	inference_precision = gemm_precision(s->precision);
+	inference_device = s->device;
+	inference_precision = s->precision;
 	inference_batch = s->batch_size < 1 ? INFERENCE_BATCH :
 		s->batch_size > MAX_INFERENCE_BATCH ? MAX_INFERENCE_BATCH : s->batch_size;
 	backend_set_idle_release(s->idle_release_seconds);
@@ -150,7 +137,7 @@ session_model_close(PeftModelHandle *model)
  */
 static PeftCode
 adapter_network(PeftModelHandle *model, const char *config, size_t config_len,
-				const uint8_t *weights, size_t weights_len, TaskKind task, int num_labels,
+				const uint8_t *weights, size_t weights_len, PeftTask task, int num_labels,
 				Network **out, PeftError *err)
 {
 	NetworkOptions opts = {0};
@@ -186,7 +173,7 @@ session_adapter_open(PeftModelHandle *model, const char *config, size_t config_l
 		return peft_fail(err, PEFT_ERR_NOMEM, "out of memory opening an adapter");
 	a->model = model;
 	if ((rc = adapter_network(model, config, config_len, weights, weights_len,
-							  task == PEFT_TASK_REGRESSION ? TASK_REGRESSION : TASK_CLASSIFICATION,
+							  task == PEFT_TASK_REGRESSION ? PEFT_TASK_REGRESSION : PEFT_TASK_CLASSIFICATION,
 							  num_labels, &a->net, err)) != PEFT_OK)
 	{
 		session_adapter_close(a);
@@ -232,7 +219,7 @@ network_from_bytes(PeftModelHandle *model, const char *config, size_t config_len
 	if ((rc = head_rows(weights, weights_len, &rows, err)) != PEFT_OK)
 		return rc;
 	return adapter_network(model, config, config_len, weights, weights_len,
-						   rows == 1 ? TASK_REGRESSION : TASK_CLASSIFICATION, rows, out, err);
+						   rows == 1 ? PEFT_TASK_REGRESSION : PEFT_TASK_CLASSIFICATION, rows, out, err);
 }
 
 /* Validate an adapter completely and describe it. */
@@ -495,7 +482,7 @@ session_predict(PeftAdapterHandle *adapter, const char *const *texts,
 			(rc = dataset_make_batch(&ds, idx, count, &buf, &batch, err)) != PEFT_OK ||
 			(rc = network_forward(net, &batch, false, z, NULL, err)) != PEFT_OK)
 			break;
-		if (net->opts.task == TASK_CLASSIFICATION)
+		if (net->opts.task == PEFT_TASK_CLASSIFICATION)
 			softmax_rows(z, count, K);
 	}
 	free(idx);
@@ -577,7 +564,7 @@ session_network_options(const PeftTrainConfig *c, const BertModel *bert, Network
 	o->lora.alpha = c->lora_alpha;
 	o->lora.dropout = c->lora_dropout;
 	o->lora.rslora = c->use_rslora;
-	o->task = c->task == PEFT_TASK_REGRESSION ? TASK_REGRESSION : TASK_CLASSIFICATION;
+	o->task = c->task;
 	o->hidden_dropout = c->hidden_dropout >= 0 ? c->hidden_dropout : bert->cfg.hidden_dropout;
 	o->attention_dropout = c->hidden_dropout >= 0 ? c->hidden_dropout : bert->cfg.attention_dropout;
 	o->seed = c->seed;
@@ -609,7 +596,9 @@ session_train_begin(PeftModelHandle *model, const PeftTrainConfig *config,
 	}
 	job->data.memory_limit = config->memory_limit;
 	o = &job->options;
-	if ((rc = session_network_options(config, model->bert, o, err)) != PEFT_OK)
+	if ((rc = methods_check_support(config->methods ? config->methods : PEFT_METHOD_LORA, config->task,
+									model->bert->cfg.model_type, err)) != PEFT_OK ||
+		(rc = session_network_options(config, model->bert, o, err)) != PEFT_OK)
 	{
 		free(job);
 		return rc;
@@ -692,7 +681,7 @@ session_train_prepare(PeftTrainJob *job, int num_labels, const int *label_map,
 	if (job->ntrain == 0)
 		return peft_fail(err, PEFT_ERR_INVALID, "no training rows remain after the validation split");
 	if ((rc = network_create(job->model->bert, &job->options, &job->net, err)) != PEFT_OK ||
-		(rc = network_set_device(job->net, device_kind(c->device), gemm_precision(c->precision),
+		(rc = network_set_device(job->net, c->device, c->precision,
 								 err)) != PEFT_OK)
 		return rc;
 	train_options_from_config(c, &t);
@@ -710,24 +699,9 @@ session_train_prepare(PeftTrainJob *job, int num_labels, const int *label_map,
 PeftCode
 session_train_step(PeftTrainJob *job, PeftTrainProgress *p, PeftError *err)
 {
-	TrainStep	st;
-	PeftCode	rc;
-
 	if (job->trainer == NULL)
 		return peft_fail(err, PEFT_ERR_INTERNAL, "training step before prepare");
-	if ((rc = trainer_step(job->trainer, &st, err)) != PEFT_OK)
-		return rc;
-	p->step = st.step;
-	p->total_steps = st.total_steps;
-	p->epoch = st.epoch;
-	p->loss = st.loss;
-	p->learning_rate = st.learning_rate;
-	p->grad_norm = st.grad_norm;
-	p->rows = st.rows;
-	p->tokens = st.tokens;
-	p->epoch_end = st.epoch_end;
-	p->done = st.done;
-	return PEFT_OK;
+	return trainer_step(job->trainer, p, err);
 }
 
 /* What a prepared run holds. */
@@ -764,7 +738,7 @@ synced_backend(PeftDevice device, Backend **be, PeftError *err)
 {
 	PeftCode	rc;
 
-	if ((rc = backend_for(device_kind(device), be, err)) != PEFT_OK)
+	if ((rc = backend_for(device, be, err)) != PEFT_OK)
 		return rc;
 	(*be)->ops->enter(*be);
 	(*be)->ops->sync(*be);
@@ -809,22 +783,10 @@ session_profile_read(PeftDevice device, PeftProfile *p, PeftError *err)
 PeftCode
 session_train_evaluate(PeftTrainJob *job, PeftMetrics *m, PeftError *err)
 {
-	EvalMetrics e;
-	PeftCode	rc;
-
 	if (job->net == NULL)
 		return peft_fail(err, PEFT_ERR_INTERNAL, "evaluation before prepare");
-	if ((rc = evaluate(job->net, &job->data, job->valid_rows, job->nvalid,
-					   job->config.batch_size, &e, err)) != PEFT_OK)
-		return rc;
-	m->rows = (int64_t) e.rows;
-	m->loss = e.loss;
-	m->accuracy = e.accuracy;
-	m->macro_f1 = e.macro_f1;
-	m->mse = e.mse;
-	m->mae = e.mae;
-	m->r2 = e.r2;
-	return PEFT_OK;
+	return evaluate(job->net, &job->data, job->valid_rows, job->nvalid, job->config.batch_size,
+					m, err);
 }
 
 /* Weights (safetensors) and adapter_config.json of the run. */

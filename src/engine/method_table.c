@@ -10,20 +10,24 @@
 #include <stdio.h>
 #include <string.h>
 
+/* Every method trains a head for both tasks on BERT-family encoders. */
+#define ENCODER_TASKS ((1u << PEFT_TASK_CLASSIFICATION) | (1u << PEFT_TASK_REGRESSION))
+#define ENCODERS "bert"
+
 static const PeftMethodInfo methods[] = {
-	{"lora", PEFT_METHOD_LORA, "LORA", true,
+	{"lora", PEFT_METHOD_LORA, "LORA", true, ENCODER_TASKS, ENCODERS,
 	 "LoRA A and B on target_modules (default query, value)"},
-	{"dora", PEFT_METHOD_DORA, "LORA", true,
+	{"dora", PEFT_METHOD_DORA, "LORA", true, ENCODER_TASKS, ENCODERS,
 	 "LoRA plus a magnitude per output row (PEFT's use_dora)"},
-	{"ia3", PEFT_METHOD_IA3, "IA3", true,
+	{"ia3", PEFT_METHOD_IA3, "IA3", true, ENCODER_TASKS, ENCODERS,
 	 "vectors scaling the outputs (or, for feedforward_modules, the inputs) of target_modules"},
-	{"bitfit", PEFT_METHOD_BITFIT, NULL, false,
+	{"bitfit", PEFT_METHOD_BITFIT, NULL, false, ENCODER_TASKS, ENCODERS,
 	 "every bias of the encoder (with LoRA or DoRA: PEFT's bias \"all\")"},
-	{"adapter", PEFT_METHOD_ADAPTER, NULL, false,
+	{"adapter", PEFT_METHOD_ADAPTER, NULL, false, ENCODER_TASKS, ENCODERS,
 	 "bottleneck adapters after the feed-forward block (and attention: houlsby)"},
-	{"prompt", PEFT_METHOD_PROMPT, "PROMPT_TUNING", false,
+	{"prompt", PEFT_METHOD_PROMPT, "PROMPT_TUNING", false, ENCODER_TASKS, ENCODERS,
 	 "num_virtual_tokens trainable input embeddings before every input"},
-	{"prefix", PEFT_METHOD_PREFIX, "PREFIX_TUNING", false,
+	{"prefix", PEFT_METHOD_PREFIX, "PREFIX_TUNING", false, ENCODER_TASKS, ENCODERS,
 	 "num_virtual_tokens trainable keys and values in every layer"},
 };
 #define NMETHODS ((int) (sizeof(methods) / sizeof(methods[0])))
@@ -103,5 +107,36 @@ adapter_parse_method(const char *name, unsigned *out, PeftError *err)
 		return peft_fail(err, PEFT_ERR_INVALID,
 						 "method \"%s\" combines prompt and prefix tuning", name);
 	*out = bits;
+	return PEFT_OK;
+}
+
+/* Whether architecture is one of the comma-separated names in list. */
+static bool
+names_contain(const char *list, const char *architecture)
+{
+	size_t		n = strlen(architecture);
+
+	for (const char *at = list; *at; at += strcspn(at, ","), at += (*at == ','))
+		if (strncmp(at, architecture, n) == 0 && (at[n] == ',' || at[n] == '\0'))
+			return true;
+	return false;
+}
+
+/* Check that every method in bits trains for task on a model of architecture. */
+PeftCode
+methods_check_support(unsigned bits, PeftTask task, const char *architecture, PeftError *err)
+{
+	for (int k = 0; k < NMETHODS; k++)
+	{
+		if (!(bits & methods[k].bit))
+			continue;
+		if (!(methods[k].tasks & (1u << task)))
+			return peft_fail(err, PEFT_ERR_UNSUPPORTED, "method %s does not train for this task",
+							 methods[k].name);
+		if (!names_contain(methods[k].architectures, architecture))
+			return peft_fail(err, PEFT_ERR_UNSUPPORTED,
+							 "method %s does not work on %s models (it works on: %s)",
+							 methods[k].name, architecture, methods[k].architectures);
+	}
 	return PEFT_OK;
 }

@@ -1,6 +1,7 @@
 /*
  * method_table.h - the adapter methods as one table (method_table.c): their
- * names, PEFT's type for each, whether they merge; parsing "a+b" names.
+ * names, PEFT's type for each, whether they merge, the tasks and model
+ * families they support; parsing "a+b" names.
  */
 #ifndef PEFT_ENGINE_METHOD_TABLE_H
 #define PEFT_ENGINE_METHOD_TABLE_H
@@ -16,6 +17,9 @@ PeftCode	adapter_parse_method(const char *name, unsigned *methods, PeftError *er
 const char *adapter_methods_name(unsigned methods, char *buf, size_t len);
 /* Whether any of the methods in bits can be folded into the base weights. */
 bool		methods_mergeable(unsigned methods);
+/* Check that every method in bits trains for task on a model of architecture (a model_type). */
+PeftCode	methods_check_support(unsigned methods, PeftTask task, const char *architecture,
+								  PeftError *err);
 /* The method names as "a, b, ... and z" into buf. */
 const char *method_names_list(char *buf, size_t len);
 

@@ -115,6 +115,24 @@ get_member(const cJSON *object, const char *key, const char *what,
 }
 
 /*
+ * Find key (NULL or absent: *item NULL) and check its JSON type with
+ * is_type, failing with "must be " + kind.
+ */
+static PeftCode
+get_typed(const cJSON *object, const char *key, const char *what,
+		  cJSON_bool (*is_type) (const cJSON *const), const char *kind,
+		  const cJSON **item, PeftError *err)
+{
+	PeftCode	code;
+
+	if ((code = get_member(object, key, what, item, err)) != PEFT_OK)
+		return code;
+	if (*item != NULL && !is_type(*item))
+		return peft_fail(err, PEFT_ERR_FORMAT, "%s: key \"%s\" must be %s", what, key, kind);
+	return PEFT_OK;
+}
+
+/*
  * Read an integer key into *out, within [min, max].  A missing key is an
  * error when required, otherwise *out keeps its value.
  */
@@ -126,18 +144,11 @@ get_int(const cJSON *object, const char *key, const char *what, bool required,
 	double		d;
 	PeftCode	code;
 
-	if ((code = get_member(object, key, what, &item, err)) != PEFT_OK)
+	if ((code = get_typed(object, key, what, cJSON_IsNumber, "an integer", &item, err)) != PEFT_OK)
 		return code;
 	if (item == NULL)
-	{
-		if (required)
-			return peft_fail(err, PEFT_ERR_FORMAT,
-							 "%s: required key \"%s\" is missing", what, key);
-		return PEFT_OK;
-	}
-	if (!cJSON_IsNumber(item))
-		return peft_fail(err, PEFT_ERR_FORMAT,
-						 "%s: key \"%s\" must be an integer", what, key);
+		return required ? peft_fail(err, PEFT_ERR_FORMAT, "%s: required key \"%s\" is missing",
+									what, key) : PEFT_OK;
 	d = item->valuedouble;
 	if (d != floor(d))
 		return peft_fail(err, PEFT_ERR_FORMAT,
@@ -163,13 +174,9 @@ get_double(const cJSON *object, const char *key, const char *what,
 	double		d;
 	PeftCode	code;
 
-	if ((code = get_member(object, key, what, &item, err)) != PEFT_OK)
+	if ((code = get_typed(object, key, what, cJSON_IsNumber, "a number", &item, err)) != PEFT_OK ||
+		item == NULL)
 		return code;
-	if (item == NULL)
-		return PEFT_OK;
-	if (!cJSON_IsNumber(item))
-		return peft_fail(err, PEFT_ERR_FORMAT,
-						 "%s: key \"%s\" must be a number", what, key);
 	d = item->valuedouble;
 	if (!isfinite(d) || d < min || (max_inclusive ? d > max : d >= max))
 		return peft_fail(err, PEFT_ERR_FORMAT,
@@ -187,13 +194,9 @@ get_bool(const cJSON *object, const char *key, const char *what, bool *out,
 	const cJSON *item = NULL;
 	PeftCode	code;
 
-	if ((code = get_member(object, key, what, &item, err)) != PEFT_OK)
+	if ((code = get_typed(object, key, what, cJSON_IsBool, "true or false", &item, err)) != PEFT_OK ||
+		item == NULL)
 		return code;
-	if (item == NULL)
-		return PEFT_OK;
-	if (!cJSON_IsBool(item))
-		return peft_fail(err, PEFT_ERR_FORMAT,
-						 "%s: key \"%s\" must be true or false", what, key);
 	*out = cJSON_IsTrue(item);
 	return PEFT_OK;
 }
@@ -207,13 +210,9 @@ get_string(const cJSON *object, const char *key, const char *what,
 	PeftCode	code;
 
 	*out = NULL;
-	if ((code = get_member(object, key, what, &item, err)) != PEFT_OK)
+	if ((code = get_typed(object, key, what, cJSON_IsString, "a string", &item, err)) != PEFT_OK ||
+		item == NULL)
 		return code;
-	if (item == NULL)
-		return PEFT_OK;
-	if (!cJSON_IsString(item))
-		return peft_fail(err, PEFT_ERR_FORMAT,
-						 "%s: key \"%s\" must be a string", what, key);
 	*out = item->valuestring;
 	return PEFT_OK;
 }

@@ -111,9 +111,9 @@ check_options(const BertModel *base, const NetworkOptions *o, PeftError *err)
 		return peft_fail(err, PEFT_ERR_INVALID, "dropout must be in [0, 1)");
 	if (o->num_labels < 0 || o->num_labels > 100000)
 		return peft_fail(err, PEFT_ERR_INVALID, "num_labels %d is out of range", o->num_labels);
-	if (o->task == TASK_REGRESSION && o->num_labels != 1)
+	if (o->task == PEFT_TASK_REGRESSION && o->num_labels != 1)
 		return peft_fail(err, PEFT_ERR_INVALID, "regression needs exactly one output");
-	if (o->task == TASK_CLASSIFICATION && o->num_labels == 1)
+	if (o->task == PEFT_TASK_CLASSIFICATION && o->num_labels == 1)
 		return peft_fail(err, PEFT_ERR_INVALID, "classification needs at least two classes");
 	return PEFT_OK;
 }
@@ -365,7 +365,7 @@ network_create(const BertModel *base, const NetworkOptions *opts,
 	net->base = base;
 	net->opts = *opts;
 	net->be = backend_cpu();
-	net->precision = PRECISION_FP32;
+	net->precision = PEFT_PRECISION_FP32;
 	if (!network_alloc(net))
 	{
 		network_free(net);
@@ -629,7 +629,7 @@ network_free(Network *net)
 
 /* Compute on another device from now on; the parameters move with the network. */
 PeftCode
-network_set_device(Network *net, DeviceKind kind, GemmPrecision precision, PeftError *err)
+network_set_device(Network *net, PeftDevice kind, PeftPrecision precision, PeftError *err)
 {
 	Backend    *be;
 	PeftCode	rc;
@@ -1043,7 +1043,7 @@ forward_locked(Network *net, const Batch *b, bool train, real *outputs,
 
 	if (K < 1)
 		return peft_fail(err, PEFT_ERR_INVALID, "this network has no head");
-	if (loss && net->opts.task == TASK_CLASSIFICATION && b->labels)
+	if (loss && net->opts.task == PEFT_TASK_CLASSIFICATION && b->labels)
 		for (int i = 0; i < b->B; i++)
 			if (b->labels[i] < 0 || b->labels[i] >= K)
 				return peft_fail(err, PEFT_ERR_INVALID, "label %d out of range", b->labels[i]);
@@ -1057,10 +1057,10 @@ forward_locked(Network *net, const Batch *b, bool train, real *outputs,
 	if (loss)
 	{
 		*loss = 0;
-		if (net->opts.task == TASK_CLASSIFICATION && b->labels)
+		if (net->opts.task == PEFT_TASK_CLASSIFICATION && b->labels)
 			*loss = be->ops->cross_entropy_forward(be, act->head_probs, act->head_out,
 												   act->d_labels, b->B, K);
-		else if (net->opts.task == TASK_REGRESSION && b->targets)
+		else if (net->opts.task == PEFT_TASK_REGRESSION && b->targets)
 			*loss = be->ops->mse_forward(be, act->head_out, act->d_targets, b->B);
 	}
 	return PEFT_OK;
@@ -1146,7 +1146,7 @@ backward_locked(Network *net, const Batch *b, real loss_scale, PeftError *err)
 
 	/* loss -> head -> pooled */
 	be->ops->zero(be, act->dhead, sizeof(real) * b->B * K);
-	if (net->opts.task == TASK_CLASSIFICATION)
+	if (net->opts.task == PEFT_TASK_CLASSIFICATION)
 		be->ops->cross_entropy_backward(be, act->dhead, act->head_probs, act->d_labels,
 										loss_scale, b->B, K);
 	else

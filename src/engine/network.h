@@ -27,12 +27,6 @@
 #include "params.h"
 #include "rng.h"
 
-typedef enum TaskKind
-{
-	TASK_CLASSIFICATION,
-	TASK_REGRESSION
-} TaskKind;
-
 typedef struct LoraOptions
 {
 	int			r;				/* rank, >= 1 */
@@ -71,7 +65,7 @@ typedef struct NetworkOptions
 	BottleneckOptions bottleneck;
 	int			prompt_tokens;	/* prompt tuning: virtual tokens prepended to every input; 0 none */
 	int			prefix_tokens;	/* prefix tuning: key/value prefixes of every layer; 0 none */
-	TaskKind	task;
+	PeftTask	task;
 	int			num_labels;		/* classes; 1 for regression; 0: no head */
 	double		hidden_dropout; /* base model dropout while training */
 	double		attention_dropout;
@@ -173,7 +167,7 @@ typedef struct Network
 
 	/* where it computes: the CPU backend unless network_set_device says otherwise */
 	Backend    *be;
-	GemmPrecision precision;
+	PeftPrecision precision;
 	ModelWeights *weights;		/* the weights the ops read; NULL until first used */
 	ModelWeights *shared_weights;	/* the backend's shared copy of the base weights */
 	MergedWeights *merged;		/* network_merge's folded weights, or NULL */
@@ -200,7 +194,7 @@ void		network_free(Network *net);
  * Compute on another device from now on (AUTO: CUDA when available); the
  * parameters move with the network.  precision applies to CUDA products.
  */
-PeftCode	network_set_device(Network *net, DeviceKind kind, GemmPrecision precision,
+PeftCode	network_set_device(Network *net, PeftDevice kind, PeftPrecision precision,
 							   PeftError *err);
 
 /*

@@ -44,8 +44,7 @@ train_options_from_config(const PeftTrainConfig *c, TrainOptions *o)
 	o->adam_eps = 1e-8;
 	o->warmup_ratio = c->warmup_ratio;
 	o->warmup_steps = c->warmup_steps;
-	o->schedule = c->schedule == PEFT_SCHEDULE_COSINE ? SCHEDULE_COSINE :
-		c->schedule == PEFT_SCHEDULE_CONSTANT ? SCHEDULE_CONSTANT : SCHEDULE_LINEAR;
+	o->schedule = c->schedule;
 	o->max_grad_norm = c->max_grad_norm;
 	o->max_steps = c->max_steps;
 	o->group_by_length = c->group_by_length;
@@ -81,12 +80,12 @@ schedule_factor(const TrainOptions *o, int step, int total_steps)
 
 	if (step < warm)
 		return (double) step / (warm > 0 ? warm : 1);
-	if (o->schedule == SCHEDULE_CONSTANT)
+	if (o->schedule == PEFT_SCHEDULE_CONSTANT)
 		return 1.0;
 	if (total_steps <= warm)
 		return 0.0;
 	progress = (double) (step - warm) / (total_steps - warm);
-	if (o->schedule == SCHEDULE_COSINE)
+	if (o->schedule == PEFT_SCHEDULE_COSINE)
 		return fmax(0.0, 0.5 * (1.0 + cos(M_PI * progress)));
 	return fmax(0.0, 1.0 - progress);
 }
@@ -235,7 +234,7 @@ trainer_free(Trainer *tr)
 
 /* Run one optimizer step over grad_accum micro-batches. */
 PeftCode
-trainer_step(Trainer *tr, TrainStep *st, PeftError *err)
+trainer_step(Trainer *tr, PeftTrainProgress *st, PeftError *err)
 {
 	const TrainOptions *o = &tr->opts;
 	size_t		remaining;
@@ -311,10 +310,10 @@ trainer_step(Trainer *tr, TrainStep *st, PeftError *err)
 /* Evaluate the network on rows of ds in batches (no dropout). */
 PeftCode
 evaluate(Network *net, const Dataset *ds, const uint32_t *rows, size_t nrows,
-		 int batch_size, EvalMetrics *m, PeftError *err)
+		 int batch_size, PeftMetrics *m, PeftError *err)
 {
 	int			K = net->opts.num_labels;
-	bool		classify = net->opts.task == TASK_CLASSIFICATION;
+	bool		classify = net->opts.task == PEFT_TASK_CLASSIFICATION;
 	BatchBuffer buf = {0};
 	real	   *out = malloc(sizeof(real) * (size_t) batch_size * K);
 	size_t	   *tp = calloc(K, sizeof(size_t));

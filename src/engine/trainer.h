@@ -15,13 +15,6 @@
 #include "engine_api.h"
 #include "network.h"
 
-typedef enum ScheduleKind
-{
-	SCHEDULE_LINEAR,
-	SCHEDULE_COSINE,
-	SCHEDULE_CONSTANT
-} ScheduleKind;
-
 typedef struct TrainOptions
 {
 	int			epochs;
@@ -34,7 +27,7 @@ typedef struct TrainOptions
 	double		adam_eps;
 	double		warmup_ratio;	/* of total steps, when warmup_steps < 0 */
 	int			warmup_steps;
-	ScheduleKind schedule;
+	PeftSchedule schedule;
 	double		max_grad_norm;	/* 0: no clipping */
 	int			max_steps;		/* > 0: exactly this many steps, over as many epochs as it takes */
 	bool		group_by_length;
@@ -57,26 +50,12 @@ double		schedule_factor(const TrainOptions *o, int step, int total_steps);
 
 typedef struct Trainer Trainer;
 
-typedef struct TrainStep
-{
-	int			step;			/* optimizer steps done (1-based after a step) */
-	int			total_steps;
-	int			epoch;			/* 1-based epoch of this step */
-	double		loss;			/* mean loss of this step's micro-batches */
-	double		grad_norm;		/* before clipping */
-	double		learning_rate;	/* used by this step */
-	int			rows;			/* rows processed by this step */
-	int			tokens;			/* real (non-pad) tokens processed */
-	bool		epoch_end;		/* this step finished a pass over the rows */
-	bool		done;			/* no steps remain */
-} TrainStep;
-
 /* Prepare training over the given rows of ds (indices copied). */
 PeftCode	trainer_create(Network *net, const Dataset *ds, const uint32_t *rows,
 						   size_t nrows, const TrainOptions *opts,
 						   Trainer **out, PeftError *err);
 /* Run one optimizer step; step->done when training is complete. */
-PeftCode	trainer_step(Trainer *tr, TrainStep *step, PeftError *err);
+PeftCode	trainer_step(Trainer *tr, PeftTrainProgress *step, PeftError *err);
 int			trainer_total_steps(const Trainer *tr);
 /* Bytes the trainer holds besides the network and the data (row orders). */
 size_t		trainer_memory(const Trainer *tr);
@@ -84,20 +63,9 @@ size_t		trainer_memory(const Trainer *tr);
 size_t		trainer_activation_bytes(const Trainer *tr);
 void		trainer_free(Trainer *tr);
 
-typedef struct EvalMetrics
-{
-	size_t		rows;
-	double		loss;
-	double		accuracy;		/* classification */
-	double		macro_f1;
-	double		mse;			/* regression */
-	double		mae;
-	double		r2;
-} EvalMetrics;
-
 /* Evaluate the network on rows of ds in batches (no dropout). */
 PeftCode	evaluate(Network *net, const Dataset *ds, const uint32_t *rows,
-					 size_t nrows, int batch_size, EvalMetrics *m,
+					 size_t nrows, int batch_size, PeftMetrics *m,
 					 PeftError *err);
 
 #endif

@@ -76,7 +76,7 @@ static void
 set_head(NetworkOptions *opts, int head)
 {
 	opts->num_labels = head;
-	opts->task = head == 1 ? TASK_REGRESSION : TASK_CLASSIFICATION;
+	opts->task = head == 1 ? PEFT_TASK_REGRESSION : PEFT_TASK_CLASSIFICATION;
 }
 
 /* The default adapter, used when the config is refused. */

@@ -92,7 +92,7 @@ typedef enum Method
 
 /* Two identical networks (method, all dropouts), one moved to CUDA. */
 static void
-make_pair_method(Network **cpu, Network **gpu, GemmPrecision precision, Method method)
+make_pair_method(Network **cpu, Network **gpu, PeftPrecision precision, Method method)
 {
 	NetworkOptions o = {0};
 	PeftError	err = {0};
@@ -120,7 +120,7 @@ make_pair_method(Network **cpu, Network **gpu, GemmPrecision precision, Method m
 		o.bottleneck.reduction = 4;
 		o.bottleneck.after_attention = o.bottleneck.after_ffn = true;
 	}
-	o.task = TASK_CLASSIFICATION;
+	o.task = PEFT_TASK_CLASSIFICATION;
 	o.num_labels = 3;
 	o.hidden_dropout = 0.1;
 	o.attention_dropout = 0.1;
@@ -133,20 +133,20 @@ make_pair_method(Network **cpu, Network **gpu, GemmPrecision precision, Method m
 		(*cpu)->params.values[j] = (*gpu)->params.values[j] =
 			(real) (0.2 * (2 * peft_rng_uniform(&fill) - 1));
 	network_params_changed(*gpu);
-	assert_int_equal(network_set_device(*gpu, DEVICE_CUDA, precision, &err), PEFT_OK);
+	assert_int_equal(network_set_device(*gpu, PEFT_DEVICE_CUDA, precision, &err), PEFT_OK);
 	assert_string_equal((*gpu)->be->name, "cuda");
 }
 
 /* A LoRA pair. */
 static void
-make_pair(Network **cpu, Network **gpu, GemmPrecision precision)
+make_pair(Network **cpu, Network **gpu, PeftPrecision precision)
 {
 	make_pair_method(cpu, gpu, precision, METHOD_LORA);
 }
 
 /* Forward, backward and one optimizer step agree within limit (by precision). */
 static void
-check_training_step(GemmPrecision precision, double limit)
+check_training_step(PeftPrecision precision, double limit)
 {
 	Network    *cpu;
 	Network    *gpu;
@@ -202,21 +202,21 @@ check_training_step(GemmPrecision precision, double limit)
 static void
 test_training_step_fp32(void **state)
 {
-	check_training_step(PRECISION_FP32, 1e-5);
+	check_training_step(PEFT_PRECISION_FP32, 1e-5);
 }
 
 /* TF32 tensor cores: within 1e-3. */
 static void
 test_training_step_tf32(void **state)
 {
-	check_training_step(PRECISION_TF32, 1e-3);
+	check_training_step(PEFT_PRECISION_TF32, 1e-3);
 }
 
 /* BF16 operands with FP32 accumulation: within 1e-2. */
 static void
 test_training_step_bf16(void **state)
 {
-	check_training_step(PRECISION_BF16, 1e-2);
+	check_training_step(PEFT_PRECISION_BF16, 1e-2);
 }
 
 /* Forward and backward of the other methods agree within 1e-5 (FP32). */
@@ -237,7 +237,7 @@ test_methods_fp32(void **state)
 		size_t		n;
 
 		require_device();
-		make_pair_method(&cpu, &gpu, PRECISION_FP32, (Method) method);
+		make_pair_method(&cpu, &gpu, PEFT_PRECISION_FP32, (Method) method);
 		n = cpu->params.total;
 		peft_rng_seed(&rng, 13);
 		make_batch(&b, ids, mask, labels, &rng);
@@ -286,7 +286,7 @@ test_embeddings_and_hidden(void **state)
 	make_batch(&b, ids, mask, labels, &rng);
 	assert_int_equal(network_create(model, &o, &cpu, &err), PEFT_OK);
 	assert_int_equal(network_create(model, &o, &gpu, &err), PEFT_OK);
-	assert_int_equal(network_set_device(gpu, DEVICE_CUDA, PRECISION_FP32, &err), PEFT_OK);
+	assert_int_equal(network_set_device(gpu, PEFT_DEVICE_CUDA, PEFT_PRECISION_FP32, &err), PEFT_OK);
 	memset(e_gpu, 0xFF, sizeof(real) * B_ROWS * C);
 	memset(h_gpu, 0xFF, sizeof(real) * B_ROWS * T_COLS * C);
 	assert_int_equal(network_embed(cpu, &b, e_cpu, &err), PEFT_OK);
@@ -325,7 +325,7 @@ test_out_of_memory_is_an_error(void **state)
 
 	require_device();
 	assert_int_equal(network_create(model, &o, &gpu, &err), PEFT_OK);
-	assert_int_equal(network_set_device(gpu, DEVICE_CUDA, PRECISION_FP32, &err), PEFT_OK);
+	assert_int_equal(network_set_device(gpu, PEFT_DEVICE_CUDA, PEFT_PRECISION_FP32, &err), PEFT_OK);
 	/* attention blocks of 2^20 sequences of 512 tokens: terabytes */
 	rc = network_reserve(gpu, 1 << 20, 512 < model->cfg.max_position ? 512 : model->cfg.max_position,
 						 false, &err);
@@ -360,7 +360,7 @@ test_idle_release(void **state)
 	peft_rng_seed(&rng, 21);
 	make_batch(&b, ids, mask, labels, &rng);
 	assert_int_equal(network_create(model, &o, &gpu, &err), PEFT_OK);
-	assert_int_equal(network_set_device(gpu, DEVICE_CUDA, PRECISION_FP32, &err), PEFT_OK);
+	assert_int_equal(network_set_device(gpu, PEFT_DEVICE_CUDA, PEFT_PRECISION_FP32, &err), PEFT_OK);
 	backend_set_idle_release(1);
 	assert_int_equal(network_embed(gpu, &b, first, &err), PEFT_OK);
 	generation = gpu->generation;

@@ -58,7 +58,7 @@ make_rows(BertModel *model, Dataset *ds)
 
 /* Train STEPS steps on device; losses[STEPS] receives the curve. */
 static void
-train_curve(BertModel *model, Dataset *ds, DeviceKind device, double *losses)
+train_curve(BertModel *model, Dataset *ds, PeftDevice device, double *losses)
 {
 	NetworkOptions no = {0};
 	TrainOptions to;
@@ -66,7 +66,7 @@ train_curve(BertModel *model, Dataset *ds, DeviceKind device, double *losses)
 	Trainer    *tr;
 	uint32_t   *rows = malloc(sizeof(uint32_t) * ROWS);
 	PeftError	err = {0};
-	TrainStep	st;
+	PeftTrainProgress	st;
 
 	for (uint32_t i = 0; i < ROWS; i++)
 		rows[i] = i;
@@ -74,13 +74,13 @@ train_curve(BertModel *model, Dataset *ds, DeviceKind device, double *losses)
 	no.lora.alpha = 16;
 	no.lora.dropout = 0.1;
 	no.lora.targets[BERT_QUERY] = no.lora.targets[BERT_VALUE] = true;
-	no.task = TASK_CLASSIFICATION;
+	no.task = PEFT_TASK_CLASSIFICATION;
 	no.num_labels = 4;
 	no.hidden_dropout = model->cfg.hidden_dropout;
 	no.attention_dropout = model->cfg.attention_dropout;
 	no.seed = 42;
 	assert_int_equal(network_create(model, &no, &net, &err), PEFT_OK);
-	assert_int_equal(network_set_device(net, device, PRECISION_FP32, &err), PEFT_OK);
+	assert_int_equal(network_set_device(net, device, PEFT_PRECISION_FP32, &err), PEFT_OK);
 	train_options_default(&to);
 	to.epochs = 1;
 	to.batch_size = 16;
@@ -122,8 +122,8 @@ test_fifty_steps_match_the_cpu(void **state)
 	}
 	assert_int_equal(bert_load(dir, &model, &err), PEFT_OK);
 	make_rows(model, &ds);
-	train_curve(model, &ds, DEVICE_CPU, cpu);
-	train_curve(model, &ds, DEVICE_CUDA, gpu);
+	train_curve(model, &ds, PEFT_DEVICE_CPU, cpu);
+	train_curve(model, &ds, PEFT_DEVICE_CUDA, gpu);
 	for (int s = 0; s < STEPS; s++)
 	{
 		double		rel = fabs(gpu[s] - cpu[s]) / fabs(cpu[s]);

@@ -141,7 +141,7 @@ test_classification(void **state)
 {
 	NetworkOptions o = all_targets();
 
-	o.task = TASK_CLASSIFICATION;
+	o.task = PEFT_TASK_CLASSIFICATION;
 	o.num_labels = 3;
 	check_network(&o, "classification, LoRA on all linears, dropout", false);
 }
@@ -152,7 +152,7 @@ test_regression_rslora(void **state)
 {
 	NetworkOptions o = all_targets();
 
-	o.task = TASK_REGRESSION;
+	o.task = PEFT_TASK_REGRESSION;
 	o.num_labels = 1;
 	o.lora.rslora = true;
 	check_network(&o, "regression, rsLoRA", false);
@@ -169,7 +169,7 @@ test_no_dropout_query_value(void **state)
 	o.lora.dropout = 0;
 	o.hidden_dropout = 0;
 	o.attention_dropout = 0;
-	o.task = TASK_CLASSIFICATION;
+	o.task = PEFT_TASK_CLASSIFICATION;
 	o.num_labels = 2;
 	check_network(&o, "classification, LoRA on query and value, no dropout", false);
 }
@@ -180,7 +180,7 @@ test_irregular_mask(void **state)
 {
 	NetworkOptions o = all_targets();
 
-	o.task = TASK_CLASSIFICATION;
+	o.task = PEFT_TASK_CLASSIFICATION;
 	o.num_labels = 3;
 	check_network(&o, "classification, irregular mask with an empty row", true);
 }
@@ -192,7 +192,7 @@ test_dora(void **state)
 	NetworkOptions o = all_targets();
 
 	o.dora = true;
-	o.task = TASK_CLASSIFICATION;
+	o.task = PEFT_TASK_CLASSIFICATION;
 	o.num_labels = 3;
 	check_network(&o, "classification, DoRA on all linears, dropout", false);
 }
@@ -207,7 +207,7 @@ test_dora_no_dropout(void **state)
 	o.lora.targets[BERT_QUERY] = o.lora.targets[BERT_VALUE] = true;
 	o.lora.dropout = 0;
 	o.dora = true;
-	o.task = TASK_REGRESSION;
+	o.task = PEFT_TASK_REGRESSION;
 	o.num_labels = 1;
 	check_network(&o, "regression, DoRA on query and value, no LoRA dropout", false);
 }
@@ -223,7 +223,7 @@ test_ia3(void **state)
 	o.ia3.targets[BERT_OUTPUT] = o.ia3.feedforward[BERT_OUTPUT] = true;
 	o.ia3.targets[BERT_INTERMEDIATE] = true;
 	o.ia3.targets[BERT_ATTN_OUT] = o.ia3.feedforward[BERT_ATTN_OUT] = true;
-	o.task = TASK_CLASSIFICATION;
+	o.task = PEFT_TASK_CLASSIFICATION;
 	o.num_labels = 3;
 	check_network(&o, "classification, (IA)^3 on key, value and every dense", false);
 }
@@ -236,7 +236,7 @@ test_bitfit(void **state)
 
 	memset(o.lora.targets, 0, sizeof(o.lora.targets));
 	o.bitfit = true;
-	o.task = TASK_CLASSIFICATION;
+	o.task = PEFT_TASK_CLASSIFICATION;
 	o.num_labels = 3;
 	check_network(&o, "classification, BitFit", true);
 }
@@ -250,7 +250,7 @@ test_bottleneck(void **state)
 	memset(o.lora.targets, 0, sizeof(o.lora.targets));
 	o.bottleneck.reduction = 4;
 	o.bottleneck.after_attention = o.bottleneck.after_ffn = true;
-	o.task = TASK_REGRESSION;
+	o.task = PEFT_TASK_REGRESSION;
 	o.num_labels = 1;
 	check_network(&o, "regression, Houlsby bottleneck adapters", false);
 }
@@ -265,7 +265,7 @@ test_hybrid(void **state)
 	o.bitfit = true;
 	o.bottleneck.reduction = 8;
 	o.bottleneck.after_ffn = true;
-	o.task = TASK_CLASSIFICATION;
+	o.task = PEFT_TASK_CLASSIFICATION;
 	o.num_labels = 3;
 	check_network(&o, "classification, DoRA + BitFit + Pfeiffer adapter", false);
 }
@@ -278,7 +278,7 @@ test_prompt(void **state)
 
 	memset(o.lora.targets, 0, sizeof(o.lora.targets));
 	o.prompt_tokens = 3;
-	o.task = TASK_CLASSIFICATION;
+	o.task = PEFT_TASK_CLASSIFICATION;
 	o.num_labels = 3;
 	check_network(&o, "classification, prompt tuning (3 virtual tokens)", true);
 }
@@ -291,7 +291,7 @@ test_prompt_hybrid(void **state)
 
 	o.prompt_tokens = 2;
 	o.bitfit = true;
-	o.task = TASK_REGRESSION;
+	o.task = PEFT_TASK_REGRESSION;
 	o.num_labels = 1;
 	check_network(&o, "regression, prompt tuning + LoRA + BitFit", false);
 }
@@ -304,7 +304,7 @@ test_prefix(void **state)
 
 	memset(o.lora.targets, 0, sizeof(o.lora.targets));
 	o.prefix_tokens = 3;
-	o.task = TASK_CLASSIFICATION;
+	o.task = PEFT_TASK_CLASSIFICATION;
 	o.num_labels = 3;
 	check_network(&o, "classification, prefix tuning (3 prefixes)", true);
 }
@@ -316,7 +316,7 @@ test_prefix_lora(void **state)
 	NetworkOptions o = all_targets();
 
 	o.prefix_tokens = 2;
-	o.task = TASK_REGRESSION;
+	o.task = PEFT_TASK_REGRESSION;
 	o.num_labels = 1;
 	check_network(&o, "regression, prefix tuning + LoRA", false);
 }

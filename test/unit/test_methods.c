@@ -16,6 +16,7 @@
 #include "combine.h"
 #include "compare.h"
 #include "engine_api.h"
+#include "method_table.h"
 #include "network.h"
 #include "test_util.h"
 #include "tiny_model_fixture.h"
@@ -58,7 +59,7 @@ method_options(const char *method)
 		o.bottleneck.reduction = 8;
 		o.bottleneck.after_attention = o.bottleneck.after_ffn = true;
 	}
-	o.task = TASK_CLASSIFICATION;
+	o.task = PEFT_TASK_CLASSIFICATION;
 	o.num_labels = 3;
 	o.seed = 5;
 	return o;
@@ -147,7 +148,7 @@ test_round_trip(void **state)
 
 		assert_int_equal(adapter_config_json(net, "tiny", &config, &err), PEFT_OK);
 		assert_int_equal(adapter_serialize(net, &bytes, &len, &err), PEFT_OK);
-		o.task = TASK_CLASSIFICATION;
+		o.task = PEFT_TASK_CLASSIFICATION;
 		o.num_labels = 3;
 		if (adapter_options_from_config(config, strlen(config), &o, &err) != PEFT_OK)
 			fail_msg("%s: %s\n%s", methods[k], err.message, config);
@@ -227,6 +228,33 @@ test_merged_cannot_train_and_bad_methods(void **state)
 	}
 	assert_int_equal(adapter_parse_method("bitfit+dora", &bits, &err), PEFT_OK);
 	assert_int_equal(bits, PEFT_METHOD_DORA | PEFT_METHOD_BITFIT);
+}
+
+/*
+ * Every row of the method table names the tasks and model families it
+ * supports; the check reads them: BERT and both tasks pass, another model
+ * family is refused by name.
+ */
+static void
+test_method_support(void **state)
+{
+	int			count;
+	const PeftMethodInfo *rows = method_table(&count);
+	PeftError	err = {0};
+
+	for (int i = 0; i < count; i++)
+	{
+		assert_true(rows[i].tasks != 0);
+		assert_non_null(rows[i].architectures);
+		assert_int_equal(methods_check_support(rows[i].bit, PEFT_TASK_CLASSIFICATION, "bert", &err), PEFT_OK);
+		assert_int_equal(methods_check_support(rows[i].bit, PEFT_TASK_REGRESSION, "bert", &err), PEFT_OK);
+		assert_int_equal(methods_check_support(rows[i].bit, PEFT_TASK_REGRESSION, "ber", &err),
+						 PEFT_ERR_UNSUPPORTED);
+		assert_int_equal(methods_check_support(rows[i].bit, PEFT_TASK_CLASSIFICATION, "llama", &err),
+						 PEFT_ERR_UNSUPPORTED);
+		assert_non_null(strstr(err.message, "llama"));
+		assert_non_null(strstr(err.message, rows[i].name));
+	}
 }
 
 /* Safetensors bytes of net's parameters, plus an extra tensor when extra is set. */
@@ -333,6 +361,7 @@ main(void)
 		cmocka_unit_test(test_round_trip),
 		cmocka_unit_test(test_merge),
 		cmocka_unit_test(test_merged_cannot_train_and_bad_methods),
+		cmocka_unit_test(test_method_support),
 		cmocka_unit_test(test_load_rejects_bad_weights),
 		cmocka_unit_test(test_combine),
 	};

@@ -110,7 +110,7 @@ test_training_step_ignores_padding(void **state)
 	opts.lora.alpha = 8;
 	for (int w = 0; w < BERT_NUM_LINEAR; w++)
 		opts.lora.targets[w] = true;
-	opts.task = TASK_CLASSIFICATION;
+	opts.task = PEFT_TASK_CLASSIFICATION;
 	opts.num_labels = 3;
 	opts.seed = 3;
 	assert_int_equal(network_create(model, &opts, &net, &err), PEFT_OK);

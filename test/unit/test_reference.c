@@ -86,7 +86,7 @@ bare_network(void)
 	Network    *net;
 	PeftError	err = {0};
 
-	opts.task = TASK_CLASSIFICATION;
+	opts.task = PEFT_TASK_CLASSIFICATION;
 	assert_int_equal(network_create(model, &opts, &net, &err), PEFT_OK);
 	return net;
 }
@@ -363,7 +363,7 @@ test_lora_training_steps(void **state)
 	Network    *net;
 	Dataset		ds = {0};
 	Trainer    *tr;
-	TrainStep	st;
+	PeftTrainProgress	st;
 	uint32_t   *rows;
 	int			steps;
 	double		worst_loss = 0;

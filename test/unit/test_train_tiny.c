@@ -74,7 +74,7 @@ make_task(Dataset *ds, int n, uint64_t seed, bool reversed)
 /* Train an adapter on the task; returns the network and held-out metrics. */
 static Network *
 train_task(uint64_t seed, bool reversed, Dataset *ds, uint32_t **valid, size_t *nvalid,
-		   EvalMetrics *m)
+		   PeftMetrics *m)
 {
 	NetworkOptions nopts = {0};
 	TrainOptions topts;
@@ -83,7 +83,7 @@ train_task(uint64_t seed, bool reversed, Dataset *ds, uint32_t **valid, size_t *
 	uint32_t   *train;
 	size_t		ntrain;
 	PeftError	err = {0};
-	TrainStep	st = {0};
+	PeftTrainProgress	st = {0};
 
 	make_task(ds, 1000, 1234, reversed);
 	assert_int_equal(dataset_split(ds, 0.2, seed, &train, &ntrain, valid, nvalid, &err), PEFT_OK);
@@ -92,7 +92,7 @@ train_task(uint64_t seed, bool reversed, Dataset *ds, uint32_t **valid, size_t *
 	nopts.lora.alpha = 16;
 	nopts.lora.dropout = 0.05;
 	nopts.lora.targets[BERT_QUERY] = nopts.lora.targets[BERT_VALUE] = true;
-	nopts.task = TASK_CLASSIFICATION;
+	nopts.task = PEFT_TASK_CLASSIFICATION;
 	nopts.num_labels = 3;
 	nopts.hidden_dropout = 0.1;
 	nopts.attention_dropout = 0.1;
@@ -119,7 +119,7 @@ test_learns_task(void **state)
 	Dataset		ds = {0};
 	uint32_t   *valid;
 	size_t		nvalid;
-	EvalMetrics m;
+	PeftMetrics m;
 	Network    *net = train_task(42, false, &ds, &valid, &nvalid, &m);
 
 	printf("tiny model, synthetic 3-class task: held-out accuracy %.3f, macro-F1 %.3f, loss %.4f (%zu rows)\n",
@@ -140,7 +140,7 @@ test_deterministic(void **state)
 	Dataset		ds1 = {0}, ds2 = {0}, ds3 = {0};
 	uint32_t   *v1, *v2, *v3;
 	size_t		n1, n2, n3;
-	EvalMetrics m1, m2, m3;
+	PeftMetrics m1, m2, m3;
 	Network    *a = train_task(7, false, &ds1, &v1, &n1, &m1);
 	Network    *b = train_task(7, true, &ds2, &v2, &n2, &m2);
 	Network    *c = train_task(8, false, &ds3, &v3, &n3, &m3);
@@ -173,7 +173,7 @@ test_gradient_accumulation(void **state)
 {
 	Dataset		ds = {0};
 	uint32_t	rows[8] = {0, 1, 2, 3, 4, 5, 6, 7};
-	TrainStep	st[2];
+	PeftTrainProgress	st[2];
 	real	   *grads[2];
 	size_t		total = 0;
 
@@ -189,7 +189,7 @@ test_gradient_accumulation(void **state)
 		nopts.lora.r = 4;
 		nopts.lora.alpha = 8;
 		nopts.lora.targets[BERT_QUERY] = nopts.lora.targets[BERT_VALUE] = true;
-		nopts.task = TASK_CLASSIFICATION;
+		nopts.task = PEFT_TASK_CLASSIFICATION;
 		nopts.num_labels = 3;
 		nopts.seed = 5;
 		assert_int_equal(network_create(model, &nopts, &net, &err), PEFT_OK);
@@ -227,7 +227,7 @@ test_save_and_reload(void **state)
 	Dataset		ds = {0};
 	uint32_t   *valid;
 	size_t		nvalid;
-	EvalMetrics m, m2;
+	PeftMetrics m, m2;
 	Network    *net = train_task(3, false, &ds, &valid, &nvalid, &m);
 	Network    *copy;
 	NetworkOptions opts = {0};
@@ -242,7 +242,7 @@ test_save_and_reload(void **state)
 	assert_int_equal(opts.lora.r, 8);
 	assert_true(opts.lora.targets[BERT_QUERY] && opts.lora.targets[BERT_VALUE] &&
 				!opts.lora.targets[BERT_KEY]);
-	opts.task = TASK_CLASSIFICATION;
+	opts.task = PEFT_TASK_CLASSIFICATION;
 	opts.num_labels = 3;
 	assert_int_equal(network_create(model, &opts, &copy, &err), PEFT_OK);
 	assert_int_equal(adapter_load_weights(copy, bytes, len, &err), PEFT_OK);
