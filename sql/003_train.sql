@@ -103,6 +103,17 @@ SELECT peft_train('later', 'tiny', 'reviews', 'body', 'sentiment', options => '{
 SELECT peft_wait(:doomed_job);
 ROLLBACK;
 SELECT count(*) AS later_jobs FROM peft.jobs WHERE adapter = 'later';
+-- Dropping the active version activates the newest remaining one; dropping
+-- the last says the adapter is gone (NOTICEs).
+SET client_min_messages = notice;
+SELECT peft_train('sentiment', 'tiny', 'reviews', 'body', 'sentiment', options => '{"max_steps": 1}',
+                  wait => true) > 0 AS trained_version_2;
+SELECT peft_activate('sentiment', 2);
+SELECT peft_drop_adapter('sentiment', 2);
+SELECT version, active FROM peft.adapters WHERE name = 'sentiment' ORDER BY version;
+SELECT label FROM peft_predict('sentiment', 'good') AS still_predicts;
+SELECT peft_drop_adapter('later', 1);
+SET client_min_messages = warning;
 SELECT peft_wait(-1);
 
 -- Names in data resolve with the caller's search_path, in the worker too.

@@ -46,9 +46,7 @@ peft_activate(PG_FUNCTION_ARGS)
 
 	SPI_connect();
 	if (VisibleVersions(name, false, version) == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("adapter \"%s\" has no version %d", name, version)));
+		CatalogVersionMissing(name, version);
 	/* the deactivation below would otherwise reach another role's version */
 	CheckAdapterNameOwner(name, GetUserId());
 	CatalogAsOwner(&octx);
@@ -66,7 +64,8 @@ peft_activate(PG_FUNCTION_ARGS)
 /*
  * peft_drop_adapter(adapter, version DEFAULT NULL) RETURNS int: delete one
  * version, or every version; returns how many were deleted.  Dropping the
- * active version leaves the adapter with none active.
+ * active version activates the newest remaining one, so predictions keep
+ * working (a NOTICE says which); dropping the last says the adapter is gone.
  */
 Datum
 peft_drop_adapter(PG_FUNCTION_ARGS)
@@ -74,34 +73,35 @@ peft_drop_adapter(PG_FUNCTION_ARGS)
 	char	   *name;
 	bool		all = PG_ARGISNULL(1);
 	int			version = all ? 0 : PG_GETARG_INT32(1);
-	Oid			types[3] = {TEXTOID, BOOLOID, INT4OID};
-	Datum		values[3];
 	int64		visible;
-	OwnerContext octx;
+	int64		remaining;
+	int			activated;
+	int			dropped;
 
 	PeftRequirePrimary("peft_drop_adapter");
 
 	/* not STRICT: a NULL version means every version; the name has no NULL meaning */
 	PeftRequireArg(fcinfo, 0, "adapter");
 	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	values[0] = CStringGetTextDatum(name);
-	values[1] = BoolGetDatum(all);
-	values[2] = Int32GetDatum(version);
 	SPI_connect();
 	visible = VisibleVersions(name, all, version);
-	if (visible == 0)
+	if (visible == 0 && all)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 all ? errmsg("adapter \"%s\" does not exist", name)
-				 : errmsg("adapter \"%s\" has no version %d", name, version)));
+				 errmsg("adapter \"%s\" does not exist", name)));
+	if (visible == 0)
+		CatalogVersionMissing(name, version);
 	/* the DELETE below runs as the owner and would reach versions the caller cannot see */
 	CheckAdapterNameOwner(name, GetUserId());
-	CatalogAsOwner(&octx);
-	if (SPI_execute_with_args("DELETE FROM peft.adapters WHERE name = $1 AND ($2 OR version = $3)",
-							  3, types, values, NULL, false, 0) != SPI_OK_DELETE)
-		elog(ERROR, "could not drop the adapter");
-	CatalogAsCaller(&octx);
-	visible = (int64) SPI_processed;
+	dropped = CatalogDropVersions(name, all, version, &activated, &remaining);
 	SPI_finish();
-	PG_RETURN_INT32((int32) visible);
+	if (activated > 0)
+		ereport(NOTICE,
+				(errmsg("version %d of adapter \"%s\" is now active", activated, name),
+				 errdetail("The dropped version %d was the active one; the newest remaining version takes its place.",
+						   version)));
+	else if (remaining == 0)
+		ereport(NOTICE,
+				(errmsg("adapter \"%s\" has no versions left: it is gone", name)));
+	PG_RETURN_INT32((int32) dropped);
 }

@@ -210,6 +210,67 @@ CatalogTextArrayLiteral(int n, char *const *items)
 	return buf.data;
 }
 
+/*
+ * Serialise changes to adapter name's versions until the transaction ends
+ * (numbering a new one, dropping, activating the next).  Inside SPI.
+ */
+void
+CatalogLockName(const char *name)
+{
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1] = {CStringGetTextDatum(name)};
+
+	if (SPI_execute_with_args("SELECT pg_catalog.pg_advisory_xact_lock("
+							  "pg_catalog.hashtext('peft.adapters:' OPERATOR(pg_catalog.||) $1))",
+							  1, types, values, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not lock the adapter name");
+}
+
+/*
+ * Delete every version of name (all) or one version, as the owner, under
+ * the name's lock.  When the active version went and others remain, the
+ * newest remaining becomes active: *activated is its number, else 0.
+ * Returns how many versions were deleted; *remaining how many are left.
+ * Inside SPI; the caller has checked its right to the name.
+ */
+int
+CatalogDropVersions(const char *name, bool all, int version, int *activated, int64 *remaining)
+{
+	Oid			types[3] = {TEXTOID, BOOLOID, INT4OID};
+	Datum		values[3] = {CStringGetTextDatum(name), BoolGetDatum(all), Int32GetDatum(version)};
+	OwnerContext octx;
+	bool		was_active = false;
+	bool		isnull;
+	int			dropped;
+
+	*activated = 0;
+	CatalogAsOwner(&octx);
+	CatalogLockName(name);
+	if (SPI_execute_with_args("DELETE FROM peft.adapters WHERE name = $1 AND ($2 OR version = $3) "
+							  "RETURNING active",
+							  3, types, values, NULL, false, 0) != SPI_OK_DELETE_RETURNING)
+		elog(ERROR, "could not drop the adapter");
+	dropped = (int) SPI_processed;
+	for (int i = 0; i < dropped; i++)
+		was_active |= DatumGetBool(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+	if (SPI_execute_with_args("SELECT count(*) FROM peft.adapters WHERE name = $1",
+							  1, types, values, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read peft.adapters");
+	*remaining = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	if (was_active && *remaining > 0)
+	{
+		if (SPI_execute_with_args("UPDATE peft.adapters SET active = true WHERE name = $1 AND version = "
+								  "(SELECT max(version) FROM peft.adapters WHERE name = $1) "
+								  "RETURNING version",
+								  1, types, values, NULL, false, 0) != SPI_OK_UPDATE_RETURNING ||
+			SPI_processed != 1)
+			elog(ERROR, "could not activate the adapter's newest version");
+		*activated = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	}
+	CatalogAsCaller(&octx);
+	return dropped;
+}
+
 /* Store a new adapter version as the extension owner; returns the version. */
 int
 CatalogInsertVersion(const CatalogVersion *v)
@@ -239,10 +300,7 @@ CatalogInsertVersion(const CatalogVersion *v)
 	/* checked at call time too; again here, as another role may have used the name since */
 	CheckAdapterNameOwner(v->name, v->owner);
 	CatalogAsOwner(&octx);
-	if (SPI_execute_with_args("SELECT pg_catalog.pg_advisory_xact_lock("
-							  "pg_catalog.hashtext('peft.adapters:' OPERATOR(pg_catalog.||) $1))",
-							  1, types, values, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not lock the adapter name");
+	CatalogLockName(v->name);
 	if (v->activate &&
 		SPI_execute_with_args("UPDATE peft.adapters SET active = false WHERE name = $1 AND active",
 							  1, types, values, NULL, false, 0) != SPI_OK_UPDATE)
@@ -346,4 +404,18 @@ CatalogRecordModel(const CatalogModelRow *row)
 				 errmsg("model \"%s\" is already registered by another role", row->name)));
 	result = PointerGetDatum(SPI_returntuple(SPI_tuptable->vals[0], SPI_tuptable->tupdesc));
 	return result;
+}
+
+/* ERROR for a missing version of adapter name (0: the active one). */
+void
+CatalogVersionMissing(const char *name, int version)
+{
+	if (version == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("adapter \"%s\" does not exist or has no active version", name),
+				 errhint("Train one with peft_train, or activate a version with peft_activate.")));
+	ereport(ERROR,
+			(errcode(ERRCODE_UNDEFINED_OBJECT),
+			 errmsg("adapter \"%s\" has no version %d", name, version)));
 }

@@ -46,6 +46,12 @@ extern void CatalogAsCaller(const OwnerContext *ctx);
 /* ERROR unless role may see every existing version of adapter name. */
 extern void CheckAdapterNameOwner(const char *name, Oid role);
 
+/*
+ * ERROR (undefined_object) for a version of adapter name the caller cannot
+ * find: version 0 is the active one.
+ */
+extern void CatalogVersionMissing(const char *name, int version) pg_attribute_noreturn();
+
 /* Look up a model by name as the caller; ERROR if absent. */
 extern CatalogModel *CatalogGetModel(const char *name);
 
@@ -72,6 +78,18 @@ typedef struct CatalogVersion
  * checking v->owner's right to the name; returns the version.  Inside SPI.
  */
 extern int	CatalogInsertVersion(const CatalogVersion *v);
+
+/* Serialise changes to adapter name's versions until the transaction ends.  Inside SPI. */
+extern void CatalogLockName(const char *name);
+
+/*
+ * Delete every version of name (all) or one version, under the name's
+ * lock; if the active one went and others remain, activate the newest
+ * (*activated, else 0).  Returns the count deleted; *remaining is what is
+ * left.  Inside SPI, after the caller's right to the name is checked.
+ */
+extern int	CatalogDropVersions(const char *name, bool all, int version, int *activated,
+								int64 *remaining);
 
 /* A text[] literal of n strings, for SPI parameters. */
 extern char *CatalogTextArrayLiteral(int n, char *const *items);

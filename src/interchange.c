@@ -208,10 +208,7 @@ peft_merge(PG_FUNCTION_ARGS)
 							  3, types, values, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read peft.adapters");
 	if (SPI_processed == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 active ? errmsg("adapter \"%s\" does not exist or has no active version", name)
-				 : errmsg("adapter \"%s\" has no version %d", name, version)));
+		CatalogVersionMissing(name, active ? 0 : version);
 	version = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	method = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
 	if (!Mergeable(method))
@@ -312,9 +309,7 @@ ReadSources(CombineSources *cs)
 								  1, types, values, NULL, true, 1) != SPI_OK_SELECT)
 			elog(ERROR, "could not read peft.adapters");
 		if (SPI_processed == 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_UNDEFINED_OBJECT),
-					 errmsg("adapter \"%s\" does not exist or has no active version", cs->names[i])));
+			CatalogVersionMissing(cs->names[i], 0);
 		cs->configs[i] = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 		cs->config_lens[i] = strlen(cs->configs[i]);
 		w = DatumGetByteaPCopy(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));

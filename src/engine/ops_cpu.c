@@ -40,12 +40,6 @@
 #include "vecmath.h"
 
 
-/*
- * Items per chunk below which handing work to another thread costs more
- * (a wake-up, a cache miss) than it saves.
- */
-#define PARALLEL_GRAIN 16384
-
 /* Columns reduced together in the column-sum passes (fits in registers/L1). */
 #define COLUMN_BLOCK 64
 
@@ -54,16 +48,6 @@
 
 #define INV_SQRT_2 0.70710678118654752440
 #define INV_SQRT_2PI 0.39894228029898381711
-
-/* Rows per chunk so that a chunk holds about PARALLEL_GRAIN items. */
-static inline size_t
-row_grain(size_t row_len)
-{
-	if (row_len == 0 || row_len >= PARALLEL_GRAIN)
-		return 1;
-	return PARALLEL_GRAIN / row_len;
-}
-
 
 /* ---- scalar math --------------------------------------------------------- */
 
@@ -116,72 +100,6 @@ normal_cdf(float x, float gauss)
 }
 
 #endif
-
-/* Sum of x[0..n) in double, in a fixed order of 8 interleaved partial sums. */
-static inline double
-sum_double(const real *x, int n)
-{
-	double		acc[8] = {0};
-	int			i = 0;
-
-	for (; i + 8 <= n; i += 8)
-		for (int k = 0; k < 8; k++)
-			acc[k] += (double) x[i + k];
-	for (; i < n; i++)
-		acc[0] += (double) x[i];
-	return ((acc[0] + acc[1]) + (acc[2] + acc[3])) +
-		((acc[4] + acc[5]) + (acc[6] + acc[7]));
-}
-
-/* Sum of (x[i] - mu)^2 over [0, n) in double, fixed order. */
-static inline double
-sum_sq_dev_double(const real *x, double mu, int n)
-{
-	double		acc[8] = {0};
-	int			i = 0;
-
-	for (; i + 8 <= n; i += 8)
-		for (int k = 0; k < 8; k++)
-		{
-			double		d = (double) x[i + k] - mu;
-
-			acc[k] += d * d;
-		}
-	for (; i < n; i++)
-	{
-		double		d = (double) x[i] - mu;
-
-		acc[0] += d * d;
-	}
-	return ((acc[0] + acc[1]) + (acc[2] + acc[3])) +
-		((acc[4] + acc[5]) + (acc[6] + acc[7]));
-}
-
-/* Dot product a . b over [0, n) in double, fixed order. */
-static inline double
-dot_double(const real *a, const real *b, int n)
-{
-	double		acc[8] = {0};
-	int			i = 0;
-
-	for (; i + 8 <= n; i += 8)
-		for (int k = 0; k < 8; k++)
-			acc[k] += (double) a[i + k] * (double) b[i + k];
-	for (; i < n; i++)
-		acc[0] += (double) a[i] * (double) b[i];
-	return ((acc[0] + acc[1]) + (acc[2] + acc[3])) +
-		((acc[4] + acc[5]) + (acc[6] + acc[7]));
-}
-
-/* Scale applied to kept units by inverted dropout: 1/(1-p), 0 when p >= 1. */
-static inline real
-dropout_scale(real p)
-{
-	if (p >= (real) 1)
-		return 0;
-	return (real) (1.0 / (1.0 - (double) p));
-}
-
 
 /* ---- column sums ---------------------------------------------------------- */
 
@@ -599,7 +517,7 @@ dropout_forward(real *out, const real *inp, const uint8_t *keep,
 			memmove(out, inp, n * sizeof(real));
 		return;
 	}
-	args.scale = dropout_scale(p);
+	args.scale = dropout_keep_scale(p);
 	peft_parallel_for(n, PARALLEL_GRAIN * 2, dropout_forward_range, &args);
 }
 
@@ -641,7 +559,7 @@ dropout_backward(real *dinp, const real *dout, const uint8_t *keep,
 		peft_parallel_for(n, PARALLEL_GRAIN * 2, accumulate_range, &args);
 		return;
 	}
-	args.scale = dropout_scale(p);
+	args.scale = dropout_keep_scale(p);
 	peft_parallel_for(n, PARALLEL_GRAIN * 2, dropout_backward_range, &args);
 }
 

@@ -33,27 +33,12 @@
 /* Columns pooled together, summed in double registers/L1. */
 #define POOL_COLUMN_BLOCK 64
 
-/* Rows per chunk of a row-wise loop so that a chunk holds ~16k values. */
-static inline size_t
-rows_grain(int C)
-{
-	return C >= 16384 ? 1 : (size_t) (16384 / (C > 0 ? C : 1));
-}
-
 /* Length of sequence b. */
 static inline int
 seq_len(const int32_t *seq_start, int b)
 {
 	return seq_start[b + 1] - seq_start[b];
 }
-
-/* Scale applied to kept units by inverted dropout: 1/(1-p), 0 when p >= 1. */
-static inline real
-keep_scale_of(real p)
-{
-	return p >= (real) 1 ? 0 : (real) (1.0 / (1.0 - (double) p));
-}
-
 
 /* ---- packing ------------------------------------------------------------- */
 
@@ -136,43 +121,11 @@ varlen_embeddings_forward(real *out, const int32_t *ids, const int32_t *type_ids
 
 	if (N <= 0 || C <= 0)
 		return;
-	peft_parallel_for((size_t) N, rows_grain(C), embeddings_range, &args);
+	peft_parallel_for((size_t) N, row_grain((size_t) C), embeddings_range, &args);
 }
 
 
 /* ---- attention: row kernels ---------------------------------------------- */
-
-/* Sum of x[0..n) in double, in a fixed order of 8 interleaved partial sums. */
-static inline double
-sum_double(const real *x, int n)
-{
-	double		acc[8] = {0};
-	int			i = 0;
-
-	for (; i + 8 <= n; i += 8)
-		for (int k = 0; k < 8; k++)
-			acc[k] += (double) x[i + k];
-	for (; i < n; i++)
-		acc[0] += (double) x[i];
-	return ((acc[0] + acc[1]) + (acc[2] + acc[3])) +
-		((acc[4] + acc[5]) + (acc[6] + acc[7]));
-}
-
-/* Dot product a . b over [0, n) in double, fixed order. */
-static inline double
-dot_double(const real *a, const real *b, int n)
-{
-	double		acc[8] = {0};
-	int			i = 0;
-
-	for (; i + 8 <= n; i += 8)
-		for (int k = 0; k < 8; k++)
-			acc[k] += (double) a[i + k] * (double) b[i + k];
-	for (; i < n; i++)
-		acc[0] += (double) a[i] * (double) b[i];
-	return ((acc[0] + acc[1]) + (acc[2] + acc[3])) +
-		((acc[4] + acc[5]) + (acc[6] + acc[7]));
-}
 
 #ifdef PEFT_DOUBLE
 
@@ -489,7 +442,7 @@ attention_args_init(VarlenAttentionArgs *a, const real *q, const real *k,
 	a->v = v;
 	a->ld = ld;
 	a->keep = p > 0 ? keep : NULL;
-	a->keep_scale = keep_scale_of(p);
+	a->keep_scale = dropout_keep_scale(p);
 	a->seq_start = seq_start;
 	a->B = B;
 	a->C = C;

@@ -31,4 +31,19 @@ void		peft_parallel_for(size_t n, size_t grain, PeftRangeFn fn, void *ctx);
 /* Stop and join the workers. */
 void		peft_threads_shutdown(void);
 
+/*
+ * Items per chunk below which handing work to another thread costs more
+ * (a wake-up, a cache miss) than it saves.
+ */
+#define PARALLEL_GRAIN 16384
+
+/* Rows per chunk so that a chunk holds about PARALLEL_GRAIN items. */
+static inline size_t
+row_grain(size_t row_len)
+{
+	if (row_len == 0 || row_len >= PARALLEL_GRAIN)
+		return 1;
+	return PARALLEL_GRAIN / row_len;
+}
+
 #endif

@@ -307,109 +307,131 @@ trainer_step(Trainer *tr, PeftTrainProgress *st, PeftError *err)
 	return PEFT_OK;
 }
 
-/* Evaluate the network on rows of ds in batches (no dropout). */
-PeftCode
-evaluate(Network *net, const Dataset *ds, const uint32_t *rows, size_t nrows,
-		 int batch_size, PeftMetrics *m, PeftError *err)
+/* Running sums of an evaluation: per-class counts, or regression errors. */
+typedef struct EvalTally
 {
-	int			K = net->opts.num_labels;
-	bool		classify = net->opts.task == PEFT_TASK_CLASSIFICATION;
-	BatchBuffer buf = {0};
-	real	   *out = malloc(sizeof(real) * (size_t) batch_size * K);
-	size_t	   *tp = calloc(K, sizeof(size_t));
-	size_t	   *fp = calloc(K, sizeof(size_t));
-	size_t	   *fn = calloc(K, sizeof(size_t));
-	double		loss_sum = 0;
-	double		sum_y = 0;
-	double		sum_y2 = 0;
-	double		sse = 0;
-	double		sae = 0;
-	size_t		correct = 0;
-	PeftCode	rc = PEFT_OK;
+	int			K;
+	bool		classify;
+	size_t	   *tp;				/* per class: true positives, false positives, false negatives */
+	size_t	   *fp;
+	size_t	   *fn;
+	size_t		correct;
+	double		loss_sum;
+	double		sum_y;			/* regression: sums of targets, their squares and errors */
+	double		sum_y2;
+	double		sse;
+	double		sae;
+} EvalTally;
 
-	memset(m, 0, sizeof(*m));
-	if (out == NULL || tp == NULL || fp == NULL || fn == NULL)
-	{
-		rc = peft_fail(err, PEFT_ERR_NOMEM, "out of memory evaluating");
-		goto done;
-	}
-	for (size_t pos = 0; pos < nrows; pos += batch_size)
-	{
-		int			count = (int) ((nrows - pos) < (size_t) batch_size ? nrows - pos : (size_t) batch_size);
-		Batch		batch;
-		double		loss;
+/* Add count rows of a batch: head outputs out[count, K], labels or targets in batch. */
+static void
+tally_batch(EvalTally *t, const real *out, const Batch *batch, int count)
+{
+	int			K = t->K;
 
-		if ((rc = dataset_make_batch(ds, rows + pos, count, &buf, &batch, err)) != PEFT_OK ||
-			(rc = network_forward(net, &batch, false, out, &loss, err)) != PEFT_OK)
-			goto done;
-		loss_sum += loss * count;
-		for (int i = 0; i < count; i++)
+	for (int i = 0; i < count; i++)
+	{
+		if (t->classify)
 		{
-			if (classify)
-			{
-				int			best = 0;
+			int			best = 0;
 
-				for (int k = 1; k < K; k++)
-					if (out[i * K + k] > out[i * K + best])
-						best = k;
-				if (best == batch.labels[i])
-				{
-					correct++;
-					tp[best]++;
-				}
-				else
-				{
-					fp[best]++;
-					fn[batch.labels[i]]++;
-				}
+			for (int k = 1; k < K; k++)
+				if (out[i * K + k] > out[i * K + best])
+					best = k;
+			if (best == batch->labels[i])
+			{
+				t->correct++;
+				t->tp[best]++;
 			}
 			else
 			{
-				double		d = out[i] - batch.targets[i];
-
-				sse += d * d;
-				sae += fabs(d);
-				sum_y += batch.targets[i];
-				sum_y2 += (double) batch.targets[i] * batch.targets[i];
+				t->fp[best]++;
+				t->fn[batch->labels[i]]++;
 			}
 		}
+		else
+		{
+			double		d = out[i] - batch->targets[i];
+
+			t->sse += d * d;
+			t->sae += fabs(d);
+			t->sum_y += batch->targets[i];
+			t->sum_y2 += (double) batch->targets[i] * batch->targets[i];
+		}
 	}
-	m->rows = nrows;
-	if (nrows == 0)
-		goto done;
-	m->loss = loss_sum / nrows;
-	if (classify)
+}
+
+/* The metrics of nrows (> 0) tallied rows. */
+static void
+tally_metrics(const EvalTally *t, size_t nrows, PeftMetrics *m)
+{
+	m->rows = (int64_t) nrows;
+	m->loss = t->loss_sum / nrows;
+	if (t->classify)
 	{
 		double		f1_sum = 0;
 		int			classes = 0;
 
-		m->accuracy = (double) correct / nrows;
+		m->accuracy = (double) t->correct / nrows;
 		/* macro-F1 over classes present in labels or predictions (as sklearn) */
-		for (int k = 0; k < K; k++)
+		for (int k = 0; k < t->K; k++)
 		{
-			size_t		denom = 2 * tp[k] + fp[k] + fn[k];
+			size_t		denom = 2 * t->tp[k] + t->fp[k] + t->fn[k];
 
 			if (denom == 0)
 				continue;
-			f1_sum += 2.0 * tp[k] / denom;
+			f1_sum += 2.0 * t->tp[k] / denom;
 			classes++;
 		}
 		m->macro_f1 = classes ? f1_sum / classes : 0;
 	}
 	else
 	{
-		double		mean = sum_y / nrows;
-		double		sst = sum_y2 - nrows * mean * mean;
+		double		mean = t->sum_y / nrows;
+		double		sst = t->sum_y2 - nrows * mean * mean;
 
-		m->mse = sse / nrows;
-		m->mae = sae / nrows;
-		m->r2 = sst > 0 ? 1.0 - sse / sst : 0.0;
+		m->mse = t->sse / nrows;
+		m->mae = t->sae / nrows;
+		m->r2 = sst > 0 ? 1.0 - t->sse / sst : 0.0;
 	}
-done:
+}
+
+/* Evaluate the network on rows of ds in batches (no dropout). */
+PeftCode
+evaluate(Network *net, const Dataset *ds, const uint32_t *rows, size_t nrows,
+		 int batch_size, PeftMetrics *m, PeftError *err)
+{
+	int			K = net->opts.num_labels;
+	EvalTally	t = {.K = K, .classify = net->opts.task == PEFT_TASK_CLASSIFICATION};
+	BatchBuffer buf = {0};
+	real	   *out = malloc(sizeof(real) * (size_t) batch_size * K);
+	PeftCode	rc = PEFT_OK;
+
+	memset(m, 0, sizeof(*m));
+	t.tp = calloc(K, sizeof(size_t));
+	t.fp = calloc(K, sizeof(size_t));
+	t.fn = calloc(K, sizeof(size_t));
+	if (out == NULL || t.tp == NULL || t.fp == NULL || t.fn == NULL)
+		rc = peft_fail(err, PEFT_ERR_NOMEM, "out of memory evaluating");
+	for (size_t pos = 0; rc == PEFT_OK && pos < nrows; pos += batch_size)
+	{
+		int			count = (int) ((nrows - pos) < (size_t) batch_size ? nrows - pos : (size_t) batch_size);
+		Batch		batch;
+		double		loss;
+
+		if ((rc = dataset_make_batch(ds, rows + pos, count, &buf, &batch, err)) == PEFT_OK &&
+			(rc = network_forward(net, &batch, false, out, &loss, err)) == PEFT_OK)
+		{
+			t.loss_sum += loss * count;
+			tally_batch(&t, out, &batch, count);
+		}
+	}
+	if (rc == PEFT_OK && nrows > 0)
+		tally_metrics(&t, nrows, m);
 	batch_buffer_free(&buf);
 	free(out);
-	free(tp);
-	free(fp);
-	free(fn);
+	free(t.tp);
+	free(t.fp);
+	free(t.fn);
 	return rc;
 }

@@ -76,4 +76,76 @@ vec_exp(float x)
 
 #endif
 
+
+/*
+ * Reductions in double over a row, in a fixed order of 8 interleaved
+ * partial sums: the same result at every thread count, and the loops
+ * vectorise.
+ */
+
+/* Sum of x[0..n) in double, in a fixed order of 8 interleaved partial sums. */
+static inline double
+sum_double(const real *x, int n)
+{
+	double		acc[8] = {0};
+	int			i = 0;
+
+	for (; i + 8 <= n; i += 8)
+		for (int k = 0; k < 8; k++)
+			acc[k] += (double) x[i + k];
+	for (; i < n; i++)
+		acc[0] += (double) x[i];
+	return ((acc[0] + acc[1]) + (acc[2] + acc[3])) +
+		((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+/* Sum of (x[i] - mu)^2 over [0, n) in double, fixed order. */
+static inline double
+sum_sq_dev_double(const real *x, double mu, int n)
+{
+	double		acc[8] = {0};
+	int			i = 0;
+
+	for (; i + 8 <= n; i += 8)
+		for (int k = 0; k < 8; k++)
+		{
+			double		d = (double) x[i + k] - mu;
+
+			acc[k] += d * d;
+		}
+	for (; i < n; i++)
+	{
+		double		d = (double) x[i] - mu;
+
+		acc[0] += d * d;
+	}
+	return ((acc[0] + acc[1]) + (acc[2] + acc[3])) +
+		((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+/* Dot product a . b over [0, n) in double, fixed order. */
+static inline double
+dot_double(const real *a, const real *b, int n)
+{
+	double		acc[8] = {0};
+	int			i = 0;
+
+	for (; i + 8 <= n; i += 8)
+		for (int k = 0; k < 8; k++)
+			acc[k] += (double) a[i + k] * (double) b[i + k];
+	for (; i < n; i++)
+		acc[0] += (double) a[i] * (double) b[i];
+	return ((acc[0] + acc[1]) + (acc[2] + acc[3])) +
+		((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+/* Scale applied to kept units by inverted dropout: 1/(1-p), 0 when p >= 1. */
+static inline real
+dropout_keep_scale(real p)
+{
+	if (p >= (real) 1)
+		return 0;
+	return (real) (1.0 / (1.0 - (double) p));
+}
+
 #endif

@@ -30,62 +30,8 @@
 #include "threadpool.h"
 #include "vecmath.h"
 
-/* Items per chunk below which another thread costs more than it saves (as ops_cpu.c). */
-#define PARALLEL_GRAIN 16384
-
 /* Smallest norm l2norm divides by, as torch.nn.functional.normalize. */
 #define L2NORM_EPS 1e-12
-
-
-/* Rows per chunk so that a chunk holds about PARALLEL_GRAIN items. */
-static inline size_t
-row_grain(size_t row_len)
-{
-	if (row_len == 0 || row_len >= PARALLEL_GRAIN)
-		return 1;
-	return PARALLEL_GRAIN / row_len;
-}
-
-/* Sum of x[0..n) in double, in a fixed order of 8 interleaved partial sums. */
-static inline double
-sum_double(const real *x, int n)
-{
-	double		acc[8] = {0};
-	int			i = 0;
-
-	for (; i + 8 <= n; i += 8)
-		for (int k = 0; k < 8; k++)
-			acc[k] += (double) x[i + k];
-	for (; i < n; i++)
-		acc[0] += (double) x[i];
-	return ((acc[0] + acc[1]) + (acc[2] + acc[3])) +
-		((acc[4] + acc[5]) + (acc[6] + acc[7]));
-}
-
-/* Dot product a . b over [0, n) in double, fixed order. */
-static inline double
-dot_double(const real *a, const real *b, int n)
-{
-	double		acc[8] = {0};
-	int			i = 0;
-
-	for (; i + 8 <= n; i += 8)
-		for (int k = 0; k < 8; k++)
-			acc[k] += (double) a[i + k] * (double) b[i + k];
-	for (; i < n; i++)
-		acc[0] += (double) a[i] * (double) b[i];
-	return ((acc[0] + acc[1]) + (acc[2] + acc[3])) +
-		((acc[4] + acc[5]) + (acc[6] + acc[7]));
-}
-
-/* Scale applied to kept units by inverted dropout: 1/(1-p), 0 when p >= 1. */
-static inline real
-dropout_scale(real p)
-{
-	if (p >= (real) 1)
-		return 0;
-	return (real) (1.0 / (1.0 - (double) p));
-}
 
 
 /* ---- linear ------------------------------------------------------------- */
@@ -459,7 +405,7 @@ attention_args_init(AttentionArgs *a, const real *q, const real *k,
 	a->v = v;
 	a->mask = mask;
 	a->keep = p > 0 ? keep : NULL;
-	a->keep_scale = dropout_scale(p);
+	a->keep_scale = dropout_keep_scale(p);
 	a->T = T;
 	a->C = C;
 	a->NH = NH;
