@@ -73,10 +73,12 @@ ENGINE_DOUBLE_OBJS = $(patsubst src/engine/%.c,$(B)/double/%.o,\
 
 # Objects live in build/, or build-asan/ for the sanitized unit tests.
 B = build
+SANITIZE =
 ifeq ($(PEFT_ASAN),1)
   B = build-asan
-  ENGINE_CFLAGS += -O1 -fsanitize=address,undefined -fno-omit-frame-pointer
-  ENGINE_LIBS   += -fsanitize=address,undefined
+  SANITIZE       = -fsanitize=address,undefined
+  ENGINE_CFLAGS += -O1 $(SANITIZE) -fno-omit-frame-pointer
+  ENGINE_LIBS   += $(SANITIZE)
 endif
 
 ifeq ($(PEFT_CUDA),1)
@@ -121,7 +123,7 @@ $(B)/config.stamp: FORCE | $(B)/engine
 	@rm -f $@.tmp
 FORCE:
 
-$(ENGINE_OBJS) $(CUDA_OBJS): $(B)/config.stamp
+$(ENGINE_OBJS) $(ENGINE_DOUBLE_OBJS) $(CUDA_OBJS): $(B)/config.stamp
 
 peft_engine.so: $(ENGINE_LIB_OBJS)
 	$(CC) -shared -Wl,--no-undefined -o $@ $(ENGINE_LIB_OBJS) $(ENGINE_LIBS) -ldl
@@ -133,11 +135,14 @@ peft_engine_cuda.so: $(B)/engine/backend_cuda.o $(CUDA_OBJS) peft_engine.so
 	$(CC) -shared -Wl,--no-undefined -o $@ $(B)/engine/backend_cuda.o $(CUDA_OBJS) \
 		-L. -l:peft_engine.so -Wl,-rpath,'$$ORIGIN' $(CUDA_LIBS) $(ENGINE_LIBS)
 
-# The command-line runner links the engine library from its own folder.
-# (until it is rewritten on the API table: it links the engine's objects, as
-# the engine library exports nothing else)
-peft-engine: src/cli/peft_engine_main.c $(ENGINE_LIB_OBJS)
-	$(CC) $(ENGINE_CFLAGS) -o $@ $< $(ENGINE_LIB_OBJS) $(ENGINE_LIBS) -ldl
+# The command-line runner uses the engine only through its API table
+# (engine_api.h), from peft_engine.so found beside it (rpath $ORIGIN), and
+# the CUDA library that peft_engine.so loads from its own folder.
+CLI_CFLAGS = -std=gnu11 -O2 -g -Wall -Wextra -Wno-unused-parameter -Isrc/engine \
+             $(shell pkg-config --cflags libcjson) $(SANITIZE)
+peft-engine: src/cli/peft_engine_main.c src/engine/engine_api.h src/engine/status.h peft_engine.so $(CUDA_LIB)
+	$(CC) $(CLI_CFLAGS) -o $@ $< -L. -l:peft_engine.so -Wl,-rpath,'$$ORIGIN' \
+		$(shell pkg-config --libs libcjson) $(SANITIZE)
 
 ifneq ($(wildcard src/cli/peft_engine_main.c),)
 all: peft-engine

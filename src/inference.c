@@ -267,7 +267,7 @@ GetActiveAdapter(const char *name)
 static void
 ConfigureInference(void)
 {
-	PeftEngineSettings settings;
+	PeftEngineSettings settings = {0};	/* batch_size 0: the engine's */
 
 	settings.device = (PeftDevice) peft_device;
 	settings.precision = (PeftPrecision) peft_precision;

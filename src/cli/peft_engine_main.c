@@ -7,6 +7,13 @@
  *   peft-engine train   --model DIR --data FILE.tsv --out ADAPTER_DIR [options]
  *   peft-engine predict --model DIR --adapter ADAPTER_DIR --data FILE.tsv
  *   peft-engine embed   --model DIR [--adapter ADAPTER_DIR] --data FILE.tsv [--print]
+ *   peft-engine options
+ *
+ * It links peft_engine.so and calls it only through its API table
+ * (engine_api.h), the way the server's worker and SQL functions do, so a
+ * run here trains the same adapter as peft_train on the same rows.  The
+ * training flags are the option table's keys with "-" for "_"
+ * (--learning-rate, --target-modules, ...), parsed by the engine.
  *
  * Data files hold one row per line: the text, a TAB, the label (the label
  * is the part after the last TAB; predict and embed read the text before
@@ -16,7 +23,8 @@
  */
 #include <errno.h>
 #include <getopt.h>
-#include <math.h>
+#include <search.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,56 +33,107 @@
 
 #include <cjson/cJSON.h>
 
-#include "adapter_io.h"
-#include "bert.h"
-#include "dataset.h"
 #include "engine_api.h"
-#include "engine_session.h"
-#include "model_config.h"
-#include "network.h"
-#include "trainer.h"
 
+/* Tokens per row of predict and embed unless --max-length (training's default). */
+#define DEFAULT_MAX_LENGTH 128
+
+/* What the command line asks for. */
 typedef struct Options
 {
 	const char *model;
 	const char *data;
 	const char *out;
 	const char *adapter;
-	const char *task;
-	const char *targets;
-	const char *schedule;
-	const char *method;			/* lora, dora, ia3, bitfit, adapter, or a+b */
-	const char *feedforward;	/* (IA)^3 feed-forward modules, comma-separated */
-	int			reduction_factor;
-	bool		houlsby;
-	int			r;
-	double		alpha;
-	double		lora_dropout;
-	double		hidden_dropout;	/* < 0: the model's config */
-	bool		rslora;
-	int			max_length;
-	double		validation_fraction;
 	int			threads;
-	int			max_steps;		/* 0: all (benchmarks stop early) */
-	int			batch_size;
-	bool		print;
 	bool		json;
-	PeftDevice	device;
-	PeftPrecision precision;
+	bool		print;
 	bool		profile;		/* time the products (synchronising on a GPU) */
 	int			warmup;			/* untimed steps (train) or batches (embed) first */
 	bool		merge;			/* predict/embed with the adapter folded into the weights */
-	int			virtual_tokens;	/* prompt tuning; 0: the default */
-	TrainOptions train;
+	/* training options; device, precision, batch_size and max_length also for predict and embed */
+	PeftTrainConfig config;
 } Options;
 
-/* Rows of a TSV file: texts and (optional) label strings. */
+/* Rows of a TSV file: texts, their lengths and (optional) label strings. */
 typedef struct Rows
 {
 	char	  **text;
+	size_t	   *length;
 	char	  **label;
 	size_t		count;
 } Rows;
+
+/* Class labels: names by index, and the task they were read for. */
+typedef struct Labels
+{
+	PeftTask	task;
+	char	  **names;
+	int			count;
+} Labels;
+
+/* What the timed part of a run did. */
+typedef struct Timing
+{
+	int			steps;
+	long		rows;
+	long		tokens;
+	double		seconds;
+	double		loss;
+	PeftProfile profile;
+} Timing;
+
+/* A flag that sets a training option: its key, and the value when the flag takes none. */
+typedef struct OptionFlag
+{
+	const char *flag;
+	const char *key;
+	const char *value;
+} OptionFlag;
+
+/*
+ * The runner's own flags (getopt values); option flag i is FLAG_OPTION + i,
+ * above every character getopt returns ('?' for an unknown flag).
+ */
+enum
+{
+	FLAG_MODEL = 1, FLAG_DATA, FLAG_OUT, FLAG_ADAPTER, FLAG_THREADS, FLAG_JSON, FLAG_PRINT,
+	FLAG_PROFILE, FLAG_WARMUP, FLAG_MERGE, FLAG_METHOD, FLAG_TASK, FLAG_OPTION = 1000
+};
+
+static const struct option runner_flags[] = {
+	{"model", required_argument, NULL, FLAG_MODEL},
+	{"data", required_argument, NULL, FLAG_DATA},
+	{"out", required_argument, NULL, FLAG_OUT},
+	{"adapter", required_argument, NULL, FLAG_ADAPTER},
+	{"threads", required_argument, NULL, FLAG_THREADS},
+	{"json", no_argument, NULL, FLAG_JSON},
+	{"print", no_argument, NULL, FLAG_PRINT},
+	{"profile", no_argument, NULL, FLAG_PROFILE},
+	{"warmup", required_argument, NULL, FLAG_WARMUP},
+	{"merge", no_argument, NULL, FLAG_MERGE},
+	{"method", required_argument, NULL, FLAG_METHOD},
+	{"task", required_argument, NULL, FLAG_TASK},
+};
+#define NUM_RUNNER_FLAGS (sizeof(runner_flags) / sizeof(runner_flags[0]))
+
+/* Older names of option flags, kept because scripts use them. */
+static const OptionFlag alias_flags[] = {
+	{"lr", "learning_rate", NULL},
+	{"alpha", "lora_alpha", NULL},
+	{"targets", "target_modules", NULL},
+	{"feedforward", "feedforward_modules", NULL},
+	{"grad-accum", "gradient_accumulation_steps", NULL},
+	{"schedule", "lr_scheduler_type", NULL},
+	{"virtual-tokens", "num_virtual_tokens", NULL},
+	{"rslora", "use_rslora", "true"},
+	{"no-group", "group_by_length", "false"},
+	{"houlsby", "adapter_placement", "houlsby"},
+};
+#define NUM_ALIAS_FLAGS (sizeof(alias_flags) / sizeof(alias_flags[0]))
+
+/* The engine's function table. */
+static const PeftEngineApi *api;
 
 /* Seconds on a monotonic clock. */
 static double
@@ -86,14 +145,57 @@ now_seconds(void)
 	return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* n per second, 0 for an empty interval (no inf in the JSON). */
+static double
+per_second(double n, double seconds)
+{
+	return seconds > 0 ? n / seconds : 0;
+}
+
 /* Print an engine error and exit. */
 static void
 die_on(PeftCode rc, const PeftError *err)
 {
 	if (rc == PEFT_OK)
 		return;
-	fprintf(stderr, "peft-engine: %s: %s\n", peft_code_name(rc), err->message);
+	fprintf(stderr, "peft-engine: %s: %s\n", api->code_name(rc), err->message);
 	exit(1);
+}
+
+/* Print "cannot do path" (with errno's text when set) and exit. */
+static void
+die(const char *what, const char *path)
+{
+	fprintf(stderr, "peft-engine: %s %s%s%s\n", what, path, errno ? ": " : "",
+			errno ? strerror(errno) : "");
+	exit(1);
+}
+
+/* The option flags' names, wrapped, for the usage text. */
+static void
+print_option_flags(void)
+{
+	int			count;
+	const PeftOption *options = api->options(&count);
+	int			column = 8;
+
+	fprintf(stderr, "training options (`peft-engine options` lists them; true/false flags\n"
+			"take `--flag` or `--flag=false`):\n       ");
+	for (int i = 0; i < count; i++)
+	{
+		int			width = (int) strlen(options[i].key) + 3;
+
+		if (column + width > 78)
+		{
+			fprintf(stderr, "\n       ");
+			column = 8;
+		}
+		fprintf(stderr, " --");
+		for (const char *c = options[i].key; *c; c++)
+			fputc(*c == '_' ? '-' : *c, stderr);
+		column += width;
+	}
+	fprintf(stderr, "\n");
 }
 
 /* Print a usage error and exit. */
@@ -104,19 +206,30 @@ usage(const char *msg)
 		fprintf(stderr, "peft-engine: %s\n", msg);
 	fprintf(stderr,
 			"usage: peft-engine train   --model DIR --data FILE --out DIR [options]\n"
-			"       peft-engine predict --model DIR --adapter DIR --data FILE\n"
+			"       peft-engine predict --model DIR --adapter DIR --data FILE [--merge]\n"
 			"       peft-engine embed   --model DIR [--adapter DIR] --data FILE [--print]\n"
-			"options: --task classification|regression --r N --alpha X --lora-dropout X\n"
-			"         --method lora|dora|ia3|bitfit|adapter|prompt|A+B --targets query,value\n"
-			"         --virtual-tokens N\n"
-			"         --feedforward output.dense --reduction-factor N --houlsby\n"
-			"         --rslora --epochs N --batch-size N --lr X\n"
-			"         --weight-decay X --warmup-ratio X --schedule linear|cosine|constant\n"
-			"         --grad-accum N --max-grad-norm X --max-length N --hidden-dropout X\n"
-			"         --validation-fraction X --seed N --threads N --max-steps N --no-group\n"
-			"         --device auto|cpu|cuda --precision fp32|tf32|bf16 --profile\n"
-			"         --warmup N --merge --json --print\n");
+			"       peft-engine options\n"
+			"runner: --method lora|dora|ia3|bitfit|adapter|prompt|prefix|A+B\n"
+			"        --task classification|regression --threads N --json --profile\n"
+			"        --warmup N (untimed steps or batches first) --device (default cpu)\n"
+			"aliases: --lr --alpha --targets --feedforward --grad-accum --schedule\n"
+			"         --virtual-tokens --rslora --no-group --houlsby\n");
+	print_option_flags();
 	exit(2);
+}
+
+/* Grow rows' arrays when full. */
+static void
+rows_reserve(Rows *rows, size_t *cap)
+{
+	if (rows->count < *cap)
+		return;
+	*cap = *cap ? *cap * 2 : 1024;
+	rows->text = realloc(rows->text, *cap * sizeof(char *));
+	rows->length = realloc(rows->length, *cap * sizeof(size_t));
+	rows->label = realloc(rows->label, *cap * sizeof(char *));
+	if (rows->text == NULL || rows->length == NULL || rows->label == NULL)
+		die("out of memory reading", "rows");
 }
 
 /* Read a TSV file; labels are taken after the last TAB when want_labels. */
@@ -131,22 +244,14 @@ read_rows(const char *path, bool want_labels)
 	ssize_t		n;
 
 	if (f == NULL)
-	{
-		fprintf(stderr, "peft-engine: cannot open %s: %s\n", path, strerror(errno));
-		exit(1);
-	}
+		die("cannot open", path);
 	while ((n = getline(&line, &linecap, f)) >= 0)
 	{
 		char	   *tab;
 
 		while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
 			line[--n] = '\0';
-		if (rows.count == cap)
-		{
-			cap = cap ? cap * 2 : 1024;
-			rows.text = realloc(rows.text, cap * sizeof(char *));
-			rows.label = realloc(rows.label, cap * sizeof(char *));
-		}
+		rows_reserve(&rows, &cap);
 		tab = want_labels ? strrchr(line, '\t') : strchr(line, '\t');
 		if (want_labels && tab == NULL)
 		{
@@ -156,6 +261,7 @@ read_rows(const char *path, bool want_labels)
 		if (tab)
 			*tab = '\0';
 		rows.text[rows.count] = strdup(line);
+		rows.length[rows.count] = strlen(line);
 		rows.label[rows.count] = tab ? strdup(tab + 1) : NULL;
 		rows.count++;
 	}
@@ -164,36 +270,25 @@ read_rows(const char *path, bool want_labels)
 	return rows;
 }
 
-/* qsort comparator for strings. */
-static int
-compare_strings(const void *a, const void *b)
+/* Read a whole file from dir/name into a NUL-terminated buffer (exits on failure). */
+static char *
+read_file(const char *dir, const char *name, size_t *len)
 {
-	return strcmp(*(char *const *) a, *(char *const *) b);
-}
+	char		path[4096];
+	FILE	   *f;
+	char	   *data = NULL;
+	long		size;
 
-/* Sorted distinct labels of rows (classification classes). */
-static char **
-distinct_labels(const Rows *rows, int *count)
-{
-	char	  **sorted = malloc((rows->count ? rows->count : 1) * sizeof(char *));
-	int			n = 0;
-
-	memcpy(sorted, rows->label, rows->count * sizeof(char *));
-	qsort(sorted, rows->count, sizeof(char *), compare_strings);
-	for (size_t i = 0; i < rows->count; i++)
-		if (n == 0 || strcmp(sorted[n - 1], sorted[i]) != 0)
-			sorted[n++] = sorted[i];
-	*count = n;
-	return sorted;
-}
-
-/* Index of label in the sorted list (binary search), or -1. */
-static int
-label_index(char **labels, int count, const char *label)
-{
-	char	  **hit = bsearch(&label, labels, count, sizeof(char *), compare_strings);
-
-	return hit ? (int) (hit - labels) : -1;
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	errno = 0;
+	if ((f = fopen(path, "rb")) == NULL || fseek(f, 0, SEEK_END) != 0 || (size = ftell(f)) < 0 ||
+		fseek(f, 0, SEEK_SET) != 0 || (data = malloc(size + 1)) == NULL ||
+		fread(data, 1, size, f) != (size_t) size)
+		die("cannot read", path);
+	fclose(f);
+	data[size] = '\0';
+	*len = (size_t) size;
+	return data;
 }
 
 /* Write bytes to dir/name. */
@@ -204,576 +299,592 @@ write_file(const char *dir, const char *name, const void *data, size_t len)
 	FILE	   *f;
 
 	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	errno = 0;
 	f = fopen(path, "wb");
 	if (f == NULL || fwrite(data, 1, len, f) != len || fclose(f) != 0)
-	{
-		fprintf(stderr, "peft-engine: cannot write %s: %s\n", path, strerror(errno));
-		exit(1);
-	}
+		die("cannot write", path);
 }
 
-/* Move net to the chosen device and start its profile afresh. */
+/* qsort comparator for strings. */
+static int
+compare_strings(const void *a, const void *b)
+{
+	return strcmp(*(char *const *) a, *(char *const *) b);
+}
+
+/* The class index of label: the next one when first seen (as the worker numbers them). */
+static int
+label_index(Labels *labels, char *label)
+{
+	ENTRY		entry = {.key = label, .data = (void *) (intptr_t) labels->count};
+	ENTRY	   *found = hsearch(entry, ENTER);
+
+	if (found == NULL)
+		die("out of memory numbering", "labels");
+	if ((intptr_t) found->data == labels->count)
+		labels->names[labels->count++] = found->key;
+	return (int) (intptr_t) found->data;
+}
+
+/*
+ * Sort the labels in byte order (COLLATE "C"), as the worker does, and
+ * return map[first-seen index] = sorted index for train_prepare.
+ */
+static int *
+sort_labels(Labels *labels)
+{
+	char	  **seen = malloc(sizeof(char *) * labels->count);
+	int		   *map = malloc(sizeof(int) * labels->count);
+
+	if (seen == NULL || map == NULL)
+		die("out of memory sorting", "labels");
+	memcpy(seen, labels->names, sizeof(char *) * labels->count);
+	qsort(labels->names, labels->count, sizeof(char *), compare_strings);
+	for (int i = 0; i < labels->count; i++)
+		map[i] = (int) ((char **) bsearch(&seen[i], labels->names, labels->count, sizeof(char *),
+										  compare_strings) - labels->names);
+	free(seen);
+	return map;
+}
+
+/* Hand every row to the run: class indices as the worker's, or regression targets. */
 static void
-place_network(Network *net, const Options *o)
+add_rows(PeftTrainJob *job, const Rows *rows, Labels *labels)
 {
 	PeftError	err = {0};
 
-	die_on(network_set_device(net, o->device, o->precision, &err), &err);
-	net->be->profile = (BackendProfile) {.enabled = o->profile};
+	labels->names = malloc(sizeof(char *) * (rows->count + 1));
+	if (labels->names == NULL || hcreate(rows->count + 1) == 0)
+		die("out of memory numbering", "labels");
+	for (size_t i = 0; i < rows->count; i++)
+	{
+		bool		regression = labels->task == PEFT_TASK_REGRESSION;
+		int			label = regression ? 0 : label_index(labels, rows->label[i]);
+		double		target = regression ? strtod(rows->label[i], NULL) : 0;
+
+		die_on(api->train_add_row(job, rows->text[i], rows->length[i], label, target, &err), &err);
+	}
+	hdestroy();
 }
 
-/* Wait for the device, then the time; for honest wall-clock figures. */
+/* Start counting the device's products (and the clock) once it is idle. */
 static double
-synced_seconds(Network *net)
+clock_start(const Options *o)
 {
 	PeftError	err = {0};
 
-	net->be->ops->enter(net->be);
-	net->be->ops->sync(net->be);
-	net->be->ops->leave(net->be);
-	die_on(backend_check(net->be, &err), &err);
+	die_on(api->profile_start(o->config.device, o->profile, &err), &err);
 	return now_seconds();
+}
+
+/* Seconds since start once the device is idle, and what it counted. */
+static double
+clock_stop(const Options *o, double start, PeftProfile *profile)
+{
+	PeftError	err = {0};
+
+	die_on(api->profile_read(o->config.device, profile, &err), &err);
+	return now_seconds() - start;
 }
 
 /* JSON fields of the device, precision and profile of a run that took seconds. */
 static void
-print_profile_json(const Network *net, const Options *o, double seconds)
+print_profile_json(const Options *o, const PeftProfile *p, double seconds)
 {
-	const BackendProfile *p = &net->be->profile;
-	double		flops = p->gemm_flops + p->attention_flops;
-
 	printf("\"device\": \"%s\", \"precision\": \"%s\", \"flops\": %.6g, \"tflops\": %.4f",
-		   net->be->name, net->be->host_memory ? "fp32" : gemm_precision_name(o->precision),
-		   flops, flops / seconds / 1e12);
+		   p->device, p->precision, p->flops, per_second(p->flops, seconds) / 1e12);
 	if (o->profile)
 		printf(", \"gemm_seconds\": %.4f, \"total_seconds\": %.4f, \"gemm_share\": %.4f",
-			   p->gemm_seconds, seconds, p->gemm_seconds / seconds);
+			   p->gemm_seconds, seconds, per_second(p->gemm_seconds, seconds));
 }
 
-/* Split a comma-separated list (modified in place) into at most 16 names; returns the count. */
-static int
-split_names(char *list, const char *names[16])
-{
-	int			n = 0;
-
-	for (char *tok = strtok(list, ","); tok && n < 16; tok = strtok(NULL, ","))
-		names[n++] = tok;
-	return n;
-}
-
-/* Network options of the method, modules and hyper-parameters on the command line. */
+/* Warm-up steps, then timed steps until the run is done (max_steps or epochs). */
 static void
-method_options(const Options *o, const BertModel *model, NetworkOptions *nopts)
+train_steps(PeftTrainJob *job, const Options *o, Timing *t)
 {
-	PeftTrainConfig c;
+	PeftTrainProgress p = {0};
 	PeftError	err = {0};
-	char	   *targets = o->targets ? strdup(o->targets) : NULL;
-	char	   *ff = o->feedforward ? strdup(o->feedforward) : NULL;
+	double		start;
 
-	peft_engine_api()->train_config_default(&c);
-	die_on(adapter_parse_method(o->method, &c.methods, &err), &err);
-	if (targets)
-		c.num_targets = split_names(targets, c.target_modules);
-	if (ff)
-		c.num_feedforward = split_names(ff, c.feedforward_modules);
-	c.r = o->r;
-	c.lora_alpha = o->alpha;
-	c.lora_dropout = o->lora_dropout;
-	c.use_rslora = o->rslora;
-	c.reduction_factor = o->reduction_factor;
-	c.adapter_placement = o->houlsby ? PEFT_PLACEMENT_HOULSBY : PEFT_PLACEMENT_PFEIFFER;
-	if (o->virtual_tokens > 0)
-		c.num_virtual_tokens = o->virtual_tokens;
-	c.hidden_dropout = o->hidden_dropout;
-	c.seed = o->train.seed;
-	die_on(session_network_options(&c, model, nopts, &err), &err);
-	free(targets);
-	free(ff);
+	for (int i = 0; i < o->warmup && !p.done; i++)
+		die_on(api->train_step(job, &p, &err), &err);
+	start = clock_start(o);
+	while (!p.done)
+	{
+		die_on(api->train_step(job, &p, &err), &err);
+		t->steps++;
+		t->rows += p.rows;
+		t->tokens += p.tokens;
+		if (!o->json && (p.step % 10 == 0 || p.done || p.step == 1))
+			fprintf(stderr, "epoch %d step %d/%d loss %.4f lr %.2e grad_norm %.3f\n",
+					p.epoch, p.step, p.total_steps, p.loss, p.learning_rate, p.grad_norm);
+	}
+	t->loss = p.loss;
+	t->seconds = clock_stop(o, start, &t->profile);
 }
 
-/* Train an adapter on a TSV file and save it as a PEFT folder. */
+/* Print the training figures and validation metrics (one JSON line with --json). */
+static void
+print_training(const Options *o, const Timing *t, int64_t parameters, const PeftMetrics *m)
+{
+	if (!o->json)
+	{
+		printf("trained %d steps in %.1f s: %.1f rows/s, %.0f tokens/s\n"
+			   "validation (%lld rows): loss %.4f accuracy %.4f macro-F1 %.4f mse %.4f r2 %.4f\n",
+			   t->steps, t->seconds, per_second(t->rows, t->seconds),
+			   per_second(t->tokens, t->seconds), (long long) m->rows, m->loss, m->accuracy,
+			   m->macro_f1, m->mse, m->r2);
+		return;
+	}
+	printf("{\"steps\": %d, \"rows\": %ld, \"tokens\": %ld, \"seconds\": %.4f, "
+		   "\"rows_per_second\": %.3f, \"tokens_per_second\": %.1f, \"final_loss\": %.6f, "
+		   "\"parameters\": %lld, ",
+		   t->steps, t->rows, t->tokens, t->seconds, per_second(t->rows, t->seconds),
+		   per_second(t->tokens, t->seconds), t->loss, (long long) parameters);
+	print_profile_json(o, &t->profile, t->seconds);
+	printf(", \"valid_rows\": %lld, \"valid_loss\": %.6f, \"valid_accuracy\": %.6f, "
+		   "\"valid_macro_f1\": %.6f, \"valid_mse\": %.6f, \"valid_r2\": %.6f}\n",
+		   (long long) m->rows, m->loss, m->accuracy, m->macro_f1, m->mse, m->r2);
+}
+
+/* Write the run's adapter folder: weights, adapter_config.json and peft_head.json. */
+static void
+save_adapter(PeftTrainJob *job, const Options *o, const Labels *labels)
+{
+	uint8_t    *weights;
+	size_t		nweights;
+	char	   *config;
+	cJSON	   *head = cJSON_CreateObject();
+	char	   *head_text;
+	PeftError	err = {0};
+	bool		regression = labels->task == PEFT_TASK_REGRESSION;
+
+	die_on(api->train_export(job, o->model, &weights, &nweights, &config, &err), &err);
+	mkdir(o->out, 0755);
+	write_file(o->out, "adapter_model.safetensors", weights, nweights);
+	write_file(o->out, "adapter_config.json", config, strlen(config));
+	cJSON_AddStringToObject(head, "task", regression ? "regression" : "classification");
+	if (!regression)
+		cJSON_AddItemToObject(head, "labels",
+							  cJSON_CreateStringArray((const char *const *) labels->names, labels->count));
+	head_text = cJSON_Print(head);
+	write_file(o->out, "peft_head.json", head_text, strlen(head_text));
+	api->free_buffer(weights);
+	api->free_buffer(config);
+	free(head_text);
+	cJSON_Delete(head);
+}
+
+/* Train an adapter on a TSV file, as peft_train's worker does, and save it as a PEFT folder. */
 static int
-command_train(BertModel *model, const Options *o)
+command_train(PeftModelHandle *model, const Options *o)
 {
 	Rows		rows = read_rows(o->data, true);
-	bool		regression = strcmp(o->task, "regression") == 0;
-	int			nlabels = 1;
-	char	  **labels = NULL;
-	Dataset		ds = {0};
-	NetworkOptions nopts = {0};
-	Network    *net;
-	Trainer    *tr;
-	uint32_t   *train_rows, *valid_rows;
-	size_t		ntrain, nvalid;
-	PeftError	err = {0};
-	PeftTrainProgress	st = {0};
+	Labels		labels = {.task = o->config.task};
+	bool		regression = labels.task == PEFT_TASK_REGRESSION;
+	int		   *map = NULL;
+	PeftTrainJob *job;
+	int64_t		ntrain, nvalid;
+	int			total_steps;
+	Timing		t = {0};
 	PeftMetrics m;
-	double		start, elapsed;
-	long		rows_done = 0, tokens_done = 0;
-	uint8_t    *bytes;
-	size_t		nbytes;
-	char	   *config;
-	cJSON	   *head;
-	char	   *head_text;
-	int			steps = 0;
+	PeftError	err = {0};
 
+	die_on(api->train_begin(model, &o->config, &job, &err), &err);
+	add_rows(job, &rows, &labels);
+	if (!regression && labels.count < 2)
+		usage("classification needs at least two distinct labels");
 	if (!regression)
-	{
-		labels = distinct_labels(&rows, &nlabels);
-		if (nlabels < 2)
-			usage("classification needs at least two distinct labels");
-	}
-	for (size_t i = 0; i < rows.count; i++)
-	{
-		int32_t		label = regression ? 0 : label_index(labels, nlabels, rows.label[i]);
-		real		target = regression ? (real) strtod(rows.label[i], NULL) : 0;
-
-		die_on(dataset_add(&ds, model->tokenizer, rows.text[i], strlen(rows.text[i]),
-						   o->max_length, label, target, &err), &err);
-	}
-	die_on(dataset_split(&ds, o->validation_fraction, o->train.seed, &train_rows, &ntrain,
-						 &valid_rows, &nvalid, &err), &err);
-
-	method_options(o, model, &nopts);
-	nopts.task = regression ? PEFT_TASK_REGRESSION : PEFT_TASK_CLASSIFICATION;
-	nopts.num_labels = regression ? 1 : nlabels;
-	die_on(network_create(model, &nopts, &net, &err), &err);
-	place_network(net, o);
-	die_on(trainer_create(net, &ds, train_rows, ntrain, &o->train, &tr, &err), &err);
-
-	fprintf(stderr, "training on %zu rows (%zu validation), %d steps, %d trainable parameters, on %s\n",
-			ntrain, nvalid, trainer_total_steps(tr), (int) net->params.total, net->be->name);
-	for (int i = 0; i < o->warmup && !st.done; i++)
-		die_on(trainer_step(tr, &st, &err), &err);
-	net->be->profile = (BackendProfile) {.enabled = o->profile};
-	start = synced_seconds(net);
-	while (!st.done && (o->max_steps == 0 || steps < o->max_steps))
-	{
-		die_on(trainer_step(tr, &st, &err), &err);
-		steps++;
-		rows_done += st.rows;
-		tokens_done += st.tokens;
-		if (!o->json && (st.step % 10 == 0 || st.done || st.step == 1))
-			fprintf(stderr, "epoch %d step %d/%d loss %.4f lr %.2e grad_norm %.3f\n",
-					st.epoch, st.step, st.total_steps, st.loss, st.learning_rate, st.grad_norm);
-	}
-	elapsed = synced_seconds(net) - start;
-
-	if (o->json)
-	{
-		printf("{\"steps\": %d, \"rows\": %ld, \"tokens\": %ld, \"seconds\": %.4f, "
-			   "\"rows_per_second\": %.3f, \"tokens_per_second\": %.1f, \"final_loss\": %.6f, "
-			   "\"parameters\": %zu, ",
-			   steps, rows_done, tokens_done, elapsed, rows_done / elapsed,
-			   tokens_done / elapsed, st.loss, net->params.total);
-		print_profile_json(net, o, elapsed);
-	}
-	die_on(evaluate(net, &ds, valid_rows, nvalid, o->train.batch_size, &m, &err), &err);
-	if (o->json)
-		printf(", \"valid_rows\": %zu, \"valid_loss\": %.6f, \"valid_accuracy\": %.6f, "
-			   "\"valid_macro_f1\": %.6f, \"valid_mse\": %.6f, \"valid_r2\": %.6f}\n",
-			   m.rows, m.loss, m.accuracy, m.macro_f1, m.mse, m.r2);
-	else
-		printf("trained %d steps in %.1f s: %.1f rows/s, %.0f tokens/s\n"
-			   "validation (%zu rows): loss %.4f accuracy %.4f macro-F1 %.4f mse %.4f r2 %.4f\n",
-			   steps, elapsed, rows_done / elapsed, tokens_done / elapsed, m.rows, m.loss,
-			   m.accuracy, m.macro_f1, m.mse, m.r2);
-
+		map = sort_labels(&labels);
+	die_on(api->train_prepare(job, regression ? 1 : labels.count, map, &ntrain, &nvalid,
+							  &total_steps, &err), &err);
+	fprintf(stderr, "training on %lld rows (%lld validation), %d steps, %lld trainable parameters, on %s\n",
+			(long long) ntrain, (long long) nvalid, total_steps,
+			(long long) api->train_parameters(job), api->train_device(job));
+	train_steps(job, o, &t);
+	die_on(api->train_evaluate(job, &m, &err), &err);
+	print_training(o, &t, api->train_parameters(job), &m);
 	if (o->out)
-	{
-		die_on(network_params_fetch(net, &err), &err);
-		mkdir(o->out, 0755);
-		die_on(adapter_serialize(net, &bytes, &nbytes, &err), &err);
-		write_file(o->out, "adapter_model.safetensors", bytes, nbytes);
-		die_on(adapter_config_json(net, o->model, &config, &err), &err);
-		write_file(o->out, "adapter_config.json", config, strlen(config));
-		head = cJSON_CreateObject();
-		cJSON_AddStringToObject(head, "task", o->task);
-		if (!regression)
-			cJSON_AddItemToObject(head, "labels",
-								  cJSON_CreateStringArray((const char *const *) labels, nlabels));
-		head_text = cJSON_Print(head);
-		write_file(o->out, "peft_head.json", head_text, strlen(head_text));
-		free(bytes);
-		free(config);
-		free(head_text);
-		cJSON_Delete(head);
-	}
-	trainer_free(tr);
-	network_free(net);
-	dataset_free(&ds);
-	free(train_rows);
-	free(valid_rows);
+		save_adapter(job, o, &labels);
+	api->train_free(job);
+	free(map);
 	return 0;
 }
 
-/* Read a whole file from dir/name (exits on failure). */
-static char *
-read_adapter_file(const char *dir, const char *name, size_t *len)
-{
-	char		path[4096];
-	char	   *data;
-	PeftError	err = {0};
-
-	snprintf(path, sizeof(path), "%s/%s", dir, name);
-	die_on(read_small_file(path, (size_t) 1 << 31, &data, len, &err), &err);
-	return data;
-}
-
-/* Build the network of a saved adapter folder; labels/count for classification. */
-static Network *
-load_adapter(BertModel *model, const char *dir, char ***labels, int *nlabels)
+/* Read peft_head.json of an adapter folder: the task and the label names. */
+static Labels
+read_head(const char *dir)
 {
 	size_t		len;
-	char	   *config = read_adapter_file(dir, "adapter_config.json", &len);
-	char	   *headtext = read_adapter_file(dir, "peft_head.json", &len);
-	char	   *weights;
-	cJSON	   *head = cJSON_Parse(headtext);
+	char	   *text = read_file(dir, "peft_head.json", &len);
+	cJSON	   *head = cJSON_Parse(text);
 	const cJSON *task = cJSON_GetObjectItem(head, "task");
 	const cJSON *names = cJSON_GetObjectItem(head, "labels");
-	NetworkOptions nopts = {0};
-	Network    *net;
-	PeftError	err = {0};
+	Labels		labels = {0};
 
 	if (!cJSON_IsString(task))
 		usage("peft_head.json has no task");
-	die_on(adapter_options_from_config(config, strlen(config), &nopts, &err), &err);
-	nopts.task = strcmp(task->valuestring, "regression") == 0 ? PEFT_TASK_REGRESSION : PEFT_TASK_CLASSIFICATION;
-	*nlabels = nopts.task == PEFT_TASK_REGRESSION ? 1 : cJSON_GetArraySize(names);
-	*labels = calloc(*nlabels, sizeof(char *));
-	for (int i = 0; nopts.task == PEFT_TASK_CLASSIFICATION && i < *nlabels; i++)
-		(*labels)[i] = strdup(cJSON_GetArrayItem(names, i)->valuestring);
-	nopts.num_labels = *nlabels;
-	die_on(network_create(model, &nopts, &net, &err), &err);
-	weights = read_adapter_file(dir, "adapter_model.safetensors", &len);
-	die_on(adapter_load_weights(net, (const uint8_t *) weights, len, &err), &err);
-	free(weights);
-	free(config);
-	free(headtext);
+	labels.task = strcmp(task->valuestring, "regression") == 0 ?
+		PEFT_TASK_REGRESSION : PEFT_TASK_CLASSIFICATION;
+	labels.count = labels.task == PEFT_TASK_REGRESSION ? 1 : cJSON_GetArraySize(names);
+	labels.names = calloc(labels.count, sizeof(char *));
+	for (int i = 0; labels.task == PEFT_TASK_CLASSIFICATION && i < labels.count; i++)
+	{
+		const cJSON *name = cJSON_GetArrayItem(names, i);
+
+		if (!cJSON_IsString(name))
+			usage("peft_head.json has a label that is not a string");
+		labels.names[i] = strdup(name->valuestring);
+	}
+	free(text);
 	cJSON_Delete(head);
-	return net;
+	return labels;
 }
 
-/* Tokenise rows[first..first+count) into a padded batch. */
-static void
-make_text_batch(const BertModel *model, const Rows *rows, size_t first, int count,
-				int max_length, Dataset *ds, BatchBuffer *buf, Batch *batch)
+/* Open a saved adapter folder over model (merged with --merge); its head's labels in labels. */
+static PeftAdapterHandle *
+open_adapter(PeftModelHandle *model, const Options *o, Labels *labels)
 {
+	size_t		config_len, weights_len;
+	char	   *config = read_file(o->adapter, "adapter_config.json", &config_len);
+	char	   *weights = read_file(o->adapter, "adapter_model.safetensors", &weights_len);
+	PeftAdapterHandle *adapter;
 	PeftError	err = {0};
-	uint32_t	idx[4096];
 
-	ds->ntokens = ds->count = 0;
-	for (int i = 0; i < count; i++)
+	*labels = read_head(o->adapter);
+	die_on(api->adapter_open(model, config, config_len, (const uint8_t *) weights, weights_len,
+							 labels->task, labels->count, &adapter, &err), &err);
+	if (o->merge)
+		die_on(api->adapter_merge(adapter, &err), &err);
+	free(config);
+	free(weights);
+	return adapter;
+}
+
+/* Device, precision and batch size of predict and embed, from the option flags. */
+static void
+configure_inference(const Options *o)
+{
+	PeftEngineSettings settings = {
+		.device = o->config.device,
+		.precision = o->config.precision,
+		.batch_size = o->config.batch_size,
+	};
+
+	api->configure(&settings);
+}
+
+/* Tokens per row of predict and embed: --max-length, or training's default. */
+static int
+inference_max_length(const Options *o)
+{
+	return o->config.max_length > 0 ? o->config.max_length : DEFAULT_MAX_LENGTH;
+}
+
+/* Print each row's most likely label and its probability, or "\tvalue" (regression). */
+static void
+print_predictions(const Labels *labels, const float *out, size_t count)
+{
+	for (size_t i = 0; i < count; i++)
 	{
-		die_on(dataset_add(ds, model->tokenizer, rows->text[first + i],
-						   strlen(rows->text[first + i]), max_length, 0, 0, &err), &err);
-		idx[i] = (uint32_t) i;
+		const float *p = out + i * labels->count;
+		int			best = 0;
+
+		if (labels->task == PEFT_TASK_REGRESSION)
+		{
+			printf("\t%.6f\n", p[0]);
+			continue;
+		}
+		for (int k = 1; k < labels->count; k++)
+			if (p[k] > p[best])
+				best = k;
+		printf("%s\t%.6f\n", labels->names[best], p[best]);
 	}
-	die_on(dataset_make_batch(ds, idx, count, buf, batch, &err), &err);
 }
 
 /* Print the predicted label and probability (or value) of every row. */
 static int
-command_predict(BertModel *model, const Options *o)
+command_predict(PeftModelHandle *model, const Options *o)
 {
 	Rows		rows = read_rows(o->data, false);
-	char	  **labels;
-	int			K;
-	Network    *net = load_adapter(model, o->adapter, &labels, &K);
-	Dataset		ds = {0};
-	BatchBuffer buf = {0};
-	real	   *out = malloc(sizeof(real) * o->batch_size * K);
+	Labels		labels;
+	PeftAdapterHandle *adapter = open_adapter(model, o, &labels);
+	float	   *out = malloc(sizeof(float) * (rows.count ? rows.count : 1) * labels.count);
 	PeftError	err = {0};
 	double		start;
 
-	if (o->merge)
-		die_on(network_merge(net, &err), &err);
-	place_network(net, o);
+	if (out == NULL)
+		die("out of memory for", "predictions");
+	configure_inference(o);
 	start = now_seconds();
-	for (size_t pos = 0; pos < rows.count; pos += o->batch_size)
-	{
-		int			count = (int) (rows.count - pos < (size_t) o->batch_size ? rows.count - pos : (size_t) o->batch_size);
-		Batch		b;
-
-		make_text_batch(model, &rows, pos, count, o->max_length, &ds, &buf, &b);
-		die_on(network_forward(net, &b, false, out, NULL, &err), &err);
-		for (int i = 0; i < count && !o->json; i++)
-		{
-			if (net->opts.task == PEFT_TASK_REGRESSION)
-			{
-				printf("\t%.6f\n", out[i]);
-				continue;
-			}
-			{
-				real	   *z = out + (size_t) i * K;
-				int			best = 0;
-				double		sum = 0;
-
-				for (int k = 1; k < K; k++)
-					if (z[k] > z[best])
-						best = k;
-				for (int k = 0; k < K; k++)
-					sum += exp(z[k] - z[best]);
-				printf("%s\t%.6f\n", labels[best], 1.0 / sum);
-			}
-		}
-	}
+	die_on(api->predict(adapter, (const char *const *) rows.text, rows.length, (int) rows.count,
+						inference_max_length(o), out, &err), &err);
 	if (o->json)
 	{
-		double		elapsed = synced_seconds(net) - start;
+		double		elapsed = now_seconds() - start;
 
 		printf("{\"rows\": %zu, \"seconds\": %.4f, \"rows_per_second\": %.3f, \"merged\": %s}\n",
-			   rows.count, elapsed, rows.count / elapsed, o->merge ? "true" : "false");
+			   rows.count, elapsed, per_second(rows.count, elapsed), o->merge ? "true" : "false");
 	}
+	else
+		print_predictions(&labels, out, rows.count);
 	free(out);
-	batch_buffer_free(&buf);
-	dataset_free(&ds);
-	network_free(net);
+	api->adapter_close(adapter);
 	return 0;
 }
 
-static const Dataset *length_ds;
+/* The rows longer_text_first compares (qsort passes no context). */
+static const Rows *sort_rows;
 
-/* qsort comparator: longer rows first (as sentence-transformers' encode). */
+/* qsort comparator of row indices: longer texts (in bytes) first. */
 static int
-by_length(const void *a, const void *b)
+longer_text_first(const void *a, const void *b)
 {
-	int32_t		la = length_ds->rows[*(const uint32_t *) a].length;
-	int32_t		lb = length_ds->rows[*(const uint32_t *) b].length;
+	size_t		la = sort_rows->length[*(const size_t *) a];
+	size_t		lb = sort_rows->length[*(const size_t *) b];
 
 	return (la < lb) - (la > lb);
 }
 
 /*
- * Embed every row, in batches of similar length (sorted like
- * sentence-transformers' encode); print throughput, or the vectors in input
- * order with --print.
+ * Embed the batch_size longest texts warmup times, untimed: device set-up,
+ * weights upload and the largest batch's buffers stay out of the timing
+ * (the engine embeds longest first).
  */
-static int
-command_embed(BertModel *model, const Options *o)
+static void
+warm_up_embed(PeftModelHandle *model, PeftAdapterHandle *adapter, const Rows *rows,
+			  const Options *o, float *out)
 {
-	Rows		rows = read_rows(o->data, false);
-	int			C = model->cfg.hidden_size;
-	char	  **labels = NULL;
-	int			K = 0;
-	Network    *net;
-	NetworkOptions nopts = {0};
-	Dataset		ds = {0};
-	BatchBuffer buf = {0};
-	real	   *emb = malloc(sizeof(real) * (rows.count ? rows.count : 1) * C);
-	real	   *batch_emb = malloc(sizeof(real) * o->batch_size * C);
-	uint32_t   *order = malloc(sizeof(uint32_t) * (rows.count ? rows.count : 1));
+	size_t		count = rows->count < (size_t) o->config.batch_size ? rows->count : (size_t) o->config.batch_size;
+	size_t	   *order = malloc(sizeof(size_t) * (rows->count ? rows->count : 1));
+	const char **texts = malloc(sizeof(char *) * (count ? count : 1));
+	size_t	   *lengths = malloc(sizeof(size_t) * (count ? count : 1));
 	PeftError	err = {0};
-	double		start;
-	double		elapsed;
-	double		tokenize_seconds;
-	long		tokens = 0;
 
-	if (o->adapter)
-		net = load_adapter(model, o->adapter, &labels, &K);
-	else
-		die_on(network_create(model, &nopts, &net, &err), &err);
-	place_network(net, o);
-	start = now_seconds();
-	for (size_t i = 0; i < rows.count; i++)
+	if (order == NULL || texts == NULL || lengths == NULL)
+		die("out of memory for", "warm-up");
+	for (size_t i = 0; i < rows->count; i++)
+		order[i] = i;
+	sort_rows = rows;
+	qsort(order, rows->count, sizeof(size_t), longer_text_first);
+	for (size_t i = 0; i < count; i++)
 	{
-		die_on(dataset_add(&ds, model->tokenizer, rows.text[i], strlen(rows.text[i]),
-						   o->max_length, 0, 0, &err), &err);
-		order[i] = (uint32_t) i;
+		texts[i] = rows->text[order[i]];
+		lengths[i] = rows->length[order[i]];
 	}
-	length_ds = &ds;
-	qsort(order, rows.count, sizeof(uint32_t), by_length);
-	tokenize_seconds = now_seconds() - start;
-	/* warm-up batches (device set-up, weights upload) stay out of the timing; tokenising stays in */
-	for (int i = 0; i < o->warmup && rows.count > 0; i++)
-	{
-		Batch		b;
-		int			count = rows.count < (size_t) o->batch_size ? (int) rows.count : o->batch_size;
+	for (int i = 0; i < o->warmup && count > 0; i++)
+		die_on(api->embed(model, adapter, texts, lengths, (int) count, inference_max_length(o),
+						  out, &err), &err);
+	free(order);
+	free(texts);
+	free(lengths);
+}
 
-		die_on(dataset_make_batch(&ds, order, count, &buf, &b, &err), &err);
-		die_on(network_embed(net, &b, batch_emb, &err), &err);
-	}
-	if (o->warmup > 0)
-	{
-		net->be->profile = (BackendProfile) {.enabled = o->profile};
-		start = synced_seconds(net) - tokenize_seconds;
-	}
-	for (size_t pos = 0; pos < rows.count; pos += o->batch_size)
-	{
-		int			count = (int) (rows.count - pos < (size_t) o->batch_size ? rows.count - pos : (size_t) o->batch_size);
-		Batch		b;
-
-		die_on(dataset_make_batch(&ds, order + pos, count, &buf, &b, &err), &err);
-		die_on(network_embed(net, &b, batch_emb, &err), &err);
-		for (int i = 0; i < b.B * b.T; i++)
-			tokens += b.mask[i];
-		for (int i = 0; i < count; i++)
-			memcpy(emb + (size_t) order[pos + i] * C, batch_emb + (size_t) i * C, sizeof(real) * C);
-	}
-	elapsed = synced_seconds(net) - start;
-	for (size_t i = 0; o->print && i < rows.count; i++)
+/* Print embeddings[count, C] as "%.7g" values, a row per line. */
+static void
+print_embeddings(const float *emb, size_t count, int C)
+{
+	for (size_t i = 0; i < count; i++)
 		for (int c = 0; c < C; c++)
 			printf("%.7g%c", emb[i * C + c], c + 1 < C ? ' ' : '\n');
+}
+
+/*
+ * Embed every row (the engine batches rows of similar length, like
+ * sentence-transformers' encode); print throughput, or the vectors in
+ * input order with --print.
+ */
+static int
+command_embed(PeftModelHandle *model, const PeftModelInfo *info, const Options *o)
+{
+	Rows		rows = read_rows(o->data, false);
+	Labels		labels;
+	PeftAdapterHandle *adapter = o->adapter ? open_adapter(model, o, &labels) : NULL;
+	int			C = info->hidden_size;
+	float	   *emb = malloc(sizeof(float) * (rows.count ? rows.count : 1) * C);
+	PeftProfile profile;
+	PeftError	err = {0};
+	double		start, elapsed;
+
+	if (emb == NULL)
+		die("out of memory for", "embeddings");
+	configure_inference(o);
+	warm_up_embed(model, adapter, &rows, o, emb);
+	start = clock_start(o);
+	die_on(api->embed(model, adapter, (const char *const *) rows.text, rows.length,
+					  (int) rows.count, inference_max_length(o), emb, &err), &err);
+	elapsed = clock_stop(o, start, &profile);
+	if (o->print)
+		print_embeddings(emb, rows.count, C);
 	if (o->json)
 	{
-		printf("{\"rows\": %zu, \"tokens\": %ld, \"seconds\": %.4f, \"rows_per_second\": %.3f, "
+		printf("{\"rows\": %zu, \"tokens\": %lld, \"seconds\": %.4f, \"rows_per_second\": %.3f, "
 			   "\"tokens_per_second\": %.1f, ",
-			   rows.count, tokens, elapsed, rows.count / elapsed, tokens / elapsed);
-		print_profile_json(net, o, elapsed);
+			   rows.count, (long long) profile.tokens, elapsed, per_second(rows.count, elapsed),
+			   per_second(profile.tokens, elapsed));
+		print_profile_json(o, &profile, elapsed);
 		printf("}\n");
 	}
 	else if (!o->print)
-		printf("embedded %zu rows in %.2f s: %.1f rows/s\n", rows.count, elapsed, rows.count / elapsed);
+		printf("embedded %zu rows in %.2f s: %.1f rows/s\n", rows.count, elapsed,
+			   per_second(rows.count, elapsed));
 	free(emb);
-	free(batch_emb);
-	free(order);
-	batch_buffer_free(&buf);
-	dataset_free(&ds);
-	network_free(net);
+	api->adapter_close(adapter);
 	return 0;
 }
 
-/* Parse options after the command word. */
-static void
-parse_options(int argc, char **argv, Options *o)
+/* Print the option table as the README's Markdown table (the same rows). */
+static int
+command_options(void)
 {
-	static const struct option longopts[] = {
-		{"model", required_argument, NULL, 'm'},
-		{"data", required_argument, NULL, 'd'},
-		{"out", required_argument, NULL, 'o'},
-		{"adapter", required_argument, NULL, 'a'},
-		{"task", required_argument, NULL, 1},
-		{"r", required_argument, NULL, 2},
-		{"alpha", required_argument, NULL, 3},
-		{"lora-dropout", required_argument, NULL, 4},
-		{"targets", required_argument, NULL, 5},
-		{"rslora", no_argument, NULL, 6},
-		{"epochs", required_argument, NULL, 7},
-		{"batch-size", required_argument, NULL, 8},
-		{"lr", required_argument, NULL, 9},
-		{"weight-decay", required_argument, NULL, 10},
-		{"warmup-ratio", required_argument, NULL, 11},
-		{"schedule", required_argument, NULL, 12},
-		{"grad-accum", required_argument, NULL, 13},
-		{"max-grad-norm", required_argument, NULL, 14},
-		{"max-length", required_argument, NULL, 15},
-		{"validation-fraction", required_argument, NULL, 16},
-		{"seed", required_argument, NULL, 17},
-		{"threads", required_argument, NULL, 18},
-		{"max-steps", required_argument, NULL, 19},
-		{"hidden-dropout", required_argument, NULL, 20},
-		{"print", no_argument, NULL, 21},
-		{"json", no_argument, NULL, 22},
-		{"no-group", no_argument, NULL, 23},
-		{"device", required_argument, NULL, 24},
-		{"precision", required_argument, NULL, 25},
-		{"profile", no_argument, NULL, 26},
-		{"warmup", required_argument, NULL, 27},
-		{"method", required_argument, NULL, 28},
-		{"feedforward", required_argument, NULL, 29},
-		{"reduction-factor", required_argument, NULL, 30},
-		{"houlsby", no_argument, NULL, 31},
-		{"merge", no_argument, NULL, 32},
-		{"virtual-tokens", required_argument, NULL, 33},
-		{NULL, 0, NULL, 0}
-	};
+	int			count;
+	const PeftOption *options = api->options(&count);
+
+	printf("| key | default | meaning |\n|---|---|---|\n");
+	for (int i = 0; i < count; i++)
+		printf("| `%s` | %s | %s |\n", options[i].key, options[i].default_text, options[i].help);
+	return 0;
+}
+
+/*
+ * The getopt table: the runner's flags, the aliases, and a flag per
+ * option of the table (its key with "-" for "_"); flags[i] is what
+ * getopt value FLAG_OPTION + i sets.
+ */
+static struct option *
+build_flags(OptionFlag **flags)
+{
+	int			count;
+	const PeftOption *options = api->options(&count);
+	size_t		nflags = NUM_ALIAS_FLAGS + count;
+	struct option *longopts = calloc(NUM_RUNNER_FLAGS + nflags + 1, sizeof(struct option));
+
+	*flags = calloc(nflags, sizeof(OptionFlag));
+	if (longopts == NULL || *flags == NULL)
+		die("out of memory for", "flags");
+	memcpy(longopts, runner_flags, sizeof(runner_flags));
+	memcpy(*flags, alias_flags, sizeof(alias_flags));
+	for (int i = 0; i < count; i++)
+	{
+		char	   *flag = strdup(options[i].key);
+
+		for (char *c = flag; *c; c++)
+			*c = *c == '_' ? '-' : *c;
+		(*flags)[NUM_ALIAS_FLAGS + i] = (OptionFlag) {flag, options[i].key, NULL};
+	}
+	for (size_t i = 0; i < nflags; i++)
+	{
+		const OptionFlag *f = &(*flags)[i];
+		bool		boolean = i >= NUM_ALIAS_FLAGS && options[i - NUM_ALIAS_FLAGS].type == PEFT_OPTION_BOOL;
+
+		longopts[NUM_RUNNER_FLAGS + i] = (struct option) {
+			f->flag, f->value ? no_argument : boolean ? optional_argument : required_argument,
+			NULL, FLAG_OPTION + (int) i
+		};
+	}
+	return longopts;
+}
+
+/* A non-negative count from text (a usage error otherwise). */
+static int
+parse_count(const char *text, const char *flag)
+{
+	char	   *end;
+	long		n = strtol(text, &end, 10);
+
+	if (end == text || *end != '\0' || n < 0 || n > 1000000)
+	{
+		fprintf(stderr, "peft-engine: --%s takes a count, not \"%s\"\n", flag, text);
+		exit(2);
+	}
+	return (int) n;
+}
+
+/* Apply one of the runner's flags; false for an unknown one. */
+static bool
+runner_flag(Options *o, int flag, const char *arg)
+{
+	PeftError	err = {0};
+
+	switch (flag)
+	{
+		case FLAG_MODEL: o->model = arg; return true;
+		case FLAG_DATA: o->data = arg; return true;
+		case FLAG_OUT: o->out = arg; return true;
+		case FLAG_ADAPTER: o->adapter = arg; return true;
+		case FLAG_THREADS: o->threads = parse_count(arg, "threads"); return true;
+		case FLAG_JSON: o->json = true; return true;
+		case FLAG_PRINT: o->print = true; return true;
+		case FLAG_PROFILE: o->profile = true; return true;
+		case FLAG_WARMUP: o->warmup = parse_count(arg, "warmup"); return true;
+		case FLAG_MERGE: o->merge = true; return true;
+		case FLAG_METHOD:
+			die_on(api->parse_method(arg, &o->config.methods, &err), &err);
+			return true;
+		case FLAG_TASK:
+			if (strcmp(arg, "classification") != 0 && strcmp(arg, "regression") != 0)
+				usage("--task is classification or regression");
+			o->config.task = strcmp(arg, "regression") == 0 ?
+				PEFT_TASK_REGRESSION : PEFT_TASK_CLASSIFICATION;
+			return true;
+	}
+	return false;
+}
+
+/* Parse the flags after the command word. */
+static void
+parse_flags(int argc, char **argv, Options *o)
+{
+	OptionFlag *flags;
+	struct option *longopts = build_flags(&flags);
+	PeftError	err = {0};
 	int			c;
 
 	while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1)
 	{
-		switch (c)
+		if (c >= FLAG_OPTION)
 		{
-			case 'm': o->model = optarg; break;
-			case 'd': o->data = optarg; break;
-			case 'o': o->out = optarg; break;
-			case 'a': o->adapter = optarg; break;
-			case 1: o->task = optarg; break;
-			case 2: o->r = atoi(optarg); break;
-			case 3: o->alpha = atof(optarg); break;
-			case 4: o->lora_dropout = atof(optarg); break;
-			case 5: o->targets = optarg; break;
-			case 6: o->rslora = true; break;
-			case 7: o->train.epochs = atoi(optarg); break;
-			case 8: o->train.batch_size = o->batch_size = atoi(optarg); break;
-			case 9: o->train.learning_rate = atof(optarg); break;
-			case 10: o->train.weight_decay = atof(optarg); break;
-			case 11: o->train.warmup_ratio = atof(optarg); break;
-			case 12:
-				if (strcmp(optarg, "linear") == 0)
-					o->train.schedule = PEFT_SCHEDULE_LINEAR;
-				else if (strcmp(optarg, "cosine") == 0)
-					o->train.schedule = PEFT_SCHEDULE_COSINE;
-				else if (strcmp(optarg, "constant") == 0)
-					o->train.schedule = PEFT_SCHEDULE_CONSTANT;
-				else
-					usage("--schedule is linear, cosine or constant");
-				break;
-			case 13: o->train.grad_accum = atoi(optarg); break;
-			case 14: o->train.max_grad_norm = atof(optarg); break;
-			case 15: o->max_length = atoi(optarg); break;
-			case 16: o->validation_fraction = atof(optarg); break;
-			case 17: o->train.seed = strtoull(optarg, NULL, 10); break;
-			case 18: o->threads = atoi(optarg); break;
-			case 19: o->max_steps = atoi(optarg); break;
-			case 20: o->hidden_dropout = atof(optarg); break;
-			case 21: o->print = true; break;
-			case 22: o->json = true; break;
-			case 23: o->train.group_by_length = false; break;
-			case 24:
-				if (!device_kind_parse(optarg, &o->device))
-					usage("--device is auto, cpu or cuda");
-				break;
-			case 25:
-				if (!gemm_precision_parse(optarg, &o->precision))
-					usage("--precision is fp32, tf32 or bf16");
-				break;
-			case 26: o->profile = true; break;
-			case 27: o->warmup = atoi(optarg); break;
-			case 28: o->method = optarg; break;
-			case 29: o->feedforward = optarg; break;
-			case 30: o->reduction_factor = atoi(optarg); break;
-			case 31: o->houlsby = true; break;
-			case 32: o->merge = true; break;
-			case 33: o->virtual_tokens = atoi(optarg); break;
-			default: usage(NULL);
+			const OptionFlag *f = &flags[c - FLAG_OPTION];
+			const char *text = f->value ? f->value : optarg ? optarg : "true";
+
+			die_on(api->option_parse(&o->config, f->key, text, &err), &err);
 		}
+		else if (!runner_flag(o, c, optarg))
+			usage(NULL);
 	}
+	if (optind < argc)
+		usage("unexpected argument (a true/false flag takes --flag=VALUE)");
 }
 
 /* Entry point: peft-engine COMMAND [options]. */
 int
 main(int argc, char **argv)
 {
-	Options		o = {0};
-	BertModel  *model;
+	Options		o = {.threads = 1};
+	PeftModelHandle *model;
+	PeftModelInfo info;
 	PeftError	err = {0};
 	const char *command;
 
+	api = peft_engine_api();
+	if (api->abi_version != PEFT_ENGINE_ABI_VERSION)
+	{
+		fprintf(stderr, "peft-engine: peft_engine.so has ABI %d, this runner %d\n",
+				api->abi_version, PEFT_ENGINE_ABI_VERSION);
+		return 1;
+	}
 	if (argc < 2)
 		usage(NULL);
 	command = argv[1];
-	train_options_default(&o.train);
-	o.task = "classification";
-	o.targets = NULL;			/* the method's default modules */
-	o.method = "lora";
-	o.reduction_factor = 16;
-	o.r = 8;
-	o.alpha = 16;
-	o.lora_dropout = 0.1;
-	o.hidden_dropout = -1;
-	o.max_length = 128;
-	o.validation_fraction = 0.1;
-	o.threads = 1;
-	o.batch_size = 32;
-	o.device = PEFT_DEVICE_CPU;
-	o.precision = PEFT_PRECISION_FP32;
-	parse_options(argc - 1, argv + 1, &o);
+	api->train_config_default(&o.config);
+	o.config.device = PEFT_DEVICE_CPU;	/* the runner's default, as peft.device is the server's */
+	parse_flags(argc - 1, argv + 1, &o);
+	if (strcmp(command, "options") == 0)
+		return command_options();
 	if (o.model == NULL || o.data == NULL)
 		usage("--model and --data are required");
-	if (o.batch_size < 1 || o.batch_size > 4096)
-		usage("--batch-size must be between 1 and 4096");
-	die_on(peft_engine_api()->init(o.threads, &err), &err);
-	die_on(bert_load(o.model, &model, &err), &err);
+	die_on(api->init(o.threads, &err), &err);
+	die_on(api->model_open(o.model, &model, &info, &err), &err);
 	if (strcmp(command, "train") == 0)
 		return command_train(model, &o);
 	if (strcmp(command, "predict") == 0)
@@ -783,7 +894,7 @@ main(int argc, char **argv)
 		return command_predict(model, &o);
 	}
 	if (strcmp(command, "embed") == 0)
-		return command_embed(model, &o);
+		return command_embed(model, &info, &o);
 	usage("unknown command");
 	return 2;
 }

@@ -1,13 +1,12 @@
 /*
  * backend.c - what every backend shares: error recording and collection,
- * and the device and precision names.  It calls no backend (the choice of
+ * and the precisions' names.  It calls no backend (the choice of
  * one is backend_registry.c's).
  */
 #include "backend.h"
 
 #include <stdarg.h>
 #include <stdio.h>
-#include <string.h>
 
 /* Record a failure (the first one wins: later ones are its consequences). */
 void
@@ -39,37 +38,7 @@ backend_check(Backend *be, PeftError *err)
 	return code;
 }
 
-/* Parse "auto" | "cpu" | "cuda"; false if unknown. */
-bool
-device_kind_parse(const char *s, PeftDevice *out)
-{
-	if (strcmp(s, "auto") == 0)
-		*out = PEFT_DEVICE_AUTO;
-	else if (strcmp(s, "cpu") == 0)
-		*out = PEFT_DEVICE_CPU;
-	else if (strcmp(s, "cuda") == 0)
-		*out = PEFT_DEVICE_CUDA;
-	else
-		return false;
-	return true;
-}
-
-/* Parse "fp32" | "tf32" | "bf16"; false if unknown. */
-bool
-gemm_precision_parse(const char *s, PeftPrecision *out)
-{
-	if (strcmp(s, "fp32") == 0)
-		*out = PEFT_PRECISION_FP32;
-	else if (strcmp(s, "tf32") == 0)
-		*out = PEFT_PRECISION_TF32;
-	else if (strcmp(s, "bf16") == 0)
-		*out = PEFT_PRECISION_BF16;
-	else
-		return false;
-	return true;
-}
-
-/* Name of a precision, as gemm_precision_parse reads it. */
+/* Name of a precision, as the precision option words it. */
 const char *
 gemm_precision_name(PeftPrecision p)
 {

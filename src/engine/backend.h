@@ -279,9 +279,7 @@ PEFT_EXPORT void backend_fail(Backend *be, PeftCode code, const char *fmt,...)
 #endif
 			;
 
-/* Parse "auto" | "cpu" | "cuda" and "fp32" | "tf32" | "bf16"; false if unknown. */
-bool		device_kind_parse(const char *s, PeftDevice *out);
-bool		gemm_precision_parse(const char *s, PeftPrecision *out);
+/* "fp32", "tf32" or "bf16". */
 const char *gemm_precision_name(PeftPrecision p);
 
 #endif

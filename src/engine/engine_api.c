@@ -103,6 +103,10 @@ static const PeftEngineApi engine_api = {
 	.train_evaluate = session_train_evaluate,
 	.train_export = session_train_export,
 	.train_free = session_train_free,
+	.train_parameters = session_train_parameters,
+	.profile_start = session_profile_start,
+	.profile_read = session_profile_read,
+	.code_name = peft_code_name,
 };
 
 /* The exported entry point. */

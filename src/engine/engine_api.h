@@ -1,5 +1,6 @@
 /*
- * engine_api.h - the one symbol peft_engine.so exports to peft.so.
+ * engine_api.h - the one symbol peft_engine.so exports to peft.so (and to
+ * peft-engine, the command-line runner, which links it).
  *
  * peft.so never links the engine: it dlopen()s peft_engine.so on first use
  * (with every signal blocked, so threads started by OpenBLAS or CUDA never
@@ -21,7 +22,7 @@
 
 #include "status.h"
 
-#define PEFT_ENGINE_ABI_VERSION 6
+#define PEFT_ENGINE_ABI_VERSION 7
 #define PEFT_ENGINE_SYMBOL "peft_engine_api"
 
 typedef struct PeftModelHandle PeftModelHandle;		/* a loaded base model */
@@ -86,6 +87,7 @@ typedef struct PeftEngineSettings
 	PeftDevice	device;
 	PeftPrecision precision;
 	int			idle_release_seconds;	/* give the GPU back after this long unused; 0 never */
+	int			batch_size;		/* rows per forward pass of embed and predict; 0: 32 */
 } PeftEngineSettings;
 
 /* What an adapter's config and weights hold (filled by adapter_inspect). */
@@ -237,6 +239,20 @@ typedef struct PeftTrainMemory
 	int64_t		activations;	/* buffers for the largest batch */
 } PeftTrainMemory;
 
+/*
+ * What a device's matrix products did since profile_start, for
+ * benchmarks: the counters belong to the process's backend of that
+ * device, shared by every network computing there.
+ */
+typedef struct PeftProfile
+{
+	char		device[8];		/* the backend that computed: "cpu" or "cuda" */
+	char		precision[8];	/* of its products ("fp32" on the CPU) */
+	double		flops;			/* 2 M N K over every product, plus attention's */
+	double		gemm_seconds;	/* time in the products; 0 unless timed */
+	int64_t		tokens;			/* tokens of the texts embed and predict computed (any device) */
+} PeftProfile;
+
 /* Validation metrics (classification or regression fields). */
 typedef struct PeftMetrics
 {
@@ -265,7 +281,7 @@ typedef struct PeftEngineApi
 	/* Number of CUDA devices visible, 0 without CUDA or a device. */
 	int			(*cuda_device_count) (void);
 
-	/* Device, precision and idle release of later embed/predict calls. */
+	/* Device, precision, idle release and batch size of later embed/predict calls. */
 	void		(*configure) (const PeftEngineSettings *settings);
 
 	/* Free a buffer the engine returned. */
@@ -316,7 +332,11 @@ typedef struct PeftEngineApi
 									size_t *out_weights_len, char **out_config,
 									PeftError *err);
 
-	/* Sentence embeddings out[n, hidden] of texts, through adapter if not NULL. */
+	/*
+	 * Sentence embeddings out[n, hidden] of texts (in their order), through
+	 * adapter if not NULL; computed in batches of similar length, longest
+	 * first, as sentence-transformers' encode.
+	 */
 	PeftCode	(*embed) (PeftModelHandle *model, PeftAdapterHandle *adapter,
 						  const char *const *texts, const size_t *lengths,
 						  int n, int max_length, float *out, PeftError *err);
@@ -381,6 +401,19 @@ typedef struct PeftEngineApi
 								 uint8_t **weights, size_t *weights_len,
 								 char **config, PeftError *err);
 	void		(*train_free) (PeftTrainJob *job);
+
+	/* Trainable values of a prepared run. */
+	int64_t		(*train_parameters) (PeftTrainJob *job);
+	/*
+	 * Wait for what device has queued, then count its products from zero,
+	 * timing each when time_products (on CUDA that synchronises around
+	 * every product, slowing the run a little).
+	 */
+	PeftCode	(*profile_start) (PeftDevice device, bool time_products, PeftError *err);
+	/* Wait for what device has queued, then what it counted since profile_start. */
+	PeftCode	(*profile_read) (PeftDevice device, PeftProfile *profile, PeftError *err);
+	/* Name of a code, e.g. "format error", for messages. */
+	const char *(*code_name) (PeftCode code);
 } PeftEngineApi;
 
 typedef const PeftEngineApi *(*PeftEngineApiFn) (void);

@@ -3,6 +3,7 @@
  * adapters, embedding, prediction and training runs as opaque handles, so
  * the PostgreSQL side never sees engine internals.
  */
+#define _GNU_SOURCE				/* qsort_r */
 #include "engine_session.h"
 #include "train_config.h"
 
@@ -19,12 +20,18 @@
 #include "network.h"
 #include "trainer.h"
 
-/* Rows per forward pass when embedding or predicting many texts. */
+/* Rows per forward pass when embedding or predicting many texts, unless configured. */
 #define INFERENCE_BATCH 32
+/* The most rows per forward pass (as batch_size's range). */
+#define MAX_INFERENCE_BATCH 4096
 
-/* Where embed and predict compute in this process (session_configure). */
+/* Where embed and predict compute in this process, and in batches of how many (session_configure). */
 static PeftDevice inference_device = PEFT_DEVICE_CPU;
 static PeftPrecision inference_precision = PEFT_PRECISION_FP32;
+static int	inference_batch = INFERENCE_BATCH;
+
+/* Tokens embed and predict computed since profile_start (benchmarks). */
+static int64_t inference_tokens;
 
 struct PeftModelHandle
 {
@@ -55,12 +62,14 @@ struct PeftTrainJob
 	Trainer    *trainer;
 };
 
-/* Device, precision and idle release of later embed/predict calls. */
+/* Device, precision, idle release and batch size of later embed/predict calls. */
 void
 session_configure(const PeftEngineSettings *s)
 {
 	inference_device = s->device;
 	inference_precision = s->precision;
+	inference_batch = s->batch_size < 1 ? INFERENCE_BATCH :
+		s->batch_size > MAX_INFERENCE_BATCH ? MAX_INFERENCE_BATCH : s->batch_size;
 	backend_set_idle_release(s->idle_release_seconds);
 }
 
@@ -296,24 +305,22 @@ session_adapter_close(PeftAdapterHandle *adapter)
 	free(adapter);
 }
 
-/* Tokenise texts[first .. first+count) into a padded batch. */
+/* Tokenise texts[0 .. n) into ds (emptied first), counting their tokens. */
 static PeftCode
-tokenize_batch(const BertModel *bert, const char *const *texts, const size_t *lengths,
-			   int first, int count, int max_length, Dataset *ds,
-			   BatchBuffer *buf, Batch *batch, PeftError *err)
+tokenize_rows(const BertModel *bert, const char *const *texts, const size_t *lengths,
+			  int n, int max_length, Dataset *ds, PeftError *err)
 {
-	uint32_t	idx[INFERENCE_BATCH];
 	PeftCode	rc;
 
 	ds->ntokens = ds->count = 0;
-	for (int i = 0; i < count; i++)
+	for (int i = 0; i < n; i++)
 	{
-		if ((rc = dataset_add(ds, bert->tokenizer, texts[first + i], lengths[first + i],
-							  max_length, 0, 0, err)) != PEFT_OK)
+		if ((rc = dataset_add(ds, bert->tokenizer, texts[i], lengths[i], max_length, 0, 0,
+							  err)) != PEFT_OK)
 			return rc;
-		idx[i] = (uint32_t) i;
+		inference_tokens += ds->rows[i].length;
 	}
-	return dataset_make_batch(ds, idx, count, buf, batch, err);
+	return PEFT_OK;
 }
 
 /* The sequence length limit: the request's, capped by the model. */
@@ -327,20 +334,15 @@ effective_max_length(const BertModel *bert, int max_length)
 	return max_length < limit ? max_length : limit;
 }
 
-/* Sentence embeddings of texts, through adapter when given. */
-PeftCode
-session_embed(PeftModelHandle *model, PeftAdapterHandle *adapter,
-			  const char *const *texts, const size_t *lengths, int n,
-			  int max_length, float *out, PeftError *err)
+/* The network embed computes with: the adapter's, or the model's bare one (made on first use). */
+static PeftCode
+embedding_network(PeftModelHandle *model, PeftAdapterHandle *adapter, Network **net,
+				  PeftError *err)
 {
-	Network    *net;
-	Dataset		ds = {0};
-	BatchBuffer buf = {0};
-	int			C = model->bert->cfg.hidden_size;
-	PeftCode	rc = PEFT_OK;
+	PeftCode	rc;
 
 	if (adapter != NULL)
-		net = adapter->net;
+		*net = adapter->net;
 	else
 	{
 		if (model->bare == NULL)
@@ -350,23 +352,100 @@ session_embed(PeftModelHandle *model, PeftAdapterHandle *adapter,
 			if ((rc = network_create(model->bert, &opts, &model->bare, err)) != PEFT_OK)
 				return rc;
 		}
-		net = model->bare;
+		*net = model->bare;
 	}
-	if ((rc = use_inference_device(net, err)) != PEFT_OK)
-		return rc;
-	max_length = effective_max_length(model->bert, max_length);
-	for (int first = 0; first < n && rc == PEFT_OK; first += INFERENCE_BATCH)
+	return use_inference_device(*net, err);
+}
+
+/* qsort_r comparator of row indices: longer rows first, then input order. */
+static int
+longer_first(const void *a, const void *b, void *data)
+{
+	const Dataset *ds = data;
+	uint32_t	ia = *(const uint32_t *) a;
+	uint32_t	ib = *(const uint32_t *) b;
+	int32_t		la = ds->rows[ia].length;
+	int32_t		lb = ds->rows[ib].length;
+
+	if (la != lb)
+		return la > lb ? -1 : 1;
+	return (ia > ib) - (ia < ib);
+}
+
+/*
+ * Embed the tokenised rows of ds into out (input order), in batches of
+ * rows of similar length, longest first (as sentence-transformers'
+ * encode): less padding, and the largest buffers are made first.
+ */
+static PeftCode
+embed_sorted(Network *net, const Dataset *ds, float *out, PeftError *err)
+{
+	int			n = (int) ds->count;
+	int			C = net->base->cfg.hidden_size;
+	uint32_t   *order = malloc(sizeof(uint32_t) * (n > 0 ? n : 1));
+	float	   *rows = malloc(sizeof(float) * (size_t) inference_batch * C);
+	BatchBuffer buf = {0};
+	PeftCode	rc = PEFT_OK;
+
+	if (order == NULL || rows == NULL)
+		rc = peft_fail(err, PEFT_ERR_NOMEM, "out of memory for embeddings");
+	for (int i = 0; rc == PEFT_OK && i < n; i++)
+		order[i] = (uint32_t) i;
+	if (rc == PEFT_OK)
+		qsort_r(order, n, sizeof(uint32_t), longer_first, (void *) ds);
+	for (int first = 0; rc == PEFT_OK && first < n; first += inference_batch)
 	{
-		int			count = n - first < INFERENCE_BATCH ? n - first : INFERENCE_BATCH;
+		int			count = n - first < inference_batch ? n - first : inference_batch;
 		Batch		batch;
 
-		if ((rc = tokenize_batch(model->bert, texts, lengths, first, count, max_length,
-								 &ds, &buf, &batch, err)) == PEFT_OK)
-			rc = network_embed(net, &batch, out + (size_t) first * C, err);
+		if ((rc = dataset_make_batch(ds, order + first, count, &buf, &batch, err)) != PEFT_OK ||
+			(rc = network_embed(net, &batch, rows, err)) != PEFT_OK)
+			break;
+		for (int i = 0; i < count; i++)
+			memcpy(out + (size_t) order[first + i] * C, rows + (size_t) i * C, sizeof(float) * C);
 	}
 	batch_buffer_free(&buf);
+	free(rows);
+	free(order);
+	return rc;
+}
+
+/* Sentence embeddings of texts, through adapter when given. */
+PeftCode
+session_embed(PeftModelHandle *model, PeftAdapterHandle *adapter,
+			  const char *const *texts, const size_t *lengths, int n,
+			  int max_length, float *out, PeftError *err)
+{
+	Network    *net;
+	Dataset		ds = {0};
+	PeftCode	rc;
+
+	if ((rc = embedding_network(model, adapter, &net, err)) != PEFT_OK)
+		return rc;
+	max_length = effective_max_length(model->bert, max_length);
+	if ((rc = tokenize_rows(model->bert, texts, lengths, n, max_length, &ds, err)) == PEFT_OK)
+		rc = embed_sorted(net, &ds, out, err);
 	dataset_free(&ds);
 	return rc;
+}
+
+/* Each of count rows of K logits in z becomes class probabilities (softmax). */
+static void
+softmax_rows(float *z, int count, int K)
+{
+	for (int i = 0; i < count; i++)
+	{
+		float	   *row = z + (size_t) i * K;
+		float		top = row[0];
+		double		sum = 0;
+
+		for (int k = 1; k < K; k++)
+			top = row[k] > top ? row[k] : top;
+		for (int k = 0; k < K; k++)
+			sum += (row[k] = expf(row[k] - top));
+		for (int k = 0; k < K; k++)
+			row[k] = (float) (row[k] / sum);
+	}
 }
 
 /* Head outputs of texts: class probabilities, or the regression value. */
@@ -378,40 +457,35 @@ session_predict(PeftAdapterHandle *adapter, const char *const *texts,
 	Network    *net = adapter->net;
 	const BertModel *bert = adapter->model->bert;
 	int			K = net->opts.num_labels;
+	uint32_t   *idx = malloc(sizeof(uint32_t) * inference_batch);
 	Dataset		ds = {0};
 	BatchBuffer buf = {0};
 	PeftCode	rc = PEFT_OK;
 
 	if (K < 1)
-		return peft_fail(err, PEFT_ERR_INVALID, "this adapter has no prediction head");
-	if ((rc = use_inference_device(net, err)) != PEFT_OK)
-		return rc;
+		rc = peft_fail(err, PEFT_ERR_INVALID, "this adapter has no prediction head");
+	else if (idx == NULL)
+		rc = peft_fail(err, PEFT_ERR_NOMEM, "out of memory for a batch");
+	else
+		rc = use_inference_device(net, err);
 	max_length = effective_max_length(bert, max_length);
-	for (int first = 0; first < n && rc == PEFT_OK; first += INFERENCE_BATCH)
+	for (int i = 0; rc == PEFT_OK && i < inference_batch; i++)
+		idx[i] = (uint32_t) i;
+	for (int first = 0; first < n && rc == PEFT_OK; first += inference_batch)
 	{
-		int			count = n - first < INFERENCE_BATCH ? n - first : INFERENCE_BATCH;
+		int			count = n - first < inference_batch ? n - first : inference_batch;
 		float	   *z = out + (size_t) first * K;
 		Batch		batch;
 
-		if ((rc = tokenize_batch(bert, texts, lengths, first, count, max_length,
-								 &ds, &buf, &batch, err)) != PEFT_OK ||
+		if ((rc = tokenize_rows(bert, texts + first, lengths + first, count, max_length,
+								&ds, err)) != PEFT_OK ||
+			(rc = dataset_make_batch(&ds, idx, count, &buf, &batch, err)) != PEFT_OK ||
 			(rc = network_forward(net, &batch, false, z, NULL, err)) != PEFT_OK)
 			break;
-		/* softmax per row: probabilities for classification */
-		for (int i = 0; net->opts.task == PEFT_TASK_CLASSIFICATION && i < count; i++)
-		{
-			float	   *row = z + (size_t) i * K;
-			float		top = row[0];
-			double		sum = 0;
-
-			for (int k = 1; k < K; k++)
-				top = row[k] > top ? row[k] : top;
-			for (int k = 0; k < K; k++)
-				sum += (row[k] = expf(row[k] - top));
-			for (int k = 0; k < K; k++)
-				row[k] = (float) (row[k] / sum);
-		}
+		if (net->opts.task == PEFT_TASK_CLASSIFICATION)
+			softmax_rows(z, count, K);
 	}
+	free(idx);
 	batch_buffer_free(&buf);
 	dataset_free(&ds);
 	return rc;
@@ -649,6 +723,60 @@ const char *
 session_train_device(PeftTrainJob *job)
 {
 	return job->net ? job->net->be->name : "none";
+}
+
+/* Trainable values of a prepared run (0 before prepare). */
+int64_t
+session_train_parameters(PeftTrainJob *job)
+{
+	return job->net ? (int64_t) job->net->params.total : 0;
+}
+
+/* The backend a device choice computes on, once what it has queued is done. */
+static PeftCode
+synced_backend(PeftDevice device, Backend **be, PeftError *err)
+{
+	PeftCode	rc;
+
+	if ((rc = backend_for(device, be, err)) != PEFT_OK)
+		return rc;
+	(*be)->ops->enter(*be);
+	(*be)->ops->sync(*be);
+	(*be)->ops->leave(*be);
+	return backend_check(*be, err);
+}
+
+/* Count device's products (and inference tokens) from zero, timing them when asked. */
+PeftCode
+session_profile_start(PeftDevice device, bool time_products, PeftError *err)
+{
+	Backend    *be;
+	PeftCode	rc;
+
+	if ((rc = synced_backend(device, &be, err)) != PEFT_OK)
+		return rc;
+	be->profile = (BackendProfile) {.enabled = time_products};
+	inference_tokens = 0;
+	return PEFT_OK;
+}
+
+/* What device counted since profile_start. */
+PeftCode
+session_profile_read(PeftDevice device, PeftProfile *p, PeftError *err)
+{
+	Backend    *be;
+	PeftCode	rc;
+
+	memset(p, 0, sizeof(*p));
+	if ((rc = synced_backend(device, &be, err)) != PEFT_OK)
+		return rc;
+	snprintf(p->device, sizeof(p->device), "%s", be->name);
+	snprintf(p->precision, sizeof(p->precision), "%s",
+			 be->host_memory ? "fp32" : gemm_precision_name(be->precision));
+	p->flops = be->profile.gemm_flops + be->profile.attention_flops;
+	p->gemm_seconds = be->profile.gemm_seconds;
+	p->tokens = inference_tokens;
+	return PEFT_OK;
 }
 
 /* Validation metrics of the current weights. */

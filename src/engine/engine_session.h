@@ -11,7 +11,7 @@
 #include "network.h"
 #include "trainer.h"
 
-/* Network options of a training configuration (also used by the CLI). */
+/* Network options of a training configuration (also used by tests). */
 PeftCode	session_network_options(const PeftTrainConfig *c, const BertModel *bert,
 									NetworkOptions *o, PeftError *err);
 
@@ -64,5 +64,8 @@ PeftCode	session_train_export(PeftTrainJob *job, const char *base_model,
 								 uint8_t **weights, size_t *weights_len,
 								 char **config, PeftError *err);
 void		session_train_free(PeftTrainJob *job);
+int64_t		session_train_parameters(PeftTrainJob *job);
+PeftCode	session_profile_start(PeftDevice device, bool time_products, PeftError *err);
+PeftCode	session_profile_read(PeftDevice device, PeftProfile *profile, PeftError *err);
 
 #endif

@@ -45,9 +45,9 @@
  * names (the method's), target_modules 0 names (the method's).
  */
 static const PeftOption option_table[] = {
-	INT_OPTION("r", r, 1, 4096, 8, "8", "LoRA rank"),
+	INT_OPTION("r", r, 1, 4096, 8, "8", "LoRA rank (1..4096)"),
 	NUMBER_OPTION("lora_alpha", lora_alpha, 1e-6, 1e6, false, 16, "16",
-				  "scaling numerator: updates are scaled by alpha/r (or alpha/sqrt(r) with use_rslora)"),
+				  "scaling numerator: updates are scaled by alpha/r (or alpha/sqrt(r) with `use_rslora`)"),
 	NUMBER_OPTION("lora_dropout", lora_dropout, 0, 1, true, 0.1, "0.1", "dropout on the adapter's input"),
 	BOOL_OPTION("use_rslora", use_rslora, 0, "rank-stabilised scaling alpha/sqrt(r)"),
 	MODULES_OPTION("target_modules", target_modules, num_targets, 0,

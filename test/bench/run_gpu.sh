@@ -7,16 +7,18 @@
 #             (test/bench/peer_train.py --device cuda); both sides train 10
 #             untimed warm-up steps (peft-engine --warmup 10), then
 #             TRAIN_STEPS timed steps, device-synchronised at both ends
+#             (peft-engine's --max-steps counts the warm-up steps too, so
+#             it is given TRAIN_STEPS + 10: one schedule over both, as the
+#             peer's)
 #   embedding: the same sentences, batch 64 and batch 256, vs
 #             sentence-transformers (peer_embed.py --device cuda, which
 #             warms up on 3 batches).  Both timings include tokenising the
-#             sentences: peft-engine embed runs without --warmup, because
-#             with it its timing leaves the tokenisation out; so its first
-#             batch's one-time costs count against it
+#             sentences: peft-engine embed runs without --warmup, so its
+#             first batch's one-time costs count against it
 #   profile:  peft-engine --profile: achieved TFLOP/s (GEMM + attention
 #             flops over device-synchronised seconds) and the GEMM share of
 #             the time, for training (--warmup 10) and for embedding at
-#             batch 256 (--warmup 3: tokenisation left out)
+#             batch 256 (--warmup 3: one-time costs left out)
 # for each precision in PRECISIONS (fp32 | tf32 | bf16; see peer_train.py
 # for what each means on the PyTorch side).  Prints the machine, the peer
 # versions, any notes, and last a table: measure, peft, peer, ratio.
@@ -266,7 +268,7 @@ COMMON=(--model "$MODEL" --data "$WORK/data.tsv" --threads "$THREADS" --max-leng
 for p in $PRECISIONS; do
 	echo "precision $p:"
 	run "ours_train_$p" "$ENGINE" train "${COMMON[@]}" --precision "$p" --batch-size "$TRAIN_BATCH" \
-		--warmup 10 --max-steps "$STEPS" --validation-fraction 0 --no-group
+		--warmup 10 --max-steps "$((STEPS + 10))" --validation-fraction 0 --no-group
 	run "peer_train_$p" "$PY" test/bench/peer_train.py "$MODEL" "$WORK/data.tsv" --device cuda \
 		--precision "$p" --warmup 10 --steps "$STEPS" --batch-size "$TRAIN_BATCH" --threads "$THREADS"
 	for b in $EMBED_BATCHES; do
@@ -275,7 +277,7 @@ for p in $PRECISIONS; do
 			--precision "$p" --batch-size "$b" --threads "$THREADS"
 	done
 	run "ours_train_${p}_prof" "$ENGINE" train "${COMMON[@]}" --precision "$p" --batch-size "$TRAIN_BATCH" \
-		--warmup 10 --max-steps "$STEPS" --validation-fraction 0 --no-group --profile
+		--warmup 10 --max-steps "$((STEPS + 10))" --validation-fraction 0 --no-group --profile
 	run "ours_embed_${p}_b${PROFILE_EMBED_BATCH}_prof" "$ENGINE" embed "${COMMON[@]}" --precision "$p" \
 		--batch-size "$PROFILE_EMBED_BATCH" --warmup 3 --profile
 done

@@ -5,7 +5,7 @@
  * the wrong kind and one out of range are refused with an error naming the
  * option, the ends of its range are accepted and stored, text (a command
  * line's) parses to the same value, and the README's options table has
- * a row for it with the same default.
+ * its row (key, default and help), as `peft-engine options` prints it.
  */
 #include <math.h>
 #include <setjmp.h>
@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <cmocka.h>
 
 #include "model_config.h"
@@ -169,25 +170,59 @@ test_text(void **state)
 	}
 }
 
-/* The README's options table has a row for every option, with its default. */
-static void
-test_readme_rows(void **state)
+/* The README's text (exits the test on failure); free it. */
+static char *
+read_readme(void)
 {
-	int			count;
-	const PeftOption *options = train_config_options(&count);
 	char	   *readme = NULL;
 	size_t		len = 0;
 	PeftError	err = {0};
 
 	assert_int_equal(read_small_file(source_path("README.md"), 1 << 22, &readme, &len, &err), PEFT_OK);
+	return readme;
+}
+
+/* The README's options table has a row for every option: key, default and help. */
+static void
+test_readme_rows(void **state)
+{
+	int			count;
+	const PeftOption *options = train_config_options(&count);
+	char	   *readme = read_readme();
+
 	for (int i = 0; i < count; i++)
 	{
-		char		row[512];
+		char		row[1024];
 
-		snprintf(row, sizeof(row), "| `%s` | %s |", options[i].key, options[i].default_text);
+		snprintf(row, sizeof(row), "\n| `%s` | %s | %s |\n", options[i].key, options[i].default_text,
+				 options[i].help);
 		if (strstr(readme, row) == NULL)
-			fail_msg("README.md has no options row starting \"%s\"", row);
+			fail_msg("README.md has no options row \"%s\"", row + 1);
 	}
+	free(readme);
+}
+
+/* `peft-engine options` prints the README's options table, as it stands there (skipped unbuilt). */
+static void
+test_cli_options(void **state)
+{
+	char		command[4200];
+	char		out[1 << 16];
+	size_t		len;
+	FILE	   *p;
+	char	   *readme;
+
+	snprintf(command, sizeof(command), "%s options", source_path("peft-engine"));
+	if (access(source_path("peft-engine"), X_OK) != 0)
+		skip();
+	assert_non_null(p = popen(command, "r"));
+	len = fread(out, 1, sizeof(out) - 1, p);
+	assert_int_equal(pclose(p), 0);
+	out[len] = '\0';
+	assert_true(len > 0 && len < sizeof(out) - 1);
+	readme = read_readme();
+	if (strstr(readme, out) == NULL)
+		fail_msg("README.md lacks the table `peft-engine options` prints:\n%s", out);
 	free(readme);
 }
 
@@ -214,6 +249,7 @@ main(void)
 		cmocka_unit_test(test_ranges),
 		cmocka_unit_test(test_text),
 		cmocka_unit_test(test_readme_rows),
+		cmocka_unit_test(test_cli_options),
 		cmocka_unit_test(test_unknown),
 	};
 
