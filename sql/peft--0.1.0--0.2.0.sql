@@ -34,7 +34,7 @@ SELECT a.name, a.version, a.active, a.base_model, a.method, a.task, a.labels,
        (a.metrics->>'train_rows')::bigint AS train_rows,
        (a.metrics->>'valid_rows')::bigint AS valid_rows,
        (a.metrics->>'parameters')::bigint AS parameters,
-       pg_catalog.octet_length(a.weights) AS weights_bytes,
+       pg_catalog.octet_length(a.weights)::bigint AS weights_bytes,
        a.merged, a.job, a.owner, a.created_at
 FROM peft.adapters a;
 COMMENT ON VIEW peft.adapter_versions IS 'adapter versions without their weights, with headline validation metrics';

@@ -644,11 +644,12 @@ SaveAdapter(Job *job, const char *final_metrics, int64 train_rows, int64 valid_r
 	v.labels = job->regression ? NULL : CatalogTextArrayLiteral(job->nlabels, job->labels);
 	v.metrics = psprintf("{\"final\": %s, \"epochs\": [%s], "
 						 "\"train_rows\": %lld, \"valid_rows\": %lld, "
-						 "\"skipped_rows\": %lld, \"train_seconds\": %.3f, "
+						 "\"skipped_rows\": %lld, \"parameters\": %lld, \"train_seconds\": %.3f, "
 						 "\"device\": \"%s\", \"memory\": %s}",
 						 final_metrics, job->epochs.data + 1,
 						 (long long) train_rows, (long long) valid_rows,
-						 (long long) job->skipped, seconds,
+						 (long long) job->skipped, (long long) job->engine->train_parameters(job->train),
+						 seconds,
 						 job->engine->train_device(job->train), MemoryJson(job, true));
 	v.job = job->id;
 	v.owner = job->args.caller;
