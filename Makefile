@@ -140,7 +140,7 @@ peft_engine_cuda.so: $(B)/engine/backend_cuda.o $(CUDA_OBJS) peft_engine.so
 # the CUDA library that peft_engine.so loads from its own folder.
 CLI_CFLAGS = -std=gnu11 -O2 -g -Wall -Wextra -Wno-unused-parameter -Isrc/engine \
              $(shell pkg-config --cflags libcjson) $(SANITIZE)
-peft-engine: src/cli/peft_engine_main.c src/engine/engine_api.h src/engine/status.h peft_engine.so $(CUDA_LIB)
+peft-engine: src/cli/peft_engine_main.c src/engine/engine_api.h src/engine/status.h src/engine/blas_kernels.h peft_engine.so $(CUDA_LIB)
 	$(CC) $(CLI_CFLAGS) -o $@ $< -L. -l:peft_engine.so -Wl,-rpath,'$$ORIGIN' \
 		$(shell pkg-config --libs libcjson) $(SANITIZE)
 

@@ -20,6 +20,7 @@
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 
+#include "blas_kernels.h"
 #include "peft.h"
 
 static const PeftEngineApi *engine = NULL;
@@ -84,6 +85,8 @@ LoadEngineLibrary(const char *path, const char **why)
 		snprintf(n, sizeof(n), "%d", peft_threads);
 		setenv("OPENBLAS_NUM_THREADS", n, 0);
 	}
+	/* and its kernels from the CPU's model, which VMs hide (blas_kernels.h) */
+	(void) peft_blas_choose_kernels();
 
 	handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
 	if (handle == NULL)

@@ -18,7 +18,13 @@
 # install first, or set PEFT_BENCH_INSTALL=1).  PEFT_BITWISE_CLI_ONLY=1
 # trains with the runner alone (no server, nothing installed) and compares
 # only the CLI column (at 0.2.0 the two columns are equal).
+#
+# OpenBLAS's kernels change the last bits of every product, so the runs pin
+# its SSE3 ones (OPENBLAS_CORETYPE=PRESCOTT, which every x86-64 CPU runs;
+# the fingerprints in bitwise-0.2.0.tsv were taken with them) unless
+# OPENBLAS_CORETYPE is set.
 set -euo pipefail
+export OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-PRESCOTT}
 cd "$(dirname "$0")/../.."
 OUT=${1:?usage: test/bench/bitwise.sh OUT.tsv [BEFORE.tsv]}
 BEFORE=${2:-}
