@@ -28,10 +28,23 @@ SELECT peft_train('a', 'tiny', 'reviews', 'body', 'sentiment', options => '{"r":
 SELECT peft_train('a', 'tiny', 'reviews', 'body', 'sentiment', options => '{"r": 0}');
 SELECT peft_train('a', 'tiny', 'reviews', 'body', 'sentiment', options => '{"learning_rate": -1}');
 SELECT peft_train('a', 'tiny', 'reviews', 'body', 'sentiment', options => '{"target_modules": ["nowhere"]}');
+-- Call-time checks that say what to do (hints shown).
+\set VERBOSITY default
+CREATE TABLE scores AS SELECT body, stars, id FROM reviews;
+SELECT peft_train('a', 'tiny', 'scores', 'body', 'stars');
+SELECT peft_train('a', 'tiny', 'scores', 'id', 'stars', task => 'regression');
+SELECT peft_train('a', 'tiny', 'reviews');
+SELECT peft_train('a', 'tiny', 'reviews', 'body');
+SELECT peft_train('a', 'tiny', 'reviews', 'body', 'sentiment', options => '{"num_virtual_tokens": 4}');
+SELECT peft_train('a', 'tiny', 'reviews', 'body', 'sentiment', method => 'ia3', options => '{"r": 4}');
+SELECT peft_train('a', 'tiny', 'reviews', 'body', 'stars', task => 'regression', options => '{"max_classes": 5}');
+\set VERBOSITY terse
 SELECT peft_train('a', 'tiny', 'reviews', 'body', 'sentiment', options => '{"max_length": 100000}');
 SELECT peft_train('a', 'tiny', 'reviews', 'body', 'sentiment', options => '[1, 2]');
 SELECT peft_train('a', 'tiny', 'SELECT body, sentiment FROM reviews WHERE false', 'body', 'sentiment');
 SELECT peft_train('a', 'tiny', 'SELECT body, ''x'' AS sentiment FROM reviews', 'body', 'sentiment');
+-- a query pasted from psql: its trailing comment, semicolon and blanks do not matter
+SELECT peft_train('a', 'tiny', E'SELECT body, ''x'' AS sentiment FROM reviews -- one class\n;  \n', 'body', 'sentiment');
 SELECT peft_train('bad name', 'tiny', 'reviews', 'body', 'sentiment');
 SELECT peft_train('a', 'tiny', 'SELECT body, sentiment FROM reviews) AS peft_data; SELECT 1 FROM (SELECT 1', 'body', 'sentiment');
 SELECT peft_train('a', 'tiny', 'WITH gone AS (DELETE FROM reviews RETURNING *) SELECT body, sentiment FROM gone', 'body', 'sentiment');
@@ -152,3 +165,9 @@ SELECT * FROM peft_predict('sentiment', 'good');
 SELECT peft_drop_adapter('sentiment');
 SELECT peft_cancel(:job);
 RESET ROLE;
+
+-- More distinct labels than max_classes among the rows read fail the job.
+\set VERBOSITY default
+SELECT peft_train('a', 'tiny', 'reviews', 'body', 'sentiment', options => '{"max_classes": 2, "max_steps": 1}',
+                  wait => true);
+\set VERBOSITY terse

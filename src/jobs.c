@@ -12,9 +12,14 @@
  */
 #include "postgres.h"
 
+#include <ctype.h>
+
+
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
+#include "parser/parse_coerce.h"
+#include "utils/lsyscache.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
@@ -99,6 +104,17 @@ MethodNames(const PeftEngineApi *engine)
 	return buf.data;
 }
 
+/* data without trailing whitespace and semicolons (as pasted from psql), in place. */
+char *
+TrimDataText(char *data)
+{
+	size_t		n = strlen(data);
+
+	while (n > 0 && (data[n - 1] == ';' || isspace((unsigned char) data[n - 1])))
+		data[--n] = '\0';
+	return data;
+}
+
 /* True when data looks like a query rather than a table or view name. */
 static bool
 IsQuery(const char *data)
@@ -120,8 +136,9 @@ DataSource(const char *data)
 	List	   *names;
 	RangeVar   *rv;
 
+	/* the newline ends a "--" comment on the query's last line */
 	if (IsQuery(data))
-		return psprintf("(%s)", data);
+		return psprintf("(%s\n)", data);
 	names = stringToQualifiedNameList(data);
 	rv = makeRangeVarFromNameList(names);
 	return rv->schemaname ? quote_qualified_identifier(rv->schemaname, rv->relname)
@@ -137,38 +154,94 @@ DataQuery(const char *data, const char *input, const char *label, bool regressio
 					regression ? "float8" : "text", DataSource(data));
 }
 
-/* Check data, its columns and its rows as the caller, before queuing anything. */
-static void
-CheckData(const char *data, const char *input, const char *label, bool regression)
+/*
+ * Data's columns as the caller sees them (one read-only SELECT, as the
+ * worker's cursor needs: a data text that smuggles in a second statement
+ * after a ";" is refused here; read-only execution refuses writes).
+ */
+static TupleDesc
+DataColumns(const char *data)
 {
-	char	   *plain = psprintf("SELECT peft_data.%s, peft_data.%s FROM %s AS peft_data LIMIT 0",
-								 quote_identifier(input), quote_identifier(label),
-								 DataSource(data));
-	char	   *query = DataQuery(data, input, label, regression);
-	SPIPlanPtr	plan;
-	Oid			label_type;
-	char	   *first;
+	SPIPlanPtr	plan = SPI_prepare(psprintf("SELECT peft_data.* FROM %s AS peft_data LIMIT 0",
+											DataSource(data)), 0, NULL);
 
-	/* columns and privileges: errors come out as the caller would get them */
-	/*
-	 * One read-only SELECT, as the worker's cursor needs: a data text that
-	 * smuggles in a second statement after a ";" is refused here (read-only
-	 * execution already refuses anything that writes).
-	 */
-	plan = SPI_prepare(plain, 0, NULL);
-	if (plan == NULL || !SPI_is_cursor_plan(plan))
+	if (plan == NULL || !SPI_is_cursor_plan(plan) ||
+		SPI_execute_plan(plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
 		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 						errmsg("data must be a table, a view or a single SELECT query")));
-	if (SPI_execute_plan(plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
-		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-						errmsg("data must be a table, a view or a single SELECT query")));
-	label_type = SPI_gettypeid(SPI_tuptable->tupdesc, 2);
-	if (regression && label_type != INT2OID && label_type != INT4OID && label_type != INT8OID &&
-		label_type != FLOAT4OID && label_type != FLOAT8OID && label_type != NUMERICOID)
+	return SPI_tuptable->tupdesc;
+}
+
+/* The type of column name of desc; ERROR naming the argument that chose it when absent. */
+static Oid
+DataColumnType(TupleDesc desc, const char *name, const char *argument)
+{
+	StringInfoData names;
+
+	initStringInfo(&names);
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (att->attisdropped)
+			continue;
+		if (strcmp(NameStr(att->attname), name) == 0)
+			return att->atttypid;
+		appendStringInfo(&names, "%s%s", names.len ? ", " : "", quote_identifier(NameStr(att->attname)));
+	}
+	ereport(ERROR,
+			(errcode(ERRCODE_UNDEFINED_COLUMN),
+			 errmsg("data has no column \"%s\"", name),
+			 errdetail("Its columns are: %s.", names.len ? names.data : "(none)"),
+			 errhint("Name the %s column with %s => 'column' (the default is '%s').",
+					 argument, argument, argument)));
+	return InvalidOid;
+}
+
+/*
+ * Check the types of the input and label columns: the input text-like (a
+ * cast in a query otherwise), a regression label a number, a
+ * classification label not a float (a classifier with a class per value).
+ */
+static void
+CheckDataTypes(const char *data, const char *input, const char *label, bool regression)
+{
+	TupleDesc	desc = DataColumns(data);
+	Oid			input_type = DataColumnType(desc, input, "input");
+	Oid			label_type = DataColumnType(desc, label, "label");
+	bool		integer = label_type == INT2OID || label_type == INT4OID || label_type == INT8OID;
+	bool		fractional = label_type == FLOAT4OID || label_type == FLOAT8OID || label_type == NUMERICOID;
+
+	if (TypeCategory(getBaseType(input_type)) != TYPCATEGORY_STRING)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("input column \"%s\" has type %s, but the input must be text",
+						input, format_type_be(input_type)),
+				 errhint("Cast it in a query: data => 'SELECT %s::text AS %s, ... FROM ...'.",
+						 quote_identifier(input), quote_identifier(input))));
+	if (regression && !integer && !fractional)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATATYPE_MISMATCH),
 				 errmsg("label column \"%s\" has type %s, but regression needs a number",
 						label, format_type_be(label_type))));
+	if (!regression && fractional)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("label column \"%s\" has type %s, but classification needs class names",
+						label, format_type_be(label_type)),
+				 errdetail("Each distinct value would become a class of its own."),
+				 errhint("To predict the number, use task => 'regression'; for classes, "
+						 "cast the label to text in a query.")));
+}
+
+/* Check data, its columns and its rows as the caller, before queuing anything. */
+static void
+CheckData(const char *data, const char *input, const char *label, bool regression)
+{
+	char	   *query = DataQuery(data, input, label, regression);
+	char	   *first;
+
+	CheckDataTypes(data, input, label, regression);
 
 	/* at least one usable row, and for classification two classes */
 	if (SPI_execute(psprintf("SELECT q.* FROM (%s) q WHERE q IS NOT NULL LIMIT 1", query),
@@ -399,7 +472,7 @@ TrainFields(FunctionCallInfo fcinfo, char **fields, PeftTrainConfig *parsed)
 
 	fields[JOB_ADAPTER] = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	fields[JOB_BASE_MODEL] = text_to_cstring(PG_GETARG_TEXT_PP(1));
-	fields[JOB_DATA] = text_to_cstring(PG_GETARG_TEXT_PP(2));
+	fields[JOB_DATA] = TrimDataText(text_to_cstring(PG_GETARG_TEXT_PP(2)));
 	fields[JOB_INPUT] = text_to_cstring(PG_GETARG_TEXT_PP(3));
 	fields[JOB_LABEL] = text_to_cstring(PG_GETARG_TEXT_PP(4));
 	fields[JOB_TASK] = text_to_cstring(PG_GETARG_TEXT_PP(5));
@@ -427,8 +500,9 @@ TrainFields(FunctionCallInfo fcinfo, char **fields, PeftTrainConfig *parsed)
 															  peft_precision_words[peft_precision]))),
 												 JsonbPGetDatum(options)));
 	fields[JOB_OPTIONS] = JsonbToCString(NULL, &options->root, VARSIZE(options));
-	ParseTrainOptions(options, engine, parsed);
-	parsed->methods = methods;
+	ParseTrainOptions(options, engine, methods,
+					  strcmp(fields[JOB_TASK], "regression") == 0 ? PEFT_TASK_REGRESSION :
+					  PEFT_TASK_CLASSIFICATION, parsed);
 	if (parsed->device == PEFT_DEVICE_CUDA && engine->cuda_device_count() == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),

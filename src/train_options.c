@@ -106,9 +106,23 @@ ApplyOption(PeftTrainConfig *config, const char *key, JsonbValue *v, const PeftE
 			 errmsg("%s", err.message)));
 }
 
+/* ERROR unless option key applies to methods and task (its hint: where it does). */
+static void
+CheckOptionApplies(const char *key, const PeftEngineApi *engine, unsigned methods, PeftTask task)
+{
+	PeftError	err = {0};
+
+	if (engine->option_applies(key, methods, task, &err) != PEFT_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s", err.message),
+				 errhint("Leave it out, or choose a method => or task => it applies to.")));
+}
+
 /* Parse and check options over the engine's defaults and the session's settings. */
 void
-ParseTrainOptions(Jsonb *options, const PeftEngineApi *engine, PeftTrainConfig *out)
+ParseTrainOptions(Jsonb *options, const PeftEngineApi *engine, unsigned methods, PeftTask task,
+				  PeftTrainConfig *out)
 {
 	JsonbIterator *it;
 	JsonbValue	v;
@@ -130,6 +144,11 @@ ParseTrainOptions(Jsonb *options, const PeftEngineApi *engine, PeftTrainConfig *
 		if (tok == WJB_KEY)
 			key = pnstrdup(v.val.string.val, v.val.string.len);
 		else if (tok == WJB_VALUE)
+		{
 			ApplyOption(out, key, &v, engine);
+			CheckOptionApplies(key, engine, methods, task);
+		}
 	}
+	out->methods = methods;
+	out->task = task;
 }

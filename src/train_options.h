@@ -10,8 +10,12 @@
 
 #include "peft.h"
 
-/* Parse and check options over the engine's defaults; ERROR on any bad key. */
-extern void ParseTrainOptions(Jsonb *options, const PeftEngineApi *engine,
-							  PeftTrainConfig *out);
+/*
+ * Parse and check options over the engine's defaults for a run of methods
+ * (PEFT_METHOD_* bits) and task; ERROR on any bad key, value, or option
+ * that does not apply to them.
+ */
+extern void ParseTrainOptions(Jsonb *options, const PeftEngineApi *engine, unsigned methods,
+							  PeftTask task, PeftTrainConfig *out);
 
 #endif

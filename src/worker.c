@@ -304,6 +304,7 @@ static void
 OpenModel(Job *job)
 {
 	Jsonb	   *options;
+	unsigned	methods;
 	PeftModelInfo info;
 	PeftError	err = {0};
 	CatalogModel *row;
@@ -319,12 +320,11 @@ OpenModel(Job *job)
 	peft_threads = threads < 1 ? 1 : threads;
 	job->engine = PeftEngine();
 	options = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(job->fields[JOB_OPTIONS])));
-	ParseTrainOptions(options, job->engine, &job->config);
-	if (job->engine->parse_method(job->fields[JOB_METHOD], &job->config.methods,
-								  &err) != PEFT_OK)
+	if (job->engine->parse_method(job->fields[JOB_METHOD], &methods, &err) != PEFT_OK)
 		PeftRaiseEngineError(&err);
 	job->regression = strcmp(job->fields[JOB_TASK], "regression") == 0;
-	job->config.task = job->regression ? PEFT_TASK_REGRESSION : PEFT_TASK_CLASSIFICATION;
+	ParseTrainOptions(options, job->engine, methods,
+					  job->regression ? PEFT_TASK_REGRESSION : PEFT_TASK_CLASSIFICATION, &job->config);
 	job->config.memory_limit = (size_t) peft_max_train_memory * 1024;
 	if (job->engine->model_open(job->model_path, &job->model, &info, &err) != PEFT_OK)
 		PeftRaiseEngineError(&err);

@@ -30,9 +30,11 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <cjson/cJSON.h>
 
+#include "blas_kernels.h"
 #include "engine_api.h"
 
 /* Tokens per row of predict and embed unless --max-length (training's default). */
@@ -98,7 +100,7 @@ typedef struct OptionFlag
 enum
 {
 	FLAG_MODEL = 1, FLAG_DATA, FLAG_OUT, FLAG_ADAPTER, FLAG_THREADS, FLAG_JSON, FLAG_PRINT,
-	FLAG_PROFILE, FLAG_WARMUP, FLAG_MERGE, FLAG_METHOD, FLAG_TASK, FLAG_OPTION = 1000
+	FLAG_PROFILE, FLAG_WARMUP, FLAG_MERGE, FLAG_METHOD, FLAG_TASK, FLAG_HELP, FLAG_OPTION = 1000
 };
 
 static const struct option runner_flags[] = {
@@ -114,6 +116,7 @@ static const struct option runner_flags[] = {
 	{"merge", no_argument, NULL, FLAG_MERGE},
 	{"method", required_argument, NULL, FLAG_METHOD},
 	{"task", required_argument, NULL, FLAG_TASK},
+	{"help", no_argument, NULL, FLAG_HELP},
 };
 #define NUM_RUNNER_FLAGS (sizeof(runner_flags) / sizeof(runner_flags[0]))
 
@@ -173,13 +176,13 @@ die(const char *what, const char *path)
 
 /* The option flags' names, wrapped, for the usage text. */
 static void
-print_option_flags(void)
+print_option_flags(FILE *f)
 {
 	int			count;
 	const PeftOption *options = api->options(&count);
 	int			column = 8;
 
-	fprintf(stderr, "training options (`peft-engine options` lists them; true/false flags\n"
+	fprintf(f, "training options (`peft-engine options` lists them; true/false flags\n"
 			"take `--flag` or `--flag=false`):\n       ");
 	for (int i = 0; i < count; i++)
 	{
@@ -187,35 +190,50 @@ print_option_flags(void)
 
 		if (column + width > 78)
 		{
-			fprintf(stderr, "\n       ");
+			fprintf(f, "\n       ");
 			column = 8;
 		}
-		fprintf(stderr, " --");
+		fprintf(f, " --");
 		for (const char *c = options[i].key; *c; c++)
-			fputc(*c == '_' ? '-' : *c, stderr);
+			fputc(*c == '_' ? '-' : *c, f);
 		column += width;
 	}
-	fprintf(stderr, "\n");
+	fprintf(f, "\n");
 }
 
-/* Print a usage error and exit. */
+/* The method names from the method table, as "a|b|...". */
+static void
+print_method_names(FILE *f)
+{
+	int			count;
+	const PeftMethodInfo *methods = api->methods(&count);
+
+	for (int i = 0; i < count; i++)
+		fprintf(f, "%s%s", i ? "|" : "", methods[i].name);
+}
+
+/* Print the usage (to stderr after msg, a usage error: exit 2; else to stdout: exit 0). */
 static void
 usage(const char *msg)
 {
+	FILE	   *f = msg ? stderr : stdout;
+
 	if (msg)
-		fprintf(stderr, "peft-engine: %s\n", msg);
-	fprintf(stderr,
+		fprintf(f, "peft-engine: %s\n", msg);
+	fprintf(f,
 			"usage: peft-engine train   --model DIR --data FILE --out DIR [options]\n"
 			"       peft-engine predict --model DIR --adapter DIR --data FILE [--merge]\n"
 			"       peft-engine embed   --model DIR [--adapter DIR] --data FILE [--print]\n"
 			"       peft-engine options\n"
-			"runner: --method lora|dora|ia3|bitfit|adapter|prompt|prefix|A+B\n"
+			"runner: --method ");
+	print_method_names(f);
+	fprintf(f, "|A+B\n"
 			"        --task classification|regression --threads N --json --profile\n"
 			"        --warmup N (untimed steps or batches first) --device (default cpu)\n"
 			"aliases: --lr --alpha --targets --feedforward --grad-accum --schedule\n"
 			"         --virtual-tokens --rslora --no-group --houlsby\n");
-	print_option_flags();
-	exit(2);
+	print_option_flags(f);
+	exit(msg ? 2 : 0);
 }
 
 /* Grow rows' arrays when full. */
@@ -839,6 +857,8 @@ parse_flags(int argc, char **argv, Options *o)
 	struct option *longopts = build_flags(&flags);
 	PeftError	err = {0};
 	int			c;
+	const char *given[256];
+	int			ngiven = 0;
 
 	while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1)
 	{
@@ -848,12 +868,19 @@ parse_flags(int argc, char **argv, Options *o)
 			const char *text = f->value ? f->value : optarg ? optarg : "true";
 
 			die_on(api->option_parse(&o->config, f->key, text, &err), &err);
+			if (ngiven < 256)
+				given[ngiven++] = f->key;
 		}
-		else if (!runner_flag(o, c, optarg))
+		else if (c == FLAG_HELP)
 			usage(NULL);
+		else if (!runner_flag(o, c, optarg))
+			usage("unknown flag (--help lists them)");
 	}
 	if (optind < argc)
 		usage("unexpected argument (a true/false flag takes --flag=VALUE)");
+	/* as peft_train: an option given for a method or task it does not apply to is an error */
+	for (int i = 0; i < ngiven; i++)
+		die_on(api->option_applies(given[i], o->config.methods, o->config.task, &err), &err);
 }
 
 /* Entry point: peft-engine COMMAND [options]. */
@@ -866,6 +893,12 @@ main(int argc, char **argv)
 	PeftError	err = {0};
 	const char *command;
 
+	/* OpenBLAS has chosen its kernels by now: start again with the right ones (blas_kernels.h) */
+	if (peft_blas_choose_kernels())
+	{
+		execv("/proc/self/exe", argv);
+		unsetenv("OPENBLAS_CORETYPE");	/* no /proc: go on with OpenBLAS's choice */
+	}
 	api = peft_engine_api();
 	if (api->abi_version != PEFT_ENGINE_ABI_VERSION)
 	{
@@ -874,8 +907,10 @@ main(int argc, char **argv)
 		return 1;
 	}
 	if (argc < 2)
-		usage(NULL);
+		usage("no command");
 	command = argv[1];
+	if (strcmp(command, "--help") == 0 || strcmp(command, "help") == 0)
+		usage(NULL);
 	api->train_config_default(&o.config);
 	o.config.device = PEFT_DEVICE_CPU;	/* the runner's default, as peft.device is the server's */
 	parse_flags(argc - 1, argv + 1, &o);

@@ -93,6 +93,7 @@ static const PeftEngineApi engine_api = {
 	.options = train_config_options,
 	.option_set = train_config_set,
 	.option_parse = train_config_parse,
+	.option_applies = train_config_applies,
 	.methods = method_table,
 	.train_begin = session_train_begin,
 	.train_add_row = session_train_add_row,

@@ -22,7 +22,7 @@
 
 #include "status.h"
 
-#define PEFT_ENGINE_ABI_VERSION 7
+#define PEFT_ENGINE_ABI_VERSION 8
 #define PEFT_ENGINE_SYMBOL "peft_engine_api"
 
 typedef struct PeftModelHandle PeftModelHandle;		/* a loaded base model */
@@ -158,6 +158,7 @@ typedef struct PeftTrainConfig
 	PeftAdapterPlacement adapter_placement;
 	int			num_virtual_tokens;	/* prompt and prefix tuning */
 	bool		group_by_length;	/* batches of similar lengths (less padding) */
+	int			max_classes;	/* classification: most distinct labels */
 	bool		activate;		/* the SQL layer's: make the new version active */
 } PeftTrainConfig;
 
@@ -191,6 +192,8 @@ typedef struct PeftOption
 	double		default_value;	/* INT, NUMBER, BOOL, WORD (the index) */
 	const char *default_text;	/* the default as people read it */
 	const char *help;			/* one line */
+	unsigned	methods;		/* PEFT_METHOD_* bits it applies to; 0: every method */
+	unsigned	tasks;			/* bits 1 << PeftTask it applies to; 0: every task */
 } PeftOption;
 
 /* A value for an option, as the caller has it (JSON, a command line). */
@@ -367,6 +370,13 @@ typedef struct PeftEngineApi
 	 */
 	PeftCode	(*option_parse) (PeftTrainConfig *config, const char *key,
 								 const char *text, PeftError *err);
+	/*
+	 * Check that option key (given explicitly) applies to the methods
+	 * (PEFT_METHOD_* bits) and task of a run: an error names those it
+	 * applies to.
+	 */
+	PeftCode	(*option_applies) (const char *key, unsigned methods, PeftTask task,
+								   PeftError *err);
 	/* The method table: *count rows. */
 	const PeftMethodInfo *(*methods) (int *count);
 	/* Start a run: rows are added next. */

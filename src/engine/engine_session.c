@@ -660,6 +660,11 @@ session_train_prepare(PeftTrainJob *job, int num_labels, const int *label_map,
 		num_labels = 1;
 	else if (num_labels < 2)
 		return peft_fail(err, PEFT_ERR_INVALID, "classification needs at least two classes");
+	else if (c->max_classes > 0 && num_labels > c->max_classes)
+		return peft_fail(err, PEFT_ERR_INVALID,
+						 "the rows have %d distinct labels, more than max_classes (%d): a classifier "
+						 "with a class per value; for a number to predict, train with task regression",
+						 num_labels, c->max_classes);
 	for (size_t i = 0; i < job->data.count; i++)
 	{
 		Example    *ex = &job->data.rows[i];

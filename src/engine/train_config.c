@@ -17,22 +17,34 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "method_table.h"
 #include "words.h"
 
-/* The offset and size of a PeftTrainConfig field. */
-#define FIELD(f) offsetof(PeftTrainConfig, f), sizeof(((PeftTrainConfig *) 0)->f)
+/* Where a PeftTrainConfig field is and its size, as designated initializers. */
+#define FIELD(f) .offset = offsetof(PeftTrainConfig, f), .size = sizeof(((PeftTrainConfig *) 0)->f)
 
-/* Rows of the table, by kind (range and default as numbers, then as people read them). */
-#define INT_OPTION(key, f, lo, hi, def, deftext, help) \
-	{key, PEFT_OPTION_INT, lo, hi, false, NULL, FIELD(f), 0, def, deftext, help}
-#define NUMBER_OPTION(key, f, lo, hi, open, def, deftext, help) \
-	{key, PEFT_OPTION_NUMBER, lo, hi, open, NULL, FIELD(f), 0, def, deftext, help}
-#define BOOL_OPTION(key, f, def, help) \
-	{key, PEFT_OPTION_BOOL, 0, 1, false, NULL, FIELD(f), 0, def, (def) ? "true" : "false", help}
-#define WORD_OPTION(key, f, words, def, deftext, help) \
-	{key, PEFT_OPTION_WORD, 0, 0, false, words, FIELD(f), 0, def, deftext, help}
-#define MODULES_OPTION(key, f, count, def, deftext, help) \
-	{key, PEFT_OPTION_MODULES, 0, 0, false, NULL, FIELD(f), offsetof(PeftTrainConfig, count), def, deftext, help}
+/*
+ * Rows of the table, by kind (range and default as numbers, then as people
+ * read them); a row may end with .methods and .tasks, what it applies to.
+ */
+#define INT_OPTION(k, f, lo, hi, def, deftext, h, ...) \
+	{.key = k, .type = PEFT_OPTION_INT, .min = lo, .max = hi, FIELD(f), .default_value = def, \
+	 .default_text = deftext, .help = h, __VA_ARGS__}
+#define NUMBER_OPTION(k, f, lo, hi, open, def, deftext, h, ...) \
+	{.key = k, .type = PEFT_OPTION_NUMBER, .min = lo, .max = hi, .max_open = open, FIELD(f), \
+	 .default_value = def, .default_text = deftext, .help = h, __VA_ARGS__}
+#define BOOL_OPTION(k, f, def, h, ...) \
+	{.key = k, .type = PEFT_OPTION_BOOL, .min = 0, .max = 1, FIELD(f), .default_value = def, \
+	 .default_text = (def) ? "true" : "false", .help = h, __VA_ARGS__}
+#define WORD_OPTION(k, f, w, def, deftext, h, ...) \
+	{.key = k, .type = PEFT_OPTION_WORD, .words = w, FIELD(f), .default_value = def, \
+	 .default_text = deftext, .help = h, __VA_ARGS__}
+#define MODULES_OPTION(k, f, count, def, deftext, h, ...) \
+	{.key = k, .type = PEFT_OPTION_MODULES, FIELD(f), .count_offset = offsetof(PeftTrainConfig, count), \
+	 .default_value = def, .default_text = deftext, .help = h, __VA_ARGS__}
+
+#define LORA_FAMILY (PEFT_METHOD_LORA | PEFT_METHOD_DORA)
+#define CLASSIFICATION (1u << PEFT_TASK_CLASSIFICATION)
 
 /* Most module names an option takes (the size of the arrays in PeftTrainConfig). */
 #define MAX_MODULES 16
@@ -45,16 +57,17 @@
  * names (the method's), target_modules 0 names (the method's).
  */
 static const PeftOption option_table[] = {
-	INT_OPTION("r", r, 1, 4096, 8, "8", "LoRA rank (1..4096)"),
+	INT_OPTION("r", r, 1, 4096, 8, "8", "LoRA rank (1..4096)", .methods = LORA_FAMILY),
 	NUMBER_OPTION("lora_alpha", lora_alpha, 1e-6, 1e6, false, 16, "16",
-				  "scaling numerator: updates are scaled by alpha/r (or alpha/sqrt(r) with `use_rslora`)"),
-	NUMBER_OPTION("lora_dropout", lora_dropout, 0, 1, true, 0.1, "0.1", "dropout on the adapter's input"),
-	BOOL_OPTION("use_rslora", use_rslora, 0, "rank-stabilised scaling alpha/sqrt(r)"),
+				  "scaling numerator: updates are scaled by alpha/r (or alpha/sqrt(r) with `use_rslora`)", .methods = LORA_FAMILY),
+	NUMBER_OPTION("lora_dropout", lora_dropout, 0, 1, true, 0.1, "0.1", "dropout on the adapter's input", .methods = LORA_FAMILY),
+	BOOL_OPTION("use_rslora", use_rslora, 0, "rank-stabilised scaling alpha/sqrt(r)", .methods = LORA_FAMILY),
 	MODULES_OPTION("target_modules", target_modules, num_targets, 0,
 				   "`[\"query\", \"value\"]`; (IA)^3: `[\"key\", \"value\", \"output.dense\"]`",
 				   "linear layers to adapt, matched like Hugging Face PEFT (exact name or dotted suffix, "
 				   "so `output.dense` names both dense outputs): `query`, `key`, `value`, "
-				   "`attention.output.dense`, `intermediate.dense`, `output.dense`, `dense`"),
+				   "`attention.output.dense`, `intermediate.dense`, `output.dense`, `dense`",
+				   .methods = LORA_FAMILY | PEFT_METHOD_IA3),
 	INT_OPTION("epochs", epochs, 1, 10000, 3, "3", "passes over the training rows"),
 	INT_OPTION("max_steps", max_steps, 1, 2147483647, 0, "none",
 			   "stop after this many optimizer steps instead (Hugging Face's `max_steps`: it replaces "
@@ -83,19 +96,24 @@ static const PeftOption option_table[] = {
 				  "dropout inside the frozen model while training"),
 	INT_OPTION("seed", seed, 0, 2147483647, 42, "42", "initialisation, dropout, split and batch order"),
 	MODULES_OPTION("feedforward_modules", feedforward_modules, num_feedforward, -1, "`[\"output.dense\"]`",
-				   "(IA)^3: the modules whose input (not output) is scaled"),
+				   "(IA)^3: the modules whose input (not output) is scaled", .methods = PEFT_METHOD_IA3),
 	INT_OPTION("reduction_factor", reduction_factor, 1, 4096, 16, "16",
-			   "`adapter`: bottleneck width = hidden size / this"),
+			   "`adapter`: bottleneck width = hidden size / this", .methods = PEFT_METHOD_ADAPTER),
 	INT_OPTION("num_virtual_tokens", num_virtual_tokens, 1, 256, 8, "8",
-			   "`prompt`, `prefix`: virtual tokens (prompt tuning) or prefixes per layer (prefix tuning)"),
+			   "`prompt`, `prefix`: virtual tokens (prompt tuning) or prefixes per layer (prefix tuning)",
+			   .methods = PEFT_METHOD_PROMPT | PEFT_METHOD_PREFIX),
 	WORD_OPTION("adapter_placement", adapter_placement, peft_placement_words, PEFT_PLACEMENT_PFEIFFER,
-				"`pfeiffer`", "`adapter`: `pfeiffer` (after the feed-forward) or `houlsby` (after attention too)"),
+				"`pfeiffer`", "`adapter`: `pfeiffer` (after the feed-forward) or `houlsby` (after attention too)",
+				.methods = PEFT_METHOD_ADAPTER),
 	WORD_OPTION("device", device, peft_device_words, PEFT_DEVICE_AUTO, "`peft.device`",
 				"`auto` (CUDA when the engine has it and a device is visible, else the CPU), `cpu` or "
 				"`cuda` (an error where no device is usable); the job's `metrics` record the one used"),
 	WORD_OPTION("precision", precision, peft_precision_words, PEFT_PRECISION_FP32, "`peft.precision`",
 				"matrix products on CUDA: `fp32`, `tf32` (tensor cores) or `bf16` (BF16 operands); both "
 				"accumulate in FP32 and keep FP32 adapter weights; the CPU always computes in FP32"),
+	INT_OPTION("max_classes", max_classes, 2, 100000, 100, "100",
+			   "classification: most distinct labels among the rows read (more is an error: a numeric "
+			   "label may want `task => 'regression'`)", .tasks = CLASSIFICATION),
 	BOOL_OPTION("activate", activate, 1, "make the new version the active one"),
 };
 
@@ -115,6 +133,48 @@ train_config_find(const char *key)
 		if (strcmp(option_table[i].key, key) == 0)
 			return &option_table[i];
 	return NULL;
+}
+
+/* The methods of bits as "a, b or c" into buf. */
+static const char *
+methods_or_list(unsigned bits, char *buf, size_t len)
+{
+	int			count;
+	const PeftMethodInfo *m = method_table(&count);
+	int			left = 0;
+
+	for (int k = 0; k < count; k++)
+		left += (bits & m[k].bit) != 0;
+	buf[0] = '\0';
+	for (int k = 0; k < count; k++)
+		if (bits & m[k].bit)
+		{
+			left--;
+			snprintf(buf + strlen(buf), len - strlen(buf), "%s%s", m[k].name,
+					 left > 1 ? ", " : left == 1 ? " or " : "");
+		}
+	return buf;
+}
+
+/* Check that option key, given explicitly, applies to a run's methods and task. */
+PeftCode
+train_config_applies(const char *key, unsigned methods, PeftTask task, PeftError *err)
+{
+	const PeftOption *o = train_config_find(key);
+	char		names[128];
+	char		given[64];
+
+	if (o == NULL)
+		return peft_fail(err, PEFT_ERR_INVALID, "unknown option \"%s\"", key);
+	if (o->methods && !(o->methods & methods))
+		return peft_fail(err, PEFT_ERR_INVALID,
+						 "option \"%s\" does not apply to method %s: it applies to %s", key,
+						 adapter_methods_name(methods, given, sizeof(given)),
+						 methods_or_list(o->methods, names, sizeof(names)));
+	if (o->tasks && !(o->tasks & (1u << task)))
+		return peft_fail(err, PEFT_ERR_INVALID, "option \"%s\" does not apply to task %s: it applies to %s",
+						 key, peft_task_words[task], peft_task_words[o->tasks & 1 ? 0 : 1]);
+	return PEFT_OK;
 }
 
 /* Store a number in an option's field, whatever its C type (by its size and type). */

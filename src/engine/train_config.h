@@ -16,6 +16,8 @@ void		train_config_default(PeftTrainConfig *c);
 /* Check a value against option key's type and range and store it. */
 PeftCode	train_config_set(PeftTrainConfig *c, const char *key, const PeftOptionValue *v,
 							 PeftError *err);
+/* Check that option key, given explicitly, applies to a run's methods and task. */
+PeftCode	train_config_applies(const char *key, unsigned methods, PeftTask task, PeftError *err);
 /* The same from text (a command line); module lists are comma-separated. */
 PeftCode	train_config_parse(PeftTrainConfig *c, const char *key, const char *text,
 							   PeftError *err);
