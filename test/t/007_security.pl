@@ -315,8 +315,8 @@ my %attacks = (
 		qr/data must be a table, a view or a single SELECT query/],
 	'a data-modifying WITH' => ['inj7', 'WITH d AS (DELETE FROM victim RETURNING 1) SELECT body, sentiment FROM small',
 		'body', 'sentiment', qr/ERROR:  WITH clause containing a data-modifying statement must be at the top level/],
-	'SQL in the input column' => ['inj3', 'small', 'body) FROM small; DROP TABLE victim; --', 'sentiment', qr/column .* does not exist/],
-	'SQL in the label column' => ['inj4', 'small', 'body', 'sentiment::text FROM small; DROP TABLE victim; --', qr/column .* does not exist/],
+	'SQL in the input column' => ['inj3', 'small', 'body) FROM small; DROP TABLE victim; --', 'sentiment', qr/data has no column "body\) FROM small; DROP TABLE victim; --"/],
+	'SQL in the label column' => ['inj4', 'small', 'body', 'sentiment::text FROM small; DROP TABLE victim; --', qr/data has no column "sentiment::text FROM small; DROP TABLE victim; --"/],
 	'a quote in a quoted table name' => ['inj5', '"small""; DROP TABLE victim; --"', 'body', 'sentiment', qr/does not exist/],
 	'SQL in the adapter name' => ["x'; DROP TABLE victim; --", 'small', 'body', 'sentiment', qr/invalid adapter name/],
 );
