@@ -82,6 +82,10 @@ FROM peft_predict('sentiment', ARRAY['it good hotel', NULL, 'food terrible room'
 SELECT count(*) FILTER (WHERE p.label = r.sentiment)::float8 / count(*) > 0.95 AS agrees
 FROM reviews r, LATERAL peft_predict('sentiment', r.body) p WHERE r.body IS NOT NULL;
 SELECT * FROM peft_predict('unknown', 'text');
+-- A NULL input: one row of NULLs, as in the array form (a LATERAL call keeps its row).
+SELECT label IS NULL AS null_label, score IS NULL AS null_score FROM peft_predict('sentiment', NULL::text);
+SELECT r.id, p.label IS NULL AS null_label FROM reviews r, LATERAL peft_predict('sentiment', r.body) p
+WHERE r.id = 1001;
 
 -- Embeddings through the adapter differ from the bare model's.
 SELECT peft_embed('tiny', 'good film', 'sentiment') <> peft_embed('tiny', 'good film') AS adapted;

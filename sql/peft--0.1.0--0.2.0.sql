@@ -41,3 +41,18 @@ COMMENT ON VIEW peft.adapter_versions IS 'adapter versions without their weights
 COMMENT ON COLUMN peft.adapter_versions.accuracy IS 'classification: validation accuracy after training (NULL for imported versions)';
 COMMENT ON COLUMN peft.adapter_versions.parameters IS 'trainable parameters of the adapter and head';
 GRANT SELECT ON peft.adapter_versions TO PUBLIC;
+
+-- A NULL input of the single-row peft_predict gives one row of NULLs (it gave none).
+ALTER FUNCTION peft_predict(text, text) CALLED ON NULL INPUT;
+
+-- Sentence embeddings of many texts in batches; ord is the 1-based position
+-- in inputs (a NULL element: a NULL embedding).
+CREATE FUNCTION peft_embed(model text, inputs text[], adapter text DEFAULT NULL)
+    RETURNS TABLE(ord int, embedding real[])
+    AS 'MODULE_PATHNAME', 'peft_embed_array'
+    LANGUAGE C VOLATILE CALLED ON NULL INPUT;
+
+-- Cosine similarity of two vectors, in double precision; NULL when either is all zeros.
+CREATE FUNCTION peft_cosine(a real[], b real[]) RETURNS float8
+    AS 'MODULE_PATHNAME', 'peft_cosine'
+    LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;

@@ -232,10 +232,11 @@ CREATE FUNCTION peft_drop_adapter(adapter text, version int DEFAULT NULL) RETURN
     LANGUAGE C VOLATILE CALLED ON NULL INPUT;
 
 -- Score one text with the active version of an adapter.
+-- A NULL input gives one row of NULLs (as a NULL element of the array form).
 CREATE FUNCTION peft_predict(adapter text, input text)
     RETURNS TABLE(label text, score float8)
     AS 'MODULE_PATHNAME', 'peft_predict'
-    LANGUAGE C VOLATILE STRICT ROWS 1;
+    LANGUAGE C VOLATILE CALLED ON NULL INPUT ROWS 1;
 
 -- Score many texts in batches; ord is the 1-based position in inputs.
 CREATE FUNCTION peft_predict(adapter text, inputs text[])
@@ -247,6 +248,18 @@ CREATE FUNCTION peft_predict(adapter text, inputs text[])
 CREATE FUNCTION peft_embed(model text, input text, adapter text DEFAULT NULL) RETURNS real[]
     AS 'MODULE_PATHNAME', 'peft_embed'
     LANGUAGE C VOLATILE CALLED ON NULL INPUT;
+
+-- Sentence embeddings of many texts in batches; ord is the 1-based position
+-- in inputs (a NULL element: a NULL embedding).
+CREATE FUNCTION peft_embed(model text, inputs text[], adapter text DEFAULT NULL)
+    RETURNS TABLE(ord int, embedding real[])
+    AS 'MODULE_PATHNAME', 'peft_embed_array'
+    LANGUAGE C VOLATILE CALLED ON NULL INPUT;
+
+-- Cosine similarity of two vectors, in double precision; NULL when either is all zeros.
+CREATE FUNCTION peft_cosine(a real[], b real[]) RETURNS float8
+    AS 'MODULE_PATHNAME', 'peft_cosine'
+    LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 
 -- Hugging Face PEFT interchange.  An adapter's weights are the bytes of
 -- adapter_model.safetensors, its config the contents of adapter_config.json

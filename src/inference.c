@@ -12,6 +12,8 @@
  */
 #include "postgres.h"
 
+#include <math.h>
+
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -329,20 +331,29 @@ PredictTexts(CachedAdapter *a, char **texts, int n, char **labels, double *score
 PG_FUNCTION_INFO_V1(peft_predict);
 PG_FUNCTION_INFO_V1(peft_predict_array);
 PG_FUNCTION_INFO_V1(peft_embed);
+PG_FUNCTION_INFO_V1(peft_embed_array);
+PG_FUNCTION_INFO_V1(peft_cosine);
 
-/* peft_predict(adapter, input) RETURNS TABLE(label text, score float8) */
+/*
+ * peft_predict(adapter, input) RETURNS TABLE(label text, score float8): a
+ * NULL input gives one row of NULLs, as the array form does for a NULL
+ * element (so a LATERAL call keeps its row).
+ */
 Datum
 peft_predict(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	char	   *input = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	char	   *name;
+	char	   *input;
 	CachedAdapter *a;
 	char	   *label;
 	double		score;
 	Datum		values[2];
 	bool		nulls[2] = {false, false};
 
+	PeftRequireArg(fcinfo, 0, "adapter");
+	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	input = PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1));
 	InitMaterializedSRF(fcinfo, 0);
 	SPI_connect();
 	a = GetActiveAdapter(name);
@@ -351,6 +362,7 @@ peft_predict(PG_FUNCTION_ARGS)
 	values[0] = label ? CStringGetTextDatum(label) : (Datum) 0;
 	nulls[0] = label == NULL;
 	values[1] = Float8GetDatum(score);
+	nulls[1] = input == NULL;
 	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	return (Datum) 0;
 }
@@ -399,6 +411,35 @@ peft_predict_array(PG_FUNCTION_ARGS)
 	return (Datum) 0;
 }
 
+/* The model of name and the active adapter of adapter_name (NULL: none), checked to match. */
+static CachedModel *
+EmbeddingModel(const char *name, const char *adapter_name, CachedAdapter **adapter)
+{
+	CachedModel *m = GetModel(name);
+
+	*adapter = NULL;
+	if (adapter_name == NULL)
+		return m;
+	*adapter = GetActiveAdapter(adapter_name);
+	if ((*adapter)->model != m)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("adapter \"%s\" was trained on model \"%s\", not \"%s\"",
+						(*adapter)->name, (*adapter)->model->name, name)));
+	return m;
+}
+
+/* A real[] of the n floats at x. */
+static ArrayType *
+RealArray(const float *x, int n)
+{
+	Datum	   *elems = palloc(sizeof(Datum) * n);
+
+	for (int i = 0; i < n; i++)
+		elems[i] = Float4GetDatum(x[i]);
+	return construct_array(elems, n, FLOAT4OID, sizeof(float4), true, TYPALIGN_INT);
+}
+
 /* peft_embed(model, input, adapter DEFAULT NULL) RETURNS real[] */
 Datum
 peft_embed(PG_FUNCTION_ARGS)
@@ -408,11 +449,9 @@ peft_embed(PG_FUNCTION_ARGS)
 	const char *texts[1];
 	size_t		lengths[1];
 	CachedModel *m;
-	CachedAdapter *a = NULL;
+	CachedAdapter *a;
 	float	   *out;
-	Datum	   *elems;
 	PeftError	err = {0};
-	ArrayType  *result;
 
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
 		PG_RETURN_NULL();
@@ -420,16 +459,7 @@ peft_embed(PG_FUNCTION_ARGS)
 	input = text_to_cstring(PG_GETARG_TEXT_PP(1));
 
 	SPI_connect();
-	m = GetModel(model_name);
-	if (!PG_ARGISNULL(2))
-	{
-		a = GetActiveAdapter(text_to_cstring(PG_GETARG_TEXT_PP(2)));
-		if (a->model != m)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("adapter \"%s\" was trained on model \"%s\", not \"%s\"",
-							a->name, a->model->name, model_name)));
-	}
+	m = EmbeddingModel(model_name, PG_ARGISNULL(2) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(2)), &a);
 	texts[0] = input;
 	lengths[0] = strlen(input);
 	out = SPI_palloc(sizeof(float) * m->info.hidden_size);	/* outlives SPI_finish */
@@ -438,11 +468,119 @@ peft_embed(PG_FUNCTION_ARGS)
 							out, &err) != PEFT_OK)
 		PeftRaiseEngineError(&err);
 	SPI_finish();
+	PG_RETURN_ARRAYTYPE_P(RealArray(out, m->info.hidden_size));
+}
 
-	elems = palloc(sizeof(Datum) * m->info.hidden_size);
-	for (int i = 0; i < m->info.hidden_size; i++)
-		elems[i] = Float4GetDatum(out[i]);
-	result = construct_array(elems, m->info.hidden_size, FLOAT4OID, sizeof(float4),
-							 true, TYPALIGN_INT);
-	PG_RETURN_ARRAYTYPE_P(result);
+/*
+ * peft_embed(model, inputs text[], adapter DEFAULT NULL) RETURNS
+ * TABLE(ord int, embedding real[]): the texts in batches; ord is the
+ * 1-based position in inputs; a NULL element gives a NULL embedding.
+ */
+Datum
+peft_embed_array(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	ArrayType  *inputs;
+	Datum	   *elems;
+	bool	   *isnull;
+	int			n;
+	int			count = 0;
+	const char **texts;
+	size_t	   *lengths;
+	CachedModel *m;
+	CachedAdapter *a;
+	float	   *out;
+	PeftError	err = {0};
+
+	PeftRequireArg(fcinfo, 0, "model");
+	PeftRequireArg(fcinfo, 1, "inputs");
+	inputs = PG_GETARG_ARRAYTYPE_P(1);
+	if (ARR_NDIM(inputs) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("inputs must be a one-dimensional array")));
+	deconstruct_array(inputs, TEXTOID, -1, false, TYPALIGN_INT, &elems, &isnull, &n);
+	texts = palloc(sizeof(char *) * (n + 1));
+	lengths = palloc(sizeof(size_t) * (n + 1));
+	for (int i = 0; i < n; i++)
+		if (!isnull[i])
+		{
+			texts[count] = TextDatumGetCString(elems[i]);
+			lengths[count] = strlen(texts[count]);
+			count++;
+		}
+
+	InitMaterializedSRF(fcinfo, 0);
+	SPI_connect();
+	m = EmbeddingModel(text_to_cstring(PG_GETARG_TEXT_PP(0)),
+					   PG_ARGISNULL(2) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(2)), &a);
+	out = SPI_palloc(sizeof(float) * (size_t) (count ? count : 1) * m->info.hidden_size);
+	ConfigureInference();
+	if (count > 0 &&
+		PeftEngine()->embed(m->handle, a ? a->handle : NULL, texts, lengths, count, 0, out,
+							&err) != PEFT_OK)
+		PeftRaiseEngineError(&err);
+	SPI_finish();
+	for (int i = 0, k = 0; i < n; i++)
+	{
+		Datum		values[2] = {Int32GetDatum(i + 1), (Datum) 0};
+		bool		nulls[2] = {false, isnull[i]};
+
+		if (!isnull[i])
+			values[1] = PointerGetDatum(RealArray(out + (size_t) k++ * m->info.hidden_size,
+												  m->info.hidden_size));
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
+
+/* The float4 elements of a one-dimensional real[] without NULLs (ERROR otherwise). */
+static float4 *
+RealElements(ArrayType *a, const char *argument, int *n)
+{
+	if (ARR_NDIM(a) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("%s must be a one-dimensional array", argument)));
+	if (array_contains_nulls(a))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not contain NULLs", argument)));
+	*n = ArrayGetNItems(ARR_NDIM(a), ARR_DIMS(a));
+	return (float4 *) ARR_DATA_PTR(a);
+}
+
+/*
+ * peft_cosine(a real[], b real[]) RETURNS float8: the cosine similarity of
+ * two vectors of one length, in double precision; NULL when either is all
+ * zeros (no direction).
+ */
+Datum
+peft_cosine(PG_FUNCTION_ARGS)
+{
+	int			na;
+	int			nb;
+	float4	   *a = RealElements(PG_GETARG_ARRAYTYPE_P(0), "a", &na);
+	float4	   *b = RealElements(PG_GETARG_ARRAYTYPE_P(1), "b", &nb);
+	double		dot = 0;
+	double		aa = 0;
+	double		bb = 0;
+
+	if (na != nb)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("vectors of different lengths (%d and %d)", na, nb)));
+	for (int i = 0; i < na; i++)
+	{
+		dot += (double) a[i] * b[i];
+		aa += (double) a[i] * a[i];
+		bb += (double) b[i] * b[i];
+	}
+	if (!isfinite(dot) || !isfinite(aa) || !isfinite(bb))
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("vectors must be finite")));
+	if (aa == 0 || bb == 0)
+		PG_RETURN_NULL();
+	PG_RETURN_FLOAT8(dot / (sqrt(aa) * sqrt(bb)));
 }

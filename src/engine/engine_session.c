@@ -410,6 +410,25 @@ embed_sorted(Network *net, const Dataset *ds, float *out, PeftError *err)
 	return rc;
 }
 
+/*
+ * Below this an embedding component becomes 0: sqrt(FLT_MIN), so the
+ * product of any two components is 0 exactly or a normal float.  Sentence
+ * embeddings of all-MiniLM-L6-v2 have components near 1e-33 in the same
+ * dimensions, and SQL multiplying two vectors as real failed with "value
+ * out of range: underflow" (PostgreSQL refuses a float4 product that
+ * rounds to 0); no kept component changes.
+ */
+#define EMBED_FLUSH_BELOW 1.0842022e-19f
+
+/* Components below EMBED_FLUSH_BELOW in magnitude become 0. */
+static void
+flush_tiny(float *x, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (fabsf(x[i]) < EMBED_FLUSH_BELOW)
+			x[i] = 0.0f;
+}
+
 /* Sentence embeddings of texts, through adapter when given. */
 PeftCode
 session_embed(PeftModelHandle *model, PeftAdapterHandle *adapter,
@@ -426,6 +445,8 @@ session_embed(PeftModelHandle *model, PeftAdapterHandle *adapter,
 	if ((rc = tokenize_rows(model->bert, texts, lengths, n, max_length, &ds, err)) == PEFT_OK)
 		rc = embed_sorted(net, &ds, out, err);
 	dataset_free(&ds);
+	if (rc == PEFT_OK)
+		flush_tiny(out, (size_t) n * model->bert->cfg.hidden_size);
 	return rc;
 }
 

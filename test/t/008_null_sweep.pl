@@ -82,6 +82,7 @@ my %valid_by_type = (
 	bytea => q{'\x00'::bytea},
 	'text[]' => q{ARRAY['a']},
 	'double precision[]' => q{ARRAY[1.0]::float8[]},
+	'real[]' => q{ARRAY[1.0, 2.0]::real[]},
 	'timestamp with time zone' => 'now()',
 );
 # The hostile values of each type (NULL is added to every type).
@@ -97,6 +98,8 @@ my %hostile = (
 		q{'{{a,b},{c,d}}'::text[]}, qq{ARRAY[repeat('x', $TEN_MB)]} ],
 	'double precision[]' => [ q{'{}'::float8[]}, q{'{NULL}'::float8[]}, q{'{NaN}'::float8[]},
 		q{'{Infinity}'::float8[]}, q{'{-1e308}'::float8[]}, q{'{{1},{2}}'::float8[]} ],
+	'real[]' => [ q{'{}'::real[]}, q{'{NULL}'::real[]}, q{'{NaN}'::real[]}, q{'{Infinity}'::real[]},
+		q{'{0}'::real[]}, q{'{{1},{2}}'::real[]}, q{array_fill(1::real, ARRAY[2500000])} ],
 	'timestamp with time zone' => [ q{'infinity'::timestamptz}, q{'-infinity'::timestamptz} ],
 );
 
