@@ -41,9 +41,25 @@ SELECT peft_export('m_dora', 7);
 SELECT peft_export_config('nope');
 
 -- Import what was exported: the same predictions, a new version, validated.
-SELECT peft_import('imported', 'tiny', peft_export_config('m_ia3'), peft_export('m_ia3'),
-                   labels => ARRAY['negative', 'neutral', 'positive']) AS version;
-SELECT name, method, task, labels, metrics FROM peft.adapters WHERE name = 'imported';
+-- The exported config carries task, labels and metrics under "peft_pg"
+-- (PEFT ignores the key), so the import needs no labels => to get them back.
+SELECT peft_export_config('m_ia3')->'peft_pg'->>'task' AS task,
+       peft_export_config('m_ia3')->'peft_pg'->'labels' AS labels,
+       peft_export_config('m_ia3')->'peft_pg'->>'source' AS source,
+       peft_export_config('m_ia3')->'peft_pg'->'metrics' ? 'final' AS has_metrics;
+SELECT peft_import('imported', 'tiny', peft_export_config('m_ia3'), peft_export('m_ia3')) AS version;
+SELECT a.name, a.method, a.task, a.labels, a.metrics->'imported' AS imported,
+       a.metrics->'final' = m.metrics->'final' AS same_metrics, a.config ? 'peft_pg' AS config_keeps_marker,
+       v.accuracy IS NOT NULL AS view_shows_accuracy
+FROM peft.adapters a, peft.adapters m, peft.adapter_versions v
+WHERE a.name = 'imported' AND m.name = 'm_ia3' AND m.active AND v.name = 'imported';
+-- arguments still say otherwise; a malformed "peft_pg" is refused
+SELECT peft_import('relabelled', 'tiny', peft_export_config('m_ia3'), peft_export('m_ia3'),
+                   labels => ARRAY['neg', 'neu', 'pos']) AS version;
+SELECT labels FROM peft.adapters WHERE name = 'relabelled';
+SELECT peft_drop_adapter('relabelled');
+SELECT peft_import('bad', 'tiny', peft_export_config('m_ia3') || '{"peft_pg": {"labels": "a"}}', peft_export('m_ia3'));
+SELECT peft_import('bad', 'tiny', peft_export_config('m_ia3') || '{"peft_pg": [1]}', peft_export('m_ia3'));
 SELECT count(*) AS disagreements
 FROM reviews r, LATERAL peft_predict('m_ia3', r.body) a, LATERAL peft_predict('imported', r.body) b
 WHERE r.body IS NOT NULL AND (a.label <> b.label OR abs(a.score - b.score) > 1e-6);

@@ -56,3 +56,14 @@ CREATE FUNCTION peft_embed(model text, inputs text[], adapter text DEFAULT NULL)
 CREATE FUNCTION peft_cosine(a real[], b real[]) RETURNS float8
     AS 'MODULE_PATHNAME', 'peft_cosine'
     LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+-- adapter_config.json, plus what PEFT has no key for under "peft_pg" (PEFT
+-- ignores it when loading): the task, the class labels, the metrics and the
+-- version it came from, so peft_import elsewhere gives back the same adapter.
+CREATE OR REPLACE FUNCTION peft_export_config(adapter text, version int DEFAULT NULL) RETURNS jsonb
+    LANGUAGE sql STABLE CALLED ON NULL INPUT
+    SET search_path = pg_catalog, pg_temp
+    AS $$ SELECT a.config || jsonb_build_object('peft_pg', jsonb_strip_nulls(jsonb_build_object(
+                 'task', a.task, 'labels', to_jsonb(a.labels), 'metrics', a.metrics,
+                 'method', a.method, 'source', a.name || ' version ' || a.version)))
+          FROM peft._adapter_version(adapter, version) a $$;

@@ -292,10 +292,16 @@ CREATE FUNCTION peft_export(adapter text, version int DEFAULT NULL) RETURNS byte
     SET search_path = pg_catalog, pg_temp
     AS $$ SELECT (peft._adapter_version(adapter, version)).weights $$;
 
+-- adapter_config.json, plus what PEFT has no key for under "peft_pg" (PEFT
+-- ignores it when loading): the task, the class labels, the metrics and the
+-- version it came from, so peft_import elsewhere gives back the same adapter.
 CREATE FUNCTION peft_export_config(adapter text, version int DEFAULT NULL) RETURNS jsonb
     LANGUAGE sql STABLE CALLED ON NULL INPUT
     SET search_path = pg_catalog, pg_temp
-    AS $$ SELECT (peft._adapter_version(adapter, version)).config $$;
+    AS $$ SELECT a.config || jsonb_build_object('peft_pg', jsonb_strip_nulls(jsonb_build_object(
+                 'task', a.task, 'labels', to_jsonb(a.labels), 'metrics', a.metrics,
+                 'method', a.method, 'source', a.name || ' version ' || a.version)))
+          FROM peft._adapter_version(adapter, version) a $$;
 
 -- Store an adapter saved by Hugging Face PEFT as a new version, after
 -- validating it completely over the base model; returns the version.

@@ -68,6 +68,55 @@ ImportLabels(ArrayType *given, int K)
 }
 
 /*
+ * What peft_export_config adds under "peft_pg": task and labels (NULL if
+ * absent), and the metrics the version is stored with (those exported, or
+ * none, with "imported": true).
+ */
+typedef struct ExportedFacts
+{
+	char	   *task;
+	ArrayType  *labels;
+	char	   *metrics;
+	char	   *config;			/* the config without "peft_pg" (adapter_config.json's keys) */
+} ExportedFacts;
+
+/* Read config's "peft_pg" object (inside SPI); ERROR when it is malformed. */
+static void
+ReadExportedFacts(Jsonb *config, ExportedFacts *f)
+{
+	Oid			types[1] = {JSONBOID};
+	Datum		values[1] = {JsonbPGetDatum(config)};
+	Datum		labels;
+	bool		isnull;
+
+	if (SPI_execute_with_args("SELECT CASE WHEN jsonb_typeof(c->'peft_pg') IS DISTINCT FROM 'object' "
+							  "  OR jsonb_typeof(coalesce(c->'peft_pg'->'labels', '[]')) <> 'array' "
+							  "  OR jsonb_typeof(coalesce(c->'peft_pg'->'task', '\"\"')) <> 'string' "
+							  "  OR jsonb_typeof(coalesce(c->'peft_pg'->'metrics', '{}')) <> 'object' "
+							  "  THEN c ? 'peft_pg' END, "
+							  "c->'peft_pg'->>'task', "
+							  "CASE WHEN jsonb_typeof(c->'peft_pg'->'labels') = 'array' "
+							  "  THEN ARRAY(SELECT jsonb_array_elements_text(c->'peft_pg'->'labels')) END, "
+							  "(coalesce(c->'peft_pg'->'metrics', '{}') || '{\"imported\": true}')::text, "
+							  "(c - 'peft_pg')::text "
+							  "FROM (SELECT $1 AS c) q",
+							  1, types, values, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the adapter config");
+	if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)) && !isnull)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("the adapter config's \"peft_pg\" must be an object with a text \"task\", "
+						"an array \"labels\" and an object \"metrics\"")));
+	f->task = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+	labels = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull);
+	f->labels = isnull ? NULL : DatumGetArrayTypePCopy(labels);
+	if (f->labels != NULL && ArrayGetNItems(ARR_NDIM(f->labels), ARR_DIMS(f->labels)) == 0)
+		f->labels = NULL;
+	f->metrics = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4);
+	f->config = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5);
+}
+
+/*
  * peft_import(adapter, base_model, config jsonb, weights bytea, task text
  * DEFAULT NULL, labels text[] DEFAULT NULL, activate boolean DEFAULT true)
  * RETURNS int: store an adapter saved by Hugging Face PEFT (the contents of
@@ -75,7 +124,9 @@ ImportLabels(ArrayType *given, int K)
  * after building it over the base model: every tensor name, shape and
  * value is checked.  A classifier head in the weights (PEFT's
  * modules_to_save "classifier") makes it a classification adapter (one
- * output: regression), else an embedding adapter for peft_embed.
+ * output: regression), else an embedding adapter for peft_embed.  A config
+ * exported here carries the task, labels and metrics under "peft_pg": they
+ * are used where the arguments do not say otherwise.
  */
 Datum
 peft_import(PG_FUNCTION_ARGS)
@@ -93,6 +144,7 @@ peft_import(PG_FUNCTION_ARGS)
 	const char *resolved;
 	char	   *labels_literal = NULL;
 	int			version;
+	ExportedFacts facts;
 
 	PeftRequirePrimary("peft_import");
 
@@ -105,11 +157,14 @@ peft_import(PG_FUNCTION_ARGS)
 	activate = PG_GETARG_BOOL(6);
 	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	model_name = text_to_cstring(PG_GETARG_TEXT_PP(1));
-	config = JsonbToCString(NULL, &PG_GETARG_JSONB_P(2)->root, VARSIZE(PG_GETARG_JSONB_P(2)));
 	weights = PG_GETARG_BYTEA_PP(3);
 	CheckCatalogName("adapter", name);
 
 	SPI_connect();
+	ReadExportedFacts(PG_GETARG_JSONB_P(2), &facts);
+	config = facts.config;
+	task = task ? task : facts.task;
+	labels = labels ? labels : facts.labels;
 	model = PeftModelFor(model_name);
 	if (PeftEngine()->adapter_inspect(model, config, strlen(config),
 									  (const uint8_t *) VARDATA_ANY(weights),
@@ -137,7 +192,7 @@ peft_import(PG_FUNCTION_ARGS)
 	version = CatalogInsertVersion(&(CatalogVersion) {
 		.name = name, .base_model = model_name, .method = info.method, .task = resolved,
 			.config = config, .labels = labels_literal, .weights = weights,
-			.metrics = "{\"imported\": true}", .owner = GetUserId(), .activate = activate});
+			.metrics = facts.metrics, .owner = GetUserId(), .activate = activate});
 	SPI_finish();
 	PG_RETURN_INT32(version);
 }
