@@ -82,6 +82,28 @@ FROM peft_predict('sentiment', ARRAY['it good hotel', NULL, 'food terrible room'
 SELECT count(*) FILTER (WHERE p.label = r.sentiment)::float8 / count(*) > 0.95 AS agrees
 FROM reviews r, LATERAL peft_predict('sentiment', r.body) p WHERE r.body IS NOT NULL;
 SELECT * FROM peft_predict('unknown', 'text');
+-- peft_evaluate: the task's metrics on a table's rows, as SQL over peft_predict computes them.
+SELECT (e->>'rows')::int AS rows, (e->>'skipped_rows')::int AS skipped, e->'confusion'->'labels' AS labels,
+       abs((e->>'accuracy')::float8 - (SELECT avg((p.label = r.sentiment)::int)
+                                      FROM reviews r, LATERAL peft_predict('sentiment', r.body) p
+                                      WHERE r.body IS NOT NULL AND r.sentiment IS NOT NULL)) < 1e-6 AS accuracy_agrees,
+       (SELECT sum(x::int) FROM jsonb_array_elements(e->'confusion'->'matrix') m, jsonb_array_elements_text(m) x) AS matrix_total,
+       (e->'classes'->'positive'->>'support')::int = (SELECT count(*) FROM reviews WHERE sentiment = 'positive' AND body IS NOT NULL)
+       AS support_agrees, (e->>'macro_f1')::float8 BETWEEN 0.9 AND 1 AS macro_f1
+FROM peft_evaluate('sentiment', 'reviews', 'body', 'sentiment') e;
+SELECT peft_evaluate('sentiment', 'SELECT body AS input, ''unheard'' AS label FROM reviews LIMIT 3;')->>'unknown_labels' AS unknown;
+SELECT peft_evaluate('sentiment', 'reviews', 'body', 'sentiment', version => 99);
+SELECT peft_evaluate('sentiment', 'reviews', 'nope', 'sentiment');
+SELECT peft_evaluate('sentiment', NULL);
+-- peft_score: every row keyed by its key column, as peft_predict scores it.
+SELECT count(*) AS scored, count(*) FILTER (WHERE s.key IS NULL) AS null_keys,
+       count(*) FILTER (WHERE s.label IS NULL) AS null_inputs,
+       count(*) FILTER (WHERE p.label = s.label AND abs(p.score - s.score) < 1e-6) AS agree
+FROM peft_score('sentiment', 'reviews', 'id', 'body') s
+JOIN reviews r ON r.id::text = s.key
+LEFT JOIN LATERAL peft_predict('sentiment', r.body) p ON true;
+SELECT key, label, score > 0.5 AS confident FROM peft_score('sentiment', 'SELECT 7 AS k, ''good'' AS input', 'k');
+SELECT * FROM peft_score('sentiment', 'reviews', 'nope', 'body');
 -- A NULL input: one row of NULLs, as in the array form (a LATERAL call keeps its row).
 SELECT label IS NULL AS null_label, score IS NULL AS null_score FROM peft_predict('sentiment', NULL::text);
 SELECT r.id, p.label IS NULL AS null_label FROM reviews r, LATERAL peft_predict('sentiment', r.body) p
@@ -152,6 +174,9 @@ SELECT peft_train('stars', 'tiny', 'reviews', 'body', 'stars', task => 'regressi
                   options => '{"epochs": 8, "learning_rate": 0.01, "batch_size": 16}', wait => true) IS NOT NULL AS trained;
 SELECT task, labels IS NULL AS no_labels, (metrics->'final'->>'r2')::float8 > 0.5 AS fits
 FROM peft.adapters WHERE name = 'stars';
+SELECT (e->>'rows')::int AS rows, (e->>'r2')::float8 > 0.5 AS fits, (e->>'mse')::float8 >= 0 AS mse,
+       (e->>'mae')::float8 >= 0 AS mae
+FROM peft_evaluate('stars', 'reviews', 'body', 'stars') e;
 SELECT label IS NULL AS no_label, score BETWEEN 3.5 AND 6 AS high FROM peft_predict('stars', 'it excellent hotel');
 
 -- Corrupted weights are refused with an error; the backend survives.

@@ -67,3 +67,18 @@ CREATE OR REPLACE FUNCTION peft_export_config(adapter text, version int DEFAULT 
                  'task', a.task, 'labels', to_jsonb(a.labels), 'metrics', a.metrics,
                  'method', a.method, 'source', a.name || ' version ' || a.version)))
           FROM peft._adapter_version(adapter, version) a $$;
+
+-- The metrics of an adapter's task on the rows of a table or query (read as
+-- the caller, like peft_train's data): classification accuracy, macro-F1,
+-- per-class precision, recall, F1 and support, and the confusion matrix;
+-- regression MSE, MAE and R^2.  version NULL: the active one.
+CREATE FUNCTION peft_evaluate(adapter text, data text, input text DEFAULT 'input',
+                              label text DEFAULT 'label', version int DEFAULT NULL) RETURNS jsonb
+    AS 'MODULE_PATHNAME', 'peft_evaluate'
+    LANGUAGE C VOLATILE CALLED ON NULL INPUT;
+
+-- Every row of a table or query predicted in batches, keyed by its key column.
+CREATE FUNCTION peft_score(adapter text, data text, key text, input text DEFAULT 'input')
+    RETURNS TABLE(key text, label text, score float8)
+    AS 'MODULE_PATHNAME', 'peft_score'
+    LANGUAGE C VOLATILE STRICT;

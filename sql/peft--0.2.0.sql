@@ -256,6 +256,21 @@ CREATE FUNCTION peft_embed(model text, inputs text[], adapter text DEFAULT NULL)
     AS 'MODULE_PATHNAME', 'peft_embed_array'
     LANGUAGE C VOLATILE CALLED ON NULL INPUT;
 
+-- The metrics of an adapter's task on the rows of a table or query (read as
+-- the caller, like peft_train's data): classification accuracy, macro-F1,
+-- per-class precision, recall, F1 and support, and the confusion matrix;
+-- regression MSE, MAE and R^2.  version NULL: the active one.
+CREATE FUNCTION peft_evaluate(adapter text, data text, input text DEFAULT 'input',
+                              label text DEFAULT 'label', version int DEFAULT NULL) RETURNS jsonb
+    AS 'MODULE_PATHNAME', 'peft_evaluate'
+    LANGUAGE C VOLATILE CALLED ON NULL INPUT;
+
+-- Every row of a table or query predicted in batches, keyed by its key column.
+CREATE FUNCTION peft_score(adapter text, data text, key text, input text DEFAULT 'input')
+    RETURNS TABLE(key text, label text, score float8)
+    AS 'MODULE_PATHNAME', 'peft_score'
+    LANGUAGE C VOLATILE STRICT;
+
 -- Cosine similarity of two vectors, in double precision; NULL when either is all zeros.
 CREATE FUNCTION peft_cosine(a real[], b real[]) RETURNS float8
     AS 'MODULE_PATHNAME', 'peft_cosine'

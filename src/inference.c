@@ -24,6 +24,7 @@
 #include "utils/memutils.h"
 
 #include "catalog.h"
+#include "inference.h"
 #include "models.h"
 #include "peft.h"
 
@@ -31,29 +32,6 @@
 #define MAX_CACHED_ADAPTERS 16
 /* Rows per engine call; interrupts are checked between calls. */
 #define PREDICT_CHUNK 32
-
-typedef struct CachedModel
-{
-	char		name[NAMEDATALEN];
-	char		checksum[65];
-	char		path[MAXPGPATH];
-	PeftModelHandle *handle;
-	PeftModelInfo info;
-	uint64		last_used;
-} CachedModel;
-
-typedef struct CachedAdapter
-{
-	char		name[NAMEDATALEN];
-	int			version;
-	char		row_version[32];	/* xmin of the catalog row */
-	CachedModel *model;
-	PeftAdapterHandle *handle;
-	bool		regression;
-	int			nlabels;
-	char	  **labels;			/* in TopMemoryContext */
-	uint64		last_used;
-} CachedAdapter;
 
 static CachedModel models[MAX_CACHED_MODELS];
 static CachedAdapter adapters[MAX_CACHED_ADAPTERS];
@@ -203,8 +181,15 @@ LoadAdapter(CachedAdapter *slot, const char *name, int version, const char *row_
 static CachedAdapter *
 GetActiveAdapter(const char *name)
 {
-	Oid			types[1] = {TEXTOID};
-	Datum		values[1] = {CStringGetTextDatum(name)};
+	return GetAdapterVersion(name, 0);
+}
+
+/* Version version (0: the active one) of an adapter the caller may use, cached. */
+CachedAdapter *
+GetAdapterVersion(const char *name, int wanted)
+{
+	Oid			types[2] = {TEXTOID, INT4OID};
+	Datum		values[2] = {CStringGetTextDatum(name), Int32GetDatum(wanted)};
 	bool		isnull;
 	int			version;
 	char	   *row_version;
@@ -216,11 +201,12 @@ GetActiveAdapter(const char *name)
 	CachedAdapter *slot = NULL;
 
 	if (SPI_execute_with_args("SELECT version, xmin::text, base_model, task, labels, merged "
-							  "FROM peft.adapters WHERE name = $1 AND active",
-							  1, types, values, NULL, true, 1) != SPI_OK_SELECT)
+							  "FROM peft.adapters WHERE name = $1 AND "
+							  "CASE WHEN $2 = 0 THEN active ELSE version = $2 END",
+							  2, types, values, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read peft.adapters");
 	if (SPI_processed == 0)
-		CatalogVersionMissing(name, 0);
+		CatalogVersionMissing(name, wanted);
 	version = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	row_version = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
 	model_name = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3);
@@ -233,7 +219,8 @@ GetActiveAdapter(const char *name)
 	{
 		CachedAdapter *a = &adapters[i];
 
-		if (a->handle && strcmp(a->name, name) == 0)
+		/* other versions of the name stay cached (an evaluation of an old one) */
+		if (a->handle && strcmp(a->name, name) == 0 && (wanted == 0 || a->version == wanted))
 		{
 			if (a->version == version && strcmp(a->row_version, row_version) == 0)
 			{
@@ -278,7 +265,7 @@ ConfigureInference(void)
 }
 
 /* Predict texts[0..n) through a, filling label/score outputs (NULL text: NULL row). */
-static void
+void
 PredictTexts(CachedAdapter *a, char **texts, int n, char **labels, double *scores)
 {
 	int			K = a->regression ? 1 : a->nlabels;

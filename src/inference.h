@@ -1,0 +1,41 @@
+/*
+ * inference.h - the per-backend cache of models and adapters that
+ * inference.c keeps, for the other functions that predict (scoring.c).
+ */
+#ifndef PEFT_INFERENCE_H
+#define PEFT_INFERENCE_H
+
+#include "postgres.h"
+
+#include "engine_api.h"
+
+typedef struct CachedModel
+{
+	char		name[NAMEDATALEN];
+	char		checksum[65];
+	char		path[MAXPGPATH];
+	PeftModelHandle *handle;
+	PeftModelInfo info;
+	uint64		last_used;
+} CachedModel;
+
+typedef struct CachedAdapter
+{
+	char		name[NAMEDATALEN];
+	int			version;
+	char		row_version[32];	/* xmin of the catalog row */
+	CachedModel *model;
+	PeftAdapterHandle *handle;
+	bool		regression;
+	int			nlabels;
+	char	  **labels;			/* in TopMemoryContext */
+	uint64		last_used;
+} CachedAdapter;
+
+/* Version version (0: the active one) of an adapter the caller may use, cached.  Inside SPI. */
+extern CachedAdapter *GetAdapterVersion(const char *name, int version);
+
+/* Predict texts[0..n) through a: labels[i] (NULL: regression or a NULL text) and scores[i]. */
+extern void PredictTexts(CachedAdapter *a, char **texts, int n, char **labels, double *scores);
+
+#endif
