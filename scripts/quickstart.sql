@@ -35,10 +35,9 @@ SELECT id AS job, status, step, total_steps, round(loss::numeric, 4) AS last_los
 FROM peft.jobs WHERE id = :job;
 
 \echo '== validation metrics (held-out 10%)'
-SELECT version, metrics->'final'->>'accuracy' AS accuracy,
-       metrics->'final'->>'macro_f1' AS macro_f1, metrics->'final'->>'loss' AS loss,
-       metrics->>'train_rows' AS train_rows, metrics->>'valid_rows' AS valid_rows
-FROM peft.adapters WHERE name = 'ticket_router' AND active;
+SELECT version, round(accuracy::numeric, 4) AS accuracy, round(macro_f1::numeric, 4) AS macro_f1,
+       train_rows, valid_rows, parameters
+FROM peft.adapter_versions WHERE name = 'ticket_router' AND active;
 
 \echo '== predictions for new tickets'
 SELECT t.body, p.label, round(p.score::numeric, 3) AS probability
@@ -51,6 +50,6 @@ FROM (VALUES ('I was charged twice for my subscription this month'),
      LATERAL peft_predict('ticket_router', t.body) AS p;
 
 \echo '== adapter versions'
-SELECT name, version, active, base_model, array_length(labels, 1) AS classes,
-       pg_size_pretty(length(weights)::bigint) AS weights, created_at
-FROM peft.adapters ORDER BY name, version;
+SELECT name, version, active, base_model, method, array_length(labels, 1) AS classes,
+       pg_size_pretty(weights_bytes) AS weights, created_at
+FROM peft.adapter_versions ORDER BY name, version;
