@@ -19,7 +19,7 @@ MODULE_big   = peft
 OBJS         = $(patsubst %.c,%.o,$(wildcard src/*.c))
 DATA         = $(wildcard sql/peft--*.sql)
 REGRESS      = $(patsubst sql/%.sql,%,$(sort $(wildcard sql/[0-9]*.sql)))
-REGRESS_OPTS = --inputdir=. --load-extension=$(EXTENSION)
+REGRESS_OPTS = --inputdir=. --load-extension=$(EXTENSION) --encoding=UTF8
 PG_CPPFLAGS  = -Isrc -Isrc/engine -Wall -Wextra -Wno-unused-parameter \
                -Wno-missing-field-initializers -Wno-sign-compare
 EXTRA_CLEAN  = peft_engine.so peft_engine_cuda.so peft-engine build build-asan results regression.diffs \

@@ -118,6 +118,10 @@ SELECT peft_embed('tiny', 'good film', 'sentiment') <> peft_embed('tiny', 'good 
 SELECT peft_train('sentiment', 'tiny', 'reviews', 'body', 'sentiment',
                   options => '{"epochs": 1, "max_steps": 7, "activate": false}', wait => true) AS job \gset
 SELECT step, total_steps, jsonb_array_length(metrics->'epochs') AS evaluations FROM peft.jobs WHERE id = :job;
+-- The loss curve: a point per optimizer step with its learning rate, and a sparkline.
+SELECT loss_steps, cardinality(loss_history) AS losses, cardinality(lr_history) AS rates,
+       lr_history[1] < lr_history[2] AS warming_up, length(loss_sparkline) AS sparkline_chars
+FROM peft.jobs WHERE id = :job;
 SELECT (metrics->'memory'->>'rows_kb')::int >= 0 AS rows_kb, (metrics->'memory'->>'state_kb')::int > 0 AS state_kb,
        (metrics->'memory'->>'activations_kb')::int > 0 AS activations_kb,
        (metrics->'memory'->>'limit_kb')::int AS limit_kb
@@ -200,3 +204,19 @@ RESET ROLE;
 SELECT peft_train('a', 'tiny', 'reviews', 'body', 'sentiment', options => '{"max_classes": 2, "max_steps": 1}',
                   wait => true);
 \set VERBOSITY terse
+
+-- A long job's curve is thinned evenly to at most 1,000 points, ending at its last step.
+SELECT peft_train('long', 'tiny', 'reviews', 'body', 'sentiment', wait => true,
+                  options => '{"max_steps": 2100, "batch_size": 1, "validation_fraction": 0}') AS long_job \gset
+SELECT cardinality(loss_steps) AS points, loss_steps[1] AS first, loss_steps[2] - loss_steps[1] AS stride,
+       loss_steps[cardinality(loss_steps)] AS last,
+       (SELECT count(DISTINCT d) FROM (SELECT loss_steps[i + 1] - loss_steps[i] AS d
+                                       FROM generate_subscripts(loss_steps, 1) i
+                                       WHERE i < cardinality(loss_steps) - 1) gaps) AS distinct_gaps,
+       cardinality(loss_history) = cardinality(loss_steps) AND cardinality(lr_history) = cardinality(loss_steps) AS aligned
+FROM peft.jobs WHERE id = :long_job;
+SELECT peft_drop_adapter('long');
+-- Sparklines: eight levels over the range; NaN and infinities left out.
+SELECT peft._sparkline(ARRAY[1, 2, 3, 4, 5, 6, 7, 8]) AS rising, peft._sparkline(ARRAY[2, 2]) AS flat,
+       peft._sparkline(ARRAY[1, 'NaN', 'Infinity', 8]::float8[]) AS finite_only, peft._sparkline('{}') IS NULL AS empty,
+       length(peft._sparkline(array_fill(1.0::float8, ARRAY[1000]))) AS at_most_60;

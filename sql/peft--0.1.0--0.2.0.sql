@@ -82,3 +82,44 @@ CREATE FUNCTION peft_score(adapter text, data text, key text, input text DEFAULT
     RETURNS TABLE(key text, label text, score float8)
     AS 'MODULE_PATHNAME', 'peft_score'
     LANGUAGE C VOLATILE STRICT;
+
+-- The loss curve per optimizer step (thinned evenly to 1,000 points) with
+-- its steps and learning rates, and a sparkline of it in peft.jobs.
+ALTER TABLE peft.job_rows ADD COLUMN loss_steps int[] NOT NULL DEFAULT '{}',
+                          ADD COLUMN lr_history float8[] NOT NULL DEFAULT '{}';
+-- A one-line Unicode sparkline of values (at most 60 of the block characters
+-- U+2581..U+2588, each the mean of its share of the values), so psql shows a
+-- loss curve in a column; NULL in a database whose encoding is not UTF8.
+CREATE FUNCTION peft._sparkline(v float8[]) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+    WITH points AS (
+        SELECT x, ordinality AS i, cardinality(v) AS n FROM unnest(v) WITH ORDINALITY AS u(x)
+        WHERE x = x AND x < 'Infinity' AND x > '-Infinity'),
+    buckets AS (
+        SELECT (i - 1) * least(n, 60) / n AS b, avg(x) AS y FROM points GROUP BY 1),
+    range AS (SELECT min(y) AS lo, max(y) AS hi FROM buckets)
+    SELECT string_agg(chr(9601 + CASE WHEN hi > lo THEN least(7, floor((y - lo) / (hi - lo) * 8))::int
+                                      ELSE 0 END), '' ORDER BY b)
+    FROM buckets, range
+    WHERE pg_catalog.getdatabaseencoding() = 'UTF8'
+    $$;
+
+CREATE OR REPLACE VIEW peft.jobs WITH (security_invoker = true) AS
+SELECT j.id, j.adapter, j.base_model, j.method, j.task, j.data, j.input_column,
+       j.label_column, j.options, j.owner,
+       CASE WHEN peft._job_lost(j.status, j.worker_pid, j.worker_started, j.created_at)
+            THEN 'failed' ELSE j.status END AS status,
+       j.progress, j.epoch, j.step, j.total_steps, j.loss, j.samples_per_second,
+       j.eta, j.loss_history, j.metrics,
+       CASE WHEN peft._job_lost(j.status, j.worker_pid, j.worker_started, j.created_at)
+            THEN 'the training worker ended without finishing (server crash, restart or termination)'
+            ELSE j.error END AS error,
+       j.worker_pid, j.created_at, j.started_at, j.finished_at,
+       j.loss_steps, j.lr_history, peft._sparkline(j.loss_history) AS loss_sparkline
+FROM peft.job_rows j;
+COMMENT ON COLUMN peft.jobs.loss_history IS 'training loss per optimizer step (the steps in loss_steps), thinned evenly to at most 1,000 points';
+COMMENT ON COLUMN peft.jobs.loss_steps IS 'the optimizer step of each loss_history point';
+COMMENT ON COLUMN peft.jobs.lr_history IS 'the learning rate of each loss_history point';
+COMMENT ON COLUMN peft.jobs.loss_sparkline IS 'loss_history as a one-line sparkline';

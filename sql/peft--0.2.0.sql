@@ -66,7 +66,9 @@ CREATE TABLE peft.job_rows (
     worker_started     timestamptz,
     created_at         timestamptz NOT NULL DEFAULT now(),
     started_at         timestamptz,
-    finished_at        timestamptz
+    finished_at        timestamptz,
+    loss_steps         int[] NOT NULL DEFAULT '{}',
+    lr_history         float8[] NOT NULL DEFAULT '{}'
 );
 CREATE INDEX job_rows_status_idx ON peft.job_rows (status) WHERE status IN ('queued', 'running');
 COMMENT ON TABLE peft.job_rows IS 'training jobs as the workers record them; read peft.jobs';
@@ -96,6 +98,25 @@ CREATE FUNCTION peft._job_lost(status text, worker_pid int, worker_started times
                     ELSE NOT peft._worker_alive(worker_pid, worker_started) END
     $$;
 
+-- A one-line Unicode sparkline of values (at most 60 of the block characters
+-- U+2581..U+2588, each the mean of its share of the values), so psql shows a
+-- loss curve in a column; NULL in a database whose encoding is not UTF8.
+CREATE FUNCTION peft._sparkline(v float8[]) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+    WITH points AS (
+        SELECT x, ordinality AS i, cardinality(v) AS n FROM unnest(v) WITH ORDINALITY AS u(x)
+        WHERE x = x AND x < 'Infinity' AND x > '-Infinity'),
+    buckets AS (
+        SELECT (i - 1) * least(n, 60) / n AS b, avg(x) AS y FROM points GROUP BY 1),
+    range AS (SELECT min(y) AS lo, max(y) AS hi FROM buckets)
+    SELECT string_agg(chr(9601 + CASE WHEN hi > lo THEN least(7, floor((y - lo) / (hi - lo) * 8))::int
+                                      ELSE 0 END), '' ORDER BY b)
+    FROM buckets, range
+    WHERE pg_catalog.getdatabaseencoding() = 'UTF8'
+    $$;
+
 CREATE VIEW peft.jobs WITH (security_invoker = true) AS
 SELECT j.id, j.adapter, j.base_model, j.method, j.task, j.data, j.input_column,
        j.label_column, j.options, j.owner,
@@ -106,10 +127,14 @@ SELECT j.id, j.adapter, j.base_model, j.method, j.task, j.data, j.input_column,
        CASE WHEN peft._job_lost(j.status, j.worker_pid, j.worker_started, j.created_at)
             THEN 'the training worker ended without finishing (server crash, restart or termination)'
             ELSE j.error END AS error,
-       j.worker_pid, j.created_at, j.started_at, j.finished_at
+       j.worker_pid, j.created_at, j.started_at, j.finished_at,
+       j.loss_steps, j.lr_history, peft._sparkline(j.loss_history) AS loss_sparkline
 FROM peft.job_rows j;
 COMMENT ON VIEW peft.jobs IS 'training jobs and their live progress';
-COMMENT ON COLUMN peft.jobs.loss_history IS 'training loss at each progress report, oldest first';
+COMMENT ON COLUMN peft.jobs.loss_history IS 'training loss per optimizer step (the steps in loss_steps), thinned evenly to at most 1,000 points';
+COMMENT ON COLUMN peft.jobs.loss_steps IS 'the optimizer step of each loss_history point';
+COMMENT ON COLUMN peft.jobs.lr_history IS 'the learning rate of each loss_history point';
+COMMENT ON COLUMN peft.jobs.loss_sparkline IS 'loss_history as a one-line sparkline';
 COMMENT ON COLUMN peft.jobs.metrics IS 'validation metrics after each epoch';
 
 -- Adapters: every trained or imported version is a row; weights are

@@ -36,6 +36,7 @@
 #include "utils/timestamp.h"
 
 #include "catalog.h"
+#include "loss_history.h"
 #include "models.h"
 #include "peft.h"
 #include "train_options.h"
@@ -80,6 +81,8 @@ typedef struct Job
 	TimestampTz started;
 	int64		trained_rows;
 	StringInfoData epochs;		/* JSON array of per-epoch metrics */
+	LossHistory history;		/* loss and learning rate per step, thinned */
+	bool		has_loss_steps; /* the catalog has loss_steps and lr_history (0.2.0) */
 	PeftTrainMemory memory;		/* what the prepared run holds */
 	long		peak_private_kb;	/* largest private resident memory seen (SampleMemory) */
 	MemoryContext context;		/* what lives as long as the job */
@@ -313,6 +316,7 @@ OpenModel(Job *job)
 	BeginStep();
 	row = CatalogGetModel(job->fields[JOB_BASE_MODEL]);
 	CheckModelFiles(row);
+	job->has_loss_steps = CatalogHasColumn("job_rows", "loss_steps");
 	job->model_path = MemoryContextStrdup(TopMemoryContext, row->path);
 	EndStep();
 
@@ -535,7 +539,7 @@ ReportProgress(Job *job, const PeftTrainProgress *p)
 	double		seconds = (GetCurrentTimestamp() - job->started) / 1e6;
 	double		rate = seconds > 0 ? job->trained_rows / seconds : 0;
 	double		eta = p->step > 0 ? seconds * (p->total_steps - p->step) / p->step : 0;
-	const char *args[8];
+	const char *args[11];
 	bool		stop;
 
 	args[0] = JobIdText(job);
@@ -546,11 +550,20 @@ ReportProgress(Job *job, const PeftTrainProgress *p)
 	args[5] = psprintf("%.6g", rate);
 	args[6] = psprintf("%.3f seconds", eta);
 	args[7] = psprintf("%.6g", p->total_steps > 0 ? (double) p->step / p->total_steps : 0);
+	LossHistoryArrays(&job->history, (char **) &args[8], (char **) &args[9], (char **) &args[10]);
 	BeginStep();
-	ExecText("UPDATE peft.job_rows SET epoch = $2::int, step = $3::int, total_steps = $4::int, "
-			 "loss = $5::float8, samples_per_second = $6::float8, eta = $7::interval, "
-			 "progress = least($8::real, 1), loss_history = loss_history || $5::float8 "
-			 "WHERE id = $1::bigint AND worker_pid = pg_backend_pid()", 8, args);
+	/* a database still at 0.1.0 has no loss_steps: its loss_history gets a point per report */
+	if (job->has_loss_steps)
+		ExecText("UPDATE peft.job_rows SET epoch = $2::int, step = $3::int, total_steps = $4::int, "
+				 "loss = $5::float8, samples_per_second = $6::float8, eta = $7::interval, "
+				 "progress = least($8::real, 1), loss_steps = $9::int[], loss_history = $10::float8[], "
+				 "lr_history = $11::float8[] "
+				 "WHERE id = $1::bigint AND worker_pid = pg_backend_pid()", 11, args);
+	else
+		ExecText("UPDATE peft.job_rows SET epoch = $2::int, step = $3::int, total_steps = $4::int, "
+				 "loss = $5::float8, samples_per_second = $6::float8, eta = $7::interval, "
+				 "progress = least($8::real, 1), loss_history = loss_history || $5::float8 "
+				 "WHERE id = $1::bigint AND worker_pid = pg_backend_pid()", 8, args);
 	CheckOwnRow(job);
 	stop = CancelRequested(job);
 	EndStep();
@@ -713,6 +726,7 @@ Train(Job *job)
 
 	initStringInfo(&job->epochs);
 	appendStringInfoChar(&job->epochs, '[');
+	LossHistoryInit(&job->history);
 	job->started = GetCurrentTimestamp();
 	/* what one step's reports allocate is freed after the step */
 	step = AllocSetContextCreate(job->context, "peft training step", ALLOCSET_SMALL_SIZES);
@@ -722,6 +736,7 @@ Train(Job *job)
 		if (job->engine->train_step(job->train, &p, &err) != PEFT_OK)
 			PeftRaiseEngineError(&err);
 		job->trained_rows += p.rows;
+		LossHistoryAdd(&job->history, p.step, p.loss, p.learning_rate);
 		if (p.epoch_end || p.done)
 			final_metrics = MemoryContextStrdup(job->context, EvaluateEpoch(job, p.epoch));
 		if (p.done || TimestampDifferenceExceeds(last_report, GetCurrentTimestamp(),

@@ -204,7 +204,7 @@ python3 "$TREE/test/fixtures/make_tiny_model.py" "$SCRATCH/tiny-model" >"$LOGS/t
 	{ cat "$LOGS/tiny-model.log"; finish 0 1; }
 [ "$(id -u)" = 0 ] && chown -R postgres: "$SCRATCH/tiny-model"
 
-as_server_user initdb -D "$DATA" -A trust -U postgres >"$LOGS/initdb.log" 2>&1 || { cat "$LOGS/initdb.log"; finish 0 1; }
+as_server_user initdb -D "$DATA" -A trust -U postgres -E UTF8 --no-locale >"$LOGS/initdb.log" 2>&1 || { cat "$LOGS/initdb.log"; finish 0 1; }
 cat >>"$DATA/postgresql.conf" <<EOF
 port = $PORT
 listen_addresses = ''
