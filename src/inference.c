@@ -354,6 +354,25 @@ peft_predict(PG_FUNCTION_ARGS)
 	return (Datum) 0;
 }
 
+/* The texts of a one-dimensional text[] (NULL for its NULL elements); *n of them. */
+static char **
+InputTexts(ArrayType *inputs, int *n)
+{
+	Datum	   *elems;
+	bool	   *isnull;
+	char	  **texts;
+
+	if (ARR_NDIM(inputs) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("inputs must be a one-dimensional array")));
+	deconstruct_array(inputs, TEXTOID, -1, false, TYPALIGN_INT, &elems, &isnull, n);
+	texts = palloc(sizeof(char *) * (*n + 1));
+	for (int i = 0; i < *n; i++)
+		texts[i] = isnull[i] ? NULL : TextDatumGetCString(elems[i]);
+	return texts;
+}
+
 /* peft_predict(adapter, inputs text[]) RETURNS TABLE(ord int, label text, score float8) */
 Datum
 peft_predict_array(PG_FUNCTION_ARGS)
@@ -361,24 +380,11 @@ peft_predict_array(PG_FUNCTION_ARGS)
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	ArrayType  *inputs = PG_GETARG_ARRAYTYPE_P(1);
-	Datum	   *elems;
-	bool	   *isnull;
 	int			n;
-	char	  **texts;
-	char	  **labels;
-	double	   *scores;
+	char	  **texts = InputTexts(inputs, &n);
+	char	  **labels = palloc(sizeof(char *) * (n + 1));
+	double	   *scores = palloc0(sizeof(double) * (n + 1));
 	CachedAdapter *a;
-
-	if (ARR_NDIM(inputs) > 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
-				 errmsg("inputs must be a one-dimensional array")));
-	deconstruct_array(inputs, TEXTOID, -1, false, TYPALIGN_INT, &elems, &isnull, &n);
-	texts = palloc(sizeof(char *) * (n + 1));
-	labels = palloc(sizeof(char *) * (n + 1));
-	scores = palloc0(sizeof(double) * (n + 1));
-	for (int i = 0; i < n; i++)
-		texts[i] = isnull[i] ? NULL : TextDatumGetCString(elems[i]);
 
 	InitMaterializedSRF(fcinfo, 0);
 	SPI_connect();
@@ -468,8 +474,7 @@ peft_embed_array(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	ArrayType  *inputs;
-	Datum	   *elems;
-	bool	   *isnull;
+	char	  **all;
 	int			n;
 	int			count = 0;
 	const char **texts;
@@ -482,19 +487,14 @@ peft_embed_array(PG_FUNCTION_ARGS)
 	PeftRequireArg(fcinfo, 0, "model");
 	PeftRequireArg(fcinfo, 1, "inputs");
 	inputs = PG_GETARG_ARRAYTYPE_P(1);
-	if (ARR_NDIM(inputs) > 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
-				 errmsg("inputs must be a one-dimensional array")));
-	deconstruct_array(inputs, TEXTOID, -1, false, TYPALIGN_INT, &elems, &isnull, &n);
+	all = InputTexts(inputs, &n);
 	texts = palloc(sizeof(char *) * (n + 1));
 	lengths = palloc(sizeof(size_t) * (n + 1));
 	for (int i = 0; i < n; i++)
-		if (!isnull[i])
+		if (all[i] != NULL)
 		{
-			texts[count] = TextDatumGetCString(elems[i]);
-			lengths[count] = strlen(texts[count]);
-			count++;
+			texts[count] = all[i];
+			lengths[count++] = strlen(all[i]);
 		}
 
 	InitMaterializedSRF(fcinfo, 0);
@@ -511,9 +511,9 @@ peft_embed_array(PG_FUNCTION_ARGS)
 	for (int i = 0, k = 0; i < n; i++)
 	{
 		Datum		values[2] = {Int32GetDatum(i + 1), (Datum) 0};
-		bool		nulls[2] = {false, isnull[i]};
+		bool		nulls[2] = {false, all[i] == NULL};
 
-		if (!isnull[i])
+		if (all[i] != NULL)
 			values[1] = PointerGetDatum(RealArray(out + (size_t) k++ * m->info.hidden_size,
 												  m->info.hidden_size));
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);

@@ -424,10 +424,16 @@ WaitForWorker(BackgroundWorkerHandle *handle, WaitShared *shared)
 	PG_END_TRY();
 }
 
-/* ERROR for a failed job (and, if canceled_is_error, a canceled one). */
+/* NOTICE of skipped rows; ERROR for a failed job (and, if canceled_is_error, a canceled one). */
 static void
-RaiseOutcome(int64 job_id, const char *status, const char *error, bool canceled_is_error)
+RaiseOutcome(int64 job_id, const char *status, const char *error, bool canceled_is_error,
+			 int64 skipped)
 {
+	if (skipped > 0)
+		ereport(NOTICE,
+				(errmsg("training job %lld skipped " INT64_FORMAT " rows whose input or label is NULL",
+						(long long) job_id, skipped),
+				 errdetail("peft.jobs.metrics->'skipped_rows' records the count.")));
 	if (strcmp(status, "failed") == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
@@ -446,14 +452,16 @@ RaiseJobOutcome(int64 job_id)
 	Oid			types[1] = {INT8OID};
 	Datum		values[1] = {Int64GetDatum(job_id)};
 
-	if (SPI_execute_with_args("SELECT status, error FROM peft.jobs WHERE id = $1",
+	if (SPI_execute_with_args("SELECT status, error, coalesce((metrics->>'skipped_rows')::bigint, 0) "
+							  "FROM peft.jobs WHERE id = $1",
 							  1, types, values, NULL, false, 1) != SPI_OK_SELECT ||
 		SPI_processed != 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("job %lld is not visible", (long long) job_id)));
 	RaiseOutcome(job_id, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1),
-				 SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2), false);
+				 SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2), false,
+				 pg_strtoint64(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3)));
 }
 
 /*
@@ -581,7 +589,7 @@ RunJobAndWait(char **fields, WorkerArgs *args)
 				 errmsg("the training worker exited before finishing the job"),
 				 errhint("See the server log.")));
 	/* the outcome travels through shared memory: the caller's snapshot may predate the worker's commits */
-	RaiseOutcome(job_id, shared->status, shared->error, true);
+	RaiseOutcome(job_id, shared->status, shared->error, true, shared->skipped);
 	dsm_detach(seg);
 	SPI_finish();
 	return job_id;

@@ -788,6 +788,7 @@ PublishOutcome(Job *job, const char *status, const char *error)
 		return;
 	strlcpy(job->shared->status, status, sizeof(job->shared->status));
 	strlcpy(job->shared->error, error ? error : "", sizeof(job->shared->error));
+	job->shared->skipped = job->skipped;
 	pg_atomic_write_u32(&job->shared->stage, WAIT_STAGE_FINISHED);
 }
 

@@ -41,6 +41,7 @@ typedef struct WaitShared
 	int64		job_id;
 	char		status[16];		/* final status, set before FINISHED */
 	char		error[1024];	/* the error of a failed job */
+	int64		skipped;		/* rows skipped for a NULL input or label */
 	Size		params_len;
 	char		params[FLEXIBLE_ARRAY_MEMBER];	/* NUL-separated job fields */
 } WaitShared;
