@@ -95,6 +95,12 @@ SELECT peft_evaluate('sentiment', 'SELECT body AS input, ''unheard'' AS label FR
 SELECT peft_evaluate('sentiment', 'reviews', 'body', 'sentiment', version => 99);
 SELECT peft_evaluate('sentiment', 'reviews', 'nope', 'sentiment');
 SELECT peft_evaluate('sentiment', NULL);
+-- record => true keeps the result on the version, with the data it was measured on.
+SELECT (peft_evaluate('sentiment', 'SELECT body, sentiment FROM reviews WHERE id <= 100', 'body', 'sentiment',
+                      record => true)->>'rows')::int AS rows;
+SELECT jsonb_array_length(metrics->'evaluations') AS evaluations,
+       metrics->'evaluations'->0->>'data' AS data, (metrics->'evaluations'->0->'metrics'->>'rows')::int AS rows
+FROM peft.adapters WHERE name = 'sentiment' AND active;
 -- peft_score: every row keyed by its key column, as peft_predict scores it.
 SELECT count(*) AS scored, count(*) FILTER (WHERE s.key IS NULL) AS null_keys,
        count(*) FILTER (WHERE s.label IS NULL) AS null_inputs,

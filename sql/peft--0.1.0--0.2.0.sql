@@ -71,9 +71,11 @@ CREATE OR REPLACE FUNCTION peft_export_config(adapter text, version int DEFAULT 
 -- The metrics of an adapter's task on the rows of a table or query (read as
 -- the caller, like peft_train's data): classification accuracy, macro-F1,
 -- per-class precision, recall, F1 and support, and the confusion matrix;
--- regression MSE, MAE and R^2.  version NULL: the active one.
+-- regression MSE, MAE and R^2.  version NULL: the active one.  record
+-- appends the result, with the data, to the version's metrics->'evaluations'.
 CREATE FUNCTION peft_evaluate(adapter text, data text, input text DEFAULT 'input',
-                              label text DEFAULT 'label', version int DEFAULT NULL) RETURNS jsonb
+                              label text DEFAULT 'label', version int DEFAULT NULL,
+                              record boolean DEFAULT false) RETURNS jsonb
     AS 'MODULE_PATHNAME', 'peft_evaluate'
     LANGUAGE C VOLATILE CALLED ON NULL INPUT;
 

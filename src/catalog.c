@@ -419,3 +419,29 @@ CatalogVersionMissing(const char *name, int version)
 			(errcode(ERRCODE_UNDEFINED_OBJECT),
 			 errmsg("adapter \"%s\" has no version %d", name, version)));
 }
+
+/*
+ * Append an evaluation (a JSON object) to metrics->'evaluations' of adapter
+ * name's version, as the owner, after checking the caller's right to the
+ * name.  Inside SPI.
+ */
+void
+CatalogRecordEvaluation(const char *name, int version, const char *evaluation)
+{
+	Oid			types[3] = {TEXTOID, INT4OID, TEXTOID};
+	Datum		values[3] = {CStringGetTextDatum(name), Int32GetDatum(version),
+	CStringGetTextDatum(evaluation)};
+	OwnerContext octx;
+
+	CheckAdapterNameOwner(name, GetUserId());
+	CatalogAsOwner(&octx);
+	CatalogLockName(name);
+	if (SPI_execute_with_args("UPDATE peft.adapters SET metrics = metrics OPERATOR(pg_catalog.||) "
+							  "pg_catalog.jsonb_build_object('evaluations', "
+							  "  COALESCE(metrics OPERATOR(pg_catalog.->) 'evaluations', '[]'::pg_catalog.jsonb) "
+							  "  OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_array($3::jsonb)) "
+							  "WHERE name = $1 AND version = $2",
+							  3, types, values, NULL, false, 0) != SPI_OK_UPDATE || SPI_processed != 1)
+		elog(ERROR, "could not record the evaluation");
+	CatalogAsCaller(&octx);
+}

@@ -91,6 +91,9 @@ extern void CatalogLockName(const char *name);
 extern int	CatalogDropVersions(const char *name, bool all, int version, int *activated,
 								int64 *remaining);
 
+/* Append an evaluation (JSON object) to metrics->'evaluations' of a version.  Inside SPI. */
+extern void CatalogRecordEvaluation(const char *name, int version, const char *evaluation);
+
 /* A text[] literal of n strings, for SPI parameters. */
 extern char *CatalogTextArrayLiteral(int n, char *const *items);
 

@@ -10,6 +10,7 @@
 
 #include <math.h>
 
+#include "access/xact.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
@@ -18,7 +19,9 @@
 #include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
+#include "utils/timestamp.h"
 
+#include "catalog.h"
 #include "inference.h"
 #include "peft.h"
 #include "worker.h"
@@ -207,20 +210,29 @@ RegressionJson(const EvalState *s)
 
 /*
  * peft_evaluate(adapter, data, input DEFAULT 'input', label DEFAULT
- * 'label', version DEFAULT NULL) RETURNS jsonb: the metrics of the
- * adapter's task (the active version, or version) on the rows of data, read
- * as the caller; rows with a NULL input or label are skipped and counted.
+ * 'label', version DEFAULT NULL, record DEFAULT false) RETURNS jsonb: the
+ * metrics of the adapter's task (the active version, or version) on the
+ * rows of data, read as the caller; rows with a NULL input or label are
+ * skipped and counted.  record appends them, with the data, to the
+ * version's metrics->'evaluations'.
  */
 Datum
 peft_evaluate(PG_FUNCTION_ARGS)
 {
 	EvalState	s = {0};
 	char	   *result;
+	bool		record;
+	char	   *data;
 
 	PeftRequireArg(fcinfo, 0, "adapter");
 	PeftRequireArg(fcinfo, 1, "data");
 	PeftRequireArg(fcinfo, 2, "input");
 	PeftRequireArg(fcinfo, 3, "label");
+	PeftRequireArg(fcinfo, 5, "record");
+	record = PG_GETARG_BOOL(5);
+	if (record)
+		PeftRequirePrimary("peft_evaluate(record => true)");
+	data = TrimDataText(text_to_cstring(PG_GETARG_TEXT_PP(1)));
 	SPI_connect();
 	s.a = GetAdapterVersion(text_to_cstring(PG_GETARG_TEXT_PP(0)),
 							PG_ARGISNULL(4) ? 0 : PG_GETARG_INT32(4));
@@ -229,12 +241,22 @@ peft_evaluate(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
 				 errmsg("adapter \"%s\" has no prediction head (an embedding adapter)", s.a->name)));
 	s.confusion = palloc0(sizeof(int64) * (s.a->nlabels ? s.a->nlabels * s.a->nlabels : 1));
-	ScoreRows(s.a, DataQuery(TrimDataText(text_to_cstring(PG_GETARG_TEXT_PP(1))),
-							 text_to_cstring(PG_GETARG_TEXT_PP(2)),
+	ScoreRows(s.a, DataQuery(data, text_to_cstring(PG_GETARG_TEXT_PP(2)),
 							 text_to_cstring(PG_GETARG_TEXT_PP(3)), s.a->regression),
 			  EvalBatch, &s);
-	SPI_finish();
 	result = s.a->regression ? RegressionJson(&s) : ClassificationJson(&s);
+	if (record)
+	{
+		StringInfoData entry;
+
+		initStringInfo(&entry);
+		appendStringInfoString(&entry, "{\"data\": ");
+		escape_json(&entry, data);
+		appendStringInfo(&entry, ", \"at\": \"%s\", \"metrics\": %s}",
+						 timestamptz_to_str(GetCurrentTransactionStartTimestamp()), result);
+		CatalogRecordEvaluation(s.a->name, s.a->version, entry.data);
+	}
+	SPI_finish();
 	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(result)));
 }
 
