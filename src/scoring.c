@@ -228,8 +228,10 @@ peft_evaluate(PG_FUNCTION_ARGS)
 	PeftRequireArg(fcinfo, 1, "data");
 	PeftRequireArg(fcinfo, 2, "input");
 	PeftRequireArg(fcinfo, 3, "label");
-	PeftRequireArg(fcinfo, 5, "record");
-	record = PG_GETARG_BOOL(5);
+	/* a catalog created by a development build of 0.2.0 declares no record argument */
+	if (PG_NARGS() > 5)
+		PeftRequireArg(fcinfo, 5, "record");
+	record = PG_NARGS() > 5 && PG_GETARG_BOOL(5);
 	if (record)
 		PeftRequirePrimary("peft_evaluate(record => true)");
 	data = TrimDataText(text_to_cstring(PG_GETARG_TEXT_PP(1)));
