@@ -104,15 +104,16 @@ MethodNames(const PeftEngineApi *engine)
 	return buf.data;
 }
 
-/* data without trailing whitespace and semicolons (as pasted from psql), in place. */
-char *
-TrimDataText(char *data)
+/* A copy of data without trailing whitespace and semicolons (as pasted from psql). */
+static char *
+TrimDataText(const char *data)
 {
-	size_t		n = strlen(data);
+	char	   *copy = pstrdup(data);
+	size_t		n = strlen(copy);
 
-	while (n > 0 && (data[n - 1] == ';' || isspace((unsigned char) data[n - 1])))
-		data[--n] = '\0';
-	return data;
+	while (n > 0 && (copy[n - 1] == ';' || isspace((unsigned char) copy[n - 1])))
+		copy[--n] = '\0';
+	return copy;
 }
 
 /* True when data looks like a query rather than a table or view name. */
@@ -128,11 +129,14 @@ IsQuery(const char *data)
 /*
  * The FROM item of data: a name is parsed as a possibly-qualified
  * identifier and quoted; a query is wrapped as a subquery.  Either way it
- * runs with the caller's rights.
+ * runs with the caller's rights.  Every reader of data (training's checks
+ * and worker, evaluation, scoring) comes here, so trailing semicolons are
+ * ignored for all of them.
  */
 static char *
-DataSource(const char *data)
+DataSource(const char *given)
 {
+	char	   *data = TrimDataText(given);
 	List	   *names;
 	RangeVar   *rv;
 
@@ -480,7 +484,7 @@ TrainFields(FunctionCallInfo fcinfo, char **fields, PeftTrainConfig *parsed)
 
 	fields[JOB_ADAPTER] = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	fields[JOB_BASE_MODEL] = text_to_cstring(PG_GETARG_TEXT_PP(1));
-	fields[JOB_DATA] = TrimDataText(text_to_cstring(PG_GETARG_TEXT_PP(2)));
+	fields[JOB_DATA] = text_to_cstring(PG_GETARG_TEXT_PP(2));
 	fields[JOB_INPUT] = text_to_cstring(PG_GETARG_TEXT_PP(3));
 	fields[JOB_LABEL] = text_to_cstring(PG_GETARG_TEXT_PP(4));
 	fields[JOB_TASK] = text_to_cstring(PG_GETARG_TEXT_PP(5));

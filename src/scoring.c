@@ -45,6 +45,7 @@ ScoreRows(CachedAdapter *a, const char *query, ScoreBatchFn fn, void *state)
 {
 	SPIPlanPtr	plan = SPI_prepare(query, 0, NULL);
 	Portal		cursor;
+	MemoryContext batch;
 	char	   *texts[SCORE_FETCH];
 	char	   *second[SCORE_FETCH];
 	char	   *labels[SCORE_FETCH];
@@ -54,10 +55,9 @@ ScoreRows(CachedAdapter *a, const char *query, ScoreBatchFn fn, void *state)
 		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 						errmsg("data must be a table, a view or a single SELECT query")));
 	cursor = SPI_cursor_open(NULL, plan, NULL, NULL, true);
+	batch = AllocSetContextCreate(CurrentMemoryContext, "peft scoring batch", ALLOCSET_DEFAULT_SIZES);
 	for (;;)
 	{
-		MemoryContext batch = AllocSetContextCreate(CurrentMemoryContext, "peft scoring batch",
-													ALLOCSET_DEFAULT_SIZES);
 		MemoryContext old;
 		int			n;
 
@@ -76,8 +76,9 @@ ScoreRows(CachedAdapter *a, const char *query, ScoreBatchFn fn, void *state)
 		fn(state, n, texts, second, labels, scores);
 		MemoryContextSwitchTo(old);
 		SPI_freetuptable(SPI_tuptable);
-		MemoryContextDelete(batch);
+		MemoryContextReset(batch);
 	}
+	MemoryContextDelete(batch);
 	SPI_cursor_close(cursor);
 }
 
@@ -161,6 +162,7 @@ ClassificationJson(const EvalState *s)
 		int64		tp = s->confusion[k * K + k];
 		int64		support = 0;
 		int64		predicted = 0;
+		double		f1;
 
 		for (int j = 0; j < K; j++)
 		{
@@ -168,10 +170,11 @@ ClassificationJson(const EvalState *s)
 			predicted += s->confusion[j * K + k];
 		}
 		correct += tp;
+		f1 = tp ? 2.0 * tp / (support + predicted) : 0;
 		/* macro-F1 over the classes present in labels or predictions (as sklearn) */
 		if (support + predicted > 0)
 		{
-			f1_sum += tp ? 2.0 * tp / (support + predicted) : 0;
+			f1_sum += f1;
 			present++;
 		}
 		appendStringInfoString(&classes, k ? ", " : "");
@@ -179,7 +182,7 @@ ClassificationJson(const EvalState *s)
 		appendStringInfo(&classes, ": {\"precision\": %.6g, \"recall\": %.6g, \"f1\": %.6g, "
 						 "\"support\": " INT64_FORMAT "}",
 						 predicted ? (double) tp / predicted : 0, support ? (double) tp / support : 0,
-						 tp ? 2.0 * tp / (support + predicted) : 0, support);
+						 f1, support);
 		appendStringInfoString(&names, k ? ", " : "");
 		escape_json(&names, s->a->labels[k]);
 		appendStringInfo(&matrix, "%s[", k ? ", " : "");
@@ -234,7 +237,7 @@ peft_evaluate(PG_FUNCTION_ARGS)
 	record = PG_NARGS() > 5 && PG_GETARG_BOOL(5);
 	if (record)
 		PeftRequirePrimary("peft_evaluate(record => true)");
-	data = TrimDataText(text_to_cstring(PG_GETARG_TEXT_PP(1)));
+	data = text_to_cstring(PG_GETARG_TEXT_PP(1));
 	SPI_connect();
 	s.a = GetAdapterVersion(text_to_cstring(PG_GETARG_TEXT_PP(0)),
 							PG_ARGISNULL(4) ? 0 : PG_GETARG_INT32(4));
@@ -300,14 +303,10 @@ peft_score(PG_FUNCTION_ARGS)
 	ScoreState	s = {(ReturnSetInfo *) fcinfo->resultinfo};
 	CachedAdapter *a;
 
-	PeftRequireArg(fcinfo, 0, "adapter");
-	PeftRequireArg(fcinfo, 1, "data");
-	PeftRequireArg(fcinfo, 2, "key");
-	PeftRequireArg(fcinfo, 3, "input");
 	InitMaterializedSRF(fcinfo, 0);
 	SPI_connect();
 	a = GetAdapterVersion(text_to_cstring(PG_GETARG_TEXT_PP(0)), 0);
-	ScoreRows(a, DataQuery(TrimDataText(text_to_cstring(PG_GETARG_TEXT_PP(1))),
+	ScoreRows(a, DataQuery(text_to_cstring(PG_GETARG_TEXT_PP(1)),
 						   text_to_cstring(PG_GETARG_TEXT_PP(3)),
 						   text_to_cstring(PG_GETARG_TEXT_PP(2)), false),
 			  ScoreBatch, &s);

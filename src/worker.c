@@ -553,17 +553,13 @@ ReportProgress(Job *job, const PeftTrainProgress *p)
 	LossHistoryArrays(&job->history, (char **) &args[8], (char **) &args[9], (char **) &args[10]);
 	BeginStep();
 	/* a database still at 0.1.0 has no loss_steps: its loss_history gets a point per report */
-	if (job->has_loss_steps)
-		ExecText("UPDATE peft.job_rows SET epoch = $2::int, step = $3::int, total_steps = $4::int, "
-				 "loss = $5::float8, samples_per_second = $6::float8, eta = $7::interval, "
-				 "progress = least($8::real, 1), loss_steps = $9::int[], loss_history = $10::float8[], "
-				 "lr_history = $11::float8[] "
-				 "WHERE id = $1::bigint AND worker_pid = pg_backend_pid()", 11, args);
-	else
-		ExecText("UPDATE peft.job_rows SET epoch = $2::int, step = $3::int, total_steps = $4::int, "
-				 "loss = $5::float8, samples_per_second = $6::float8, eta = $7::interval, "
-				 "progress = least($8::real, 1), loss_history = loss_history || $5::float8 "
-				 "WHERE id = $1::bigint AND worker_pid = pg_backend_pid()", 8, args);
+	ExecText(psprintf("UPDATE peft.job_rows SET epoch = $2::int, step = $3::int, total_steps = $4::int, "
+					  "loss = $5::float8, samples_per_second = $6::float8, eta = $7::interval, "
+					  "progress = least($8::real, 1), %s "
+					  "WHERE id = $1::bigint AND worker_pid = pg_backend_pid()",
+					  job->has_loss_steps ? "loss_steps = $9::int[], loss_history = $10::float8[], "
+					  "lr_history = $11::float8[]" : "loss_history = loss_history || $5::float8"),
+			 job->has_loss_steps ? 11 : 8, args);
 	CheckOwnRow(job);
 	stop = CancelRequested(job);
 	EndStep();

@@ -68,8 +68,6 @@ extern int	peft_train_threads;
 extern int	peft_max_train_memory;
 
 /* The SQL text that reads (input, label) from data, as the caller would. */
-/* data without trailing whitespace and semicolons (as pasted from psql), in place. */
-extern char *TrimDataText(char *data);
 extern char *DataQuery(const char *data, const char *input, const char *label,
 					   bool regression);
 

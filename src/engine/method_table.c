@@ -40,14 +40,22 @@ method_table(int *count)
 	return methods;
 }
 
-/* The method names as "a, b, ... and z" into buf. */
+/* The names of the methods in bits as "a, b, ...<last>z" into buf (last: " and ", " or "). */
 const char *
-method_names_list(char *buf, size_t len)
+method_names_list(unsigned bits, const char *last, char *buf, size_t len)
 {
+	int			left = 0;
+
+	for (int k = 0; k < NMETHODS; k++)
+		left += (bits & methods[k].bit) != 0;
 	buf[0] = '\0';
 	for (int k = 0; k < NMETHODS; k++)
-		snprintf(buf + strlen(buf), len - strlen(buf), "%s%s",
-				 k == 0 ? "" : k == NMETHODS - 1 ? " and " : ", ", methods[k].name);
+		if (bits & methods[k].bit)
+		{
+			left--;
+			snprintf(buf + strlen(buf), len - strlen(buf), "%s%s", methods[k].name,
+					 left > 1 ? ", " : left == 1 ? last : "");
+		}
 	return buf;
 }
 
@@ -92,7 +100,7 @@ adapter_parse_method(const char *name, unsigned *out, PeftError *err)
 		if (bit == 0 || (bits & bit))
 			return peft_fail(err, PEFT_ERR_INVALID,
 							 "method \"%s\" is not a combination of %s (each at most once, joined by +)",
-							 name, method_names_list(names, sizeof(names)));
+							 name, method_names_list(~0u, " and ", names, sizeof(names)));
 		bits |= bit;
 		at += len;
 		if (*at == '+')

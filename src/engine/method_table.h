@@ -20,7 +20,7 @@ bool		methods_mergeable(unsigned methods);
 /* Check that every method in bits trains for task on a model of architecture (a model_type). */
 PeftCode	methods_check_support(unsigned methods, PeftTask task, const char *architecture,
 								  PeftError *err);
-/* The method names as "a, b, ... and z" into buf. */
-const char *method_names_list(char *buf, size_t len);
+/* The names of the methods in bits as "a, b, ...<last>z" into buf (last: " and ", " or "). */
+const char *method_names_list(unsigned methods, const char *last, char *buf, size_t len);
 
 #endif

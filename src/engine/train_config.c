@@ -135,27 +135,6 @@ train_config_find(const char *key)
 	return NULL;
 }
 
-/* The methods of bits as "a, b or c" into buf. */
-static const char *
-methods_or_list(unsigned bits, char *buf, size_t len)
-{
-	int			count;
-	const PeftMethodInfo *m = method_table(&count);
-	int			left = 0;
-
-	for (int k = 0; k < count; k++)
-		left += (bits & m[k].bit) != 0;
-	buf[0] = '\0';
-	for (int k = 0; k < count; k++)
-		if (bits & m[k].bit)
-		{
-			left--;
-			snprintf(buf + strlen(buf), len - strlen(buf), "%s%s", m[k].name,
-					 left > 1 ? ", " : left == 1 ? " or " : "");
-		}
-	return buf;
-}
-
 /* Check that option key, given explicitly, applies to a run's methods and task. */
 PeftCode
 train_config_applies(const char *key, unsigned methods, PeftTask task, PeftError *err)
@@ -170,10 +149,17 @@ train_config_applies(const char *key, unsigned methods, PeftTask task, PeftError
 		return peft_fail(err, PEFT_ERR_INVALID,
 						 "option \"%s\" does not apply to method %s: it applies to %s", key,
 						 adapter_methods_name(methods, given, sizeof(given)),
-						 methods_or_list(o->methods, names, sizeof(names)));
+						 method_names_list(o->methods, " or ", names, sizeof(names)));
 	if (o->tasks && !(o->tasks & (1u << task)))
+	{
+		names[0] = '\0';
+		for (int t = 0; peft_task_words[t]; t++)
+			if (o->tasks & (1u << t))
+				snprintf(names + strlen(names), sizeof(names) - strlen(names), "%s%s",
+						 names[0] ? " or " : "", peft_task_words[t]);
 		return peft_fail(err, PEFT_ERR_INVALID, "option \"%s\" does not apply to task %s: it applies to %s",
-						 key, peft_task_words[task], peft_task_words[o->tasks & 1 ? 0 : 1]);
+						 key, peft_task_words[task], names);
+	}
 	return PEFT_OK;
 }
 
