@@ -23,21 +23,32 @@ CREATE TABLE tickets (id bigserial PRIMARY KEY, body text NOT NULL, queue text N
 \copy tickets (body, queue) FROM pstdin WITH (FORMAT text, HEADER true)
 SELECT queue, count(*) AS tickets FROM tickets GROUP BY queue ORDER BY count(*) DESC;
 
-\echo '== train a LoRA adapter (r=8 on query and value) in a background worker'
+\echo '== train a LoRA adapter (r=8 on query and value) in a background worker; every tenth ticket held out'
 \timing on
-SELECT peft_train('ticket_router', 'minilm', 'tickets', input => 'body', label => 'queue',
+SELECT peft_train('ticket_router', 'minilm', 'SELECT body, queue FROM tickets WHERE id % 10 <> 0',
+                  input => 'body', label => 'queue',
                   options => '{"r": 8, "lora_alpha": 16, "epochs": 1, "max_length": 64,
-                               "learning_rate": 0.001, "batch_size": 32}',
+                               "learning_rate": 0.001, "batch_size": 32,
+                               "validation_data": "SELECT body, queue FROM tickets WHERE id % 10 = 0"}',
                   wait => true) AS job \gset
 \timing off
 SELECT id AS job, status, step, total_steps, round(loss::numeric, 4) AS last_loss,
        round(samples_per_second::numeric, 1) AS rows_per_second
 FROM peft.jobs WHERE id = :job;
 
-\echo '== validation metrics (held-out 10%)'
+\echo '== validation metrics of the job (the held-out tickets)'
 SELECT version, round(accuracy::numeric, 4) AS accuracy, round(macro_f1::numeric, 4) AS macro_f1,
        train_rows, valid_rows, parameters
 FROM peft.adapter_versions WHERE name = 'ticket_router' AND active;
+
+\echo '== peft_evaluate on the same held-out tickets: the same figures, and per queue'
+SELECT peft_evaluate('ticket_router', 'SELECT body, queue FROM tickets WHERE id % 10 = 0',
+                     input => 'body', label => 'queue') AS evaluation \gset
+SELECT (:'evaluation'::jsonb->>'rows')::int AS rows, round((:'evaluation'::jsonb->>'accuracy')::numeric, 4) AS accuracy,
+       round((:'evaluation'::jsonb->>'macro_f1')::numeric, 4) AS macro_f1;
+SELECT c.key AS queue, (c.value->>'support')::int AS tickets, round((c.value->>'precision')::numeric, 3) AS precision,
+       round((c.value->>'recall')::numeric, 3) AS recall, round((c.value->>'f1')::numeric, 3) AS f1
+FROM jsonb_each(:'evaluation'::jsonb->'classes') AS c ORDER BY c.key;
 
 \echo '== predictions for new tickets'
 SELECT t.body, p.label, round(p.score::numeric, 3) AS probability

@@ -226,3 +226,45 @@ SELECT peft_drop_adapter('long');
 SELECT peft._sparkline(ARRAY[1, 2, 3, 4, 5, 6, 7, 8]) AS rising, peft._sparkline(ARRAY[2, 2]) AS flat,
        peft._sparkline(ARRAY[1, 'NaN', 'Infinity', 8]::float8[]) AS finite_only, peft._sparkline('{}') IS NULL AS empty,
        length(peft._sparkline(array_fill(1.0::float8, ARRAY[1000]))) AS at_most_60;
+-- validation_data: the job validates on the caller's own held-out rows, and peft_evaluate on
+-- the same rows gives the job's figures (recorded with 6 significant digits).
+SELECT peft_train('heldout', 'tiny', 'SELECT * FROM reviews WHERE id <= 300', 'body', 'sentiment',
+                  options => '{"epochs": 2, "learning_rate": 0.01, "seed": 3,
+                               "validation_data": "SELECT * FROM reviews WHERE id > 300"}',
+                  wait => true) AS job \gset
+SELECT (metrics->>'train_rows')::int AS train_rows, (metrics->>'valid_rows')::int AS valid_rows,
+       (metrics->>'skipped_rows')::int AS skipped, (e->>'rows')::int AS evaluated,
+       (e->>'accuracy')::float8 BETWEEN 0.34 AND 0.99 AS partly_learnt,  -- 0.45 here: agreement is not trivial
+       abs((metrics->'final'->>'accuracy')::float8 - (e->>'accuracy')::float8) < 1e-5 AS accuracy_agrees,
+       abs((metrics->'final'->>'macro_f1')::float8 - (e->>'macro_f1')::float8) < 1e-5 AS macro_f1_agrees
+FROM peft.adapters, peft_evaluate('heldout', 'SELECT * FROM reviews WHERE id > 300', 'body', 'sentiment') e
+WHERE job = :job;
+SELECT peft_train('heldout_stars', 'tiny', 'SELECT * FROM reviews WHERE id <= 300', 'body', 'stars',
+                  task => 'regression', options => '{"epochs": 1, "learning_rate": 0.003,
+                  "validation_data": "SELECT * FROM reviews WHERE id > 300"}', wait => true) AS job \gset
+SELECT (metrics->>'valid_rows')::int AS valid_rows,
+       abs((metrics->'final'->>'mse')::float8 / (e->>'mse')::float8 - 1) < 1e-5 AS mse_agrees,
+       abs((metrics->'final'->>'r2')::float8 - (e->>'r2')::float8) < 1e-5 AS r2_agrees
+FROM peft.adapters, peft_evaluate('heldout_stars', 'SELECT * FROM reviews WHERE id > 300', 'body', 'stars') e
+WHERE job = :job;
+SELECT peft_train('a', 'tiny', 'reviews', 'body', 'sentiment',
+                  options => '{"validation_data": "reviews", "validation_fraction": 0.2}');
+SELECT peft_train('a', 'tiny', 'reviews', 'body', 'sentiment',
+                  options => '{"validation_data": "SELECT body FROM reviews"}');
+SELECT peft_train('a', 'tiny', 'reviews', 'body', 'sentiment',
+                  options => '{"validation_data": "SELECT * FROM reviews WHERE body IS NULL"}');
+SELECT peft_train('a', 'tiny', 'reviews', 'body', 'sentiment', options => '{"validation_data": " ; "}');
+SELECT peft_train('a', 'tiny', 'reviews', 'body', 'sentiment', options => '{"validation_data": 7}');
+SELECT peft_drop_adapter('heldout'), peft_drop_adapter('heldout_stars');
+-- Predictions read texts as the version was trained: max_length travels in its metrics (3 tokens:
+-- [CLS], the first word, [SEP], so texts that share their first word predict alike).
+SELECT peft_train('short', 'tiny', 'reviews', 'body', 'sentiment', options => '{"max_length": 3, "max_steps": 2}',
+                  wait => true) > 0 AS trained;
+SELECT metrics->'max_length' AS max_length FROM peft.adapters WHERE name = 'short';
+SELECT count(DISTINCT (label, score)) AS distinct_predictions
+FROM peft_predict('short', ARRAY['movie good today', 'movie terrible room', 'movie']);
+-- a max_length that is not a usable number (an import's metrics may hold anything) reads as the model's
+UPDATE peft.adapters SET metrics = jsonb_set(metrics, '{max_length}', '"three"') WHERE name = 'short';
+SELECT count(DISTINCT (label, score)) AS distinct_predictions
+FROM peft_predict('short', ARRAY['movie good today', 'movie terrible room', 'movie']);
+SELECT peft_drop_adapter('short');

@@ -196,11 +196,16 @@ GetAdapterVersion(const char *name, int wanted)
 	char	   *model_name;
 	char	   *task;
 	bool		merged;
+	int			max_length;
 	ArrayType  *labels;
 	Datum		d;
 	CachedAdapter *slot = NULL;
 
-	if (SPI_execute_with_args("SELECT version, xmin::text, base_model, task, labels, merged "
+	/* max_length as trained: a number in range, or the model's (an import may carry anything) */
+	if (SPI_execute_with_args("SELECT version, xmin::text, base_model, task, labels, merged, "
+							  "CASE WHEN jsonb_typeof(metrics->'max_length') = 'number' "
+							  "AND (metrics->>'max_length')::numeric BETWEEN 2 AND 1000000 "
+							  "THEN round((metrics->>'max_length')::numeric)::int ELSE 0 END "
 							  "FROM peft.adapters WHERE name = $1 AND "
 							  "CASE WHEN $2 = 0 THEN active ELSE version = $2 END",
 							  2, types, values, NULL, true, 1) != SPI_OK_SELECT)
@@ -214,6 +219,7 @@ GetAdapterVersion(const char *name, int wanted)
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5, &isnull);
 	labels = isnull ? NULL : DatumGetArrayTypePCopy(d);
 	merged = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 6, &isnull));
+	max_length = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 7, &isnull));
 
 	for (int i = 0; i < MAX_CACHED_ADAPTERS; i++)
 	{
@@ -244,6 +250,7 @@ GetAdapterVersion(const char *name, int wanted)
 	if (slot->handle)
 		DropCachedAdapter(slot);
 	LoadAdapter(slot, name, version, row_version, model_name, task, labels, merged);
+	slot->max_length = max_length;
 	slot->last_used = ++use_clock;
 	return slot;
 }
@@ -293,7 +300,7 @@ PredictTexts(CachedAdapter *a, char **texts, int n, char **labels, double *score
 		}
 		if (count == 0)
 			continue;
-		if (PeftEngine()->predict(a->handle, batch, lengths, count, 0, out, &err) != PEFT_OK)
+		if (PeftEngine()->predict(a->handle, batch, lengths, count, a->max_length, out, &err) != PEFT_OK)
 			PeftRaiseEngineError(&err);
 		for (int i = 0; i < count; i++)
 		{
@@ -457,7 +464,7 @@ peft_embed(PG_FUNCTION_ARGS)
 	lengths[0] = strlen(input);
 	out = SPI_palloc(sizeof(float) * m->info.hidden_size);	/* outlives SPI_finish */
 	ConfigureInference();
-	if (PeftEngine()->embed(m->handle, a ? a->handle : NULL, texts, lengths, 1, 0,
+	if (PeftEngine()->embed(m->handle, a ? a->handle : NULL, texts, lengths, 1, a ? a->max_length : 0,
 							out, &err) != PEFT_OK)
 		PeftRaiseEngineError(&err);
 	SPI_finish();
@@ -504,7 +511,7 @@ peft_embed_array(PG_FUNCTION_ARGS)
 	out = SPI_palloc(sizeof(float) * (size_t) (count ? count : 1) * m->info.hidden_size);
 	ConfigureInference();
 	if (count > 0 &&
-		PeftEngine()->embed(m->handle, a ? a->handle : NULL, texts, lengths, count, 0, out,
+		PeftEngine()->embed(m->handle, a ? a->handle : NULL, texts, lengths, count, a ? a->max_length : 0, out,
 							&err) != PEFT_OK)
 		PeftRaiseEngineError(&err);
 	SPI_finish();

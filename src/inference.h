@@ -29,6 +29,7 @@ typedef struct CachedAdapter
 	bool		regression;
 	int			nlabels;
 	char	  **labels;			/* in TopMemoryContext */
+	int			max_length;		/* tokens per text, as trained (0: the model's) */
 	uint64		last_used;
 } CachedAdapter;
 

@@ -164,7 +164,7 @@ DataQuery(const char *data, const char *input, const char *label, bool regressio
  * after a ";" is refused here; read-only execution refuses writes).
  */
 static TupleDesc
-DataColumns(const char *data)
+DataColumns(const char *data, const char *what)
 {
 	SPIPlanPtr	plan = SPI_prepare(psprintf("SELECT peft_data.* FROM %s AS peft_data LIMIT 0",
 											DataSource(data)), 0, NULL);
@@ -172,13 +172,13 @@ DataColumns(const char *data)
 	if (plan == NULL || !SPI_is_cursor_plan(plan) ||
 		SPI_execute_plan(plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
 		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-						errmsg("data must be a table, a view or a single SELECT query")));
+						errmsg("%s must be a table, a view or a single SELECT query", what)));
 	return SPI_tuptable->tupdesc;
 }
 
-/* The type of column name of desc; ERROR naming the argument that chose it when absent. */
+/* The type of column name of desc (what: "data"); ERROR naming the argument that chose it when absent. */
 static Oid
-DataColumnType(TupleDesc desc, const char *name, const char *argument)
+DataColumnType(TupleDesc desc, const char *name, const char *argument, const char *what)
 {
 	StringInfoData names;
 
@@ -195,7 +195,7 @@ DataColumnType(TupleDesc desc, const char *name, const char *argument)
 	}
 	ereport(ERROR,
 			(errcode(ERRCODE_UNDEFINED_COLUMN),
-			 errmsg("data has no column \"%s\"", name),
+			 errmsg("%s has no column \"%s\"", what, name),
 			 errdetail("Its columns are: %s.", names.len ? names.data : "(none)"),
 			 errhint("Name the %s column with %s => 'column' (the default is '%s').",
 					 argument, argument, argument)));
@@ -208,11 +208,12 @@ DataColumnType(TupleDesc desc, const char *name, const char *argument)
  * classification label not a float (a classifier with a class per value).
  */
 static void
-CheckDataTypes(const char *data, const char *input, const char *label, bool regression)
+CheckDataTypes(const char *data, const char *input, const char *label, bool regression,
+			   const char *what)
 {
-	TupleDesc	desc = DataColumns(data);
-	Oid			input_type = DataColumnType(desc, input, "input");
-	Oid			label_type = DataColumnType(desc, label, "label");
+	TupleDesc	desc = DataColumns(data, what);
+	Oid			input_type = DataColumnType(desc, input, "input", what);
+	Oid			label_type = DataColumnType(desc, label, "label", what);
 	bool		integer = label_type == INT2OID || label_type == INT4OID || label_type == INT8OID;
 	bool		fractional = label_type == FLOAT4OID || label_type == FLOAT8OID || label_type == NUMERICOID;
 
@@ -238,24 +239,29 @@ CheckDataTypes(const char *data, const char *input, const char *label, bool regr
 						 "cast the label to text in a query.")));
 }
 
-/* Check data, its columns and its rows as the caller, before queuing anything. */
+/*
+ * Check data (what: "data" or "validation_data"), its columns and its rows
+ * as the caller, before queuing anything.
+ */
 static void
-CheckData(const char *data, const char *input, const char *label, bool regression)
+CheckData(const char *data, const char *input, const char *label, bool regression, const char *what)
 {
 	char	   *query = DataQuery(data, input, label, regression);
+	bool		validation = strcmp(what, "data") != 0;
 	char	   *first;
 
-	CheckDataTypes(data, input, label, regression);
+	CheckDataTypes(data, input, label, regression, what);
 
-	/* at least one usable row, and for classification two classes */
+	/* at least one usable row, and for classification (training) two classes */
 	if (SPI_execute(psprintf("SELECT q.* FROM (%s) q WHERE q IS NOT NULL LIMIT 1", query),
 					true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not read the training data");
+		elog(ERROR, "could not read the %s", what);
 	if (SPI_processed == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_NO_DATA_FOUND),
-				 errmsg("the training data has no row with both input and label set")));
-	if (regression)
+				 errmsg("the %s data has no row with both input and label set",
+						validation ? "validation" : "training")));
+	if (regression || validation)
 		return;
 	first = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
 	{
@@ -546,7 +552,10 @@ CheckTrainCatalog(char **fields, const PeftTrainConfig *parsed, bool regression)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("invalid option \"max_length\": %d exceeds the model's %d positions",
 						parsed->max_length, max_position)));
-	CheckData(fields[JOB_DATA], fields[JOB_INPUT], fields[JOB_LABEL], regression);
+	CheckData(fields[JOB_DATA], fields[JOB_INPUT], fields[JOB_LABEL], regression, "data");
+	if (parsed->validation_data)
+		CheckData(parsed->validation_data, fields[JOB_INPUT], fields[JOB_LABEL], regression,
+				  "validation_data");
 	CheckAdapterNameOwner(fields[JOB_ADAPTER], GetUserId());
 }
 

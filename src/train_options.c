@@ -128,6 +128,7 @@ ParseTrainOptions(Jsonb *options, const PeftEngineApi *engine, unsigned methods,
 	JsonbValue	v;
 	JsonbIteratorToken tok;
 	char	   *key = NULL;
+	bool		fraction_given = false;
 
 	engine->train_config_default(out);
 	/* unless given: the session's peft.device and peft.precision */
@@ -147,8 +148,14 @@ ParseTrainOptions(Jsonb *options, const PeftEngineApi *engine, unsigned methods,
 		{
 			ApplyOption(out, key, &v, engine);
 			CheckOptionApplies(key, engine, methods, task);
+			fraction_given |= strcmp(key, "validation_fraction") == 0;
 		}
 	}
+	if (out->validation_data && fraction_given)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("options \"validation_data\" and \"validation_fraction\" exclude each other"),
+				 errdetail("With validation_data every row of data trains.")));
 	out->methods = methods;
 	out->task = task;
 }

@@ -414,11 +414,10 @@ LabelIndex(Job *job, const char *label)
 	return entry->index;
 }
 
-/* Read every row of data through a cursor, as the caller, into the engine. */
+/* Read every row of a data query through a cursor, as the caller, into the engine. */
 static void
-ReadRows(Job *job)
+ReadQueryRows(Job *job, const char *data)
 {
-	HASHCTL		ctl = {0};
 	Oid			save_user;
 	int			save_sec;
 	Portal		portal;
@@ -428,11 +427,6 @@ ReadRows(Job *job)
 	MemoryContext batch = AllocSetContextCreate(job->context, "peft data batch",
 												ALLOCSET_DEFAULT_SIZES);
 	MemoryContext spi;
-
-	ctl.keysize = MAX_LABEL_BYTES + 1;
-	ctl.entrysize = sizeof(LabelEntry);
-	ctl.hcxt = TopMemoryContext;
-	job->label_index = hash_create("peft labels", 64, &ctl, HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
 
 	BeginStep();
 
@@ -448,7 +442,7 @@ ReadRows(Job *job)
 							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 	GetUserIdAndSecContext(&save_user, &save_sec);
 	SetUserIdAndSecContext(job->args.caller, save_sec | SECURITY_LOCAL_USERID_CHANGE);
-	plan = SPI_prepare(DataQuery(job->fields[JOB_DATA], job->fields[JOB_INPUT],
+	plan = SPI_prepare(DataQuery(data, job->fields[JOB_INPUT],
 								 job->fields[JOB_LABEL], job->regression), 0, NULL);
 	if (plan == NULL)
 		elog(ERROR, "could not prepare the data query: %s", SPI_result_code_string(SPI_result));
@@ -501,6 +495,25 @@ ReadRows(Job *job)
 	AtEOXact_GUC(false, nestlevel);
 	EndStep();
 	MemoryContextDelete(batch);
+}
+
+/* Read the training rows, then any validation_data rows (held out), into the engine. */
+static void
+ReadRows(Job *job)
+{
+	HASHCTL		ctl = {0};
+	PeftError	err = {0};
+
+	ctl.keysize = MAX_LABEL_BYTES + 1;
+	ctl.entrysize = sizeof(LabelEntry);
+	ctl.hcxt = TopMemoryContext;
+	job->label_index = hash_create("peft labels", 64, &ctl, HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+	ReadQueryRows(job, job->fields[JOB_DATA]);
+	if (job->config.validation_data == NULL)
+		return;
+	if (job->engine->train_hold_out(job->train, &err) != PEFT_OK)
+		TrainEngineError(&err);
+	ReadQueryRows(job, job->config.validation_data);
 }
 
 /* qsort comparator for label strings (byte order, as COLLATE "C"). */
@@ -653,11 +666,12 @@ SaveAdapter(Job *job, const char *final_metrics, int64 train_rows, int64 valid_r
 	v.labels = job->regression ? NULL : CatalogTextArrayLiteral(job->nlabels, job->labels);
 	v.metrics = psprintf("{\"final\": %s, \"epochs\": [%s], "
 						 "\"train_rows\": %lld, \"valid_rows\": %lld, "
-						 "\"skipped_rows\": %lld, \"parameters\": %lld, \"train_seconds\": %.3f, "
-						 "\"device\": \"%s\", \"memory\": %s}",
+						 "\"skipped_rows\": %lld, \"parameters\": %lld, \"max_length\": %d, "
+						 "\"train_seconds\": %.3f, \"device\": \"%s\", \"memory\": %s}",
 						 final_metrics, job->epochs.data + 1,
 						 (long long) train_rows, (long long) valid_rows,
 						 (long long) job->skipped, (long long) job->engine->train_parameters(job->train),
+						 job->engine->train_max_length(job->train),
 						 seconds,
 						 job->engine->train_device(job->train), MemoryJson(job, true));
 	v.job = job->id;

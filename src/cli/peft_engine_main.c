@@ -365,15 +365,12 @@ sort_labels(Labels *labels)
 	return map;
 }
 
-/* Hand every row to the run: class indices as the worker's, or regression targets. */
+/* Hand one file's rows to the run: class indices as the worker's, or regression targets. */
 static void
-add_rows(PeftTrainJob *job, const Rows *rows, Labels *labels)
+add_file_rows(PeftTrainJob *job, const Rows *rows, Labels *labels)
 {
 	PeftError	err = {0};
 
-	labels->names = malloc(sizeof(char *) * (rows->count + 1));
-	if (labels->names == NULL || hcreate(rows->count + 1) == 0)
-		die("out of memory numbering", "labels");
 	for (size_t i = 0; i < rows->count; i++)
 	{
 		bool		regression = labels->task == PEFT_TASK_REGRESSION;
@@ -381,6 +378,24 @@ add_rows(PeftTrainJob *job, const Rows *rows, Labels *labels)
 		double		target = regression ? strtod(rows->label[i], NULL) : 0;
 
 		die_on(api->train_add_row(job, rows->text[i], rows->length[i], label, target, &err), &err);
+	}
+}
+
+/* Hand every row to the run: the training file's, then the validation file's (valid may be NULL). */
+static void
+add_rows(PeftTrainJob *job, const Rows *rows, const Rows *valid, Labels *labels)
+{
+	size_t		count = rows->count + (valid ? valid->count : 0);
+	PeftError	err = {0};
+
+	labels->names = malloc(sizeof(char *) * (count + 1));
+	if (labels->names == NULL || hcreate(count + 1) == 0)
+		die("out of memory numbering", "labels");
+	add_file_rows(job, rows, labels);
+	if (valid != NULL)
+	{
+		die_on(api->train_hold_out(job, &err), &err);
+		add_file_rows(job, valid, labels);
 	}
 	hdestroy();
 }
@@ -498,6 +513,7 @@ static int
 command_train(PeftModelHandle *model, const Options *o)
 {
 	Rows		rows = read_rows(o->data, true);
+	Rows		valid = {0};
 	Labels		labels = {.task = o->config.task};
 	bool		regression = labels.task == PEFT_TASK_REGRESSION;
 	int		   *map = NULL;
@@ -509,7 +525,9 @@ command_train(PeftModelHandle *model, const Options *o)
 	PeftError	err = {0};
 
 	die_on(api->train_begin(model, &o->config, &job, &err), &err);
-	add_rows(job, &rows, &labels);
+	if (o->config.validation_data)
+		valid = read_rows(o->config.validation_data, true);
+	add_rows(job, &rows, o->config.validation_data ? &valid : NULL, &labels);
 	if (!regression && labels.count < 2)
 		usage("classification needs at least two distinct labels");
 	if (!regression)
@@ -880,7 +898,11 @@ parse_flags(int argc, char **argv, Options *o)
 		usage("unexpected argument (a true/false flag takes --flag=VALUE)");
 	/* as peft_train: an option given for a method or task it does not apply to is an error */
 	for (int i = 0; i < ngiven; i++)
+	{
 		die_on(api->option_applies(given[i], o->config.methods, o->config.task, &err), &err);
+		if (strcmp(given[i], "validation_fraction") == 0 && o->config.validation_data)
+			usage("--validation-fraction and --validation-data exclude each other");
+	}
 }
 
 /* Entry point: peft-engine COMMAND [options]. */

@@ -160,6 +160,18 @@ dataset_split(const Dataset *ds, double fraction, uint64_t seed,
 	 * buffering, updates and VACUUM, and the same rows and seed must give
 	 * the same adapter however they were stored or read.
 	 */
+	if (ds->held_out)
+	{
+		/* the caller's own validation rows; content order, as for the split */
+		nv = ds->count - ds->first_held_out;
+		memcpy(*valid, all + ds->first_held_out, nv * sizeof(uint32_t));
+		qsort_r(all, ds->first_held_out, sizeof(uint32_t), by_content, (void *) ds);
+		qsort_r(*valid, nv, sizeof(uint32_t), by_content, (void *) ds);
+		*nvalid = nv;
+		*train = all;
+		*ntrain = ds->first_held_out;
+		return PEFT_OK;
+	}
 	qsort_r(all, ds->count, sizeof(uint32_t), by_content, (void *) ds);
 	peft_rng_seed(&rng, seed ^ 0x7a11da7aULL);
 	shuffle(all, ds->count, &rng);

@@ -6,6 +6,7 @@
 #ifndef PEFT_ENGINE_DATASET_H
 #define PEFT_ENGINE_DATASET_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include "network.h"
@@ -30,6 +31,8 @@ typedef struct Dataset
 	size_t		count;
 	size_t		cap_rows;
 	size_t		memory_limit;	/* bytes; 0 = unlimited */
+	bool		held_out;		/* rows from first_held_out on are the validation rows */
+	size_t		first_held_out;
 } Dataset;
 
 /* Tokenise text and append it as a row (fails past memory_limit). */
@@ -43,7 +46,9 @@ void		dataset_free(Dataset *ds);
 /*
  * Split rows deterministically (seeded shuffle): the first
  * round(fraction * count) shuffled rows go to *valid, the rest to *train;
- * both are index arrays the caller frees.
+ * both are index arrays the caller frees.  With held_out set, the rows
+ * from first_held_out on are *valid and the others *train (fraction
+ * unused), each in the order of their contents.
  */
 PeftCode	dataset_split(const Dataset *ds, double fraction, uint64_t seed,
 						  uint32_t **train, size_t *ntrain,

@@ -22,7 +22,7 @@
 
 #include "status.h"
 
-#define PEFT_ENGINE_ABI_VERSION 8
+#define PEFT_ENGINE_ABI_VERSION 9
 #define PEFT_ENGINE_SYMBOL "peft_engine_api"
 
 typedef struct PeftModelHandle PeftModelHandle;		/* a loaded base model */
@@ -160,6 +160,12 @@ typedef struct PeftTrainConfig
 	bool		group_by_length;	/* batches of similar lengths (less padding) */
 	int			max_classes;	/* classification: most distinct labels */
 	bool		activate;		/* the SQL layer's: make the new version active */
+	/*
+	 * The caller's: where its validation rows come from (a query, a file),
+	 * or NULL.  The engine never reads it: it points at the caller's
+	 * string, and the rows arrive after train_hold_out.
+	 */
+	const char *validation_data;
 } PeftTrainConfig;
 
 /* The kinds of value an option takes. */
@@ -170,6 +176,7 @@ typedef enum PeftOptionType
 	PEFT_OPTION_BOOL,
 	PEFT_OPTION_WORD,			/* one of the words; stored as its index (an enum) */
 	PEFT_OPTION_MODULES,		/* a list of linear layer names */
+	PEFT_OPTION_TEXT,			/* any non-empty string, for the caller (kept as its pointer) */
 	PEFT_OPTION_NONE			/* (a value only) of no kind an option takes: JSON null, an object */
 } PeftOptionType;
 
@@ -388,6 +395,11 @@ typedef struct PeftEngineApi
 								  size_t len, int label, double target,
 								  PeftError *err);
 	/*
+	 * Rows added from now on are the validation rows: train_prepare holds
+	 * them out instead of splitting off validation_fraction of the rest.
+	 */
+	PeftCode	(*train_hold_out) (PeftTrainJob *job, PeftError *err);
+	/*
 	 * Split, build the network and the schedule once every row is in.
 	 * Classification: num_labels classes, and label_map (may be NULL)
 	 * renumbers the labels rows were added with (map[old] = new).
@@ -414,6 +426,8 @@ typedef struct PeftEngineApi
 
 	/* Trainable values of a prepared run. */
 	int64_t		(*train_parameters) (PeftTrainJob *job);
+	/* Tokens per row the run keeps (max_length as resolved for the model). */
+	int			(*train_max_length) (PeftTrainJob *job);
 	/*
 	 * Wait for what device has queued, then count its products from zero,
 	 * timing each when time_products (on CUDA that synchronises around

@@ -649,6 +649,17 @@ session_train_add_row(PeftTrainJob *job, const char *text, size_t len, int label
 					   job->config.max_length, label, (real) target, err);
 }
 
+/* Rows added from now on are the validation rows. */
+PeftCode
+session_train_hold_out(PeftTrainJob *job, PeftError *err)
+{
+	if (job->trainer != NULL || job->data.held_out)
+		return peft_fail(err, PEFT_ERR_INTERNAL, "validation rows begin once, before training");
+	job->data.held_out = true;
+	job->data.first_held_out = job->data.count;
+	return PEFT_OK;
+}
+
 /* Fail when what the prepared run holds exceeds config.memory_limit. */
 static PeftCode
 check_train_memory(PeftTrainJob *job, PeftError *err)
@@ -704,8 +715,12 @@ session_train_prepare(PeftTrainJob *job, int num_labels, const int *label_map,
 							&job->train_rows, &job->ntrain, &job->valid_rows,
 							&job->nvalid, err)) != PEFT_OK)
 		return rc;
+	if (job->data.held_out && job->nvalid == 0)
+		return peft_fail(err, PEFT_ERR_INVALID, "the validation data has no row with both input and label set");
 	if (job->ntrain == 0)
-		return peft_fail(err, PEFT_ERR_INVALID, "no training rows remain after the validation split");
+		return peft_fail(err, PEFT_ERR_INVALID, job->data.held_out ?
+						 "the training data has no row with both input and label set" :
+						 "no training rows remain after the validation split");
 	if ((rc = network_create(job->model->bert, &job->options, &job->net, err)) != PEFT_OK ||
 		(rc = network_set_device(job->net, c->device, c->precision,
 								 err)) != PEFT_OK)
@@ -756,6 +771,13 @@ int64_t
 session_train_parameters(PeftTrainJob *job)
 {
 	return job->net ? (int64_t) job->net->params.total : 0;
+}
+
+/* Tokens per row the run keeps (max_length as resolved for the model). */
+int
+session_train_max_length(PeftTrainJob *job)
+{
+	return job->config.max_length;
 }
 
 /* The backend a device choice computes on, once what it has queued is done. */

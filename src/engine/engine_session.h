@@ -49,6 +49,7 @@ PeftCode	session_check_targets(const char *const *names, int count, PeftError *e
 PeftCode	session_train_begin(PeftModelHandle *model,
 								const PeftTrainConfig *config,
 								PeftTrainJob **out, PeftError *err);
+PeftCode	session_train_hold_out(PeftTrainJob *job, PeftError *err);
 PeftCode	session_train_add_row(PeftTrainJob *job, const char *text,
 								  size_t len, int label, double target,
 								  PeftError *err);
@@ -65,6 +66,7 @@ PeftCode	session_train_export(PeftTrainJob *job, const char *base_model,
 								 char **config, PeftError *err);
 void		session_train_free(PeftTrainJob *job);
 int64_t		session_train_parameters(PeftTrainJob *job);
+int			session_train_max_length(PeftTrainJob *job);
 PeftCode	session_profile_start(PeftDevice device, bool time_products, PeftError *err);
 PeftCode	session_profile_read(PeftDevice device, PeftProfile *profile, PeftError *err);
 

@@ -39,6 +39,8 @@
 #define WORD_OPTION(k, f, w, def, deftext, h, ...) \
 	{.key = k, .type = PEFT_OPTION_WORD, .words = w, FIELD(f), .default_value = def, \
 	 .default_text = deftext, .help = h, __VA_ARGS__}
+#define TEXT_OPTION(k, f, h, ...) \
+	{.key = k, .type = PEFT_OPTION_TEXT, FIELD(f), .default_text = "none", .help = h, __VA_ARGS__}
 #define MODULES_OPTION(k, f, count, def, deftext, h, ...) \
 	{.key = k, .type = PEFT_OPTION_MODULES, FIELD(f), .count_offset = offsetof(PeftTrainConfig, count), \
 	 .default_value = def, .default_text = deftext, .help = h, __VA_ARGS__}
@@ -90,6 +92,10 @@ static const PeftOption option_table[] = {
 			   "tokens per row, including `[CLS]` and `[SEP]`"),
 	NUMBER_OPTION("validation_fraction", validation_fraction, 0, 0.9, false, 0.1, "0.1",
 				  "rows held out (deterministically, by `seed`) for validation metrics"),
+	TEXT_OPTION("validation_data", validation_data,
+				"validation rows from elsewhere instead of `validation_fraction`: in SQL a table, view or "
+				"query read as the caller with the same `input` and `label` columns (the job trains on every "
+				"row of `data`); for `peft-engine` a file like `--data`"),
 	BOOL_OPTION("group_by_length", group_by_length, 1,
 				"batch rows of similar lengths together (less padding; Hugging Face's `group_by_length`)"),
 	NUMBER_OPTION("hidden_dropout", hidden_dropout, 0, 1, true, -1, "the model's (0.1)",
@@ -192,6 +198,8 @@ train_config_default(PeftTrainConfig *c)
 
 		if (o->type == PEFT_OPTION_MODULES)
 			*(int *) ((char *) c + o->count_offset) = (int) o->default_value;
+		else if (o->type == PEFT_OPTION_TEXT)
+			continue;			/* NULL: not given */
 		else
 			store_number(c, o, o->default_value);
 	}
@@ -300,6 +308,13 @@ train_config_set(PeftTrainConfig *c, const char *key, const PeftOptionValue *v, 
 			}
 			store_number(c, o, index);
 			return PEFT_OK;
+		case PEFT_OPTION_TEXT:
+			if (v->type != PEFT_OPTION_WORD || v->word == NULL)
+				return bad_value(err, o, "must be a string");
+			if (v->word[strspn(v->word, " \t\r\n;")] == '\0')
+				return bad_value(err, o, "must not be empty");
+			*(const char **) ((char *) c + o->offset) = v->word;
+			return PEFT_OK;
 		case PEFT_OPTION_MODULES:
 			if (v->type == PEFT_OPTION_WORD && v->word != NULL)
 				return set_modules(c, o, &v->word, 1, err);
@@ -340,6 +355,7 @@ train_config_parse(PeftTrainConfig *c, const char *key, const char *text, PeftEr
 				return bad_value(err, o, "must be true or false");
 			break;
 		case PEFT_OPTION_WORD:
+		case PEFT_OPTION_TEXT:
 			v.type = PEFT_OPTION_WORD;
 			v.word = text;
 			break;

@@ -21,12 +21,14 @@
 #include "test_util.h"
 #include "train_config.h"
 
-/* The number an option's field holds, whatever its C type. */
+/* The number an option's field holds, whatever its C type (TEXT: 1 when set). */
 static double
 stored(const PeftTrainConfig *c, const PeftOption *o)
 {
 	const char *at = (const char *) c + o->offset;
 
+	if (o->type == PEFT_OPTION_TEXT)
+		return *(const char *const *) at != NULL;
 	if (o->type == PEFT_OPTION_MODULES)
 		return *(const int *) ((const char *) c + o->count_offset);
 	if (o->type == PEFT_OPTION_NUMBER)
@@ -90,7 +92,14 @@ test_wrong_kinds(void **state)
 			refused(o, &number, "a number");
 		if (o->type != PEFT_OPTION_BOOL)
 			refused(o, &boolean, "a boolean");
-		refused(o, &word, "an unknown word");
+		if (o->type == PEFT_OPTION_TEXT)
+		{
+			/* any string but one of blanks and semicolons (a query or a file name) */
+			word.word = " ;\n";
+			refused(o, &word, "an empty string");
+		}
+		else
+			refused(o, &word, "an unknown word");
 		if (o->type != PEFT_OPTION_MODULES)
 			refused(o, &list, "a list");
 	}
@@ -151,6 +160,8 @@ test_text(void **state)
 		train_config_default(&c);
 		if (o->type == PEFT_OPTION_MODULES)
 			snprintf(text, sizeof(text), "query,value");
+		else if (o->type == PEFT_OPTION_TEXT)
+			snprintf(text, sizeof(text), "held-out.tsv");
 		else if (o->type == PEFT_OPTION_WORD)
 			snprintf(text, sizeof(text), "%s", o->words[1] ? o->words[1] : o->words[0]);
 		else if (o->type == PEFT_OPTION_BOOL)
@@ -161,6 +172,8 @@ test_text(void **state)
 			fail_msg("option %s: \"%s\" refused: %s", o->key, text, err.message);
 		if (o->type == PEFT_OPTION_MODULES)
 			assert_int_equal(stored(&c, o), 2);
+		else if (o->type == PEFT_OPTION_TEXT)
+			assert_string_equal(*(const char *const *) ((const char *) &c + o->offset), text);
 		else if (o->type == PEFT_OPTION_WORD)
 			assert_true(stored(&c, o) == (o->words[1] ? 1 : 0));
 		else if (o->type == PEFT_OPTION_BOOL)

@@ -130,6 +130,56 @@ test_learns_task(void **state)
 	free(valid);
 }
 
+/* Whether rows a of da and b of db hold the same tokens and label. */
+static bool
+same_row(const Dataset *da, uint32_t a, const Dataset *db, uint32_t b)
+{
+	const Example *x = &da->rows[a], *y = &db->rows[b];
+
+	return x->length == y->length && x->label == y->label &&
+		memcmp(da->tokens + x->offset, db->tokens + y->offset, sizeof(int32_t) * x->length) == 0;
+}
+
+/*
+ * Rows added after held_out is set (validation_data) are the validation
+ * rows, whatever the fraction; each side comes in the order of its
+ * contents, so stored order does not matter.
+ */
+static void
+test_held_out_rows(void **state)
+{
+	Dataset		ds[2] = {{0}, {0}};
+	uint32_t   *train[2], *valid[2];
+	size_t		ntrain[2], nvalid[2];
+	PeftError	err = {0};
+
+	for (int d = 0; d < 2; d++)
+	{
+		make_task(&ds[d], 80, 1234, d == 1);
+		ds[d].held_out = true;
+		ds[d].first_held_out = ds[d].count;
+		make_task(&ds[d], 20, 99, d == 0);
+		assert_int_equal(dataset_split(&ds[d], 0.5, 42, &train[d], &ntrain[d], &valid[d], &nvalid[d], &err),
+						 PEFT_OK);
+		assert_int_equal(ntrain[d], 80);
+		assert_int_equal(nvalid[d], 20);
+		for (size_t i = 0; i < ntrain[d]; i++)
+			assert_true(train[d][i] < 80);
+		for (size_t i = 0; i < nvalid[d]; i++)
+			assert_true(valid[d][i] >= 80);
+	}
+	for (size_t i = 0; i < 80; i++)
+		assert_true(same_row(&ds[0], train[0][i], &ds[1], train[1][i]));
+	for (size_t i = 0; i < 20; i++)
+		assert_true(same_row(&ds[0], valid[0][i], &ds[1], valid[1][i]));
+	for (int d = 0; d < 2; d++)
+	{
+		free(train[d]);
+		free(valid[d]);
+		dataset_free(&ds[d]);
+	}
+}
+
 /*
  * The same seed and rows give bit-identical weights, even with the rows in
  * reverse order (a table's physical order is not stable); another seed does not.
@@ -271,6 +321,7 @@ main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_learns_task),
 		cmocka_unit_test(test_deterministic),
+		cmocka_unit_test(test_held_out_rows),
 		cmocka_unit_test(test_gradient_accumulation),
 		cmocka_unit_test(test_save_and_reload),
 	};
