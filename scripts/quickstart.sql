@@ -27,8 +27,7 @@ SELECT queue, count(*) AS tickets FROM tickets GROUP BY queue ORDER BY count(*) 
 \timing on
 SELECT peft_train('ticket_router', 'minilm', 'SELECT body, queue FROM tickets WHERE id % 10 <> 0',
                   input => 'body', label => 'queue',
-                  options => '{"r": 8, "lora_alpha": 16, "epochs": 1, "max_length": 64,
-                               "learning_rate": 0.001, "batch_size": 32,
+                  options => '{"r": 8, "lora_alpha": 16, "epochs": 1, "max_length": 64, "batch_size": 32,
                                "validation_data": "SELECT body, queue FROM tickets WHERE id % 10 = 0"}',
                   wait => true) AS job \gset
 \timing off

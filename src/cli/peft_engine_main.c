@@ -82,6 +82,7 @@ typedef struct Timing
 	long		tokens;
 	double		seconds;
 	double		loss;
+	double		peak_learning_rate;	/* the schedule's highest (the resolved default when not given) */
 	PeftProfile profile;
 } Timing;
 
@@ -445,6 +446,8 @@ train_steps(PeftTrainJob *job, const Options *o, Timing *t)
 	while (!p.done)
 	{
 		die_on(api->train_step(job, &p, &err), &err);
+		if (p.learning_rate > t->peak_learning_rate)
+			t->peak_learning_rate = p.learning_rate;
 		t->steps++;
 		t->rows += p.rows;
 		t->tokens += p.tokens;
@@ -471,9 +474,9 @@ print_training(const Options *o, const Timing *t, int64_t parameters, const Peft
 	}
 	printf("{\"steps\": %d, \"rows\": %ld, \"tokens\": %ld, \"seconds\": %.4f, "
 		   "\"rows_per_second\": %.3f, \"tokens_per_second\": %.1f, \"final_loss\": %.6f, "
-		   "\"parameters\": %lld, ",
+		   "\"parameters\": %lld, \"learning_rate\": %.6g, ",
 		   t->steps, t->rows, t->tokens, t->seconds, per_second(t->rows, t->seconds),
-		   per_second(t->tokens, t->seconds), t->loss, (long long) parameters);
+		   per_second(t->tokens, t->seconds), t->loss, (long long) parameters, t->peak_learning_rate);
 	print_profile_json(o, &t->profile, t->seconds);
 	printf(", \"valid_rows\": %lld, \"valid_loss\": %.6f, \"valid_accuracy\": %.6f, "
 		   "\"valid_macro_f1\": %.6f, \"valid_mse\": %.6f, \"valid_r2\": %.6f}\n",

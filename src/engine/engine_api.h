@@ -223,6 +223,7 @@ typedef struct PeftMethodInfo
 	bool		mergeable;		/* peft_merge can fold it into the base weights */
 	unsigned	tasks;			/* the tasks it trains for: bits 1 << PeftTask */
 	const char *architectures;	/* the model families it works on: model_type values, comma-separated */
+	double		learning_rate;	/* the default peak learning rate (test/bench/lr_sweep.sh) */
 	const char *help;			/* one line */
 } PeftMethodInfo;
 

@@ -15,6 +15,8 @@ const PeftMethodInfo *method_table(int *count);
 PeftCode	adapter_parse_method(const char *name, unsigned *methods, PeftError *err);
 /* The canonical name of PEFT_METHOD_* bits, e.g. "dora+bitfit" (buf of 64 bytes). */
 const char *adapter_methods_name(unsigned methods, char *buf, size_t len);
+/* The default learning rate of a run of methods: the lowest of theirs. */
+double		methods_learning_rate(unsigned methods);
 /* Whether any of the methods in bits can be folded into the base weights. */
 bool		methods_mergeable(unsigned methods);
 /* Check that every method in bits trains for task on a model of architecture (a model_type). */

@@ -54,8 +54,8 @@
 /*
  * Defaults are Hugging Face's (TrainingArguments, LoraConfig) where they
  * have one.  A default outside the range is a "not given" marker that the
- * engine resolves: max_steps 0 (epochs decide), max_length 0 (128, capped
- * by the model), hidden_dropout -1 (the model's), feedforward_modules -1
+ * engine resolves: learning_rate 0 (the method's, method_table.c),
+ * max_steps 0 (epochs decide), max_length 0 (128, capped by the model), hidden_dropout -1 (the model's), feedforward_modules -1
  * names (the method's), target_modules 0 names (the method's).
  */
 static const PeftOption option_table[] = {
@@ -78,7 +78,9 @@ static const PeftOption option_table[] = {
 	INT_OPTION("batch_size", batch_size, 1, 4096, 32, "32", "rows per micro-batch"),
 	INT_OPTION("gradient_accumulation_steps", gradient_accumulation_steps, 1, 1024, 1, "1",
 			   "micro-batches per optimizer step"),
-	NUMBER_OPTION("learning_rate", learning_rate, 1e-9, 1, true, 5e-4, "5e-4",
+	NUMBER_OPTION("learning_rate", learning_rate, 1e-9, 1, true, 0,
+				  "the method's: lora, dora 5e-3; ia3 1e-2; bitfit 5e-3; adapter 2e-3; prompt 3e-2; prefix 1e-2 "
+				  "(combined: the lowest)",
 				  "peak learning rate (AdamW, decoupled weight decay)"),
 	NUMBER_OPTION("weight_decay", weight_decay, 0, 1, true, 0.01, "0.01", "AdamW weight decay"),
 	NUMBER_OPTION("warmup_ratio", warmup_ratio, 0, 1, false, 0.06, "0.06", "share of steps with linear warm-up"),

@@ -2,6 +2,7 @@
  * trainer.c - optimizer steps, schedule, clipping and evaluation.
  */
 #include "trainer.h"
+#include "method_table.h"
 #include "train_config.h"
 
 #include <math.h>
@@ -37,7 +38,8 @@ train_options_from_config(const PeftTrainConfig *c, TrainOptions *o)
 	o->epochs = c->epochs;
 	o->batch_size = c->batch_size;
 	o->grad_accum = c->gradient_accumulation_steps;
-	o->learning_rate = c->learning_rate;
+	/* not given (0): the methods' own (method_table.c) */
+	o->learning_rate = c->learning_rate > 0 ? c->learning_rate : methods_learning_rate(c->methods);
 	o->weight_decay = c->weight_decay;
 	o->beta1 = 0.9;
 	o->beta2 = 0.999;

@@ -58,10 +58,14 @@ for entry in $GRID; do
 		lr=${lr//,/ }
 		for one in $lr; do
 			for seed in $SEEDS; do
-				./peft-engine train --model "$MODEL" --data "$WORK/data.tsv" --method "$method" \
+				# a run that fails says so and the sweep goes on
+				if ! ./peft-engine train --model "$MODEL" --data "$WORK/data.tsv" --method "$method" \
 					--epochs "$EPOCHS" --learning-rate "$one" --max-length 64 --seed "$seed" \
-					--threads "$THREADS" --json 2>/dev/null |
-					python3 -c "import json,sys; d=json.loads(sys.stdin.read()); print('$DATA', '$method', '$one', '$seed', round(d['valid_accuracy'],4), round(d['valid_macro_f1'],4), round(d['seconds'],1))"
+					--threads "$THREADS" --json >"$WORK/run.json" 2>"$WORK/run.err"; then
+					echo "$DATA $method $one $seed failed: $(tail -1 "$WORK/run.err")"
+					continue
+				fi
+				python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print('$DATA', '$method', '$one', '$seed', round(d['valid_accuracy'],4), round(d['valid_macro_f1'],4), round(d['seconds'],1))" "$WORK/run.json"
 			done
 		done
 	done

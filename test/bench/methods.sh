@@ -26,12 +26,10 @@ echo
 echo "| method | learning rate | trainable parameters | validation accuracy | training sentences/s | prediction sentences/s | merged prediction sentences/s |"
 echo "|---|---:|---:|---:|---:|---:|---:|"
 for method in lora dora ia3 bitfit adapter prompt prefix lora+bitfit; do
-	# one short epoch: each method at a learning rate that suits it (the
-	# LoRA family's usual 5e-4 under-trains in ~85 steps)
-	lr=2e-3
-	case $method in ia3|bitfit|adapter) lr=3e-3 ;; prompt|prefix) lr=1e-2 ;; esac
+	# each method at its default learning rate (method_table.c, from lr_sweep.sh)
 	train=$(./peft-engine train --model "$MODEL" --data "$WORK/train.tsv" --out "$WORK/$method" \
-		--method "$method" --epochs "$EPOCHS" --lr "$lr" --threads "$THREADS" --json 2>/dev/null)
+		--method "$method" --epochs "$EPOCHS" --threads "$THREADS" --json 2>/dev/null)
+	lr=$(field "$train" learning_rate)
 	plain=$(./peft-engine predict --model "$MODEL" --adapter "$WORK/$method" --data "$WORK/predict.txt" \
 		--threads "$THREADS" --json 2>/dev/null)
 	merged="n/a"

@@ -2,7 +2,8 @@
 # test/bench/score_vs_array.sh - whole-table scoring: peft_score against the
 # array form of peft_predict over the same rows (the aggregate-into-arrays
 # pattern the README showed before peft_score), on one server, each timed
-# three times; prints rows/s of each and their ratio.
+# three times (PEFT_BENCH_REPEAT), and peft_evaluate over them; prints
+# rows/s of each and the ratio of the first two.
 #
 #   test/bench/score_vs_array.sh [ROWS] [MODEL_DIR]
 #
@@ -30,7 +31,7 @@ psql_q "SELECT peft_train('a', 'm', 't', 'body', 'label', options => '{\"max_ste
 
 time_sql() {
 	local best=
-	for _ in 1 2 3; do
+	for _ in $(seq "${PEFT_BENCH_REPEAT:-3}"); do
 		local s e
 		s=$(date +%s.%N)
 		psql_q "$1" >/dev/null
@@ -42,8 +43,10 @@ time_sql() {
 score=$(time_sql "SELECT count(*) FROM peft_score('a', 't', 'id', 'body')")
 array=$(time_sql "SELECT count(*) FROM (SELECT array_agg(id ORDER BY id) AS ids, array_agg(body ORDER BY id) AS bodies
                   FROM t GROUP BY id / 1000) chunk, LATERAL peft_predict('a', chunk.bodies) p")
-python3 - "$ROWS" "$score" "$array" <<'PY'
+evaluate=$(time_sql "SELECT peft_evaluate('a', 't', 'body', 'label')")
+python3 - "$ROWS" "$score" "$array" "$evaluate" <<'PY'
 import sys
-rows, score, array = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
-print(f"rows {rows}: peft_score {rows/score:.0f} rows/s, array form {rows/array:.0f} rows/s, ratio {array/score:.3f}")
+rows, score, array, evaluate = int(sys.argv[1]), *map(float, sys.argv[2:])
+print(f"rows {rows}: peft_score {rows/score:.0f} rows/s, array form {rows/array:.0f} rows/s, ratio {array/score:.3f}; "
+      f"peft_evaluate {evaluate:.1f} s ({rows/evaluate:.0f} rows/s)")
 PY
