@@ -79,7 +79,7 @@ static const PeftOption option_table[] = {
 	INT_OPTION("gradient_accumulation_steps", gradient_accumulation_steps, 1, 1024, 1, "1",
 			   "micro-batches per optimizer step"),
 	NUMBER_OPTION("learning_rate", learning_rate, 1e-9, 1, true, 0,
-				  "the method's: lora, dora 5e-3; ia3 1e-2; bitfit 5e-3; adapter 2e-3; prompt 3e-2; prefix 1e-2 "
+				  "the method's: lora, dora, adapter 5e-3; ia3, bitfit 1e-2; prompt, prefix 3e-2 "
 				  "(combined: the lowest)",
 				  "peak learning rate (AdamW, decoupled weight decay)"),
 	NUMBER_OPTION("weight_decay", weight_decay, 0, 1, true, 0.01, "0.01", "AdamW weight decay"),
