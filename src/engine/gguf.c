@@ -5,18 +5,19 @@
  */
 #include "gguf.h"
 
-#include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
+
+#include "file_map.h"
 
 #define GGUF_MAGIC "GGUF"
 /* Bounds far above real files (SmolLM2: 271 tensors, 33 keys), below what could exhaust memory. */
 #define GGUF_MAX_TENSORS (1 << 20)
 #define GGUF_MAX_KVS (1 << 20)
 #define GGUF_MAX_NAME 4096
+/* Room to name a file in errors (a longer path is cut). */
+#define GGUF_LABEL_LEN 320
 
 /* A read position in the file's bytes. */
 typedef struct Cursor
@@ -421,26 +422,19 @@ gguf_open_buffer(const uint8_t *buf, size_t len, GgufFile **out, PeftError *err)
 PeftCode
 gguf_open_file(const char *path, GgufFile **out, PeftError *err)
 {
-	int			fd = open(path, O_RDONLY | O_CLOEXEC);
-	struct stat st;
-	void	   *map;
+	char		label[GGUF_LABEL_LEN];
+	const uint8_t *map;
+	size_t		size;
 	PeftCode	rc;
 
 	*out = NULL;
-	if (fd < 0)
-		return peft_fail(err, PEFT_ERR_IO, "cannot open %s", path);
-	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size == 0)
+	snprintf(label, sizeof(label), "GGUF file \"%s\"", path);
+	/* the header: magic, version and two counts */
+	if ((rc = file_map(path, label, 24, "GGUF file", &map, &size, err)) != PEFT_OK)
+		return rc;
+	if ((rc = gguf_open_buffer(map, size, out, err)) != PEFT_OK)
 	{
-		close(fd);
-		return peft_fail(err, PEFT_ERR_IO, "%s is not a non-empty regular file", path);
-	}
-	map = mmap(NULL, (size_t) st.st_size, PROT_READ, MAP_SHARED, fd, 0);
-	close(fd);
-	if (map == MAP_FAILED)
-		return peft_fail(err, PEFT_ERR_IO, "cannot map %s", path);
-	if ((rc = gguf_open_buffer(map, (size_t) st.st_size, out, err)) != PEFT_OK)
-	{
-		munmap(map, (size_t) st.st_size);
+		file_unmap(map, size);
 		return rc;
 	}
 	(*out)->mapped = true;
@@ -460,7 +454,7 @@ gguf_close(GgufFile *file)
 	free(file->kvs);
 	free(file->tensors);
 	if (file->mapped)
-		munmap((void *) file->base, file->size);
+		file_unmap(file->base, file->size);
 	free(file);
 }
 

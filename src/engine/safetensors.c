@@ -10,17 +10,13 @@
  * the end of the buffer.
  */
 #include "safetensors.h"
+#include "file_map.h"
 
 #include <cjson/cJSON.h>
-#include <errno.h>
-#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 /* Integers above 2^53 do not survive the trip through a JSON double. */
 #define ST_MAX_JSON_INTEGER 9007199254740992.0
@@ -788,63 +784,17 @@ PeftCode
 st_open_file(const char *path, StFile **out, PeftError *err)
 {
 	char		label[ST_LABEL_LEN];
-	struct stat st;
-	void	   *map;
+	const uint8_t *map;
 	size_t		size;
-	int			fd;
 	PeftCode	code;
 
 	*out = NULL;
 	snprintf(label, sizeof(label), "safetensors file \"%s\"", path);
-
-	/* O_NONBLOCK so that a FIFO planted at the path cannot hang us */
-	fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-	if (fd < 0)
-		return peft_fail(err, PEFT_ERR_IO, "could not open %s: %s",
-						 label, strerror(errno));
-	if (fstat(fd, &st) != 0)
-	{
-		code = peft_fail(err, PEFT_ERR_IO, "could not stat %s: %s",
-						 label, strerror(errno));
-		close(fd);
+	if ((code = file_map(path, label, 8, "safetensors file", &map, &size, err)) != PEFT_OK)
 		return code;
-	}
-	if (!S_ISREG(st.st_mode))
-	{
-		close(fd);
-		return peft_fail(err, PEFT_ERR_IO, "%s is not a regular file", label);
-	}
-	if ((uint64_t) st.st_size > SIZE_MAX)
-	{
-		close(fd);
-		return peft_fail(err, PEFT_ERR_NOMEM, "%s is too large to map", label);
-	}
-	size = (size_t) st.st_size;
-	if (size < 8)
-	{
-		close(fd);
-		return peft_fail(err, PEFT_ERR_FORMAT,
-						 "%s: %zu bytes is too short for a safetensors file",
-						 label, size);
-	}
-
-	/*
-	 * MAP_SHARED: every process mapping the same model shares one copy in
-	 * the page cache.  The mapping outlives the descriptor.
-	 */
-	map = mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
-	if (map == MAP_FAILED)
-	{
-		code = peft_fail(err, PEFT_ERR_IO, "could not map %s: %s",
-						 label, strerror(errno));
-		close(fd);
-		return code;
-	}
-	close(fd);
-
 	code = st_parse(map, size, true, label, out, err);
 	if (code != PEFT_OK)
-		munmap(map, size);
+		file_unmap(map, size);
 	return code;
 }
 
@@ -877,7 +827,7 @@ st_close(StFile *file)
 	free(file->meta_keys);
 	free(file->meta_values);
 	if (file->mapped)
-		munmap((void *) file->base, file->size);
+		file_unmap(file->base, file->size);
 	free(file);
 }
 

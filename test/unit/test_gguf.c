@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <cmocka.h>
 
 #include "gguf.h"
@@ -237,6 +238,39 @@ test_faults(void **state)
 	free(bytes);
 }
 
+/* Paths that are not a GGUF file to map: refused without blocking, naming the file (as st_open_file's). */
+static void
+test_open_paths(void **state)
+{
+	char		dir[256];
+	char		path[512];
+	GgufFile   *f = NULL;
+	PeftError	err = {0};
+	FILE	   *out;
+
+	make_temp_dir(dir, sizeof(dir));
+	assert_int_equal(gguf_open_file(dir, &f, &err), PEFT_ERR_IO);
+	assert_non_null(strstr(err.message, "not a regular file"));
+	/* a FIFO must not block the open */
+	snprintf(path, sizeof(path), "%s/fifo.gguf", dir);
+	assert_int_equal(mkfifo(path, 0600), 0);
+	assert_int_equal(gguf_open_file(path, &f, &err), PEFT_ERR_IO);
+	assert_non_null(strstr(err.message, "not a regular file"));
+	/* shorter than the header */
+	snprintf(path, sizeof(path), "%s/short.gguf", dir);
+	out = fopen(path, "wb");
+	assert_non_null(out);
+	assert_int_equal(fwrite("GGUF", 1, 4, out), 4);
+	assert_int_equal(fclose(out), 0);
+	assert_int_equal(gguf_open_file(path, &f, &err), PEFT_ERR_FORMAT);
+	assert_non_null(strstr(err.message, "too short for a GGUF file"));
+	snprintf(path, sizeof(path), "%s/missing.gguf", dir);
+	assert_int_equal(gguf_open_file(path, &f, &err), PEFT_ERR_IO);
+	assert_non_null(strstr(err.message, path));
+	assert_null(f);
+	remove_tree(dir);
+}
+
 int
 main(void)
 {
@@ -245,6 +279,7 @@ main(void)
 		cmocka_unit_test(test_truncations),
 		cmocka_unit_test(test_byte_changes),
 		cmocka_unit_test(test_faults),
+		cmocka_unit_test(test_open_paths),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -149,27 +149,6 @@ apply_sentence_bert(ModelConfig *cfg, const char *json, PeftError *err)
 	return model_config_parse_sentence_bert(cfg, json, strlen(json), err);
 }
 
-/* Make a fresh temporary directory; path receives its name. */
-static void
-make_temp_dir(char *path, size_t len)
-{
-	const char *tmp = getenv("TMPDIR");
-
-	snprintf(path, len, "%s/peft_mc_XXXXXX", tmp && *tmp ? tmp : "/tmp");
-	assert_non_null(mkdtemp(path));
-}
-
-/* Remove a directory tree made by make_temp_dir. */
-static void
-remove_tree(const char *path)
-{
-	char		cmd[512];
-
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", path);
-	if (system(cmd) != 0)
-		print_message("could not remove %s\n", path);
-}
-
 /* Write text to dir/name. */
 static void
 write_file(const char *dir, const char *name, const char *text)

@@ -35,27 +35,6 @@
 static char tiny_root[256];
 static bool tiny_available;
 
-/* Make a fresh temporary directory; path receives its name. */
-static void
-make_temp_dir(char *path, size_t len)
-{
-	const char *tmp = getenv("TMPDIR");
-
-	snprintf(path, len, "%s/peft_st_XXXXXX", tmp && *tmp ? tmp : "/tmp");
-	assert_non_null(mkdtemp(path));
-}
-
-/* Remove a directory tree made by make_temp_dir. */
-static void
-remove_tree(const char *path)
-{
-	char		cmd[512];
-
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", path);
-	if (system(cmd) != 0)
-		print_message("could not remove %s\n", path);
-}
-
 /* Path of a tiny-model variant folder, e.g. "f16". */
 static void
 tiny_dir(char *path, size_t len, const char *variant)

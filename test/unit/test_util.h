@@ -1,7 +1,7 @@
 /*
  * test_util.h - small helpers shared by the engine unit tests: where the
  * fixtures and models are (and whether a missing real model is a failure),
- * and reading integer tensors and JSON fixtures.
+ * temporary directories, and reading integer tensors and JSON fixtures.
  */
 #ifndef PEFT_TEST_UTIL_H
 #define PEFT_TEST_UTIL_H
@@ -33,6 +33,27 @@ source_path(const char *rel)
 
 	snprintf(buf, sizeof(buf), "%s/%s", PEFT_SOURCE_DIR, rel);
 	return buf;
+}
+
+/* Make a fresh temporary directory; path receives its name. */
+static inline void
+make_temp_dir(char *path, size_t len)
+{
+	const char *tmp = getenv("TMPDIR");
+
+	snprintf(path, len, "%s/peft_test_XXXXXX", tmp && *tmp ? tmp : "/tmp");
+	assert_non_null(mkdtemp(path));
+}
+
+/* Remove a directory tree made by make_temp_dir. */
+static inline void
+remove_tree(const char *path)
+{
+	char		cmd[512];
+
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", path);
+	if (system(cmd) != 0)
+		print_message("could not remove %s\n", path);
 }
 
 /*
