@@ -51,6 +51,13 @@ peft_cuda_alloc(void **ptr, size_t bytes, char *msg, int msglen)
 		return 0;
 	if (check(cudaMalloc(ptr, bytes), "cudaMalloc", msg, msglen) != 0)
 	{
+		/*
+		 * A failed cudaMalloc also leaves its error as the thread's last
+		 * error, which the next launch check would report as its own
+		 * failure (seen on an H100: the kernel after an out-of-memory
+		 * reservation "failed" with "out of memory").  Clear it here.
+		 */
+		(void) cudaGetLastError();
 		*ptr = NULL;
 		return -1;
 	}

@@ -9,7 +9,10 @@
 #   test/gpu/check.sh --bundle   (on a development machine) build the GPU
 #                                tests and peft-engine with CUDA and gather
 #                                what a GPU machine needs under build/:
-#                                  build/gpu        the parity test binaries
+#                                  build/gpu-tests  the parity test binaries
+#                                                   (tests.tar.xz: one solid
+#                                                   archive is a fifth of
+#                                                   their size)
 #                                  build/gpu-bin    peft-engine, peft_engine.so, peft_engine_cuda.so
 #                                  build/gpu-libs   the shared libraries they
 #                                                   need (the big ones, i.e.
@@ -25,7 +28,7 @@
 #
 # The GPU machine has nvcc and PyTorch but none of OpenBLAS, cJSON,
 # utf8proc or cmocka, no network and no PostgreSQL: carry those four folders
-# (the device tool's carry: build/gpu, build/gpu-libs, build/gpu-bin,
+# (the device tool's carry: build/gpu-tests, build/gpu-libs, build/gpu-bin,
 # build/gpu-model; all of build/ would be too big) and run this script.
 #
 # Benchmark: if build/gpu-model exists it is unpacked (unpack_model.py) into
@@ -40,13 +43,14 @@
 #
 # Time: the whole check keeps within $PEFT_GPU_CHECK_BUDGET seconds (default
 # 480): the parity tests get at most 180 s together, the benchmark what is
-# left, at most 285 s.  Logs: ${OUT:-build/gpu-logs} (bench/ for the
+# left, at most 285 s.  Logs: build/gpu-logs, or with $OUT set (the device
+# tool, which returns at most 8 files) all in one $OUT/logs.tar.gz (bench/ for the
 # benchmark's runs).  Exit status: 1 if a parity test failed, else 0 (a
 # benchmark that failed shows n/a in its rows and says so above the table).
 set -u
 cd "$(dirname "$0")/../.." || exit 1
 export PEFT_CUDA=1
-CARRY="build/gpu build/gpu-libs build/gpu-bin build/gpu-model"
+CARRY="build/gpu-tests build/gpu-libs build/gpu-bin build/gpu-model"
 CARRY_LIMIT=$((60 * 1024 * 1024))
 
 bundle() {
@@ -54,8 +58,8 @@ bundle() {
 	[ -x "$py" ] || py=python3
 	make -s -j"$(nproc)" PEFT_CUDA=1 gpu-tests peft_engine.so peft_engine_cuda.so peft-engine >/dev/null ||
 		{ echo "bundle: the CUDA build failed"; exit 1; }
-	rm -rf build/gpu-libs build/gpu-bin
-	mkdir -p build/gpu-libs build/gpu-bin
+	rm -rf build/gpu-libs build/gpu-bin build/gpu-tests
+	mkdir -p build/gpu-libs build/gpu-bin build/gpu-tests
 	# peft-engine finds peft_engine.so beside itself (rpath $ORIGIN).
 	cp peft-engine peft_engine.so peft_engine_cuda.so build/gpu-bin/
 	for bin in build/gpu/test_gpu_* build/gpu-bin/peft_engine.so build/gpu-bin/peft_engine_cuda.so build/gpu-bin/peft-engine; do
@@ -76,7 +80,10 @@ os.remove(sys.argv[1])' "$lib" || { echo "bundle: cannot compress $lib"; exit 1;
 	if [ -z "${PEFT_BUNDLE_DEBUG:-}" ]; then
 		strip --strip-debug build/gpu/test_gpu_* build/gpu-bin/peft-engine build/gpu-bin/peft_engine.so build/gpu-bin/peft_engine_cuda.so
 	fi
-	ls -l build/gpu build/gpu-libs build/gpu-bin
+	# The test binaries share most of their code: one solid archive.
+	tar -C build/gpu -cJf build/gpu-tests/tests.tar.xz $(cd build/gpu && ls test_gpu_*) ||
+		{ echo "bundle: cannot archive the test binaries"; exit 1; }
+	ls -l build/gpu-tests build/gpu-libs build/gpu-bin
 	"$py" test/gpu/pack_model.py "${PEFT_MODEL_DIR:-$(scripts/fetch_model)}" build/gpu-model ||
 		{ echo "bundle: packing the model failed"; exit 1; }
 	# shellcheck disable=SC2086 # CARRY is a list of paths
@@ -125,8 +132,17 @@ with lzma.open(sys.argv[1]) as s, open(sys.argv[2], "wb") as d:
     shutil.copyfileobj(s, d)' "$xzlib" "$out" ||
 		echo "cannot unpack $xzlib"
 done
-export LD_LIBRARY_PATH="$TMP/lib:$PWD/build/gpu-libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-OUTDIR=${OUT:-build/gpu-logs}
+# cuBLAS and the CUDA runtime: the toolkit's, where the loader's cache lacks them.
+export LD_LIBRARY_PATH="$TMP/lib:$PWD/build/gpu-libs:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# The parity tests: the carried archive, else this machine's build.
+TESTS=build/gpu
+if [ -f build/gpu-tests/tests.tar.xz ]; then
+	mkdir -p "$TMP/tests"
+	tar -C "$TMP/tests" -xJf build/gpu-tests/tests.tar.xz || echo "cannot unpack build/gpu-tests/tests.tar.xz"
+	TESTS=$TMP/tests
+fi
+OUTDIR=build/gpu-logs
+[ -n "${OUT:-}" ] && OUTDIR=$TMP/logs
 mkdir -p "$OUTDIR"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -1 >"$OUTDIR/device.txt"
 START=$SECONDS
@@ -157,7 +173,7 @@ fi
 status=0
 rows=()
 PARITY_START=$SECONDS
-for bin in build/gpu/test_gpu_*; do
+for bin in "$TESTS"/test_gpu_*; do
 	[ -x "$bin" ] || continue
 	name=$(basename "$bin")
 	left=$((PARITY_MAX - (SECONDS - PARITY_START)))
@@ -216,4 +232,6 @@ if [ -f "$BENCH_LOGS/table.txt" ] && [ -f "$BENCH_LOGS/plan.json" ]; then
 else
 	echo "${bench:-GPU benchmark: no table (see $OUTDIR/bench.log)}"
 fi
+# The device tool returns at most 8 files: the logs travel as one archive.
+[ -n "${OUT:-}" ] && tar -C "$TMP" -czf "$OUT/logs.tar.gz" logs
 exit $status
