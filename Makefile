@@ -57,7 +57,7 @@ ifneq ($(PEFT_CUDA),1)
   PEFT_CUDA := 0
 endif
 
-ENGINE_PKGS    = openblas libcjson libutf8proc
+ENGINE_PKGS    = openblas libcjson libutf8proc libpcre2-8
 # -fvisibility=hidden: the engine's library exports its API table and what the
 # CUDA library needs from it (PEFT_EXPORT), nothing else.
 ENGINE_CFLAGS  = -std=gnu11 -O3 -fPIC -g -fvisibility=hidden -Wall -Wextra -Wno-unused-parameter \

@@ -64,7 +64,7 @@ bundle() {
 	cp peft-engine peft_engine.so peft_engine_cuda.so build/gpu-bin/
 	for bin in build/gpu/test_gpu_* build/gpu-bin/peft_engine.so build/gpu-bin/peft_engine_cuda.so build/gpu-bin/peft-engine; do
 		ldd "$bin" | awk '/=> \// {print $3}' |
-			grep -E 'openblas|gfortran|quadmath|cjson|utf8proc|cmocka' |
+			grep -E 'openblas|gfortran|quadmath|cjson|utf8proc|pcre2|cmocka' |
 			while read -r lib; do cp -L "$lib" build/gpu-libs/; done
 	done
 	# OpenBLAS alone is about 35 MiB: the big libraries travel compressed.
@@ -118,7 +118,7 @@ TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 
 # Build here when the host libraries exist; otherwise use the carried build.
-if pkg-config --exists openblas libcjson libutf8proc 2>/dev/null; then
+if pkg-config --exists openblas libcjson libutf8proc libpcre2-8 2>/dev/null; then
 	timeout 600 make -s -j"$(nproc)" PEFT_CUDA=1 gpu-tests >/dev/null || { echo "build failed"; exit 1; }
 fi
 # The carried libraries; the compressed ones are unpacked into $TMP/lib.

@@ -168,6 +168,54 @@ require_real_model(bool present)
 }
 
 /*
+ * Path of the real decoder, SmolLM2-135M-Instruct Q4_1 GGUF, or NULL when it
+ * is absent: $PEFT_DECODER_GGUF when set, else the first fetch_model cache
+ * that has it (scripts/fetch_model fetches it beside the encoder).
+ */
+static inline const char *
+real_decoder_gguf(void)
+{
+	static char buf[4096];
+	const char *env = getenv("PEFT_DECODER_GGUF");
+	char		caches[3][1024];
+	struct stat st;
+	int			n;
+
+	if (env && *env)
+		return stat(env, &st) == 0 ? env : NULL;
+	n = fetch_model_caches(caches);
+	for (int i = 0; i < n; i++)
+	{
+		snprintf(buf, sizeof(buf), "%s/SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf", caches[i]);
+		if (stat(buf, &st) == 0)
+			return buf;
+	}
+	return NULL;
+}
+
+/*
+ * Call first in every test that needs the real decoder, with whether it is
+ * there: skip when absent and not expected, fail when expected (as
+ * require_real_model: CI, a set variable, or a fetch_model cache).
+ */
+static inline void
+require_real_decoder(bool present)
+{
+	const char *why;
+
+	if (present)
+		return;
+	why = getenv("PEFT_DECODER_GGUF") && *getenv("PEFT_DECODER_GGUF") ?
+		"PEFT_DECODER_GGUF is set" : real_model_expected();
+	fflush(stdout);
+	if (why != NULL)
+		fail_msg("the real decoder SmolLM2-135M-Instruct.Q4_1.gguf is missing although %s: "
+				 "run scripts/fetch_model or point PEFT_DECODER_GGUF at it", why);
+	print_message("real decoder absent (no PEFT_DECODER_GGUF, no fetch_model cache): skipped\n");
+	skip();
+}
+
+/*
  * Folder of the tiny test model: $PEFT_TINY_MODEL_DIR, else generated once
  * per test binary into a temporary folder by test/fixtures/make_tiny_model.py.
  */
