@@ -1,0 +1,799 @@
+/*
+ * quant_kernels_x86.c - AVX2 and AVX-512 matrix-vector kernels for the
+ * types decoders mostly ship in: F32, F16, Q4_0, Q4_1, Q8_0 (SmolLM2's
+ * Q4_1 file holds the last three), Q4_K and Q6_K (the Q4_K_M files).
+ * Other types use quant.c's scalar kernel.
+ *
+ * Every engine source is compiled with the same flags (x86-64's baseline),
+ * so each kernel carries its own target attribute and quant.c calls one
+ * only after quant_cpu_has_* said yes.  A kernel decodes a block's quants
+ * to floats once, takes their dot products with each of the N columns of x
+ * in float, and applies the block's scale to the sum (and its minimum to
+ * the sum of x over the block, precomputed in xsum): one multiply per
+ * block instead of one per value.
+ */
+#include "quant_kernels.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+
+#include <immintrin.h>
+
+#define TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+
+/* Whether this CPU runs the AVX2 kernels. */
+bool
+quant_cpu_has_avx2(void)
+{
+	__builtin_cpu_init();
+	return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+		__builtin_cpu_supports("f16c");
+}
+
+/* Whether this CPU runs the AVX-512 kernels. */
+bool
+quant_cpu_has_avx512(void)
+{
+	__builtin_cpu_init();
+	return quant_cpu_has_avx2() && __builtin_cpu_supports("avx512f") &&
+		__builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+}
+
+/*
+ * Define name(mv, r0, r1) calling name_n(mv, r0, r1, N) with N a constant,
+ * so that the per-column loops unroll and the accumulators stay in registers.
+ */
+#define MATVEC_ENTRY(name, target) \
+	static target void \
+	name(const QuantMatvec *mv, int64_t r0, int64_t r1) \
+	{ \
+		switch (mv->N) \
+		{ \
+			case 1: name##_n(mv, r0, r1, 1); break; \
+			case 2: name##_n(mv, r0, r1, 2); break; \
+			case 3: name##_n(mv, r0, r1, 3); break; \
+			default: name##_n(mv, r0, r1, 4); break; \
+		} \
+	}
+
+/* ---- AVX2: eight floats a register --------------------------------------- */
+
+/* The low 8 bytes of v, unsigned, as floats. */
+ALWAYS_INLINE TARGET_AVX2 __m256
+u8_to_ps_avx2(__m128i v)
+{
+	return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));
+}
+
+/* The low 8 bytes of v, signed, as floats. */
+ALWAYS_INLINE TARGET_AVX2 __m256
+i8_to_ps_avx2(__m128i v)
+{
+	return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v));
+}
+
+/* The high 8 bytes of v moved down. */
+ALWAYS_INLINE TARGET_AVX2 __m128i
+high8(__m128i v)
+{
+	return _mm_unpackhi_epi64(v, v);
+}
+
+/* The sum of v's lanes. */
+ALWAYS_INLINE TARGET_AVX2 float
+hsum_avx2(__m256 v)
+{
+	__m128		s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+
+	s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+	s = _mm_add_ss(s, _mm_movehdup_ps(s));
+	return _mm_cvtss_f32(s);
+}
+
+/* sum_i q_i x_i over 32 values held as four registers of floats. */
+ALWAYS_INLINE TARGET_AVX2 __m256
+dot32_avx2(const __m256 q[4], const float *x)
+{
+	__m256		t = _mm256_mul_ps(q[0], _mm256_loadu_ps(x));
+
+	t = _mm256_fmadd_ps(q[1], _mm256_loadu_ps(x + 8), t);
+	t = _mm256_fmadd_ps(q[2], _mm256_loadu_ps(x + 16), t);
+	return _mm256_fmadd_ps(q[3], _mm256_loadu_ps(x + 24), t);
+}
+
+/* 16 nibble values (value j low nibble, 16 + j high nibble) as four registers. */
+ALWAYS_INLINE TARGET_AVX2 void
+nibbles_avx2(__m128i raw, bool offset8, __m256 q[4])
+{
+	const __m128i low4 = _mm_set1_epi8(0x0f);
+	__m128i		lo = _mm_and_si128(raw, low4);
+	__m128i		hi = _mm_and_si128(_mm_srli_epi16(raw, 4), low4);
+
+	if (offset8)
+	{
+		/* Q4_0's q - 8, in bytes, then signed */
+		lo = _mm_sub_epi8(lo, _mm_set1_epi8(8));
+		hi = _mm_sub_epi8(hi, _mm_set1_epi8(8));
+		q[0] = i8_to_ps_avx2(lo);
+		q[1] = i8_to_ps_avx2(high8(lo));
+		q[2] = i8_to_ps_avx2(hi);
+		q[3] = i8_to_ps_avx2(high8(hi));
+		return;
+	}
+	q[0] = u8_to_ps_avx2(lo);
+	q[1] = u8_to_ps_avx2(high8(lo));
+	q[2] = u8_to_ps_avx2(hi);
+	q[3] = u8_to_ps_avx2(high8(hi));
+}
+
+/* Q4_0 and Q4_1 rows: d sum q x (+ m sum x). */
+ALWAYS_INLINE TARGET_AVX2 void
+q4_avx2_n(const QuantMatvec *mv, int64_t r0, int64_t r1, const int N, bool has_min)
+{
+	const int64_t nb = mv->cols / QK32;
+
+	for (int64_t r = r0; r < r1; r++)
+	{
+		const uint8_t *row = mv->w + (size_t) r * mv->row_bytes;
+		__m256		acc[QUANT_MATVEC_MAX_N];
+		float		macc[QUANT_MATVEC_MAX_N];
+
+		for (int n = 0; n < N; n++)
+		{
+			acc[n] = _mm256_setzero_ps();
+			macc[n] = 0;
+		}
+		for (int64_t b = 0; b < nb; b++)
+		{
+			__m256		q[4];
+			__m256		d;
+			float		m = 0;
+
+			if (has_min)
+			{
+				const BlockQ4_1 *blk = (const BlockQ4_1 *) row + b;
+
+				nibbles_avx2(_mm_loadu_si128((const __m128i *) blk->qs), false, q);
+				d = _mm256_set1_ps(_cvtsh_ss(blk->d));
+				m = _cvtsh_ss(blk->m);
+			}
+			else
+			{
+				const BlockQ4_0 *blk = (const BlockQ4_0 *) row + b;
+
+				nibbles_avx2(_mm_loadu_si128((const __m128i *) blk->qs), true, q);
+				d = _mm256_set1_ps(_cvtsh_ss(blk->d));
+			}
+			for (int n = 0; n < N; n++)
+			{
+				acc[n] = _mm256_fmadd_ps(d, dot32_avx2(q, mv->x + n * mv->cols + b * QK32), acc[n]);
+				if (has_min)
+					macc[n] += m * mv->xsum[n * nb + b];
+			}
+		}
+		for (int n = 0; n < N; n++)
+			mv->y[n * mv->ldy + r] = hsum_avx2(acc[n]) + macc[n];
+	}
+}
+
+ALWAYS_INLINE TARGET_AVX2 void
+q4_0_avx2_n(const QuantMatvec *mv, int64_t r0, int64_t r1, const int N)
+{
+	q4_avx2_n(mv, r0, r1, N, false);
+}
+MATVEC_ENTRY(q4_0_avx2, TARGET_AVX2)
+
+ALWAYS_INLINE TARGET_AVX2 void
+q4_1_avx2_n(const QuantMatvec *mv, int64_t r0, int64_t r1, const int N)
+{
+	q4_avx2_n(mv, r0, r1, N, true);
+}
+MATVEC_ENTRY(q4_1_avx2, TARGET_AVX2)
+
+/* Q8_0 rows: d sum q x. */
+ALWAYS_INLINE TARGET_AVX2 void
+q8_0_avx2_n(const QuantMatvec *mv, int64_t r0, int64_t r1, const int N)
+{
+	const int64_t nb = mv->cols / QK32;
+
+	for (int64_t r = r0; r < r1; r++)
+	{
+		const BlockQ8_0 *blk = (const BlockQ8_0 *) (mv->w + (size_t) r * mv->row_bytes);
+		__m256		acc[QUANT_MATVEC_MAX_N];
+
+		for (int n = 0; n < N; n++)
+			acc[n] = _mm256_setzero_ps();
+		for (int64_t b = 0; b < nb; b++)
+		{
+			__m128i		lo = _mm_loadu_si128((const __m128i *) blk[b].qs);
+			__m128i		hi = _mm_loadu_si128((const __m128i *) (blk[b].qs + 16));
+			__m256		q[4] = {i8_to_ps_avx2(lo), i8_to_ps_avx2(high8(lo)),
+			i8_to_ps_avx2(hi), i8_to_ps_avx2(high8(hi))};
+			__m256		d = _mm256_set1_ps(_cvtsh_ss(blk[b].d));
+
+			for (int n = 0; n < N; n++)
+				acc[n] = _mm256_fmadd_ps(d, dot32_avx2(q, mv->x + n * mv->cols + b * QK32), acc[n]);
+		}
+		for (int n = 0; n < N; n++)
+			mv->y[n * mv->ldy + r] = hsum_avx2(acc[n]);
+	}
+}
+MATVEC_ENTRY(q8_0_avx2, TARGET_AVX2)
+
+/* 32 unsigned bytes as four registers of floats. */
+ALWAYS_INLINE TARGET_AVX2 void
+u8x32_avx2(__m256i v, __m256 q[4])
+{
+	__m128i		a = _mm256_castsi256_si128(v);
+	__m128i		b = _mm256_extracti128_si256(v, 1);
+
+	q[0] = u8_to_ps_avx2(a);
+	q[1] = u8_to_ps_avx2(high8(a));
+	q[2] = u8_to_ps_avx2(b);
+	q[3] = u8_to_ps_avx2(high8(b));
+}
+
+/* Q4_K rows: per 32 values (d sc) sum q x - (dmin m) sum x. */
+ALWAYS_INLINE TARGET_AVX2 void
+q4_k_avx2_n(const QuantMatvec *mv, int64_t r0, int64_t r1, const int N)
+{
+	const int64_t nsb = mv->cols / QK_K;
+	const int64_t nb = mv->cols / QK32;
+	const __m256i low4 = _mm256_set1_epi8(0x0f);
+
+	for (int64_t r = r0; r < r1; r++)
+	{
+		const BlockQ4_K *blk = (const BlockQ4_K *) (mv->w + (size_t) r * mv->row_bytes);
+		__m256		acc[QUANT_MATVEC_MAX_N];
+		float		macc[QUANT_MATVEC_MAX_N];
+
+		for (int n = 0; n < N; n++)
+		{
+			acc[n] = _mm256_setzero_ps();
+			macc[n] = 0;
+		}
+		for (int64_t s = 0; s < nsb; s++)
+		{
+			float		d = _cvtsh_ss(blk[s].d);
+			float		dmin = _cvtsh_ss(blk[s].dmin);
+			uint8_t		sc[8];
+			uint8_t		mn[8];
+
+			quant_k_scales(blk[s].scales, sc, mn);
+			for (int c = 0; c < 4; c++)
+			{
+				__m256i		raw = _mm256_loadu_si256((const __m256i *) (blk[s].qs + 32 * c));
+				__m256		qa[4];
+				__m256		qb[4];
+				__m256		da = _mm256_set1_ps(d * sc[2 * c]);
+				__m256		db = _mm256_set1_ps(d * sc[2 * c + 1]);
+
+				u8x32_avx2(_mm256_and_si256(raw, low4), qa);
+				u8x32_avx2(_mm256_and_si256(_mm256_srli_epi16(raw, 4), low4), qb);
+				for (int n = 0; n < N; n++)
+				{
+					const float *x = mv->x + n * mv->cols + s * QK_K + 64 * c;
+
+					acc[n] = _mm256_fmadd_ps(da, dot32_avx2(qa, x), acc[n]);
+					acc[n] = _mm256_fmadd_ps(db, dot32_avx2(qb, x + 32), acc[n]);
+				}
+			}
+			for (int n = 0; n < N; n++)
+			{
+				const float *xs = mv->xsum + n * nb + s * 8;
+				float		mins = 0;
+
+				for (int j = 0; j < 8; j++)
+					mins += (float) mn[j] * xs[j];
+				macc[n] += dmin * mins;
+			}
+		}
+		for (int n = 0; n < N; n++)
+			mv->y[n * mv->ldy + r] = hsum_avx2(acc[n]) - macc[n];
+	}
+}
+MATVEC_ENTRY(q4_k_avx2, TARGET_AVX2)
+
+/* Q6_K's 32 values 128 a + 32 j + l (l < 32) of a super-block, as signed bytes q - 32. */
+ALWAYS_INLINE TARGET_AVX2 __m256i
+q6_k_bytes(const BlockQ6_K *blk, int a, int j)
+{
+	const __m256i low4 = _mm256_set1_epi8(0x0f);
+	__m256i		lo = _mm256_loadu_si256((const __m256i *) (blk->ql + 64 * a + 32 * (j % 2)));
+	__m256i		hi = _mm256_loadu_si256((const __m256i *) (blk->qh + 32 * a));
+
+	lo = _mm256_and_si256(_mm256_srl_epi16(lo, _mm_cvtsi32_si128(4 * (j / 2))), low4);
+	/* shifting 16-bit lanes moves bits across bytes, but only into bits the mask drops */
+	hi = _mm256_and_si256(_mm256_srl_epi16(hi, _mm_cvtsi32_si128(2 * j)), _mm256_set1_epi8(3));
+	return _mm256_sub_epi8(_mm256_or_si256(lo, _mm256_slli_epi16(hi, 4)), _mm256_set1_epi8(32));
+}
+
+/* Q6_K rows: per 16 values (d s) sum (q - 32) x. */
+ALWAYS_INLINE TARGET_AVX2 void
+q6_k_avx2_n(const QuantMatvec *mv, int64_t r0, int64_t r1, const int N)
+{
+	const int64_t nsb = mv->cols / QK_K;
+
+	for (int64_t r = r0; r < r1; r++)
+	{
+		const BlockQ6_K *blk = (const BlockQ6_K *) (mv->w + (size_t) r * mv->row_bytes);
+		__m256		acc[QUANT_MATVEC_MAX_N];
+
+		for (int n = 0; n < N; n++)
+			acc[n] = _mm256_setzero_ps();
+		for (int64_t s = 0; s < nsb; s++)
+		{
+			float		d = _cvtsh_ss(blk[s].d);
+
+			for (int a = 0; a < 2; a++)
+				for (int j = 0; j < 4; j++)
+				{
+					__m256i		v = q6_k_bytes(&blk[s], a, j);
+					__m128i		v0 = _mm256_castsi256_si128(v);
+					__m128i		v1 = _mm256_extracti128_si256(v, 1);
+					int			g = 8 * a + 2 * j;
+					__m256		s0 = _mm256_set1_ps(d * blk[s].scales[g]);
+					__m256		s1 = _mm256_set1_ps(d * blk[s].scales[g + 1]);
+					__m256		q[4] = {
+						_mm256_mul_ps(s0, i8_to_ps_avx2(v0)), _mm256_mul_ps(s0, i8_to_ps_avx2(high8(v0))),
+						_mm256_mul_ps(s1, i8_to_ps_avx2(v1)), _mm256_mul_ps(s1, i8_to_ps_avx2(high8(v1)))
+					};
+
+					for (int n = 0; n < N; n++)
+					{
+						const float *x = mv->x + n * mv->cols + s * QK_K + 128 * a + 32 * j;
+
+						acc[n] = _mm256_add_ps(acc[n], dot32_avx2(q, x));
+					}
+				}
+		}
+		for (int n = 0; n < N; n++)
+			mv->y[n * mv->ldy + r] = hsum_avx2(acc[n]);
+	}
+}
+MATVEC_ENTRY(q6_k_avx2, TARGET_AVX2)
+
+/* F32 and F16 rows (any number of columns): sum w x, the tail in scalar code. */
+ALWAYS_INLINE TARGET_AVX2 void
+float_avx2_n(const QuantMatvec *mv, int64_t r0, int64_t r1, const int N, bool half)
+{
+	const int64_t cols = mv->cols;
+
+	for (int64_t r = r0; r < r1; r++)
+	{
+		const uint8_t *row = mv->w + (size_t) r * mv->row_bytes;
+		const float *wf = (const float *) row;
+		const uint16_t *wh = (const uint16_t *) row;
+		__m256		acc0[QUANT_MATVEC_MAX_N];
+		__m256		acc1[QUANT_MATVEC_MAX_N];
+		int64_t		c = 0;
+
+		for (int n = 0; n < N; n++)
+			acc0[n] = acc1[n] = _mm256_setzero_ps();
+		for (; c + 16 <= cols; c += 16)
+		{
+			__m256		w0 = half ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) (wh + c)))
+				: _mm256_loadu_ps(wf + c);
+			__m256		w1 = half ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) (wh + c + 8)))
+				: _mm256_loadu_ps(wf + c + 8);
+
+			for (int n = 0; n < N; n++)
+			{
+				const float *x = mv->x + n * cols + c;
+
+				acc0[n] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x), acc0[n]);
+				acc1[n] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + 8), acc1[n]);
+			}
+		}
+		for (int n = 0; n < N; n++)
+		{
+			const float *x = mv->x + n * cols;
+			float		s = hsum_avx2(_mm256_add_ps(acc0[n], acc1[n]));
+
+			for (int64_t i = c; i < cols; i++)
+			{
+				uint16_t	h;
+
+				if (half)
+					memcpy(&h, wh + i, sizeof(h));
+				s += (half ? quant_half_to_float(h) : wf[i]) * x[i];
+			}
+			mv->y[n * mv->ldy + r] = s;
+		}
+	}
+}
+
+ALWAYS_INLINE TARGET_AVX2 void
+f32_avx2_n(const QuantMatvec *mv, int64_t r0, int64_t r1, const int N)
+{
+	float_avx2_n(mv, r0, r1, N, false);
+}
+MATVEC_ENTRY(f32_avx2, TARGET_AVX2)
+
+ALWAYS_INLINE TARGET_AVX2 void
+f16_avx2_n(const QuantMatvec *mv, int64_t r0, int64_t r1, const int N)
+{
+	float_avx2_n(mv, r0, r1, N, true);
+}
+MATVEC_ENTRY(f16_avx2, TARGET_AVX2)
+
+/* The AVX2 kernel for type, or NULL. */
+QuantMatvecFn
+quant_matvec_avx2(GgmlType type)
+{
+	switch (type)
+	{
+		case GGML_F32:
+			return f32_avx2;
+		case GGML_F16:
+			return f16_avx2;
+		case GGML_Q4_0:
+			return q4_0_avx2;
+		case GGML_Q4_1:
+			return q4_1_avx2;
+		case GGML_Q8_0:
+			return q8_0_avx2;
+		case GGML_Q4_K:
+			return q4_k_avx2;
+		case GGML_Q6_K:
+			return q6_k_avx2;
+		default:
+			return NULL;
+	}
+}
+
+/* ---- AVX-512: sixteen floats a register ------------------------------------ */
+
+/* 16 unsigned bytes as floats. */
+ALWAYS_INLINE TARGET_AVX512 __m512
+u8_to_ps_512(__m128i v)
+{
+	return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v));
+}
+
+/* 16 signed bytes as floats. */
+ALWAYS_INLINE TARGET_AVX512 __m512
+i8_to_ps_512(__m128i v)
+{
+	return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v));
+}
+
+/* sum_i q_i x_i over 32 values held as two registers of floats. */
+ALWAYS_INLINE TARGET_AVX512 __m512
+dot32_512(__m512 q0, __m512 q1, const float *x)
+{
+	return _mm512_fmadd_ps(q1, _mm512_loadu_ps(x + 16), _mm512_mul_ps(q0, _mm512_loadu_ps(x)));
+}
+
+/* Q4_0 and Q4_1 rows: d sum q x (+ m sum x). */
+ALWAYS_INLINE TARGET_AVX512 void
+q4_512_n(const QuantMatvec *mv, int64_t r0, int64_t r1, const int N, bool has_min)
+{
+	const int64_t nb = mv->cols / QK32;
+	const __m128i low4 = _mm_set1_epi8(0x0f);
+
+	for (int64_t r = r0; r < r1; r++)
+	{
+		const uint8_t *row = mv->w + (size_t) r * mv->row_bytes;
+		__m512		acc[QUANT_MATVEC_MAX_N];
+		float		macc[QUANT_MATVEC_MAX_N];
+
+		for (int n = 0; n < N; n++)
+		{
+			acc[n] = _mm512_setzero_ps();
+			macc[n] = 0;
+		}
+		for (int64_t b = 0; b < nb; b++)
+		{
+			__m128i		raw;
+			__m128i		lo;
+			__m128i		hi;
+			__m512		q0;
+			__m512		q1;
+			__m512		d;
+			float		m = 0;
+
+			if (has_min)
+			{
+				const BlockQ4_1 *blk = (const BlockQ4_1 *) row + b;
+
+				raw = _mm_loadu_si128((const __m128i *) blk->qs);
+				d = _mm512_set1_ps(_cvtsh_ss(blk->d));
+				m = _cvtsh_ss(blk->m);
+			}
+			else
+			{
+				const BlockQ4_0 *blk = (const BlockQ4_0 *) row + b;
+
+				raw = _mm_loadu_si128((const __m128i *) blk->qs);
+				d = _mm512_set1_ps(_cvtsh_ss(blk->d));
+			}
+			lo = _mm_and_si128(raw, low4);
+			hi = _mm_and_si128(_mm_srli_epi16(raw, 4), low4);
+			if (has_min)
+			{
+				q0 = u8_to_ps_512(lo);
+				q1 = u8_to_ps_512(hi);
+			}
+			else
+			{
+				q0 = i8_to_ps_512(_mm_sub_epi8(lo, _mm_set1_epi8(8)));
+				q1 = i8_to_ps_512(_mm_sub_epi8(hi, _mm_set1_epi8(8)));
+			}
+			for (int n = 0; n < N; n++)
+			{
+				acc[n] = _mm512_fmadd_ps(d, dot32_512(q0, q1, mv->x + n * mv->cols + b * QK32), acc[n]);
+				if (has_min)
+					macc[n] += m * mv->xsum[n * nb + b];
+			}
+		}
+		for (int n = 0; n < N; n++)
+			mv->y[n * mv->ldy + r] = _mm512_reduce_add_ps(acc[n]) + macc[n];
+	}
+}
+
+ALWAYS_INLINE TARGET_AVX512 void
+q4_0_512_n(const QuantMatvec *mv, int64_t r0, int64_t r1, const int N)
+{
+	q4_512_n(mv, r0, r1, N, false);
+}
+MATVEC_ENTRY(q4_0_512, TARGET_AVX512)
+
+ALWAYS_INLINE TARGET_AVX512 void
+q4_1_512_n(const QuantMatvec *mv, int64_t r0, int64_t r1, const int N)
+{
+	q4_512_n(mv, r0, r1, N, true);
+}
+MATVEC_ENTRY(q4_1_512, TARGET_AVX512)
+
+/* Q8_0 rows: d sum q x. */
+ALWAYS_INLINE TARGET_AVX512 void
+q8_0_512_n(const QuantMatvec *mv, int64_t r0, int64_t r1, const int N)
+{
+	const int64_t nb = mv->cols / QK32;
+
+	for (int64_t r = r0; r < r1; r++)
+	{
+		const BlockQ8_0 *blk = (const BlockQ8_0 *) (mv->w + (size_t) r * mv->row_bytes);
+		__m512		acc[QUANT_MATVEC_MAX_N];
+
+		for (int n = 0; n < N; n++)
+			acc[n] = _mm512_setzero_ps();
+		for (int64_t b = 0; b < nb; b++)
+		{
+			__m512		q0 = i8_to_ps_512(_mm_loadu_si128((const __m128i *) blk[b].qs));
+			__m512		q1 = i8_to_ps_512(_mm_loadu_si128((const __m128i *) (blk[b].qs + 16)));
+			__m512		d = _mm512_set1_ps(_cvtsh_ss(blk[b].d));
+
+			for (int n = 0; n < N; n++)
+				acc[n] = _mm512_fmadd_ps(d, dot32_512(q0, q1, mv->x + n * mv->cols + b * QK32), acc[n]);
+		}
+		for (int n = 0; n < N; n++)
+			mv->y[n * mv->ldy + r] = _mm512_reduce_add_ps(acc[n]);
+	}
+}
+MATVEC_ENTRY(q8_0_512, TARGET_AVX512)
+
+/* Q4_K rows: per 32 values (d sc) sum q x - (dmin m) sum x. */
+ALWAYS_INLINE TARGET_AVX512 void
+q4_k_512_n(const QuantMatvec *mv, int64_t r0, int64_t r1, const int N)
+{
+	const int64_t nsb = mv->cols / QK_K;
+	const int64_t nb = mv->cols / QK32;
+	const __m256i low4 = _mm256_set1_epi8(0x0f);
+
+	for (int64_t r = r0; r < r1; r++)
+	{
+		const BlockQ4_K *blk = (const BlockQ4_K *) (mv->w + (size_t) r * mv->row_bytes);
+		__m512		acc[QUANT_MATVEC_MAX_N];
+		float		macc[QUANT_MATVEC_MAX_N];
+
+		for (int n = 0; n < N; n++)
+		{
+			acc[n] = _mm512_setzero_ps();
+			macc[n] = 0;
+		}
+		for (int64_t s = 0; s < nsb; s++)
+		{
+			float		d = _cvtsh_ss(blk[s].d);
+			float		dmin = _cvtsh_ss(blk[s].dmin);
+			uint8_t		sc[8];
+			uint8_t		mn[8];
+
+			quant_k_scales(blk[s].scales, sc, mn);
+			for (int c = 0; c < 4; c++)
+			{
+				__m256i		raw = _mm256_loadu_si256((const __m256i *) (blk[s].qs + 32 * c));
+				__m256i		lo = _mm256_and_si256(raw, low4);
+				__m256i		hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);
+				__m512		qa0 = u8_to_ps_512(_mm256_castsi256_si128(lo));
+				__m512		qa1 = u8_to_ps_512(_mm256_extracti128_si256(lo, 1));
+				__m512		qb0 = u8_to_ps_512(_mm256_castsi256_si128(hi));
+				__m512		qb1 = u8_to_ps_512(_mm256_extracti128_si256(hi, 1));
+				__m512		da = _mm512_set1_ps(d * sc[2 * c]);
+				__m512		db = _mm512_set1_ps(d * sc[2 * c + 1]);
+
+				for (int n = 0; n < N; n++)
+				{
+					const float *x = mv->x + n * mv->cols + s * QK_K + 64 * c;
+
+					acc[n] = _mm512_fmadd_ps(da, dot32_512(qa0, qa1, x), acc[n]);
+					acc[n] = _mm512_fmadd_ps(db, dot32_512(qb0, qb1, x + 32), acc[n]);
+				}
+			}
+			for (int n = 0; n < N; n++)
+			{
+				const float *xs = mv->xsum + n * nb + s * 8;
+				float		mins = 0;
+
+				for (int j = 0; j < 8; j++)
+					mins += (float) mn[j] * xs[j];
+				macc[n] += dmin * mins;
+			}
+		}
+		for (int n = 0; n < N; n++)
+			mv->y[n * mv->ldy + r] = _mm512_reduce_add_ps(acc[n]) - macc[n];
+	}
+}
+MATVEC_ENTRY(q4_k_512, TARGET_AVX512)
+
+/* Q6_K rows: per 16 values (d s) sum (q - 32) x. */
+ALWAYS_INLINE TARGET_AVX512 void
+q6_k_512_n(const QuantMatvec *mv, int64_t r0, int64_t r1, const int N)
+{
+	const int64_t nsb = mv->cols / QK_K;
+
+	for (int64_t r = r0; r < r1; r++)
+	{
+		const BlockQ6_K *blk = (const BlockQ6_K *) (mv->w + (size_t) r * mv->row_bytes);
+		__m512		acc0[QUANT_MATVEC_MAX_N];
+		__m512		acc1[QUANT_MATVEC_MAX_N];
+
+		for (int n = 0; n < N; n++)
+			acc0[n] = acc1[n] = _mm512_setzero_ps();
+		for (int64_t s = 0; s < nsb; s++)
+		{
+			float		d = _cvtsh_ss(blk[s].d);
+
+			for (int a = 0; a < 2; a++)
+				for (int j = 0; j < 4; j++)
+				{
+					__m256i		v = q6_k_bytes(&blk[s], a, j);
+					int			g = 8 * a + 2 * j;
+					__m512		q0 = _mm512_mul_ps(_mm512_set1_ps(d * blk[s].scales[g]),
+												   i8_to_ps_512(_mm256_castsi256_si128(v)));
+					__m512		q1 = _mm512_mul_ps(_mm512_set1_ps(d * blk[s].scales[g + 1]),
+												   i8_to_ps_512(_mm256_extracti128_si256(v, 1)));
+
+					for (int n = 0; n < N; n++)
+					{
+						const float *x = mv->x + n * mv->cols + s * QK_K + 128 * a + 32 * j;
+
+						acc0[n] = _mm512_fmadd_ps(q0, _mm512_loadu_ps(x), acc0[n]);
+						acc1[n] = _mm512_fmadd_ps(q1, _mm512_loadu_ps(x + 16), acc1[n]);
+					}
+				}
+		}
+		for (int n = 0; n < N; n++)
+			mv->y[n * mv->ldy + r] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[n], acc1[n]));
+	}
+}
+MATVEC_ENTRY(q6_k_512, TARGET_AVX512)
+
+/* 16 weights of an F32 or F16 row from column c, the first count of them (the rest 0). */
+ALWAYS_INLINE TARGET_AVX512 __m512
+weights16_512(const uint8_t *row, int64_t c, __mmask16 mask, bool half)
+{
+	if (half)
+		return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, row + 2 * c));
+	return _mm512_maskz_loadu_ps(mask, row + 4 * c);
+}
+
+/* F32 and F16 rows (any number of columns): sum w x, the tail under a mask. */
+ALWAYS_INLINE TARGET_AVX512 void
+float_512_n(const QuantMatvec *mv, int64_t r0, int64_t r1, const int N, bool half)
+{
+	const int64_t cols = mv->cols;
+
+	for (int64_t r = r0; r < r1; r++)
+	{
+		const uint8_t *row = mv->w + (size_t) r * mv->row_bytes;
+		__m512		acc0[QUANT_MATVEC_MAX_N];
+		__m512		acc1[QUANT_MATVEC_MAX_N];
+		int64_t		c = 0;
+
+		for (int n = 0; n < N; n++)
+			acc0[n] = acc1[n] = _mm512_setzero_ps();
+		for (; c + 32 <= cols; c += 32)
+		{
+			__m512		w0 = weights16_512(row, c, 0xffff, half);
+			__m512		w1 = weights16_512(row, c + 16, 0xffff, half);
+
+			for (int n = 0; n < N; n++)
+			{
+				const float *x = mv->x + n * cols + c;
+
+				acc0[n] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x), acc0[n]);
+				acc1[n] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + 16), acc1[n]);
+			}
+		}
+		for (; c < cols; c += 16)
+		{
+			__mmask16	mask = cols - c >= 16 ? 0xffff : (__mmask16) ((1u << (cols - c)) - 1);
+			__m512		w0 = weights16_512(row, c, mask, half);
+
+			for (int n = 0; n < N; n++)
+				acc0[n] = _mm512_fmadd_ps(w0, _mm512_maskz_loadu_ps(mask, mv->x + n * cols + c), acc0[n]);
+		}
+		for (int n = 0; n < N; n++)
+			mv->y[n * mv->ldy + r] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[n], acc1[n]));
+	}
+}
+
+ALWAYS_INLINE TARGET_AVX512 void
+f32_512_n(const QuantMatvec *mv, int64_t r0, int64_t r1, const int N)
+{
+	float_512_n(mv, r0, r1, N, false);
+}
+MATVEC_ENTRY(f32_512, TARGET_AVX512)
+
+ALWAYS_INLINE TARGET_AVX512 void
+f16_512_n(const QuantMatvec *mv, int64_t r0, int64_t r1, const int N)
+{
+	float_512_n(mv, r0, r1, N, true);
+}
+MATVEC_ENTRY(f16_512, TARGET_AVX512)
+
+/* The AVX-512 kernel for type, or NULL. */
+QuantMatvecFn
+quant_matvec_avx512(GgmlType type)
+{
+	switch (type)
+	{
+		case GGML_F32:
+			return f32_512;
+		case GGML_F16:
+			return f16_512;
+		case GGML_Q4_0:
+			return q4_0_512;
+		case GGML_Q4_1:
+			return q4_1_512;
+		case GGML_Q8_0:
+			return q8_0_512;
+		case GGML_Q4_K:
+			return q4_k_512;
+		case GGML_Q6_K:
+			return q6_k_512;
+		default:
+			return NULL;
+	}
+}
+
+#else							/* not x86-64: the scalar kernel only */
+
+bool
+quant_cpu_has_avx2(void)
+{
+	return false;
+}
+
+bool
+quant_cpu_has_avx512(void)
+{
+	return false;
+}
+
+QuantMatvecFn
+quant_matvec_avx2(GgmlType type)
+{
+	return NULL;
+}
+
+QuantMatvecFn
+quant_matvec_avx512(GgmlType type)
+{
+	return NULL;
+}
+
+#endif
