@@ -1,0 +1,275 @@
+/*
+ * decoder.c - a LLaMA-family decoder's forward pass on the CPU: per layer
+ * RMSNorm, the q/k/v products, rotary embeddings, the new keys and values
+ * into the cache, causal grouped-query attention, the output product and
+ * residual; RMSNorm, gate/up products, SwiGLU, the down product and
+ * residual; then the final RMSNorm and the output head for the rows whose
+ * logits are wanted.  Products run on the quantized weights (quant.h).
+ */
+#include "decoder.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "ops_decoder.h"
+#include "quant.h"
+
+/* Rows per pass of a long prefill: bounds the scratch buffers; longer inputs run in chunks. */
+#define DECODER_MAX_ROWS 512
+
+struct Decoder
+{
+	const LlamaModel *model;
+	int			slots;
+	int			ctx;
+	size_t		kv_dim;			/* num_kv_heads * head_dim */
+	float	   *kcache;			/* [layers][slots][ctx][kv_dim] */
+	float	   *vcache;
+	/* scratch for up to cap rows */
+	int			cap;
+	float	   *x;				/* [cap, hidden] residual stream */
+	float	   *xn;				/* [cap, hidden] normalised */
+	float	   *q;				/* [cap, heads * head_dim] */
+	float	   *k;				/* [cap, kv_dim] */
+	float	   *v;				/* [cap, kv_dim] */
+	float	   *att;			/* [cap, heads * head_dim] */
+	float	   *proj;			/* [cap, hidden] */
+	float	   *gate;			/* [cap, ffn] */
+	float	   *up;				/* [cap, ffn] */
+	int32_t    *rows_slot;		/* [cap] */
+	int32_t    *rows_pos;		/* [cap] */
+	size_t		bytes;
+};
+
+/* calloc that adds to the decoder's byte count. */
+static void *
+dec_alloc(Decoder *d, size_t n, size_t size)
+{
+	void	   *p = calloc(n ? n : 1, size);
+
+	if (p)
+		d->bytes += n * size;
+	return p;
+}
+
+PeftCode
+decoder_create(const LlamaModel *model, int slots, int ctx, Decoder **out, PeftError *err)
+{
+	const LlamaConfig *c = &model->cfg;
+	Decoder    *d;
+	size_t		cache;
+	size_t		qdim = (size_t) c->num_heads * c->head_dim;
+	int			cap;
+
+	*out = NULL;
+	if (slots < 1 || slots > 4096 || ctx < 1 || ctx > c->context_length)
+		return peft_fail(err, PEFT_ERR_INVALID,
+						 "a decoder for %d sequences of %d positions (the model has %d)",
+						 slots, ctx, c->context_length);
+	if ((d = calloc(1, sizeof(Decoder))) == NULL)
+		return peft_fail(err, PEFT_ERR_NOMEM, "out of memory for a decoder");
+	d->model = model;
+	d->slots = slots;
+	d->ctx = ctx;
+	d->kv_dim = (size_t) c->num_kv_heads * c->head_dim;
+	cache = (size_t) c->num_layers * slots * ctx * d->kv_dim;
+	cap = slots * ctx < DECODER_MAX_ROWS ? slots * ctx : DECODER_MAX_ROWS;
+	d->cap = cap;
+	d->kcache = dec_alloc(d, cache, sizeof(float));
+	d->vcache = dec_alloc(d, cache, sizeof(float));
+	d->x = dec_alloc(d, (size_t) cap * c->hidden_size, sizeof(float));
+	d->xn = dec_alloc(d, (size_t) cap * c->hidden_size, sizeof(float));
+	d->q = dec_alloc(d, (size_t) cap * qdim, sizeof(float));
+	d->k = dec_alloc(d, (size_t) cap * d->kv_dim, sizeof(float));
+	d->v = dec_alloc(d, (size_t) cap * d->kv_dim, sizeof(float));
+	d->att = dec_alloc(d, (size_t) cap * qdim, sizeof(float));
+	d->proj = dec_alloc(d, (size_t) cap * c->hidden_size, sizeof(float));
+	d->gate = dec_alloc(d, (size_t) cap * c->intermediate_size, sizeof(float));
+	d->up = dec_alloc(d, (size_t) cap * c->intermediate_size, sizeof(float));
+	d->rows_slot = dec_alloc(d, cap, sizeof(int32_t));
+	d->rows_pos = dec_alloc(d, cap, sizeof(int32_t));
+	if (!d->kcache || !d->vcache || !d->x || !d->xn || !d->q || !d->k || !d->v || !d->att ||
+		!d->proj || !d->gate || !d->up || !d->rows_slot || !d->rows_pos)
+	{
+		size_t		want = d->bytes;
+
+		decoder_free(d);
+		return peft_fail(err, PEFT_ERR_NOMEM,
+						 "out of memory for a decoder of %d sequences x %d positions (%zu MB)",
+						 slots, ctx, want >> 20);
+	}
+	*out = d;
+	return PEFT_OK;
+}
+
+size_t
+decoder_bytes(const Decoder *dec)
+{
+	return dec ? dec->bytes + sizeof(Decoder) : 0;
+}
+
+void
+decoder_free(Decoder *d)
+{
+	if (d == NULL)
+		return;
+	free(d->kcache);
+	free(d->vcache);
+	free(d->x);
+	free(d->xn);
+	free(d->q);
+	free(d->k);
+	free(d->v);
+	free(d->att);
+	free(d->proj);
+	free(d->gate);
+	free(d->up);
+	free(d->rows_slot);
+	free(d->rows_pos);
+	free(d);
+}
+
+/* y[N, m.rows] = x[N, m.cols] m^T */
+static void
+product(const QMatrix *m, const float *x, int N, float *y)
+{
+	quant_matmul(m->type, m->data, m->rows, m->cols, x, N, y);
+}
+
+/* Copy the new rows' keys and values into one layer's cache. */
+static void
+store_kv(Decoder *d, int layer, int N)
+{
+	size_t		layer_off = (size_t) layer * d->slots * d->ctx * d->kv_dim;
+
+	for (int r = 0; r < N; r++)
+	{
+		size_t		at = layer_off + ((size_t) d->rows_slot[r] * d->ctx + d->rows_pos[r]) * d->kv_dim;
+
+		memcpy(d->kcache + at, d->k + (size_t) r * d->kv_dim, d->kv_dim * sizeof(float));
+		memcpy(d->vcache + at, d->v + (size_t) r * d->kv_dim, d->kv_dim * sizeof(float));
+	}
+}
+
+/* One decoder block over the N rows in d->x (in place). */
+static void
+run_layer(Decoder *d, int l, int N)
+{
+	const LlamaConfig *c = &d->model->cfg;
+	const LlamaLayer *L = &d->model->layers[l];
+	size_t		layer_off = (size_t) l * d->slots * d->ctx * d->kv_dim;
+	size_t		n_hidden = (size_t) N * c->hidden_size;
+
+	rmsnorm_forward(d->xn, NULL, d->x, L->attn_norm, N, c->hidden_size, (real) c->rms_eps);
+	product(&L->wq, d->xn, N, d->q);
+	product(&L->wk, d->xn, N, d->k);
+	product(&L->wv, d->xn, N, d->v);
+	rope_forward(d->q, d->rows_pos, N, c->num_heads, c->head_dim, (real) c->rope_base, c->rope_layout);
+	rope_forward(d->k, d->rows_pos, N, c->num_kv_heads, c->head_dim, (real) c->rope_base, c->rope_layout);
+	store_kv(d, l, N);
+	gqa_attention_forward(d->att, NULL, d->q, d->kcache + layer_off, d->vcache + layer_off,
+						  d->rows_slot, d->rows_pos, N, c->num_heads, c->num_kv_heads,
+						  c->head_dim, d->ctx);
+	product(&L->wo, d->att, N, d->proj);
+	for (size_t i = 0; i < n_hidden; i++)
+		d->x[i] += d->proj[i];
+	rmsnorm_forward(d->xn, NULL, d->x, L->ffn_norm, N, c->hidden_size, (real) c->rms_eps);
+	product(&L->w_gate, d->xn, N, d->gate);
+	product(&L->w_up, d->xn, N, d->up);
+	swiglu_forward(d->gate, d->gate, d->up, (size_t) N * c->intermediate_size);
+	product(&L->w_down, d->gate, N, d->proj);
+	for (size_t i = 0; i < n_hidden; i++)
+		d->x[i] += d->proj[i];
+}
+
+/* Check the rows of a call against the cache's bounds. */
+static PeftCode
+check_rows(const Decoder *d, const int32_t *ids, const int32_t *slot, const int32_t *pos, int N,
+		   const int32_t *logit_rows, int nlogits, PeftError *err)
+{
+	const LlamaConfig *c = &d->model->cfg;
+
+	if (N < 1 || nlogits < 0 || nlogits > N)
+		return peft_fail(err, PEFT_ERR_INVALID, "decoder call of %d rows and %d logit rows", N, nlogits);
+	for (int r = 0; r < N; r++)
+	{
+		if (ids[r] < 0 || ids[r] >= c->vocab_size)
+			return peft_fail(err, PEFT_ERR_INVALID, "token id %d is outside the vocabulary of %d",
+							 ids[r], c->vocab_size);
+		if (slot[r] < 0 || slot[r] >= d->slots || pos[r] < 0 || pos[r] >= d->ctx)
+			return peft_fail(err, PEFT_ERR_INVALID,
+							 "row at sequence %d position %d is outside the cache (%d x %d)",
+							 slot[r], pos[r], d->slots, d->ctx);
+	}
+	for (int i = 0; i < nlogits; i++)
+		if (logit_rows[i] < 0 || logit_rows[i] >= N || (i > 0 && logit_rows[i] <= logit_rows[i - 1]))
+			return peft_fail(err, PEFT_ERR_INVALID,
+							 "logit row %d is not one of the %d rows in increasing order",
+							 logit_rows[i], N);
+	return PEFT_OK;
+}
+
+/* The forward pass of up to d->cap rows; logits of those listed (indexes into this chunk). */
+static void
+forward_chunk(Decoder *d, const int32_t *ids, const int32_t *slot, const int32_t *pos, int N,
+			  const int32_t *want, int nwant, float *logits)
+{
+	const LlamaModel *m = d->model;
+	const LlamaConfig *c = &m->cfg;
+	size_t		row_bytes = quant_row_bytes(m->embed.type, c->hidden_size);
+
+	for (int r = 0; r < N; r++)
+	{
+		quant_dequantize(m->embed.type, (const uint8_t *) m->embed.data + (size_t) ids[r] * row_bytes,
+						 c->hidden_size, d->x + (size_t) r * c->hidden_size);
+		d->rows_slot[r] = slot[r];
+		d->rows_pos[r] = pos[r];
+	}
+	for (int l = 0; l < c->num_layers; l++)
+		run_layer(d, l, N);
+	if (nwant == 0)
+		return;
+	/* gather the wanted rows, normalise, and apply the head */
+	for (int i = 0; i < nwant; i++)
+		memcpy(d->proj + (size_t) i * c->hidden_size, d->x + (size_t) want[i] * c->hidden_size,
+			   sizeof(float) * c->hidden_size);
+	rmsnorm_forward(d->xn, NULL, d->proj, m->final_norm, nwant, c->hidden_size, (real) c->rms_eps);
+	product(&m->output, d->xn, nwant, logits);
+}
+
+PeftCode
+decoder_forward(Decoder *d, const int32_t *ids, const int32_t *slot, const int32_t *pos, int N,
+				const int32_t *logit_rows, int nlogits, float *logits, PeftError *err)
+{
+	PeftCode	rc;
+	int32_t    *want;
+	int			vocab = d->model->cfg.vocab_size;
+
+	if ((rc = check_rows(d, ids, slot, pos, N, logit_rows, nlogits, err)) != PEFT_OK)
+		return rc;
+	if ((want = malloc(sizeof(int32_t) * (nlogits > 0 ? nlogits : 1))) == NULL)
+		return peft_fail(err, PEFT_ERR_NOMEM, "out of memory in the decoder");
+	/*
+	 * Chunks of at most cap rows, in order: a sequence's earlier positions
+	 * reach the cache before its later rows attend to them.
+	 */
+	for (int start = 0; start < N; start += d->cap)
+	{
+		int			n = N - start < d->cap ? N - start : d->cap;
+		int			nwant = 0;
+		int			first = -1;
+
+		for (int i = 0; i < nlogits; i++)
+			if (logit_rows[i] >= start && logit_rows[i] < start + n)
+			{
+				if (first < 0)
+					first = i;
+				want[nwant++] = logit_rows[i] - start;
+			}
+		/* the wanted rows of this chunk must be contiguous in logit_rows' order */
+		forward_chunk(d, ids + start, slot + start, pos + start, n, want, nwant,
+					  nwant ? logits + (size_t) first * vocab : NULL);
+	}
+	free(want);
+	return PEFT_OK;
+}

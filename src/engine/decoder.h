@@ -1,0 +1,42 @@
+/*
+ * decoder.h - the forward pass of a LLaMA-family decoder (llama_model.h)
+ * over packed rows of many sequences at once, with a key/value cache.
+ *
+ * A Decoder holds the cache for `slots` sequences of up to `ctx` positions
+ * each, and scratch buffers for the largest number of rows one call runs.
+ * A call takes new tokens (prompts' tokens when prefilling, one token per
+ * sequence when decoding), each tagged with its sequence slot and position;
+ * it writes their keys and values into the cache and returns the logits of
+ * the rows asked for.  Prompts of different lengths prefill together and
+ * decode together: nothing is padded.
+ */
+#ifndef PEFT_ENGINE_DECODER_H
+#define PEFT_ENGINE_DECODER_H
+
+#include <stdint.h>
+#include "llama_model.h"
+#include "status.h"
+
+typedef struct Decoder Decoder;
+
+/* A decoder over model for slots sequences of up to ctx positions. */
+PeftCode	decoder_create(const LlamaModel *model, int slots, int ctx, Decoder **out,
+						   PeftError *err);
+
+/*
+ * Run N new rows: token ids[r] of sequence slot[r] at position pos[r]
+ * (a sequence's positions 0..pos[r]-1 must be in the cache already or come
+ * earlier in this call).  logits[i, vocab] receives the logits of row
+ * logit_rows[i], for i < nlogits (logit_rows increasing).
+ */
+PeftCode	decoder_forward(Decoder *dec, const int32_t *ids, const int32_t *slot,
+							const int32_t *pos, int N, const int32_t *logit_rows, int nlogits,
+							float *logits, PeftError *err);
+
+/* Bytes the decoder allocated (cache and scratch), for memory reports. */
+size_t		decoder_bytes(const Decoder *dec);
+
+/* Release (NULL allowed). */
+void		decoder_free(Decoder *dec);
+
+#endif
