@@ -105,7 +105,7 @@ quant_row_bytes(GgmlType type, int64_t cols)
 	return (size_t) (cols / values) * (size_t) bytes;
 }
 
-/* ---- dequantization (the reference) --------------------------------------- */
+/* ---- scalar dequantization (the reference) ---------------------------------- */
 
 /* fp16 at p (any alignment) as a float. */
 static inline float
@@ -203,15 +203,18 @@ dequant_q2_k(const BlockQ2_K *b, float *out)
 	float		d = quant_half_to_float(b->d);
 	float		dmin = quant_half_to_float(b->dmin);
 
-	for (int i = 0; i < QK_K; i++)
-	{
-		int			g = i / 16;
-		float		dl = d * (float) (b->scales[g] & 0x0f);
-		float		ml = dmin * (float) (b->scales[g] >> 4);
-		int			q = (b->qs[(i / 128) * 32 + i % 32] >> (2 * ((i % 128) / 32))) & 3;
+	for (int h = 0; h < 2; h++)
+		for (int j = 0; j < 4; j++)
+			for (int l = 0; l < 32; l++)
+			{
+				int			i = 128 * h + 32 * j + l;
+				int			g = i / 16;
+				float		dl = d * (float) (b->scales[g] & 0x0f);
+				float		ml = dmin * (float) (b->scales[g] >> 4);
+				int			q = (b->qs[32 * h + l] >> (2 * j)) & 3;
 
-		out[i] = dl * (float) q - ml;
-	}
+				out[i] = dl * (float) q - ml;
+			}
 }
 
 /* One Q3_K super-block: per 16 values d (s - 32) (q - 4 unless the high bit is set). */
@@ -228,13 +231,16 @@ dequant_q3_k(const BlockQ3_K *b, float *out)
 
 		dl[g] = d * (float) ((lo | hi << 4) - 32);
 	}
-	for (int i = 0; i < QK_K; i++)
-	{
-		int			q = (b->qs[(i / 128) * 32 + i % 32] >> (2 * ((i % 128) / 32))) & 3;
-		int			high = (b->hmask[i % 32] >> (i / 32)) & 1;
+	for (int h = 0; h < 2; h++)
+		for (int j = 0; j < 4; j++)
+			for (int l = 0; l < 32; l++)
+			{
+				int			i = 128 * h + 32 * j + l;
+				int			q = (b->qs[32 * h + l] >> (2 * j)) & 3;
+				int			high = (b->hmask[l] >> (i / 32)) & 1;
 
-		out[i] = dl[i / 16] * (float) (q - (high ? 0 : 4));
-	}
+				out[i] = dl[i / 16] * (float) (q - (high ? 0 : 4));
+			}
 }
 
 /* One Q4_K super-block: per 32 values (d sc) q - (dmin m). */
@@ -292,21 +298,21 @@ dequant_q6_k(const BlockQ6_K *b, float *out)
 {
 	float		d = quant_half_to_float(b->d);
 
-	for (int i = 0; i < QK_K; i++)
-	{
-		int			a = i / 128;
-		int			j = (i % 128) / 32;
-		int			l = i % 32;
-		int			lo = (b->ql[64 * a + 32 * (j % 2) + l] >> (4 * (j / 2))) & 0x0f;
-		int			hi = (b->qh[32 * a + l] >> (2 * j)) & 3;
+	for (int a = 0; a < 2; a++)
+		for (int j = 0; j < 4; j++)
+			for (int l = 0; l < 32; l++)
+			{
+				int			i = 128 * a + 32 * j + l;
+				int			lo = (b->ql[64 * a + 32 * (j % 2) + l] >> (4 * (j / 2))) & 0x0f;
+				int			hi = (b->qh[32 * a + l] >> (2 * j)) & 3;
 
-		out[i] = (d * (float) b->scales[i / 16]) * (float) ((lo | hi << 4) - 32);
-	}
+				out[i] = (d * (float) b->scales[i / 16]) * (float) ((lo | hi << 4) - 32);
+			}
 }
 
 /* out[0..n) = the n values at data, exactly as ggml and the gguf package dequantize them. */
-void
-quant_dequantize(GgmlType type, const void *data, int64_t n, float *out)
+static void
+dequantize_scalar(GgmlType type, const void *data, int64_t n, float *out)
 {
 	const uint8_t *p = data;
 
@@ -374,17 +380,6 @@ quant_dequantize(GgmlType type, const void *data, int64_t n, float *out)
 		out[i] = __builtin_nanf("");
 }
 
-/* Dequantize values [c0, c1) of a row of type (both ends on block boundaries). */
-static void
-dequant_span(GgmlType type, const uint8_t *row, int64_t c0, int64_t c1, float *out)
-{
-	int			values;
-	int			bytes;
-
-	block_layout(type, &values, &bytes);
-	quant_dequantize(type, row + (size_t) (c0 / values) * bytes, c1 - c0, out);
-}
-
 /* ---- kernel choice ---------------------------------------------------------- */
 
 /* Whether this CPU can run kernel k. */
@@ -409,13 +404,15 @@ kernel_available(QuantKernel k)
 static QuantKernel
 active_kernel(void)
 {
+	/* decided once (threads racing here all store the same value) */
+	static volatile QuantKernel best = KERNEL_BEST;
+
 	if (forced_kernel != KERNEL_BEST)
 		return forced_kernel;
-	if (kernel_available(KERNEL_AVX512))
-		return KERNEL_AVX512;
-	if (kernel_available(KERNEL_AVX2))
-		return KERNEL_AVX2;
-	return KERNEL_SCALAR;
+	if (best == KERNEL_BEST)
+		best = kernel_available(KERNEL_AVX512) ? KERNEL_AVX512 :
+			kernel_available(KERNEL_AVX2) ? KERNEL_AVX2 : KERNEL_SCALAR;
+	return best;
 }
 
 /* Which vector path quant_matmul uses here. */
@@ -445,6 +442,51 @@ quant_force_kernel(const char *name)
 	return false;
 }
 
+/* ---- dequantization on the active path ------------------------------------ */
+
+/* The vector dequantization of the active path for type, or NULL. */
+static QuantDequantFn
+dequant_kernel(GgmlType type)
+{
+	switch (active_kernel())
+	{
+		case KERNEL_AVX512:
+		case KERNEL_AVX2:
+			return quant_dequant_avx2(type);
+		case KERNEL_SCALAR:
+		case KERNEL_BEST:
+			break;
+	}
+	return NULL;
+}
+
+/*
+ * out[0..n) = the n values at data, exactly as ggml and the gguf package
+ * dequantize them: on every path (the vector ones are tested against the
+ * scalar one bit for bit).
+ */
+void
+quant_dequantize(GgmlType type, const void *data, int64_t n, float *out)
+{
+	QuantDequantFn fn = dequant_kernel(type);
+
+	if (fn != NULL)
+		fn(data, n, out);
+	else
+		dequantize_scalar(type, data, n, out);
+}
+
+/* Dequantize values [c0, c1) of a row of type (both ends on block boundaries). */
+static void
+dequant_span(GgmlType type, const uint8_t *row, int64_t c0, int64_t c1, float *out)
+{
+	int			values;
+	int			bytes;
+
+	block_layout(type, &values, &bytes);
+	quant_dequantize(type, row + (size_t) (c0 / values) * bytes, c1 - c0, out);
+}
+
 /* ---- matrix-vector products ------------------------------------------------ */
 
 /*
@@ -470,8 +512,13 @@ matvec_scalar(const QuantMatvec *mv, int64_t r0, int64_t r1)
 			for (int n = 0; n < mv->N; n++)
 			{
 				const float *x = mv->x + (size_t) n * mv->cols + c0;
+				int64_t		i = 0;
 
-				for (int64_t i = 0; i < len; i++)
+				/* eight independent sums, which the compiler keeps in vector registers */
+				for (; i + 8 <= len; i += 8)
+					for (int k = 0; k < 8; k++)
+						acc[n][k] += w[i + k] * x[i + k];
+				for (; i < len; i++)
 					acc[n][i % 8] += w[i] * x[i];
 			}
 		}

@@ -162,6 +162,12 @@ typedef struct QuantMatvec
 /* Compute rows [r0, r1) of a product; each row alone, so the split never changes a result. */
 typedef void (*QuantMatvecFn) (const QuantMatvec *mv, int64_t r0, int64_t r1);
 
+/*
+ * Dequantize n values (whole blocks) at src into out, bit for bit as
+ * quant.c's scalar code: the tiles of the BLAS route are made this way.
+ */
+typedef void (*QuantDequantFn) (const uint8_t *src, int64_t n, float *out);
+
 /* Whether this CPU runs the AVX2 (with FMA, F16C) and the AVX-512 kernels. */
 bool		quant_cpu_has_avx2(void);
 bool		quant_cpu_has_avx512(void);
@@ -169,5 +175,8 @@ bool		quant_cpu_has_avx512(void);
 /* The AVX2 or AVX-512 kernel for type, or NULL where there is none (the scalar one serves). */
 QuantMatvecFn quant_matvec_avx2(GgmlType type);
 QuantMatvecFn quant_matvec_avx512(GgmlType type);
+
+/* The AVX2 dequantization of type (the AVX-512 path's too), or NULL where there is none. */
+QuantDequantFn quant_dequant_avx2(GgmlType type);
 
 #endif

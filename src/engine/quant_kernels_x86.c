@@ -443,6 +443,173 @@ quant_matvec_avx2(GgmlType type)
 	}
 }
 
+/* ---- AVX2 dequantization, for the tiles of the BLAS route ------------------- */
+
+/*
+ * The scalar code rounds d q before adding the minimum, as ggml does; GCC
+ * would fuse a multiply and an add into one FMA here (the target has FMA),
+ * which rounds once: keep the two roundings.
+ */
+#define TARGET_DEQUANT __attribute__((target("avx2,fma,f16c"), optimize("fp-contract=off")))
+
+/* Q4_0 blocks: d (q - 8). */
+static TARGET_DEQUANT void
+dequant_q4_0_avx2(const uint8_t *src, int64_t n, float *out)
+{
+	const BlockQ4_0 *blk = (const BlockQ4_0 *) src;
+
+	for (int64_t b = 0; b < n / QK32; b++, out += QK32)
+	{
+		__m256		q[4];
+		__m256		d = _mm256_set1_ps(_cvtsh_ss(blk[b].d));
+
+		nibbles_avx2(_mm_loadu_si128((const __m128i *) blk[b].qs), true, q);
+		for (int k = 0; k < 4; k++)
+			_mm256_storeu_ps(out + 8 * k, _mm256_mul_ps(d, q[k]));
+	}
+}
+
+/* Q4_1 blocks: d q + m. */
+static TARGET_DEQUANT void
+dequant_q4_1_avx2(const uint8_t *src, int64_t n, float *out)
+{
+	const BlockQ4_1 *blk = (const BlockQ4_1 *) src;
+
+	for (int64_t b = 0; b < n / QK32; b++, out += QK32)
+	{
+		__m256		q[4];
+		__m256		d = _mm256_set1_ps(_cvtsh_ss(blk[b].d));
+		__m256		m = _mm256_set1_ps(_cvtsh_ss(blk[b].m));
+
+		nibbles_avx2(_mm_loadu_si128((const __m128i *) blk[b].qs), false, q);
+		for (int k = 0; k < 4; k++)
+			_mm256_storeu_ps(out + 8 * k, _mm256_add_ps(_mm256_mul_ps(d, q[k]), m));
+	}
+}
+
+/* Q8_0 blocks: d q. */
+static TARGET_DEQUANT void
+dequant_q8_0_avx2(const uint8_t *src, int64_t n, float *out)
+{
+	const BlockQ8_0 *blk = (const BlockQ8_0 *) src;
+
+	for (int64_t b = 0; b < n / QK32; b++, out += QK32)
+	{
+		__m256		d = _mm256_set1_ps(_cvtsh_ss(blk[b].d));
+
+		for (int k = 0; k < 4; k++)
+		{
+			__m128i		v = _mm_loadl_epi64((const __m128i *) (blk[b].qs + 8 * k));
+
+			_mm256_storeu_ps(out + 8 * k, _mm256_mul_ps(d, i8_to_ps_avx2(v)));
+		}
+	}
+}
+
+/* Q4_K super-blocks: per 32 values (d sc) q - (dmin m). */
+static TARGET_DEQUANT void
+dequant_q4_k_avx2(const uint8_t *src, int64_t n, float *out)
+{
+	const BlockQ4_K *blk = (const BlockQ4_K *) src;
+	const __m256i low4 = _mm256_set1_epi8(0x0f);
+
+	for (int64_t s = 0; s < n / QK_K; s++, out += QK_K)
+	{
+		float		d = _cvtsh_ss(blk[s].d);
+		float		dmin = _cvtsh_ss(blk[s].dmin);
+		uint8_t		sc[8];
+		uint8_t		mn[8];
+
+		quant_k_scales(blk[s].scales, sc, mn);
+		for (int c = 0; c < 4; c++)
+		{
+			__m256i		raw = _mm256_loadu_si256((const __m256i *) (blk[s].qs + 32 * c));
+			__m256		q[2][4];
+
+			u8x32_avx2(_mm256_and_si256(raw, low4), q[0]);
+			u8x32_avx2(_mm256_and_si256(_mm256_srli_epi16(raw, 4), low4), q[1]);
+			for (int h = 0; h < 2; h++)
+			{
+				int			j = 2 * c + h;
+				__m256		dl = _mm256_set1_ps(d * (float) sc[j]);
+				__m256		ml = _mm256_set1_ps(dmin * (float) mn[j]);
+
+				for (int k = 0; k < 4; k++)
+					_mm256_storeu_ps(out + 32 * j + 8 * k, _mm256_sub_ps(_mm256_mul_ps(dl, q[h][k]), ml));
+			}
+		}
+	}
+}
+
+/* Q6_K super-blocks: per 16 values (d s) (q - 32). */
+static TARGET_DEQUANT void
+dequant_q6_k_avx2(const uint8_t *src, int64_t n, float *out)
+{
+	const BlockQ6_K *blk = (const BlockQ6_K *) src;
+
+	for (int64_t s = 0; s < n / QK_K; s++, out += QK_K)
+	{
+		float		d = _cvtsh_ss(blk[s].d);
+
+		for (int a = 0; a < 2; a++)
+			for (int j = 0; j < 4; j++)
+			{
+				__m256i		v = q6_k_bytes(&blk[s], a, j);
+				__m128i		v0 = _mm256_castsi256_si128(v);
+				__m128i		v1 = _mm256_extracti128_si256(v, 1);
+				int			g = 8 * a + 2 * j;
+				__m256		s0 = _mm256_set1_ps(d * (float) blk[s].scales[g]);
+				__m256		s1 = _mm256_set1_ps(d * (float) blk[s].scales[g + 1]);
+				float	   *o = out + 128 * a + 32 * j;
+
+				_mm256_storeu_ps(o, _mm256_mul_ps(s0, i8_to_ps_avx2(v0)));
+				_mm256_storeu_ps(o + 8, _mm256_mul_ps(s0, i8_to_ps_avx2(high8(v0))));
+				_mm256_storeu_ps(o + 16, _mm256_mul_ps(s1, i8_to_ps_avx2(v1)));
+				_mm256_storeu_ps(o + 24, _mm256_mul_ps(s1, i8_to_ps_avx2(high8(v1))));
+			}
+	}
+}
+
+/* F16 values (any count); NaNs come out quiet, as the conversion instruction makes them. */
+static TARGET_DEQUANT void
+dequant_f16_avx2(const uint8_t *src, int64_t n, float *out)
+{
+	int64_t		i = 0;
+
+	for (; i + 8 <= n; i += 8)
+		_mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) (src + 2 * i))));
+	for (; i < n; i++)
+	{
+		uint16_t	h;
+
+		memcpy(&h, src + 2 * i, sizeof(h));
+		out[i] = quant_half_to_float(h);
+	}
+}
+
+/* The AVX2 dequantization of type, or NULL. */
+QuantDequantFn
+quant_dequant_avx2(GgmlType type)
+{
+	switch (type)
+	{
+		case GGML_F16:
+			return dequant_f16_avx2;
+		case GGML_Q4_0:
+			return dequant_q4_0_avx2;
+		case GGML_Q4_1:
+			return dequant_q4_1_avx2;
+		case GGML_Q8_0:
+			return dequant_q8_0_avx2;
+		case GGML_Q4_K:
+			return dequant_q4_k_avx2;
+		case GGML_Q6_K:
+			return dequant_q6_k_avx2;
+		default:
+			return NULL;
+	}
+}
+
 /* ---- AVX-512: sixteen floats a register ------------------------------------ */
 
 /* 16 unsigned bytes as floats. */
@@ -792,6 +959,12 @@ quant_matvec_avx2(GgmlType type)
 
 QuantMatvecFn
 quant_matvec_avx512(GgmlType type)
+{
+	return NULL;
+}
+
+QuantDequantFn
+quant_dequant_avx2(GgmlType type)
 {
 	return NULL;
 }
