@@ -29,7 +29,8 @@ size_t		quant_row_bytes(GgmlType type, int64_t cols);
 
 /*
  * out[0..n) = the n values at data (n a multiple of the type's block),
- * exactly as ggml (and the gguf Python package) dequantize them.
+ * exactly as ggml (and the gguf Python package) dequantize them, on every
+ * path (only an F16 signalling NaN may come out quiet on a vector path).
  */
 void		quant_dequantize(GgmlType type, const void *data, int64_t n, float *out);
 

@@ -35,12 +35,13 @@
  * Relative L2 error of quant_matmul against the double-precision reference
  * over the same dequantized weights: only float summation differs (and
  * the reference's own rounding of its sums to float).  Measured at most
- * 3.5e-7 (the matrix-vector kernels, every path) and 3.3e-7 (the tiles
- * through OpenBLAS) over every type, shape and N, on an AMD Zen 4.
+ * 2.6e-7 (the matrix-vector kernels, every path) and 2.3e-7 (the tiles
+ * through OpenBLAS) over every type, shape and N, on an AMD Zen 4.  A
+ * wrong scale on one sub-block of 32 values would show as about 1e-1.
  */
-#define QUANT_MATMUL_L2_TOL 2e-6
-/* The input gradient through the tiles, against a double loop: measured 2.1e-7. */
-#define QUANT_BACKWARD_L2_TOL 2e-6
+#define QUANT_MATMUL_L2_TOL 1e-6
+/* The input gradient through the tiles, against a double loop: measured 2.3e-7. */
+#define QUANT_BACKWARD_L2_TOL 1e-6
 
 typedef struct TypeCase
 {
@@ -298,10 +299,10 @@ test_matmul_paths(void **state)
 		double		type_worst[2][3] = {{0}};
 
 		assert_true(gguf_type_layout(tc->type, &values, &bytes));
-		/* 131 rows: neither the matrix-vector split nor the tiles divide it; float types get odd widths */
+		/* 301 rows: two tiles, the second short (or one and a short one); float types get odd widths */
 		for (int shape = 0; shape < 2; shape++)
 		{
-			int64_t		rows = shape == 0 ? 131 : 7;
+			int64_t		rows = shape == 0 ? 301 : 7;
 			int64_t		cols = values == 1 ? (shape == 0 ? 523 : 37) : (shape == 0 ? 768 : 512);
 			uint8_t    *w = random_weights(tc, rows, cols);
 
