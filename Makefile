@@ -67,9 +67,12 @@ ENGINE_LIBS    = $(shell pkg-config --libs $(ENGINE_PKGS)) -lm -pthread
 ENGINE_SRCS    = $(sort $(wildcard src/engine/*.c))
 ENGINE_OBJS    = $(patsubst src/engine/%.c,$(B)/engine/%.o,$(ENGINE_SRCS))
 # The same sources in double precision, for gradient checks only.
-# (The float-only API files are left out.)
+# (The float-only files are left out: the API and the decoder's inference,
+# which runs on quant.h's float products.)
+ENGINE_FLOAT_ONLY  = src/engine/engine_api.c src/engine/engine_session.c src/engine/engine_decoder.c \
+                     src/engine/decoder.c src/engine/generate.c
 ENGINE_DOUBLE_OBJS = $(patsubst src/engine/%.c,$(B)/double/%.o,\
-                     $(filter-out src/engine/engine_api.c src/engine/engine_session.c,$(ENGINE_SRCS)))
+                     $(filter-out $(ENGINE_FLOAT_ONLY),$(ENGINE_SRCS)))
 
 # Objects live in build/, or build-asan/ for the sanitized unit tests.
 B = build
@@ -140,8 +143,9 @@ peft_engine_cuda.so: $(B)/engine/backend_cuda.o $(CUDA_OBJS) peft_engine.so
 # the CUDA library that peft_engine.so loads from its own folder.
 CLI_CFLAGS = -std=gnu11 -O2 -g -Wall -Wextra -Wno-unused-parameter -Isrc/engine \
              $(shell pkg-config --cflags libcjson) $(SANITIZE)
-peft-engine: src/cli/peft_engine_main.c src/engine/engine_api.h src/engine/status.h src/engine/blas_kernels.h peft_engine.so $(CUDA_LIB)
-	$(CC) $(CLI_CFLAGS) -o $@ $< -L. -l:peft_engine.so -Wl,-rpath,'$$ORIGIN' \
+CLI_SRCS   = $(sort $(wildcard src/cli/*.c))
+peft-engine: $(CLI_SRCS) $(wildcard src/cli/*.h) src/engine/engine_api.h src/engine/status.h src/engine/blas_kernels.h peft_engine.so $(CUDA_LIB)
+	$(CC) $(CLI_CFLAGS) -o $@ $(CLI_SRCS) -L. -l:peft_engine.so -Wl,-rpath,'$$ORIGIN' \
 		$(shell pkg-config --libs libcjson) $(SANITIZE)
 
 ifneq ($(wildcard src/cli/peft_engine_main.c),)

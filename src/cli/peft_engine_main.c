@@ -35,6 +35,7 @@
 #include <cjson/cJSON.h>
 
 #include "blas_kernels.h"
+#include "decoder_commands.h"
 #include "engine_api.h"
 
 /* Tokens per row of predict and embed unless --max-length (training's default). */
@@ -226,6 +227,7 @@ usage(const char *msg)
 			"       peft-engine predict --model DIR --adapter DIR --data FILE [--merge]\n"
 			"       peft-engine embed   --model DIR [--adapter DIR] --data FILE [--print]\n"
 			"       peft-engine options\n"
+			"       peft-engine generate|logits --model FILE.gguf ... (generate --help)\n"
 			"runner: --method ");
 	print_method_names(f);
 	fprintf(f, "|A+B\n"
@@ -936,6 +938,11 @@ main(int argc, char **argv)
 	command = argv[1];
 	if (strcmp(command, "--help") == 0 || strcmp(command, "help") == 0)
 		usage(NULL);
+	/* the decoder's commands take their own flags */
+	if (strcmp(command, "generate") == 0)
+		return command_generate(api, argc - 1, argv + 1);
+	if (strcmp(command, "logits") == 0)
+		return command_logits(api, argc - 1, argv + 1);
 	api->train_config_default(&o.config);
 	o.config.device = PEFT_DEVICE_CPU;	/* the runner's default, as peft.device is the server's */
 	parse_flags(argc - 1, argv + 1, &o);

@@ -3,6 +3,7 @@
  */
 #include "engine_api.h"
 #include "engine_session.h"
+#include "generate.h"
 #include "threadpool.h"
 
 #include <cblas.h>
@@ -109,6 +110,10 @@ static const PeftEngineApi engine_api = {
 	.train_max_length = session_train_max_length,
 	.profile_start = session_profile_start,
 	.profile_read = session_profile_read,
+	.generate_defaults = generate_defaults,
+	.generate = session_generate,
+	.tokenize = session_tokenize,
+	.logits = session_logits,
 	.code_name = peft_code_name,
 };
 

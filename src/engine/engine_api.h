@@ -22,7 +22,7 @@
 
 #include "status.h"
 
-#define PEFT_ENGINE_ABI_VERSION 9
+#define PEFT_ENGINE_ABI_VERSION 10
 #define PEFT_ENGINE_SYMBOL "peft_engine_api"
 
 typedef struct PeftModelHandle PeftModelHandle;		/* a loaded base model */
@@ -44,7 +44,14 @@ typedef struct PeftModelInfo
 	int			max_position;
 	int			max_seq_length; /* sentence-transformers', 0 if unset */
 	int64_t		parameters;
-	int64_t		file_bytes;		/* size of model.safetensors */
+	int64_t		file_bytes;		/* size of the weights file */
+	/* decoders (architecture "llama"): */
+	bool		decoder;		/* generates text; embed, predict and train need an encoder */
+	int			num_kv_heads;
+	char		quantization[16];	/* the type of most matrices: "Q4_1", "F32", "mixed" */
+	char		source[8];		/* "gguf" or "hf" ("hf" for every encoder) */
+	bool		chat_template;	/* the file has a chat template this engine renders */
+	char		weights_file[1024];	/* the file the weights are mapped from (absolute if dir was) */
 } PeftModelInfo;
 
 typedef enum PeftTask
@@ -226,6 +233,41 @@ typedef struct PeftMethodInfo
 	double		learning_rate;	/* the default peak learning rate (test/bench/lr_sweep.sh) */
 	const char *help;			/* one line */
 } PeftMethodInfo;
+
+/* How the caller of generate says stop (a statement cancel): polled once per decoding step. */
+typedef bool (*PeftCancelFn) (void *arg);
+
+/* Options of generate (generate_defaults fills them). */
+typedef struct PeftGenerateOptions
+{
+	int			max_new_tokens; /* at most this many new tokens per prompt */
+	double		temperature;	/* 0: greedy */
+	int			top_k;			/* 0: off */
+	double		top_p;			/* 1: off */
+	uint64_t	seed;			/* of the sampling; the same seed gives the same text */
+	const char *const *stop;	/* generation ends before the first of these strings */
+	int			nstop;
+	int			chat;			/* 1: the prompt is a user turn of the model's chat template; 0: raw text; -1: 1 when the model has a template */
+	const char *system;			/* the system message of a chat prompt, or NULL (the template's default) */
+	PeftCancelFn canceled;		/* may be NULL */
+	void	   *cancel_arg;
+} PeftGenerateOptions;
+
+/* Why a completion ended. */
+typedef enum PeftFinishReason
+{
+	PEFT_FINISH_STOP,			/* end-of-sequence token or a stop string */
+	PEFT_FINISH_LENGTH			/* max_new_tokens, or the model's context */
+} PeftFinishReason;
+
+/* One prompt's completion (text freed with free_buffer). */
+typedef struct PeftGeneration
+{
+	char	   *text;
+	int			tokens;			/* new tokens generated (the end token included) */
+	int			prompt_tokens;
+	PeftFinishReason finish;
+} PeftGeneration;
 
 /* One optimizer step's report. */
 typedef struct PeftTrainProgress
@@ -437,6 +479,29 @@ typedef struct PeftEngineApi
 	PeftCode	(*profile_start) (PeftDevice device, bool time_products, PeftError *err);
 	/* Wait for what device has queued, then what it counted since profile_start. */
 	PeftCode	(*profile_read) (PeftDevice device, PeftProfile *profile, PeftError *err);
+	/* Defaults of generate: 128 new tokens, greedy, chat when the model has a template. */
+	void		(*generate_defaults) (PeftGenerateOptions *options);
+
+	/*
+	 * Completions of n prompts by a decoder, computed together (prompts of
+	 * different lengths share every decoding step).  out[i] for prompt i.
+	 */
+	PeftCode	(*generate) (PeftModelHandle *model, const char *const *prompts,
+							 const size_t *lengths, int n, const PeftGenerateOptions *options,
+							 PeftGeneration *out, PeftError *err);
+
+	/*
+	 * The decoder's tokens of text (special tokens in it recognised when
+	 * special), *ids freed with free_buffer; with chat, the text is first
+	 * rendered as a user turn as generate renders it.
+	 */
+	PeftCode	(*tokenize) (PeftModelHandle *model, const char *text, size_t len, bool chat,
+							 const char *system, int32_t **ids, int *n, PeftError *err);
+
+	/* A decoder's logits out[vocab] after the n tokens ids (for parity checks). */
+	PeftCode	(*logits) (PeftModelHandle *model, const int32_t *ids, int n, float *out,
+						   PeftError *err);
+
 	/* Name of a code, e.g. "format error", for messages. */
 	const char *(*code_name) (PeftCode code);
 } PeftEngineApi;

@@ -13,6 +13,7 @@
 
 #include "adapter_io.h"
 #include "combine.h"
+#include "engine_decoder.h"
 #include "safetensors.h"
 #include "bert.h"
 #include "dataset.h"
@@ -35,9 +36,32 @@ static int64_t inference_tokens;
 
 struct PeftModelHandle
 {
-	BertModel  *bert;
+	BertModel  *bert;			/* an encoder, or */
+	DecoderHandle *decoder;		/* a decoder (generate, tokenize, logits) */
 	Network    *bare;			/* no adapter, no head: plain embeddings */
 };
+
+/* ERROR unless model is an encoder: embeddings, predictions, adapters and training need one. */
+static PeftCode
+require_encoder(const PeftModelHandle *model, const char *what, PeftError *err)
+{
+	if (model->bert != NULL)
+		return PEFT_OK;
+	return peft_fail(err, PEFT_ERR_UNSUPPORTED,
+					 "%s needs an encoder model; this model is a decoder (text generation: "
+					 "peft_generate; adapters over decoders come with the next release)", what);
+}
+
+/* ERROR unless model is a decoder. */
+static PeftCode
+require_decoder(const PeftModelHandle *model, const char *what, PeftError *err)
+{
+	if (model->decoder != NULL)
+		return PEFT_OK;
+	return peft_fail(err, PEFT_ERR_UNSUPPORTED,
+					 "%s needs a decoder model (a LLaMA-family GGUF file or folder); this model is "
+					 "an encoder (%s)", what, model->bert->cfg.model_type);
+}
 
 struct PeftAdapterHandle
 {
@@ -92,6 +116,16 @@ session_model_open(const char *dir, PeftModelHandle **out, PeftModelInfo *info,
 	*out = NULL;
 	if (m == NULL)
 		return peft_fail(err, PEFT_ERR_NOMEM, "out of memory opening a model");
+	if (decoder_handle_detect(dir))
+	{
+		if ((rc = decoder_handle_open(dir, &m->decoder, info, err)) != PEFT_OK)
+		{
+			free(m);
+			return rc;
+		}
+		*out = m;
+		return PEFT_OK;
+	}
 	if ((rc = bert_load(dir, &m->bert, err)) != PEFT_OK)
 	{
 		free(m);
@@ -115,6 +149,8 @@ session_model_open(const char *dir, PeftModelHandle **out, PeftModelInfo *info,
 		info->max_seq_length = cfg->max_seq_length;
 		info->parameters = m->bert->parameters;
 		info->file_bytes = (int64_t) m->bert->file_bytes;
+		snprintf(info->source, sizeof(info->source), "hf");
+		snprintf(info->weights_file, sizeof(info->weights_file), "%s/model.safetensors", dir);
 	}
 	*out = m;
 	return PEFT_OK;
@@ -128,6 +164,7 @@ session_model_close(PeftModelHandle *model)
 		return;
 	network_free(model->bare);
 	bert_free(model->bert);
+	decoder_handle_close(model->decoder);
 	free(model);
 }
 
@@ -168,6 +205,8 @@ session_adapter_open(PeftModelHandle *model, const char *config, size_t config_l
 	PeftCode	rc;
 
 	*out = NULL;
+	if ((rc = require_encoder(model, "an adapter", err)) != PEFT_OK)
+		return rc;
 	a = calloc(1, sizeof(PeftAdapterHandle));
 	if (a == NULL)
 		return peft_fail(err, PEFT_ERR_NOMEM, "out of memory opening an adapter");
@@ -232,7 +271,8 @@ session_adapter_inspect(PeftModelHandle *model, const char *config, size_t confi
 	PeftCode	rc;
 
 	memset(info, 0, sizeof(*info));
-	if ((rc = network_from_bytes(model, config, config_len, weights, weights_len, &net, err)) != PEFT_OK)
+	if ((rc = require_encoder(model, "an adapter", err)) != PEFT_OK ||
+		(rc = network_from_bytes(model, config, config_len, weights, weights_len, &net, err)) != PEFT_OK)
 		return rc;
 	adapter_method_name(&net->opts, info->method, sizeof(info->method));
 	info->num_labels = net->opts.num_labels;
@@ -267,6 +307,8 @@ session_adapter_combine(PeftModelHandle *model, int n, const char *const *config
 
 	*out_weights = NULL;
 	*out_config = NULL;
+	if ((rc = require_encoder(model, "combining adapters", err)) != PEFT_OK)
+		return rc;
 	if (strcmp(combination, "linear") != 0 && strcmp(combination, "cat") != 0)
 		return peft_fail(err, PEFT_ERR_INVALID,
 						 "combination \"%s\" is not supported (linear or cat)", combination);
@@ -439,7 +481,8 @@ session_embed(PeftModelHandle *model, PeftAdapterHandle *adapter,
 	Dataset		ds = {0};
 	PeftCode	rc;
 
-	if ((rc = embedding_network(model, adapter, &net, err)) != PEFT_OK)
+	if ((rc = require_encoder(model, "peft_embed", err)) != PEFT_OK ||
+		(rc = embedding_network(model, adapter, &net, err)) != PEFT_OK)
 		return rc;
 	max_length = effective_max_length(model->bert, max_length);
 	if ((rc = tokenize_rows(model->bert, texts, lengths, n, max_length, &ds, err)) == PEFT_OK)
@@ -602,6 +645,8 @@ session_train_begin(PeftModelHandle *model, const PeftTrainConfig *config,
 	PeftCode	rc;
 
 	*out = NULL;
+	if ((rc = require_encoder(model, "training", err)) != PEFT_OK)
+		return rc;
 	job = calloc(1, sizeof(PeftTrainJob));
 	if (job == NULL)
 		return peft_fail(err, PEFT_ERR_NOMEM, "out of memory starting training");
@@ -871,4 +916,41 @@ session_train_free(PeftTrainJob *job)
 	free(job->train_rows);
 	free(job->valid_rows);
 	free(job);
+}
+
+/* ---- decoders ------------------------------------------------------------ */
+
+/* Completions of n prompts (engine_api's generate). */
+PeftCode
+session_generate(PeftModelHandle *model, const char *const *prompts, const size_t *lengths, int n,
+				 const PeftGenerateOptions *options, PeftGeneration *out, PeftError *err)
+{
+	PeftCode	rc;
+
+	if ((rc = require_decoder(model, "peft_generate", err)) != PEFT_OK)
+		return rc;
+	return decoder_handle_generate(model->decoder, prompts, lengths, n, options, out, err);
+}
+
+/* A decoder's token ids of a text (engine_api's tokenize). */
+PeftCode
+session_tokenize(PeftModelHandle *model, const char *text, size_t len, bool chat, const char *system,
+				 int32_t **ids, int *n, PeftError *err)
+{
+	PeftCode	rc;
+
+	if ((rc = require_decoder(model, "tokenize", err)) != PEFT_OK)
+		return rc;
+	return decoder_handle_tokenize(model->decoder, text, len, chat, system, ids, n, err);
+}
+
+/* A decoder's last logits after ids (engine_api's logits). */
+PeftCode
+session_logits(PeftModelHandle *model, const int32_t *ids, int n, float *out, PeftError *err)
+{
+	PeftCode	rc;
+
+	if ((rc = require_decoder(model, "logits", err)) != PEFT_OK)
+		return rc;
+	return decoder_handle_logits(model->decoder, ids, n, out, err);
 }

@@ -70,4 +70,12 @@ int			session_train_max_length(PeftTrainJob *job);
 PeftCode	session_profile_start(PeftDevice device, bool time_products, PeftError *err);
 PeftCode	session_profile_read(PeftDevice device, PeftProfile *profile, PeftError *err);
 
+PeftCode	session_generate(PeftModelHandle *model, const char *const *prompts, const size_t *lengths,
+							 int n, const PeftGenerateOptions *options, PeftGeneration *out,
+							 PeftError *err);
+PeftCode	session_tokenize(PeftModelHandle *model, const char *text, size_t len, bool chat,
+							 const char *system, int32_t **ids, int *n, PeftError *err);
+PeftCode	session_logits(PeftModelHandle *model, const int32_t *ids, int n, float *out,
+						   PeftError *err);
+
 #endif

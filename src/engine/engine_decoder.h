@@ -1,0 +1,30 @@
+/*
+ * engine_decoder.h - decoder models behind engine_api.h (engine_decoder.c):
+ * what engine_session.c calls when a model handle holds a decoder.
+ */
+#ifndef PEFT_ENGINE_ENGINE_DECODER_H
+#define PEFT_ENGINE_ENGINE_DECODER_H
+
+#include "engine_api.h"
+
+typedef struct DecoderHandle DecoderHandle;
+
+/* Whether path is a decoder (a .gguf file, a folder with one, a LLaMA folder). */
+bool		decoder_handle_detect(const char *path);
+/* Open a decoder: weights, tokenizer, chat template; info as model_open's. */
+PeftCode	decoder_handle_open(const char *path, DecoderHandle **out, PeftModelInfo *info,
+								PeftError *err);
+/* Release (NULL allowed). */
+void		decoder_handle_close(DecoderHandle *h);
+/* engine_api's generate. */
+PeftCode	decoder_handle_generate(DecoderHandle *h, const char *const *prompts,
+									const size_t *lengths, int n, const PeftGenerateOptions *o,
+									PeftGeneration *out, PeftError *err);
+/* engine_api's tokenize. */
+PeftCode	decoder_handle_tokenize(DecoderHandle *h, const char *text, size_t len, bool chat,
+									const char *system, int32_t **ids, int *n, PeftError *err);
+/* engine_api's logits. */
+PeftCode	decoder_handle_logits(DecoderHandle *h, const int32_t *ids, int n, float *out,
+								  PeftError *err);
+
+#endif

@@ -1,0 +1,371 @@
+/*
+ * generate.c - the generation loop over decoder.h: prompts are prefilled
+ * in groups that share the key/value cache (slots), then every unfinished
+ * prompt of the group takes one decoding step per forward pass.  The text
+ * is assembled from the tokens' bytes through the tokenizer's streaming
+ * decoder, so a character split over two tokens comes out whole; stop
+ * strings are matched on those bytes.
+ */
+#define _GNU_SOURCE				/* memmem */
+#include "generate.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "decoder.h"
+#include "rng.h"
+#include "sampler.h"
+
+/* Prompts decoded together: more share each pass over the weights, but each needs a cache slot. */
+#define GENERATE_GROUP 32
+/* Bounds on options (the SQL layer and the command line check them too). */
+#define MAX_NEW_TOKENS_LIMIT (1 << 20)
+#define MAX_STOP 16
+
+void
+generate_defaults(PeftGenerateOptions *o)
+{
+	memset(o, 0, sizeof(*o));
+	o->max_new_tokens = 128;
+	o->temperature = 0;
+	o->top_k = 0;
+	o->top_p = 1;
+	o->seed = 0;
+	o->chat = -1;
+}
+
+/* Check the options that the engine reads. */
+static PeftCode
+check_options(const PeftGenerateOptions *o, PeftError *err)
+{
+	SamplerOptions s = {o->temperature, o->top_k, o->top_p};
+
+	if (o->max_new_tokens < 1 || o->max_new_tokens > MAX_NEW_TOKENS_LIMIT)
+		return peft_fail(err, PEFT_ERR_INVALID, "max_new_tokens %d is not in 1..%d",
+						 o->max_new_tokens, MAX_NEW_TOKENS_LIMIT);
+	if (o->nstop < 0 || o->nstop > MAX_STOP || (o->nstop > 0 && o->stop == NULL))
+		return peft_fail(err, PEFT_ERR_INVALID, "%d stop strings (at most %d)", o->nstop, MAX_STOP);
+	for (int i = 0; i < o->nstop; i++)
+		if (o->stop[i] == NULL || o->stop[i][0] == '\0')
+			return peft_fail(err, PEFT_ERR_INVALID, "stop string %d is empty", i + 1);
+	return sampler_check(&s, err);
+}
+
+PeftCode
+generate_prompt_ids(const GenerateModel *g, const char *text, size_t len, bool chat,
+					const char *system, int32_t **ids, int *n, PeftError *err)
+{
+	char	   *rendered = NULL;
+	char	   *user;
+	size_t		count = 0;
+	PeftCode	rc;
+
+	*ids = NULL;
+	*n = 0;
+	if (chat)
+	{
+		ChatMessage msgs[2];
+		int			nmsgs = 0;
+
+		if (g->chat == NULL)
+			return peft_fail(err, PEFT_ERR_INVALID,
+							 "the model has no chat template this engine renders: pass chat => false "
+							 "for a raw prompt");
+		if ((user = strndup(text, len)) == NULL)
+			return peft_fail(err, PEFT_ERR_NOMEM, "out of memory rendering a prompt");
+		if (system != NULL)
+		{
+			msgs[nmsgs].role = CHAT_ROLE_SYSTEM;
+			msgs[nmsgs++].content = system;
+		}
+		msgs[nmsgs].role = CHAT_ROLE_USER;
+		msgs[nmsgs++].content = user;
+		rc = chat_template_render(g->chat, msgs, nmsgs, true, &rendered, err);
+		free(user);
+		if (rc != PEFT_OK)
+			return rc;
+		text = rendered;
+		len = strlen(rendered);
+	}
+	else if (system != NULL)
+		return peft_fail(err, PEFT_ERR_INVALID, "a system message needs a chat prompt (chat => true)");
+	/* special tokens in the text are recognised, as transformers' tokenizers do */
+	rc = bpe_encode_alloc(g->tokenizer, text, len, true, ids, &count, err);
+	free(rendered);
+	if (rc != PEFT_OK)
+		return rc;
+	if (count == 0)
+	{
+		free(*ids);
+		*ids = NULL;
+		return peft_fail(err, PEFT_ERR_INVALID, "the prompt has no tokens");
+	}
+	*n = (int) count;
+	return PEFT_OK;
+}
+
+/* One prompt's state in a group. */
+typedef struct Sequence
+{
+	int32_t    *prompt;			/* its token ids */
+	int			prompt_len;
+	int			pos;			/* the next token's position */
+	int32_t		next;			/* the token to feed at pos */
+	bool		done;
+	BpeDecoder	utf8;			/* holds a character split over tokens */
+	char	   *bytes;			/* the completion's bytes so far (whole characters) */
+	size_t		nbytes;
+	size_t		cap;
+	PeftGeneration *out;
+} Sequence;
+
+/* Append len bytes to a sequence's completion. */
+static bool
+append_bytes(Sequence *s, const char *b, size_t len)
+{
+	if (s->nbytes + len + 1 > s->cap)
+	{
+		size_t		cap = (s->nbytes + len + 1) * 2;
+		char	   *grown = realloc(s->bytes, cap);
+
+		if (grown == NULL)
+			return false;
+		s->bytes = grown;
+		s->cap = cap;
+	}
+	memcpy(s->bytes + s->nbytes, b, len);
+	s->nbytes += len;
+	s->bytes[s->nbytes] = '\0';
+	return true;
+}
+
+/*
+ * The earliest stop string in the last bytes of s (those that can hold a
+ * match ending in what the new token added); cut the completion there.
+ */
+static bool
+cut_at_stop(Sequence *s, size_t added, const PeftGenerateOptions *o)
+{
+	const char *best = NULL;
+
+	for (int i = 0; i < o->nstop; i++)
+	{
+		size_t		slen = strlen(o->stop[i]);
+		size_t		from = s->nbytes > added + slen ? s->nbytes - added - slen : 0;
+		const char *hit = memmem(s->bytes + from, s->nbytes - from, o->stop[i], slen);
+
+		if (hit && (best == NULL || hit < best))
+			best = hit;
+	}
+	if (best == NULL)
+		return false;
+	s->nbytes = best - s->bytes;
+	s->bytes[s->nbytes] = '\0';
+	return true;
+}
+
+/*
+ * Finish a sequence: its text is its bytes, with U+FFFD for a character
+ * left incomplete (as transformers decodes).
+ */
+static bool
+finish(Sequence *s, PeftFinishReason why)
+{
+	char		tail[BPE_FLUSH_MAX_BYTES];
+	size_t		n = bpe_decoder_flush(&s->utf8, tail);
+
+	s->done = true;
+	s->out->finish = why;
+	if (!append_bytes(s, tail, n) && s->bytes == NULL)
+		return false;
+	s->out->text = s->bytes ? s->bytes : strdup("");
+	s->bytes = NULL;
+	return s->out->text != NULL;
+}
+
+/* Release a group's sequences. */
+static void
+free_sequences(Sequence *seqs, int n)
+{
+	for (int i = 0; i < n; i++)
+	{
+		free(seqs[i].prompt);
+		free(seqs[i].bytes);
+	}
+	free(seqs);
+}
+
+/*
+ * Take the token sampled for s: count it, stop on the end tokens, else add
+ * its bytes and check the stop strings and the limits.
+ */
+static PeftCode
+take_token(const GenerateModel *g, Sequence *s, int32_t token, int ctx, char *piece,
+		   const PeftGenerateOptions *o, PeftError *err)
+{
+	size_t		len;
+	PeftCode	rc;
+
+	s->out->tokens++;
+	if (token == g->eos || token == g->end_of_turn)
+		return finish(s, PEFT_FINISH_STOP) ? PEFT_OK :
+			peft_fail(err, PEFT_ERR_NOMEM, "out of memory for a completion");
+	if ((rc = bpe_decoder_feed(g->tokenizer, &s->utf8, token, false, piece,
+							   bpe_decode_bound(g->tokenizer), &len, err)) != PEFT_OK)
+		return rc;
+	if (!append_bytes(s, piece, len))
+		return peft_fail(err, PEFT_ERR_NOMEM, "out of memory for a completion");
+	if (o->nstop > 0 && cut_at_stop(s, len, o))
+		return finish(s, PEFT_FINISH_STOP) ? PEFT_OK :
+			peft_fail(err, PEFT_ERR_NOMEM, "out of memory for a completion");
+	if (s->out->tokens >= o->max_new_tokens || s->pos >= ctx)
+		return finish(s, PEFT_FINISH_LENGTH) ? PEFT_OK :
+			peft_fail(err, PEFT_ERR_NOMEM, "out of memory for a completion");
+	s->next = token;
+	return PEFT_OK;
+}
+
+/* Generate for a group of n prompts (n <= GENERATE_GROUP) sharing one decoder. */
+static PeftCode
+run_group(const GenerateModel *g, const char *const *prompts, const size_t *lengths, int n,
+		  const PeftGenerateOptions *o, bool chat, PeftRng *rng, PeftGeneration *out, PeftError *err)
+{
+	const LlamaConfig *c = &g->model->cfg;
+	Sequence   *seqs = calloc(n, sizeof(Sequence));
+	Decoder    *dec = NULL;
+	int32_t    *ids = NULL,
+			   *slot = NULL,
+			   *pos = NULL,
+			   *last = NULL;
+	float	   *logits = NULL;
+	void	   *scratch = NULL;
+	char	   *piece = NULL;
+	int			ctx = 0,
+				total = 0;
+	PeftCode	rc = PEFT_OK;
+	SamplerOptions so = {o->temperature, o->top_k, o->top_p};
+
+	if (seqs == NULL)
+		return peft_fail(err, PEFT_ERR_NOMEM, "out of memory generating");
+	for (int i = 0; i < n && rc == PEFT_OK; i++)
+	{
+		seqs[i].out = &out[i];
+		bpe_decoder_init(&seqs[i].utf8);
+		rc = generate_prompt_ids(g, prompts[i], lengths[i], chat, o->system, &seqs[i].prompt,
+								 &seqs[i].prompt_len, err);
+		if (rc == PEFT_OK && seqs[i].prompt_len >= c->context_length)
+			rc = peft_fail(err, PEFT_ERR_INVALID,
+						   "prompt %d has %d tokens, more than the model's context of %d allows",
+						   i + 1, seqs[i].prompt_len, c->context_length);
+		if (rc == PEFT_OK)
+		{
+			int			need = seqs[i].prompt_len + o->max_new_tokens;
+
+			out[i].prompt_tokens = seqs[i].prompt_len;
+			ctx = need > ctx ? need : ctx;
+			total += seqs[i].prompt_len;
+		}
+	}
+	if (ctx > c->context_length)
+		ctx = c->context_length;
+	if (rc == PEFT_OK)
+		rc = decoder_create(g->model, n, ctx, &dec, err);
+	if (rc == PEFT_OK &&
+		((ids = malloc(sizeof(int32_t) * total)) == NULL || (slot = malloc(sizeof(int32_t) * total)) == NULL ||
+		 (pos = malloc(sizeof(int32_t) * total)) == NULL || (last = malloc(sizeof(int32_t) * n)) == NULL ||
+		 (logits = malloc(sizeof(float) * (size_t) n * c->vocab_size)) == NULL ||
+		 (scratch = malloc(sampler_scratch_bytes(c->vocab_size))) == NULL ||
+		 (piece = malloc(bpe_decode_bound(g->tokenizer))) == NULL))
+		rc = peft_fail(err, PEFT_ERR_NOMEM, "out of memory generating");
+	/* prefill: every prompt's tokens in one call; the logits of each prompt's last token */
+	if (rc == PEFT_OK)
+	{
+		int			r = 0;
+
+		for (int i = 0; i < n; i++)
+		{
+			for (int t = 0; t < seqs[i].prompt_len; t++, r++)
+			{
+				ids[r] = seqs[i].prompt[t];
+				slot[r] = i;
+				pos[r] = t;
+			}
+			last[i] = r - 1;
+			seqs[i].pos = seqs[i].prompt_len;
+		}
+		rc = decoder_forward(dec, ids, slot, pos, total, last, n, logits, err);
+	}
+	/* decode: sample each live sequence's token, then one row per live sequence */
+	while (rc == PEFT_OK)
+	{
+		int			live = 0;
+
+		for (int i = 0, k = 0; i < n && rc == PEFT_OK; i++)
+		{
+			if (seqs[i].done)
+				continue;
+			rc = take_token(g, &seqs[i], sampler_next(logits + (size_t) k++ * c->vocab_size,
+													   c->vocab_size, &so, rng, scratch),
+							ctx, piece, o, err);
+		}
+		if (rc != PEFT_OK)
+			break;
+		for (int i = 0; i < n; i++)
+			if (!seqs[i].done)
+			{
+				ids[live] = seqs[i].next;
+				slot[live] = i;
+				pos[live] = seqs[i].pos++;
+				last[live] = live;
+				live++;
+			}
+		if (live == 0)
+			break;
+		if (o->canceled && o->canceled(o->cancel_arg))
+		{
+			rc = peft_fail(err, PEFT_ERR_CANCELED, "generation canceled");
+			break;
+		}
+		rc = decoder_forward(dec, ids, slot, pos, live, last, live, logits, err);
+	}
+	decoder_free(dec);
+	free(ids);
+	free(slot);
+	free(pos);
+	free(last);
+	free(logits);
+	free(scratch);
+	free(piece);
+	free_sequences(seqs, n);
+	return rc;
+}
+
+PeftCode
+generate_run(const GenerateModel *g, const char *const *prompts, const size_t *lengths, int n,
+			 const PeftGenerateOptions *o, PeftGeneration *out, PeftError *err)
+{
+	PeftRng		rng;
+	bool		chat;
+	PeftCode	rc;
+
+	memset(out, 0, sizeof(PeftGeneration) * (n > 0 ? n : 0));
+	if (n < 0)
+		return peft_fail(err, PEFT_ERR_INVALID, "%d prompts", n);
+	if ((rc = check_options(o, err)) != PEFT_OK)
+		return rc;
+	chat = o->chat < 0 ? g->chat != NULL : o->chat != 0;
+	peft_rng_seed(&rng, o->seed);
+	for (int start = 0; start < n && rc == PEFT_OK; start += GENERATE_GROUP)
+	{
+		int			count = n - start < GENERATE_GROUP ? n - start : GENERATE_GROUP;
+
+		rc = run_group(g, prompts + start, lengths + start, count, o, chat, &rng, out + start, err);
+	}
+	if (rc != PEFT_OK)
+		for (int i = 0; i < n; i++)
+		{
+			free(out[i].text);
+			out[i].text = NULL;
+		}
+	return rc;
+}

@@ -1,0 +1,37 @@
+/*
+ * generate.h - text generation with a LLaMA-family decoder: prompts
+ * rendered through the chat template (or taken raw), tokenised, prefilled
+ * together, then decoded a step at a time for every unfinished prompt at
+ * once, until the end-of-sequence token, a stop string, max_new_tokens or
+ * the context's end.
+ */
+#ifndef PEFT_ENGINE_GENERATE_H
+#define PEFT_ENGINE_GENERATE_H
+
+#include "bpe_tokenizer.h"
+#include "chat_template.h"
+#include "engine_api.h"
+#include "llama_model.h"
+
+/* What generation needs of a loaded decoder. */
+typedef struct GenerateModel
+{
+	const LlamaModel *model;
+	const BpeTokenizer *tokenizer;
+	const ChatTemplate *chat;	/* NULL: the model has none this engine renders */
+	int32_t		eos;			/* end-of-sequence token */
+	int32_t		end_of_turn;	/* the template's end-of-turn token, or -1 */
+} GenerateModel;
+
+/* Defaults of PeftGenerateOptions. */
+void		generate_defaults(PeftGenerateOptions *o);
+
+/* The token ids of one prompt as generate feeds them (chat-rendered when asked); *ids malloc'd. */
+PeftCode	generate_prompt_ids(const GenerateModel *g, const char *text, size_t len, bool chat,
+								const char *system, int32_t **ids, int *n, PeftError *err);
+
+/* Completions of n prompts; on error every out[i].text is freed and NULL. */
+PeftCode	generate_run(const GenerateModel *g, const char *const *prompts, const size_t *lengths,
+						 int n, const PeftGenerateOptions *o, PeftGeneration *out, PeftError *err);
+
+#endif
