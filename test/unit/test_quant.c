@@ -209,7 +209,11 @@ test_dequantize_fixture(void **state)
 	gguf_close(f);
 }
 
-/* The vector paths' dequantization (the BLAS tiles') equals the scalar one's on many random blocks. */
+/*
+ * The vector paths' dequantization (the BLAS tiles') equals the scalar
+ * one's on many random blocks; and every path reads weights at an odd
+ * address (a block may sit anywhere) as it reads them aligned.
+ */
 static void
 test_dequantize_paths(void **state)
 {
@@ -220,28 +224,38 @@ test_dequantize_paths(void **state)
 	for (int k = 0; k < NTYPES; k++)
 	{
 		uint8_t    *w = random_weights(&types[k], rows, cols);
+		size_t		nbytes = quant_row_bytes(types[k].type, cols) * (size_t) rows;
+		uint8_t    *odd = malloc(nbytes + 1);
+		float	   *x = random_floats((size_t) cols);
 		float	   *want = malloc((size_t) (rows * cols) * sizeof(float));
 		float	   *got = malloc((size_t) (rows * cols) * sizeof(float));
+		float		y[2][64];
 
+		memcpy(odd + 1, w, nbytes);
 		assert_true(quant_force_kernel("scalar"));
 		quant_dequantize(types[k].type, w, rows * cols, want);
-		for (int p = 1; p < 3; p++)
+		for (int p = 0; p < 3; p++)
 		{
 			if (!quant_force_kernel(paths[p]))
 				continue;
-			quant_dequantize(types[k].type, w, rows * cols, got);
+			quant_dequantize(types[k].type, odd + 1, rows * cols, got);
 			for (int64_t i = 0; i < rows * cols; i++)
 				if (memcmp(&got[i], &want[i], sizeof(float)) != 0)
 					fail_msg("%s, %s path: value %lld is %.9g, the scalar path's %.9g", types[k].fixture,
 							 paths[p], (long long) i, got[i], want[i]);
+			quant_matmul(types[k].type, w, rows, cols, x, 1, y[0]);
+			quant_matmul(types[k].type, odd + 1, rows, cols, x, 1, y[1]);
+			assert_memory_equal(y[0], y[1], sizeof(y[0]));
 		}
 		free(w);
+		free(odd);
+		free(x);
 		free(want);
 		free(got);
 	}
 	quant_force_kernel(NULL);
-	print_message("every path dequantizes %lld random values of each type to the same bits\n",
-				  (long long) (rows * cols));
+	print_message("every path dequantizes %lld random values of each type to the same bits, "
+				  "at an odd address too\n", (long long) (rows * cols));
 }
 
 /* The layout queries and the kernel switch. */
