@@ -40,10 +40,13 @@
 
 /*
  * ggml, and the gguf package after it, round d * q before adding the
- * minimum.  GCC fuses a * b + c into one FMA wherever the target has FMA
- * (not x86-64's baseline, but aarch64's): keep the two roundings there.
+ * minimum.  Compilers fuse a * b + c into one FMA wherever the target has
+ * FMA (not x86-64's baseline, but aarch64's): keep the two roundings.
  */
-#if defined(__GNUC__) && !defined(__clang__)
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#define NO_FMA_CONTRACTION
+#elif defined(__GNUC__)
 #define NO_FMA_CONTRACTION __attribute__((optimize("fp-contract=off")))
 #else
 #define NO_FMA_CONTRACTION

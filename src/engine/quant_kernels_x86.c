@@ -18,17 +18,28 @@
 
 #include <immintrin.h>
 
+#if defined(__clang__)
+/* see TARGET_DEQUANT; the kernels' explicit FMAs are unaffected */
+#pragma STDC FP_CONTRACT OFF
+#endif
+
 #define TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
+
+/* Whether the CPU converts fp16 (older clang cannot ask; every CPU with AVX2 can). */
+#if defined(__clang__)
+#define CPU_HAS_F16C() true
+#else
+#define CPU_HAS_F16C() __builtin_cpu_supports("f16c")
+#endif
 
 /* Whether this CPU runs the AVX2 kernels. */
 bool
 quant_cpu_has_avx2(void)
 {
 	__builtin_cpu_init();
-	return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-		__builtin_cpu_supports("f16c");
+	return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && CPU_HAS_F16C();
 }
 
 /* Whether this CPU runs the AVX-512 kernels. */
@@ -448,9 +459,14 @@ quant_matvec_avx2(GgmlType type)
 /*
  * The scalar code rounds d q before adding the minimum, as ggml does; GCC
  * would fuse a multiply and an add into one FMA here (the target has FMA),
- * which rounds once: keep the two roundings.
+ * which rounds once: keep the two roundings.  (Clang fuses only within one
+ * expression, as the pragma at the top of the file forbids.)
  */
+#if defined(__clang__)
+#define TARGET_DEQUANT TARGET_AVX2
+#else
 #define TARGET_DEQUANT __attribute__((target("avx2,fma,f16c"), optimize("fp-contract=off")))
+#endif
 
 /* Q4_0 blocks: d (q - 8). */
 static TARGET_DEQUANT void
