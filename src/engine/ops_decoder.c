@@ -43,6 +43,9 @@
 /* Keys scored together by attention before the running softmax is updated. */
 #define ATTENTION_CHUNK 64
 
+/* Output values of a head accumulated together in registers (four AVX2 vectors of floats). */
+#define ATTENTION_OUT_BLOCK 32
+
 
 /* ---- RMSNorm -------------------------------------------------------------- */
 
@@ -431,6 +434,30 @@ typedef struct GqaArgs
 	real		scale;			/* 1/sqrt(D) */
 } GqaArgs;
 
+/*
+ * a . b over [0, n) in real, in 16 interleaved partial sums combined in a
+ * fixed order.  For attention's scores: in float it vectorises without
+ * dot_double's conversions, which made prefill scoring 1.5x slower, and
+ * moved the outputs against PyTorch by nothing measurable (both stay at
+ * 3.2e-7).
+ */
+static inline real
+dot_real(const real *a, const real *b, int n)
+{
+	real		acc[16] = {0};
+	real		s8[8];
+	int			i = 0;
+
+	for (; i + 16 <= n; i += 16)
+		for (int k = 0; k < 16; k++)
+			acc[k] += a[i + k] * b[i + k];
+	for (; i < n; i++)
+		acc[i % 16] += a[i] * b[i];
+	for (int k = 0; k < 8; k++)
+		s8[k] = acc[k] + acc[k + 8];
+	return ((s8[0] + s8[4]) + (s8[2] + s8[6])) + ((s8[1] + s8[5]) + (s8[3] + s8[7]));
+}
+
 /* Row p of key/value head kvh of slot s in a [slots][ctx][Hkv*D] cache. */
 static inline size_t
 cache_offset(const GqaArgs *a, int s, int p, int kvh)
@@ -439,11 +466,37 @@ cache_offset(const GqaArgs *a, int s, int p, int kvh)
 }
 
 /*
+ * acc[0..width) += sum_j p[j] v[j * stride + 0..width) over n keys.  A full
+ * block of ATTENTION_OUT_BLOCK values is summed in a local array the
+ * compiler keeps in vector registers: adding into acc itself key after key
+ * stalled every step on storing and reloading the same memory.
+ */
+static inline void
+accumulate_values(real *restrict acc, const real *restrict p, const real *restrict v,
+				  size_t stride, int n, int width)
+{
+	if (width == ATTENTION_OUT_BLOCK)
+	{
+		real		local[ATTENTION_OUT_BLOCK];
+
+		memcpy(local, acc, sizeof(local));
+		for (int j = 0; j < n; j++)
+			for (int k = 0; k < ATTENTION_OUT_BLOCK; k++)
+				local[k] += p[j] * v[j * stride + k];
+		memcpy(acc, local, sizeof(local));
+	}
+	else
+		for (int j = 0; j < n; j++)
+			for (int k = 0; k < width; k++)
+				acc[k] += p[j] * v[j * stride + k];
+}
+
+/*
  * Query row r, head h, attending to positions 0..pos[r] of its slot.
  * Keys are scored ATTENTION_CHUNK at a time; a running max m, sum l and the
  * unnormalised output (kept in out's own row) are rescaled by exp(m_old -
  * m_new) when a chunk raises the max: the online softmax, one pass over the
- * cache with nothing but the stack.  Scores are q.k in double, scaled once.
+ * cache with nothing but the stack.  Scores are q.k (dot_real), scaled once.
  * With probs, the raw scores are stored as they come and turned into the
  * softmax at the end, from the final max and sum.
  */
@@ -474,7 +527,7 @@ attention_forward_head(const GqaArgs *a, int r, int h)
 		{
 			const real *kj = a->kcache + cache_offset(a, s, j0 + j, kvh);
 
-			score[j] = (real) dot_double(qh, kj, D) * a->scale;
+			score[j] = dot_real(qh, kj, D) * a->scale;
 			chunk_max = score[j] > chunk_max ? score[j] : chunk_max;
 		}
 		if (prow != NULL)
@@ -494,14 +547,10 @@ attention_forward_head(const GqaArgs *a, int r, int h)
 		for (int j = 0; j < width; j++)
 			score[j] = vec_exp(score[j] - max);
 		sum += sum_double(score, width);
-		for (int j = 0; j < width; j++)
-		{
-			const real *vj = a->vcache + cache_offset(a, s, j0 + j, kvh);
-			real		p = score[j];
-
-			for (int d = 0; d < D; d++)
-				oh[d] += p * vj[d];
-		}
+		for (int d0 = 0; d0 < D; d0 += ATTENTION_OUT_BLOCK)
+			accumulate_values(oh + d0, score, a->vcache + cache_offset(a, s, j0, kvh) + d0,
+							  (size_t) a->Hkv * D, width,
+							  D - d0 < ATTENTION_OUT_BLOCK ? D - d0 : ATTENTION_OUT_BLOCK);
 	}
 	inv_sum = (real) (1.0 / sum);
 	for (int d = 0; d < D; d++)
