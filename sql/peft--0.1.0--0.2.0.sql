@@ -7,9 +7,9 @@
 -- modification time are checked on every load.  Rows registered at 0.1.0
 -- have no time until peft_verify_model checks their SHA-256 and records it.
 ALTER TABLE peft.models ADD COLUMN file_mtime timestamptz;
-COMMENT ON COLUMN peft.models.file_bytes IS 'size of model.safetensors when registered';
-COMMENT ON COLUMN peft.models.checksum IS 'SHA-256 of model.safetensors when registered';
-COMMENT ON COLUMN peft.models.file_mtime IS 'modification time of model.safetensors when registered or last verified (NULL: registered before 0.2.0 and not verified since)';
+COMMENT ON COLUMN peft.models.file_bytes IS 'size of the weights file (model.safetensors or the .gguf file) when registered';
+COMMENT ON COLUMN peft.models.checksum IS 'SHA-256 of the weights file when registered';
+COMMENT ON COLUMN peft.models.file_mtime IS 'modification time of the weights file when registered or last verified (NULL: registered before 0.2.0 and not verified since)';
 
 CREATE FUNCTION peft_verify_model(name text) RETURNS boolean
     AS 'MODULE_PATHNAME', 'peft_verify_model'
@@ -125,3 +125,23 @@ COMMENT ON COLUMN peft.jobs.loss_history IS 'training loss per optimizer step (t
 COMMENT ON COLUMN peft.jobs.loss_steps IS 'the optimizer step of each loss_history point';
 COMMENT ON COLUMN peft.jobs.lr_history IS 'the learning rate of each loss_history point';
 COMMENT ON COLUMN peft.jobs.loss_sparkline IS 'loss_history as a one-line sparkline';
+
+-- Text completion by a registered decoder (a LLaMA-family model from GGUF
+-- or safetensors).  With a chat template (option chat, default true when
+-- the model has one) the prompt is the user's turn.  Options: max_new_tokens
+-- (128), temperature (0: greedy), top_k, top_p, seed, stop (a string or an
+-- array of them), chat, system.  A NULL prompt gives NULL; adapter NULL is
+-- the base model (adapters over decoders: the next release).
+CREATE FUNCTION peft_generate(model text, prompt text, adapter text DEFAULT NULL,
+                              options jsonb DEFAULT '{}') RETURNS text
+    AS 'MODULE_PATHNAME', 'peft_generate'
+    LANGUAGE C VOLATILE CALLED ON NULL INPUT;
+
+-- Completions of many prompts decoded together; ord is the 1-based position
+-- in prompts (a NULL element: a row of NULLs); finish_reason 'stop' (end of
+-- sequence or a stop string) or 'length' (max_new_tokens or the context).
+CREATE FUNCTION peft_generate(model text, prompts text[], adapter text DEFAULT NULL,
+                              options jsonb DEFAULT '{}')
+    RETURNS TABLE(ord int, completion text, tokens int, finish_reason text)
+    AS 'MODULE_PATHNAME', 'peft_generate_array'
+    LANGUAGE C VOLATILE CALLED ON NULL INPUT;

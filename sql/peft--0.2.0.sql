@@ -30,9 +30,9 @@ CREATE TABLE peft.models (
     file_mtime        timestamptz
 );
 COMMENT ON TABLE peft.models IS 'registered base models (peft_register_model)';
-COMMENT ON COLUMN peft.models.file_bytes IS 'size of model.safetensors when registered';
-COMMENT ON COLUMN peft.models.checksum IS 'SHA-256 of model.safetensors when registered';
-COMMENT ON COLUMN peft.models.file_mtime IS 'modification time of model.safetensors when registered or last verified (NULL: registered before 0.2.0 and not verified since)';
+COMMENT ON COLUMN peft.models.file_bytes IS 'size of the weights file (model.safetensors or the .gguf file) when registered';
+COMMENT ON COLUMN peft.models.checksum IS 'SHA-256 of the weights file when registered';
+COMMENT ON COLUMN peft.models.file_mtime IS 'modification time of the weights file when registered or last verified (NULL: registered before 0.2.0 and not verified since)';
 
 -- Training jobs: one row per peft_train call; the worker commits progress
 -- here in short transactions.  Read them through the view peft.jobs.
@@ -279,6 +279,26 @@ CREATE FUNCTION peft_embed(model text, input text, adapter text DEFAULT NULL) RE
 CREATE FUNCTION peft_embed(model text, inputs text[], adapter text DEFAULT NULL)
     RETURNS TABLE(ord int, embedding real[])
     AS 'MODULE_PATHNAME', 'peft_embed_array'
+    LANGUAGE C VOLATILE CALLED ON NULL INPUT;
+
+-- Text completion by a registered decoder (a LLaMA-family model from GGUF
+-- or safetensors).  With a chat template (option chat, default true when
+-- the model has one) the prompt is the user's turn.  Options: max_new_tokens
+-- (128), temperature (0: greedy), top_k, top_p, seed, stop (a string or an
+-- array of them), chat, system.  A NULL prompt gives NULL; adapter NULL is
+-- the base model (adapters over decoders: the next release).
+CREATE FUNCTION peft_generate(model text, prompt text, adapter text DEFAULT NULL,
+                              options jsonb DEFAULT '{}') RETURNS text
+    AS 'MODULE_PATHNAME', 'peft_generate'
+    LANGUAGE C VOLATILE CALLED ON NULL INPUT;
+
+-- Completions of many prompts decoded together; ord is the 1-based position
+-- in prompts (a NULL element: a row of NULLs); finish_reason 'stop' (end of
+-- sequence or a stop string) or 'length' (max_new_tokens or the context).
+CREATE FUNCTION peft_generate(model text, prompts text[], adapter text DEFAULT NULL,
+                              options jsonb DEFAULT '{}')
+    RETURNS TABLE(ord int, completion text, tokens int, finish_reason text)
+    AS 'MODULE_PATHNAME', 'peft_generate_array'
     LANGUAGE C VOLATILE CALLED ON NULL INPUT;
 
 -- The metrics of an adapter's task on the rows of a table or query (read as

@@ -367,10 +367,18 @@ CatalogRecordModel(const CatalogModelRow *row)
 	values[9] = Int64GetDatum(info->parameters);
 	values[10] = Int64GetDatum(info->file_bytes);
 	values[11] = CStringGetTextDatum(row->checksum);
-	values[12] = CStringGetTextDatum(psprintf("{\"pooling\": \"%s\", \"normalize\": %s, "
-											  "\"max_seq_length\": %d, \"weights_dtype\": \"%s\"}",
-											  info->pooling, info->normalize ? "true" : "false",
-											  info->max_seq_length, info->weights_dtype));
+	if (info->decoder)
+		values[12] = CStringGetTextDatum(psprintf("{\"decoder\": true, \"source\": \"%s\", "
+												  "\"quantization\": \"%s\", \"num_kv_heads\": %d, "
+												  "\"context_length\": %d, \"chat_template\": %s}",
+												  info->source, info->quantization, info->num_kv_heads,
+												  info->max_position,
+												  info->chat_template ? "true" : "false"));
+	else
+		values[12] = CStringGetTextDatum(psprintf("{\"pooling\": \"%s\", \"normalize\": %s, "
+												  "\"max_seq_length\": %d, \"weights_dtype\": \"%s\"}",
+												  info->pooling, info->normalize ? "true" : "false",
+												  info->max_seq_length, info->weights_dtype));
 	values[13] = CStringGetTextDatum(GetUserNameFromId(GetUserId(), false));
 	values[14] = BoolGetDatum(superuser());
 	values[15] = TimestampTzGetDatum(row->file_mtime);

@@ -544,9 +544,17 @@ CheckTrainCatalog(char **fields, const PeftTrainConfig *parsed, bool regression)
 
 	CheckModelFiles(CatalogGetModel(fields[JOB_BASE_MODEL]));
 	values[0] = CStringGetTextDatum(fields[JOB_BASE_MODEL]);
-	SPI_execute_with_args("SELECT max_position FROM peft.models WHERE name = $1",
+	SPI_execute_with_args("SELECT max_position, coalesce((config->>'decoder')::boolean, false) "
+						  "FROM peft.models WHERE name = $1",
 						  1, types, values, NULL, true, 1);
 	max_position = atoi(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
+	/* training adapters over decoders comes with the next release: say so before any work */
+	if (strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2), "t") == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("model \"%s\" is a decoder: peft_train trains adapters over encoders only in this release",
+						fields[JOB_BASE_MODEL]),
+				 errhint("Use the decoder with peft_generate.")));
 	if (parsed->max_length > max_position)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

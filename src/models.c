@@ -1,6 +1,7 @@
 /*
- * models.c - peft_register_model: validate a Hugging Face model folder
- * through the engine and record it in peft.models.
+ * models.c - peft_register_model: validate a model (a Hugging Face folder,
+ * or a GGUF file or a folder holding one) through the engine and record it
+ * in peft.models.
  */
 #include "postgres.h"
 
@@ -19,6 +20,7 @@
 #include "miscadmin.h"
 #include "utils/acl.h"
 #include "access/xlog.h"
+#include "storage/fd.h"
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 
@@ -73,6 +75,40 @@ FileSha256(const char *path)
 	return hex;
 }
 
+/*
+ * The weights file of a registered model's path: the path itself when it
+ * is a file (a .gguf), else the folder's model.safetensors, else the one
+ * .gguf file in the folder.  (When none is there, model.safetensors, whose
+ * absence the caller reports.)
+ */
+static void
+ModelWeightsPath(const char *path, char *out, size_t len)
+{
+	struct stat st;
+	DIR		   *dir;
+	struct dirent *e;
+	int			found = 0;
+
+	if (stat(path, &st) == 0 && S_ISREG(st.st_mode))
+	{
+		strlcpy(out, path, len);
+		return;
+	}
+	snprintf(out, len, "%s/model.safetensors", path);
+	if (stat(out, &st) == 0 || (dir = AllocateDir(path)) == NULL)
+		return;
+	while ((e = ReadDir(dir, path)) != NULL)
+	{
+		size_t		n = strlen(e->d_name);
+
+		if (e->d_name[0] != '.' && n > 5 && strcmp(e->d_name + n - 5, ".gguf") == 0 && found++ == 0)
+			snprintf(out, len, "%s/%s", path, e->d_name);
+	}
+	FreeDir(dir);
+	if (found != 1)
+		snprintf(out, len, "%s/model.safetensors", path);
+}
+
 /* Only superusers and members of pg_read_server_files may point at server files. */
 static void
 CheckRegisterPrivilege(void)
@@ -88,7 +124,7 @@ CheckRegisterPrivilege(void)
 /*
  * peft_register_model(name, path) RETURNS peft.models
  *
- * The folder is resolved to its real path (symbolic links and ".." are
+ * The path (a model folder, a .gguf file, or a folder with one) is resolved to its real path (symbolic links and ".." are
  * followed, and the resolved path is what is stored), validated by the
  * engine, checksummed, and recorded.  Registering an existing name again
  * updates it, if the caller owns it.
@@ -99,7 +135,7 @@ peft_register_model(PG_FUNCTION_ARGS)
 	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	char	   *given = text_to_cstring(PG_GETARG_TEXT_PP(1));
 	char		resolved[PATH_MAX];
-	char		weights[PATH_MAX + 32];
+	char		weights[sizeof(((PeftModelInfo *) 0)->weights_file)];
 	const PeftEngineApi *engine;
 	PeftModelHandle *model;
 	PeftModelInfo info;
@@ -125,8 +161,8 @@ peft_register_model(PG_FUNCTION_ARGS)
 	if (engine->model_open(resolved, &model, &info, &err) != PEFT_OK)
 		PeftRaiseEngineError(&err);
 	engine->model_close(model);
-
-	snprintf(weights, sizeof(weights), "%s/model.safetensors", resolved);
+	/* the file the engine mapped: model.safetensors, or the .gguf file */
+	strlcpy(weights, info.weights_file, sizeof(weights));
 	/* the time first: a change while hashing then shows as a newer time */
 	if (stat(weights, &st) != 0)
 		ereport(ERROR,
@@ -165,9 +201,10 @@ CheckModelFiles(const CatalogModel *model)
 	char		weights[MAXPGPATH];
 	struct stat st;
 
-	if (stat(model->path, &st) != 0 || !S_ISDIR(st.st_mode))
+	/* a folder, or (a GGUF model) the file itself */
+	if (stat(model->path, &st) != 0 || !(S_ISDIR(st.st_mode) || S_ISREG(st.st_mode)))
 		MissingModelFolder(model);
-	snprintf(weights, sizeof(weights), "%s/model.safetensors", model->path);
+	ModelWeightsPath(model->path, weights, sizeof(weights));
 	if (stat(weights, &st) != 0)
 		MissingModelFolder(model);
 	if ((int64) st.st_size != model->file_bytes ||
@@ -206,7 +243,7 @@ peft_verify_model(PG_FUNCTION_ARGS)
 
 	SPI_connect();
 	model = CatalogGetModel(name);
-	snprintf(weights, sizeof(weights), "%s/model.safetensors", model->path);
+	ModelWeightsPath(model->path, weights, sizeof(weights));
 	if (stat(model->path, &st) != 0 || stat(weights, &st) != 0)
 		MissingModelFolder(model);
 	checksum = FileSha256(weights);

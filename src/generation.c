@@ -1,0 +1,310 @@
+/*
+ * generation.c - peft_generate: text completions of a registered decoder
+ * (a LLaMA-family model from GGUF or safetensors), one prompt or many.
+ *
+ * The model is loaded through the same per-backend cache as embeddings
+ * and predictions (inference.c), computed in this backend, and checked for
+ * a statement cancel or statement_timeout once per decoding step: the
+ * engine stops within one step and the ERROR follows.
+ */
+#include "postgres.h"
+
+#include <limits.h>
+#include <math.h>
+
+#include "catalog/pg_type.h"
+#include "common/pg_prng.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+
+#include "peft.h"
+
+PG_FUNCTION_INFO_V1(peft_generate);
+PG_FUNCTION_INFO_V1(peft_generate_array);
+
+/* The most stop strings and prompts of one call. */
+#define MAX_STOP_STRINGS 16
+#define MAX_PROMPTS 4096
+/* The option keys, for the error that names them. */
+#define GENERATE_KEYS "max_new_tokens, temperature, top_k, top_p, seed, stop, chat, system"
+
+/* Whether the statement was canceled or the backend told to end (polled by the engine). */
+static bool
+StatementCanceled(void *arg)
+{
+	return QueryCancelPending || ProcDiePending;
+}
+
+/* ERROR naming option key and what it must be. */
+static void
+BadOption(const char *key, const char *must)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("peft_generate option \"%s\" must be %s", key, must)));
+}
+
+/* A numeric option's value as a double (NaN and infinity refused). */
+static double
+NumberOption(const char *key, JsonbValue *v, double min, double max, bool integer, const char *must)
+{
+	double		d;
+
+	if (v->type != jbvNumeric)
+		BadOption(key, must);
+	d = DatumGetFloat8(DirectFunctionCall1(numeric_float8_no_overflow, NumericGetDatum(v->val.numeric)));
+	if (isnan(d) || isinf(d) || d < min || d > max || (integer && d != floor(d)))
+		BadOption(key, must);
+	return d;
+}
+
+/* A string option's value as a palloc'd C string. */
+static char *
+StringOption(const char *key, JsonbValue *v, const char *must)
+{
+	if (v->type != jbvString)
+		BadOption(key, must);
+	return pnstrdup(v->val.string.val, v->val.string.len);
+}
+
+/* The stop option: a string or an array of up to MAX_STOP_STRINGS non-empty strings. */
+static void
+StopOption(JsonbValue *v, PeftGenerateOptions *o)
+{
+	const char *must = "a non-empty string or an array of up to 16 of them";
+	const char **stop = palloc0(sizeof(char *) * MAX_STOP_STRINGS);
+	int			n = 0;
+
+	if (v->type == jbvString)
+		stop[n++] = StringOption("stop", v, must);
+	else if (v->type == jbvBinary)
+	{
+		JsonbIterator *it = JsonbIteratorInit(v->val.binary.data);
+		JsonbValue	elem;
+		JsonbIteratorToken tok;
+
+		if (!JsonContainerIsArray(v->val.binary.data))
+			BadOption("stop", must);
+		while ((tok = JsonbIteratorNext(&it, &elem, true)) != WJB_DONE)
+		{
+			if (tok != WJB_ELEM)
+				continue;
+			if (n == MAX_STOP_STRINGS)
+				BadOption("stop", must);
+			stop[n++] = StringOption("stop", &elem, must);
+		}
+	}
+	else
+		BadOption("stop", must);
+	for (int i = 0; i < n; i++)
+		if (stop[i][0] == '\0')
+			BadOption("stop", must);
+	o->stop = stop;
+	o->nstop = n;
+}
+
+/*
+ * The options jsonb (an object) over the engine's defaults.  Without a
+ * seed, sampling draws one at random, so that repeated calls differ as
+ * they do in other tools; a seed makes the text repeatable.
+ */
+static void
+ParseGenerateOptions(Jsonb *options, PeftGenerateOptions *o)
+{
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+	bool		seeded = false;
+
+	PeftEngine()->generate_defaults(o);
+	if (!JB_ROOT_IS_OBJECT(options))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("peft_generate options must be a JSON object"),
+				 errhint("Keys: " GENERATE_KEYS ".")));
+	it = JsonbIteratorInit(&options->root);
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		char	   *key;
+
+		if (tok != WJB_KEY)
+			continue;
+		key = pnstrdup(v.val.string.val, v.val.string.len);
+		tok = JsonbIteratorNext(&it, &v, true);
+		if (v.type == jbvNull)
+			continue;			/* null: the default */
+		if (strcmp(key, "max_new_tokens") == 0)
+			o->max_new_tokens = (int) NumberOption(key, &v, 1, 1 << 20, true, "an integer from 1");
+		else if (strcmp(key, "temperature") == 0)
+			o->temperature = NumberOption(key, &v, 0, 100, false, "a number from 0 (greedy) to 100");
+		else if (strcmp(key, "top_k") == 0)
+			o->top_k = (int) NumberOption(key, &v, 0, INT_MAX, true, "an integer >= 0 (0: off)");
+		else if (strcmp(key, "top_p") == 0)
+		{
+			o->top_p = NumberOption(key, &v, 0, 1, false, "a number in (0, 1]");
+			if (o->top_p <= 0)
+				BadOption(key, "a number in (0, 1]");
+		}
+		else if (strcmp(key, "seed") == 0)
+		{
+			o->seed = (uint64_t) NumberOption(key, &v, 0, 9007199254740991.0, true,
+											  "an integer from 0 to 2^53 - 1");
+			seeded = true;
+		}
+		else if (strcmp(key, "stop") == 0)
+			StopOption(&v, o);
+		else if (strcmp(key, "chat") == 0)
+		{
+			if (v.type != jbvBool)
+				BadOption(key, "true or false");
+			o->chat = v.val.boolean ? 1 : 0;
+		}
+		else if (strcmp(key, "system") == 0)
+			o->system = StringOption(key, &v, "a string");
+		else
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("unknown peft_generate option \"%s\"", key),
+					 errhint("Keys: " GENERATE_KEYS ".")));
+	}
+	if (!seeded && o->temperature > 0)
+		o->seed = pg_prng_uint64(&pg_global_prng_state);
+	o->canceled = StatementCanceled;
+	o->cancel_arg = NULL;
+}
+
+/*
+ * Generate for n prompts (none NULL); an engine stop for a cancel becomes
+ * the cancel's own ERROR.
+ */
+static PeftGeneration *
+GenerateTexts(const char *model_name, const char *adapter, char **prompts, int n, Jsonb *options)
+{
+	PeftGenerateOptions o;
+	PeftGeneration *out = palloc0(sizeof(PeftGeneration) * (n ? n : 1));
+	size_t	   *lengths = palloc(sizeof(size_t) * (n ? n : 1));
+	PeftModelHandle *model;
+	PeftError	err = {0};
+	PeftCode	rc;
+
+	if (adapter != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("peft_generate with an adapter is not supported yet"),
+				 errdetail("Adapters over decoders are trained and used from the next release on; "
+						   "call peft_generate without adapter for the base model.")));
+	ParseGenerateOptions(options, &o);
+	for (int i = 0; i < n; i++)
+		lengths[i] = strlen(prompts[i]);
+	SPI_connect();
+	model = PeftModelFor(model_name);
+	SPI_finish();
+	if (n == 0)
+		return out;
+	rc = PeftEngine()->generate(model, (const char *const *) prompts, lengths, n, &o, out, &err);
+	if (rc == PEFT_ERR_CANCELED)
+	{
+		CHECK_FOR_INTERRUPTS();
+		/* held off (or a flag cleared meanwhile): still a cancel */
+		ereport(ERROR,
+				(errcode(ERRCODE_QUERY_CANCELED),
+				 errmsg("canceling peft_generate")));
+	}
+	if (rc != PEFT_OK)
+		PeftRaiseEngineError(&err);
+	return out;
+}
+
+/* A completion's text in the server's memory, the engine's freed. */
+static text *
+TakeText(PeftGeneration *g)
+{
+	text	   *t = cstring_to_text(g->text ? g->text : "");
+
+	PeftEngine()->free_buffer(g->text);
+	g->text = NULL;
+	return t;
+}
+
+/*
+ * peft_generate(model, prompt, adapter DEFAULT NULL, options DEFAULT '{}')
+ * RETURNS text.  A NULL prompt gives NULL; a NULL adapter is the base model.
+ */
+Datum
+peft_generate(PG_FUNCTION_ARGS)
+{
+	char	   *prompt;
+	PeftGeneration *g;
+
+	PeftRequireArg(fcinfo, 0, "model");
+	PeftRequireArg(fcinfo, 3, "options");
+	if (PG_ARGISNULL(1))
+		PG_RETURN_NULL();
+	prompt = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	g = GenerateTexts(text_to_cstring(PG_GETARG_TEXT_PP(0)),
+					  PG_ARGISNULL(2) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(2)),
+					  &prompt, 1, PG_GETARG_JSONB_P(3));
+	PG_RETURN_TEXT_P(TakeText(&g[0]));
+}
+
+/*
+ * peft_generate(model, prompts text[], adapter DEFAULT NULL, options DEFAULT
+ * '{}') RETURNS TABLE(ord int, completion text, tokens int, finish_reason
+ * text): every prompt decoded together; a NULL element gives a row of
+ * NULLs.  finish_reason is 'stop' (end of sequence or a stop string) or
+ * 'length' (max_new_tokens or the model's context).
+ */
+Datum
+peft_generate_array(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	ArrayType  *array;
+	Datum	   *elems;
+	bool	   *isnull;
+	int			n;
+	int			count = 0;
+	char	  **prompts;
+	PeftGeneration *g;
+
+	PeftRequireArg(fcinfo, 0, "model");
+	PeftRequireArg(fcinfo, 1, "prompts");
+	PeftRequireArg(fcinfo, 3, "options");
+	array = PG_GETARG_ARRAYTYPE_P(1);
+	if (ARR_NDIM(array) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("prompts must be a one-dimensional array")));
+	deconstruct_array(array, TEXTOID, -1, false, TYPALIGN_INT, &elems, &isnull, &n);
+	if (n > MAX_PROMPTS)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("peft_generate takes at most %d prompts per call, not %d", MAX_PROMPTS, n)));
+	prompts = palloc(sizeof(char *) * (n ? n : 1));
+	for (int i = 0; i < n; i++)
+		if (!isnull[i])
+			prompts[count++] = TextDatumGetCString(elems[i]);
+	InitMaterializedSRF(fcinfo, 0);
+	g = GenerateTexts(text_to_cstring(PG_GETARG_TEXT_PP(0)),
+					  PG_ARGISNULL(2) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(2)),
+					  prompts, count, PG_GETARG_JSONB_P(3));
+	for (int i = 0, k = 0; i < n; i++)
+	{
+		Datum		values[4] = {Int32GetDatum(i + 1), 0, 0, 0};
+		bool		nulls[4] = {false, isnull[i], isnull[i], isnull[i]};
+
+		if (!isnull[i])
+		{
+			values[2] = Int32GetDatum(g[k].tokens);
+			values[3] = CStringGetTextDatum(g[k].finish == PEFT_FINISH_LENGTH ? "length" : "stop");
+			values[1] = PointerGetDatum(TakeText(&g[k]));
+			k++;
+		}
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
