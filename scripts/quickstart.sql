@@ -1,8 +1,9 @@
 -- The quick start's main job, run by scripts/quickstart in database peft_demo:
 -- register all-MiniLM-L6-v2, load labelled support tickets, train a LoRA
 -- adapter in a background worker, show its validation metrics, predict, and
--- list the adapter versions.  :model_dir comes from the script, and the
--- tickets arrive on psql's standard input.
+-- list the adapter versions; then register SmolLM2 (a decoder, GGUF) and
+-- generate.  :model_dir and :decoder come from the script, and the tickets
+-- arrive on psql's standard input.
 \set ON_ERROR_STOP on
 \pset footer off
 SET client_min_messages = warning;
@@ -63,3 +64,19 @@ FROM (VALUES ('I was charged twice for my subscription this month'),
 SELECT name, version, active, base_model, method, array_length(labels, 1) AS classes,
        pg_size_pretty(weights_bytes) AS weights, created_at
 FROM peft.adapter_versions ORDER BY name, version;
+
+\echo '== register a decoder: SmolLM2-135M-Instruct, quantized Q4_1, from its GGUF file'
+SELECT name, architecture, num_layers, parameters, pg_size_pretty(file_bytes) AS file_size,
+       config->>'quantization' AS quantization, (config->>'chat_template')::boolean AS chat_template
+FROM peft_register_model('smollm2', :'decoder');
+
+\echo '== generate (greedy; the chat template makes each prompt the user turn)'
+\timing on
+SELECT ord, prompt, completion, tokens, finish_reason
+FROM peft_generate('smollm2', ARRAY['What is the capital of France?',
+                                    'Give me one tip for writing a good support reply.'],
+                   options => '{"max_new_tokens": 64}') AS g
+JOIN unnest(ARRAY['What is the capital of France?',
+                  'Give me one tip for writing a good support reply.']) WITH ORDINALITY AS q(prompt, i)
+  ON q.i = g.ord;
+\timing off
