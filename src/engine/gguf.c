@@ -206,7 +206,15 @@ read_value(Cursor *c, uint32_t type, GgufValue *v, int depth, PeftError *err)
 	{
 		const uint8_t *at = NULL;
 
-		return take(c, count * (uint64_t) scalar_size((uint32_t) elem_type), &at, "an array", err);
+		if ((rc = take(c, count * (uint64_t) scalar_size((uint32_t) elem_type), &at, "an array", err)) != PEFT_OK)
+			return rc;
+		/* booleans in an array are held to the rule of a single one (found by fuzz_gguf) */
+		if (elem_type == GGUF_BOOL)
+			for (uint64_t k = 0; k < count; k++)
+				if (at[k] > 1)
+					return peft_fail(err, PEFT_ERR_FORMAT, "GGUF boolean at byte %zu is %u",
+									 (size_t) (at + k - c->base), (unsigned) at[k]);
+		return PEFT_OK;
 	}
 	for (uint64_t k = 0; k < count; k++)
 	{

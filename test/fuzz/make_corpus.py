@@ -9,9 +9,16 @@ tiny model's files when it is absent), the tiny model of
 test/fixtures/make_tiny_model.py, and the PEFT adapter in
 test/fixtures/reference/.  The adapter seeds of every method are written by
 the built harness itself (build/fuzz/fuzz_adapter, FUZZ_ADAPTER_SEEDS), so
-run test/fuzz/build.sh first.  Deterministic; standard library only.
+run test/fuzz/build.sh first.  The GGUF seeds are written by a small
+writer here: every value and tensor type, alignments, one rule broken per
+near-valid seed, the chat templates of test/fixtures/reference/chat/ as
+tokenizer.chat_template, and the real SmolLM2-135M-Instruct GGUF's
+metadata with its tensors shrunk ($PEFT_DECODER_GGUF or the fetch_model
+cache; skipped when absent); test/fixtures/reference/small.gguf joins them.
+Deterministic; standard library only.
 
-Usage: python3 test/fuzz/make_corpus.py [OUTDIR]   (default test/fuzz/corpus)
+Usage: python3 test/fuzz/make_corpus.py [OUTDIR] [--only HARNESS[,HARNESS...]]
+       (default: test/fuzz/corpus, every harness)
 """
 
 import json
@@ -385,17 +392,220 @@ def adapter_seeds(c, tiny, real):
               "adapter methods" % harness)
 
 
+# ---- gguf -------------------------------------------------------------------
+
+DECODER_GGUF = "SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# GGUF value types (their numbers in the file) and the struct code of each scalar
+G_U8, G_I8, G_U16, G_I16, G_U32, G_I32, G_F32, G_BOOL, G_STR, G_ARR, G_U64, G_I64, G_F64 = range(13)
+G_PACK = {G_U8: "B", G_I8: "b", G_U16: "H", G_I16: "h", G_U32: "I", G_I32: "i", G_F32: "f",
+          G_BOOL: "?", G_U64: "Q", G_I64: "q", G_F64: "d"}
+# ggml tensor types this reader knows: number -> (values per block, bytes per block)
+GGML_LAYOUT = {0: (1, 4), 1: (1, 2), 30: (1, 2), 2: (32, 18), 3: (32, 20), 6: (32, 22),
+               7: (32, 24), 8: (32, 34), 10: (256, 84), 11: (256, 110), 12: (256, 144),
+               13: (256, 176), 14: (256, 210)}
+
+
+def g_str(text):
+    if isinstance(text, str):
+        text = text.encode("utf-8")
+    return struct.pack("<Q", len(text)) + text
+
+
+def g_value(vtype, value):
+    """The encoding of one value (no type code); an array value is (elem_type, [values])."""
+    if vtype == G_STR:
+        return g_str(value)
+    if vtype == G_ARR:
+        elem_type, items = value
+        return (struct.pack("<IQ", elem_type, len(items)) +
+                b"".join(g_value(elem_type, v) for v in items))
+    return struct.pack("<" + G_PACK[vtype], value)
+
+
+def g_kv(key, vtype, value):
+    return g_str(key) + struct.pack("<I", vtype) + g_value(vtype, value)
+
+
+def gguf_bytes(kvs, tensors, version=3, alignment=32, pad_end=True, offsets=None):
+    """A GGUF image: kvs [(key, type, value)] (or raw bytes for one), tensors [(name, dims,
+    ggml type, data)] placed in order (or at the given offsets)."""
+    body = b"".join(kv if isinstance(kv, bytes) else g_kv(*kv) for kv in kvs)
+    infos, data, offset = b"", b"", 0
+    for k, (name, dims, gtype, blob) in enumerate(tensors):
+        infos += g_str(name) + struct.pack("<I", len(dims)) + b"".join(struct.pack("<Q", d) for d in dims)
+        infos += struct.pack("<IQ", gtype, offsets[k] if offsets else offset)
+        padded = blob + bytes(-len(blob) % alignment)
+        data += padded
+        offset += len(padded)
+    head = b"GGUF" + struct.pack("<IQQ", version, len(tensors), len(kvs)) + body + infos
+    head += bytes(-len(head) % alignment)
+    out = head + data
+    if not pad_end and tensors:
+        out = out[:len(out) - (-len(tensors[-1][3]) % alignment)]
+    return out
+
+
+def tensor_blob(gtype, nelem, seed=1):
+    values, nbytes = GGML_LAYOUT[gtype]
+    return bytes((seed * 31 + k * 7) % 251 for k in range(nelem // values * nbytes))
+
+
+def real_gguf_seed(path):
+    """The real decoder's metadata (long arrays cut to 24 elements) and a few of its tensor infos,
+    shrunk to one block row each: the keys, names and types a real file has, in a small input."""
+    with open(path, "rb") as f:
+        head = f.read(64 << 20)
+    pos = 24
+    version, ntensors, nkv = struct.unpack_from("<IQQ", head, 4)
+
+    def take_str():
+        nonlocal pos
+        n = struct.unpack_from("<Q", head, pos)[0]
+        s = head[pos + 8:pos + 8 + n]
+        pos += 8 + n
+        return s
+
+    def take_value(vtype):
+        nonlocal pos
+        if vtype == G_STR:
+            return take_str()
+        if vtype == G_ARR:
+            elem_type, count = struct.unpack_from("<IQ", head, pos)
+            pos += 12
+            return (elem_type, [take_value(elem_type) for _ in range(count)])
+        v = struct.unpack_from("<" + G_PACK[vtype], head, pos)[0]
+        pos += struct.calcsize("<" + G_PACK[vtype])
+        return v
+
+    kvs = []
+    for _ in range(nkv):
+        key = take_str()
+        vtype = struct.unpack_from("<I", head, pos)[0]
+        pos += 4
+        value = take_value(vtype)
+        if vtype == G_ARR:
+            value = (value[0], value[1][:24])
+        kvs.append((key, vtype, value))
+    tensors = []
+    for _ in range(ntensors):
+        name = take_str()
+        ndim = struct.unpack_from("<I", head, pos)[0]
+        dims = struct.unpack_from("<%dQ" % ndim, head, pos + 4)
+        gtype = struct.unpack_from("<I", head, pos + 4 + 8 * ndim)[0]
+        pos += 4 + 8 * ndim + 12
+        tensors.append((name, dims, gtype))
+    keep = [t for t in tensors if t[0].startswith((b"blk.0.", b"output_norm", b"token_embd"))]
+    small = [(name, [GGML_LAYOUT[gtype][0]] + [1] * (len(dims) - 1), gtype,
+              tensor_blob(gtype, GGML_LAYOUT[gtype][0], k))
+             for k, (name, dims, gtype) in enumerate(keep)]
+    return gguf_bytes(kvs, small, version=version)
+
+
+def gguf_seeds(c, decoder):
+    every_scalar = [("t.u8", G_U8, 200), ("t.i8", G_I8, -100), ("t.u16", G_U16, 60000),
+                    ("t.i16", G_I16, -30000), ("t.u32", G_U32, 4000000000), ("t.i32", G_I32, -2000000000),
+                    ("t.f32", G_F32, 0.25), ("t.bool", G_BOOL, True), ("t.u64", G_U64, 2 ** 40 + 7),
+                    ("t.i64", G_I64, -(2 ** 40) - 7), ("t.f64", G_F64, -1.5e300),
+                    ("t.str", G_STR, "caf\u00e9 \u65e5\u672c"), ("t.empty", G_STR, "")]
+    arrays = [("a.%d" % t, G_ARR, (t, [v, v])) for k, t, v in
+              [(0, G_U8, 1), (1, G_I8, -1), (2, G_U16, 2), (3, G_I16, -2), (4, G_U32, 3),
+               (5, G_I32, -3), (6, G_F32, 0.5), (7, G_BOOL, False), (10, G_U64, 4), (11, G_I64, -4),
+               (12, G_F64, 1e-300)]]
+    arrays += [("a.str", G_ARR, (G_STR, ["\u0120a", "", "b\x00c"])), ("a.none", G_ARR, (G_U32, [])),
+               ("a.nested", G_ARR, (G_ARR, [(G_U8, [1, 2]), (G_STR, ["x"]), (G_ARR, [(G_ARR, [(G_U8, [9])])])]))]
+    f32 = [("v.f32", [4, 2], 0, tensor_blob(0, 8))]
+    c.add("valid_small_fixture", read(os.path.join(REFERENCE, "small.gguf")))
+    c.add("valid_every_value_type", gguf_bytes(
+        [("general.architecture", G_STR, "llama")] + every_scalar + arrays, f32))
+    c.add("valid_v2", gguf_bytes([("general.name", G_STR, "v2")], f32, version=2))
+    c.add("valid_header_only", gguf_bytes([], []))
+    c.add("valid_every_tensor_type", gguf_bytes(
+        [("general.alignment", G_U32, 32)],
+        [("t.%s" % gtype, [GGML_LAYOUT[gtype][0], 2], gtype, tensor_blob(gtype, 2 * GGML_LAYOUT[gtype][0], gtype))
+         for gtype in sorted(GGML_LAYOUT)] + [("t.4d", [1, 2, 1, 3], 0, tensor_blob(0, 6))]))
+    c.add("valid_alignment_1_unpadded", gguf_bytes(
+        [("general.alignment", G_U32, 1)], [("a", [3], 1, tensor_blob(1, 3)), ("b", [1], 0, tensor_blob(0, 1))],
+        alignment=1))
+    c.add("valid_alignment_256", gguf_bytes(
+        [("general.alignment", G_U32, 256)], [("a", [32], 8, tensor_blob(8, 32)), ("b", [2], 0, tensor_blob(0, 2))],
+        alignment=256, pad_end=False))
+    if decoder:
+        c.add("real_smollm2_metadata_small_tensors", real_gguf_seed(decoder))
+    # the published chat templates (test/fixtures/reference/chat/), as the GGUF key the generation code reads
+    chat = os.path.join(REFERENCE, "chat")
+    for name in sorted(os.listdir(chat)) if os.path.isdir(chat) else []:
+        if name.endswith(".jinja"):
+            c.add("chat_template_" + name[:-len(".jinja")].replace(".", "_"), gguf_bytes(
+                [("general.architecture", G_STR, "llama"),
+                 ("tokenizer.chat_template", G_STR, read(os.path.join(chat, name)))], []))
+    # near-valid: each breaks one rule
+    c.add("near_duplicate_key", gguf_bytes([("k", G_U8, 1), ("k", G_U8, 2)], []))
+    c.add("near_bool_2", gguf_bytes([g_str("k") + struct.pack("<IB", G_BOOL, 2)], []))
+    c.add("near_unknown_value_type", gguf_bytes([g_str("k") + struct.pack("<IB", 13, 1)], []))
+    deep = (G_U8, [1])
+    for _ in range(4):
+        deep = (G_ARR, [deep])
+    c.add("near_arrays_too_deep", gguf_bytes([("k", G_ARR, deep)], []))
+    c.add("near_alignment_3", gguf_bytes([("general.alignment", G_U32, 3)], []))
+    c.add("near_alignment_u64", gguf_bytes([("general.alignment", G_U64, 64)], []))
+    c.add("near_unknown_tensor_type", gguf_bytes([], [("a", [4], 4, bytes(16))]))
+    c.add("near_row_not_a_block", gguf_bytes([], [("q", [16], 8, bytes(34))]))
+    c.add("near_five_dims", gguf_bytes([], [("a", [1, 1, 1, 1, 2], 0, bytes(8))]))
+    c.add("near_zero_dim", gguf_bytes([], [("a", [0, 2], 0, b"")]))
+    two = [("a", [8], 0, tensor_blob(0, 8)), ("b", [8], 0, tensor_blob(0, 8))]
+    c.add("near_overlap", gguf_bytes([], two, offsets=[0, 0]))
+    c.add("near_misaligned", gguf_bytes([], two, offsets=[0, 36]))
+    c.add("near_data_cut", gguf_bytes([], two)[:-40])
+    c.add("near_duplicate_tensor", gguf_bytes([], [("a", [1], 0, bytes(4)), ("a", [1], 0, bytes(4))]))
+    c.add("near_key_with_nul", gguf_bytes([("k\x00ey", G_U8, 1)], []))
+    c.add("near_empty_key", gguf_bytes([("", G_U8, 1)], []))
+    c.add("near_huge_counts", b"GGUF" + struct.pack("<IQQ", 3, 2 ** 20, 2 ** 20))
+    c.add("near_huge_string", gguf_bytes([g_str("k") + struct.pack("<IQ", G_STR, 2 ** 63) + b"abc"], []))
+    c.add("near_huge_array", gguf_bytes([g_str("k") + struct.pack("<IIQ", G_ARR, G_STR, 2 ** 62) + g_str("a")], []))
+    c.add("near_version_1", gguf_bytes([], [], version=1))
+
+
+def real_decoder_gguf():
+    """The real SmolLM2-135M-Instruct GGUF ($PEFT_DECODER_GGUF or a fetch_model cache), or None."""
+    env = os.environ.get("PEFT_DECODER_GGUF")
+    if env:
+        return env if os.path.isfile(env) else None
+    caches = [os.environ.get("PEFT_CACHE_DIR"), "/var/cache/peft",
+              os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "peft")]
+    for cache in filter(None, caches):
+        path = os.path.join(cache, DECODER_GGUF)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+HARNESSES = ["fuzz_safetensors", "fuzz_config", "fuzz_tokenizer", "fuzz_adapter", "fuzz_gguf"]
+
+
 def main(argv):
+    only = HARNESSES
+    if "--only" in argv:
+        at = argv.index("--only")
+        only = argv[at + 1].split(",")
+        argv = argv[:at] + argv[at + 2:]
+        unknown = [h for h in only if h not in HARNESSES]
+        if unknown:
+            print("make_corpus: unknown harness %s (%s)" % (", ".join(unknown), ", ".join(HARNESSES)))
+            return 2
     outdir = argv[0] if argv else os.path.join(HERE, "corpus")
     real = real_model_dir()
     with tempfile.TemporaryDirectory() as tmp:
         tiny = os.path.join(tmp, "tiny")
         subprocess.run([sys.executable, os.path.join(ROOT, "test", "fixtures", "make_tiny_model.py"),
                         tiny], check=True, stdout=subprocess.DEVNULL)
-        safetensors_seeds(Corpus(outdir, "fuzz_safetensors"), tiny, real)
-        config_seeds(Corpus(outdir, "fuzz_config"), tiny, real)
-        tokenizer_seeds(Corpus(outdir, "fuzz_tokenizer"), tiny, real)
-        adapter_seeds(Corpus(outdir, "fuzz_adapter"), tiny, real)
+        seeds = {"fuzz_safetensors": lambda c: safetensors_seeds(c, tiny, real),
+                 "fuzz_config": lambda c: config_seeds(c, tiny, real),
+                 "fuzz_tokenizer": lambda c: tokenizer_seeds(c, tiny, real),
+                 "fuzz_adapter": lambda c: adapter_seeds(c, tiny, real),
+                 "fuzz_gguf": lambda c: gguf_seeds(c, real_decoder_gguf())}
+        for harness in only:
+            seeds[harness](Corpus(outdir, harness))
     total = 0
     for dirpath, _, files in os.walk(outdir):
         total += sum(os.path.getsize(os.path.join(dirpath, f)) for f in files)

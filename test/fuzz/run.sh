@@ -31,7 +31,7 @@ max_len_for() {
 	case $1 in
 		fuzz_config) echo 4096 ;;
 		fuzz_tokenizer) echo 16384 ;;
-		fuzz_safetensors | fuzz_adapter) echo 32768 ;;
+		fuzz_safetensors | fuzz_adapter | fuzz_gguf) echo 32768 ;;
 		*) echo 8192 ;;
 	esac
 }

@@ -238,6 +238,30 @@ test_faults(void **state)
 	free(bytes);
 }
 
+/* An array of booleans holding a 2 is refused as a single boolean of 2 is (found by fuzz_gguf). */
+static void
+test_bool_array(void **state)
+{
+	/* "GGUF", version 3, 0 tensors, 1 key: "k", ARRAY of BOOL, 2 elements */
+	uint8_t		bytes[] = {'G', 'G', 'U', 'F', 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0,
+		1, 0, 0, 0, 0, 0, 0, 0, 'k', GGUF_ARRAY, 0, 0, 0, GGUF_BOOL, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0,
+	1, 0};
+	GgufFile   *f = NULL;
+	PeftError	err = {0};
+	const GgufValue *v;
+
+	assert_int_equal(gguf_open_buffer(bytes, sizeof(bytes), &f, &err), PEFT_OK);
+	v = gguf_find(f, "k");
+	assert_non_null(v);
+	assert_int_equal(v->elem_type, GGUF_BOOL);
+	assert_int_equal(v->count, 2);
+	gguf_close(f);
+	bytes[sizeof(bytes) - 1] = 2;
+	assert_int_equal(gguf_open_buffer(bytes, sizeof(bytes), &f, &err), PEFT_ERR_FORMAT);
+	assert_null(f);
+	assert_non_null(strstr(err.message, "boolean"));
+}
+
 /* Paths that are not a GGUF file to map: refused without blocking, naming the file (as st_open_file's). */
 static void
 test_open_paths(void **state)
@@ -279,6 +303,7 @@ main(void)
 		cmocka_unit_test(test_truncations),
 		cmocka_unit_test(test_byte_changes),
 		cmocka_unit_test(test_faults),
+		cmocka_unit_test(test_bool_array),
 		cmocka_unit_test(test_open_paths),
 	};
 
