@@ -32,6 +32,7 @@ max_len_for() {
 		fuzz_config) echo 4096 ;;
 		fuzz_tokenizer) echo 16384 ;;
 		fuzz_safetensors | fuzz_adapter | fuzz_gguf) echo 32768 ;;
+		fuzz_bpe) echo 40000 ;;  # a 16-19 KB tokenizer.json or GGUF image comes before the text
 		*) echo 8192 ;;
 	esac
 }
