@@ -6,7 +6,9 @@
  * quant_matmul takes one of two routes.  Up to QUANT_MATVEC_MAX_N columns
  * of x (decoding), a matrix-vector kernel reads each block of W once and
  * multiplies its integer quants with all N columns: the work is reading W,
- * so it is done once.  Above that (prompts, training), rows of W are
+ * so it is done once.  The vector kernels of Q4_0, Q4_1 and Q8_0 take x
+ * rounded to int16 per block of 32 values (made here, once a call) and
+ * multiply in integers.  Above that (prompts, training), rows of W are
  * dequantized a tile at a time into a per-thread buffer that stays in the
  * L2 cache, and BLAS multiplies the tile: the float copy of W never exists
  * whole.  Either way every output row is computed by one thread in an
@@ -15,6 +17,8 @@
 #include "quant.h"
 
 #include <cblas.h>
+#include <float.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include "matmul.h"
@@ -57,10 +61,11 @@ typedef enum QuantKernel
 	KERNEL_BEST = -1,
 	KERNEL_SCALAR = 0,
 	KERNEL_AVX2 = 1,
-	KERNEL_AVX512 = 2
+	KERNEL_AVX512 = 2,
+	KERNEL_AVX512VNNI = 3
 } QuantKernel;
 
-static const char *const kernel_names[] = {"scalar", "avx2", "avx512"};
+static const char *const kernel_names[] = {"scalar", "avx2", "avx512", "avx512vnni"};
 
 /* The path tests forced, or KERNEL_BEST. */
 static QuantKernel forced_kernel = KERNEL_BEST;
@@ -402,6 +407,8 @@ kernel_available(QuantKernel k)
 			return quant_cpu_has_avx2();
 		case KERNEL_AVX512:
 			return quant_cpu_has_avx512();
+		case KERNEL_AVX512VNNI:
+			return quant_cpu_has_avx512vnni();
 		case KERNEL_BEST:
 			break;
 	}
@@ -418,7 +425,8 @@ active_kernel(void)
 	if (forced_kernel != KERNEL_BEST)
 		return forced_kernel;
 	if (best == KERNEL_BEST)
-		best = kernel_available(KERNEL_AVX512) ? KERNEL_AVX512 :
+		best = kernel_available(KERNEL_AVX512VNNI) ? KERNEL_AVX512VNNI :
+			kernel_available(KERNEL_AVX512) ? KERNEL_AVX512 :
 			kernel_available(KERNEL_AVX2) ? KERNEL_AVX2 : KERNEL_SCALAR;
 	return best;
 }
@@ -439,7 +447,7 @@ quant_force_kernel(const char *name)
 		forced_kernel = KERNEL_BEST;
 		return true;
 	}
-	for (int k = KERNEL_SCALAR; k <= KERNEL_AVX512; k++)
+	for (int k = KERNEL_SCALAR; k <= KERNEL_AVX512VNNI; k++)
 		if (strcmp(name, kernel_names[k]) == 0)
 		{
 			if (!kernel_available((QuantKernel) k))
@@ -458,6 +466,7 @@ dequant_kernel(GgmlType type)
 {
 	switch (active_kernel())
 	{
+		case KERNEL_AVX512VNNI:
 		case KERNEL_AVX512:
 		case KERNEL_AVX2:
 			return quant_dequant_avx2(type);
@@ -542,24 +551,29 @@ matvec_scalar(const QuantMatvec *mv, int64_t r0, int64_t r1)
 }
 
 /* The matrix-vector kernel of the active path for type. */
-static QuantMatvecFn
+static QuantMatvecKernel
 matvec_kernel(GgmlType type)
 {
-	QuantMatvecFn fn = NULL;
+	QuantMatvecKernel k = {NULL, false};
 
 	switch (active_kernel())
 	{
+		case KERNEL_AVX512VNNI:
+			k = quant_matvec_avx512(type, true);
+			break;
 		case KERNEL_AVX512:
-			fn = quant_matvec_avx512(type);
+			k = quant_matvec_avx512(type, false);
 			break;
 		case KERNEL_AVX2:
-			fn = quant_matvec_avx2(type);
+			k = quant_matvec_avx2(type);
 			break;
 		case KERNEL_SCALAR:
 		case KERNEL_BEST:
 			break;
 	}
-	return fn ? fn : matvec_scalar;
+	if (k.fn == NULL)
+		k = (QuantMatvecKernel) {matvec_scalar, false};
+	return k;
 }
 
 typedef struct MatvecJob
@@ -577,39 +591,159 @@ matvec_range(void *arg, size_t begin, size_t end)
 	job->fn(&job->mv, (int64_t) begin, (int64_t) end);
 }
 
+/*
+ * A block of 32 values of x as int16 (quant_kernels.h): q = x / dx rounded
+ * to nearest, dx = max |x| / QUANT_XQ_MAX; returns dx and the sum of q in
+ * *qsum.  A block with an infinity or a NaN gets dx NaN (and q 0), so that
+ * every product it meets comes out NaN, as a float product's would be
+ * non-finite; an all-zero block gets dx 0.
+ */
+static float
+quantize_x_block(const float *x, int16_t *q, int32_t *qsum)
+{
+	float		amax = 0;
+	double		inv;
+	int32_t		s = 0;
+
+	for (int i = 0; i < QK32; i++)
+	{
+		float		a = fabsf(x[i]);
+
+		/* NaN fails every comparison: it counts as non-finite */
+		if (!(a <= FLT_MAX))
+			amax = INFINITY;
+		else if (a > amax)
+			amax = a;
+	}
+	if (amax == 0 || amax == INFINITY)
+	{
+		memset(q, 0, QK32 * sizeof(int16_t));
+		*qsum = 0;
+		return amax == 0 ? 0.0f : NAN;
+	}
+	/* in double: 1 / amax of a float near FLT_MIN would overflow a float */
+	inv = QUANT_XQ_MAX / (double) amax;
+	for (int i = 0; i < QK32; i++)
+	{
+		double		v = x[i] * inv;
+
+		/* |v| <= QUANT_XQ_MAX (to within rounding that stays below .5): no overflow */
+		q[i] = (int16_t) (v >= 0 ? v + 0.5 : v - 0.5);
+		s += q[i];
+	}
+	*qsum = s;
+	return (float) (amax / (double) QUANT_XQ_MAX);
+}
+
+/*
+ * Fill mv's int16 form of x[N, cols] (cols a multiple of 32) in one
+ * allocation, returned for the caller to free; NULL when out of memory.
+ */
+static void *
+quantize_x(const float *x, int N, int64_t cols, QuantMatvec *mv)
+{
+	int64_t		nb = cols / QK32;
+	int64_t		np = nb / 2;
+	/* each array a whole number of 64-byte lines, so that all stay aligned */
+	size_t		xq_bytes = ((size_t) (N * cols) * sizeof(int16_t) + 63) & ~(size_t) 63;
+	size_t		x_floats = ((size_t) (N * nb) + 15) & ~(size_t) 15;
+	size_t		total = xq_bytes + (2 * x_floats + (size_t) (N * np) * 20 + 16) * sizeof(float);
+	char	   *buf = aligned_alloc(64, (total + 63) & ~(size_t) 63);
+	int16_t    *xq;
+	float	   *xd;
+	float	   *xs;
+	float	   *xdv;
+	float	   *xsv;
+
+	if (buf == NULL)
+		return NULL;
+	xq = (int16_t *) buf;
+	xd = (float *) (buf + xq_bytes);
+	xs = xd + x_floats;
+	xdv = xs + x_floats;
+	xsv = xdv + (size_t) (N * np) * 16;
+	for (int n = 0; n < N; n++)
+		for (int64_t b = 0; b < nb; b++)
+		{
+			int16_t		q[QK32];
+			int32_t		qsum;
+			float		d = quantize_x_block(x + (size_t) n * cols + b * QK32, q, &qsum);
+			int16_t    *row = xq + (size_t) n * cols;
+
+			memcpy(row + quant_xq_offset(b, nb, 0), q, 16 * sizeof(int16_t));
+			memcpy(row + quant_xq_offset(b, nb, 1), q + 16, 16 * sizeof(int16_t));
+			xd[n * nb + b] = d;
+			/* exact: |qsum| < 2^20 */
+			xs[n * nb + b] = d * (float) qsum;
+			if (b < 2 * np)
+			{
+				int64_t		p = n * np + b / 2;
+
+				for (int i = 0; i < 8; i++)
+					xdv[p * 16 + (b % 2) * 8 + i] = d;
+				xsv[p * 4 + (b % 2) * 2] = 0;
+				xsv[p * 4 + (b % 2) * 2 + 1] = d * (float) qsum;
+			}
+		}
+	mv->xq = xq;
+	mv->xd = xd;
+	mv->xs = xs;
+	mv->xdv = xdv;
+	mv->xsv = xsv;
+	return buf;
+}
+
+/* x[N, cols] summed over each run of 32 values (the float kernels' minimum terms); NULL when out of memory. */
+static float *
+sum_x_blocks(const float *x, int N, int64_t cols)
+{
+	int64_t		nb = cols / QK32;
+	float	   *xsum = malloc((size_t) (N * nb) * sizeof(float));
+
+	if (xsum == NULL)
+		return NULL;
+	for (int n = 0; n < N; n++)
+		for (int64_t b = 0; b < nb; b++)
+		{
+			const float *xb = x + (size_t) n * cols + b * QK32;
+			float		s = 0;
+
+			for (int i = 0; i < QK32; i++)
+				s += xb[i];
+			xsum[n * nb + b] = s;
+		}
+	return xsum;
+}
+
 /* y[N, rows] = x[N, cols] W^T for N <= QUANT_MATVEC_MAX_N. */
 static void
 matvec(GgmlType type, const void *w, int64_t rows, int64_t cols, const float *x, int N, float *y)
 {
+	QuantMatvecKernel kernel = matvec_kernel(type);
 	MatvecJob	job = {
 		.mv = {
 			.type = type, .w = w, .row_bytes = quant_row_bytes(type, cols), .cols = cols,
 			.x = x, .N = N, .y = y, .ldy = rows
 		},
-		.fn = matvec_kernel(type)
+		.fn = kernel.fn
 	};
-	float	   *xsum = NULL;
+	void	   *xbuf = NULL;
 
-	/* the sums of x over each 32 values carry the blocks' minimums (Q4_1: m sum x) */
 	if (cols % QK32 == 0)
 	{
-		int64_t		nb = cols / QK32;
-
-		xsum = malloc((size_t) (N * nb) * sizeof(float));
-		for (int n = 0; n < N; n++)
-			for (int64_t b = 0; b < nb; b++)
-			{
-				const float *xb = x + (size_t) n * cols + b * QK32;
-				float		s = 0;
-
-				for (int i = 0; i < QK32; i++)
-					s += xb[i];
-				xsum[n * nb + b] = s;
-			}
-		job.mv.xsum = xsum;
+		/* the vector kernels take x as int16 or need its block sums; on no memory, the scalar kernel */
+		if (kernel.int16_x)
+			xbuf = quantize_x(x, N, cols, &job.mv);
+		else
+		{
+			job.mv.xsum = sum_x_blocks(x, N, cols);
+			xbuf = (void *) job.mv.xsum;
+		}
+		if (xbuf == NULL)
+			job.fn = matvec_scalar;
 	}
 	peft_parallel_for((size_t) rows, row_grain((size_t) cols * N), matvec_range, &job);
-	free(xsum);
+	free(xbuf);
 }
 
 /* ---- tiled products through BLAS ---------------------------------------------- */

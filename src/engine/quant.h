@@ -10,7 +10,8 @@
  * PyTorch's [out_features, in_features]: y = W x.
  *
  * Every function has a scalar reference; the vector paths (AVX2, AVX-512,
- * chosen at run time from the CPU's features) are tested against it.
+ * AVX-512 with VNNI, chosen at run time from the CPU's features) are
+ * tested against it.
  */
 #ifndef PEFT_ENGINE_QUANT_H
 #define PEFT_ENGINE_QUANT_H
@@ -38,7 +39,14 @@ void		quant_dequantize(GgmlType type, const void *data, int64_t n, float *out);
  * y[N, rows] = x[N, cols] W^T, W [rows, cols] of type (y overwritten).
  * N = 1 is decoding's matrix-vector product; larger N (prompts, batched
  * decoding, training) dequantizes tiles of W into a small per-thread buffer
- * and multiplies them through BLAS.  Split over the engine's thread pool.
+ * and multiplies them through BLAS.  Split over the engine's thread pool;
+ * the result does not depend on the thread count.
+ *
+ * Up to 4 columns of x on a vector path, Q4_0, Q4_1 and Q8_0 take integer
+ * dot products with x rounded to int16 per block of 32 values (relative
+ * error about 1.5e-5 against quant_matmul_reference, rather than float
+ * rounding's 1e-7); a NaN or an infinity in x still makes its column's
+ * outputs non-finite.
  */
 void		quant_matmul(GgmlType type, const void *w, int64_t rows, int64_t cols,
 						 const float *x, int64_t N, float *y);
@@ -54,10 +62,14 @@ void		quant_matmul_backward_input(GgmlType type, const void *w, int64_t rows, in
 void		quant_matmul_reference(GgmlType type, const void *w, int64_t rows, int64_t cols,
 								   const float *x, int64_t N, float *y);
 
-/* Which vector path quant_matmul uses here: "avx512", "avx2" or "scalar". */
+/* Which vector path quant_matmul uses here: "avx512vnni", "avx512", "avx2" or "scalar". */
 const char *quant_kernel_name(void);
 
-/* Force a path ("scalar", "avx2", "avx512"; NULL: the best the CPU has); false if unavailable. */
+/*
+ * Force a path ("scalar", "avx2", "avx512", "avx512vnni": AVX-512 with
+ * vpdpwssd in the integer kernels; NULL: the best the CPU has); false if
+ * unavailable.
+ */
 bool		quant_force_kernel(const char *name);
 
 #endif

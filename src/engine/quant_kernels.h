@@ -143,8 +143,35 @@ quant_k_scales(const uint8_t s[12], uint8_t sc[8], uint8_t mn[8])
 }
 
 /*
+ * x for the integer kernels: each row of x cut into blocks of 32 values,
+ * each block stored as int16 xq = round(x / dx), dx = max |x| / 32767
+ * (so |xq| <= 32767 and x = dx xq within dx / 2).  A weight block's dot
+ * product with x is then dx times an exact int32 sum of q xq (|q| <= 128:
+ * 32 products stay below 2^28), converted to float once.
+ */
+#define QUANT_XQ_MAX 32767
+
+/*
+ * Where the 16 values [16 h, 16 h + 16) of block b (of nb) sit in a row of
+ * xq.  Blocks go in pairs (2p, 2p + 1), each pair's 64 values ordered as
+ * the first halves of both blocks, then the second halves: the order in
+ * which one AVX-512 register takes two blocks' nibbles (low nibbles of 16
+ * bytes are a block's first half, high nibbles its second) without a
+ * shuffle.  An odd last block is stored as it is.
+ */
+static inline int64_t
+quant_xq_offset(int64_t b, int64_t nb, int h)
+{
+	if (b == nb - 1 && nb % 2 == 1)
+		return 32 * b + 16 * h;
+	return 64 * (b / 2) + 32 * h + 16 * (b % 2);
+}
+
+/*
  * One matrix-vector product's arguments: y[n, r] = sum_c W[r, c] x[n, c]
  * for n < N (at most QUANT_MATVEC_MAX_N), rows r handed to the kernel.
+ * With nb = cols / 32 blocks a row and np = nb / 2 pairs, the int16 form
+ * of x (filled for the kernels that read it) is:
  */
 typedef struct QuantMatvec
 {
@@ -154,7 +181,12 @@ typedef struct QuantMatvec
 	int64_t		cols;
 	const float *x;				/* [N, cols] */
 	int			N;
-	const float *xsum;			/* [N, cols / 32]: x summed over each run of 32 (block types) */
+	const float *xsum;			/* [N, nb]: x summed over each run of 32 (float kernels) */
+	const int16_t *xq;			/* [N, cols]: x / dx rounded, in quant_xq_offset's order */
+	const float *xd;			/* [N, nb]: dx of each block */
+	const float *xs;			/* [N, nb]: dx times the sum of the block's xq (minimum terms) */
+	const float *xdv;			/* [N, np, 16]: pair p's dx of block 2p eight times, then 2p + 1's */
+	const float *xsv;			/* [N, np, 4]: 0, xs of block 2p, 0, xs of block 2p + 1 */
 	float	   *y;				/* y[n * ldy + r] */
 	int64_t		ldy;
 } QuantMatvec;
@@ -162,19 +194,30 @@ typedef struct QuantMatvec
 /* Compute rows [r0, r1) of a product; each row alone, so the split never changes a result. */
 typedef void (*QuantMatvecFn) (const QuantMatvec *mv, int64_t r0, int64_t r1);
 
+/* A matrix-vector kernel, and whether it reads x's int16 form (xq ...) rather than x. */
+typedef struct QuantMatvecKernel
+{
+	QuantMatvecFn fn;
+	bool		int16_x;
+} QuantMatvecKernel;
+
 /*
  * Dequantize n values (whole blocks) at src into out, bit for bit as
  * quant.c's scalar code: the tiles of the BLAS route are made this way.
  */
 typedef void (*QuantDequantFn) (const uint8_t *src, int64_t n, float *out);
 
-/* Whether this CPU runs the AVX2 (with FMA, F16C) and the AVX-512 kernels. */
+/* Whether this CPU runs the AVX2 (with FMA, F16C), the AVX-512 and the AVX-512 VNNI kernels. */
 bool		quant_cpu_has_avx2(void);
 bool		quant_cpu_has_avx512(void);
+bool		quant_cpu_has_avx512vnni(void);
 
-/* The AVX2 or AVX-512 kernel for type, or NULL where there is none (the scalar one serves). */
-QuantMatvecFn quant_matvec_avx2(GgmlType type);
-QuantMatvecFn quant_matvec_avx512(GgmlType type);
+/*
+ * The AVX2 or AVX-512 kernel for type ({NULL, false} where there is none:
+ * the scalar one serves); vnni: use AVX512_VNNI's vpdpwssd.
+ */
+QuantMatvecKernel quant_matvec_avx2(GgmlType type);
+QuantMatvecKernel quant_matvec_avx512(GgmlType type, bool vnni);
 
 /* The AVX2 dequantization of type (the AVX-512 path's too), or NULL where there is none. */
 QuantDequantFn quant_dequant_avx2(GgmlType type);

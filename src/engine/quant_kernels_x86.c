@@ -1,16 +1,23 @@
 /*
  * quant_kernels_x86.c - AVX2 and AVX-512 matrix-vector kernels for the
  * types decoders mostly ship in: F32, F16, Q4_0, Q4_1, Q8_0 (SmolLM2's
- * Q4_1 file holds the last three), Q4_K and Q6_K (the Q4_K_M files).
+ * Q4_1 file holds the last two), Q4_K and Q6_K (the Q4_K_M files).
  * Other types use quant.c's scalar kernel.
  *
  * Every engine source is compiled with the same flags (x86-64's baseline),
  * so each kernel carries its own target attribute and quant.c calls one
- * only after quant_cpu_has_* said yes.  A kernel decodes a block's quants
- * to floats once, takes their dot products with each of the N columns of x
- * in float, and applies the block's scale to the sum (and its minimum to
- * the sum of x over the block, precomputed in xsum): one multiply per
- * block instead of one per value.
+ * only after quant_cpu_has_* said yes.
+ *
+ * Q4_0, Q4_1 and Q8_0 take integer dot products with x rounded to int16
+ * (quant.c rounds it once a call): a block's quants, widened to int16,
+ * meet its 32 values of x in vpmaddwd (or AVX512_VNNI's vpdpwssd), and the
+ * exact int32 sums are converted to float once and scaled by the block's
+ * d times x's dx.  Converting every quant to float cost twice the time.
+ *
+ * The others decode a block's quants to floats once, take their dot
+ * products with each of the N columns of x in float, and apply the
+ * block's scale to the sum (and its minimum to the sum of x over the
+ * block, precomputed in xsum): one multiply per block, not per value.
  */
 #include "quant_kernels.h"
 
@@ -26,6 +33,15 @@
 #define TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
+
+/*
+ * How far ahead of the block it reads a matrix-vector kernel asks for W
+ * (bytes): a page.  A model's weights are a mapped file in 4 KB pages, at
+ * whose boundaries the hardware prefetcher stops; without this one thread
+ * read SmolLM2's 211 matrices of a token at 7 GB/s, with it at 13-18
+ * (1 KB ahead: 9.5; 2 to 16 KB: the same within the noise).
+ */
+#define QUANT_PREFETCH_BYTES 4096
 
 /* Whether the CPU converts fp16 (older clang cannot ask; every CPU with AVX2 can). */
 #if defined(__clang__)
@@ -49,6 +65,13 @@ quant_cpu_has_avx512(void)
 	__builtin_cpu_init();
 	return quant_cpu_has_avx2() && __builtin_cpu_supports("avx512f") &&
 		__builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+}
+
+/* Whether this CPU runs the AVX-512 kernels with AVX512_VNNI's vpdpwssd. */
+bool
+quant_cpu_has_avx512vnni(void)
+{
+	return quant_cpu_has_avx512() && __builtin_cpu_supports("avx512vnni");
 }
 
 /*
@@ -137,100 +160,6 @@ nibbles_avx2(__m128i raw, bool offset8, __m256 q[4])
 	q[2] = u8_to_ps_avx2(hi);
 	q[3] = u8_to_ps_avx2(high8(hi));
 }
-
-/* Q4_0 and Q4_1 rows: d sum q x (+ m sum x). */
-ALWAYS_INLINE TARGET_AVX2 void
-q4_avx2_n(const QuantMatvec *mv, int64_t r0, int64_t r1, const int N, bool has_min)
-{
-	const int64_t nb = mv->cols / QK32;
-
-	for (int64_t r = r0; r < r1; r++)
-	{
-		const uint8_t *row = mv->w + (size_t) r * mv->row_bytes;
-		__m256		acc[QUANT_MATVEC_MAX_N];
-		float		macc[QUANT_MATVEC_MAX_N];
-
-		for (int n = 0; n < N; n++)
-		{
-			acc[n] = _mm256_setzero_ps();
-			macc[n] = 0;
-		}
-		for (int64_t b = 0; b < nb; b++)
-		{
-			__m256		q[4];
-			__m256		d;
-			float		m = 0;
-
-			if (has_min)
-			{
-				const BlockQ4_1 *blk = (const BlockQ4_1 *) row + b;
-
-				nibbles_avx2(_mm_loadu_si128((const __m128i *) blk->qs), false, q);
-				d = _mm256_set1_ps(_cvtsh_ss(blk->d));
-				m = _cvtsh_ss(blk->m);
-			}
-			else
-			{
-				const BlockQ4_0 *blk = (const BlockQ4_0 *) row + b;
-
-				nibbles_avx2(_mm_loadu_si128((const __m128i *) blk->qs), true, q);
-				d = _mm256_set1_ps(_cvtsh_ss(blk->d));
-			}
-			for (int n = 0; n < N; n++)
-			{
-				acc[n] = _mm256_fmadd_ps(d, dot32_avx2(q, mv->x + n * mv->cols + b * QK32), acc[n]);
-				if (has_min)
-					macc[n] += m * mv->xsum[n * nb + b];
-			}
-		}
-		for (int n = 0; n < N; n++)
-			mv->y[n * mv->ldy + r] = hsum_avx2(acc[n]) + macc[n];
-	}
-}
-
-ALWAYS_INLINE TARGET_AVX2 void
-q4_0_avx2_n(const QuantMatvec *mv, int64_t r0, int64_t r1, const int N)
-{
-	q4_avx2_n(mv, r0, r1, N, false);
-}
-MATVEC_ENTRY(q4_0_avx2, TARGET_AVX2)
-
-ALWAYS_INLINE TARGET_AVX2 void
-q4_1_avx2_n(const QuantMatvec *mv, int64_t r0, int64_t r1, const int N)
-{
-	q4_avx2_n(mv, r0, r1, N, true);
-}
-MATVEC_ENTRY(q4_1_avx2, TARGET_AVX2)
-
-/* Q8_0 rows: d sum q x. */
-ALWAYS_INLINE TARGET_AVX2 void
-q8_0_avx2_n(const QuantMatvec *mv, int64_t r0, int64_t r1, const int N)
-{
-	const int64_t nb = mv->cols / QK32;
-
-	for (int64_t r = r0; r < r1; r++)
-	{
-		const BlockQ8_0 *blk = (const BlockQ8_0 *) (mv->w + (size_t) r * mv->row_bytes);
-		__m256		acc[QUANT_MATVEC_MAX_N];
-
-		for (int n = 0; n < N; n++)
-			acc[n] = _mm256_setzero_ps();
-		for (int64_t b = 0; b < nb; b++)
-		{
-			__m128i		lo = _mm_loadu_si128((const __m128i *) blk[b].qs);
-			__m128i		hi = _mm_loadu_si128((const __m128i *) (blk[b].qs + 16));
-			__m256		q[4] = {i8_to_ps_avx2(lo), i8_to_ps_avx2(high8(lo)),
-			i8_to_ps_avx2(hi), i8_to_ps_avx2(high8(hi))};
-			__m256		d = _mm256_set1_ps(_cvtsh_ss(blk[b].d));
-
-			for (int n = 0; n < N; n++)
-				acc[n] = _mm256_fmadd_ps(d, dot32_avx2(q, mv->x + n * mv->cols + b * QK32), acc[n]);
-		}
-		for (int n = 0; n < N; n++)
-			mv->y[n * mv->ldy + r] = hsum_avx2(acc[n]);
-	}
-}
-MATVEC_ENTRY(q8_0_avx2, TARGET_AVX2)
 
 /* 32 unsigned bytes as four registers of floats. */
 ALWAYS_INLINE TARGET_AVX2 void
@@ -429,28 +358,229 @@ f16_avx2_n(const QuantMatvec *mv, int64_t r0, int64_t r1, const int N)
 }
 MATVEC_ENTRY(f16_avx2, TARGET_AVX2)
 
-/* The AVX2 kernel for type, or NULL. */
-QuantMatvecFn
+/* ---- AVX2: integer dot products for Q4_0, Q4_1, Q8_0 ------------------------ */
+
+/*
+ * These kernels read x in its int16 form (quant_kernels.h): a block's dot
+ * product is an exact int32 sum of q xq by vpmaddwd, converted to float
+ * once and scaled by d dx.  Q4_1's minimum adds m dx sum xq (xs), Q4_0's
+ * offset -8 d dx sum xq; both through four-lane sums of the block pair's
+ * scales times xsv.
+ */
+
+/* Bytes of a block of the integer kernels' types, and where its quants start. */
+ALWAYS_INLINE int
+int_block_bytes(GgmlType type)
+{
+	return type == GGML_Q4_1 ? (int) sizeof(BlockQ4_1) :
+		type == GGML_Q8_0 ? (int) sizeof(BlockQ8_0) : (int) sizeof(BlockQ4_0);
+}
+
+ALWAYS_INLINE int
+int_block_qs(GgmlType type)
+{
+	return type == GGML_Q4_1 ? 4 : 2;
+}
+
+/*
+ * The fp16 fields of blocks b0 and b1 as floats: d0, m0, d1, m1 for Q4_1,
+ * d0, d0, d1, d1 otherwise (so that lanes 1 and 3 hold what multiplies xs).
+ */
+ALWAYS_INLINE TARGET_AVX2 __m128
+pair_scales(GgmlType type, const uint8_t *b0, const uint8_t *b1)
+{
+	uint32_t	h0;
+	uint32_t	h1;
+
+	memcpy(&h0, b0, sizeof(h0));
+	memcpy(&h1, b1, sizeof(h1));
+	if (type != GGML_Q4_1)
+	{
+		h0 = (h0 & 0xffff) * 0x10001u;
+		h1 = (h1 & 0xffff) * 0x10001u;
+	}
+	return _mm_cvtph_ps(_mm_cvtsi64_si128((long long) ((uint64_t) h1 << 32 | h0)));
+}
+
+/* A block's 32 quants as int16 (Q4: 0..15, Q8_0: -128..127): values 0..15 in lo, 16..31 in hi. */
+ALWAYS_INLINE TARGET_AVX2 void
+block_quants_avx2(GgmlType type, const uint8_t *blk, __m256i *lo, __m256i *hi)
+{
+	__m256i		w;
+
+	if (type == GGML_Q8_0)
+	{
+		*lo = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *) (blk + 2)));
+		*hi = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *) (blk + 18)));
+		return;
+	}
+	w = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *) (blk + int_block_qs(type))));
+	*lo = _mm256_and_si256(w, _mm256_set1_epi16(0x0f));
+	*hi = _mm256_srli_epi16(w, 4);
+}
+
+/* The sum of v's eight int32 lanes. */
+ALWAYS_INLINE TARGET_AVX2 int32_t
+hsum_epi32_avx2(__m256i v)
+{
+	__m128i		s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+
+	s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+	s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+	return _mm_cvtsi128_si32(s);
+}
+
+/* The sum of v's four lanes. */
+ALWAYS_INLINE TARGET_AVX2 float
+hsum128(__m128 v)
+{
+	v = _mm_add_ps(v, _mm_movehl_ps(v, v));
+	return _mm_cvtss_f32(_mm_add_ss(v, _mm_movehdup_ps(v)));
+}
+
+/*
+ * An odd last block b of a row, for each column n: dsum[n] = d dx sum q xq,
+ * msum[n] = m xs (Q4_1) or d xs (Q4_0, times -8 by the caller).
+ */
+ALWAYS_INLINE TARGET_AVX2 void
+last_block(const QuantMatvec *mv, GgmlType type, const uint8_t *blk, int64_t b, const int N,
+		   float *dsum, float *msum)
+{
+	const int64_t nb = mv->cols / QK32;
+	__m256i		lo;
+	__m256i		hi;
+	uint16_t	h;
+	float		d;
+	float		m;
+
+	block_quants_avx2(type, blk, &lo, &hi);
+	memcpy(&h, blk, sizeof(h));
+	d = _cvtsh_ss(h);
+	m = d;
+	if (type == GGML_Q4_1)
+	{
+		memcpy(&h, blk + 2, sizeof(h));
+		m = _cvtsh_ss(h);
+	}
+	for (int n = 0; n < N; n++)
+	{
+		const int16_t *xp = mv->xq + n * mv->cols + QK32 * b;
+		__m256i		s = _mm256_add_epi32(_mm256_madd_epi16(lo, _mm256_loadu_si256((const __m256i *) xp)),
+										 _mm256_madd_epi16(hi, _mm256_loadu_si256((const __m256i *) (xp + 16))));
+
+		dsum[n] = d * (mv->xd[n * nb + b] * (float) hsum_epi32_avx2(s));
+		msum[n] = m * mv->xs[n * nb + b];
+	}
+}
+
+/* Q4_0, Q4_1 and Q8_0 rows by integer dot products, a block pair at a time. */
+ALWAYS_INLINE TARGET_AVX2 void
+int_avx2_n(const QuantMatvec *mv, int64_t r0, int64_t r1, const int N, GgmlType type)
+{
+	const int64_t cols = mv->cols;
+	const int64_t nb = cols / QK32;
+	const int64_t np = nb / 2;
+	const int	bs = int_block_bytes(type);
+	const bool	has_min = type != GGML_Q8_0;
+
+	for (int64_t r = r0; r < r1; r++)
+	{
+		const uint8_t *row = mv->w + (size_t) r * mv->row_bytes;
+		__m256		acc[QUANT_MATVEC_MAX_N];
+		__m128		macc[QUANT_MATVEC_MAX_N];
+		float		dsum[QUANT_MATVEC_MAX_N] = {0};
+		float		msum[QUANT_MATVEC_MAX_N] = {0};
+
+		for (int n = 0; n < N; n++)
+		{
+			acc[n] = _mm256_setzero_ps();
+			macc[n] = _mm_setzero_ps();
+		}
+		for (int64_t p = 0; p < np; p++)
+		{
+			const uint8_t *b0 = row + (size_t) (2 * p) * bs;
+			__m128		f = pair_scales(type, b0, b0 + bs);
+			__m256		d[2];
+
+			_mm_prefetch((const char *) b0 + QUANT_PREFETCH_BYTES, _MM_HINT_T0);
+			d[0] = _mm256_broadcastss_ps(f);
+			d[1] = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(f), _mm256_set1_epi32(2));
+			for (int k = 0; k < 2; k++)
+			{
+				__m256i		lo;
+				__m256i		hi;
+
+				block_quants_avx2(type, b0 + k * bs, &lo, &hi);
+				for (int n = 0; n < N; n++)
+				{
+					const int16_t *xp = mv->xq + n * cols + 64 * p + 16 * k;
+					__m256i		s = _mm256_add_epi32(
+						_mm256_madd_epi16(lo, _mm256_loadu_si256((const __m256i *) xp)),
+						_mm256_madd_epi16(hi, _mm256_loadu_si256((const __m256i *) (xp + 32))));
+					__m256		t = _mm256_mul_ps(_mm256_cvtepi32_ps(s),
+												  _mm256_broadcast_ss(mv->xd + n * nb + 2 * p + k));
+
+					acc[n] = _mm256_fmadd_ps(t, d[k], acc[n]);
+				}
+			}
+			if (has_min)
+				for (int n = 0; n < N; n++)
+					macc[n] = _mm_fmadd_ps(f, _mm_loadu_ps(mv->xsv + (n * np + p) * 4), macc[n]);
+		}
+		if (nb % 2 == 1)
+			last_block(mv, type, row + (size_t) (nb - 1) * bs, nb - 1, N, dsum, msum);
+		for (int n = 0; n < N; n++)
+		{
+			float		mins = has_min ? hsum128(macc[n]) + msum[n] : 0;
+
+			mv->y[n * mv->ldy + r] = hsum_avx2(acc[n]) + dsum[n] + (type == GGML_Q4_0 ? -8 * mins : mins);
+		}
+	}
+}
+
+ALWAYS_INLINE TARGET_AVX2 void
+q4_0_avx2_n(const QuantMatvec *mv, int64_t r0, int64_t r1, const int N)
+{
+	int_avx2_n(mv, r0, r1, N, GGML_Q4_0);
+}
+MATVEC_ENTRY(q4_0_avx2, TARGET_AVX2)
+
+ALWAYS_INLINE TARGET_AVX2 void
+q4_1_avx2_n(const QuantMatvec *mv, int64_t r0, int64_t r1, const int N)
+{
+	int_avx2_n(mv, r0, r1, N, GGML_Q4_1);
+}
+MATVEC_ENTRY(q4_1_avx2, TARGET_AVX2)
+
+ALWAYS_INLINE TARGET_AVX2 void
+q8_0_avx2_n(const QuantMatvec *mv, int64_t r0, int64_t r1, const int N)
+{
+	int_avx2_n(mv, r0, r1, N, GGML_Q8_0);
+}
+MATVEC_ENTRY(q8_0_avx2, TARGET_AVX2)
+
+/* The AVX2 kernel for type, or {NULL, false}. */
+QuantMatvecKernel
 quant_matvec_avx2(GgmlType type)
 {
 	switch (type)
 	{
 		case GGML_F32:
-			return f32_avx2;
+			return (QuantMatvecKernel) {f32_avx2, false};
 		case GGML_F16:
-			return f16_avx2;
+			return (QuantMatvecKernel) {f16_avx2, false};
 		case GGML_Q4_0:
-			return q4_0_avx2;
+			return (QuantMatvecKernel) {q4_0_avx2, true};
 		case GGML_Q4_1:
-			return q4_1_avx2;
+			return (QuantMatvecKernel) {q4_1_avx2, true};
 		case GGML_Q8_0:
-			return q8_0_avx2;
+			return (QuantMatvecKernel) {q8_0_avx2, true};
 		case GGML_Q4_K:
-			return q4_k_avx2;
+			return (QuantMatvecKernel) {q4_k_avx2, false};
 		case GGML_Q6_K:
-			return q6_k_avx2;
+			return (QuantMatvecKernel) {q6_k_avx2, false};
 		default:
-			return NULL;
+			return (QuantMatvecKernel) {NULL, false};
 	}
 }
 
@@ -649,115 +779,6 @@ dot32_512(__m512 q0, __m512 q1, const float *x)
 	return _mm512_fmadd_ps(q1, _mm512_loadu_ps(x + 16), _mm512_mul_ps(q0, _mm512_loadu_ps(x)));
 }
 
-/* Q4_0 and Q4_1 rows: d sum q x (+ m sum x). */
-ALWAYS_INLINE TARGET_AVX512 void
-q4_512_n(const QuantMatvec *mv, int64_t r0, int64_t r1, const int N, bool has_min)
-{
-	const int64_t nb = mv->cols / QK32;
-	const __m128i low4 = _mm_set1_epi8(0x0f);
-
-	for (int64_t r = r0; r < r1; r++)
-	{
-		const uint8_t *row = mv->w + (size_t) r * mv->row_bytes;
-		__m512		acc[QUANT_MATVEC_MAX_N];
-		float		macc[QUANT_MATVEC_MAX_N];
-
-		for (int n = 0; n < N; n++)
-		{
-			acc[n] = _mm512_setzero_ps();
-			macc[n] = 0;
-		}
-		for (int64_t b = 0; b < nb; b++)
-		{
-			__m128i		raw;
-			__m128i		lo;
-			__m128i		hi;
-			__m512		q0;
-			__m512		q1;
-			__m512		d;
-			float		m = 0;
-
-			if (has_min)
-			{
-				const BlockQ4_1 *blk = (const BlockQ4_1 *) row + b;
-
-				raw = _mm_loadu_si128((const __m128i *) blk->qs);
-				d = _mm512_set1_ps(_cvtsh_ss(blk->d));
-				m = _cvtsh_ss(blk->m);
-			}
-			else
-			{
-				const BlockQ4_0 *blk = (const BlockQ4_0 *) row + b;
-
-				raw = _mm_loadu_si128((const __m128i *) blk->qs);
-				d = _mm512_set1_ps(_cvtsh_ss(blk->d));
-			}
-			lo = _mm_and_si128(raw, low4);
-			hi = _mm_and_si128(_mm_srli_epi16(raw, 4), low4);
-			if (has_min)
-			{
-				q0 = u8_to_ps_512(lo);
-				q1 = u8_to_ps_512(hi);
-			}
-			else
-			{
-				q0 = i8_to_ps_512(_mm_sub_epi8(lo, _mm_set1_epi8(8)));
-				q1 = i8_to_ps_512(_mm_sub_epi8(hi, _mm_set1_epi8(8)));
-			}
-			for (int n = 0; n < N; n++)
-			{
-				acc[n] = _mm512_fmadd_ps(d, dot32_512(q0, q1, mv->x + n * mv->cols + b * QK32), acc[n]);
-				if (has_min)
-					macc[n] += m * mv->xsum[n * nb + b];
-			}
-		}
-		for (int n = 0; n < N; n++)
-			mv->y[n * mv->ldy + r] = _mm512_reduce_add_ps(acc[n]) + macc[n];
-	}
-}
-
-ALWAYS_INLINE TARGET_AVX512 void
-q4_0_512_n(const QuantMatvec *mv, int64_t r0, int64_t r1, const int N)
-{
-	q4_512_n(mv, r0, r1, N, false);
-}
-MATVEC_ENTRY(q4_0_512, TARGET_AVX512)
-
-ALWAYS_INLINE TARGET_AVX512 void
-q4_1_512_n(const QuantMatvec *mv, int64_t r0, int64_t r1, const int N)
-{
-	q4_512_n(mv, r0, r1, N, true);
-}
-MATVEC_ENTRY(q4_1_512, TARGET_AVX512)
-
-/* Q8_0 rows: d sum q x. */
-ALWAYS_INLINE TARGET_AVX512 void
-q8_0_512_n(const QuantMatvec *mv, int64_t r0, int64_t r1, const int N)
-{
-	const int64_t nb = mv->cols / QK32;
-
-	for (int64_t r = r0; r < r1; r++)
-	{
-		const BlockQ8_0 *blk = (const BlockQ8_0 *) (mv->w + (size_t) r * mv->row_bytes);
-		__m512		acc[QUANT_MATVEC_MAX_N];
-
-		for (int n = 0; n < N; n++)
-			acc[n] = _mm512_setzero_ps();
-		for (int64_t b = 0; b < nb; b++)
-		{
-			__m512		q0 = i8_to_ps_512(_mm_loadu_si128((const __m128i *) blk[b].qs));
-			__m512		q1 = i8_to_ps_512(_mm_loadu_si128((const __m128i *) (blk[b].qs + 16)));
-			__m512		d = _mm512_set1_ps(_cvtsh_ss(blk[b].d));
-
-			for (int n = 0; n < N; n++)
-				acc[n] = _mm512_fmadd_ps(d, dot32_512(q0, q1, mv->x + n * mv->cols + b * QK32), acc[n]);
-		}
-		for (int n = 0; n < N; n++)
-			mv->y[n * mv->ldy + r] = _mm512_reduce_add_ps(acc[n]);
-	}
-}
-MATVEC_ENTRY(q8_0_512, TARGET_AVX512)
-
 /* Q4_K rows: per 32 values (d sc) sum q x - (dmin m) sum x. */
 ALWAYS_INLINE TARGET_AVX512 void
 q4_k_512_n(const QuantMatvec *mv, int64_t r0, int64_t r1, const int N)
@@ -928,28 +949,152 @@ f16_512_n(const QuantMatvec *mv, int64_t r0, int64_t r1, const int N)
 }
 MATVEC_ENTRY(f16_512, TARGET_AVX512)
 
-/* The AVX-512 kernel for type, or NULL. */
-QuantMatvecFn
-quant_matvec_avx512(GgmlType type)
+/* ---- AVX-512: integer dot products for Q4_0, Q4_1, Q8_0 --------------------- */
+
+/*
+ * acc + the sums of adjacent products of a and b's int16 lanes: AVX512_VNNI's
+ * vpdpwssd, or vpmaddwd and an add.  In assembly, so that the kernels built
+ * without the VNNI target (the CPUs that lack it) can share the code.
+ */
+ALWAYS_INLINE TARGET_AVX512 __m512i
+dpwssd_512(__m512i acc, __m512i a, __m512i b, bool vnni)
+{
+	if (!vnni)
+		return _mm512_add_epi32(acc, _mm512_madd_epi16(a, b));
+	__asm__("vpdpwssd %2, %1, %0" : "+v"(acc) : "v"(a), "vm"(b));
+	return acc;
+}
+
+/*
+ * Two blocks' quants as int16 in xq's pair order: qa the first halves of
+ * b0 then b1, qb their second halves (Q4: the low and the high nibbles of
+ * the two blocks' 16 bytes, no shuffle).
+ */
+ALWAYS_INLINE TARGET_AVX512 void
+pair_quants_512(GgmlType type, const uint8_t *b0, const uint8_t *b1, __m512i *qa, __m512i *qb)
+{
+	const int	qs = int_block_qs(type);
+	__m256i		raw = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *) (b0 + qs))),
+											  _mm_loadu_si128((const __m128i *) (b1 + qs)), 1);
+
+	if (type == GGML_Q8_0)
+	{
+		__m256i		raw2 = _mm256_inserti128_si256(
+			_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *) (b0 + qs + 16))),
+			_mm_loadu_si128((const __m128i *) (b1 + qs + 16)), 1);
+
+		*qa = _mm512_cvtepi8_epi16(raw);
+		*qb = _mm512_cvtepi8_epi16(raw2);
+		return;
+	}
+	*qa = _mm512_cvtepu8_epi16(raw);
+	*qb = _mm512_srli_epi16(*qa, 4);
+	*qa = _mm512_and_si512(*qa, _mm512_set1_epi16(0x0f));
+}
+
+/* Q4_0, Q4_1 and Q8_0 rows by integer dot products, a block pair a register. */
+ALWAYS_INLINE TARGET_AVX512 void
+int_512_n(const QuantMatvec *mv, int64_t r0, int64_t r1, const int N, GgmlType type, bool vnni)
+{
+	const int64_t cols = mv->cols;
+	const int64_t nb = cols / QK32;
+	const int64_t np = nb / 2;
+	const int	bs = int_block_bytes(type);
+	const bool	has_min = type != GGML_Q8_0;
+	/* d of the first block in lanes 0..7, of the second in 8..15 */
+	const __m512i pair_lanes = _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0);
+
+	for (int64_t r = r0; r < r1; r++)
+	{
+		const uint8_t *row = mv->w + (size_t) r * mv->row_bytes;
+		__m512		acc[QUANT_MATVEC_MAX_N];
+		__m128		macc[QUANT_MATVEC_MAX_N];
+		float		dsum[QUANT_MATVEC_MAX_N] = {0};
+		float		msum[QUANT_MATVEC_MAX_N] = {0};
+
+		for (int n = 0; n < N; n++)
+		{
+			acc[n] = _mm512_setzero_ps();
+			macc[n] = _mm_setzero_ps();
+		}
+		for (int64_t p = 0; p < np; p++)
+		{
+			const uint8_t *b0 = row + (size_t) (2 * p) * bs;
+			__m512i		qa;
+			__m512i		qb;
+			__m128		f = pair_scales(type, b0, b0 + bs);
+			__m512		d = _mm512_permutexvar_ps(pair_lanes, _mm512_castps128_ps512(f));
+
+			_mm_prefetch((const char *) b0 + QUANT_PREFETCH_BYTES, _MM_HINT_T0);
+			pair_quants_512(type, b0, b0 + bs, &qa, &qb);
+			for (int n = 0; n < N; n++)
+			{
+				const int16_t *xp = mv->xq + n * cols + 64 * p;
+				__m512i		s = _mm512_madd_epi16(qa, _mm512_loadu_si512(xp));
+
+				s = dpwssd_512(s, qb, _mm512_loadu_si512(xp + 32), vnni);
+				acc[n] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(s),
+													   _mm512_loadu_ps(mv->xdv + (n * np + p) * 16)),
+										 d, acc[n]);
+				if (has_min)
+					macc[n] = _mm_fmadd_ps(f, _mm_loadu_ps(mv->xsv + (n * np + p) * 4), macc[n]);
+			}
+		}
+		if (nb % 2 == 1)
+			last_block(mv, type, row + (size_t) (nb - 1) * bs, nb - 1, N, dsum, msum);
+		for (int n = 0; n < N; n++)
+		{
+			float		mins = has_min ? hsum128(macc[n]) + msum[n] : 0;
+
+			mv->y[n * mv->ldy + r] = _mm512_reduce_add_ps(acc[n]) + dsum[n] +
+				(type == GGML_Q4_0 ? -8 * mins : mins);
+		}
+	}
+}
+
+#define TARGET_AVX512VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
+
+/* Define name (plain AVX-512) and name_vnni (with vpdpwssd) for type's integer kernel. */
+#define INT_KERNELS_512(name, type) \
+	ALWAYS_INLINE TARGET_AVX512 void \
+	name##_n(const QuantMatvec *mv, int64_t r0, int64_t r1, const int N) \
+	{ \
+		int_512_n(mv, r0, r1, N, type, false); \
+	} \
+	MATVEC_ENTRY(name, TARGET_AVX512) \
+	ALWAYS_INLINE TARGET_AVX512VNNI void \
+	name##_vnni_n(const QuantMatvec *mv, int64_t r0, int64_t r1, const int N) \
+	{ \
+		int_512_n(mv, r0, r1, N, type, true); \
+	} \
+	MATVEC_ENTRY(name##_vnni, TARGET_AVX512VNNI)
+
+INT_KERNELS_512(q4_0_512, GGML_Q4_0)
+INT_KERNELS_512(q4_1_512, GGML_Q4_1)
+INT_KERNELS_512(q8_0_512, GGML_Q8_0)
+
+/* The AVX-512 kernel for type (with VNNI or not), or {NULL, false}. */
+QuantMatvecKernel
+quant_matvec_avx512(GgmlType type, bool vnni)
 {
 	switch (type)
 	{
 		case GGML_F32:
-			return f32_512;
+			return (QuantMatvecKernel) {f32_512, false};
 		case GGML_F16:
-			return f16_512;
+			return (QuantMatvecKernel) {f16_512, false};
 		case GGML_Q4_0:
-			return q4_0_512;
+			return (QuantMatvecKernel) {vnni ? q4_0_512_vnni : q4_0_512, true};
 		case GGML_Q4_1:
-			return q4_1_512;
+			return (QuantMatvecKernel) {vnni ? q4_1_512_vnni : q4_1_512, true};
 		case GGML_Q8_0:
-			return q8_0_512;
+			return (QuantMatvecKernel) {vnni ? q8_0_512_vnni : q8_0_512, true};
 		case GGML_Q4_K:
-			return q4_k_512;
+			return (QuantMatvecKernel) {q4_k_512, false};
 		case GGML_Q6_K:
-			return q6_k_512;
+			return (QuantMatvecKernel) {q6_k_512, false};
 		default:
-			return NULL;
+			return (QuantMatvecKernel) {NULL, false};
 	}
 }
 
@@ -967,16 +1112,22 @@ quant_cpu_has_avx512(void)
 	return false;
 }
 
-QuantMatvecFn
-quant_matvec_avx2(GgmlType type)
+bool
+quant_cpu_has_avx512vnni(void)
 {
-	return NULL;
+	return false;
 }
 
-QuantMatvecFn
-quant_matvec_avx512(GgmlType type)
+QuantMatvecKernel
+quant_matvec_avx2(GgmlType type)
 {
-	return NULL;
+	return (QuantMatvecKernel) {NULL, false};
+}
+
+QuantMatvecKernel
+quant_matvec_avx512(GgmlType type, bool vnni)
+{
+	return (QuantMatvecKernel) {NULL, false};
 }
 
 QuantDequantFn

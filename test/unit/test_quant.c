@@ -2,11 +2,13 @@
  * test_quant.c - ggml's tensor types (quant.h): dequantization of random
  * blocks of every type bit for bit against the gguf Python package's
  * (test/fixtures/ref_quant.py wrote its output), then every kernel path
- * this CPU has (scalar, AVX2, AVX-512) against the scalar reference
- * product on random weights of every type, for N from 1 (decoding) to 64
- * (the tiled BLAS route), the input gradient against a double-precision
- * loop, and the same bits for any thread count.  Prints the Q4_1
- * matrix-vector speed on SmolLM2's 1536 x 576 FFN shape.
+ * this CPU has (scalar, AVX2, AVX-512, AVX-512 VNNI) against the scalar
+ * reference product on random weights of every type, for N from 1
+ * (decoding; integer dot products for Q4_0, Q4_1, Q8_0) to 64 (the tiled
+ * BLAS route), the input gradient against a double-precision loop, the
+ * same bits for any thread count, and non-finite inputs coming out
+ * non-finite.  Prints the Q4_1 matrix-vector speed on SmolLM2's 1536 x 576
+ * FFN shape.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -40,6 +42,14 @@
  * wrong scale on one sub-block of 32 values would show as about 1e-1.
  */
 #define QUANT_MATMUL_L2_TOL 1e-6
+/*
+ * The integer matrix-vector kernels (Q4_0, Q4_1, Q8_0 on the vector
+ * paths) round each block of 32 values of x to int16, a step of
+ * max |x| / 32767: on uniform x an error of 1.5e-5 of x's RMS per value.
+ * Measured 1.4e-5 to 2.9e-5 (Q8_0 on the 7-row shape) over every type,
+ * shape and N.  A wrong scale or minimum on one block would show as 1e-2.
+ */
+#define QUANT_INT16_L2_TOL 1e-4
 /* The input gradient through the tiles, against a double loop: measured 2.3e-7. */
 #define QUANT_BACKWARD_L2_TOL 1e-6
 
@@ -67,7 +77,16 @@ static const TypeCase types[] = {
 };
 #define NTYPES ((int) (sizeof(types) / sizeof(types[0])))
 
-static const char *const paths[] = {"scalar", "avx2", "avx512"};
+/* avx512vnni: AVX-512 with AVX512_VNNI's vpdpwssd in the integer kernels */
+static const char *const paths[] = {"scalar", "avx2", "avx512", "avx512vnni"};
+#define NPATHS ((int) (sizeof(paths) / sizeof(paths[0])))
+
+/* Whether quant_matmul multiplies type on path p by integer dot products with x rounded to int16. */
+static bool
+int16_route(GgmlType type, int p, int64_t N)
+{
+	return p > 0 && N <= 4 && (type == GGML_Q4_0 || type == GGML_Q4_1 || type == GGML_Q8_0);
+}
 
 static PeftRng rng;
 
@@ -182,7 +201,7 @@ test_dequantize_fixture(void **state)
 		assert_int_equal(row_bytes * (size_t) rows, t->nbytes);
 
 		got = malloc(t->nelem * sizeof(float));
-		for (int p = 0; p < 3; p++)
+		for (int p = 0; p < NPATHS; p++)
 		{
 			if (!quant_force_kernel(paths[p]))
 				continue;
@@ -234,7 +253,7 @@ test_dequantize_paths(void **state)
 		memcpy(odd + 1, w, nbytes);
 		assert_true(quant_force_kernel("scalar"));
 		quant_dequantize(types[k].type, w, rows * cols, want);
-		for (int p = 0; p < 3; p++)
+		for (int p = 0; p < NPATHS; p++)
 		{
 			if (!quant_force_kernel(paths[p]))
 				continue;
@@ -273,7 +292,7 @@ test_layout_and_paths(void **state)
 	assert_string_equal(quant_kernel_name(), "scalar");
 	assert_true(quant_force_kernel(NULL));
 	print_message("best path on this CPU: %s\n", quant_kernel_name());
-	for (int p = 0; p < 3; p++)
+	for (int p = 0; p < NPATHS; p++)
 		if (quant_force_kernel(paths[p]))
 			assert_string_equal(quant_kernel_name(), paths[p]);
 	quant_force_kernel(NULL);
@@ -296,12 +315,26 @@ l2_error(const char *what, const float *got, const float *want, size_t n, double
 	return compare_norm_error(&c);
 }
 
-/* Every path against the reference, every type, rows off the tile size, N = 1 .. 64. */
+/* The routes quant_matmul takes, for the errors the test reports. */
+enum
+{
+	ROUTE_FLOAT_MATVEC,			/* N <= 4, float dot products */
+	ROUTE_INT16_MATVEC,			/* N <= 4, integer dot products with x as int16 */
+	ROUTE_TILES,				/* N > 4, dequantized tiles through BLAS */
+	NROUTES
+};
+
+/*
+ * Every path against the reference, every type, rows off the tile size,
+ * N = 1 .. 64; a third shape gives the 32-value types an odd number of
+ * blocks a row (the integer kernels take blocks in pairs).
+ */
 static void
 test_matmul_paths(void **state)
 {
-	static const int64_t Ns[] = {1, 2, 3, 5, 17, 64};
-	double		worst[2][3] = {{0}};	/* [matrix-vector, tiles][path] */
+	static const int64_t Ns[] = {1, 2, 3, 4, 5, 17, 64};
+	static const char *const route_names[] = {"float matvec", "int16 matvec", "tiles"};
+	double		worst[NROUTES] = {0};
 
 	(void) state;
 	assert_int_equal(peft_threads_init(2, NULL), PEFT_OK);
@@ -310,14 +343,20 @@ test_matmul_paths(void **state)
 		const TypeCase *tc = &types[k];
 		int			values;
 		int			bytes;
-		double		type_worst[2][3] = {{0}};
+		double		type_worst[NROUTES][NPATHS] = {{0}};
+		char		line[256];
+		int			len;
 
 		assert_true(gguf_type_layout(tc->type, &values, &bytes));
 		/* 301 rows: two tiles, the second short (or one and a short one); float types get odd widths */
-		for (int shape = 0; shape < 2; shape++)
+		for (int shape = 0; shape < 3; shape++)
 		{
-			int64_t		rows = shape == 0 ? 301 : 7;
-			int64_t		cols = values == 1 ? (shape == 0 ? 523 : 37) : (shape == 0 ? 768 : 512);
+			static const int64_t shape_rows[] = {301, 7, 33};
+			static const int64_t float_cols[] = {523, 37, 101};
+			static const int64_t block_cols[] = {768, 512, 544};
+			int64_t		rows = shape_rows[shape];
+			int64_t		cols = values == 1 ? float_cols[shape] :
+				shape == 2 && values == 256 ? 1280 : block_cols[shape];
 			uint8_t    *w = random_weights(tc, rows, cols);
 
 			for (size_t i = 0; i < sizeof(Ns) / sizeof(Ns[0]); i++)
@@ -328,8 +367,10 @@ test_matmul_paths(void **state)
 				float	   *got = malloc((size_t) (N * rows) * sizeof(float));
 
 				quant_matmul_reference(tc->type, w, rows, cols, x, N, want);
-				for (int p = 0; p < 3; p++)
+				for (int p = 0; p < NPATHS; p++)
 				{
+					int			route = N > 4 ? ROUTE_TILES :
+						int16_route(tc->type, p, N) ? ROUTE_INT16_MATVEC : ROUTE_FLOAT_MATVEC;
 					char		what[96];
 					double		e;
 
@@ -340,9 +381,10 @@ test_matmul_paths(void **state)
 					for (size_t j = 0; j < (size_t) (N * rows); j++)
 						got[j] = NAN;
 					quant_matmul(tc->type, w, rows, cols, x, N, got);
-					e = l2_error(what, got, want, (size_t) (N * rows), QUANT_MATMUL_L2_TOL);
-					if (e > type_worst[N > 4][p])
-						type_worst[N > 4][p] = e;
+					e = l2_error(what, got, want, (size_t) (N * rows),
+								 route == ROUTE_INT16_MATVEC ? QUANT_INT16_L2_TOL : QUANT_MATMUL_L2_TOL);
+					if (e > type_worst[route][p])
+						type_worst[route][p] = e;
 				}
 				free(x);
 				free(want);
@@ -350,18 +392,29 @@ test_matmul_paths(void **state)
 			}
 			free(w);
 		}
-		print_message("%-5s relative L2 error, N <= 4 scalar %.2g avx2 %.2g avx512 %.2g; "
-					  "N > 4 (tiles) %.2g %.2g %.2g\n", tc->fixture, type_worst[0][0], type_worst[0][1],
-					  type_worst[0][2], type_worst[1][0], type_worst[1][1], type_worst[1][2]);
-		for (int route = 0; route < 2; route++)
-			for (int p = 0; p < 3; p++)
-				if (type_worst[route][p] > worst[route][p])
-					worst[route][p] = type_worst[route][p];
+		len = snprintf(line, sizeof(line), "%-5s relative L2 error", tc->fixture);
+		for (int route = 0; route < NROUTES; route++)
+		{
+			bool		any = false;
+
+			for (int p = 0; p < NPATHS; p++)
+			{
+				if (type_worst[route][p] == 0)
+					continue;
+				if (!any)
+					len += snprintf(line + len, sizeof(line) - len, "; %s:", route_names[route]);
+				len += snprintf(line + len, sizeof(line) - len, " %s %.2g", paths[p], type_worst[route][p]);
+				any = true;
+				if (type_worst[route][p] > worst[route])
+					worst[route] = type_worst[route][p];
+			}
+		}
+		print_message("%s\n", line);
 	}
 	quant_force_kernel(NULL);
-	print_message("worst over all types, N <= 4: scalar %.2g, avx2 %.2g, avx512 %.2g; "
-				  "tiles: %.2g (limit %.0e)\n", worst[0][0], worst[0][1], worst[0][2],
-				  fmax(worst[1][0], fmax(worst[1][1], worst[1][2])), QUANT_MATMUL_L2_TOL);
+	print_message("worst over all types and paths: float matvec %.2g, tiles %.2g (limit %.0e); "
+				  "int16 matvec %.2g (limit %.0e)\n", worst[ROUTE_FLOAT_MATVEC], worst[ROUTE_TILES],
+				  QUANT_MATMUL_L2_TOL, worst[ROUTE_INT16_MATVEC], QUANT_INT16_L2_TOL);
 }
 
 /* dx += dy W against dx0 + dy W in double over the dequantized W. */
@@ -423,13 +476,19 @@ test_backward_input(void **state)
 				  worst, QUANT_BACKWARD_L2_TOL);
 }
 
-/* Forward (both routes) and backward give the same bits on 1, 2 and 3 threads. */
+/*
+ * Forward (both routes) and backward give the same bits on 1, 2 and 3
+ * threads, on every path this CPU has; the 301 rows split into chunks
+ * that do not end on a block pair of the integer kernels' work.
+ */
 static void
 test_thread_counts(void **state)
 {
-	static const GgmlType checked[] = {GGML_Q4_1, GGML_Q4_K, GGML_Q6_K, GGML_F16, GGML_Q5_K};
+	static const GgmlType checked[] = {GGML_Q4_1, GGML_Q4_0, GGML_Q8_0, GGML_Q4_K, GGML_Q6_K, GGML_F16,
+	GGML_Q5_K};
 	static const int64_t Ns[] = {1, 3, 17};
 	const int64_t rows = 301;
+	int			compared = 0;
 
 	(void) state;
 	for (size_t k = 0; k < sizeof(checked) / sizeof(checked[0]); k++)
@@ -447,27 +506,34 @@ test_thread_counts(void **state)
 			float	   *x = random_floats((size_t) (N * cols));
 			float	   *dy = random_floats((size_t) (N * rows));
 			float	   *dx0 = random_floats((size_t) (N * cols));
-			float	   *y[3];
-			float	   *dx[3];
 
-			for (int t = 0; t < 3; t++)
+			for (int p = 0; p < NPATHS; p++)
 			{
-				assert_int_equal(peft_threads_init(t + 1, NULL), PEFT_OK);
-				y[t] = malloc((size_t) (N * rows) * sizeof(float));
-				dx[t] = malloc((size_t) (N * cols) * sizeof(float));
-				memcpy(dx[t], dx0, (size_t) (N * cols) * sizeof(float));
-				quant_matmul(tc->type, w, rows, cols, x, N, y[t]);
-				quant_matmul_backward_input(tc->type, w, rows, cols, dy, N, dx[t]);
-			}
-			for (int t = 1; t < 3; t++)
-			{
-				assert_memory_equal(y[t], y[0], (size_t) (N * rows) * sizeof(float));
-				assert_memory_equal(dx[t], dx[0], (size_t) (N * cols) * sizeof(float));
-			}
-			for (int t = 0; t < 3; t++)
-			{
-				free(y[t]);
-				free(dx[t]);
+				float	   *y[3];
+				float	   *dx[3];
+
+				if (!quant_force_kernel(paths[p]))
+					continue;
+				for (int t = 0; t < 3; t++)
+				{
+					assert_int_equal(peft_threads_init(t + 1, NULL), PEFT_OK);
+					y[t] = malloc((size_t) (N * rows) * sizeof(float));
+					dx[t] = malloc((size_t) (N * cols) * sizeof(float));
+					memcpy(dx[t], dx0, (size_t) (N * cols) * sizeof(float));
+					quant_matmul(tc->type, w, rows, cols, x, N, y[t]);
+					quant_matmul_backward_input(tc->type, w, rows, cols, dy, N, dx[t]);
+				}
+				for (int t = 1; t < 3; t++)
+				{
+					assert_memory_equal(y[t], y[0], (size_t) (N * rows) * sizeof(float));
+					assert_memory_equal(dx[t], dx[0], (size_t) (N * cols) * sizeof(float));
+				}
+				for (int t = 0; t < 3; t++)
+				{
+					free(y[t]);
+					free(dx[t]);
+				}
+				compared++;
 			}
 			free(w);
 			free(x);
@@ -475,7 +541,105 @@ test_thread_counts(void **state)
 			free(dx0);
 		}
 	}
-	print_message("forward and backward bit-identical on 1, 2 and 3 threads\n");
+	quant_force_kernel(NULL);
+	print_message("forward and backward bit-identical on 1, 2 and 3 threads (%d type, N and path cases)\n",
+				  compared);
+}
+
+/*
+ * A NaN or an infinity in x makes every output of its column non-finite
+ * on every path, as in float arithmetic (the integer kernels must not
+ * round it into some int16), and leaves the other columns as they were;
+ * a NaN scale in a block of W makes its row's outputs NaN.
+ */
+static void
+test_matvec_nonfinite(void **state)
+{
+	static const GgmlType checked[] = {GGML_Q4_0, GGML_Q4_1, GGML_Q8_0, GGML_Q4_K, GGML_F16};
+	const int64_t rows = 37;
+	const int64_t N = 3;
+
+	(void) state;
+	for (size_t k = 0; k < sizeof(checked) / sizeof(checked[0]); k++)
+	{
+		const TypeCase *tc = NULL;
+		int			values;
+		int			bytes;
+
+		for (int t = 0; t < NTYPES; t++)
+			if (types[t].type == checked[k])
+				tc = &types[t];
+		assert_true(gguf_type_layout(tc->type, &values, &bytes));
+		for (int bad = 0; bad < 3; bad++)
+		{
+			/* an odd number of blocks: the last one alone in the integer kernels */
+			int64_t		cols = values == 256 ? 768 : 544;
+			uint8_t    *w = random_weights(tc, rows, cols);
+			float	   *x = random_floats((size_t) (N * cols));
+			float	   *want = malloc((size_t) (N * rows) * sizeof(float));
+			float	   *got = malloc((size_t) (N * rows) * sizeof(float));
+			const float bad_values[] = {NAN, INFINITY, -INFINITY};
+
+			quant_matmul_reference(tc->type, w, rows, cols, x, N, want);
+			/* column 1 gets the bad value in its last block, then in its first */
+			x[cols + cols - 3] = bad_values[bad];
+			for (int p = 0; p < NPATHS; p++)
+			{
+				if (!quant_force_kernel(paths[p]))
+					continue;
+				for (int where = 0; where < 2; where++)
+				{
+					x[cols + cols - 3] = where == 0 ? bad_values[bad] : -0.5f;
+					x[cols + 5] = where == 1 ? bad_values[bad] : 0.25f;
+					quant_matmul(tc->type, w, rows, cols, x, N, got);
+					for (int64_t r = 0; r < rows; r++)
+					{
+						if (isfinite(got[rows + r]))
+							fail_msg("%s %s: x[1] holds %g, yet y[1, %lld] = %g", tc->fixture, paths[p],
+									 bad_values[bad], (long long) r, got[rows + r]);
+						for (int n = 0; n < N; n += 2)
+							if (!isfinite(got[n * rows + r]) ||
+								fabsf(got[n * rows + r] - want[n * rows + r]) > 1e-3f * (1 + fabsf(want[n * rows + r])))
+								fail_msg("%s %s: y[%d, %lld] = %g, the reference's %g", tc->fixture, paths[p],
+										 n, (long long) r, got[n * rows + r], want[n * rows + r]);
+					}
+				}
+			}
+			free(w);
+			free(x);
+			free(want);
+			free(got);
+		}
+		/* a NaN scale in the third block of row 4 (the float types have none) */
+		if (values > 1)
+		{
+			int64_t		cols = values == 256 ? 768 : 544;
+			uint8_t    *w = random_weights(tc, rows, cols);
+			float	   *x = random_floats((size_t) (N * cols));
+			float	   *got = malloc((size_t) (N * rows) * sizeof(float));
+			uint16_t	nan_half = 0x7e00;
+			size_t		row_bytes = quant_row_bytes(tc->type, cols);
+			int64_t		block = values == 256 ? 1 : 2;
+
+			memcpy(w + 4 * row_bytes + block * bytes + tc->half_fields[0], &nan_half, 2);
+			for (int p = 0; p < NPATHS; p++)
+			{
+				if (!quant_force_kernel(paths[p]))
+					continue;
+				quant_matmul(tc->type, w, rows, cols, x, N, got);
+				for (int n = 0; n < N; n++)
+					for (int64_t r = 0; r < rows; r++)
+						if (isfinite(got[n * rows + r]) == (r == 4))
+							fail_msg("%s %s: y[%d, %lld] = %g with a NaN scale in row 4", tc->fixture,
+									 paths[p], n, (long long) r, got[n * rows + r]);
+			}
+			free(w);
+			free(x);
+			free(got);
+		}
+	}
+	quant_force_kernel(NULL);
+	print_message("a NaN or an infinity in x or a NaN scale in W comes out non-finite on every path\n");
 }
 
 /* Seconds of CPU time of the calling thread: the machine's other work does not count. */
@@ -508,7 +672,7 @@ test_matvec_speed(void **state)
 	assert_int_equal(tc->type, GGML_Q4_1);
 	w = random_weights(tc, rows, cols);
 	assert_int_equal(peft_threads_init(1, NULL), PEFT_OK);
-	for (int p = 0; p < 3; p++)
+	for (int p = 0; p < NPATHS; p++)
 	{
 		int			reps = 0;
 		double		t0;
@@ -560,6 +724,7 @@ main(void)
 		cmocka_unit_test(test_matmul_paths),
 		cmocka_unit_test(test_backward_input),
 		cmocka_unit_test(test_thread_counts),
+		cmocka_unit_test(test_matvec_nonfinite),
 		cmocka_unit_test(test_matvec_speed),
 	};
 
