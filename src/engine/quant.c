@@ -17,8 +17,6 @@
 #include "quant.h"
 
 #include <cblas.h>
-#include <float.h>
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include "matmul.h"
@@ -591,108 +589,6 @@ matvec_range(void *arg, size_t begin, size_t end)
 	job->fn(&job->mv, (int64_t) begin, (int64_t) end);
 }
 
-/*
- * A block of 32 values of x as int16 (quant_kernels.h): q = x / dx rounded
- * to nearest, dx = max |x| / QUANT_XQ_MAX; returns dx and the sum of q in
- * *qsum.  A block with an infinity or a NaN gets dx NaN (and q 0), so that
- * every product it meets comes out NaN, as a float product's would be
- * non-finite; an all-zero block gets dx 0.
- */
-static float
-quantize_x_block(const float *x, int16_t *q, int32_t *qsum)
-{
-	float		amax = 0;
-	double		inv;
-	int32_t		s = 0;
-
-	for (int i = 0; i < QK32; i++)
-	{
-		float		a = fabsf(x[i]);
-
-		/* NaN fails every comparison: it counts as non-finite */
-		if (!(a <= FLT_MAX))
-			amax = INFINITY;
-		else if (a > amax)
-			amax = a;
-	}
-	if (amax == 0 || amax == INFINITY)
-	{
-		memset(q, 0, QK32 * sizeof(int16_t));
-		*qsum = 0;
-		return amax == 0 ? 0.0f : NAN;
-	}
-	/* in double: 1 / amax of a float near FLT_MIN would overflow a float */
-	inv = QUANT_XQ_MAX / (double) amax;
-	for (int i = 0; i < QK32; i++)
-	{
-		double		v = x[i] * inv;
-
-		/* |v| <= QUANT_XQ_MAX (to within rounding that stays below .5): no overflow */
-		q[i] = (int16_t) (v >= 0 ? v + 0.5 : v - 0.5);
-		s += q[i];
-	}
-	*qsum = s;
-	return (float) (amax / (double) QUANT_XQ_MAX);
-}
-
-/*
- * Fill mv's int16 form of x[N, cols] (cols a multiple of 32) in one
- * allocation, returned for the caller to free; NULL when out of memory.
- */
-static void *
-quantize_x(const float *x, int N, int64_t cols, QuantMatvec *mv)
-{
-	int64_t		nb = cols / QK32;
-	int64_t		np = nb / 2;
-	/* each array a whole number of 64-byte lines, so that all stay aligned */
-	size_t		xq_bytes = ((size_t) (N * cols) * sizeof(int16_t) + 63) & ~(size_t) 63;
-	size_t		x_floats = ((size_t) (N * nb) + 15) & ~(size_t) 15;
-	size_t		total = xq_bytes + (2 * x_floats + (size_t) (N * np) * 20 + 16) * sizeof(float);
-	char	   *buf = aligned_alloc(64, (total + 63) & ~(size_t) 63);
-	int16_t    *xq;
-	float	   *xd;
-	float	   *xs;
-	float	   *xdv;
-	float	   *xsv;
-
-	if (buf == NULL)
-		return NULL;
-	xq = (int16_t *) buf;
-	xd = (float *) (buf + xq_bytes);
-	xs = xd + x_floats;
-	xdv = xs + x_floats;
-	xsv = xdv + (size_t) (N * np) * 16;
-	for (int n = 0; n < N; n++)
-		for (int64_t b = 0; b < nb; b++)
-		{
-			int16_t		q[QK32];
-			int32_t		qsum;
-			float		d = quantize_x_block(x + (size_t) n * cols + b * QK32, q, &qsum);
-			int16_t    *row = xq + (size_t) n * cols;
-
-			memcpy(row + quant_xq_offset(b, nb, 0), q, 16 * sizeof(int16_t));
-			memcpy(row + quant_xq_offset(b, nb, 1), q + 16, 16 * sizeof(int16_t));
-			xd[n * nb + b] = d;
-			/* exact: |qsum| < 2^20 */
-			xs[n * nb + b] = d * (float) qsum;
-			if (b < 2 * np)
-			{
-				int64_t		p = n * np + b / 2;
-
-				for (int i = 0; i < 8; i++)
-					xdv[p * 16 + (b % 2) * 8 + i] = d;
-				xsv[p * 4 + (b % 2) * 2] = 0;
-				xsv[p * 4 + (b % 2) * 2 + 1] = d * (float) qsum;
-			}
-		}
-	mv->xq = xq;
-	mv->xd = xd;
-	mv->xs = xs;
-	mv->xdv = xdv;
-	mv->xsv = xsv;
-	return buf;
-}
-
 /* x[N, cols] summed over each run of 32 values (the float kernels' minimum terms); NULL when out of memory. */
 static float *
 sum_x_blocks(const float *x, int N, int64_t cols)
@@ -733,7 +629,11 @@ matvec(GgmlType type, const void *w, int64_t rows, int64_t cols, const float *x,
 	{
 		/* the vector kernels take x as int16 or need its block sums; on no memory, the scalar kernel */
 		if (kernel.int16_x)
-			xbuf = quantize_x(x, N, cols, &job.mv);
+		{
+			xbuf = aligned_alloc(64, (quant_xq_bytes(N, cols) + 63) & ~(size_t) 63);
+			if (xbuf != NULL)
+				quant_xq_fill(&job.mv, x, N, cols, xbuf);
+		}
 		else
 		{
 			job.mv.xsum = sum_x_blocks(x, N, cols);

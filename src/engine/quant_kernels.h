@@ -147,7 +147,9 @@ quant_k_scales(const uint8_t s[12], uint8_t sc[8], uint8_t mn[8])
  * each block stored as int16 xq = round(x / dx), dx = max |x| / 32767
  * (so |xq| <= 32767 and x = dx xq within dx / 2).  A weight block's dot
  * product with x is then dx times an exact int32 sum of q xq (|q| <= 128:
- * 32 products stay below 2^28), converted to float once.
+ * 32 products stay below 2^28), converted to float once.  A block holding
+ * an infinity or a NaN gets dx NaN (and xq 0), so that its products come
+ * out NaN as float ones would be non-finite; an all-zero block dx 0.
  */
 #define QUANT_XQ_MAX 32767
 
@@ -168,10 +170,18 @@ quant_xq_offset(int64_t b, int64_t nb, int h)
 }
 
 /*
+ * Blocks of a row of xw: cols / 32 rounded up to 8, so that the kernels
+ * convert the scales of eight blocks at once (the extra ones zero).
+ */
+static inline int64_t
+quant_xw_blocks(int64_t cols)
+{
+	return (cols / 32 + 7) & ~(int64_t) 7;
+}
+
+/*
  * One matrix-vector product's arguments: y[n, r] = sum_c W[r, c] x[n, c]
  * for n < N (at most QUANT_MATVEC_MAX_N), rows r handed to the kernel.
- * With nb = cols / 32 blocks a row and np = nb / 2 pairs, the int16 form
- * of x (filled for the kernels that read it) is:
  */
 typedef struct QuantMatvec
 {
@@ -181,15 +191,26 @@ typedef struct QuantMatvec
 	int64_t		cols;
 	const float *x;				/* [N, cols] */
 	int			N;
-	const float *xsum;			/* [N, nb]: x summed over each run of 32 (float kernels) */
+	const float *xsum;			/* [N, cols / 32]: x summed over each run of 32 (float kernels) */
+	/* the integer kernels' x (quant_xq_fill): */
 	const int16_t *xq;			/* [N, cols]: x / dx rounded, in quant_xq_offset's order */
-	const float *xd;			/* [N, nb]: dx of each block */
-	const float *xs;			/* [N, nb]: dx times the sum of the block's xq (minimum terms) */
-	const float *xdv;			/* [N, np, 16]: pair p's dx of block 2p eight times, then 2p + 1's */
-	const float *xsv;			/* [N, np, 4]: 0, xs of block 2p, 0, xs of block 2p + 1 */
+	const float *xw;			/* [N, quant_xw_blocks(cols), 2]: dx, and dx times the sum of xq */
 	float	   *y;				/* y[n * ldy + r] */
 	int64_t		ldy;
 } QuantMatvec;
+
+/* Bytes quant_xq_fill writes for x[N, cols] (cols a multiple of 32). */
+static inline size_t
+quant_xq_bytes(int N, int64_t cols)
+{
+	return (size_t) N * ((size_t) cols * sizeof(int16_t) + (size_t) quant_xw_blocks(cols) * 2 * sizeof(float));
+}
+
+/*
+ * Fill mv->xq and mv->xw from x[N, cols] in buf (quant_xq_bytes, 64-byte
+ * aligned): the integer kernels' x.  AVX2, as every integer kernel.
+ */
+void		quant_xq_fill(QuantMatvec *mv, const float *x, int N, int64_t cols, void *buf);
 
 /* Compute rows [r0, r1) of a product; each row alone, so the split never changes a result. */
 typedef void (*QuantMatvecFn) (const QuantMatvec *mv, int64_t r0, int64_t r1);

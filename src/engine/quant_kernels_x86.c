@@ -24,6 +24,7 @@
 #if defined(__x86_64__) && defined(__GNUC__)
 
 #include <immintrin.h>
+#include <math.h>
 
 #if defined(__clang__)
 /* see TARGET_DEQUANT; the kernels' explicit FMAs are unaffected */
@@ -363,9 +364,10 @@ MATVEC_ENTRY(f16_avx2, TARGET_AVX2)
 /*
  * These kernels read x in its int16 form (quant_kernels.h): a block's dot
  * product is an exact int32 sum of q xq by vpmaddwd, converted to float
- * once and scaled by d dx.  Q4_1's minimum adds m dx sum xq (xs), Q4_0's
- * offset -8 d dx sum xq; both through four-lane sums of the block pair's
- * scales times xsv.
+ * once and scaled by d dx.  Q4_1's minimum adds m dx sum xq, Q4_0's offset
+ * -8 d dx sum xq: the blocks' fp16 d and m (Q4_1; d twice for Q4_0, d and
+ * 0 for Q8_0) are converted together and multiplied by xw's interleaved
+ * dx and dx sum xq, the odd lanes summed for the minimum terms.
  */
 
 /* Bytes of a block of the integer kernels' types, and where its quants start. */
@@ -383,8 +385,8 @@ int_block_qs(GgmlType type)
 }
 
 /*
- * The fp16 fields of blocks b0 and b1 as floats: d0, m0, d1, m1 for Q4_1,
- * d0, d0, d1, d1 otherwise (so that lanes 1 and 3 hold what multiplies xs).
+ * The fp16 scales of blocks b0 and b1 as floats: d0, m0, d1, m1 for Q4_1,
+ * d0, d0, d1, d1 for Q4_0 (whose minimum is -8 d), d0, 0, d1, 0 for Q8_0.
  */
 ALWAYS_INLINE TARGET_AVX2 __m128
 pair_scales(GgmlType type, const uint8_t *b0, const uint8_t *b1)
@@ -396,8 +398,8 @@ pair_scales(GgmlType type, const uint8_t *b0, const uint8_t *b1)
 	memcpy(&h1, b1, sizeof(h1));
 	if (type != GGML_Q4_1)
 	{
-		h0 = (h0 & 0xffff) * 0x10001u;
-		h1 = (h1 & 0xffff) * 0x10001u;
+		h0 = (h0 & 0xffff) * (type == GGML_Q4_0 ? 0x10001u : 1u);
+		h1 = (h1 & 0xffff) * (type == GGML_Q4_0 ? 0x10001u : 1u);
 	}
 	return _mm_cvtph_ps(_mm_cvtsi64_si128((long long) ((uint64_t) h1 << 32 | h0)));
 }
@@ -438,102 +440,81 @@ hsum128(__m128 v)
 	return _mm_cvtss_f32(_mm_add_ss(v, _mm_movehdup_ps(v)));
 }
 
-/*
- * An odd last block b of a row, for each column n: dsum[n] = d dx sum q xq,
- * msum[n] = m xs (Q4_1) or d xs (Q4_0, times -8 by the caller).
- */
-ALWAYS_INLINE TARGET_AVX2 void
-last_block(const QuantMatvec *mv, GgmlType type, const uint8_t *blk, int64_t b, const int N,
-		   float *dsum, float *msum)
+/* The sum of q xq over a block whose quants are lo, hi and whose xq halves are at xlo, xhi. */
+ALWAYS_INLINE TARGET_AVX2 __m256i
+block_dot_avx2(__m256i lo, __m256i hi, const int16_t *xlo, const int16_t *xhi)
 {
-	const int64_t nb = mv->cols / QK32;
-	__m256i		lo;
-	__m256i		hi;
-	uint16_t	h;
-	float		d;
-	float		m;
-
-	block_quants_avx2(type, blk, &lo, &hi);
-	memcpy(&h, blk, sizeof(h));
-	d = _cvtsh_ss(h);
-	m = d;
-	if (type == GGML_Q4_1)
-	{
-		memcpy(&h, blk + 2, sizeof(h));
-		m = _cvtsh_ss(h);
-	}
-	for (int n = 0; n < N; n++)
-	{
-		const int16_t *xp = mv->xq + n * mv->cols + QK32 * b;
-		__m256i		s = _mm256_add_epi32(_mm256_madd_epi16(lo, _mm256_loadu_si256((const __m256i *) xp)),
-										 _mm256_madd_epi16(hi, _mm256_loadu_si256((const __m256i *) (xp + 16))));
-
-		dsum[n] = d * (mv->xd[n * nb + b] * (float) hsum_epi32_avx2(s));
-		msum[n] = m * mv->xs[n * nb + b];
-	}
+	return _mm256_add_epi32(_mm256_madd_epi16(lo, _mm256_loadu_si256((const __m256i *) xlo)),
+							_mm256_madd_epi16(hi, _mm256_loadu_si256((const __m256i *) xhi)));
 }
 
-/* Q4_0, Q4_1 and Q8_0 rows by integer dot products, a block pair at a time. */
+/*
+ * Q4_0, Q4_1 and Q8_0 rows by integer dot products, a block a register,
+ * two blocks' scales at once: d, m times xw's dx, dx sum xq.
+ */
 ALWAYS_INLINE TARGET_AVX2 void
 int_avx2_n(const QuantMatvec *mv, int64_t r0, int64_t r1, const int N, GgmlType type)
 {
 	const int64_t cols = mv->cols;
 	const int64_t nb = cols / QK32;
-	const int64_t np = nb / 2;
+	const int64_t nbw = quant_xw_blocks(cols);
 	const int	bs = int_block_bytes(type);
 	const bool	has_min = type != GGML_Q8_0;
+	/* lanes 1 and 3 of the scales: the minimum's (Q4_0: d, times -8) */
+	const __m128 min_lanes = _mm_castsi128_ps(_mm_set_epi32(-1, 0, -1, 0));
 
 	for (int64_t r = r0; r < r1; r++)
 	{
 		const uint8_t *row = mv->w + (size_t) r * mv->row_bytes;
 		__m256		acc[QUANT_MATVEC_MAX_N];
 		__m128		macc[QUANT_MATVEC_MAX_N];
-		float		dsum[QUANT_MATVEC_MAX_N] = {0};
-		float		msum[QUANT_MATVEC_MAX_N] = {0};
 
 		for (int n = 0; n < N; n++)
 		{
 			acc[n] = _mm256_setzero_ps();
 			macc[n] = _mm_setzero_ps();
 		}
-		for (int64_t p = 0; p < np; p++)
+		for (int64_t b = 0; b < nb; b += 2)
 		{
-			const uint8_t *b0 = row + (size_t) (2 * p) * bs;
-			__m128		f = pair_scales(type, b0, b0 + bs);
-			__m256		d[2];
+			const uint8_t *b0 = row + (size_t) b * bs;
+			/* an odd last block pairs with itself, its second copy's scales zero */
+			bool		pair = b + 1 < nb;
+			__m128		f = pair_scales(type, b0, pair ? b0 + bs : b0);
+			__m256i		q[2][2];
 
 			_mm_prefetch((const char *) b0 + QUANT_PREFETCH_BYTES, _MM_HINT_T0);
-			d[0] = _mm256_broadcastss_ps(f);
-			d[1] = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(f), _mm256_set1_epi32(2));
-			for (int k = 0; k < 2; k++)
+			block_quants_avx2(type, b0, &q[0][0], &q[0][1]);
+			if (pair)
+				block_quants_avx2(type, b0 + bs, &q[1][0], &q[1][1]);
+			for (int n = 0; n < N; n++)
 			{
-				__m256i		lo;
-				__m256i		hi;
+				const int16_t *xrow = mv->xq + n * cols;
+				/* xw is padded with zeros to eight blocks: reading block nb is safe */
+				__m128		g = _mm_mul_ps(f, _mm_loadu_ps(mv->xw + 2 * (n * nbw + b)));
+				__m256		d0 = _mm256_broadcastss_ps(g);
 
-				block_quants_avx2(type, b0 + k * bs, &lo, &hi);
-				for (int n = 0; n < N; n++)
+				if (has_min)
+					macc[n] = _mm_add_ps(macc[n], _mm_and_ps(g, min_lanes));
+				acc[n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(block_dot_avx2(q[0][0], q[0][1],
+																		   xrow + quant_xq_offset(b, nb, 0),
+																		   xrow + quant_xq_offset(b, nb, 1))),
+										 d0, acc[n]);
+				if (pair)
 				{
-					const int16_t *xp = mv->xq + n * cols + 64 * p + 16 * k;
-					__m256i		s = _mm256_add_epi32(
-						_mm256_madd_epi16(lo, _mm256_loadu_si256((const __m256i *) xp)),
-						_mm256_madd_epi16(hi, _mm256_loadu_si256((const __m256i *) (xp + 32))));
-					__m256		t = _mm256_mul_ps(_mm256_cvtepi32_ps(s),
-												  _mm256_broadcast_ss(mv->xd + n * nb + 2 * p + k));
+					__m256		d1 = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(g), _mm256_set1_epi32(2));
 
-					acc[n] = _mm256_fmadd_ps(t, d[k], acc[n]);
+					acc[n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(block_dot_avx2(q[1][0], q[1][1],
+																			   xrow + quant_xq_offset(b + 1, nb, 0),
+																			   xrow + quant_xq_offset(b + 1, nb, 1))),
+											 d1, acc[n]);
 				}
 			}
-			if (has_min)
-				for (int n = 0; n < N; n++)
-					macc[n] = _mm_fmadd_ps(f, _mm_loadu_ps(mv->xsv + (n * np + p) * 4), macc[n]);
 		}
-		if (nb % 2 == 1)
-			last_block(mv, type, row + (size_t) (nb - 1) * bs, nb - 1, N, dsum, msum);
 		for (int n = 0; n < N; n++)
 		{
-			float		mins = has_min ? hsum128(macc[n]) + msum[n] : 0;
+			float		mins = has_min ? hsum128(macc[n]) : 0;
 
-			mv->y[n * mv->ldy + r] = hsum_avx2(acc[n]) + dsum[n] + (type == GGML_Q4_0 ? -8 * mins : mins);
+			mv->y[n * mv->ldy + r] = hsum_avx2(acc[n]) + (type == GGML_Q4_0 ? -8 * mins : mins);
 		}
 	}
 }
@@ -558,6 +539,96 @@ q8_0_avx2_n(const QuantMatvec *mv, int64_t r0, int64_t r1, const int N)
 	int_avx2_n(mv, r0, r1, N, GGML_Q8_0);
 }
 MATVEC_ENTRY(q8_0_avx2, TARGET_AVX2)
+
+/*
+ * Block x[0..32) as int16 into lo (values 0..15) and hi (16..31); w[0] =
+ * dx, w[1] = dx sum xq.  Rounding is to nearest, ties to even.
+ */
+ALWAYS_INLINE TARGET_AVX2 void
+quantize_block_avx2(const float *x, int16_t *lo, int16_t *hi, float *w)
+{
+	const __m256i abs_mask = _mm256_set1_epi32(0x7fffffff);
+	__m256		v[4];
+	__m256i		m = _mm256_setzero_si256();
+	uint32_t	amax_bits;
+	float		amax;
+
+	/* the largest |x| by its bits: an infinity or a NaN compares above every finite float */
+	for (int k = 0; k < 4; k++)
+	{
+		v[k] = _mm256_loadu_ps(x + 8 * k);
+		m = _mm256_max_epi32(m, _mm256_and_si256(_mm256_castps_si256(v[k]), abs_mask));
+	}
+	m = _mm256_max_epi32(m, _mm256_permute2x128_si256(m, m, 1));
+	m = _mm256_max_epi32(m, _mm256_shuffle_epi32(m, 0x4e));
+	m = _mm256_max_epi32(m, _mm256_shuffle_epi32(m, 0xb1));
+	amax_bits = (uint32_t) _mm256_cvtsi256_si32(m);
+	memcpy(&amax, &amax_bits, sizeof(amax));
+	if (amax_bits == 0 || amax_bits >= 0x7f800000)
+	{
+		memset(lo, 0, 16 * sizeof(int16_t));
+		memset(hi, 0, 16 * sizeof(int16_t));
+		w[0] = w[1] = amax_bits == 0 ? 0.0f : NAN;
+		return;
+	}
+	if (amax < 0x1p-100f)
+	{
+		/* 32767 / amax would overflow a float: in double (dx itself may come out subnormal) */
+		double		inv = QUANT_XQ_MAX / (double) amax;
+		int32_t		s = 0;
+
+		for (int i = 0; i < 32; i++)
+		{
+			int16_t		q = (int16_t) __builtin_rint(x[i] * inv);
+
+			(i < 16 ? lo : hi)[i % 16] = q;
+			s += q;
+		}
+		w[0] = (float) (amax / (double) QUANT_XQ_MAX);
+		w[1] = w[0] * (float) s;
+		return;
+	}
+	{
+		__m256		inv = _mm256_set1_ps(QUANT_XQ_MAX / amax);
+		__m256i		q[4];
+
+		/* |x inv| <= 32767 within a rounding, so the conversion and the packing never saturate */
+		for (int k = 0; k < 4; k++)
+			q[k] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v[k], inv),
+													  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+		/* packing works within 128-bit lanes: put the four 64-bit quarters back in order */
+		_mm256_storeu_si256((__m256i *) lo, _mm256_permute4x64_epi64(_mm256_packs_epi32(q[0], q[1]), 0xd8));
+		_mm256_storeu_si256((__m256i *) hi, _mm256_permute4x64_epi64(_mm256_packs_epi32(q[2], q[3]), 0xd8));
+		w[0] = amax / QUANT_XQ_MAX;
+		/* exact: |sum xq| < 2^20 */
+		w[1] = w[0] * (float) hsum_epi32_avx2(_mm256_add_epi32(_mm256_add_epi32(q[0], q[1]),
+																_mm256_add_epi32(q[2], q[3])));
+	}
+}
+
+/* Fill mv->xq and mv->xw from x[N, cols] in buf: the integer kernels' x. */
+TARGET_AVX2 void
+quant_xq_fill(QuantMatvec *mv, const float *x, int N, int64_t cols, void *buf)
+{
+	const int64_t nb = cols / QK32;
+	const int64_t nbw = quant_xw_blocks(cols);
+	int16_t    *xq = buf;
+	float	   *xw = (float *) (xq + (size_t) N * cols);
+
+	for (int n = 0; n < N; n++)
+	{
+		int16_t    *row = xq + (size_t) n * cols;
+		float	   *w = xw + 2 * (size_t) n * nbw;
+
+		for (int64_t b = 0; b < nb; b++)
+			quantize_block_avx2(x + (size_t) n * cols + b * QK32, row + quant_xq_offset(b, nb, 0),
+								row + quant_xq_offset(b, nb, 1), w + 2 * b);
+		for (int64_t b = nb; b < nbw; b++)
+			w[2 * b] = w[2 * b + 1] = 0;
+	}
+	mv->xq = xq;
+	mv->xw = xw;
+}
 
 /* The AVX2 kernel for type, or {NULL, false}. */
 QuantMatvecKernel
@@ -992,62 +1063,148 @@ pair_quants_512(GgmlType type, const uint8_t *b0, const uint8_t *b1, __m512i *qa
 	*qa = _mm512_and_si512(*qa, _mm512_set1_epi16(0x0f));
 }
 
-/* Q4_0, Q4_1 and Q8_0 rows by integer dot products, a block pair a register. */
+/* A mask of the lowest n (clamped to 0..32) of 32 lanes. */
+ALWAYS_INLINE uint32_t
+lanes_below(int n)
+{
+	return n >= 32 ? 0xffffffffu : n <= 0 ? 0 : (1u << n) - 1;
+}
+
+/*
+ * The fp16 scales of the count (1..8) blocks at blk, as 16 halves: d, m
+ * of each (Q4_1), d, d (Q4_0), d, 0 (Q8_0); zeros after count.  Gathered
+ * from vector loads by one or two permutes: from a stack buffer of scalar
+ * copies instead, the vector load waited for the stores to retire (store
+ * forwarding cannot join eight stores), which cost more than the products.
+ * The loads are masked to the blocks' bytes, so never read past W.
+ */
+ALWAYS_INLINE TARGET_AVX512 __m256i
+group_headers_512(GgmlType type, const uint8_t *blk, int count)
+{
+	if (type == GGML_Q4_1)
+	{
+		/* 20-byte blocks: block j's d, m is dword 5 j */
+		const __m512i idx = _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 31, 26, 21, 16, 15, 10, 5, 0);
+		__m512i		a = _mm512_maskz_loadu_epi32((__mmask16) lanes_below(5 * count), blk);
+		__m512i		b = _mm512_maskz_loadu_epi32((__mmask16) lanes_below(5 * count - 20), blk + 80);
+		__m512i		h = _mm512_maskz_permutex2var_epi32((__mmask16) lanes_below(count), a, idx, b);
+
+		return _mm512_castsi512_si256(h);
+	}
+	if (type == GGML_Q4_0)
+	{
+		/* 18-byte blocks: block j's d is word 9 j, wanted twice */
+		const __m512i idx = _mm512_set_epi16(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+											 63, 63, 54, 54, 45, 45, 36, 36, 27, 27, 18, 18, 9, 9, 0, 0);
+		__m512i		a = _mm512_maskz_loadu_epi16(lanes_below(9 * count), blk);
+		__m512i		b = _mm512_maskz_loadu_epi16(lanes_below(9 * count - 32), blk + 64);
+
+		return _mm512_castsi512_si256(_mm512_maskz_permutex2var_epi16(lanes_below(2 * count), a, idx, b));
+	}
+	{
+		/* 34-byte blocks: block j's d is word 17 j of the four from byte 0, and of the four from byte 136 */
+		const __m512i idx = _mm512_set_epi16(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+											 0, 51, 0, 34, 0, 17, 0, 0, 0, 51, 0, 34, 0, 17, 0, 0);
+		uint32_t	keep = lanes_below(2 * count) & 0x5555;
+		__m512i		a = _mm512_maskz_loadu_epi16(lanes_below(17 * count), blk);
+		__m512i		b = _mm512_maskz_loadu_epi16(lanes_below(17 * count - 32), blk + 64);
+		__m512i		c = _mm512_maskz_loadu_epi16(lanes_below(17 * count - 68), blk + 136);
+		__m512i		d = _mm512_maskz_loadu_epi16(lanes_below(17 * count - 100), blk + 200);
+		__m512i		lo = _mm512_maskz_permutex2var_epi16(keep & 0x00ff, a, idx, b);
+		__m512i		hi = _mm512_maskz_permutex2var_epi16(keep & 0xff00, c, idx, d);
+
+		return _mm512_castsi512_si256(_mm512_or_si512(lo, hi));
+	}
+}
+
+/*
+ * Q4_0, Q4_1 and Q8_0 rows by integer dot products, a block pair a
+ * register: its int32 lanes 0..7 sum block 2p's products, 8..15 block
+ * 2p + 1's.  Eight blocks' scales at once: d, m times xw's dx and
+ * dx sum xq in the lanes of p, from which one permute spreads a pair's
+ * two d dx over the lanes of its sums.
+ */
 ALWAYS_INLINE TARGET_AVX512 void
 int_512_n(const QuantMatvec *mv, int64_t r0, int64_t r1, const int N, GgmlType type, bool vnni)
 {
 	const int64_t cols = mv->cols;
 	const int64_t nb = cols / QK32;
-	const int64_t np = nb / 2;
+	const int64_t nbw = quant_xw_blocks(cols);
 	const int	bs = int_block_bytes(type);
 	const bool	has_min = type != GGML_Q8_0;
-	/* d of the first block in lanes 0..7, of the second in 8..15 */
-	const __m512i pair_lanes = _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0);
+	const __m512 min_factor = _mm512_set1_ps(type == GGML_Q4_0 ? -8.0f : 1.0f);
+	/* pair k of a group: d dx of block 2k in lanes 0..7, of block 2k + 1 in 8..15 */
+	const __m512i spread[4] = {
+		_mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0),
+		_mm512_set_epi32(6, 6, 6, 6, 6, 6, 6, 6, 4, 4, 4, 4, 4, 4, 4, 4),
+		_mm512_set_epi32(10, 10, 10, 10, 10, 10, 10, 10, 8, 8, 8, 8, 8, 8, 8, 8),
+		_mm512_set_epi32(14, 14, 14, 14, 14, 14, 14, 14, 12, 12, 12, 12, 12, 12, 12, 12)
+	};
 
 	for (int64_t r = r0; r < r1; r++)
 	{
 		const uint8_t *row = mv->w + (size_t) r * mv->row_bytes;
 		__m512		acc[QUANT_MATVEC_MAX_N];
-		__m128		macc[QUANT_MATVEC_MAX_N];
-		float		dsum[QUANT_MATVEC_MAX_N] = {0};
-		float		msum[QUANT_MATVEC_MAX_N] = {0};
+		__m512		macc[QUANT_MATVEC_MAX_N];
+		float		last[QUANT_MATVEC_MAX_N] = {0};
 
 		for (int n = 0; n < N; n++)
+			acc[n] = macc[n] = _mm512_setzero_ps();
+		for (int64_t g = 0; g < nb; g += 8)
 		{
-			acc[n] = _mm512_setzero_ps();
-			macc[n] = _mm_setzero_ps();
-		}
-		for (int64_t p = 0; p < np; p++)
-		{
-			const uint8_t *b0 = row + (size_t) (2 * p) * bs;
-			__m512i		qa;
-			__m512i		qb;
-			__m128		f = pair_scales(type, b0, b0 + bs);
-			__m512		d = _mm512_permutexvar_ps(pair_lanes, _mm512_castps128_ps512(f));
+			const uint8_t *blk = row + (size_t) g * bs;
+			int			count = nb - g < 8 ? (int) (nb - g) : 8;
+			__m512		h = _mm512_cvtph_ps(group_headers_512(type, blk, count));
+			__m512		p[QUANT_MATVEC_MAX_N];
+			int			k = 0;
 
-			_mm_prefetch((const char *) b0 + QUANT_PREFETCH_BYTES, _MM_HINT_T0);
-			pair_quants_512(type, b0, b0 + bs, &qa, &qb);
 			for (int n = 0; n < N; n++)
 			{
-				const int16_t *xp = mv->xq + n * cols + 64 * p;
-				__m512i		s = _mm512_madd_epi16(qa, _mm512_loadu_si512(xp));
-
-				s = dpwssd_512(s, qb, _mm512_loadu_si512(xp + 32), vnni);
-				acc[n] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(s),
-													   _mm512_loadu_ps(mv->xdv + (n * np + p) * 16)),
-										 d, acc[n]);
+				p[n] = _mm512_mul_ps(h, _mm512_loadu_ps(mv->xw + 2 * (n * nbw + g)));
 				if (has_min)
-					macc[n] = _mm_fmadd_ps(f, _mm_loadu_ps(mv->xsv + (n * np + p) * 4), macc[n]);
+					macc[n] = _mm512_add_ps(macc[n], p[n]);
+			}
+			for (; 2 * k + 2 <= count; k++)
+			{
+				const uint8_t *b0 = blk + (size_t) (2 * k) * bs;
+				__m512i		qa;
+				__m512i		qb;
+
+				_mm_prefetch((const char *) b0 + QUANT_PREFETCH_BYTES, _MM_HINT_T0);
+				pair_quants_512(type, b0, b0 + bs, &qa, &qb);
+				for (int n = 0; n < N; n++)
+				{
+					const int16_t *xp = mv->xq + n * cols + 32 * (g + 2 * k);
+					__m512i		s = _mm512_madd_epi16(qa, _mm512_loadu_si512(xp));
+
+					s = dpwssd_512(s, qb, _mm512_loadu_si512(xp + 32), vnni);
+					acc[n] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_permutexvar_ps(spread[k], p[n]), acc[n]);
+				}
+			}
+			if (2 * k < count)
+			{
+				/* an odd last block, alone */
+				const uint8_t *b0 = blk + (size_t) (2 * k) * bs;
+				__m256i		lo;
+				__m256i		hi;
+
+				block_quants_avx2(type, b0, &lo, &hi);
+				for (int n = 0; n < N; n++)
+				{
+					const int16_t *xp = mv->xq + n * cols + 32 * (g + 2 * k);
+					float		d = _mm_cvtss_f32(_mm512_castps512_ps128(
+						_mm512_permutexvar_ps(_mm512_set1_epi32(4 * k), p[n])));
+
+					last[n] = d * (float) hsum_epi32_avx2(block_dot_avx2(lo, hi, xp, xp + 16));
+				}
 			}
 		}
-		if (nb % 2 == 1)
-			last_block(mv, type, row + (size_t) (nb - 1) * bs, nb - 1, N, dsum, msum);
 		for (int n = 0; n < N; n++)
 		{
-			float		mins = has_min ? hsum128(macc[n]) + msum[n] : 0;
+			/* the odd lanes of macc hold the minimum terms */
+			__m512		t = has_min ? _mm512_mask3_fmadd_ps(macc[n], min_factor, acc[n], 0xaaaa) : acc[n];
 
-			mv->y[n * mv->ldy + r] = _mm512_reduce_add_ps(acc[n]) + dsum[n] +
-				(type == GGML_Q4_0 ? -8 * mins : mins);
+			mv->y[n * mv->ldy + r] = _mm512_reduce_add_ps(t) + last[n];
 		}
 	}
 }
@@ -1116,6 +1273,11 @@ bool
 quant_cpu_has_avx512vnni(void)
 {
 	return false;
+}
+
+void
+quant_xq_fill(QuantMatvec *mv, const float *x, int N, int64_t cols, void *buf)
+{
 }
 
 QuantMatvecKernel
