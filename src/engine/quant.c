@@ -6,7 +6,7 @@
  * quant_matmul takes one of two routes.  Up to QUANT_MATVEC_MAX_N columns
  * of x (decoding), a matrix-vector kernel reads each block of W once and
  * multiplies its integer quants with all N columns: the work is reading W,
- * so it is done once.  The vector kernels of Q4_0, Q4_1 and Q8_0 take x
+ * so it is done once.  The vector kernels of Q4_0, Q4_1, Q8_0 and Q4_K take x
  * rounded to int16 per block of 32 values (made here, once a call) and
  * multiply in integers.  Above that (prompts, training), rows of W are
  * dequantized a tile at a time into a per-thread buffer that stays in the
@@ -589,28 +589,6 @@ matvec_range(void *arg, size_t begin, size_t end)
 	job->fn(&job->mv, (int64_t) begin, (int64_t) end);
 }
 
-/* x[N, cols] summed over each run of 32 values (the float kernels' minimum terms); NULL when out of memory. */
-static float *
-sum_x_blocks(const float *x, int N, int64_t cols)
-{
-	int64_t		nb = cols / QK32;
-	float	   *xsum = malloc((size_t) (N * nb) * sizeof(float));
-
-	if (xsum == NULL)
-		return NULL;
-	for (int n = 0; n < N; n++)
-		for (int64_t b = 0; b < nb; b++)
-		{
-			const float *xb = x + (size_t) n * cols + b * QK32;
-			float		s = 0;
-
-			for (int i = 0; i < QK32; i++)
-				s += xb[i];
-			xsum[n * nb + b] = s;
-		}
-	return xsum;
-}
-
 /* y[N, rows] = x[N, cols] W^T for N <= QUANT_MATVEC_MAX_N. */
 static void
 matvec(GgmlType type, const void *w, int64_t rows, int64_t cols, const float *x, int N, float *y)
@@ -625,21 +603,13 @@ matvec(GgmlType type, const void *w, int64_t rows, int64_t cols, const float *x,
 	};
 	void	   *xbuf = NULL;
 
-	if (cols % QK32 == 0)
+	if (kernel.int16_x)
 	{
-		/* the vector kernels take x as int16 or need its block sums; on no memory, the scalar kernel */
-		if (kernel.int16_x)
-		{
-			xbuf = aligned_alloc(64, (quant_xq_bytes(N, cols) + 63) & ~(size_t) 63);
-			if (xbuf != NULL)
-				quant_xq_fill(&job.mv, x, N, cols, xbuf);
-		}
+		/* x rounded to int16, once for all rows; on no memory, the scalar kernel */
+		xbuf = aligned_alloc(64, (quant_xq_bytes(N, cols) + 63) & ~(size_t) 63);
+		if (xbuf != NULL)
+			quant_xq_fill(&job.mv, x, N, cols, xbuf);
 		else
-		{
-			job.mv.xsum = sum_x_blocks(x, N, cols);
-			xbuf = (void *) job.mv.xsum;
-		}
-		if (xbuf == NULL)
 			job.fn = matvec_scalar;
 	}
 	peft_parallel_for((size_t) rows, row_grain((size_t) cols * N), matvec_range, &job);

@@ -191,7 +191,6 @@ typedef struct QuantMatvec
 	int64_t		cols;
 	const float *x;				/* [N, cols] */
 	int			N;
-	const float *xsum;			/* [N, cols / 32]: x summed over each run of 32 (float kernels) */
 	/* the integer kernels' x (quant_xq_fill): */
 	const int16_t *xq;			/* [N, cols]: x / dx rounded, in quant_xq_offset's order */
 	const float *xw;			/* [N, quant_xw_blocks(cols), 2]: dx, and dx times the sum of xq */

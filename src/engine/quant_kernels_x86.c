@@ -8,16 +8,16 @@
  * so each kernel carries its own target attribute and quant.c calls one
  * only after quant_cpu_has_* said yes.
  *
- * Q4_0, Q4_1 and Q8_0 take integer dot products with x rounded to int16
+ * Q4_0, Q4_1, Q8_0 and Q4_K take integer dot products with x rounded to int16
  * (quant.c rounds it once a call): a block's quants, widened to int16,
  * meet its 32 values of x in vpmaddwd (or AVX512_VNNI's vpdpwssd), and the
  * exact int32 sums are converted to float once and scaled by the block's
  * d times x's dx.  Converting every quant to float cost twice the time.
  *
- * The others decode a block's quants to floats once, take their dot
- * products with each of the N columns of x in float, and apply the
- * block's scale to the sum (and its minimum to the sum of x over the
- * block, precomputed in xsum): one multiply per block, not per value.
+ * The others (F32, F16, Q6_K) decode a block's quants to floats once,
+ * take their dot products with each of the N columns of x in float, and
+ * apply the block's scale to the sum: one multiply per block, not per
+ * value.
  */
 #include "quant_kernels.h"
 
@@ -174,67 +174,6 @@ u8x32_avx2(__m256i v, __m256 q[4])
 	q[2] = u8_to_ps_avx2(b);
 	q[3] = u8_to_ps_avx2(high8(b));
 }
-
-/* Q4_K rows: per 32 values (d sc) sum q x - (dmin m) sum x. */
-ALWAYS_INLINE TARGET_AVX2 void
-q4_k_avx2_n(const QuantMatvec *mv, int64_t r0, int64_t r1, const int N)
-{
-	const int64_t nsb = mv->cols / QK_K;
-	const int64_t nb = mv->cols / QK32;
-	const __m256i low4 = _mm256_set1_epi8(0x0f);
-
-	for (int64_t r = r0; r < r1; r++)
-	{
-		const BlockQ4_K *blk = (const BlockQ4_K *) (mv->w + (size_t) r * mv->row_bytes);
-		__m256		acc[QUANT_MATVEC_MAX_N];
-		float		macc[QUANT_MATVEC_MAX_N];
-
-		for (int n = 0; n < N; n++)
-		{
-			acc[n] = _mm256_setzero_ps();
-			macc[n] = 0;
-		}
-		for (int64_t s = 0; s < nsb; s++)
-		{
-			float		d = _cvtsh_ss(blk[s].d);
-			float		dmin = _cvtsh_ss(blk[s].dmin);
-			uint8_t		sc[8];
-			uint8_t		mn[8];
-
-			quant_k_scales(blk[s].scales, sc, mn);
-			for (int c = 0; c < 4; c++)
-			{
-				__m256i		raw = _mm256_loadu_si256((const __m256i *) (blk[s].qs + 32 * c));
-				__m256		qa[4];
-				__m256		qb[4];
-				__m256		da = _mm256_set1_ps(d * sc[2 * c]);
-				__m256		db = _mm256_set1_ps(d * sc[2 * c + 1]);
-
-				u8x32_avx2(_mm256_and_si256(raw, low4), qa);
-				u8x32_avx2(_mm256_and_si256(_mm256_srli_epi16(raw, 4), low4), qb);
-				for (int n = 0; n < N; n++)
-				{
-					const float *x = mv->x + n * mv->cols + s * QK_K + 64 * c;
-
-					acc[n] = _mm256_fmadd_ps(da, dot32_avx2(qa, x), acc[n]);
-					acc[n] = _mm256_fmadd_ps(db, dot32_avx2(qb, x + 32), acc[n]);
-				}
-			}
-			for (int n = 0; n < N; n++)
-			{
-				const float *xs = mv->xsum + n * nb + s * 8;
-				float		mins = 0;
-
-				for (int j = 0; j < 8; j++)
-					mins += (float) mn[j] * xs[j];
-				macc[n] += dmin * mins;
-			}
-		}
-		for (int n = 0; n < N; n++)
-			mv->y[n * mv->ldy + r] = hsum_avx2(acc[n]) - macc[n];
-	}
-}
-MATVEC_ENTRY(q4_k_avx2, TARGET_AVX2)
 
 /* Q6_K's 32 values 128 a + 32 j + l (l < 32) of a super-block, as signed bytes q - 32. */
 ALWAYS_INLINE TARGET_AVX2 __m256i
@@ -482,7 +421,9 @@ int_avx2_n(const QuantMatvec *mv, int64_t r0, int64_t r1, const int N, GgmlType 
 			__m128		f = pair_scales(type, b0, pair ? b0 + bs : b0);
 			__m256i		q[2][2];
 
-			_mm_prefetch((const char *) b0 + QUANT_PREFETCH_BYTES, _MM_HINT_T0);
+			/* a line, or two where a pair is longer (Q8_0), leaves no gap */
+			for (int line = 0; line < (2 * bs + 63) / 64; line++)
+				_mm_prefetch((const char *) b0 + QUANT_PREFETCH_BYTES + 64 * line, _MM_HINT_T0);
 			block_quants_avx2(type, b0, &q[0][0], &q[0][1]);
 			if (pair)
 				block_quants_avx2(type, b0 + bs, &q[1][0], &q[1][1]);
@@ -630,6 +571,108 @@ quant_xq_fill(QuantMatvec *mv, const float *x, int N, int64_t cols, void *buf)
 	mv->xw = xw;
 }
 
+/*
+ * A Q4_K super-block's eight 6-bit scales and eight mins as bytes sc0, m0,
+ * sc1, m1, ...: quant_k_scales on four 32-bit words (as llama.cpp's
+ * kmask trick), then one interleave.
+ */
+ALWAYS_INLINE TARGET_AVX2 __m128i
+q4_k_scale_bytes(const BlockQ4_K *blk)
+{
+	const uint32_t kmask1 = 0x3f3f3f3f;
+	const uint32_t kmask2 = 0x0f0f0f0f;
+	const uint32_t kmask3 = 0x03030303;
+	uint32_t	u[3];
+	uint32_t	sc_lo;
+	uint32_t	sc_hi;
+	uint32_t	mn_lo;
+	uint32_t	mn_hi;
+	__m128i		v;
+
+	memcpy(u, blk->scales, sizeof(u));
+	/* per byte j < 4: sc = s[j] & 63, m = s[j + 4] & 63; the high four take low nibbles of s[8..11] and s[j] >> 6 */
+	sc_lo = u[0] & kmask1;
+	mn_lo = u[1] & kmask1;
+	sc_hi = (u[2] & kmask2) | (((u[0] >> 6) & kmask3) << 4);
+	mn_hi = ((u[2] >> 4) & kmask2) | (((u[1] >> 6) & kmask3) << 4);
+	v = _mm_set_epi32((int) mn_hi, (int) mn_lo, (int) sc_hi, (int) sc_lo);
+	return _mm_unpacklo_epi8(v, _mm_srli_si128(v, 8));
+}
+
+/*
+ * Q4_K rows by integer dot products: sub-block j of a super-block adds
+ * (d sc_j) dx_j sum q xq - (dmin m_j) dx_j sum xq, its two factors the
+ * even and odd lanes of the scales times xw.
+ */
+ALWAYS_INLINE TARGET_AVX2 void
+q4_k_avx2_n(const QuantMatvec *mv, int64_t r0, int64_t r1, const int N)
+{
+	const int64_t cols = mv->cols;
+	const int64_t nb = cols / QK32;
+	const int64_t nsb = cols / QK_K;
+	const __m256 min_lanes = _mm256_castsi256_ps(_mm256_set_epi32(-1, 0, -1, 0, -1, 0, -1, 0));
+	const __m256i low4 = _mm256_set1_epi16(0x0f);
+
+	for (int64_t r = r0; r < r1; r++)
+	{
+		const BlockQ4_K *blk = (const BlockQ4_K *) (mv->w + (size_t) r * mv->row_bytes);
+		__m256		acc[QUANT_MATVEC_MAX_N];
+		__m256		macc[QUANT_MATVEC_MAX_N];
+
+		for (int n = 0; n < N; n++)
+			acc[n] = macc[n] = _mm256_setzero_ps();
+		for (int64_t s = 0; s < nsb; s++)
+		{
+			uint32_t	ddmin;
+			__m256		dd;
+			__m128i		scm = q4_k_scale_bytes(&blk[s]);
+			__m256		h[2];
+			__m256		p[QUANT_MATVEC_MAX_N][2];
+
+			for (int line = 0; line < 3; line++)
+				_mm_prefetch((const char *) &blk[s] + QUANT_PREFETCH_BYTES + 64 * line, _MM_HINT_T0);
+			memcpy(&ddmin, &blk[s], sizeof(ddmin));
+			/* d, dmin, d, dmin, ... */
+			dd = _mm256_cvtph_ps(_mm_set1_epi32((int) ddmin));
+			h[0] = _mm256_mul_ps(dd, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(scm)));
+			h[1] = _mm256_mul_ps(dd, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(scm, 8))));
+			for (int n = 0; n < N; n++)
+				for (int k = 0; k < 2; k++)
+				{
+					p[n][k] = _mm256_mul_ps(h[k], _mm256_loadu_ps(mv->xw + 2 * (n * nb + 8 * s) + 8 * k));
+					macc[n] = _mm256_add_ps(macc[n], _mm256_and_ps(p[n][k], min_lanes));
+				}
+			for (int c = 0; c < 4; c++)
+			{
+				__m256i		w0 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *) (blk[s].qs + 32 * c)));
+				__m256i		w1 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *) (blk[s].qs + 32 * c + 16)));
+				/* sub-block 2c: the low nibbles, 2c + 1: the high ones */
+				__m256i		q[2][2] = {
+					{_mm256_and_si256(w0, low4), _mm256_and_si256(w1, low4)},
+					{_mm256_srli_epi16(w0, 4), _mm256_srli_epi16(w1, 4)}
+				};
+
+				for (int n = 0; n < N; n++)
+					for (int h2 = 0; h2 < 2; h2++)
+					{
+						int64_t		b = 8 * s + 2 * c + h2;
+						const int16_t *xrow = mv->xq + n * cols;
+						__m256i		sum = block_dot_avx2(q[h2][0], q[h2][1], xrow + quant_xq_offset(b, nb, 0),
+														 xrow + quant_xq_offset(b, nb, 1));
+						/* lane 2 (2c + h2) % 8 of the scales: d sc dx */
+						__m256		d = _mm256_permutevar8x32_ps(p[n][c / 2],
+																 _mm256_set1_epi32(2 * ((2 * c + h2) % 4)));
+
+						acc[n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), d, acc[n]);
+					}
+			}
+		}
+		for (int n = 0; n < N; n++)
+			mv->y[n * mv->ldy + r] = hsum_avx2(acc[n]) - hsum_avx2(macc[n]);
+	}
+}
+MATVEC_ENTRY(q4_k_avx2, TARGET_AVX2)
+
 /* The AVX2 kernel for type, or {NULL, false}. */
 QuantMatvecKernel
 quant_matvec_avx2(GgmlType type)
@@ -647,7 +690,7 @@ quant_matvec_avx2(GgmlType type)
 		case GGML_Q8_0:
 			return (QuantMatvecKernel) {q8_0_avx2, true};
 		case GGML_Q4_K:
-			return (QuantMatvecKernel) {q4_k_avx2, false};
+			return (QuantMatvecKernel) {q4_k_avx2, true};
 		case GGML_Q6_K:
 			return (QuantMatvecKernel) {q6_k_avx2, false};
 		default:
@@ -849,69 +892,6 @@ dot32_512(__m512 q0, __m512 q1, const float *x)
 {
 	return _mm512_fmadd_ps(q1, _mm512_loadu_ps(x + 16), _mm512_mul_ps(q0, _mm512_loadu_ps(x)));
 }
-
-/* Q4_K rows: per 32 values (d sc) sum q x - (dmin m) sum x. */
-ALWAYS_INLINE TARGET_AVX512 void
-q4_k_512_n(const QuantMatvec *mv, int64_t r0, int64_t r1, const int N)
-{
-	const int64_t nsb = mv->cols / QK_K;
-	const int64_t nb = mv->cols / QK32;
-	const __m256i low4 = _mm256_set1_epi8(0x0f);
-
-	for (int64_t r = r0; r < r1; r++)
-	{
-		const BlockQ4_K *blk = (const BlockQ4_K *) (mv->w + (size_t) r * mv->row_bytes);
-		__m512		acc[QUANT_MATVEC_MAX_N];
-		float		macc[QUANT_MATVEC_MAX_N];
-
-		for (int n = 0; n < N; n++)
-		{
-			acc[n] = _mm512_setzero_ps();
-			macc[n] = 0;
-		}
-		for (int64_t s = 0; s < nsb; s++)
-		{
-			float		d = _cvtsh_ss(blk[s].d);
-			float		dmin = _cvtsh_ss(blk[s].dmin);
-			uint8_t		sc[8];
-			uint8_t		mn[8];
-
-			quant_k_scales(blk[s].scales, sc, mn);
-			for (int c = 0; c < 4; c++)
-			{
-				__m256i		raw = _mm256_loadu_si256((const __m256i *) (blk[s].qs + 32 * c));
-				__m256i		lo = _mm256_and_si256(raw, low4);
-				__m256i		hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);
-				__m512		qa0 = u8_to_ps_512(_mm256_castsi256_si128(lo));
-				__m512		qa1 = u8_to_ps_512(_mm256_extracti128_si256(lo, 1));
-				__m512		qb0 = u8_to_ps_512(_mm256_castsi256_si128(hi));
-				__m512		qb1 = u8_to_ps_512(_mm256_extracti128_si256(hi, 1));
-				__m512		da = _mm512_set1_ps(d * sc[2 * c]);
-				__m512		db = _mm512_set1_ps(d * sc[2 * c + 1]);
-
-				for (int n = 0; n < N; n++)
-				{
-					const float *x = mv->x + n * mv->cols + s * QK_K + 64 * c;
-
-					acc[n] = _mm512_fmadd_ps(da, dot32_512(qa0, qa1, x), acc[n]);
-					acc[n] = _mm512_fmadd_ps(db, dot32_512(qb0, qb1, x + 32), acc[n]);
-				}
-			}
-			for (int n = 0; n < N; n++)
-			{
-				const float *xs = mv->xsum + n * nb + s * 8;
-				float		mins = 0;
-
-				for (int j = 0; j < 8; j++)
-					mins += (float) mn[j] * xs[j];
-				macc[n] += dmin * mins;
-			}
-		}
-		for (int n = 0; n < N; n++)
-			mv->y[n * mv->ldy + r] = _mm512_reduce_add_ps(acc[n]) - macc[n];
-	}
-}
-MATVEC_ENTRY(q4_k_512, TARGET_AVX512)
 
 /* Q6_K rows: per 16 values (d s) sum (q - 32) x. */
 ALWAYS_INLINE TARGET_AVX512 void
@@ -1158,6 +1138,9 @@ int_512_n(const QuantMatvec *mv, int64_t r0, int64_t r1, const int N, GgmlType t
 			__m512		p[QUANT_MATVEC_MAX_N];
 			int			k = 0;
 
+			/* one a line: a run of lines ceil(group / 64) long a group leaves no gap */
+			for (int line = 0; line < (8 * bs + 63) / 64; line++)
+				_mm_prefetch((const char *) blk + QUANT_PREFETCH_BYTES + 64 * line, _MM_HINT_T0);
 			for (int n = 0; n < N; n++)
 			{
 				p[n] = _mm512_mul_ps(h, _mm512_loadu_ps(mv->xw + 2 * (n * nbw + g)));
@@ -1170,7 +1153,6 @@ int_512_n(const QuantMatvec *mv, int64_t r0, int64_t r1, const int N, GgmlType t
 				__m512i		qa;
 				__m512i		qb;
 
-				_mm_prefetch((const char *) b0 + QUANT_PREFETCH_BYTES, _MM_HINT_T0);
 				pair_quants_512(type, b0, b0 + bs, &qa, &qb);
 				for (int n = 0; n < N; n++)
 				{
@@ -1230,6 +1212,89 @@ INT_KERNELS_512(q4_0_512, GGML_Q4_0)
 INT_KERNELS_512(q4_1_512, GGML_Q4_1)
 INT_KERNELS_512(q8_0_512, GGML_Q8_0)
 
+/*
+ * Q4_K rows by integer dot products, as q4_k_avx2_n: a super-block's
+ * eight scales and mins in one register, times xw; a pair of sub-blocks
+ * (the low and high nibbles of 32 bytes) a register of sums, its halves
+ * swapped into xq's pair order.
+ */
+ALWAYS_INLINE TARGET_AVX512 void
+q4_k_int_512_n(const QuantMatvec *mv, int64_t r0, int64_t r1, const int N, bool vnni)
+{
+	const int64_t cols = mv->cols;
+	const int64_t nb = cols / QK32;
+	const int64_t nsb = cols / QK_K;
+	const __m512i low4 = _mm512_set1_epi16(0x0f);
+	const __m512i spread[4] = {
+		_mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0),
+		_mm512_set_epi32(6, 6, 6, 6, 6, 6, 6, 6, 4, 4, 4, 4, 4, 4, 4, 4),
+		_mm512_set_epi32(10, 10, 10, 10, 10, 10, 10, 10, 8, 8, 8, 8, 8, 8, 8, 8),
+		_mm512_set_epi32(14, 14, 14, 14, 14, 14, 14, 14, 12, 12, 12, 12, 12, 12, 12, 12)
+	};
+
+	for (int64_t r = r0; r < r1; r++)
+	{
+		const BlockQ4_K *blk = (const BlockQ4_K *) (mv->w + (size_t) r * mv->row_bytes);
+		__m512		acc[QUANT_MATVEC_MAX_N];
+		__m512		macc[QUANT_MATVEC_MAX_N];
+
+		for (int n = 0; n < N; n++)
+			acc[n] = macc[n] = _mm512_setzero_ps();
+		for (int64_t s = 0; s < nsb; s++)
+		{
+			uint32_t	ddmin;
+			__m512		h;
+			__m512		p[QUANT_MATVEC_MAX_N];
+
+			for (int line = 0; line < 3; line++)
+				_mm_prefetch((const char *) &blk[s] + QUANT_PREFETCH_BYTES + 64 * line, _MM_HINT_T0);
+			memcpy(&ddmin, &blk[s], sizeof(ddmin));
+			h = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_set1_epi32((int) ddmin)),
+							  _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(q4_k_scale_bytes(&blk[s]))));
+			for (int n = 0; n < N; n++)
+			{
+				p[n] = _mm512_mul_ps(h, _mm512_loadu_ps(mv->xw + 2 * (n * nb + 8 * s)));
+				macc[n] = _mm512_add_ps(macc[n], p[n]);
+			}
+			for (int c = 0; c < 4; c++)
+			{
+				__m512i		w = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *) (blk[s].qs + 32 * c)));
+				__m512i		lo = _mm512_and_si512(w, low4);
+				__m512i		hi = _mm512_srli_epi16(w, 4);
+				/* first halves of sub-blocks 2c and 2c + 1, then their second halves */
+				__m512i		qa = _mm512_shuffle_i64x2(lo, hi, 0x44);
+				__m512i		qb = _mm512_shuffle_i64x2(lo, hi, 0xee);
+
+				for (int n = 0; n < N; n++)
+				{
+					const int16_t *xp = mv->xq + n * cols + QK_K * s + 64 * c;
+					__m512i		sum = _mm512_madd_epi16(qa, _mm512_loadu_si512(xp));
+
+					sum = dpwssd_512(sum, qb, _mm512_loadu_si512(xp + 32), vnni);
+					acc[n] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_permutexvar_ps(spread[c], p[n]), acc[n]);
+				}
+			}
+		}
+		for (int n = 0; n < N; n++)
+			mv->y[n * mv->ldy + r] = _mm512_reduce_add_ps(
+				_mm512_mask3_fmadd_ps(macc[n], _mm512_set1_ps(-1.0f), acc[n], 0xaaaa));
+	}
+}
+
+ALWAYS_INLINE TARGET_AVX512 void
+q4_k_512_n(const QuantMatvec *mv, int64_t r0, int64_t r1, const int N)
+{
+	q4_k_int_512_n(mv, r0, r1, N, false);
+}
+MATVEC_ENTRY(q4_k_512, TARGET_AVX512)
+
+ALWAYS_INLINE TARGET_AVX512VNNI void
+q4_k_512_vnni_n(const QuantMatvec *mv, int64_t r0, int64_t r1, const int N)
+{
+	q4_k_int_512_n(mv, r0, r1, N, true);
+}
+MATVEC_ENTRY(q4_k_512_vnni, TARGET_AVX512VNNI)
+
 /* The AVX-512 kernel for type (with VNNI or not), or {NULL, false}. */
 QuantMatvecKernel
 quant_matvec_avx512(GgmlType type, bool vnni)
@@ -1247,7 +1312,7 @@ quant_matvec_avx512(GgmlType type, bool vnni)
 		case GGML_Q8_0:
 			return (QuantMatvecKernel) {vnni ? q8_0_512_vnni : q8_0_512, true};
 		case GGML_Q4_K:
-			return (QuantMatvecKernel) {q4_k_512, false};
+			return (QuantMatvecKernel) {vnni ? q4_k_512_vnni : q4_k_512, true};
 		case GGML_Q6_K:
 			return (QuantMatvecKernel) {q6_k_512, false};
 		default:
