@@ -6,8 +6,8 @@
  * quant_matmul takes one of two routes.  Up to QUANT_MATVEC_MAX_N columns
  * of x (decoding), a matrix-vector kernel reads each block of W once and
  * multiplies its integer quants with all N columns: the work is reading W,
- * so it is done once.  The vector kernels of Q4_0, Q4_1, Q8_0 and Q4_K take x
- * rounded to int16 per block of 32 values (made here, once a call) and
+ * so it is done once.  The vector kernels of Q4_0, Q4_1, Q8_0, Q4_K and
+ * Q6_K take x rounded to int16 per block of 32 values (once a call) and
  * multiply in integers.  Above that (prompts, training), rows of W are
  * dequantized a tile at a time into a per-thread buffer that stays in the
  * L2 cache, and BLAS multiplies the tile: the float copy of W never exists

@@ -42,8 +42,8 @@ void		quant_dequantize(GgmlType type, const void *data, int64_t n, float *out);
  * and multiplies them through BLAS.  Split over the engine's thread pool;
  * the result does not depend on the thread count.
  *
- * Up to 4 columns of x on a vector path, Q4_0, Q4_1, Q8_0 and Q4_K take
- * integer dot products with x rounded to int16 per block of 32 values (relative
+ * Up to 4 columns of x on a vector path, Q4_0, Q4_1, Q8_0, Q4_K and Q6_K
+ * take integer dot products with x rounded to int16 per block of 32 values (relative
  * error about 1.5e-5 against quant_matmul_reference, rather than float
  * rounding's 1e-7); a NaN or an infinity in x still makes its column's
  * outputs non-finite.

@@ -8,16 +8,14 @@
  * so each kernel carries its own target attribute and quant.c calls one
  * only after quant_cpu_has_* said yes.
  *
- * Q4_0, Q4_1, Q8_0 and Q4_K take integer dot products with x rounded to int16
- * (quant.c rounds it once a call): a block's quants, widened to int16,
- * meet its 32 values of x in vpmaddwd (or AVX512_VNNI's vpdpwssd), and the
- * exact int32 sums are converted to float once and scaled by the block's
- * d times x's dx.  Converting every quant to float cost twice the time.
+ * Q4_0, Q4_1, Q8_0, Q4_K and Q6_K take integer dot products with x
+ * rounded to int16 (quant_xq_fill, once a call): a block's quants, widened
+ * to int16, meet its 32 values of x in vpmaddwd (or AVX512_VNNI's
+ * vpdpwssd), and the exact int32 sums are converted to float once and
+ * scaled by the block's d times x's dx.  Converting every quant to float
+ * cost twice the time.
  *
- * The others (F32, F16, Q6_K) decode a block's quants to floats once,
- * take their dot products with each of the N columns of x in float, and
- * apply the block's scale to the sum: one multiply per block, not per
- * value.
+ * F32 and F16 take float dot products.
  */
 #include "quant_kernels.h"
 
@@ -188,51 +186,6 @@ q6_k_bytes(const BlockQ6_K *blk, int a, int j)
 	hi = _mm256_and_si256(_mm256_srl_epi16(hi, _mm_cvtsi32_si128(2 * j)), _mm256_set1_epi8(3));
 	return _mm256_sub_epi8(_mm256_or_si256(lo, _mm256_slli_epi16(hi, 4)), _mm256_set1_epi8(32));
 }
-
-/* Q6_K rows: per 16 values (d s) sum (q - 32) x. */
-ALWAYS_INLINE TARGET_AVX2 void
-q6_k_avx2_n(const QuantMatvec *mv, int64_t r0, int64_t r1, const int N)
-{
-	const int64_t nsb = mv->cols / QK_K;
-
-	for (int64_t r = r0; r < r1; r++)
-	{
-		const BlockQ6_K *blk = (const BlockQ6_K *) (mv->w + (size_t) r * mv->row_bytes);
-		__m256		acc[QUANT_MATVEC_MAX_N];
-
-		for (int n = 0; n < N; n++)
-			acc[n] = _mm256_setzero_ps();
-		for (int64_t s = 0; s < nsb; s++)
-		{
-			float		d = _cvtsh_ss(blk[s].d);
-
-			for (int a = 0; a < 2; a++)
-				for (int j = 0; j < 4; j++)
-				{
-					__m256i		v = q6_k_bytes(&blk[s], a, j);
-					__m128i		v0 = _mm256_castsi256_si128(v);
-					__m128i		v1 = _mm256_extracti128_si256(v, 1);
-					int			g = 8 * a + 2 * j;
-					__m256		s0 = _mm256_set1_ps(d * blk[s].scales[g]);
-					__m256		s1 = _mm256_set1_ps(d * blk[s].scales[g + 1]);
-					__m256		q[4] = {
-						_mm256_mul_ps(s0, i8_to_ps_avx2(v0)), _mm256_mul_ps(s0, i8_to_ps_avx2(high8(v0))),
-						_mm256_mul_ps(s1, i8_to_ps_avx2(v1)), _mm256_mul_ps(s1, i8_to_ps_avx2(high8(v1)))
-					};
-
-					for (int n = 0; n < N; n++)
-					{
-						const float *x = mv->x + n * mv->cols + s * QK_K + 128 * a + 32 * j;
-
-						acc[n] = _mm256_add_ps(acc[n], dot32_avx2(q, x));
-					}
-				}
-		}
-		for (int n = 0; n < N; n++)
-			mv->y[n * mv->ldy + r] = hsum_avx2(acc[n]);
-	}
-}
-MATVEC_ENTRY(q6_k_avx2, TARGET_AVX2)
 
 /* F32 and F16 rows (any number of columns): sum w x, the tail in scalar code. */
 ALWAYS_INLINE TARGET_AVX2 void
@@ -673,6 +626,82 @@ q4_k_avx2_n(const QuantMatvec *mv, int64_t r0, int64_t r1, const int N)
 }
 MATVEC_ENTRY(q4_k_avx2, TARGET_AVX2)
 
+/*
+ * A Q6_K super-block's 16 scales (one a 16 values) as floats times d and
+ * times x's dx of their blocks: lane 2 k + h for half h of block k, as
+ * the scales themselves are ordered; in two registers.
+ */
+ALWAYS_INLINE TARGET_AVX2 void
+q6_k_scales_avx2(const BlockQ6_K *blk, const float *xw, __m256 p[2])
+{
+	uint16_t	dh;
+	__m256		d;
+	__m128i		sc = _mm_loadu_si128((const __m128i *) blk->scales);
+
+	memcpy(&dh, &blk->d, sizeof(dh));
+	d = _mm256_set1_ps(_cvtsh_ss(dh));
+	/* xw holds dx, dx sum xq a block: dx twice a block is its even lanes duplicated */
+	p[0] = _mm256_mul_ps(_mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc))),
+						 _mm256_moveldup_ps(_mm256_loadu_ps(xw)));
+	p[1] = _mm256_mul_ps(_mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(sc, 8)))),
+						 _mm256_moveldup_ps(_mm256_loadu_ps(xw + 8)));
+}
+
+/*
+ * Q6_K rows by integer dot products: block k (32 values) of a super-block
+ * adds d s dx sum (q - 32) xq over each of its halves, s the half's scale.
+ */
+ALWAYS_INLINE TARGET_AVX2 void
+q6_k_avx2_n(const QuantMatvec *mv, int64_t r0, int64_t r1, const int N)
+{
+	const int64_t cols = mv->cols;
+	const int64_t nb = cols / QK32;
+	const int64_t nsb = cols / QK_K;
+
+	for (int64_t r = r0; r < r1; r++)
+	{
+		const BlockQ6_K *blk = (const BlockQ6_K *) (mv->w + (size_t) r * mv->row_bytes);
+		__m256		acc[QUANT_MATVEC_MAX_N];
+
+		for (int n = 0; n < N; n++)
+			acc[n] = _mm256_setzero_ps();
+		for (int64_t s = 0; s < nsb; s++)
+		{
+			__m256		p[QUANT_MATVEC_MAX_N][2];
+
+			for (int line = 0; line < 4; line++)
+				_mm_prefetch((const char *) &blk[s] + QUANT_PREFETCH_BYTES + 64 * line, _MM_HINT_T0);
+			for (int n = 0; n < N; n++)
+				q6_k_scales_avx2(&blk[s], mv->xw + 2 * (n * nb + 8 * s), p[n]);
+			for (int a = 0; a < 2; a++)
+				for (int j = 0; j < 4; j++)
+				{
+					/* block k = 4 a + j: values q - 32, signed */
+					__m256i		v = q6_k_bytes(&blk[s], a, j);
+					__m256i		lo = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(v));
+					__m256i		hi = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(v, 1));
+					int64_t		b = 8 * s + 4 * a + j;
+
+					for (int n = 0; n < N; n++)
+					{
+						const int16_t *xrow = mv->xq + n * cols;
+						__m256i		s0 = _mm256_madd_epi16(lo, _mm256_loadu_si256((const __m256i *) (xrow + quant_xq_offset(b, nb, 0))));
+						__m256i		s1 = _mm256_madd_epi16(hi, _mm256_loadu_si256((const __m256i *) (xrow + quant_xq_offset(b, nb, 1))));
+						/* lanes 2 j and 2 j + 1 of the register for a */
+						__m256		d0 = _mm256_permutevar8x32_ps(p[n][a], _mm256_set1_epi32(2 * j));
+						__m256		d1 = _mm256_permutevar8x32_ps(p[n][a], _mm256_set1_epi32(2 * j + 1));
+
+						acc[n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s0), d0, acc[n]);
+						acc[n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s1), d1, acc[n]);
+					}
+				}
+		}
+		for (int n = 0; n < N; n++)
+			mv->y[n * mv->ldy + r] = hsum_avx2(acc[n]);
+	}
+}
+MATVEC_ENTRY(q6_k_avx2, TARGET_AVX2)
+
 /* The AVX2 kernel for type, or {NULL, false}. */
 QuantMatvecKernel
 quant_matvec_avx2(GgmlType type)
@@ -692,7 +721,7 @@ quant_matvec_avx2(GgmlType type)
 		case GGML_Q4_K:
 			return (QuantMatvecKernel) {q4_k_avx2, true};
 		case GGML_Q6_K:
-			return (QuantMatvecKernel) {q6_k_avx2, false};
+			return (QuantMatvecKernel) {q6_k_avx2, true};
 		default:
 			return (QuantMatvecKernel) {NULL, false};
 	}
@@ -892,49 +921,6 @@ dot32_512(__m512 q0, __m512 q1, const float *x)
 {
 	return _mm512_fmadd_ps(q1, _mm512_loadu_ps(x + 16), _mm512_mul_ps(q0, _mm512_loadu_ps(x)));
 }
-
-/* Q6_K rows: per 16 values (d s) sum (q - 32) x. */
-ALWAYS_INLINE TARGET_AVX512 void
-q6_k_512_n(const QuantMatvec *mv, int64_t r0, int64_t r1, const int N)
-{
-	const int64_t nsb = mv->cols / QK_K;
-
-	for (int64_t r = r0; r < r1; r++)
-	{
-		const BlockQ6_K *blk = (const BlockQ6_K *) (mv->w + (size_t) r * mv->row_bytes);
-		__m512		acc0[QUANT_MATVEC_MAX_N];
-		__m512		acc1[QUANT_MATVEC_MAX_N];
-
-		for (int n = 0; n < N; n++)
-			acc0[n] = acc1[n] = _mm512_setzero_ps();
-		for (int64_t s = 0; s < nsb; s++)
-		{
-			float		d = _cvtsh_ss(blk[s].d);
-
-			for (int a = 0; a < 2; a++)
-				for (int j = 0; j < 4; j++)
-				{
-					__m256i		v = q6_k_bytes(&blk[s], a, j);
-					int			g = 8 * a + 2 * j;
-					__m512		q0 = _mm512_mul_ps(_mm512_set1_ps(d * blk[s].scales[g]),
-												   i8_to_ps_512(_mm256_castsi256_si128(v)));
-					__m512		q1 = _mm512_mul_ps(_mm512_set1_ps(d * blk[s].scales[g + 1]),
-												   i8_to_ps_512(_mm256_extracti128_si256(v, 1)));
-
-					for (int n = 0; n < N; n++)
-					{
-						const float *x = mv->x + n * mv->cols + s * QK_K + 128 * a + 32 * j;
-
-						acc0[n] = _mm512_fmadd_ps(q0, _mm512_loadu_ps(x), acc0[n]);
-						acc1[n] = _mm512_fmadd_ps(q1, _mm512_loadu_ps(x + 16), acc1[n]);
-					}
-				}
-		}
-		for (int n = 0; n < N; n++)
-			mv->y[n * mv->ldy + r] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[n], acc1[n]));
-	}
-}
-MATVEC_ENTRY(q6_k_512, TARGET_AVX512)
 
 /* 16 weights of an F32 or F16 row from column c, the first count of them (the rest 0). */
 ALWAYS_INLINE TARGET_AVX512 __m512
@@ -1295,6 +1281,101 @@ q4_k_512_vnni_n(const QuantMatvec *mv, int64_t r0, int64_t r1, const int N)
 }
 MATVEC_ENTRY(q4_k_512_vnni, TARGET_AVX512VNNI)
 
+/*
+ * Q6_K rows by integer dot products, a pair of blocks a register: blocks
+ * 4 a + j and 4 a + j + 1 (j even) take the low (j = 0) or high (j = 2)
+ * nibbles of ql[64 a .. 64 a + 64) and bits 2 j .. 2 j + 3 of
+ * qh[32 a .. 32 a + 32), joined as bytes and widened; first halves and
+ * second halves get their own sums, as their scales differ (so there is
+ * no sum for vpdpwssd to add to, and no VNNI variant).
+ */
+ALWAYS_INLINE TARGET_AVX512 void
+q6_k_int_512_n(const QuantMatvec *mv, int64_t r0, int64_t r1, const int N)
+{
+	const int64_t cols = mv->cols;
+	const int64_t nb = cols / QK32;
+	const int64_t nsb = cols / QK_K;
+	const __m256i low4 = _mm256_set1_epi8(0x0f);
+	const __m256i bits45 = _mm256_set1_epi8(0x30);
+	/* qh's bits for blocks j, j + 1 moved to bits 4, 5: left 4 and 2 (j = 0), right 0 and 2 (j = 2) */
+	const __m256i shl01 = _mm256_set_epi16(2, 2, 2, 2, 2, 2, 2, 2, 4, 4, 4, 4, 4, 4, 4, 4);
+	const __m256i shr23 = _mm256_set_epi16(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0);
+	const __m512i offset = _mm512_set1_epi16(32);
+
+	for (int64_t r = r0; r < r1; r++)
+	{
+		const BlockQ6_K *blk = (const BlockQ6_K *) (mv->w + (size_t) r * mv->row_bytes);
+		__m512		acc[QUANT_MATVEC_MAX_N];
+
+		for (int n = 0; n < N; n++)
+			acc[n] = _mm512_setzero_ps();
+		for (int64_t s = 0; s < nsb; s++)
+		{
+			uint16_t	dh;
+			__m512		f;
+			__m512		p[QUANT_MATVEC_MAX_N];
+
+			for (int line = 0; line < 4; line++)
+				_mm_prefetch((const char *) &blk[s] + QUANT_PREFETCH_BYTES + 64 * line, _MM_HINT_T0);
+			memcpy(&dh, &blk[s].d, sizeof(dh));
+			/* lane 2 k + h: d times the scale of half h of block k, times dx of block k */
+			f = _mm512_mul_ps(_mm512_set1_ps(_cvtsh_ss(dh)),
+							  _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *) blk[s].scales))));
+			for (int n = 0; n < N; n++)
+				p[n] = _mm512_mul_ps(f, _mm512_moveldup_ps(_mm512_loadu_ps(mv->xw + 2 * (n * nb + 8 * s))));
+			for (int a = 0; a < 2; a++)
+			{
+				const uint8_t *ql = blk[s].ql + 64 * a;
+				const uint8_t *qh = blk[s].qh + 32 * a;
+				/* values 0..15 (la, ha) and 16..31 (lb, hb) of blocks j and j + 1, side by side */
+				__m256i		la = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *) ql)),
+														 _mm_loadu_si128((const __m128i *) (ql + 32)), 1);
+				__m256i		lb = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *) (ql + 16))),
+														 _mm_loadu_si128((const __m128i *) (ql + 48)), 1);
+				__m256i		ha = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *) qh));
+				__m256i		hb = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *) (qh + 16)));
+
+				for (int j = 0; j < 4; j += 2)
+				{
+					int			k = 4 * a + j;
+					/* low nibbles for j = 0, high for j = 2; (l & 0x0f) | h in one ternary logic op */
+					__m256i		ln_a = j == 0 ? la : _mm256_srli_epi16(la, 4);
+					__m256i		ln_b = j == 0 ? lb : _mm256_srli_epi16(lb, 4);
+					__m256i		hn_a = j == 0 ? _mm256_sllv_epi16(ha, shl01) : _mm256_srlv_epi16(ha, shr23);
+					__m256i		hn_b = j == 0 ? _mm256_sllv_epi16(hb, shl01) : _mm256_srlv_epi16(hb, shr23);
+					__m256i		ba = _mm256_ternarylogic_epi32(ln_a, low4, _mm256_and_si256(hn_a, bits45), 0xea);
+					__m256i		bb = _mm256_ternarylogic_epi32(ln_b, low4, _mm256_and_si256(hn_b, bits45), 0xea);
+					__m512i		qa = _mm512_sub_epi16(_mm512_cvtepu8_epi16(ba), offset);
+					__m512i		qb = _mm512_sub_epi16(_mm512_cvtepu8_epi16(bb), offset);
+					const __m512i ia = _mm512_set_epi32(2 * k + 2, 2 * k + 2, 2 * k + 2, 2 * k + 2, 2 * k + 2,
+														2 * k + 2, 2 * k + 2, 2 * k + 2, 2 * k, 2 * k, 2 * k,
+														2 * k, 2 * k, 2 * k, 2 * k, 2 * k);
+					const __m512i ib = _mm512_add_epi32(ia, _mm512_set1_epi32(1));
+
+					for (int n = 0; n < N; n++)
+					{
+						const int16_t *xp = mv->xq + n * cols + QK_K * s + 32 * k;
+						__m512i		sa = _mm512_madd_epi16(qa, _mm512_loadu_si512(xp));
+						__m512i		sb = _mm512_madd_epi16(qb, _mm512_loadu_si512(xp + 32));
+
+						acc[n] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sa), _mm512_permutexvar_ps(ia, p[n]), acc[n]);
+						acc[n] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sb), _mm512_permutexvar_ps(ib, p[n]), acc[n]);
+					}
+				}
+			}
+		}
+		for (int n = 0; n < N; n++)
+			mv->y[n * mv->ldy + r] = _mm512_reduce_add_ps(acc[n]);
+	}
+}
+
+ALWAYS_INLINE TARGET_AVX512 void
+q6_k_512_n(const QuantMatvec *mv, int64_t r0, int64_t r1, const int N)
+{
+	q6_k_int_512_n(mv, r0, r1, N);
+}
+MATVEC_ENTRY(q6_k_512, TARGET_AVX512)
+
 /* The AVX-512 kernel for type (with VNNI or not), or {NULL, false}. */
 QuantMatvecKernel
 quant_matvec_avx512(GgmlType type, bool vnni)
@@ -1314,7 +1395,7 @@ quant_matvec_avx512(GgmlType type, bool vnni)
 		case GGML_Q4_K:
 			return (QuantMatvecKernel) {vnni ? q4_k_512_vnni : q4_k_512, true};
 		case GGML_Q6_K:
-			return (QuantMatvecKernel) {q6_k_512, false};
+			return (QuantMatvecKernel) {q6_k_512, true};
 		default:
 			return (QuantMatvecKernel) {NULL, false};
 	}

@@ -4,7 +4,7 @@
  * (test/fixtures/ref_quant.py wrote its output), then every kernel path
  * this CPU has (scalar, AVX2, AVX-512, AVX-512 VNNI) against the scalar
  * reference product on random weights of every type, for N from 1
- * (decoding; integer dot products for Q4_0, Q4_1, Q8_0, Q4_K) to 64 (the tiled
+ * (decoding; integer dot products for Q4_0, Q4_1, Q8_0, Q4_K, Q6_K) to 64 (the tiled
  * BLAS route), the input gradient against a double-precision loop, the
  * same bits for any thread count, and non-finite inputs coming out
  * non-finite.  Prints the Q4_1 matrix-vector speed on SmolLM2's 1536 x 576
@@ -43,8 +43,8 @@
  */
 #define QUANT_MATMUL_L2_TOL 1e-6
 /*
- * The integer matrix-vector kernels (Q4_0, Q4_1, Q8_0, Q4_K on the vector
- * paths) round each block of 32 values of x to int16, a step of
+ * The integer matrix-vector kernels (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K on the
+ * vector paths) round each block of 32 values of x to int16, a step of
  * max |x| / 32767: on uniform x an error of 1.5e-5 of x's RMS per value.
  * Measured 1.4e-5 to 2.9e-5 (Q8_0 on the 7-row shape) over every type,
  * shape and N.  A wrong scale or minimum on one block would show as 1e-2.
@@ -85,7 +85,8 @@ static const char *const paths[] = {"scalar", "avx2", "avx512", "avx512vnni"};
 static bool
 int16_route(GgmlType type, int p, int64_t N)
 {
-	return p > 0 && N <= 4 && (type == GGML_Q4_0 || type == GGML_Q4_1 || type == GGML_Q8_0 || type == GGML_Q4_K);
+	return p > 0 && N <= 4 && (type == GGML_Q4_0 || type == GGML_Q4_1 || type == GGML_Q8_0 ||
+							   type == GGML_Q4_K || type == GGML_Q6_K);
 }
 
 static PeftRng rng;
@@ -555,7 +556,7 @@ test_thread_counts(void **state)
 static void
 test_matvec_nonfinite(void **state)
 {
-	static const GgmlType checked[] = {GGML_Q4_0, GGML_Q4_1, GGML_Q8_0, GGML_Q4_K, GGML_F16};
+	static const GgmlType checked[] = {GGML_Q4_0, GGML_Q4_1, GGML_Q8_0, GGML_Q4_K, GGML_Q6_K, GGML_F16};
 	const int64_t rows = 37;
 	const int64_t N = 3;
 
