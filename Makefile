@@ -11,16 +11,23 @@
 
 EXTENSION    = peft
 EXTVERSION   = $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" peft.control)
-# The release number is written in peft.control and src/engine/version.h: they must agree.
-ifneq ($(EXTVERSION),$(shell sed -n 's/^\#define PEFT_VERSION "\(.*\)"/\1/p' src/engine/version.h))
-$(error peft.control's default_version $(EXTVERSION) differs from src/engine/version.h)
+# The release number is written in peft.control and src/engine/api/version.h: they must agree.
+ifneq ($(EXTVERSION),$(shell sed -n 's/^\#define PEFT_VERSION "\(.*\)"/\1/p' src/engine/api/version.h))
+$(error peft.control's default_version $(EXTVERSION) differs from src/engine/api/version.h)
 endif
+# The engine's sources live in folders by layer (src/engine/api, formats,
+# tokenizers, models, ops, backends, methods, training): every folder is on
+# the include path, so files include each other's headers by name.
+ENGINE_DIRS  = $(sort $(patsubst %/,%,$(dir $(wildcard src/engine/*/*.c src/engine/*/*.h))))
+ENGINE_INC   = -Isrc/engine $(addprefix -I,$(ENGINE_DIRS))
+ENGINE_HDRS  = $(wildcard src/engine/*.h src/engine/*/*.h)
+
 MODULE_big   = peft
 OBJS         = $(patsubst %.c,%.o,$(wildcard src/*.c))
 DATA         = $(wildcard sql/peft--*.sql)
 REGRESS      = $(patsubst sql/%.sql,%,$(sort $(wildcard sql/[0-9]*.sql)))
 REGRESS_OPTS = --inputdir=. --load-extension=$(EXTENSION) --encoding=UTF8
-PG_CPPFLAGS  = -Isrc -Isrc/engine -Wall -Wextra -Wno-unused-parameter \
+PG_CPPFLAGS  = -Isrc $(ENGINE_INC) -Wall -Wextra -Wno-unused-parameter \
                -Wno-missing-field-initializers -Wno-sign-compare
 EXTRA_CLEAN  = peft_engine.so peft_engine_cuda.so peft-engine build build-asan results regression.diffs \
                regression.out
@@ -39,7 +46,7 @@ endif
 
 # PGXS tracks no header dependencies: rebuild the SQL layer when its
 # headers or the engine interface change.
-$(OBJS): $(wildcard src/*.h) src/engine/engine_api.h src/engine/status.h
+$(OBJS): $(wildcard src/*.h) src/engine/api/engine_api.h src/engine/api/status.h
 
 # ---- engine library -------------------------------------------------------
 
@@ -61,16 +68,16 @@ ENGINE_PKGS    = openblas libcjson libutf8proc libpcre2-8
 # -fvisibility=hidden: the engine's library exports its API table and what the
 # CUDA library needs from it (PEFT_EXPORT), nothing else.
 ENGINE_CFLAGS  = -std=gnu11 -O3 -fPIC -g -fvisibility=hidden -Wall -Wextra -Wno-unused-parameter \
-                 -Wno-sign-compare -pthread -Isrc/engine -Ikernels \
+                 -Wno-sign-compare -pthread $(ENGINE_INC) -Ikernels \
                  $(shell pkg-config --cflags $(ENGINE_PKGS))
 ENGINE_LIBS    = $(shell pkg-config --libs $(ENGINE_PKGS)) -lm -pthread
-ENGINE_SRCS    = $(sort $(wildcard src/engine/*.c))
+ENGINE_SRCS    = $(sort $(wildcard src/engine/*.c src/engine/*/*.c))
 ENGINE_OBJS    = $(patsubst src/engine/%.c,$(B)/engine/%.o,$(ENGINE_SRCS))
 # The same sources in double precision, for gradient checks only.
 # (The float-only files are left out: the API and the decoder's inference,
 # which runs on quant.h's float products.)
-ENGINE_FLOAT_ONLY  = src/engine/engine_api.c src/engine/engine_session.c src/engine/engine_decoder.c \
-                     src/engine/decoder.c src/engine/generate.c
+ENGINE_FLOAT_ONLY  = $(filter %/engine_api.c %/engine_session.c %/engine_decoder.c %/decoder.c \
+                     %/generate.c,$(ENGINE_SRCS))
 ENGINE_DOUBLE_OBJS = $(patsubst src/engine/%.c,$(B)/double/%.o,\
                      $(filter-out $(ENGINE_FLOAT_ONLY),$(ENGINE_SRCS)))
 
@@ -87,7 +94,7 @@ endif
 ifeq ($(PEFT_CUDA),1)
   CUDA_SRCS     = $(sort $(wildcard kernels/*.cu))
   CUDA_OBJS     = $(patsubst kernels/%.cu,$(B)/cuda/%.o,$(CUDA_SRCS))
-  NVCC_FLAGS    = -O3 -std=c++17 -Xcompiler -fPIC -Xcompiler -fvisibility=hidden -Isrc/engine -Ikernels \
+  NVCC_FLAGS    = -O3 -std=c++17 -Xcompiler -fPIC -Xcompiler -fvisibility=hidden $(ENGINE_INC) -Ikernels \
                   -gencode arch=compute_80,code=sm_80 \
                   -gencode arch=compute_90,code=sm_90 \
                   -gencode arch=compute_90,code=compute_90
@@ -104,15 +111,17 @@ else
   BACKENDS      = cpu (OpenBLAS)
 endif
 # peft_engine.so holds everything but the CUDA backend
-ENGINE_LIB_OBJS = $(filter-out $(B)/engine/backend_cuda.o,$(ENGINE_OBJS))
+ENGINE_LIB_OBJS = $(filter-out $(B)/engine/backends/backend_cuda.o,$(ENGINE_OBJS))
 
-$(B)/engine/%.o: src/engine/%.c $(wildcard src/engine/*.h) | $(B)/engine
+$(B)/engine/%.o: src/engine/%.c $(ENGINE_HDRS) | $(B)/engine
+	@mkdir -p $(@D)
 	$(CC) $(ENGINE_CFLAGS) -c $< -o $@
 
-$(B)/double/%.o: src/engine/%.c $(wildcard src/engine/*.h) | $(B)/double
+$(B)/double/%.o: src/engine/%.c $(ENGINE_HDRS) | $(B)/double
+	@mkdir -p $(@D)
 	$(CC) $(ENGINE_CFLAGS) -UPEFT_WITH_CUDA -DPEFT_DOUBLE -c $< -o $@
 
-$(B)/cuda/%.o: kernels/%.cu $(wildcard kernels/*.h kernels/*.cuh src/engine/*.h) | $(B)/cuda
+$(B)/cuda/%.o: kernels/%.cu $(wildcard kernels/*.h kernels/*.cuh) $(ENGINE_HDRS) | $(B)/cuda
 	$(NVCC) $(NVCC_FLAGS) -c $< -o $@
 
 $(B)/engine $(B)/double $(B)/cuda $(B)/unit $(B)/test $(B)/test-double:
@@ -134,17 +143,17 @@ peft_engine.so: $(ENGINE_LIB_OBJS)
 
 # The CUDA backend: found by peft_engine.so in its own folder ($ORIGIN), and
 # resolving the engine's symbols from it.
-peft_engine_cuda.so: $(B)/engine/backend_cuda.o $(CUDA_OBJS) peft_engine.so
-	$(CC) -shared -Wl,--no-undefined -o $@ $(B)/engine/backend_cuda.o $(CUDA_OBJS) \
+peft_engine_cuda.so: $(B)/engine/backends/backend_cuda.o $(CUDA_OBJS) peft_engine.so
+	$(CC) -shared -Wl,--no-undefined -o $@ $(B)/engine/backends/backend_cuda.o $(CUDA_OBJS) \
 		-L. -l:peft_engine.so -Wl,-rpath,'$$ORIGIN' $(CUDA_LIBS) $(ENGINE_LIBS)
 
 # The command-line runner uses the engine only through its API table
 # (engine_api.h), from peft_engine.so found beside it (rpath $ORIGIN), and
 # the CUDA library that peft_engine.so loads from its own folder.
-CLI_CFLAGS = -std=gnu11 -O2 -g -Wall -Wextra -Wno-unused-parameter -Isrc/engine \
+CLI_CFLAGS = -std=gnu11 -O2 -g -Wall -Wextra -Wno-unused-parameter $(ENGINE_INC) \
              $(shell pkg-config --cflags libcjson) $(SANITIZE)
 CLI_SRCS   = $(sort $(wildcard src/cli/*.c))
-peft-engine: $(CLI_SRCS) $(wildcard src/cli/*.h) src/engine/engine_api.h src/engine/status.h src/engine/blas_kernels.h peft_engine.so $(CUDA_LIB)
+peft-engine: $(CLI_SRCS) $(wildcard src/cli/*.h) src/engine/api/engine_api.h src/engine/api/status.h src/engine/ops/blas_kernels.h peft_engine.so $(CUDA_LIB)
 	$(CC) $(CLI_CFLAGS) -o $@ $(CLI_SRCS) -L. -l:peft_engine.so -Wl,-rpath,'$$ORIGIN' \
 		$(shell pkg-config --libs libcjson) $(SANITIZE)
 
@@ -176,20 +185,20 @@ UNIT_SRCS   = $(sort $(wildcard test/unit/test_*.c))
 GRAD_SRCS   = $(sort $(wildcard test/unit/gradcheck_*.c))
 UNIT_BINS   = $(patsubst test/unit/%.c,$(B)/unit/%,$(UNIT_SRCS) $(GRAD_SRCS))
 UNIT_CFLAGS = $(ENGINE_CFLAGS) -Itest/unit -DPEFT_SOURCE_DIR='"$(CURDIR)"'
-TEST_HEADERS = $(wildcard src/engine/*.h test/unit/*.h)
+TEST_HEADERS = $(ENGINE_HDRS) $(wildcard test/unit/*.h)
 
 TEST_REF_SRCS  = test/unit/ops_reference.c
 TEST_HOOK_SRCS = $(sort $(wildcard test/unit/*_hooks.c))
 TEST_ONLY_OBJS   = $(patsubst test/unit/%.c,$(B)/test/%.o,$(TEST_HOOK_SRCS) $(TEST_REF_SRCS))
 TEST_DOUBLE_ONLY = $(patsubst test/unit/%.c,$(B)/test-double/%.o,$(TEST_REF_SRCS))
 # What the tests link: the engine, hooked modules swapped for their hooks.
-TEST_OBJS        = $(filter-out $(patsubst test/unit/%_hooks.c,$(B)/engine/%.o,$(TEST_HOOK_SRCS)),$(ENGINE_OBJS)) \
+TEST_OBJS        = $(filter-out $(foreach h,$(patsubst test/unit/%_hooks.c,%,$(TEST_HOOK_SRCS)),%/$(h).o),$(ENGINE_OBJS)) \
                    $(TEST_ONLY_OBJS)
 TEST_DOUBLE_OBJS = $(ENGINE_DOUBLE_OBJS) $(TEST_DOUBLE_ONLY)
 
 $(TEST_ONLY_OBJS) $(TEST_DOUBLE_ONLY): $(B)/config.stamp
 
-$(B)/test/%_hooks.o: test/unit/%_hooks.c src/engine/%.c $(TEST_HEADERS) | $(B)/test
+$(B)/test/%_hooks.o: test/unit/%_hooks.c $(ENGINE_SRCS) $(TEST_HEADERS) | $(B)/test
 	$(CC) $(UNIT_CFLAGS) -c $< -o $@
 
 $(B)/test/ops_reference.o: test/unit/ops_reference.c $(TEST_HEADERS) | $(B)/test

@@ -1,7 +1,7 @@
 /*
  * attention.cu - packed (varlen) multi-head self-attention on the GPU, the
  * same math and layouts as varlen_attention_forward/backward in
- * src/engine/ops_varlen.c (the reference these kernels are checked
+ * src/engine/ops/ops_varlen.c (the reference these kernels are checked
  * against by test/gpu/test_gpu_attention.c).
  *
  * This is the straightforward version: one thread block per (packed row,

@@ -1,7 +1,7 @@
 /*
  * cross_entropy.cu - softmax cross-entropy over integer labels, forward
  * (probs and per-row loss) and backward, the GPU twins of
- * cross_entropy_forward/backward in src/engine/ops_cpu.c (row sums and
+ * cross_entropy_forward/backward in src/engine/ops/ops_cpu.c (row sums and
  * logs in double, as there).
  */
 #include "cuda_ops.h"

@@ -1,7 +1,7 @@
 /*
  * decoder_ops.cu - RMSNorm, rotary position embeddings, SwiGLU and causal
  * grouped-query attention over a key/value cache on the GPU, the twins of
- * src/engine/ops_decoder.c: the same layouts, row sums in double where the
+ * src/engine/ops/ops_decoder.c: the same layouts, row sums in double where the
  * CPU sums in double, RoPE's angles computed in float32 exactly as there
  * (and as transformers), so the two agree to float rounding
  * (test/gpu/test_gpu_decoder_ops.c).

@@ -2,7 +2,7 @@
  * decoder_ops.h - C interface of the CUDA kernels of a LLaMA-family
  * decoder (kernels/decoder_ops.cu): RMSNorm, rotary position embeddings,
  * SwiGLU and causal grouped-query attention over a key/value cache, the GPU
- * twins of src/engine/ops_decoder.h (same layouts, same math, checked
+ * twins of src/engine/ops/ops_decoder.h (same layouts, same math, checked
  * against it by test/gpu/test_gpu_decoder_ops.c).
  *
  * Conventions as cuda_ops.h: every function returns 0 on success, else -1

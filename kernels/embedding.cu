@@ -1,7 +1,7 @@
 /*
  * embedding.cu - the embeddings of packed tokens (word + position + token
  * type 0) and the gradient of the word table, the GPU twins of
- * varlen_embeddings_forward in src/engine/ops_varlen.c (with type_ids
+ * varlen_embeddings_forward in src/engine/ops/ops_varlen.c (with type_ids
  * NULL) and of its backward for trainable tables such as prompt tuning.
  */
 #include "cuda_ops.h"

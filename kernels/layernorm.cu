@@ -1,7 +1,7 @@
 /*
  * layernorm.cu - LayerNorm over the last dimension, forward (saving mean
  * and rstd) and backward, the GPU twins of layernorm_forward/backward in
- * src/engine/ops_cpu.c: biased variance, eps inside the square root, and
+ * src/engine/ops/ops_cpu.c: biased variance, eps inside the square root, and
  * row sums in double as the CPU does, so the two agree to float rounding.
  */
 #include "cuda_ops.h"

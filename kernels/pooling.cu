@@ -3,7 +3,7 @@
  * rows, or its first row), L2 normalisation of the pooled rows, and the
  * scatter of packed rows back to the padded [B, T] layout: the GPU twins of
  * varlen_mean_pool_*, varlen_cls_pool_*, varlen_scatter_rows
- * (src/engine/ops_varlen.c) and l2norm_forward (src/engine/ops_cpu.c).
+ * (src/engine/ops/ops_varlen.c) and l2norm_forward (src/engine/ops/ops_cpu.c).
  *
  * Sequence b is rows [seq_start[b], seq_start[b+1]) of an [N, C] tensor,
  * seq_start being a device array; a sequence may be empty.  Pooling gives

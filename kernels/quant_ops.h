@@ -6,7 +6,7 @@
  * test/gpu/test_gpu_quant.c).  A quantized model stays quantized in device
  * memory: never a float32 copy of its weights.
  *
- * type is ggml's tensor type number (GgmlType in src/engine/gguf.h); the
+ * type is ggml's tensor type number (GgmlType in src/engine/formats/gguf.h); the
  * kernels take F32, F16, BF16, Q4_0, Q4_1, Q8_0, Q4_K and Q6_K, in ggml's
  * block layouts.  Weights are [rows, cols], each row a run of blocks (cols
  * a multiple of the type's block), as quant.h.

@@ -1,7 +1,7 @@
 /*
  * train_options.c - peft_train's options jsonb: every key known, typed and
  * in range, or an ERROR at call time (a doomed job is never queued).  The
- * options are the engine's table (options(), src/engine/train_config.c):
+ * options are the engine's table (options(), src/engine/training/train_config.c):
  * this file only turns each JSON value into a PeftOptionValue and lets the
  * engine check and store it.  The worker parses the same stored jsonb
  * again with the same code.

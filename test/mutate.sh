@@ -27,25 +27,25 @@ JOBS=$(nproc 2>/dev/null || echo 2)
 
 # name|area|file|text|replacement: one literal replacement each.
 MUTATIONS=$(cat <<'EOF'
-ln-eps-nan|network|src/engine/network.c|eps = (real) cfg->layer_norm_eps;|eps = (real) NAN;
-ln-eps-1e-5|network|src/engine/network.c|eps = (real) cfg->layer_norm_eps;|eps = (real) 1e-5;
-attention-scale-1-over-d|network|src/engine/ops_varlen.c|a->score_scale = (real) (1.0 / sqrt((double) a->HS));|a->score_scale = (real) (1.0 / (double) a->HS);
-clip-off|optimizer|src/engine/network.c|if (max_norm > 0)|if (max_norm < 0)
-beta2-0.99|optimizer|src/engine/trainer.c|o->beta2 = 0.999;|o->beta2 = 0.99;
-no-weight-decay|optimizer|src/engine/ops_cpu.c|args.decay = (real) (1.0 - (double) lr * (double) weight_decay);|args.decay = 1;
-adam-eps-in-sqrt|optimizer|src/engine/ops_cpu.c|denom = sqrt_real(vi) / a->bc2_sqrt + a->eps;|denom = sqrt_real(vi / (a->bc2_sqrt * a->bc2_sqrt) + a->eps);
-grad-accum-sum|optimizer|src/engine/trainer.c|(real) (1.0 / in_step)|(real) 1.0
-schedule-shift|schedule|src/engine/trainer.c|schedule_factor(o, tr->step, tr->total_steps)|schedule_factor(o, tr->step + 1, tr->total_steps)
-warmup-floor|schedule|src/engine/trainer.c|return (int) ceil(o->warmup_ratio * total_steps);|return (int) floor(o->warmup_ratio * total_steps);
-tok-punct-joined|tokenizer|src/engine/tokenizer.c|case ASCII_PUNCT:|case ASCII_PUNCT + 100:
-tok-cjk-joined|tokenizer|src/engine/tokenizer.c|chinese = tok->opts.split_chinese && is_chinese_char(cp);|chinese = false;
-tok-no-##-prefix|tokenizer|src/engine/tokenizer.c|found = vocab_find(tok, start > 0, |found = vocab_find(tok, false, 
-st-end-past-data|safetensors validation|src/engine/safetensors.c|if (*end > data_len)|if (*end > data_len + 8)
-st-overlap-allowed|safetensors validation|src/engine/safetensors.c|if (spans[i].begin < spans[i - 1].end)|if (spans[i].begin < spans[i - 1].begin)
-st-span-too-long|safetensors validation|src/engine/safetensors.c|if (*end - *begin != nbytes)|if (*end - *begin < nbytes)
-adapter-alpha-is-r|adapter serialisation|src/engine/adapter_io.c|cJSON_AddNumberToObject(root, "lora_alpha", lo->alpha);|cJSON_AddNumberToObject(root, "lora_alpha", lo->r);
-adapter-nan-accepted|adapter serialisation|src/engine/adapter_io.c|if (!isfinite(dst[j]))|if (0)
-adapter-extra-tensors|adapter serialisation|src/engine/adapter_io.c|if (file->ntensors - unused != ps->count)|if (file->ntensors - unused < ps->count)
+ln-eps-nan|network|src/engine/models/network.c|eps = (real) cfg->layer_norm_eps;|eps = (real) NAN;
+ln-eps-1e-5|network|src/engine/models/network.c|eps = (real) cfg->layer_norm_eps;|eps = (real) 1e-5;
+attention-scale-1-over-d|network|src/engine/ops/ops_varlen.c|a->score_scale = (real) (1.0 / sqrt((double) a->HS));|a->score_scale = (real) (1.0 / (double) a->HS);
+clip-off|optimizer|src/engine/models/network.c|if (max_norm > 0)|if (max_norm < 0)
+beta2-0.99|optimizer|src/engine/training/trainer.c|o->beta2 = 0.999;|o->beta2 = 0.99;
+no-weight-decay|optimizer|src/engine/ops/ops_cpu.c|args.decay = (real) (1.0 - (double) lr * (double) weight_decay);|args.decay = 1;
+adam-eps-in-sqrt|optimizer|src/engine/ops/ops_cpu.c|denom = sqrt_real(vi) / a->bc2_sqrt + a->eps;|denom = sqrt_real(vi / (a->bc2_sqrt * a->bc2_sqrt) + a->eps);
+grad-accum-sum|optimizer|src/engine/training/trainer.c|(real) (1.0 / in_step)|(real) 1.0
+schedule-shift|schedule|src/engine/training/trainer.c|schedule_factor(o, tr->step, tr->total_steps)|schedule_factor(o, tr->step + 1, tr->total_steps)
+warmup-floor|schedule|src/engine/training/trainer.c|return (int) ceil(o->warmup_ratio * total_steps);|return (int) floor(o->warmup_ratio * total_steps);
+tok-punct-joined|tokenizer|src/engine/tokenizers/tokenizer.c|case ASCII_PUNCT:|case ASCII_PUNCT + 100:
+tok-cjk-joined|tokenizer|src/engine/tokenizers/tokenizer.c|chinese = tok->opts.split_chinese && is_chinese_char(cp);|chinese = false;
+tok-no-##-prefix|tokenizer|src/engine/tokenizers/tokenizer.c|found = vocab_find(tok, start > 0, |found = vocab_find(tok, false, 
+st-end-past-data|safetensors validation|src/engine/formats/safetensors.c|if (*end > data_len)|if (*end > data_len + 8)
+st-overlap-allowed|safetensors validation|src/engine/formats/safetensors.c|if (spans[i].begin < spans[i - 1].end)|if (spans[i].begin < spans[i - 1].begin)
+st-span-too-long|safetensors validation|src/engine/formats/safetensors.c|if (*end - *begin != nbytes)|if (*end - *begin < nbytes)
+adapter-alpha-is-r|adapter serialisation|src/engine/formats/adapter_io.c|cJSON_AddNumberToObject(root, "lora_alpha", lo->alpha);|cJSON_AddNumberToObject(root, "lora_alpha", lo->r);
+adapter-nan-accepted|adapter serialisation|src/engine/formats/adapter_io.c|if (!isfinite(dst[j]))|if (0)
+adapter-extra-tensors|adapter serialisation|src/engine/formats/adapter_io.c|if (file->ntensors - unused != ps->count)|if (file->ntensors - unused < ps->count)
 EOF
 )
 

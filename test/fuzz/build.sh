@@ -4,7 +4,7 @@
 #
 #   test/fuzz/build.sh            build (only what changed)
 #
-# The engine sources (src/engine/*.c, CPU only) are compiled here with the
+# The engine sources (src/engine/*/*.c, CPU only) are compiled here with the
 # include and pkg-config flags of the Makefile's ENGINE_CFLAGS/ENGINE_LIBS
 # (ENGINE_PKGS is read from the Makefile) plus the sanitizers, archived into
 # build/fuzz/libengine-fuzz.a, and each harness links what it needs from it.
@@ -29,7 +29,7 @@ PKGS=$(sed -n 's/^ENGINE_PKGS *= *//p' Makefile)
 
 SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined"
 CFLAGS="-std=gnu11 -g -O1 -fno-omit-frame-pointer -pthread -Wall -Wextra \
--Wno-unused-parameter -Wno-sign-compare -Isrc/engine -Ikernels -Itest/unit \
+-Wno-unused-parameter -Wno-sign-compare -Isrc/engine $(for d in src/engine/*/; do printf -- '-I%s ' "${d%/}"; done)-Ikernels -Itest/unit \
 $(pkg-config --cflags $PKGS) -DPEFT_SOURCE_DIR=\"$ROOT\" $SAN"
 LIBS="$(pkg-config --libs $PKGS) -lm -pthread"
 
@@ -44,9 +44,9 @@ fi
 # Engine objects, coverage-instrumented for the fuzzer (no main).  An object
 # is rebuilt when its source (or hooks file) or any engine or test header is
 # newer.
-newest_header=$(ls -t src/engine/*.h test/unit/*.h | head -1)
+newest_header=$(ls -t src/engine/*.h src/engine/*/*.h test/unit/*.h | head -1)
 stale=()
-for src in src/engine/*.c; do
+for src in src/engine/*.c src/engine/*/*.c; do
 	name=$(basename "${src%.c}")
 	obj=$OBJ/$name.o
 	build=$src
@@ -59,7 +59,7 @@ done
 # Objects of sources that are gone must not stay in the archive.
 for obj in "$OBJ"/*.o; do
 	[ -e "$obj" ] || continue
-	[ -f "src/engine/$(basename "${obj%.o}").c" ] || rm -f "$obj"
+	compgen -G "src/engine/*/$(basename "${obj%.o}").c" >/dev/null || rm -f "$obj"
 done
 if [ ${#stale[@]} -gt 0 ]; then
 	echo "fuzz: compiling ${#stale[@]} engine sources"

@@ -3,7 +3,7 @@
  * any user can write: the config (adapter_config.json text, read by
  * adapter_options_from_config) and the weights (safetensors bytes, read by
  * adapter_load_weights into a network built over the tiny BERT), in the
- * order session_adapter_open applies them (src/engine/adapter_io.c).
+ * order session_adapter_open applies them (src/engine/formats/adapter_io.c).
  *
  * Input: a head byte (num_labels = byte % 4: 0 no head, 1 regression,
  * 2 and 3 classes), a 16-bit little-endian length N, N bytes of config,

@@ -1,6 +1,6 @@
 /*
  * fuzz_bpe.c - libFuzzer harness for the byte-level BPE tokenizer
- * (src/engine/bpe_tokenizer.c, pretokenizer.c): the tokenizer.json and
+ * (src/engine/tokenizers/bpe_tokenizer.c, pretokenizer.c): the tokenizer.json and
  * GGUF loaders, encoding arbitrary bytes, and decoding.
  *
  * Input: flags, a 16-bit little-endian length N, N bytes of tokenizer

@@ -1,6 +1,6 @@
 /*
  * fuzz_config.c - libFuzzer harness for the model folder's config readers
- * (src/engine/model_config.c), through their text entry points, the same
+ * (src/engine/formats/model_config.c), through their text entry points, the same
  * functions model_config_load applies to the files it reads.
  *
  * Input: one selector byte, then text.

@@ -1,5 +1,5 @@
 /*
- * fuzz_gguf.c - libFuzzer harness for the GGUF reader (src/engine/gguf.c):
+ * fuzz_gguf.c - libFuzzer harness for the GGUF reader (src/engine/formats/gguf.c):
  * the input is a whole GGUF file.
  *
  * gguf_open_buffer validates it; when it is accepted, everything the

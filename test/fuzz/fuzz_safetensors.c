@@ -1,6 +1,6 @@
 /*
  * fuzz_safetensors.c - libFuzzer harness for the safetensors reader
- * (src/engine/safetensors.c): the input is a whole file or bytea.
+ * (src/engine/formats/safetensors.c): the input is a whole file or bytea.
  *
  * st_open_buffer validates it; when it is accepted, every tensor is looked
  * up, checked against its own shape, converted (floating dtypes) and the

@@ -1,6 +1,6 @@
 /*
  * fuzz_tokenizer.c - libFuzzer harness for the WordPiece tokenizer
- * (src/engine/tokenizer.c): the vocabulary loaders (vocab.txt and
+ * (src/engine/tokenizers/tokenizer.c): the vocabulary loaders (vocab.txt and
  * tokenizer.json images) and the tokenisation of arbitrary bytes.
  *
  * Input: flags, max_length, a 16-bit little-endian length N, N bytes of

@@ -1,6 +1,6 @@
 /*
  * test_gpu_decoder_ops.c - the CUDA decoder kernels (kernels/decoder_ops.h)
- * against the CPU operations of src/engine/ops_decoder.h on fresh random
+ * against the CPU operations of src/engine/ops/ops_decoder.h on fresh random
  * inputs: RMSNorm, RoPE in both layouts, SwiGLU, each forward and
  * backward, and causal GQA attention over a key/value cache (prefill rows
  * in a shuffled order, decode rows, contexts over several chunks of keys,

@@ -1,7 +1,7 @@
 /*
  * test_gpu_elementwise.c - the CUDA element-wise, LayerNorm, loss and
  * optimiser kernels (kernels/cuda_ops.h) against the CPU reference ops
- * (src/engine/ops.h) on fresh random inputs: outputs are poisoned with
+ * (src/engine/ops/ops.h) on fresh random inputs: outputs are poisoned with
  * 0xFF (NaN) before each GPU run so a kernel that skips an element fails,
  * and accumulated gradients start from random non-zero values so += is
  * tested.  Every test skips when no CUDA device is visible.

@@ -1,7 +1,7 @@
 /*
  * test_gpu_embedding.c - the CUDA embeddings of packed tokens
  * (kernels/embedding.cu) against varlen_embeddings_forward
- * (src/engine/ops_varlen.h) and the word-table gradient against a host
+ * (src/engine/ops/ops_varlen.h) and the word-table gradient against a host
  * loop, on fresh random inputs: outputs are poisoned with 0xFF (NaN)
  * before each GPU run so a kernel that skips an element fails, and the
  * accumulated gradient starts from random non-zero values so += is

@@ -1,7 +1,7 @@
 /*
  * test_gpu_linear.c - the CUDA helpers around the linear layers' cuBLAS
  * products (kernels/linear.cu: bias add, bias gradient, tensor sum)
- * against the CPU reference (src/engine/ops.h) on fresh random inputs:
+ * against the CPU reference (src/engine/ops/ops.h) on fresh random inputs:
  * outputs are poisoned with 0xFF (NaN) before each GPU run so a kernel that
  * skips an element fails, and accumulated outputs start from random
  * non-zero values so += is tested.  Every test skips when no CUDA device

@@ -1,6 +1,6 @@
 /*
  * test_gpu_mse.c - the CUDA mean squared error (kernels/mse.cu) against
- * mse_forward/backward (src/engine/ops.h) on fresh random inputs: the
+ * mse_forward/backward (src/engine/ops/ops.h) on fresh random inputs: the
  * per-row squares are poisoned with 0xFF (NaN) before the GPU run and
  * summed on the host as the launcher's contract says, and the accumulated
  * gradient starts from random non-zero values so += is tested.  Every

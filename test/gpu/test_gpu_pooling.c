@@ -2,7 +2,7 @@
  * test_gpu_pooling.c - the CUDA pooling kernels (kernels/pooling.cu:
  * mean and [CLS] pooling of packed sequences, L2 normalisation, scatter
  * of packed rows to the padded layout) against the CPU reference
- * (src/engine/ops_varlen.h, ops.h) on fresh random inputs: outputs are
+ * (src/engine/ops/ops_varlen.h, ops.h) on fresh random inputs: outputs are
  * poisoned with 0xFF (NaN) before each GPU run so a kernel that skips an
  * element fails, and accumulated gradients start from random non-zero
  * values so += is tested.  Every test skips when no CUDA device is visible.

@@ -2,10 +2,10 @@
  * ops_reference.c - CPU reference operations on PADDED [B,T] batches, for
  * the tests only (see ops_reference.h).
  *
- * The engine runs packed batches (src/engine/ops_varlen.c); these padded
+ * The engine runs packed batches (src/engine/ops/ops_varlen.c); these padded
  * versions are the simpler formulation the packed ops, their gradients and
  * the CUDA kernels are checked against.  They were written for, and moved
- * unchanged from, src/engine/ops_cpu.c: the same loops, the same fixed
+ * unchanged from, src/engine/ops/ops_cpu.c: the same loops, the same fixed
  * reduction orders and the same compiler options, so they give the same
  * bits as before, for 1 or N engine threads.  The Makefile compiles this
  * file twice, in float for test_*.c and test/gpu, in double for

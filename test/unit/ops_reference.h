@@ -2,8 +2,8 @@
  * ops_reference.h - CPU reference operations on PADDED [B,T] batches
  * (mask[B,T] is 1 for a real token, 0 for padding), for the tests only.
  *
- * The engine itself runs packed batches (src/engine/ops_varlen.h) and the
- * row-wise ops of src/engine/ops.h; these are the simpler padded
+ * The engine itself runs packed batches (src/engine/ops/ops_varlen.h) and the
+ * row-wise ops of src/engine/ops/ops.h; these are the simpler padded
  * formulation that the packed ops, the gradient checks and the CUDA
  * kernels are compared with.  Conventions are ops.h's: row-major `real`
  * arrays, *_backward ACCUMULATES (+=) into gradients that may be NULL,

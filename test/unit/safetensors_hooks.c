@@ -1,12 +1,12 @@
 /*
  * safetensors_hooks.c - the safetensors reader and writer
- * (src/engine/safetensors.c) with the test-only lookup of
+ * (src/engine/formats/safetensors.c) with the test-only lookup of
  * safetensors_hooks.h.  Built as tokenizer_hooks.c is (it includes
  * safetensors.c and replaces safetensors.o in the tests and the fuzzer),
  * although st_metadata needs only the public StFile: one rule for every
  * module's test-only entry points.
  */
-#include "../../src/engine/safetensors.c"
+#include "../../src/engine/formats/safetensors.c"
 
 #include "safetensors_hooks.h"
 

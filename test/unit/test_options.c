@@ -1,5 +1,5 @@
 /*
- * test_options.c - the training option table (src/engine/train_config.c)
+ * test_options.c - the training option table (src/engine/training/train_config.c)
  * checked row by row, so that a new option is covered without editing
  * this file: its default is what train_config_default stores, a value of
  * the wrong kind and one out of range are refused with an error naming the

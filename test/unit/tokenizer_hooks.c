@@ -1,5 +1,5 @@
 /*
- * tokenizer_hooks.c - the tokenizer (src/engine/tokenizer.c) with the
+ * tokenizer_hooks.c - the tokenizer (src/engine/tokenizers/tokenizer.c) with the
  * test-only entry points of tokenizer_hooks.h.
  *
  * They need the tokenizer's internals (the vocabulary, the JSON loader,
@@ -9,7 +9,7 @@
  * object in place of tokenizer.o (Makefile, test/fuzz/build.sh): the same
  * source, compiled with the same flags, plus the hooks below.
  */
-#include "../../src/engine/tokenizer.c"
+#include "../../src/engine/tokenizers/tokenizer.c"
 
 #include "tokenizer_hooks.h"
 

@@ -1,6 +1,6 @@
 /*
  * tokenizer_hooks.h - test-only entry points into the tokenizer
- * (src/engine/tokenizer.c), for the unit tests and the fuzzer; they are not
+ * (src/engine/tokenizers/tokenizer.c), for the unit tests and the fuzzer; they are not
  * in peft_engine.so.  tokenizer_hooks.c builds them together with
  * tokenizer.c, whose internals they reach (see there).
  */
