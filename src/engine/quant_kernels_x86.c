@@ -124,17 +124,6 @@ hsum_avx2(__m256 v)
 	return _mm_cvtss_f32(s);
 }
 
-/* sum_i q_i x_i over 32 values held as four registers of floats. */
-ALWAYS_INLINE TARGET_AVX2 __m256
-dot32_avx2(const __m256 q[4], const float *x)
-{
-	__m256		t = _mm256_mul_ps(q[0], _mm256_loadu_ps(x));
-
-	t = _mm256_fmadd_ps(q[1], _mm256_loadu_ps(x + 8), t);
-	t = _mm256_fmadd_ps(q[2], _mm256_loadu_ps(x + 16), t);
-	return _mm256_fmadd_ps(q[3], _mm256_loadu_ps(x + 24), t);
-}
-
 /* 16 nibble values (value j low nibble, 16 + j high nibble) as four registers. */
 ALWAYS_INLINE TARGET_AVX2 void
 nibbles_avx2(__m128i raw, bool offset8, __m256 q[4])
@@ -251,7 +240,7 @@ f16_avx2_n(const QuantMatvec *mv, int64_t r0, int64_t r1, const int N)
 }
 MATVEC_ENTRY(f16_avx2, TARGET_AVX2)
 
-/* ---- AVX2: integer dot products for Q4_0, Q4_1, Q8_0 ------------------------ */
+/* ---- AVX2: integer dot products for Q4_0, Q4_1, Q8_0, Q4_K, Q6_K ------------- */
 
 /*
  * These kernels read x in its int16 form (quant_kernels.h): a block's dot
@@ -369,7 +358,7 @@ int_avx2_n(const QuantMatvec *mv, int64_t r0, int64_t r1, const int N, GgmlType 
 		for (int64_t b = 0; b < nb; b += 2)
 		{
 			const uint8_t *b0 = row + (size_t) b * bs;
-			/* an odd last block pairs with itself, its second copy's scales zero */
+			/* an odd last block pairs with itself; xw's zero padding drops the copy */
 			bool		pair = b + 1 < nb;
 			__m128		f = pair_scales(type, b0, pair ? b0 + bs : b0);
 			__m256i		q[2][2];
@@ -901,27 +890,6 @@ quant_dequant_avx2(GgmlType type)
 
 /* ---- AVX-512: sixteen floats a register ------------------------------------ */
 
-/* 16 unsigned bytes as floats. */
-ALWAYS_INLINE TARGET_AVX512 __m512
-u8_to_ps_512(__m128i v)
-{
-	return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v));
-}
-
-/* 16 signed bytes as floats. */
-ALWAYS_INLINE TARGET_AVX512 __m512
-i8_to_ps_512(__m128i v)
-{
-	return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v));
-}
-
-/* sum_i q_i x_i over 32 values held as two registers of floats. */
-ALWAYS_INLINE TARGET_AVX512 __m512
-dot32_512(__m512 q0, __m512 q1, const float *x)
-{
-	return _mm512_fmadd_ps(q1, _mm512_loadu_ps(x + 16), _mm512_mul_ps(q0, _mm512_loadu_ps(x)));
-}
-
 /* 16 weights of an F32 or F16 row from column c, the first count of them (the rest 0). */
 ALWAYS_INLINE TARGET_AVX512 __m512
 weights16_512(const uint8_t *row, int64_t c, __mmask16 mask, bool half)
@@ -986,7 +954,7 @@ f16_512_n(const QuantMatvec *mv, int64_t r0, int64_t r1, const int N)
 }
 MATVEC_ENTRY(f16_512, TARGET_AVX512)
 
-/* ---- AVX-512: integer dot products for Q4_0, Q4_1, Q8_0 --------------------- */
+/* ---- AVX-512: integer dot products for Q4_0, Q4_1, Q8_0, Q4_K, Q6_K ---------- */
 
 /*
  * acc + the sums of adjacent products of a and b's int16 lanes: AVX512_VNNI's
