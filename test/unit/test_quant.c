@@ -7,8 +7,9 @@
  * (decoding; integer dot products for Q4_0, Q4_1, Q8_0, Q4_K, Q6_K) to 64 (the tiled
  * BLAS route), the input gradient against a double-precision loop, the
  * same bits for any thread count, and non-finite inputs coming out
- * non-finite.  Prints the Q4_1 matrix-vector speed on SmolLM2's 1536 x 576
- * FFN shape.
+ * non-finite.  Prints the matrix-vector speed of Q4_1 on SmolLM2's
+ * 1536 x 576 FFN shape on every path, and of the other integer kernels'
+ * types on the best.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -654,46 +655,71 @@ thread_seconds(void)
 	return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* Microseconds one matrix-vector product of W [rows, cols] of tc's type takes on the active path, one thread. */
+static double
+matvec_us(const TypeCase *tc, const uint8_t *w, int64_t rows, int64_t cols, const float *x, float *y)
+{
+	int			reps = 0;
+	double		t0;
+	double		elapsed;
+
+	quant_matmul(tc->type, w, rows, cols, x, 1, y);
+	t0 = thread_seconds();
+	do
+	{
+		quant_matmul(tc->type, w, rows, cols, x, 1, y);
+		reps++;
+	} while ((elapsed = thread_seconds() - t0) < 0.2);
+	return 1e6 * elapsed / reps;
+}
+
 /*
  * The Q4_1 matrix-vector product on SmolLM2's 1536 x 576 FFN shape, one
- * thread: GB/s of weights read, per path.  Timed in the thread's CPU time,
- * so that other processes on a shared machine do not slow it.
+ * thread, per path, then the other integer kernels' types on the best
+ * path: GB/s of weights read (from the L2 cache at these sizes).  Timed in
+ * the thread's CPU time, so that other processes on a shared machine do
+ * not slow it.
  */
 static void
 test_matvec_speed(void **state)
 {
+	static const GgmlType others[] = {GGML_Q8_0, GGML_Q4_0, GGML_Q4_K, GGML_Q6_K};
 	const int64_t rows = 1536;
-	const int64_t cols = 576;
-	const TypeCase *tc = &types[4];
-	uint8_t    *w;
-	float	   *x = random_floats((size_t) cols);
+	float	   *x = random_floats(768);
 	float	   *y = malloc((size_t) rows * sizeof(float));
-	size_t		nbytes = quant_row_bytes(GGML_Q4_1, cols) * (size_t) rows;
 
 	(void) state;
-	assert_int_equal(tc->type, GGML_Q4_1);
-	w = random_weights(tc, rows, cols);
 	assert_int_equal(peft_threads_init(1, NULL), PEFT_OK);
-	for (int p = 0; p < NPATHS; p++)
+	for (int k = -1; k < (int) (sizeof(others) / sizeof(others[0])); k++)
 	{
-		int			reps = 0;
-		double		t0;
-		double		elapsed;
+		const TypeCase *tc = NULL;
+		/* the K-quants need a multiple of 256 columns */
+		int64_t		cols;
+		uint8_t    *w;
+		size_t		nbytes;
 
-		if (!quant_force_kernel(paths[p]))
-			continue;
-		quant_matmul(GGML_Q4_1, w, rows, cols, x, 1, y);
-		t0 = thread_seconds();
-		do
+		for (int t = 0; t < NTYPES; t++)
+			if (types[t].type == (k < 0 ? GGML_Q4_1 : others[k]))
+				tc = &types[t];
+		cols = tc->type == GGML_Q4_K || tc->type == GGML_Q6_K ? 768 : 576;
+		w = random_weights(tc, rows, cols);
+		nbytes = quant_row_bytes(tc->type, cols) * (size_t) rows;
+		for (int p = k < 0 ? 0 : NPATHS - 1; p >= 0 && p < NPATHS; p += k < 0 ? 1 : -1)
 		{
-			quant_matmul(GGML_Q4_1, w, rows, cols, x, 1, y);
-			reps++;
-		} while ((elapsed = thread_seconds() - t0) < 0.2);
-		print_message("Q4_1 [1536,576] matvec, 1 thread, %-6s: %7.1f us, %5.1f GB/s\n", paths[p],
-					  1e6 * elapsed / reps, nbytes * reps / elapsed / 1e9);
+			double		us;
+
+			if (!quant_force_kernel(paths[p]))
+				continue;
+			us = matvec_us(tc, w, rows, cols, x, y);
+			print_message("%-4s [%lld,%lld] matvec, 1 thread, %-10s: %6.1f us, %5.1f GB/s\n", tc->fixture,
+						  (long long) rows, (long long) cols, paths[p], us, nbytes / us / 1e3);
+			/* the other types: the best path only */
+			if (k >= 0)
+				break;
+		}
+		free(w);
 	}
 	quant_force_kernel(NULL);
-	free(w);
 	free(x);
 	free(y);
 }
