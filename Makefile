@@ -19,7 +19,7 @@ endif
 # tokenizers, models, ops, backends, methods, training): every folder is on
 # the include path, so files include each other's headers by name.
 ENGINE_DIRS  = $(sort $(patsubst %/,%,$(dir $(wildcard src/engine/*/*.c src/engine/*/*.h))))
-ENGINE_INC   = -Isrc/engine $(addprefix -I,$(ENGINE_DIRS))
+ENGINE_INC   = $(addprefix -I,$(ENGINE_DIRS))
 ENGINE_HDRS  = $(wildcard src/engine/*.h src/engine/*/*.h)
 
 MODULE_big   = peft
@@ -71,7 +71,7 @@ ENGINE_CFLAGS  = -std=gnu11 -O3 -fPIC -g -fvisibility=hidden -Wall -Wextra -Wno-
                  -Wno-sign-compare -pthread $(ENGINE_INC) -Ikernels \
                  $(shell pkg-config --cflags $(ENGINE_PKGS))
 ENGINE_LIBS    = $(shell pkg-config --libs $(ENGINE_PKGS)) -lm -pthread
-ENGINE_SRCS    = $(sort $(wildcard src/engine/*.c src/engine/*/*.c))
+ENGINE_SRCS    = $(sort $(wildcard src/engine/*/*.c))
 ENGINE_OBJS    = $(patsubst src/engine/%.c,$(B)/engine/%.o,$(ENGINE_SRCS))
 # The same sources in double precision, for gradient checks only.
 # (The float-only files are left out: the API and the decoder's inference,

@@ -1,7 +1,7 @@
 /*
  * quant_ops.cu - ggml's quantized weights on the GPU: dequantization and
  * matrix-vector products that dequantize on the fly, the twins of
- * src/engine/quant.c (test/gpu/test_gpu_quant.c checks them against its
+ * src/engine/ops/quant.c (test/gpu/test_gpu_quant.c checks them against its
  * quant_dequantize).
  *
  * Both kernels work in units of 8 consecutive values of a row: every block

@@ -2,7 +2,7 @@
  * quant_ops.h - C interface of the CUDA kernels for ggml's quantized
  * weights (kernels/quant_ops.cu): dequantization, and matrix-vector
  * products that dequantize the weight blocks on the fly, the GPU twins of
- * src/engine/quant.h (checked against quant_dequantize by
+ * src/engine/ops/quant.h (checked against quant_dequantize by
  * test/gpu/test_gpu_quant.c).  A quantized model stays quantized in device
  * memory: never a float32 copy of its weights.
  *

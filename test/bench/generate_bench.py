@@ -222,7 +222,7 @@ def main():
     engine, gguf, threads, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
     tmp = os.path.dirname(os.path.abspath(out))
     result = {"threads": threads, "gguf": gguf, "new_tokens": NEW_TOKENS,
-              "machine": {"cpu": open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip(": "),
+              "machine": {"cpu": open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip().lstrip(":").strip(),
                           "cores": os.cpu_count()}}
     which = os.environ.get("PEFT_BENCH_PEERS", "llama.cpp transformers").split()
     result["peft"] = bench_peft(engine, gguf, threads, tmp)

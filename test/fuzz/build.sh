@@ -29,7 +29,7 @@ PKGS=$(sed -n 's/^ENGINE_PKGS *= *//p' Makefile)
 
 SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined"
 CFLAGS="-std=gnu11 -g -O1 -fno-omit-frame-pointer -pthread -Wall -Wextra \
--Wno-unused-parameter -Wno-sign-compare -Isrc/engine $(for d in src/engine/*/; do printf -- '-I%s ' "${d%/}"; done)-Ikernels -Itest/unit \
+-Wno-unused-parameter -Wno-sign-compare $(for d in src/engine/*/; do printf -- '-I%s ' "${d%/}"; done)-Ikernels -Itest/unit \
 $(pkg-config --cflags $PKGS) -DPEFT_SOURCE_DIR=\"$ROOT\" $SAN"
 LIBS="$(pkg-config --libs $PKGS) -lm -pthread"
 
@@ -44,9 +44,9 @@ fi
 # Engine objects, coverage-instrumented for the fuzzer (no main).  An object
 # is rebuilt when its source (or hooks file) or any engine or test header is
 # newer.
-newest_header=$(ls -t src/engine/*.h src/engine/*/*.h test/unit/*.h | head -1)
+newest_header=$(ls -t src/engine/*/*.h test/unit/*.h | head -1)
 stale=()
-for src in src/engine/*.c src/engine/*/*.c; do
+for src in src/engine/*/*.c; do
 	name=$(basename "${src%.c}")
 	obj=$OBJ/$name.o
 	build=$src

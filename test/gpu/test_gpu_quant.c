@@ -1,6 +1,6 @@
 /*
  * test_gpu_quant.c - the CUDA kernels for ggml's quantized weights
- * (kernels/quant_ops.h) against the CPU's (src/engine/quant.h) on random
+ * (kernels/quant_ops.h) against the CPU's (src/engine/ops/quant.h) on random
  * blocks of every type they take: dequantization must give the same bits
  * as quant_dequantize (the same float operations, none fused), and the
  * dequantizing matrix-vector product must match quant_matmul_reference
