@@ -9,7 +9,9 @@ issue's parity figure; test_decoder checks the top 32 of each).
 Runs `peft-engine logits` on each prompt's text (raw: the fixture holds
 the rendered chat text) and prints, per prompt and overall, the largest
 absolute difference, whether the top-1 token agrees, and the token ids
-agreement with transformers' tokenizer.
+agreement with transformers' tokenizer; then `peft-engine generate` (greedy,
+64 new tokens, one prompt per call as a user would) and whether the text
+equals transformers' greedy continuation, and where it first differs.
 """
 import json
 import os
@@ -44,6 +46,21 @@ def main():
                   (i, len(p["ids"]), diff, got.size, "equal" if same_top else "DIFFERS"))
     print("all %d prompts: max |diff| %.3g; top-1 equal on %d; token ids equal to transformers' on %d" %
           (len(prompts), worst, top1, ids_equal))
+    same = 0
+    for i, p in enumerate(prompts):
+        d = json.loads(subprocess.run([engine, "generate", "--model", gguf, "--raw", "--prompt", p["prompt"],
+                                       "--max-new-tokens", str(meta["new_tokens"]), "--json"],
+                                      check=True, capture_output=True, text=True).stdout)
+        got, want = d["completions"][0]["text"], p["completion"]
+        if got == want:
+            same += 1
+            continue
+        k = 0
+        while k < min(len(got), len(want)) and got[k] == want[k]:
+            k += 1
+        print("prompt %2d: greedy text differs from character %d: %r vs %r" % (i, k, got[k:k + 30], want[k:k + 30]))
+    print("greedy %d new tokens, one prompt per call: text identical to transformers' on %d of %d" %
+          (meta["new_tokens"], same, len(prompts)))
     return 0 if top1 == len(prompts) and np.isfinite(worst) else 1
 
 
