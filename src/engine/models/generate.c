@@ -18,6 +18,14 @@
 
 /* Prompts decoded together: more share each pass over the weights, but each needs a cache slot. */
 #define GENERATE_GROUP 32
+/*
+ * Bytes the key/value cache of one group may take: a slot holds layers x
+ * 2 x kv_dim floats per position (46 KB for SmolLM2-135M), so 32 slots of
+ * 1,000 positions would be 1.5 GB; groups shrink to stay under this.
+ */
+#define GENERATE_CACHE_BUDGET ((size_t) 512 << 20)
+/* Prompt tokens assumed per slot when sizing groups (longer prompts just make the cache larger). */
+#define GENERATE_PROMPT_ESTIMATE 256
 /* Bounds on options (the SQL layer and the command line check them too). */
 #define MAX_NEW_TOKENS_LIMIT (1 << 20)
 #define MAX_STOP 16
@@ -225,7 +233,7 @@ take_token(const GenerateModel *g, Sequence *s, int32_t token, int ctx, char *pi
 	return PEFT_OK;
 }
 
-/* Generate for a group of n prompts (n <= GENERATE_GROUP) sharing one decoder. */
+/* Generate for a group of n prompts (n <= group_size) sharing one decoder. */
 static PeftCode
 run_group(const GenerateModel *g, const char *const *prompts, const size_t *lengths, int n,
 		  const PeftGenerateOptions *o, bool chat, PeftRng *rng, PeftGeneration *out, PeftError *err)
@@ -340,12 +348,24 @@ run_group(const GenerateModel *g, const char *const *prompts, const size_t *leng
 	return rc;
 }
 
+/* Prompts per group: GENERATE_GROUP, fewer when their caches would pass GENERATE_CACHE_BUDGET. */
+static int
+group_size(const LlamaConfig *c, int max_new_tokens)
+{
+	size_t		per_slot = (size_t) c->num_layers * 2 * c->num_kv_heads * c->head_dim * sizeof(float) *
+		((size_t) max_new_tokens + GENERATE_PROMPT_ESTIMATE);
+	size_t		fit = GENERATE_CACHE_BUDGET / (per_slot ? per_slot : 1);
+
+	return fit < 1 ? 1 : fit > GENERATE_GROUP ? GENERATE_GROUP : (int) fit;
+}
+
 PeftCode
 generate_run(const GenerateModel *g, const char *const *prompts, const size_t *lengths, int n,
 			 const PeftGenerateOptions *o, PeftGeneration *out, PeftError *err)
 {
 	PeftRng		rng;
 	bool		chat;
+	int			group;
 	PeftCode	rc;
 
 	memset(out, 0, sizeof(PeftGeneration) * (n > 0 ? n : 0));
@@ -354,10 +374,11 @@ generate_run(const GenerateModel *g, const char *const *prompts, const size_t *l
 	if ((rc = check_options(o, err)) != PEFT_OK)
 		return rc;
 	chat = o->chat < 0 ? g->chat != NULL : o->chat != 0;
+	group = group_size(&g->model->cfg, o->max_new_tokens);
 	peft_rng_seed(&rng, o->seed);
-	for (int start = 0; start < n && rc == PEFT_OK; start += GENERATE_GROUP)
+	for (int start = 0; start < n && rc == PEFT_OK; start += group)
 	{
-		int			count = n - start < GENERATE_GROUP ? n - start : GENERATE_GROUP;
+		int			count = n - start < group ? n - start : group;
 
 		rc = run_group(g, prompts + start, lengths + start, count, o, chat, &rng, out + start, err);
 	}
