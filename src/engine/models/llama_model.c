@@ -9,6 +9,7 @@
 #include <cjson/cJSON.h>
 #include <dirent.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -181,6 +182,62 @@ vector_to_float(GgmlType type, const void *data, int64_t n, const char *name, fl
 	return PEFT_OK;
 }
 
+/* The sizes a layer tensor's shape is made of. */
+typedef enum LayerDim
+{
+	DIM_HIDDEN,					/* hidden_size */
+	DIM_FFN,					/* intermediate_size */
+	DIM_Q,						/* num_heads * head_dim */
+	DIM_KV						/* num_kv_heads * head_dim */
+} LayerDim;
+
+/*
+ * A decoder layer's tensors, once for both layouts: where each lands in
+ * LlamaLayer, its name in GGUF (blk.N.<gguf>.weight) and in Hugging Face
+ * safetensors (model.layers.N.<hf>.weight), and a matrix's shape.  A
+ * vector is an RMSNorm weight of hidden_size values (its rows and cols unused).
+ */
+typedef struct LayerTensor
+{
+	size_t		offset;
+	bool		vector;
+	const char *gguf;
+	const char *hf;
+	const char *what;			/* for messages */
+	LayerDim	rows;
+	LayerDim	cols;
+} LayerTensor;
+
+static const LayerTensor layer_tensors[] = {
+	{offsetof(LlamaLayer, attn_norm), true, "attn_norm", "input_layernorm", "attention norm", DIM_HIDDEN, DIM_HIDDEN},
+	{offsetof(LlamaLayer, wq), false, "attn_q", "self_attn.q_proj", "query projection", DIM_Q, DIM_HIDDEN},
+	{offsetof(LlamaLayer, wk), false, "attn_k", "self_attn.k_proj", "key projection", DIM_KV, DIM_HIDDEN},
+	{offsetof(LlamaLayer, wv), false, "attn_v", "self_attn.v_proj", "value projection", DIM_KV, DIM_HIDDEN},
+	{offsetof(LlamaLayer, wo), false, "attn_output", "self_attn.o_proj", "output projection", DIM_HIDDEN, DIM_Q},
+	{offsetof(LlamaLayer, ffn_norm), true, "ffn_norm", "post_attention_layernorm", "feed-forward norm", DIM_HIDDEN, DIM_HIDDEN},
+	{offsetof(LlamaLayer, w_gate), false, "ffn_gate", "mlp.gate_proj", "gate projection", DIM_FFN, DIM_HIDDEN},
+	{offsetof(LlamaLayer, w_up), false, "ffn_up", "mlp.up_proj", "up projection", DIM_FFN, DIM_HIDDEN},
+	{offsetof(LlamaLayer, w_down), false, "ffn_down", "mlp.down_proj", "down projection", DIM_HIDDEN, DIM_FFN},
+};
+#define NUM_LAYER_TENSORS (sizeof(layer_tensors) / sizeof(layer_tensors[0]))
+
+/* The size a LayerDim stands for in c. */
+static int64_t
+layer_dim(const LlamaConfig *c, LayerDim d)
+{
+	switch (d)
+	{
+		case DIM_FFN:
+			return c->intermediate_size;
+		case DIM_Q:
+			return (int64_t) c->num_heads * c->head_dim;
+		case DIM_KV:
+			return (int64_t) c->num_kv_heads * c->head_dim;
+		default:
+			return c->hidden_size;
+	}
+}
+
 /* The type most of the model's matrices have, or "mixed". */
 static void
 describe_quantization(LlamaModel *m)
@@ -190,17 +247,16 @@ describe_quantization(LlamaModel *m)
 				total = 0;
 
 	for (int l = 0; l < m->cfg.num_layers; l++)
-	{
-		const QMatrix *ms[] = {&m->layers[l].wq, &m->layers[l].wk, &m->layers[l].wv, &m->layers[l].wo,
-		&m->layers[l].w_gate, &m->layers[l].w_up, &m->layers[l].w_down};
+		for (size_t t = 0; t < NUM_LAYER_TENSORS; t++)
+		{
+			const QMatrix *q = (const QMatrix *) ((const char *) &m->layers[l] + layer_tensors[t].offset);
 
-		for (int i = 0; i < 7; i++)
-			if (ms[i]->type < 64)
+			if (!layer_tensors[t].vector && q->type < 64)
 			{
-				counts[ms[i]->type]++;
+				counts[q->type]++;
 				total++;
 			}
-	}
+		}
 	for (int t = 0; t < 64; t++)
 		if (counts[t] > 0 && (best < 0 || counts[t] > counts[best]))
 			best = t;
@@ -226,27 +282,20 @@ static PeftCode
 check_layers(LlamaModel *m, PeftError *err)
 {
 	const LlamaConfig *c = &m->cfg;
-	int64_t		q = (int64_t) c->num_heads * c->head_dim;
-	int64_t		kv = (int64_t) c->num_kv_heads * c->head_dim;
 	PeftCode	rc = PEFT_OK;
 	char		name[64];
 
 	for (int l = 0; l < c->num_layers && rc == PEFT_OK; l++)
-	{
-		const LlamaLayer *L = &m->layers[l];
+		for (size_t t = 0; t < NUM_LAYER_TENSORS && rc == PEFT_OK; t++)
+		{
+			const LayerTensor *lt = &layer_tensors[t];
 
-#define CHECK(field, what, r, k) \
-		if (rc == PEFT_OK) { snprintf(name, sizeof(name), "layer %d %s", l, what); \
-			rc = check_matrix(&L->field, name, r, k, err); }
-		CHECK(wq, "query projection", q, c->hidden_size);
-		CHECK(wk, "key projection", kv, c->hidden_size);
-		CHECK(wv, "value projection", kv, c->hidden_size);
-		CHECK(wo, "output projection", c->hidden_size, q);
-		CHECK(w_gate, "gate projection", c->intermediate_size, c->hidden_size);
-		CHECK(w_up, "up projection", c->intermediate_size, c->hidden_size);
-		CHECK(w_down, "down projection", c->hidden_size, c->intermediate_size);
-#undef CHECK
-	}
+			if (lt->vector)
+				continue;
+			snprintf(name, sizeof(name), "layer %d %s", l, lt->what);
+			rc = check_matrix((const QMatrix *) ((const char *) &m->layers[l] + lt->offset), name,
+							  layer_dim(c, lt->rows), layer_dim(c, lt->cols), err);
+		}
 	if (rc == PEFT_OK)
 		rc = check_matrix(&m->embed, "token embeddings", c->vocab_size, c->hidden_size, err);
 	if (rc == PEFT_OK)
@@ -427,27 +476,15 @@ llama_model_from_gguf(GgufFile *file, LlamaModel **out, PeftError *err)
 	if (rc == PEFT_OK && (m->layers = calloc(c->num_layers, sizeof(LlamaLayer))) == NULL)
 		rc = peft_fail(err, PEFT_ERR_NOMEM, "out of memory loading a decoder");
 	for (int l = 0; rc == PEFT_OK && l < c->num_layers; l++)
-	{
-		LlamaLayer *L = &m->layers[l];
+		for (size_t t = 0; t < NUM_LAYER_TENSORS && rc == PEFT_OK; t++)
+		{
+			const LayerTensor *lt = &layer_tensors[t];
+			char	   *field = (char *) &m->layers[l] + lt->offset;
 
-#define MAT(field, what) \
-		if (rc == PEFT_OK) { snprintf(name, sizeof(name), "blk.%d.%s.weight", l, what); \
-			rc = gguf_matrix(file, name, &L->field, err); }
-#define VEC(field, what) \
-		if (rc == PEFT_OK) { snprintf(name, sizeof(name), "blk.%d.%s.weight", l, what); \
-			rc = gguf_vector(file, name, c->hidden_size, &L->field, err); }
-		VEC(attn_norm, "attn_norm");
-		MAT(wq, "attn_q");
-		MAT(wk, "attn_k");
-		MAT(wv, "attn_v");
-		MAT(wo, "attn_output");
-		VEC(ffn_norm, "ffn_norm");
-		MAT(w_gate, "ffn_gate");
-		MAT(w_up, "ffn_up");
-		MAT(w_down, "ffn_down");
-#undef MAT
-#undef VEC
-	}
+			snprintf(name, sizeof(name), "blk.%d.%s.weight", l, lt->gguf);
+			rc = lt->vector ? gguf_vector(file, name, c->hidden_size, (float **) field, err) :
+				gguf_matrix(file, name, (QMatrix *) field, err);
+		}
 	if (rc == PEFT_OK)
 		rc = gguf_matrix(file, "token_embd.weight", &m->embed, err);
 	if (rc == PEFT_OK)
@@ -690,27 +727,15 @@ hf_load(const char *dir, LlamaModel *m, PeftError *err)
 	if ((m->layers = calloc(c->num_layers, sizeof(LlamaLayer))) == NULL)
 		return peft_fail(err, PEFT_ERR_NOMEM, "out of memory loading a decoder");
 	for (int l = 0; rc == PEFT_OK && l < c->num_layers; l++)
-	{
-		LlamaLayer *L = &m->layers[l];
+		for (size_t t = 0; t < NUM_LAYER_TENSORS && rc == PEFT_OK; t++)
+		{
+			const LayerTensor *lt = &layer_tensors[t];
+			char	   *field = (char *) &m->layers[l] + lt->offset;
 
-#define MAT(field, what) \
-		if (rc == PEFT_OK) { snprintf(name, sizeof(name), "model.layers.%d.%s.weight", l, what); \
-			rc = st_matrix(m->st, name, &L->field, err); }
-#define VEC(field, what) \
-		if (rc == PEFT_OK) { snprintf(name, sizeof(name), "model.layers.%d.%s.weight", l, what); \
-			rc = st_vector(m->st, name, c->hidden_size, &L->field, err); }
-		VEC(attn_norm, "input_layernorm");
-		MAT(wq, "self_attn.q_proj");
-		MAT(wk, "self_attn.k_proj");
-		MAT(wv, "self_attn.v_proj");
-		MAT(wo, "self_attn.o_proj");
-		VEC(ffn_norm, "post_attention_layernorm");
-		MAT(w_gate, "mlp.gate_proj");
-		MAT(w_up, "mlp.up_proj");
-		MAT(w_down, "mlp.down_proj");
-#undef MAT
-#undef VEC
-	}
+			snprintf(name, sizeof(name), "model.layers.%d.%s.weight", l, lt->hf);
+			rc = lt->vector ? st_vector(m->st, name, c->hidden_size, (float **) field, err) :
+				st_matrix(m->st, name, (QMatrix *) field, err);
+		}
 	if (rc == PEFT_OK)
 		rc = st_matrix(m->st, "model.embed_tokens.weight", &m->embed, err);
 	if (rc == PEFT_OK)
