@@ -206,7 +206,7 @@ GenerateTexts(const char *model_name, const char *adapter, char **prompts, int n
 	SPI_finish();
 	if (n == 0)
 		return out;
-	rc = PeftEngine()->generate(model, (const char *const *) prompts, lengths, n, &o, out, &err);
+	rc = PeftEngine()->generate(model, NULL, (const char *const *) prompts, lengths, n, &o, out, &err);
 	if (rc == PEFT_ERR_CANCELED)
 	{
 		CHECK_FOR_INTERRUPTS();

@@ -257,7 +257,7 @@ command_generate(const PeftEngineApi *api, int argc, char **argv)
 	for (int i = 0; i < n; i++)
 		lengths[i] = strlen(prompts[i]);
 	t0 = now_seconds();
-	check(api, api->generate(model, (const char *const *) prompts, lengths, n, &a.gen, out, &err), &err);
+	check(api, api->generate(model, NULL, (const char *const *) prompts, lengths, n, &a.gen, out, &err), &err);
 	seconds = now_seconds() - t0;
 	for (int i = 0; i < n; i++)
 	{

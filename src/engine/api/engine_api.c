@@ -114,6 +114,8 @@ static const PeftEngineApi engine_api = {
 	.generate = session_generate,
 	.tokenize = session_tokenize,
 	.logits = session_logits,
+	.train_add_pair = session_train_add_pair,
+	.adapter_export_gguf = session_adapter_export_gguf,
 	.code_name = peft_code_name,
 };
 

@@ -22,7 +22,7 @@
 
 #include "status.h"
 
-#define PEFT_ENGINE_ABI_VERSION 10
+#define PEFT_ENGINE_ABI_VERSION 11
 #define PEFT_ENGINE_SYMBOL "peft_engine_api"
 
 typedef struct PeftModelHandle PeftModelHandle;		/* a loaded base model */
@@ -57,7 +57,8 @@ typedef struct PeftModelInfo
 typedef enum PeftTask
 {
 	PEFT_TASK_CLASSIFICATION,
-	PEFT_TASK_REGRESSION
+	PEFT_TASK_REGRESSION,
+	PEFT_TASK_GENERATION		/* a decoder learns completions of prompts */
 } PeftTask;
 
 /* Where the engine computes (AUTO: CUDA when the build has it and a device is visible). */
@@ -486,9 +487,10 @@ typedef struct PeftEngineApi
 	 * Completions of n prompts by a decoder, computed together (prompts of
 	 * different lengths share every decoding step).  out[i] for prompt i.
 	 */
-	PeftCode	(*generate) (PeftModelHandle *model, const char *const *prompts,
-							 const size_t *lengths, int n, const PeftGenerateOptions *options,
-							 PeftGeneration *out, PeftError *err);
+	PeftCode	(*generate) (PeftModelHandle *model, PeftAdapterHandle *adapter,
+							 const char *const *prompts, const size_t *lengths, int n,
+							 const PeftGenerateOptions *options, PeftGeneration *out,
+							 PeftError *err);
 
 	/*
 	 * The decoder's tokens of text (special tokens in it recognised when
@@ -501,6 +503,25 @@ typedef struct PeftEngineApi
 	/* A decoder's logits out[vocab] after the n tokens ids (for parity checks). */
 	PeftCode	(*logits) (PeftModelHandle *model, const int32_t *ids, int n, float *out,
 						   PeftError *err);
+
+	/*
+	 * Tokenise and keep one row of a generation run: the prompt (rendered
+	 * as a user turn when the run's chat option holds) and the completion
+	 * the loss is computed on.
+	 */
+	PeftCode	(*train_add_pair) (PeftTrainJob *job, const char *prompt, size_t prompt_len,
+								   const char *completion, size_t completion_len,
+								   PeftError *err);
+
+	/*
+	 * A decoder adapter (its adapter_config.json text and safetensors
+	 * weights, PEFT's layout) as llama.cpp's LoRA GGUF; *out freed with
+	 * free_buffer.
+	 */
+	PeftCode	(*adapter_export_gguf) (PeftModelHandle *model, const char *config,
+										size_t config_len, const uint8_t *weights,
+										size_t weights_len, uint8_t **out, size_t *out_len,
+										PeftError *err);
 
 	/* Name of a code, e.g. "format error", for messages. */
 	const char *(*code_name) (PeftCode code);

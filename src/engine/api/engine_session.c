@@ -922,13 +922,16 @@ session_train_free(PeftTrainJob *job)
 
 /* Completions of n prompts (engine_api's generate). */
 PeftCode
-session_generate(PeftModelHandle *model, const char *const *prompts, const size_t *lengths, int n,
-				 const PeftGenerateOptions *options, PeftGeneration *out, PeftError *err)
+session_generate(PeftModelHandle *model, PeftAdapterHandle *adapter, const char *const *prompts,
+				 const size_t *lengths, int n, const PeftGenerateOptions *options,
+				 PeftGeneration *out, PeftError *err)
 {
 	PeftCode	rc;
 
 	if ((rc = require_decoder(model, "peft_generate", err)) != PEFT_OK)
 		return rc;
+	if (adapter != NULL)
+		return peft_fail(err, PEFT_ERR_UNSUPPORTED, "generation with an adapter is not built yet");
 	return decoder_handle_generate(model->decoder, prompts, lengths, n, options, out, err);
 }
 
@@ -953,4 +956,21 @@ session_logits(PeftModelHandle *model, const int32_t *ids, int n, float *out, Pe
 	if ((rc = require_decoder(model, "logits", err)) != PEFT_OK)
 		return rc;
 	return decoder_handle_logits(model->decoder, ids, n, out, err);
+}
+
+/* Keep one prompt/completion row of a generation run (engine_api's train_add_pair). */
+PeftCode
+session_train_add_pair(PeftTrainJob *job, const char *prompt, size_t prompt_len,
+					   const char *completion, size_t completion_len, PeftError *err)
+{
+	return peft_fail(err, PEFT_ERR_UNSUPPORTED, "training a decoder is not built yet");
+}
+
+/* A decoder adapter as llama.cpp's LoRA GGUF (engine_api's adapter_export_gguf). */
+PeftCode
+session_adapter_export_gguf(PeftModelHandle *model, const char *config, size_t config_len,
+							const uint8_t *weights, size_t weights_len, uint8_t **out,
+							size_t *out_len, PeftError *err)
+{
+	return peft_fail(err, PEFT_ERR_UNSUPPORTED, "exporting GGUF adapters is not built yet");
 }

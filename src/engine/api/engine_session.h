@@ -70,9 +70,17 @@ int			session_train_max_length(PeftTrainJob *job);
 PeftCode	session_profile_start(PeftDevice device, bool time_products, PeftError *err);
 PeftCode	session_profile_read(PeftDevice device, PeftProfile *profile, PeftError *err);
 
-PeftCode	session_generate(PeftModelHandle *model, const char *const *prompts, const size_t *lengths,
-							 int n, const PeftGenerateOptions *options, PeftGeneration *out,
+PeftCode	session_generate(PeftModelHandle *model, PeftAdapterHandle *adapter,
+							 const char *const *prompts, const size_t *lengths, int n,
+							 const PeftGenerateOptions *options, PeftGeneration *out,
 							 PeftError *err);
+PeftCode	session_train_add_pair(PeftTrainJob *job, const char *prompt, size_t prompt_len,
+								   const char *completion, size_t completion_len,
+								   PeftError *err);
+PeftCode	session_adapter_export_gguf(PeftModelHandle *model, const char *config,
+										size_t config_len, const uint8_t *weights,
+										size_t weights_len, uint8_t **out, size_t *out_len,
+										PeftError *err);
 PeftCode	session_tokenize(PeftModelHandle *model, const char *text, size_t len, bool chat,
 							 const char *system, int32_t **ids, int *n, PeftError *err);
 PeftCode	session_logits(PeftModelHandle *model, const int32_t *ids, int n, float *out,

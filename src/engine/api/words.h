@@ -18,7 +18,7 @@ static const char *const peft_precision_words[] = {"fp32", "tf32", "bf16", NULL}
 /* PeftSchedule (Hugging Face's lr_scheduler_type) */
 static const char *const peft_schedule_words[] = {"linear", "cosine", "constant", NULL};
 /* PeftTask */
-static const char *const peft_task_words[] = {"classification", "regression", NULL};
+static const char *const peft_task_words[] = {"classification", "regression", "generation", NULL};
 /* PeftAdapterPlacement */
 static const char *const peft_placement_words[] = {"pfeiffer", "houlsby", NULL};
 
