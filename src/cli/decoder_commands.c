@@ -1,7 +1,7 @@
 /*
  * decoder_commands.c - peft-engine's commands for decoders:
  *
- *   peft-engine generate --model FILE.gguf|DIR (--prompt TEXT | --prompts FILE)
+ *   peft-engine generate --model FILE.gguf|DIR (--prompt TEXT | --prompts FILE) [--adapter DIR]
  *                        [--chat | --raw] [--system TEXT] [--max-new-tokens N]
  *                        [--temperature T] [--top-k K] [--top-p P] [--seed S]
  *                        [--stop TEXT]... [--threads N] [--json]
@@ -31,11 +31,12 @@
 enum
 {
 	DF_MODEL = 1, DF_PROMPT, DF_PROMPTS, DF_CHAT, DF_RAW, DF_SYSTEM, DF_MAX_NEW, DF_TEMPERATURE,
-	DF_TOP_K, DF_TOP_P, DF_SEED, DF_STOP, DF_THREADS, DF_JSON, DF_TOP, DF_OUT, DF_HELP
+	DF_TOP_K, DF_TOP_P, DF_SEED, DF_STOP, DF_THREADS, DF_JSON, DF_TOP, DF_OUT, DF_HELP, DF_ADAPTER
 };
 
 static const struct option decoder_flags[] = {
 	{"model", required_argument, NULL, DF_MODEL},
+	{"adapter", required_argument, NULL, DF_ADAPTER},
 	{"prompt", required_argument, NULL, DF_PROMPT},
 	{"prompts", required_argument, NULL, DF_PROMPTS},
 	{"chat", no_argument, NULL, DF_CHAT},
@@ -61,6 +62,7 @@ typedef struct DecoderArgs
 	const char *model;
 	const char *prompt;
 	const char *prompts_file;
+	const char *adapter;		/* a PEFT adapter folder, or NULL */
 	const char *out;
 	int			threads;
 	int			top;
@@ -78,7 +80,7 @@ decoder_usage(const char *msg)
 	if (msg)
 		fprintf(f, "peft-engine: %s\n", msg);
 	fprintf(f,
-			"usage: peft-engine generate --model FILE.gguf|DIR (--prompt TEXT | --prompts FILE)\n"
+			"usage: peft-engine generate --model FILE.gguf|DIR (--prompt TEXT | --prompts FILE) [--adapter DIR]\n"
 			"                            [--chat | --raw] [--system TEXT] [--max-new-tokens N]\n"
 			"                            [--temperature T] [--top-k K] [--top-p P] [--seed S]\n"
 			"                            [--stop TEXT]... [--threads N] [--json]\n"
@@ -121,6 +123,7 @@ parse_decoder_flags(const PeftEngineApi *api, int argc, char **argv, DecoderArgs
 		switch (c)
 		{
 			case DF_MODEL: a->model = optarg; break;
+			case DF_ADAPTER: a->adapter = optarg; break;
 			case DF_PROMPT: a->prompt = optarg; break;
 			case DF_PROMPTS: a->prompts_file = optarg; break;
 			case DF_CHAT: a->gen.chat = 1; break;
@@ -223,6 +226,47 @@ print_json_string(const char *s)
 	putchar('"');
 }
 
+/* dir/name read whole (exits on failure); *len its bytes. */
+static char *
+read_adapter_file(const char *dir, const char *name, size_t *len)
+{
+	char		path[4096];
+	FILE	   *f;
+	char	   *buf = NULL;
+	long		size;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	if ((f = fopen(path, "rb")) == NULL || fseek(f, 0, SEEK_END) != 0 || (size = ftell(f)) < 0 ||
+		fseek(f, 0, SEEK_SET) != 0 || (buf = malloc(size + 1)) == NULL ||
+		fread(buf, 1, size, f) != (size_t) size)
+	{
+		fprintf(stderr, "peft-engine: cannot read %s\n", path);
+		exit(1);
+	}
+	buf[size] = '\0';
+	fclose(f);
+	*len = (size_t) size;
+	return buf;
+}
+
+/* A PEFT adapter folder (adapter_config.json, adapter_model.safetensors) over a decoder. */
+static PeftAdapterHandle *
+open_decoder_adapter(const PeftEngineApi *api, PeftModelHandle *model, const char *dir)
+{
+	size_t		config_len,
+				weights_len;
+	char	   *config = read_adapter_file(dir, "adapter_config.json", &config_len);
+	char	   *weights = read_adapter_file(dir, "adapter_model.safetensors", &weights_len);
+	PeftAdapterHandle *adapter;
+	PeftError	err = {0};
+
+	check(api, api->adapter_open(model, config, config_len, (const uint8_t *) weights, weights_len,
+								 PEFT_TASK_GENERATION, 0, &adapter, &err), &err);
+	free(config);
+	free(weights);
+	return adapter;
+}
+
 /* peft-engine generate. */
 int
 command_generate(const PeftEngineApi *api, int argc, char **argv)
@@ -234,6 +278,7 @@ command_generate(const PeftEngineApi *api, int argc, char **argv)
 	char	  **prompts;
 	size_t	   *lengths;
 	PeftGeneration *out;
+	PeftAdapterHandle *adapter = NULL;
 	int			n = 1;
 	long		prompt_tokens = 0,
 				new_tokens = 0;
@@ -256,8 +301,10 @@ command_generate(const PeftEngineApi *api, int argc, char **argv)
 	out = calloc(n, sizeof(PeftGeneration));
 	for (int i = 0; i < n; i++)
 		lengths[i] = strlen(prompts[i]);
+	if (a.adapter)
+		adapter = open_decoder_adapter(api, model, a.adapter);
 	t0 = now_seconds();
-	check(api, api->generate(model, NULL, (const char *const *) prompts, lengths, n, &a.gen, out, &err), &err);
+	check(api, api->generate(model, adapter, (const char *const *) prompts, lengths, n, &a.gen, out, &err), &err);
 	seconds = now_seconds() - t0;
 	for (int i = 0; i < n; i++)
 	{
@@ -290,6 +337,7 @@ command_generate(const PeftEngineApi *api, int argc, char **argv)
 	free(prompts);
 	free(lengths);
 	free(out);
+	api->adapter_close(adapter);
 	api->model_close(model);
 	return 0;
 }

@@ -513,6 +513,90 @@ save_adapter(PeftTrainJob *job, const Options *o, const Labels *labels)
 	cJSON_Delete(head);
 }
 
+/* Hand prompt/completion rows to a generation run (a first line "prompt<TAB>completion" is a header). */
+static void
+add_pairs(PeftTrainJob *job, const Rows *rows)
+{
+	PeftError	err = {0};
+
+	for (size_t i = 0; i < rows->count; i++)
+	{
+		if (i == 0 && strcmp(rows->text[0], "prompt") == 0 && strcmp(rows->label[0], "completion") == 0)
+			continue;
+		die_on(api->train_add_pair(job, rows->text[i], rows->length[i], rows->label[i],
+								   strlen(rows->label[i]), &err), &err);
+	}
+}
+
+/* Print a generation run's figures and validation metrics (one JSON line with --json). */
+static void
+print_generation_training(const Options *o, const Timing *t, int64_t parameters, const PeftMetrics *m)
+{
+	if (!o->json)
+	{
+		printf("trained %d steps in %.1f s: %.2f rows/s, %.0f tokens/s\n"
+			   "validation (%lld rows): loss %.4f perplexity %.3f exact match %.4f (%lld generated); "
+			   "%lld rows skipped (completion longer than max_length)\n",
+			   t->steps, t->seconds, per_second(t->rows, t->seconds), per_second(t->tokens, t->seconds),
+			   (long long) m->rows, m->loss, m->perplexity, m->exact_match, (long long) m->generated,
+			   (long long) m->skipped);
+		return;
+	}
+	printf("{\"steps\": %d, \"rows\": %ld, \"tokens\": %ld, \"seconds\": %.4f, "
+		   "\"rows_per_second\": %.3f, \"tokens_per_second\": %.1f, \"final_loss\": %.6f, "
+		   "\"parameters\": %lld, \"learning_rate\": %.6g, \"valid_rows\": %lld, \"valid_loss\": %.6f, "
+		   "\"valid_perplexity\": %.6f, \"valid_exact_match\": %.6f, \"generated\": %lld, \"skipped\": %lld}\n",
+		   t->steps, t->rows, t->tokens, t->seconds, per_second(t->rows, t->seconds),
+		   per_second(t->tokens, t->seconds), t->loss, (long long) parameters, t->peak_learning_rate,
+		   (long long) m->rows, m->loss, m->perplexity, m->exact_match, (long long) m->generated,
+		   (long long) m->skipped);
+}
+
+/* Train an adapter over a decoder on prompt/completion rows and save it as a PEFT folder. */
+static int
+command_train_generation(PeftModelHandle *model, const Options *o)
+{
+	Rows		rows = read_rows(o->data, true);
+	PeftTrainJob *job;
+	int64_t		ntrain, nvalid;
+	int			total_steps;
+	Timing		t = {0};
+	PeftMetrics m;
+	PeftError	err = {0};
+
+	die_on(api->train_begin(model, &o->config, &job, &err), &err);
+	add_pairs(job, &rows);
+	if (o->config.validation_data)
+	{
+		Rows		valid = read_rows(o->config.validation_data, true);
+
+		die_on(api->train_hold_out(job, &err), &err);
+		add_pairs(job, &valid);
+	}
+	die_on(api->train_prepare(job, 0, NULL, &ntrain, &nvalid, &total_steps, &err), &err);
+	fprintf(stderr, "training on %lld rows (%lld validation), %d steps, %lld trainable parameters, on %s\n",
+			(long long) ntrain, (long long) nvalid, total_steps,
+			(long long) api->train_parameters(job), api->train_device(job));
+	train_steps(job, o, &t);
+	die_on(api->train_evaluate(job, &m, &err), &err);
+	print_generation_training(o, &t, api->train_parameters(job), &m);
+	if (o->out)
+	{
+		uint8_t    *weights;
+		size_t		nweights;
+		char	   *config;
+
+		die_on(api->train_export(job, o->model, &weights, &nweights, &config, &err), &err);
+		mkdir(o->out, 0755);
+		write_file(o->out, "adapter_model.safetensors", weights, nweights);
+		write_file(o->out, "adapter_config.json", config, strlen(config));
+		api->free_buffer(weights);
+		api->free_buffer(config);
+	}
+	api->train_free(job);
+	return 0;
+}
+
 /* Train an adapter on a TSV file, as peft_train's worker does, and save it as a PEFT folder. */
 static int
 command_train(PeftModelHandle *model, const Options *o)
@@ -863,10 +947,14 @@ runner_flag(Options *o, int flag, const char *arg)
 			die_on(api->parse_method(arg, &o->config.methods, &err), &err);
 			return true;
 		case FLAG_TASK:
-			if (strcmp(arg, "classification") != 0 && strcmp(arg, "regression") != 0)
-				usage("--task is classification or regression");
-			o->config.task = strcmp(arg, "regression") == 0 ?
-				PEFT_TASK_REGRESSION : PEFT_TASK_CLASSIFICATION;
+			if (strcmp(arg, "classification") == 0)
+				o->config.task = PEFT_TASK_CLASSIFICATION;
+			else if (strcmp(arg, "regression") == 0)
+				o->config.task = PEFT_TASK_REGRESSION;
+			else if (strcmp(arg, "generation") == 0)
+				o->config.task = PEFT_TASK_GENERATION;
+			else
+				usage("--task is classification, regression or generation");
 			return true;
 	}
 	return false;
@@ -953,7 +1041,8 @@ main(int argc, char **argv)
 	die_on(api->init(o.threads, &err), &err);
 	die_on(api->model_open(o.model, &model, &info, &err), &err);
 	if (strcmp(command, "train") == 0)
-		return command_train(model, &o);
+		return o.config.task == PEFT_TASK_GENERATION ? command_train_generation(model, &o) :
+			command_train(model, &o);
 	if (strcmp(command, "predict") == 0)
 	{
 		if (o.adapter == NULL)

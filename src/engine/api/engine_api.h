@@ -174,6 +174,10 @@ typedef struct PeftTrainConfig
 	 * string, and the rows arrive after train_hold_out.
 	 */
 	const char *validation_data;
+	/* generation (decoders) */
+	bool		chat;			/* render prompts with the model's chat template */
+	const char *system;			/* the system message of those prompts, or NULL (the template's) */
+	bool		eval_generate;	/* exact match of greedy generations in validation */
 } PeftTrainConfig;
 
 /* The kinds of value an option takes. */
@@ -317,6 +321,11 @@ typedef struct PeftMetrics
 	double		mse;
 	double		mae;
 	double		r2;
+	/* generation: loss is the mean over completion tokens */
+	double		perplexity;		/* exp(loss) */
+	double		exact_match;	/* share of greedy completions equal to the reference, or -1: not run */
+	int64_t		generated;		/* validation rows generated for exact_match */
+	int64_t		skipped;		/* rows left out: the completion alone was longer than max_length */
 } PeftMetrics;
 
 typedef struct PeftEngineApi

@@ -133,10 +133,14 @@ decoder_handle_close(DecoderHandle *h)
 }
 
 PeftCode
-decoder_handle_generate(DecoderHandle *h, const char *const *prompts, const size_t *lengths, int n,
-						const PeftGenerateOptions *o, PeftGeneration *out, PeftError *err)
+decoder_handle_generate(DecoderHandle *h, DecoderAdapter *adapter, const char *const *prompts,
+						const size_t *lengths, int n, const PeftGenerateOptions *o,
+						PeftGeneration *out, PeftError *err)
 {
-	return generate_run(&h->gen, prompts, lengths, n, o, out, err);
+	GenerateModel g = h->gen;
+
+	g.adapter = adapter;
+	return generate_run(&g, prompts, lengths, n, o, out, err);
 }
 
 PeftCode
@@ -144,6 +148,12 @@ decoder_handle_tokenize(DecoderHandle *h, const char *text, size_t len, bool cha
 						int32_t **ids, int *n, PeftError *err)
 {
 	return generate_prompt_ids(&h->gen, text, len, chat, system, ids, n, err);
+}
+
+const GenerateModel *
+decoder_handle_gen(const DecoderHandle *h)
+{
+	return &h->gen;
 }
 
 PeftCode

@@ -6,6 +6,7 @@
 #define PEFT_ENGINE_ENGINE_DECODER_H
 
 #include "engine_api.h"
+#include "generate.h"
 
 typedef struct DecoderHandle DecoderHandle;
 
@@ -16,13 +17,17 @@ PeftCode	decoder_handle_open(const char *path, DecoderHandle **out, PeftModelInf
 								PeftError *err);
 /* Release (NULL allowed). */
 void		decoder_handle_close(DecoderHandle *h);
-/* engine_api's generate. */
-PeftCode	decoder_handle_generate(DecoderHandle *h, const char *const *prompts,
-									const size_t *lengths, int n, const PeftGenerateOptions *o,
-									PeftGeneration *out, PeftError *err);
+/* engine_api's generate (adapter NULL: the base model). */
+PeftCode	decoder_handle_generate(DecoderHandle *h, DecoderAdapter *adapter,
+									const char *const *prompts, const size_t *lengths, int n,
+									const PeftGenerateOptions *o, PeftGeneration *out,
+									PeftError *err);
 /* engine_api's tokenize. */
 PeftCode	decoder_handle_tokenize(DecoderHandle *h, const char *text, size_t len, bool chat,
 									const char *system, int32_t **ids, int *n, PeftError *err);
+/* The model, tokenizer and template generation runs with (adapter NULL). */
+const GenerateModel *decoder_handle_gen(const DecoderHandle *h);
+
 /* engine_api's logits. */
 PeftCode	decoder_handle_logits(DecoderHandle *h, const int32_t *ids, int n, float *out,
 								  PeftError *err);

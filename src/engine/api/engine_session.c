@@ -13,6 +13,7 @@
 
 #include "adapter_io.h"
 #include "combine.h"
+#include "decoder_training.h"
 #include "engine_decoder.h"
 #include "safetensors.h"
 #include "bert.h"
@@ -66,7 +67,8 @@ require_decoder(const PeftModelHandle *model, const char *what, PeftError *err)
 struct PeftAdapterHandle
 {
 	PeftModelHandle *model;
-	Network    *net;
+	Network    *net;			/* over an encoder, or */
+	DecoderAdapter *dad;		/* over a decoder */
 };
 
 /* Tokens per training row when max_length is not given (capped by the model). */
@@ -84,6 +86,7 @@ struct PeftTrainJob
 	size_t		nvalid;
 	Network    *net;
 	Trainer    *trainer;
+	DecoderTrainJob *dec;		/* a decoder's run: every entrance hands over to it */
 };
 
 /* Device, precision, idle release and batch size of later embed/predict calls. */
@@ -205,12 +208,21 @@ session_adapter_open(PeftModelHandle *model, const char *config, size_t config_l
 	PeftCode	rc;
 
 	*out = NULL;
-	if ((rc = require_encoder(model, "an adapter", err)) != PEFT_OK)
-		return rc;
 	a = calloc(1, sizeof(PeftAdapterHandle));
 	if (a == NULL)
 		return peft_fail(err, PEFT_ERR_NOMEM, "out of memory opening an adapter");
 	a->model = model;
+	if (model->decoder != NULL)
+	{
+		if ((rc = dadapter_open(model->decoder, config, config_len, weights, weights_len, &a->dad,
+								err)) != PEFT_OK)
+		{
+			session_adapter_close(a);
+			return rc;
+		}
+		*out = a;
+		return PEFT_OK;
+	}
 	if ((rc = adapter_network(model, config, config_len, weights, weights_len,
 							  task == PEFT_TASK_REGRESSION ? PEFT_TASK_REGRESSION : PEFT_TASK_CLASSIFICATION,
 							  num_labels, &a->net, err)) != PEFT_OK)
@@ -271,8 +283,21 @@ session_adapter_inspect(PeftModelHandle *model, const char *config, size_t confi
 	PeftCode	rc;
 
 	memset(info, 0, sizeof(*info));
-	if ((rc = require_encoder(model, "an adapter", err)) != PEFT_OK ||
-		(rc = network_from_bytes(model, config, config_len, weights, weights_len, &net, err)) != PEFT_OK)
+	if (model->decoder != NULL)
+	{
+		DecoderAdapter *ad;
+		static const char *const names[] = {"lora", "dora", "ia3"};
+
+		if ((rc = dadapter_open(model->decoder, config, config_len, weights, weights_len, &ad,
+								err)) != PEFT_OK)
+			return rc;
+		snprintf(info->method, sizeof(info->method), "%s", names[ad->o.method]);
+		info->parameters = (int64_t) ad->params.total;
+		info->rank = ad->o.method == DAD_IA3 ? 0 : ad->o.r;
+		decoder_adapter_free(ad);
+		return PEFT_OK;
+	}
+	if ((rc = network_from_bytes(model, config, config_len, weights, weights_len, &net, err)) != PEFT_OK)
 		return rc;
 	adapter_method_name(&net->opts, info->method, sizeof(info->method));
 	info->num_labels = net->opts.num_labels;
@@ -288,6 +313,8 @@ session_adapter_inspect(PeftModelHandle *model, const char *config, size_t confi
 PeftCode
 session_adapter_merge(PeftAdapterHandle *adapter, PeftError *err)
 {
+	if (adapter->dad != NULL)
+		return peft_fail(err, PEFT_ERR_UNSUPPORTED, "peft_merge of an adapter over a decoder is not built yet");
 	return network_merge(adapter->net, err);
 }
 
@@ -344,6 +371,7 @@ session_adapter_close(PeftAdapterHandle *adapter)
 	if (adapter == NULL)
 		return;
 	network_free(adapter->net);
+	decoder_adapter_free(adapter->dad);
 	free(adapter);
 }
 
@@ -520,12 +548,18 @@ session_predict(PeftAdapterHandle *adapter, const char *const *texts,
 {
 	Network    *net = adapter->net;
 	const BertModel *bert = adapter->model->bert;
-	int			K = net->opts.num_labels;
-	uint32_t   *idx = malloc(sizeof(uint32_t) * inference_batch);
+	int			K;
+	uint32_t   *idx;
 	Dataset		ds = {0};
 	BatchBuffer buf = {0};
 	PeftCode	rc = PEFT_OK;
 
+	if (net == NULL)
+		return peft_fail(err, PEFT_ERR_UNSUPPORTED,
+						 "peft_predict needs an adapter over an encoder; this one is over a decoder "
+						 "(peft_generate with adapter => ...)");
+	K = net->opts.num_labels;
+	idx = malloc(sizeof(uint32_t) * inference_batch);
 	if (K < 1)
 		rc = peft_fail(err, PEFT_ERR_INVALID, "this adapter has no prediction head");
 	else if (idx == NULL)
@@ -645,13 +679,25 @@ session_train_begin(PeftModelHandle *model, const PeftTrainConfig *config,
 	PeftCode	rc;
 
 	*out = NULL;
-	if ((rc = require_encoder(model, "training", err)) != PEFT_OK)
-		return rc;
+	if (model->decoder == NULL && config->task == PEFT_TASK_GENERATION)
+		return peft_fail(err, PEFT_ERR_INVALID,
+						 "task generation trains a decoder (a LLaMA-family GGUF or folder); this model "
+						 "is an encoder (%s)", model->bert->cfg.model_type);
 	job = calloc(1, sizeof(PeftTrainJob));
 	if (job == NULL)
 		return peft_fail(err, PEFT_ERR_NOMEM, "out of memory starting training");
 	job->model = model;
 	job->config = *config;
+	if (model->decoder != NULL)
+	{
+		if ((rc = dtrain_begin(model->decoder, config, &job->dec, err)) != PEFT_OK)
+		{
+			free(job);
+			return rc;
+		}
+		*out = job;
+		return PEFT_OK;
+	}
 	/* max_length not given: 128, or the model's own limit if lower (as sentence-transformers') */
 	if (job->config.max_length == 0)
 	{
@@ -684,6 +730,8 @@ PeftCode
 session_train_add_row(PeftTrainJob *job, const char *text, size_t len, int label,
 					  double target, PeftError *err)
 {
+	if (job->dec != NULL)
+		return peft_fail(err, PEFT_ERR_INVALID, "a generation run takes prompt/completion rows");
 	if (job->trainer != NULL)
 		return peft_fail(err, PEFT_ERR_INTERNAL, "rows added after training started");
 	if (job->config.task == PEFT_TASK_CLASSIFICATION && label < 0)
@@ -698,6 +746,8 @@ session_train_add_row(PeftTrainJob *job, const char *text, size_t len, int label
 PeftCode
 session_train_hold_out(PeftTrainJob *job, PeftError *err)
 {
+	if (job->dec != NULL)
+		return dtrain_hold_out(job->dec, err);
 	if (job->trainer != NULL || job->data.held_out)
 		return peft_fail(err, PEFT_ERR_INTERNAL, "validation rows begin once, before training");
 	job->data.held_out = true;
@@ -733,6 +783,8 @@ session_train_prepare(PeftTrainJob *job, int num_labels, const int *label_map,
 	TrainOptions t;
 	PeftCode	rc;
 
+	if (job->dec != NULL)
+		return dtrain_prepare(job->dec, train_rows, valid_rows, total_steps, err);
 	if (c->task == PEFT_TASK_REGRESSION)
 		num_labels = 1;
 	else if (num_labels < 2)
@@ -785,6 +837,8 @@ session_train_prepare(PeftTrainJob *job, int num_labels, const int *label_map,
 PeftCode
 session_train_step(PeftTrainJob *job, PeftTrainProgress *p, PeftError *err)
 {
+	if (job->dec != NULL)
+		return dtrain_step(job->dec, p, err);
 	if (job->trainer == NULL)
 		return peft_fail(err, PEFT_ERR_INTERNAL, "training step before prepare");
 	return trainer_step(job->trainer, p, err);
@@ -795,7 +849,14 @@ void
 session_train_memory(PeftTrainJob *job, PeftTrainMemory *m)
 {
 	size_t		activations = 0;
-	size_t		network = job->net ? network_memory(job->net, &activations) : 0;
+	size_t		network;
+
+	if (job->dec != NULL)
+	{
+		dtrain_memory(job->dec, m);
+		return;
+	}
+	network = job->net ? network_memory(job->net, &activations) : 0;
 
 	m->data = (int64_t) (dataset_memory(&job->data) + (job->ntrain + job->nvalid) * sizeof(uint32_t) +
 						 (job->trainer ? trainer_memory(job->trainer) : 0));
@@ -808,6 +869,8 @@ session_train_memory(PeftTrainJob *job, PeftTrainMemory *m)
 const char *
 session_train_device(PeftTrainJob *job)
 {
+	if (job->dec != NULL)
+		return "cpu";			/* decoders train on the CPU for now */
 	return job->net ? job->net->be->name : "none";
 }
 
@@ -815,6 +878,8 @@ session_train_device(PeftTrainJob *job)
 int64_t
 session_train_parameters(PeftTrainJob *job)
 {
+	if (job->dec != NULL)
+		return dtrain_parameters(job->dec);
 	return job->net ? (int64_t) job->net->params.total : 0;
 }
 
@@ -822,6 +887,8 @@ session_train_parameters(PeftTrainJob *job)
 int
 session_train_max_length(PeftTrainJob *job)
 {
+	if (job->dec != NULL)
+		return dtrain_max_length(job->dec);
 	return job->config.max_length;
 }
 
@@ -876,6 +943,8 @@ session_profile_read(PeftDevice device, PeftProfile *p, PeftError *err)
 PeftCode
 session_train_evaluate(PeftTrainJob *job, PeftMetrics *m, PeftError *err)
 {
+	if (job->dec != NULL)
+		return dtrain_evaluate(job->dec, m, err);
 	if (job->net == NULL)
 		return peft_fail(err, PEFT_ERR_INTERNAL, "evaluation before prepare");
 	return evaluate(job->net, &job->data, job->valid_rows, job->nvalid, job->config.batch_size,
@@ -891,6 +960,8 @@ session_train_export(PeftTrainJob *job, const char *base_model, uint8_t **weight
 
 	*weights = NULL;
 	*config = NULL;
+	if (job->dec != NULL)
+		return dtrain_export(job->dec, base_model, weights, weights_len, config, err);
 	if (job->net == NULL)
 		return peft_fail(err, PEFT_ERR_INTERNAL, "export before prepare");
 	if ((rc = network_params_fetch(job->net, err)) != PEFT_OK ||
@@ -910,6 +981,7 @@ session_train_free(PeftTrainJob *job)
 {
 	if (job == NULL)
 		return;
+	dtrain_free(job->dec);
 	trainer_free(job->trainer);
 	network_free(job->net);
 	dataset_free(&job->data);
@@ -930,9 +1002,10 @@ session_generate(PeftModelHandle *model, PeftAdapterHandle *adapter, const char 
 
 	if ((rc = require_decoder(model, "peft_generate", err)) != PEFT_OK)
 		return rc;
-	if (adapter != NULL)
-		return peft_fail(err, PEFT_ERR_UNSUPPORTED, "generation with an adapter is not built yet");
-	return decoder_handle_generate(model->decoder, prompts, lengths, n, options, out, err);
+	if (adapter != NULL && (adapter->model != model || adapter->dad == NULL))
+		return peft_fail(err, PEFT_ERR_INVALID, "the adapter is not one over this model");
+	return decoder_handle_generate(model->decoder, adapter ? adapter->dad : NULL, prompts, lengths,
+								   n, options, out, err);
 }
 
 /* A decoder's token ids of a text (engine_api's tokenize). */
@@ -963,7 +1036,10 @@ PeftCode
 session_train_add_pair(PeftTrainJob *job, const char *prompt, size_t prompt_len,
 					   const char *completion, size_t completion_len, PeftError *err)
 {
-	return peft_fail(err, PEFT_ERR_UNSUPPORTED, "training a decoder is not built yet");
+	if (job->dec == NULL)
+		return peft_fail(err, PEFT_ERR_INVALID,
+						 "prompt/completion rows train a decoder with task generation");
+	return dtrain_add_pair(job->dec, prompt, prompt_len, completion, completion_len, err);
 }
 
 /* A decoder adapter as llama.cpp's LoRA GGUF (engine_api's adapter_export_gguf). */

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "decoder_adapter.h"
 #include "ops_decoder.h"
 #include "quant.h"
 
@@ -20,6 +21,7 @@
 struct Decoder
 {
 	const LlamaModel *model;
+	DecoderAdapter *adapter;	/* NULL: the base model */
 	int			slots;
 	int			ctx;
 	size_t		kv_dim;			/* num_kv_heads * head_dim */
@@ -129,11 +131,24 @@ decoder_free(Decoder *d)
 	free(d);
 }
 
+void
+decoder_set_adapter(Decoder *dec, DecoderAdapter *adapter)
+{
+	dec->adapter = adapter;
+}
+
 /* y[N, m.rows] = x[N, m.cols] m^T */
 static void
 product(const QMatrix *m, const float *x, int N, float *y)
 {
 	quant_matmul(m->type, m->data, m->rows, m->cols, x, N, y);
+}
+
+/* y = linear w of layer l (weight W) applied to x, through the adapter when there is one. */
+static void
+linear(Decoder *d, int l, int w, const QMatrix *W, const float *x, int N, float *y)
+{
+	decoder_adapter_linear(d->adapter, W, l, w, x, N, y, NULL, false);
 }
 
 /* Copy the new rows' keys and values into one layer's cache. */
@@ -161,23 +176,23 @@ run_layer(Decoder *d, int l, int N)
 	size_t		n_hidden = (size_t) N * c->hidden_size;
 
 	rmsnorm_forward(d->xn, NULL, d->x, L->attn_norm, N, c->hidden_size, (real) c->rms_eps);
-	product(&L->wq, d->xn, N, d->q);
-	product(&L->wk, d->xn, N, d->k);
-	product(&L->wv, d->xn, N, d->v);
+	linear(d, l, LLAMA_Q, &L->wq, d->xn, N, d->q);
+	linear(d, l, LLAMA_K, &L->wk, d->xn, N, d->k);
+	linear(d, l, LLAMA_V, &L->wv, d->xn, N, d->v);
 	rope_forward(d->q, d->rows_pos, N, c->num_heads, c->head_dim, (real) c->rope_base, c->rope_layout);
 	rope_forward(d->k, d->rows_pos, N, c->num_kv_heads, c->head_dim, (real) c->rope_base, c->rope_layout);
 	store_kv(d, l, N);
 	gqa_attention_forward(d->att, NULL, d->q, d->kcache + layer_off, d->vcache + layer_off,
 						  d->rows_slot, d->rows_pos, N, c->num_heads, c->num_kv_heads,
 						  c->head_dim, d->ctx);
-	product(&L->wo, d->att, N, d->proj);
+	linear(d, l, LLAMA_O, &L->wo, d->att, N, d->proj);
 	for (size_t i = 0; i < n_hidden; i++)
 		d->x[i] += d->proj[i];
 	rmsnorm_forward(d->xn, NULL, d->x, L->ffn_norm, N, c->hidden_size, (real) c->rms_eps);
-	product(&L->w_gate, d->xn, N, d->gate);
-	product(&L->w_up, d->xn, N, d->up);
+	linear(d, l, LLAMA_GATE, &L->w_gate, d->xn, N, d->gate);
+	linear(d, l, LLAMA_UP, &L->w_up, d->xn, N, d->up);
 	swiglu_forward(d->gate, d->gate, d->up, (size_t) N * c->intermediate_size);
-	product(&L->w_down, d->gate, N, d->proj);
+	linear(d, l, LLAMA_DOWN, &L->w_down, d->gate, N, d->proj);
 	for (size_t i = 0; i < n_hidden; i++)
 		d->x[i] += d->proj[i];
 }

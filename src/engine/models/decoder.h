@@ -18,6 +18,7 @@
 #include "status.h"
 
 typedef struct Decoder Decoder;
+typedef struct DecoderAdapter DecoderAdapter;
 
 /* A decoder over model for slots sequences of up to ctx positions. */
 PeftCode	decoder_create(const LlamaModel *model, int slots, int ctx, Decoder **out,
@@ -32,6 +33,9 @@ PeftCode	decoder_create(const LlamaModel *model, int slots, int ctx, Decoder **o
 PeftCode	decoder_forward(Decoder *dec, const int32_t *ids, const int32_t *slot,
 							const int32_t *pos, int N, const int32_t *logit_rows, int nlogits,
 							float *logits, PeftError *err);
+
+/* Compute through an adapter from now on (NULL: the base model); the caller keeps it alive. */
+void		decoder_set_adapter(Decoder *dec, DecoderAdapter *adapter);
 
 /* Bytes the decoder allocated (cache and scratch), for memory reports. */
 size_t		decoder_bytes(const Decoder *dec);

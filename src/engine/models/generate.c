@@ -233,9 +233,34 @@ take_token(const GenerateModel *g, Sequence *s, int32_t token, int ctx, char *pi
 	return PEFT_OK;
 }
 
+/* Where a group's prompts come from: texts (tokenised here) or token ids. */
+typedef struct PromptSource
+{
+	const char *const *texts;
+	const size_t *lengths;
+	const int32_t *const *ids;
+	const int  *nids;
+} PromptSource;
+
+/* Prompt i of src as token ids (malloc'd). */
+static PeftCode
+source_ids(const GenerateModel *g, const PromptSource *src, int i, bool chat, const char *system,
+		   int32_t **ids, int *n, PeftError *err)
+{
+	if (src->texts)
+		return generate_prompt_ids(g, src->texts[i], src->lengths[i], chat, system, ids, n, err);
+	if (src->nids[i] < 1)
+		return peft_fail(err, PEFT_ERR_INVALID, "the prompt has no tokens");
+	if ((*ids = malloc(sizeof(int32_t) * src->nids[i])) == NULL)
+		return peft_fail(err, PEFT_ERR_NOMEM, "out of memory generating");
+	memcpy(*ids, src->ids[i], sizeof(int32_t) * src->nids[i]);
+	*n = src->nids[i];
+	return PEFT_OK;
+}
+
 /* Generate for a group of n prompts (n <= group_size) sharing one decoder. */
 static PeftCode
-run_group(const GenerateModel *g, const char *const *prompts, const size_t *lengths, int n,
+run_group(const GenerateModel *g, const PromptSource *src, int n,
 		  const PeftGenerateOptions *o, bool chat, PeftRng *rng, PeftGeneration *out, PeftError *err)
 {
 	const LlamaConfig *c = &g->model->cfg;
@@ -259,8 +284,7 @@ run_group(const GenerateModel *g, const char *const *prompts, const size_t *leng
 	{
 		seqs[i].out = &out[i];
 		bpe_decoder_init(&seqs[i].utf8);
-		rc = generate_prompt_ids(g, prompts[i], lengths[i], chat, o->system, &seqs[i].prompt,
-								 &seqs[i].prompt_len, err);
+		rc = source_ids(g, src, i, chat, o->system, &seqs[i].prompt, &seqs[i].prompt_len, err);
 		if (rc == PEFT_OK && seqs[i].prompt_len >= c->context_length)
 			rc = peft_fail(err, PEFT_ERR_INVALID,
 						   "prompt %d has %d tokens, more than the model's context of %d allows",
@@ -276,8 +300,8 @@ run_group(const GenerateModel *g, const char *const *prompts, const size_t *leng
 	}
 	if (ctx > c->context_length)
 		ctx = c->context_length;
-	if (rc == PEFT_OK)
-		rc = decoder_create(g->model, n, ctx, &dec, err);
+	if (rc == PEFT_OK && (rc = decoder_create(g->model, n, ctx, &dec, err)) == PEFT_OK)
+		decoder_set_adapter(dec, g->adapter);
 	if (rc == PEFT_OK &&
 		((ids = malloc(sizeof(int32_t) * total)) == NULL || (slot = malloc(sizeof(int32_t) * total)) == NULL ||
 		 (pos = malloc(sizeof(int32_t) * total)) == NULL || (last = malloc(sizeof(int32_t) * n)) == NULL ||
@@ -359,9 +383,10 @@ group_size(const LlamaConfig *c, int max_new_tokens)
 	return fit < 1 ? 1 : fit > GENERATE_GROUP ? GENERATE_GROUP : (int) fit;
 }
 
-PeftCode
-generate_run(const GenerateModel *g, const char *const *prompts, const size_t *lengths, int n,
-			 const PeftGenerateOptions *o, PeftGeneration *out, PeftError *err)
+/* Run every group of the prompts of src. */
+static PeftCode
+run_all(const GenerateModel *g, const PromptSource *src, int n, const PeftGenerateOptions *o,
+		PeftGeneration *out, PeftError *err)
 {
 	PeftRng		rng;
 	bool		chat;
@@ -379,8 +404,14 @@ generate_run(const GenerateModel *g, const char *const *prompts, const size_t *l
 	for (int start = 0; start < n && rc == PEFT_OK; start += group)
 	{
 		int			count = n - start < group ? n - start : group;
+		PromptSource part = {
+			.texts = src->texts ? src->texts + start : NULL,
+			.lengths = src->lengths ? src->lengths + start : NULL,
+			.ids = src->ids ? src->ids + start : NULL,
+			.nids = src->nids ? src->nids + start : NULL
+		};
 
-		rc = run_group(g, prompts + start, lengths + start, count, o, chat, &rng, out + start, err);
+		rc = run_group(g, &part, count, o, chat, &rng, out + start, err);
 	}
 	if (rc != PEFT_OK)
 		for (int i = 0; i < n; i++)
@@ -389,4 +420,22 @@ generate_run(const GenerateModel *g, const char *const *prompts, const size_t *l
 			out[i].text = NULL;
 		}
 	return rc;
+}
+
+PeftCode
+generate_run(const GenerateModel *g, const char *const *prompts, const size_t *lengths, int n,
+			 const PeftGenerateOptions *o, PeftGeneration *out, PeftError *err)
+{
+	PromptSource src = {.texts = prompts, .lengths = lengths};
+
+	return run_all(g, &src, n, o, out, err);
+}
+
+PeftCode
+generate_run_ids(const GenerateModel *g, const int32_t *const *ids, const int *nids, int n,
+				 const PeftGenerateOptions *o, PeftGeneration *out, PeftError *err)
+{
+	PromptSource src = {.ids = ids, .nids = nids};
+
+	return run_all(g, &src, n, o, out, err);
 }

@@ -10,6 +10,7 @@
 
 #include "bpe_tokenizer.h"
 #include "chat_template.h"
+#include "decoder_adapter.h"
 #include "engine_api.h"
 #include "llama_model.h"
 
@@ -21,6 +22,7 @@ typedef struct GenerateModel
 	const ChatTemplate *chat;	/* NULL: the model has none this engine renders */
 	int32_t		eos;			/* end-of-sequence token */
 	int32_t		end_of_turn;	/* the template's end-of-turn token, or -1 */
+	DecoderAdapter *adapter;	/* NULL: the base model */
 } GenerateModel;
 
 /* Defaults of PeftGenerateOptions. */
@@ -29,6 +31,14 @@ void		generate_defaults(PeftGenerateOptions *o);
 /* The token ids of one prompt as generate feeds them (chat-rendered when asked); *ids malloc'd. */
 PeftCode	generate_prompt_ids(const GenerateModel *g, const char *text, size_t len, bool chat,
 								const char *system, int32_t **ids, int *n, PeftError *err);
+
+/*
+ * The same from prompts already tokenised (ids[i][0..nids[i]), exactly as
+ * fed: no template is applied): evaluation's generations.
+ */
+PeftCode	generate_run_ids(const GenerateModel *g, const int32_t *const *ids, const int *nids,
+							 int n, const PeftGenerateOptions *o, PeftGeneration *out,
+							 PeftError *err);
 
 /* Completions of n prompts; on error every out[i].text is freed and NULL. */
 PeftCode	generate_run(const GenerateModel *g, const char *const *prompts, const size_t *lengths,

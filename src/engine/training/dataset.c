@@ -80,6 +80,33 @@ dataset_add(Dataset *ds, const Tokenizer *tok, const char *text, size_t len,
 	ex->length = n;
 	ex->label = label;
 	ex->target = target;
+	ex->prompt_len = 0;
+	ds->ntokens += n;
+	return PEFT_OK;
+}
+
+/* Append a row of token ids (a decoder's prompt and completion). */
+PeftCode
+dataset_add_ids(Dataset *ds, const int32_t *ids, int n, int prompt_len, PeftError *err)
+{
+	Example    *ex;
+
+	if (n < 1 || prompt_len < 0 || prompt_len > n)
+		return peft_fail(err, PEFT_ERR_INVALID, "a row of %d tokens with a prompt of %d", n, prompt_len);
+	if (grow((void **) &ds->tokens, &ds->cap_tokens, ds->ntokens + n, sizeof(int32_t)) != 0 ||
+		grow((void **) &ds->rows, &ds->cap_rows, ds->count + 1, sizeof(Example)) != 0)
+		return peft_fail(err, PEFT_ERR_NOMEM, "out of memory holding %zu training rows", ds->count);
+	if (ds->memory_limit && dataset_memory(ds) + (size_t) n * sizeof(int32_t) +
+		sizeof(Example) > ds->memory_limit)
+		return peft_fail(err, PEFT_ERR_NOMEM,
+						 "the tokenised training data exceeds the memory limit of %zu kB "
+						 "after %zu rows", ds->memory_limit / 1024, ds->count);
+	memcpy(ds->tokens + ds->ntokens, ids, sizeof(int32_t) * n);
+	ex = &ds->rows[ds->count++];
+	memset(ex, 0, sizeof(*ex));
+	ex->offset = ds->ntokens;
+	ex->length = n;
+	ex->prompt_len = prompt_len;
 	ds->ntokens += n;
 	return PEFT_OK;
 }

@@ -20,6 +20,7 @@ typedef struct Example
 	int32_t		length;			/* tokens including [CLS] and [SEP] */
 	int32_t		label;			/* class index (classification) */
 	real		target;			/* value (regression) */
+	int32_t		prompt_len;		/* generation: leading tokens without loss (the prompt) */
 } Example;
 
 typedef struct Dataset
@@ -39,6 +40,12 @@ typedef struct Dataset
 PeftCode	dataset_add(Dataset *ds, const Tokenizer *tok, const char *text,
 						size_t len, int max_length, int32_t label, real target,
 						PeftError *err);
+/*
+ * Append a row of token ids as they are (a decoder's prompt and completion,
+ * the first prompt_len of them the prompt); fails past memory_limit.
+ */
+PeftCode	dataset_add_ids(Dataset *ds, const int32_t *ids, int n, int prompt_len,
+							PeftError *err);
 /* Bytes of the rows held (token ids and row records). */
 size_t		dataset_memory(const Dataset *ds);
 void		dataset_free(Dataset *ds);

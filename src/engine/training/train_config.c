@@ -47,6 +47,7 @@
 
 #define LORA_FAMILY (PEFT_METHOD_LORA | PEFT_METHOD_DORA)
 #define CLASSIFICATION (1u << PEFT_TASK_CLASSIFICATION)
+#define GENERATION (1u << PEFT_TASK_GENERATION)
 
 /* Most module names an option takes (the size of the arrays in PeftTrainConfig). */
 #define MAX_MODULES 16
@@ -90,8 +91,9 @@ static const PeftOption option_table[] = {
 				"`linear`, `cosine` or `constant` after warm-up"),
 	NUMBER_OPTION("max_grad_norm", max_grad_norm, 0, 1e6, false, 1.0, "1.0",
 				  "clip gradients to this global norm (0: off)"),
-	INT_OPTION("max_length", max_length, 2, 65536, 0, "128 (capped by the model)",
-			   "tokens per row, including `[CLS]` and `[SEP]`"),
+	INT_OPTION("max_length", max_length, 2, 65536, 0, "128 (capped by the model); generation 512",
+			   "tokens per row, including `[CLS]` and `[SEP]`; generation: prompt (template included) and "
+			   "completion, cut from the prompt's start, never from the completion"),
 	NUMBER_OPTION("validation_fraction", validation_fraction, 0, 0.9, false, 0.1, "0.1",
 				  "rows held out (deterministically, by `seed`) for validation metrics"),
 	TEXT_OPTION("validation_data", validation_data,
@@ -123,6 +125,14 @@ static const PeftOption option_table[] = {
 			   "classification: most distinct labels among the rows read (more is an error: a numeric "
 			   "label may want `task => 'regression'`)", .tasks = CLASSIFICATION),
 	BOOL_OPTION("activate", activate, 1, "make the new version the active one"),
+	BOOL_OPTION("chat", chat, 1,
+				"generation: render each prompt as a user turn of the model's chat template (false: raw "
+				"text); the completion then ends with the template's end-of-turn token", .tasks = GENERATION),
+	TEXT_OPTION("system", system, "generation: the system message of chat prompts (default: the "
+				"template's own)", .tasks = GENERATION),
+	BOOL_OPTION("eval_generate", eval_generate, 1,
+				"generation: validation also generates greedily for up to 200 validation rows and reports "
+				"the exact-match rate (only when completions average under 32 tokens)", .tasks = GENERATION),
 };
 
 /* The option table: *count rows. */

@@ -93,8 +93,8 @@ schedule_factor(const TrainOptions *o, int step, int total_steps)
 }
 
 /* Check training options. */
-static PeftCode
-check_train_options(const TrainOptions *o, PeftError *err)
+PeftCode
+train_options_check(const TrainOptions *o, PeftError *err)
 {
 	if (o->epochs < 1 || o->epochs > 100000)
 		return peft_fail(err, PEFT_ERR_INVALID, "epochs must be between 1 and 100000");
@@ -142,7 +142,7 @@ trainer_create(Network *net, const Dataset *ds, const uint32_t *rows,
 	PeftCode	rc;
 
 	*out = NULL;
-	if ((rc = check_train_options(opts, err)) != PEFT_OK)
+	if ((rc = train_options_check(opts, err)) != PEFT_OK)
 		return rc;
 	if (nrows == 0)
 		return peft_fail(err, PEFT_ERR_INVALID, "no training rows");

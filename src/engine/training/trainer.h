@@ -45,6 +45,9 @@ void		train_options_from_config(const PeftTrainConfig *c, TrainOptions *o);
 /* peft_train's defaults, as trainer options. */
 void		train_options_default(TrainOptions *o);
 
+/* Check the options' ranges (a clear error naming the first bad one). */
+PeftCode	train_options_check(const TrainOptions *o, PeftError *err);
+
 /* Multiplier of the peak learning rate at optimizer step s (0-based). */
 double		schedule_factor(const TrainOptions *o, int step, int total_steps);
 
