@@ -76,7 +76,7 @@ ENGINE_OBJS    = $(patsubst src/engine/%.c,$(B)/engine/%.o,$(ENGINE_SRCS))
 # The same sources in double precision, for gradient checks only.
 # (The float-only files are left out: the API and the decoder's inference,
 # which runs on quant.h's float products.)
-ENGINE_FLOAT_ONLY  = $(filter %/engine_api.c %/engine_session.c %/engine_decoder.c %/decoder.c \
+ENGINE_FLOAT_ONLY  = $(filter %/engine_api.c %/engine_session.c %/engine_decoder.c %/decoder_training.c %/decoder.c \
                      %/generate.c,$(ENGINE_SRCS))
 ENGINE_DOUBLE_OBJS = $(patsubst src/engine/%.c,$(B)/double/%.o,\
                      $(filter-out $(ENGINE_FLOAT_ONLY),$(ENGINE_SRCS)))

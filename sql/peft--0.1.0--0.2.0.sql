@@ -11,6 +11,13 @@ COMMENT ON COLUMN peft.models.file_bytes IS 'size of the weights file (model.saf
 COMMENT ON COLUMN peft.models.checksum IS 'SHA-256 of the weights file when registered';
 COMMENT ON COLUMN peft.models.file_mtime IS 'modification time of the weights file when registered or last verified (NULL: registered before 0.2.0 and not verified since)';
 
+-- Decoders learn completions: task 'generation' for jobs and adapters.
+ALTER TABLE peft.job_rows DROP CONSTRAINT job_rows_task_check,
+    ADD CONSTRAINT job_rows_task_check CHECK (task IN ('classification', 'regression', 'generation'));
+ALTER TABLE peft.adapters DROP CONSTRAINT adapters_task_check,
+    ADD CONSTRAINT adapters_task_check
+    CHECK (task IN ('classification', 'regression', 'embedding', 'generation'));
+
 CREATE FUNCTION peft_verify_model(name text) RETURNS boolean
     AS 'MODULE_PATHNAME', 'peft_verify_model'
     LANGUAGE C VOLATILE STRICT;
@@ -31,6 +38,8 @@ SELECT a.name, a.version, a.active, a.base_model, a.method, a.task, a.labels,
        (a.metrics->'final'->>'macro_f1')::float8 AS macro_f1,
        (a.metrics->'final'->>'r2')::float8 AS r2,
        (a.metrics->'final'->>'mae')::float8 AS mae,
+       (a.metrics->'final'->>'perplexity')::float8 AS perplexity,
+       (a.metrics->'final'->>'exact_match')::float8 AS exact_match,
        (a.metrics->>'train_rows')::bigint AS train_rows,
        (a.metrics->>'valid_rows')::bigint AS valid_rows,
        (a.metrics->>'parameters')::bigint AS parameters,
@@ -131,7 +140,8 @@ COMMENT ON COLUMN peft.jobs.loss_sparkline IS 'loss_history as a one-line sparkl
 -- the model has one) the prompt is the user's turn.  Options: max_new_tokens
 -- (128), temperature (0: greedy), top_k, top_p, seed, stop (a string or an
 -- array of them), chat, system.  A NULL prompt gives NULL; adapter NULL is
--- the base model (adapters over decoders: the next release).
+-- the base model; with an adapter (its active version, trained with task
+-- 'generation') model may be NULL: then the adapter's base model.
 CREATE FUNCTION peft_generate(model text, prompt text, adapter text DEFAULT NULL,
                               options jsonb DEFAULT '{}') RETURNS text
     AS 'MODULE_PATHNAME', 'peft_generate'

@@ -42,7 +42,7 @@ CREATE TABLE peft.job_rows (
     base_model         text NOT NULL,
     method             text NOT NULL DEFAULT 'lora',
     task               text NOT NULL DEFAULT 'classification'
-                       CHECK (task IN ('classification', 'regression')),
+                       CHECK (task IN ('classification', 'regression', 'generation')),
     data               text NOT NULL,
     input_column       text NOT NULL,
     label_column       text NOT NULL,
@@ -144,7 +144,7 @@ CREATE TABLE peft.adapters (
     version     int NOT NULL CHECK (version >= 1),
     base_model  text NOT NULL REFERENCES peft.models (name) ON UPDATE CASCADE,
     method      text NOT NULL,
-    task        text NOT NULL CHECK (task IN ('classification', 'regression', 'embedding')),
+    task        text NOT NULL CHECK (task IN ('classification', 'regression', 'embedding', 'generation')),
     config      jsonb NOT NULL,
     labels      text[],
     weights     bytea NOT NULL,
@@ -193,6 +193,8 @@ SELECT a.name, a.version, a.active, a.base_model, a.method, a.task, a.labels,
        (a.metrics->'final'->>'macro_f1')::float8 AS macro_f1,
        (a.metrics->'final'->>'r2')::float8 AS r2,
        (a.metrics->'final'->>'mae')::float8 AS mae,
+       (a.metrics->'final'->>'perplexity')::float8 AS perplexity,
+       (a.metrics->'final'->>'exact_match')::float8 AS exact_match,
        (a.metrics->>'train_rows')::bigint AS train_rows,
        (a.metrics->>'valid_rows')::bigint AS valid_rows,
        (a.metrics->>'parameters')::bigint AS parameters,
@@ -286,7 +288,8 @@ CREATE FUNCTION peft_embed(model text, inputs text[], adapter text DEFAULT NULL)
 -- the model has one) the prompt is the user's turn.  Options: max_new_tokens
 -- (128), temperature (0: greedy), top_k, top_p, seed, stop (a string or an
 -- array of them), chat, system.  A NULL prompt gives NULL; adapter NULL is
--- the base model (adapters over decoders: the next release).
+-- the base model; with an adapter (its active version, trained with task
+-- 'generation') model may be NULL: then the adapter's base model.
 CREATE FUNCTION peft_generate(model text, prompt text, adapter text DEFAULT NULL,
                               options jsonb DEFAULT '{}') RETURNS text
     AS 'MODULE_PATHNAME', 'peft_generate'

@@ -22,6 +22,7 @@
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 
+#include "inference.h"
 #include "peft.h"
 
 PG_FUNCTION_INFO_V1(peft_generate);
@@ -189,24 +190,40 @@ GenerateTexts(const char *model_name, const char *adapter, char **prompts, int n
 	PeftGeneration *out = palloc0(sizeof(PeftGeneration) * (n ? n : 1));
 	size_t	   *lengths = palloc(sizeof(size_t) * (n ? n : 1));
 	PeftModelHandle *model;
+	PeftAdapterHandle *handle = NULL;
 	PeftError	err = {0};
 	PeftCode	rc;
 
-	if (adapter != NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("peft_generate with an adapter is not supported yet"),
-				 errdetail("Adapters over decoders are trained and used from the next release on; "
-						   "call peft_generate without adapter for the base model.")));
 	ParseGenerateOptions(options, &o);
 	for (int i = 0; i < n; i++)
 		lengths[i] = strlen(prompts[i]);
 	SPI_connect();
-	model = PeftModelFor(model_name);
+	if (adapter != NULL)
+	{
+		/* the active version, if the caller may use it; its base model must be the one named */
+		CachedAdapter *a = GetAdapterVersion(adapter, 0);
+
+		if (model_name != NULL && strcmp(model_name, a->model->name) != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("adapter \"%s\" was trained over model \"%s\", not \"%s\"",
+							adapter, a->model->name, model_name),
+					 errhint("Pass model NULL to use the adapter's own base model.")));
+		if (!a->model->info.decoder)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("adapter \"%s\" is over an encoder (%s): peft_generate needs one over a decoder",
+							adapter, a->model->name),
+					 errhint("Use peft_predict or peft_embed with it.")));
+		model = a->model->handle;
+		handle = a->handle;
+	}
+	else
+		model = PeftModelFor(model_name);
 	SPI_finish();
 	if (n == 0)
 		return out;
-	rc = PeftEngine()->generate(model, NULL, (const char *const *) prompts, lengths, n, &o, out, &err);
+	rc = PeftEngine()->generate(model, handle, (const char *const *) prompts, lengths, n, &o, out, &err);
 	if (rc == PEFT_ERR_CANCELED)
 	{
 		CHECK_FOR_INTERRUPTS();
@@ -218,6 +235,17 @@ GenerateTexts(const char *model_name, const char *adapter, char **prompts, int n
 	if (rc != PEFT_OK)
 		PeftRaiseEngineError(&err);
 	return out;
+}
+
+/* ERROR unless the model (argument 0) or an adapter (argument 2) is given: a NULL model means the adapter's. */
+static void
+RequireModelOrAdapter(FunctionCallInfo fcinfo)
+{
+	if (PG_ARGISNULL(0) && PG_ARGISNULL(2))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("argument \"model\" must not be null without an adapter"),
+				 errhint("Name the model, or an adapter over it (model NULL then means the adapter's).")));
 }
 
 /* A completion's text in the server's memory, the engine's freed. */
@@ -241,12 +269,12 @@ peft_generate(PG_FUNCTION_ARGS)
 	char	   *prompt;
 	PeftGeneration *g;
 
-	PeftRequireArg(fcinfo, 0, "model");
+	RequireModelOrAdapter(fcinfo);
 	PeftRequireArg(fcinfo, 3, "options");
 	if (PG_ARGISNULL(1))
 		PG_RETURN_NULL();
 	prompt = text_to_cstring(PG_GETARG_TEXT_PP(1));
-	g = GenerateTexts(text_to_cstring(PG_GETARG_TEXT_PP(0)),
+	g = GenerateTexts(PG_ARGISNULL(0) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(0)),
 					  PG_ARGISNULL(2) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(2)),
 					  &prompt, 1, PG_GETARG_JSONB_P(3));
 	PG_RETURN_TEXT_P(TakeText(&g[0]));
@@ -271,7 +299,7 @@ peft_generate_array(PG_FUNCTION_ARGS)
 	char	  **prompts;
 	PeftGeneration *g;
 
-	PeftRequireArg(fcinfo, 0, "model");
+	RequireModelOrAdapter(fcinfo);
 	PeftRequireArg(fcinfo, 1, "prompts");
 	PeftRequireArg(fcinfo, 3, "options");
 	array = PG_GETARG_ARRAYTYPE_P(1);
@@ -289,7 +317,7 @@ peft_generate_array(PG_FUNCTION_ARGS)
 		if (!isnull[i])
 			prompts[count++] = TextDatumGetCString(elems[i]);
 	InitMaterializedSRF(fcinfo, 0);
-	g = GenerateTexts(text_to_cstring(PG_GETARG_TEXT_PP(0)),
+	g = GenerateTexts(PG_ARGISNULL(0) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(0)),
 					  PG_ARGISNULL(2) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(2)),
 					  prompts, count, PG_GETARG_JSONB_P(3));
 	for (int i = 0, k = 0; i < n; i++)

@@ -122,7 +122,8 @@ LoadAdapter(CachedAdapter *slot, const char *name, int version, const char *row_
 			const char *model_name, const char *task, ArrayType *labels, bool merged)
 {
 	bool		regression = strcmp(task, "regression") == 0;
-	bool		embedding = strcmp(task, "embedding") == 0;
+	bool		generation = strcmp(task, "generation") == 0;
+	bool		embedding = strcmp(task, "embedding") == 0 || generation;
 	Oid			types[2] = {TEXTOID, INT4OID};
 	Datum		values[2] = {CStringGetTextDatum(name), Int32GetDatum(version)};
 	bool		isnull;
@@ -152,7 +153,8 @@ LoadAdapter(CachedAdapter *slot, const char *name, int version, const char *row_
 	if (PeftEngine()->adapter_open(model->handle, config, strlen(config),
 								   (const uint8_t *) VARDATA_ANY(weights),
 								   VARSIZE_ANY_EXHDR(weights),
-								   regression ? PEFT_TASK_REGRESSION : PEFT_TASK_CLASSIFICATION,
+								   regression ? PEFT_TASK_REGRESSION :
+								   generation ? PEFT_TASK_GENERATION : PEFT_TASK_CLASSIFICATION,
 								   regression ? 1 : embedding ? 0 : nelems, &slot->handle,
 								   &err) != PEFT_OK ||
 		(merged && PeftEngine()->adapter_merge(slot->handle, &err) != PEFT_OK))

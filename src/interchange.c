@@ -175,7 +175,8 @@ peft_import(PG_FUNCTION_ARGS)
 						 ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("the adapter cannot be imported: %s", err.message)));
 	/* the task follows from the head; a given one must agree */
-	resolved = info.num_labels == 0 ? "embedding" : info.num_labels == 1 ? "regression" : "classification";
+	resolved = info.decoder ? "generation" : info.num_labels == 0 ? "embedding" :
+		info.num_labels == 1 ? "regression" : "classification";
 	if (task && strcmp(task, resolved) != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

@@ -208,9 +208,10 @@ DataColumnType(TupleDesc desc, const char *name, const char *argument, const cha
  * classification label not a float (a classifier with a class per value).
  */
 static void
-CheckDataTypes(const char *data, const char *input, const char *label, bool regression,
+CheckDataTypes(const char *data, const char *input, const char *label, PeftTask task,
 			   const char *what)
 {
+	bool		regression = task == PEFT_TASK_REGRESSION;
 	TupleDesc	desc = DataColumns(data, what);
 	Oid			input_type = DataColumnType(desc, input, "input", what);
 	Oid			label_type = DataColumnType(desc, label, "label", what);
@@ -229,7 +230,7 @@ CheckDataTypes(const char *data, const char *input, const char *label, bool regr
 				(errcode(ERRCODE_DATATYPE_MISMATCH),
 				 errmsg("label column \"%s\" has type %s, but regression needs a number",
 						label, format_type_be(label_type))));
-	if (!regression && fractional)
+	if (task == PEFT_TASK_CLASSIFICATION && fractional)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATATYPE_MISMATCH),
 				 errmsg("label column \"%s\" has type %s, but classification needs class names",
@@ -244,13 +245,13 @@ CheckDataTypes(const char *data, const char *input, const char *label, bool regr
  * as the caller, before queuing anything.
  */
 static void
-CheckData(const char *data, const char *input, const char *label, bool regression, const char *what)
+CheckData(const char *data, const char *input, const char *label, PeftTask task, const char *what)
 {
-	char	   *query = DataQuery(data, input, label, regression);
+	char	   *query = DataQuery(data, input, label, task == PEFT_TASK_REGRESSION);
 	bool		validation = strcmp(what, "data") != 0;
 	char	   *first;
 
-	CheckDataTypes(data, input, label, regression, what);
+	CheckDataTypes(data, input, label, task, what);
 
 	/* at least one usable row, and for classification (training) two classes */
 	if (SPI_execute(psprintf("SELECT q.* FROM (%s) q WHERE q IS NOT NULL LIMIT 1", query),
@@ -261,7 +262,7 @@ CheckData(const char *data, const char *input, const char *label, bool regressio
 				(errcode(ERRCODE_NO_DATA_FOUND),
 				 errmsg("the %s data has no row with both input and label set",
 						validation ? "validation" : "training")));
-	if (regression || validation)
+	if (task != PEFT_TASK_CLASSIFICATION || validation)
 		return;
 	first = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
 	{
@@ -480,9 +481,10 @@ RaiseJobOutcome(int64 job_id)
  * peft.precision pinned (the worker parses them again with its own
  * settings; the caller's own keys win); the parsed options in *parsed.
  */
-static bool
+static PeftTask
 TrainFields(FunctionCallInfo fcinfo, char **fields, PeftTrainConfig *parsed)
 {
+	PeftTask	task;
 	const PeftEngineApi *engine = PeftEngine();
 	Jsonb	   *options = PG_GETARG_JSONB_P(7);
 	unsigned	methods;
@@ -503,7 +505,8 @@ TrainFields(FunctionCallInfo fcinfo, char **fields, PeftTrainConfig *parsed)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("unknown task \"%s\"", fields[JOB_TASK]),
-				 errhint("Use 'classification' or 'regression'.")));
+				 errhint("Use 'classification' or 'regression' (encoders), or 'generation' (decoders).")));
+	task = (PeftTask) peft_word_index(peft_task_words, fields[JOB_TASK]);
 	if (engine->parse_method(fields[JOB_METHOD], &methods, &err) != PEFT_OK)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -518,16 +521,14 @@ TrainFields(FunctionCallInfo fcinfo, char **fields, PeftTrainConfig *parsed)
 															  peft_precision_words[peft_precision]))),
 												 JsonbPGetDatum(options)));
 	fields[JOB_OPTIONS] = JsonbToCString(NULL, &options->root, VARSIZE(options));
-	ParseTrainOptions(options, engine, methods,
-					  strcmp(fields[JOB_TASK], "regression") == 0 ? PEFT_TASK_REGRESSION :
-					  PEFT_TASK_CLASSIFICATION, parsed);
+	ParseTrainOptions(options, engine, methods, task, parsed);
 	if (parsed->device == PEFT_DEVICE_CUDA && engine->cuda_device_count() == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("device \"cuda\" is not available"),
 				 errdetail("This server's engine has no usable CUDA device."),
 				 errhint("Use \"device\": \"auto\" or \"cpu\".")));
-	return strcmp(fields[JOB_TASK], "regression") == 0;
+	return task;
 }
 
 /*
@@ -536,8 +537,9 @@ TrainFields(FunctionCallInfo fcinfo, char **fields, PeftTrainConfig *parsed)
  * the data readable by the caller with usable rows, the adapter name.
  */
 static void
-CheckTrainCatalog(char **fields, const PeftTrainConfig *parsed, bool regression)
+CheckTrainCatalog(char **fields, const PeftTrainConfig *parsed, PeftTask task)
 {
+	bool		decoder;
 	Oid			types[1] = {TEXTOID};
 	Datum		values[1];
 	int			max_position;
@@ -548,21 +550,36 @@ CheckTrainCatalog(char **fields, const PeftTrainConfig *parsed, bool regression)
 						  "FROM peft.models WHERE name = $1",
 						  1, types, values, NULL, true, 1);
 	max_position = atoi(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
-	/* training adapters over decoders comes with the next release: say so before any work */
-	if (strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2), "t") == 0)
+	/* decoders learn completions; encoders classify and regress: say so before any work */
+	decoder = strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2), "t") == 0;
+	if (decoder && task != PEFT_TASK_GENERATION)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("model \"%s\" is a decoder: it trains with task => 'generation'",
+						fields[JOB_BASE_MODEL]),
+				 errhint("Put the prompts in input and the completions to learn in label.")));
+	if (decoder && strcmp(fields[JOB_METHOD], "lora") != 0 && strcmp(fields[JOB_METHOD], "dora") != 0 &&
+		strcmp(fields[JOB_METHOD], "ia3") != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("model \"%s\" is a decoder: peft_train trains adapters over encoders only in this release",
+				 errmsg("method \"%s\" does not train over a decoder", fields[JOB_METHOD]),
+				 errdetail("Adapters over decoders are lora, dora or ia3 (bitfit has no biases to train in a "
+						   "LLaMA model; prompt, prefix and bottleneck adapters train on encoders)."),
+				 errhint("Use method => 'lora'.")));
+	if (!decoder && task == PEFT_TASK_GENERATION)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("model \"%s\" is an encoder: task 'generation' trains a decoder",
 						fields[JOB_BASE_MODEL]),
-				 errhint("Use the decoder with peft_generate.")));
+				 errhint("Register a LLaMA-family GGUF file or folder with peft_register_model.")));
 	if (parsed->max_length > max_position)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("invalid option \"max_length\": %d exceeds the model's %d positions",
 						parsed->max_length, max_position)));
-	CheckData(fields[JOB_DATA], fields[JOB_INPUT], fields[JOB_LABEL], regression, "data");
+	CheckData(fields[JOB_DATA], fields[JOB_INPUT], fields[JOB_LABEL], task, "data");
 	if (parsed->validation_data)
-		CheckData(parsed->validation_data, fields[JOB_INPUT], fields[JOB_LABEL], regression,
+		CheckData(parsed->validation_data, fields[JOB_INPUT], fields[JOB_LABEL], task,
 				  "validation_data");
 	CheckAdapterNameOwner(fields[JOB_ADAPTER], GetUserId());
 }
@@ -626,13 +643,13 @@ peft_train(PG_FUNCTION_ARGS)
 	char	   *fields[JOB_NUM_FIELDS];
 	bool		wait = PG_GETARG_BOOL(8);
 	PeftTrainConfig parsed;
-	bool		regression;
+	PeftTask	task;
 	WorkerArgs	args = {0};
 
 	PeftRequirePrimary("peft_train");
-	regression = TrainFields(fcinfo, fields, &parsed);
+	task = TrainFields(fcinfo, fields, &parsed);
 	SPI_connect();
-	CheckTrainCatalog(fields, &parsed, regression);
+	CheckTrainCatalog(fields, &parsed, task);
 	args.magic = PEFT_WORKER_MAGIC;
 	args.database = MyDatabaseId;
 	args.owner = ExtensionOwner();

@@ -67,6 +67,7 @@ typedef struct Job
 	char	   *fields[JOB_NUM_FIELDS];
 	char	   *model_path;
 	bool		regression;
+	bool		generation;		/* prompt/completion rows over a decoder */
 	PeftTrainConfig config;		/* the job's options over the defaults */
 	const PeftEngineApi *engine;
 	PeftModelHandle *model;
@@ -327,8 +328,10 @@ OpenModel(Job *job)
 	if (job->engine->parse_method(job->fields[JOB_METHOD], &methods, &err) != PEFT_OK)
 		PeftRaiseEngineError(&err);
 	job->regression = strcmp(job->fields[JOB_TASK], "regression") == 0;
+	job->generation = strcmp(job->fields[JOB_TASK], "generation") == 0;
 	ParseTrainOptions(options, job->engine, methods,
-					  job->regression ? PEFT_TASK_REGRESSION : PEFT_TASK_CLASSIFICATION, &job->config);
+					  job->regression ? PEFT_TASK_REGRESSION :
+					  job->generation ? PEFT_TASK_GENERATION : PEFT_TASK_CLASSIFICATION, &job->config);
 	job->config.memory_limit = (size_t) peft_max_train_memory * 1024;
 	if (job->engine->model_open(job->model_path, &job->model, &info, &err) != PEFT_OK)
 		PeftRaiseEngineError(&err);
@@ -474,7 +477,14 @@ ReadQueryRows(Job *job, const char *data)
 				continue;
 			}
 			t = DatumGetTextPP(input);
-			if (job->regression)
+			if (job->generation)
+			{
+				text	   *c = DatumGetTextPP(label);
+
+				rc = job->engine->train_add_pair(job->train, VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t),
+												 VARDATA_ANY(c), VARSIZE_ANY_EXHDR(c), &err);
+			}
+			else if (job->regression)
 				rc = job->engine->train_add_row(job->train, VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t),
 												0, DatumGetFloat8(label), &err);
 			else
@@ -605,6 +615,12 @@ MemoryJson(Job *job, bool peak)
 static char *
 MetricsJson(Job *job, const PeftMetrics *m, int epoch)
 {
+	if (job->generation)
+		return psprintf("{\"epoch\": %d, \"rows\": %lld, \"loss\": %.6g, \"perplexity\": %.6g, "
+						"\"exact_match\": %s, \"generated\": %lld, \"long_rows_skipped\": %lld}",
+						epoch, (long long) m->rows, m->loss, m->perplexity,
+						m->exact_match < 0 ? "null" : psprintf("%.6g", m->exact_match),
+						(long long) m->generated, (long long) m->skipped);
 	if (job->regression)
 		return psprintf("{\"epoch\": %d, \"rows\": %lld, \"loss\": %.6g, \"mse\": %.6g, "
 						"\"mae\": %.6g, \"r2\": %.6g}", epoch, (long long) m->rows,
@@ -663,7 +679,8 @@ SaveAdapter(Job *job, const char *final_metrics, int64 train_rows, int64 valid_r
 	v.base_model = job->fields[JOB_BASE_MODEL];
 	v.method = job->fields[JOB_METHOD];
 	v.task = job->fields[JOB_TASK];
-	v.labels = job->regression ? NULL : CatalogTextArrayLiteral(job->nlabels, job->labels);
+	v.labels = job->regression || job->generation ? NULL :
+		CatalogTextArrayLiteral(job->nlabels, job->labels);
 	v.metrics = psprintf("{\"final\": %s, \"epochs\": [%s], "
 						 "\"train_rows\": %lld, \"valid_rows\": %lld, "
 						 "\"skipped_rows\": %lld, \"parameters\": %lld, \"max_length\": %d, "
@@ -707,7 +724,7 @@ Train(Job *job)
 				(errcode(ERRCODE_NO_DATA_FOUND),
 				 errmsg("the training data has no row with both input and label set (%lld skipped)",
 						(long long) job->skipped)));
-	if (!job->regression)
+	if (!job->regression && !job->generation)
 	{
 		if (job->nlabels < 2)
 			ereport(ERROR,
@@ -715,7 +732,7 @@ Train(Job *job)
 					 errmsg("the training data has a single class")));
 		map = SortLabels(job);
 	}
-	job->config.num_labels = job->regression ? 1 : job->nlabels;
+	job->config.num_labels = job->regression ? 1 : job->generation ? 0 : job->nlabels;
 	if (job->engine->train_prepare(job->train, job->config.num_labels, map,
 								   &train_rows, &valid_rows, &total_steps, &err) != PEFT_OK)
 		TrainEngineError(&err);

@@ -105,6 +105,7 @@ typedef struct PeftAdapterInfo
 	int			num_labels;		/* rows of the classifier head; 0: none */
 	int64_t		parameters;		/* trainable values */
 	int			rank;			/* LoRA r; 0 for other methods */
+	bool		decoder;		/* over a decoder: it generates (task generation) */
 } PeftAdapterInfo;
 
 typedef enum PeftSchedule

@@ -1,0 +1,107 @@
+-- Fine-tuning a decoder from SQL (SmolLM2-135M-Instruct, Q4_1 GGUF):
+-- prompt/completion rows train LoRA, DoRA and (IA)^3 adapters in the
+-- background worker; peft_generate uses them; the metrics, the catalog rows,
+-- the interchange and the errors.
+\getenv decoder PEFT_DECODER_GGUF
+\getenv tiny_model PEFT_TINY_MODEL_DIR
+\set VERBOSITY terse
+
+SELECT name FROM peft_register_model('smol', :'decoder');
+SELECT name FROM peft_register_model('tiny_enc', :'tiny_model');
+
+-- A task the base model cannot answer zero-shot: two colour words joined by a hyphen.
+CREATE TABLE pairs (id int, prompt text, completion text);
+INSERT INTO pairs
+SELECT i, format('Mix the words %s and %s into one line.', a, b), format('%s-%s', a, b)
+FROM (SELECT i, (ARRAY['red','blue','green','yellow','black','white','purple','orange'])[1 + (i * 7) % 8] AS a,
+             (ARRAY['red','blue','green','yellow','black','white','purple','orange'])[1 + (i * 3 + i / 8) % 8] AS b
+      FROM generate_series(1, 64) i) s;
+
+SELECT peft_generate('smol', 'Mix the words pink and gray into one line.',
+                     options => '{"max_new_tokens": 8}') = 'pink-gray' AS zero_shot_right;
+
+-- LoRA (PEFT's default targets for LLaMA: q_proj, v_proj), 12 steps of 4 rows.
+SELECT peft_train('mixer', 'smol', 'SELECT prompt, completion FROM pairs', input => 'prompt',
+                  label => 'completion', task => 'generation',
+                  options => '{"max_steps": 12, "batch_size": 4, "learning_rate": 2e-3,
+                               "lora_dropout": 0, "seed": 7}', wait => true) > 0 AS trained;
+SELECT name, version, task, method, labels, config->>'task_type' AS task_type,
+       config->'target_modules' AS targets, (config->>'r')::int AS r
+FROM peft.adapters WHERE name = 'mixer';
+SELECT (metrics->'final'->>'loss')::float8 < 0.5 AS low_loss,
+       (metrics->'final'->>'perplexity')::float8 BETWEEN 1 AND 1.7 AS perplexity_near_one,
+       (metrics->'final'->>'exact_match')::float8 >= 0.8 AS exact_match_high,
+       (metrics->'final'->>'generated')::int AS generated,
+       (metrics->>'parameters')::int AS parameters,
+       metrics->>'device' AS device
+FROM peft.adapters WHERE name = 'mixer';
+SELECT perplexity IS NOT NULL AS has_perplexity, exact_match IS NOT NULL AS has_exact_match
+FROM peft.adapter_versions WHERE name = 'mixer';
+SELECT loss IS NOT NULL AS loss_reported, status FROM peft.jobs WHERE adapter = 'mixer';
+
+-- The adapter answers unseen words; model NULL means the adapter's base model.
+SELECT peft_generate('smol', 'Mix the words pink and gray into one line.', adapter => 'mixer',
+                     options => '{"max_new_tokens": 8}') AS tuned;
+SELECT peft_generate(NULL, 'Mix the words pink and gray into one line.', adapter => 'mixer',
+                     options => '{"max_new_tokens": 8}') AS tuned_model_null;
+SELECT ord, completion, finish_reason
+FROM peft_generate('smol', ARRAY['Mix the words gold and silver into one line.', NULL],
+                   adapter => 'mixer', options => '{"max_new_tokens": 8}') ORDER BY ord;
+
+-- Exported as Hugging Face PEFT's CAUSAL_LM adapter (names of PeftModelForCausalLM)
+-- and imported back: the same generations.
+SELECT (peft_export_config('mixer'))->>'peft_type' AS peft_type,
+       (peft_export_config('mixer'))->>'task_type' AS task_type;
+SELECT peft_import('mixer_copy', 'smol', peft_export_config('mixer'), peft_export('mixer')) IS NOT NULL AS imported;
+SELECT task FROM peft.adapters WHERE name = 'mixer_copy';
+SELECT peft_generate('smol', 'Mix the words gold and silver into one line.', adapter => 'mixer_copy',
+                     options => '{"max_new_tokens": 8}') =
+       peft_generate('smol', 'Mix the words gold and silver into one line.', adapter => 'mixer',
+                     options => '{"max_new_tokens": 8}') AS import_same;
+
+-- DoRA and (IA)^3 train too (a few steps: that they run and record their config).
+SELECT peft_train('mixer_dora', 'smol', 'SELECT prompt, completion FROM pairs', input => 'prompt',
+                  label => 'completion', task => 'generation', method => 'dora',
+                  options => '{"max_steps": 2, "batch_size": 2, "lora_dropout": 0, "eval_generate": false}',
+                  wait => true) > 0 AS dora_trained;
+SELECT peft_train('mixer_ia3', 'smol', 'SELECT prompt, completion FROM pairs', input => 'prompt',
+                  label => 'completion', task => 'generation', method => 'ia3',
+                  options => '{"max_steps": 2, "batch_size": 2, "eval_generate": false}',
+                  wait => true) > 0 AS ia3_trained;
+SELECT name, method, config->>'peft_type' AS peft_type, config->>'use_dora' AS use_dora,
+       config->'target_modules' AS targets, config->'feedforward_modules' AS feedforward
+FROM peft.adapters WHERE name IN ('mixer_dora', 'mixer_ia3') ORDER BY name;
+SELECT length(peft_generate('smol', 'Mix the words red and blue into one line.', adapter => 'mixer_ia3',
+                            options => '{"max_new_tokens": 4}')) > 0 AS ia3_generates;
+
+-- Rows whose completion alone is longer than max_length are skipped and counted.
+SELECT peft_train('mixer_short', 'smol',
+                  'SELECT prompt, completion FROM pairs UNION ALL SELECT ''long'', repeat(''word '', 40)',
+                  input => 'prompt', label => 'completion', task => 'generation',
+                  options => '{"max_steps": 1, "batch_size": 2, "max_length": 40, "eval_generate": false}',
+                  wait => true) > 0 AS trained_short;
+SELECT (metrics->'final'->>'long_rows_skipped')::int AS long_rows_skipped
+FROM peft.adapters WHERE name = 'mixer_short';
+
+-- Errors: the wrong task for the model, methods decoders do not train,
+-- options of the wrong task, an adapter over another model, an encoder's tools.
+SELECT peft_train('bad', 'smol', 'SELECT prompt, completion FROM pairs', input => 'prompt',
+                  label => 'completion', wait => true);
+SELECT peft_train('bad', 'tiny_enc', 'SELECT prompt, completion FROM pairs', input => 'prompt',
+                  label => 'completion', task => 'generation', wait => true);
+SELECT peft_train('bad', 'smol', 'SELECT prompt, completion FROM pairs', input => 'prompt',
+                  label => 'completion', task => 'generation', method => 'bitfit', wait => true);
+SELECT peft_train('bad', 'smol', 'SELECT prompt, completion FROM pairs', input => 'prompt',
+                  label => 'completion', task => 'generation', method => 'prefix', wait => true);
+SELECT peft_train('bad', 'smol', 'SELECT prompt, completion FROM pairs', input => 'prompt',
+                  label => 'completion', task => 'generation',
+                  options => '{"target_modules": ["query"]}', wait => true);
+SELECT peft_train('bad', 'tiny_enc', 'SELECT prompt, completion AS label FROM pairs', input => 'prompt',
+                  options => '{"chat": false}', wait => true);
+SELECT peft_train('bad', 'smol', 'SELECT prompt, completion FROM pairs', input => 'prompt',
+                  label => 'completion', task => 'generation', options => '{"chat": 3}', wait => true);
+SELECT peft_generate('tiny_enc', 'hi', adapter => 'mixer');
+SELECT peft_generate(NULL, 'hi');
+SELECT * FROM peft_predict('mixer', 'hi');
+SELECT peft_generate('smol', 'hi', adapter => 'no_such_adapter');
+SELECT count(*) FROM peft.adapters WHERE name = 'bad';
