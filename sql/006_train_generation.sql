@@ -59,6 +59,13 @@ SELECT peft_generate('smol', 'Mix the words gold and silver into one line.', ada
        peft_generate('smol', 'Mix the words gold and silver into one line.', adapter => 'mixer',
                      options => '{"max_new_tokens": 8}') AS import_same;
 
+-- peft_merge folds the adapter into private float32 copies of the touched
+-- matrices (the version is marked merged): the same answers.
+SELECT peft_merge('mixer_copy') AS merged_version;
+SELECT version, merged, active FROM peft.adapters WHERE name = 'mixer_copy' ORDER BY version;
+SELECT peft_generate('smol', 'Mix the words gold and silver into one line.', adapter => 'mixer_copy',
+                     options => '{"max_new_tokens": 8}') AS merged_answer;
+
 -- DoRA and (IA)^3 train too (a few steps: that they run and record their config).
 SELECT peft_train('mixer_dora', 'smol', 'SELECT prompt, completion FROM pairs', input => 'prompt',
                   label => 'completion', task => 'generation', method => 'dora',

@@ -133,13 +133,15 @@ decoder_handle_close(DecoderHandle *h)
 }
 
 PeftCode
-decoder_handle_generate(DecoderHandle *h, DecoderAdapter *adapter, const char *const *prompts,
-						const size_t *lengths, int n, const PeftGenerateOptions *o,
-						PeftGeneration *out, PeftError *err)
+decoder_handle_generate(DecoderHandle *h, DecoderAdapter *adapter, const LlamaModel *merged,
+						const char *const *prompts, const size_t *lengths, int n,
+						const PeftGenerateOptions *o, PeftGeneration *out, PeftError *err)
 {
 	GenerateModel g = h->gen;
 
 	g.adapter = adapter;
+	if (merged)
+		g.model = merged;
 	return generate_run(&g, prompts, lengths, n, o, out, err);
 }
 
@@ -185,3 +187,4 @@ decoder_handle_logits(DecoderHandle *h, const int32_t *ids, int n, float *out, P
 	decoder_free(dec);
 	return rc;
 }
+

@@ -17,9 +17,10 @@ PeftCode	decoder_handle_open(const char *path, DecoderHandle **out, PeftModelInf
 								PeftError *err);
 /* Release (NULL allowed). */
 void		decoder_handle_close(DecoderHandle *h);
-/* engine_api's generate (adapter NULL: the base model). */
+/* engine_api's generate (adapter NULL: the base model; merged: the weights to run instead). */
 PeftCode	decoder_handle_generate(DecoderHandle *h, DecoderAdapter *adapter,
-									const char *const *prompts, const size_t *lengths, int n,
+									const LlamaModel *merged, const char *const *prompts,
+									const size_t *lengths, int n,
 									const PeftGenerateOptions *o, PeftGeneration *out,
 									PeftError *err);
 /* engine_api's tokenize. */

@@ -69,6 +69,7 @@ struct PeftAdapterHandle
 	PeftModelHandle *model;
 	Network    *net;			/* over an encoder, or */
 	DecoderAdapter *dad;		/* over a decoder */
+	LlamaModel *merged;			/* dad folded into the decoder's weights (adapter_merge), or NULL */
 };
 
 /* Tokens per training row when max_length is not given (capped by the model). */
@@ -294,6 +295,7 @@ session_adapter_inspect(PeftModelHandle *model, const char *config, size_t confi
 		snprintf(info->method, sizeof(info->method), "%s", names[ad->o.method]);
 		info->parameters = (int64_t) ad->params.total;
 		info->rank = ad->o.method == DAD_IA3 ? 0 : ad->o.r;
+		info->decoder = true;
 		decoder_adapter_free(ad);
 		return PEFT_OK;
 	}
@@ -314,7 +316,7 @@ PeftCode
 session_adapter_merge(PeftAdapterHandle *adapter, PeftError *err)
 {
 	if (adapter->dad != NULL)
-		return peft_fail(err, PEFT_ERR_UNSUPPORTED, "peft_merge of an adapter over a decoder is not built yet");
+		return adapter->merged ? PEFT_OK : decoder_adapter_merge(adapter->dad, &adapter->merged, err);
 	return network_merge(adapter->net, err);
 }
 
@@ -371,6 +373,8 @@ session_adapter_close(PeftAdapterHandle *adapter)
 	if (adapter == NULL)
 		return;
 	network_free(adapter->net);
+	if (adapter->dad)
+		decoder_adapter_merged_free(adapter->merged, adapter->dad->base);
 	decoder_adapter_free(adapter->dad);
 	free(adapter);
 }
@@ -1004,8 +1008,10 @@ session_generate(PeftModelHandle *model, PeftAdapterHandle *adapter, const char 
 		return rc;
 	if (adapter != NULL && (adapter->model != model || adapter->dad == NULL))
 		return peft_fail(err, PEFT_ERR_INVALID, "the adapter is not one over this model");
-	return decoder_handle_generate(model->decoder, adapter ? adapter->dad : NULL, prompts, lengths,
-								   n, options, out, err);
+	/* a merged adapter runs as plain products over its folded weights */
+	return decoder_handle_generate(model->decoder, adapter && !adapter->merged ? adapter->dad : NULL,
+								   adapter ? adapter->merged : NULL, prompts, lengths, n, options,
+								   out, err);
 }
 
 /* A decoder's token ids of a text (engine_api's tokenize). */

@@ -927,3 +927,115 @@ decoder_adapter_options_from_config(const char *json, size_t len, DecoderAdapter
 	cJSON_Delete(root);
 	return rc;
 }
+
+/* ---- merging ------------------------------------------------------------- */
+
+/* Row o of linear w of layer l with the adapter folded in (double, as PEFT's merge_and_unload). */
+static void
+merged_row(const DecoderAdapter *ad, int l, int w, int64_t o, const float *base_row, double *row)
+{
+	const DadLinearParams *p = &ad->lin[l][w];
+	const ParamSet *ps = &ad->params;
+	int64_t		in = llama_layer_linear(&ad->base->layers[l], w)->cols;
+
+	for (int64_t i = 0; i < in; i++)
+		row[i] = base_row[i];
+	if (ad->o.method == DAD_IA3)
+	{
+		const real *v = param_value(ps, p->vec);
+
+		for (int64_t i = 0; i < in; i++)
+			row[i] *= ad->o.feedforward[w] ? v[i] : v[o];
+		return;
+	}
+	{
+		const real *A = param_value(ps, p->a);
+		const real *B = param_value(ps, p->b);
+		int			r = ad->o.r;
+		double		norm = 0;
+
+		for (int64_t i = 0; i < in; i++)
+		{
+			double		ba = 0;
+
+			for (int k = 0; k < r; k++)
+				ba += (double) B[o * r + k] * A[(size_t) k * in + i];
+			row[i] += ad->scaling * ba;
+			norm += row[i] * row[i];
+		}
+		if (ad->o.method == DAD_DORA)
+			for (int64_t i = 0; i < in; i++)
+				row[i] *= param_value(ps, p->vec)[o] / sqrt(norm);
+	}
+}
+
+PeftCode
+decoder_adapter_merge(const DecoderAdapter *ad, LlamaModel **out, PeftError *err)
+{
+	const LlamaModel *base = ad->base;
+	int			L = base->cfg.num_layers;
+	LlamaModel *m = malloc(sizeof(LlamaModel));
+
+	*out = NULL;
+	if (m == NULL || (*m = *base, m->layers = malloc(sizeof(LlamaLayer) * L)) == NULL)
+	{
+		free(m);
+		return peft_fail(err, PEFT_ERR_NOMEM, "out of memory merging the adapter");
+	}
+	memcpy(m->layers, base->layers, sizeof(LlamaLayer) * L);
+	for (int l = 0; l < L; l++)
+		for (int w = 0; w < LLAMA_NUM_LINEAR; w++)
+		{
+			const QMatrix *W = llama_layer_linear(&base->layers[l], w);
+			QMatrix    *M = (QMatrix *) llama_layer_linear(&m->layers[l], w);
+			size_t		row_bytes = quant_row_bytes(W->type, W->cols);
+			float	   *data;
+			float	   *row = malloc(sizeof(float) * W->cols);
+			double	   *merged = malloc(sizeof(double) * W->cols);
+
+			if (!ad->o.targets[w])
+			{
+				free(row);
+				free(merged);
+				continue;
+			}
+			data = malloc(sizeof(float) * W->rows * W->cols);
+			if (data == NULL || row == NULL || merged == NULL)
+			{
+				free(data);
+				free(row);
+				free(merged);
+				decoder_adapter_merged_free(m, base);
+				return peft_fail(err, PEFT_ERR_NOMEM, "out of memory merging the adapter");
+			}
+			for (int64_t o = 0; o < W->rows; o++)
+			{
+				quant_dequantize(W->type, (const uint8_t *) W->data + o * row_bytes, W->cols, row);
+				merged_row(ad, l, w, o, row, merged);
+				for (int64_t i = 0; i < W->cols; i++)
+					data[o * W->cols + i] = (float) merged[i];
+			}
+			*M = (QMatrix) {.type = GGML_F32, .rows = W->rows, .cols = W->cols, .data = data};
+			free(row);
+			free(merged);
+		}
+	*out = m;
+	return PEFT_OK;
+}
+
+void
+decoder_adapter_merged_free(LlamaModel *merged, const LlamaModel *base)
+{
+	if (merged == NULL)
+		return;
+	for (int l = 0; merged->layers && l < base->cfg.num_layers; l++)
+		for (int w = 0; w < LLAMA_NUM_LINEAR; w++)
+		{
+			const QMatrix *M = llama_layer_linear(&merged->layers[l], w);
+
+			if (M->data != llama_layer_linear(&base->layers[l], w)->data)
+				free((void *) M->data);
+		}
+	free(merged->layers);
+	free(merged);
+}

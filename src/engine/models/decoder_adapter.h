@@ -160,6 +160,15 @@ PeftCode	decoder_adapter_parse_targets(bool flags[LLAMA_NUM_LINEAR],
 										  PeftError *err);
 
 /*
+ * The base model with the adapter folded in, as PEFT's merge_and_unload:
+ * the linears it touches become private float32 copies (W + s B A, DoRA's
+ * rows rescaled, (IA)^3's rows or columns scaled); every other matrix still
+ * points into the base's mapping.  Free with decoder_adapter_merged_free.
+ */
+PeftCode	decoder_adapter_merge(const DecoderAdapter *ad, LlamaModel **merged, PeftError *err);
+void		decoder_adapter_merged_free(LlamaModel *merged, const LlamaModel *base);
+
+/*
  * Products with a frozen model weight in `real` (quant.h's kernels in
  * float builds; row by row in double for the gradient checks):
  * y[N, rows] = x W^T, and dx[N, cols] += dy W.
