@@ -67,6 +67,26 @@ is($node->safe_psql('postgres', q{SELECT peft_verify_model('tiny')}), 't',
 my $job = train_and_wait($node, 'lora', 'small');
 like($job, qr/^\d+$/, 'training works after the update');
 
+# Adapters over decoders (task generation, new in 0.2.0) train in the updated
+# database, and generate (the old encoder adapters predicted identically above).
+my $decoder = $ENV{PEFT_DECODER_GGUF};
+ok(defined $decoder && -f $decoder, 'the decoder GGUF is there (scripts/fetch_model --decoder)');
+$node->safe_psql('postgres', qq{
+	SELECT peft_register_model('smol', '$decoder');
+	CREATE TABLE pairs AS SELECT format('Join %s and %s.', a, b) AS prompt, format('%s-%s', a, b) AS completion
+	FROM unnest(ARRAY['red','blue','green','gold']) a, unnest(ARRAY['cat','dog','owl']) b;
+});
+is($node->safe_psql('postgres', q{
+	SELECT peft_train('joiner', 'smol', 'pairs', input => 'prompt', label => 'completion',
+	                  task => 'generation',
+	                  options => '{"max_steps": 2, "batch_size": 2, "eval_generate": false}',
+	                  wait => true) > 0}), 't', 'a generation adapter trains after the update');
+is($node->safe_psql('postgres', q{SELECT task || ' ' || method FROM peft.adapters WHERE name = 'joiner'}),
+	'generation lora', 'its version is a generation adapter');
+cmp_ok(length($node->safe_psql('postgres',
+	q{SELECT peft_generate('smol', 'Join red and cat.', adapter => 'joiner', options => '{"max_new_tokens": 4}')})),
+	'>', 0, 'and it generates');
+
 # The updated catalog is the one CREATE EXTENSION makes today.
 $node->safe_psql('fresh', 'CREATE EXTENSION peft');
 my $DEFINITION = q{
