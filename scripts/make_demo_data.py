@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Generate a synthetic, labelled data set of customer support tickets.
 
-What it generates
+Two modes: ticket classification (the default: body, queue) and, with
+``--generation``, field extraction for a decoder (prompt, completion: JSON).
+
+What it generates (default mode)
     A UTF-8 TSV file with the header line ``body<TAB>queue`` and one ticket a
     line.  ``body`` is the free text of a customer e-mail; ``queue`` is the team
     it should be routed to, one of six classes with a deliberately unbalanced
@@ -50,9 +53,53 @@ How to regenerate
     (Fields never contain tabs, newlines, double quotes or backslashes, so the
     file reads the same as PostgreSQL text or CSV format.)  A short summary
     (rows per queue, mean words) is printed to stderr.
+
+Generation mode (--generation)
+    What: a TSV with the header ``prompt<TAB>completion`` (2,000 rows by
+    default, the same queue shares).  ``prompt`` is a short instruction and a
+    support ticket; ``completion`` is one line of compact JSON, keys always in
+    this order and no spaces outside values:
+
+        Reply with JSON {"queue","order","product"} for this ticket (queue:
+        billing shipping technical account returns sales; null if absent):
+        Hi, my order #483921 still hasn't arrived and it's been 5 days.
+        ->  {"queue":"shipping","order":"483921","product":null}
+
+    ``queue`` is the ticket's queue, ``order`` the order number it mentions
+    without "#" or "no. " ("483921", "ORD-48213", "A4821377") or null,
+    ``product`` the catalogue product it names, as written ("robot vacuum";
+    the customer's own phone or computer is not a product) or null.  About
+    45 % of rows name an order and 45 % a product, drawn independently.
+
+    Why: the quick start's second job trains a LoRA adapter on
+    SmolLM2-135M-Instruct with these rows (loss on the completion) and
+    compares exact match on held-out rows before and after.  Exact match of
+    the whole line is attainable by construction: tickets use only their own
+    queue's templates (no second-queue wording, no vague or rambling
+    tickets, no label noise), typos never touch an order number or product
+    name, a ticket names at most one order and one product, each value
+    appears verbatim in the ticket, and no prompt occurs twice (held-out rows
+    are never copies of training rows).  Tickets are short (4 to 40 words,
+    median 15) and the instruction is 28 tokens, so a prompt is about 50
+    SmolLM2 tokens: training time on the CPU scales with tokens.
+
+    How:
+
+        python3 scripts/make_demo_data.py ticket_json.tsv --generation              # 2000 rows, seed 2026
+        python3 scripts/make_demo_data.py ticket_json.tsv --generation --rows 5000 --seed 7
+
+    The completions contain double quotes, so load the file in PostgreSQL's
+    text format (as the quick start does), not CSV:
+
+        CREATE TABLE ticket_json (id serial, prompt text, completion text);
+        \\copy ticket_json (prompt, completion) FROM 'ticket_json.tsv' WITH (FORMAT text, HEADER true)
+
+    ``--noise`` is refused in this mode.  The summary on stderr gives rows per
+    queue, how many rows name an order and a product, and ticket lengths.
 """
 
 import argparse
+import json
 import random
 import re
 import sys
@@ -999,11 +1046,182 @@ def generate(rows, seed, noise):
     return data, stats
 
 
-def write_tsv(data, stream):
+# ---------------------------------------------------------------------------
+# Generation mode (--generation): prompt -> one line of JSON, for training a
+# decoder to extract fields.  Tickets are shorter and unambiguous here, so
+# that exact match of the whole line is attainable.
+# ---------------------------------------------------------------------------
+
+# The instruction before every ticket: short, because training time on the
+# CPU scales with tokens (28 of SmolLM2's tokens; queue names separated by
+# "|" or ", " would cost 5 to 7 more), yet enough for a zero-shot model to try.
+EXTRACT_INSTRUCTION = ('Reply with JSON {"queue","order","product"} for this ticket '
+                       '(queue: %s; null if absent): ' % " ".join(QUEUES))
+
+# Slots whose value is the product the JSON names: the shop's catalogue.  A
+# {device} is the customer's own phone or computer, not a product.
+PRODUCT_SLOTS = ("product", "item", "audio")
+
+# Most templates name no order and no product (technical, account and sales
+# ones never name an order), so each row first draws whether its answer has
+# an order and a product; a draft that lacks a wanted one gets one of these
+# sentences, and a draft that has an unwanted one is redrawn.
+ORDER_MENTIONS = [
+    "My order number is {order}.", "Order {order}.", "It's about order {order}.",
+    "Ref: order {order}", "(order {order})", "This concerns my order {order}.",
+    "order {order}", "Re order {order}.",
+]
+PRODUCT_MENTIONS = [
+    "It's about my {product}.", "This is for the {product}.", "Product: {product}.",
+    "I have the {item} from you.", "I bought the {item} from you last year.",
+    "re: {product}", "(the {item})", "It's the {audio} I got from you.",
+]
+P_EXTRACT_ORDER = 0.45    # answers with an order
+P_EXTRACT_PRODUCT = 0.45  # answers with a product
+P_EXTRACT_TERSE = 0.30    # note-like ticket (the TERSE templates)
+P_EXTRACT_OPENER = 0.40   # "Hi," and the like
+P_EXTRACT_DETAIL = 0.25   # one queue-specific detail sentence
+P_EXTRACT_CLOSER = 0.35   # "Thanks." and the like
+EXTRACT_MAX_WORDS = 40    # longer drafts are redrawn
+EXTRACT_MAX_REDRAWS = 10000
+
+
+def order_id(written):
+    """Return the order number a ticket wrote, without "#" or "no. "."""
+    for prefix in ("#", "no. "):
+        if written.startswith(prefix):
+            return written[len(prefix):]
+    return written
+
+
+def fill_recording(template, rng, found):
+    """Fill template like fill(), adding order and product values to found.
+
+    found maps "order" and "product" to the set of values the ticket names.
+    """
+    def slot(match):
+        name = match.group(1)
+        value = SLOTS[name](rng)
+        if name == "order":
+            found["order"].add(order_id(value))
+        elif name in PRODUCT_SLOTS:
+            found["product"].add(value)
+        return value
+
+    text = re.sub(r"\{(\w+)\}", slot, template)
+    return BAD_ON_DATE.sub(r"\1", text)
+
+
+def draft_extraction_ticket(queue, want_order, want_product, rng):
+    """Draw one short ticket of `queue`; return (body, found values).
+
+    Only the queue's own templates: no second-queue wording, no vague or
+    rambling tickets, no whole-ticket lower case, and typos only in the
+    template's words (never in an order number or a product name), so the
+    queue, order and product can always be read off the text.  An order or
+    product that is wanted but missing is added by a mention sentence.
+    """
+    found = {"order": set(), "product": set()}
+
+    def part(template):
+        return fill_recording(sprinkle_typos(template, rng), rng, found)
+
+    parts = []
+    terse = rng.random() < P_EXTRACT_TERSE
+    if terse:
+        template = rng.choice(TERSE[queue])
+        body = part(template)
+        if not template.startswith("{") and rng.random() < 0.5:
+            body = body[0].upper() + body[1:]
+        parts.append(body)
+    else:
+        if rng.random() < P_EXTRACT_OPENER:
+            parts.append(part(rng.choice(OPENERS)))
+        core = vary_punctuation(part(rng.choice(CORE[queue])), rng)
+        if parts and parts[0].endswith(",") and rng.random() < 0.5:
+            core = lower_first(core)
+        parts.append(core)
+        if rng.random() < P_EXTRACT_DETAIL:
+            parts.append(part(rng.choice(DETAIL[queue])))
+    mentions = []
+    if want_order and not found["order"]:
+        mentions.append(part(rng.choice(ORDER_MENTIONS)))
+    if want_product and not found["product"]:
+        mentions.append(part(rng.choice(PRODUCT_MENTIONS)))
+    if terse:
+        # a note goes on as a note: "2FA code not working, order #123456"
+        body = parts[0]
+        for mention in mentions:
+            body += (", " if body[-1].isalnum() else " ") + lower_first(mention).rstrip(".")
+        return body, found
+    parts.extend(mentions)
+    if rng.random() < P_EXTRACT_CLOSER:
+        parts.append(rng.choice(CLOSERS))
+    return " ".join(parts), found
+
+
+def extraction_answer(queue, found):
+    """Return the compact JSON line: keys in a fixed order, no spaces."""
+    answer = {"queue": queue,
+              "order": min(found["order"]) if found["order"] else None,
+              "product": min(found["product"]) if found["product"] else None}
+    return json.dumps(answer, ensure_ascii=False, separators=(",", ":"))
+
+
+def build_extraction_row(queue, rng, seen):
+    """Return (prompt, completion) for a new ticket of `queue`.
+
+    Whether the answer names an order and a product is drawn first.  Drafts
+    are redrawn when they name two different orders or products (the answer
+    would be ambiguous), an order or product that was not wanted, when a value does not appear verbatim in the
+    text, when they are long, or when the prompt is already in `seen` (so
+    held-out rows are never copies of training rows).
+    """
+    want_order = rng.random() < P_EXTRACT_ORDER
+    want_product = rng.random() < P_EXTRACT_PRODUCT
+    for _ in range(EXTRACT_MAX_REDRAWS):
+        body, found = draft_extraction_ticket(queue, want_order, want_product, rng)
+        body = clean_field(body)
+        if len(found["order"]) > 1 or len(found["product"]) > 1:
+            continue
+        if bool(found["order"]) != want_order or bool(found["product"]) != want_product:
+            continue
+        if any(value not in body for values in found.values() for value in values):
+            continue
+        if len(body.split()) > EXTRACT_MAX_WORDS:
+            continue
+        prompt = EXTRACT_INSTRUCTION + body
+        if prompt in seen:
+            continue
+        seen.add(prompt)
+        return prompt, extraction_answer(queue, found)
+    raise RuntimeError("no new %s ticket in %d draws: too many rows for the templates"
+                       % (queue, EXTRACT_MAX_REDRAWS))
+
+
+def generate_extraction(rows, seed):
+    """Return a list of (prompt, completion) rows and statistics about them."""
+    rng = random.Random(seed)
+    counts = queue_counts(rows)
+    queues = [q for q in QUEUES for _ in range(counts[q])]
+    rng.shuffle(queues)
+    seen = set()
+    data = [build_extraction_row(queue, rng, seen) for queue in queues]
+    answers = [json.loads(completion) for _, completion in data]
+    stats = {
+        "queues": [a["queue"] for a in answers],
+        "with_order": sum(a["order"] is not None for a in answers),
+        "with_product": sum(a["product"] is not None for a in answers),
+        "words": [len(prompt[len(EXTRACT_INSTRUCTION):].split()) for prompt, _ in data],
+    }
+    return data, stats
+
+
+def write_tsv(data, stream, header=("body", "queue")):
     """Write the header and the rows as tab-separated values."""
-    stream.write("body\tqueue\n")
-    for body, queue in data:
-        stream.write("%s\t%s\n" % (body, queue))
+    stream.write("\t".join(header) + "\n")
+    for row in data:
+        stream.write("\t".join(row) + "\n")
 
 
 def print_summary(data, stats, stream):
@@ -1021,20 +1239,47 @@ def print_summary(data, stats, stream):
                     stats["noisy"], 100.0 * stats["noisy"] / total))
 
 
+def print_extraction_summary(stats, stream):
+    """Print rows per queue, how many name an order or a product, and lengths."""
+    total = len(stats["queues"])
+    words = sorted(stats["words"])
+    stream.write("make_demo_data: %d rows (prompt, completion: JSON)\n" % total)
+    for queue in QUEUES:
+        n = stats["queues"].count(queue)
+        stream.write("  %-10s %6d  %5.1f%%\n" % (queue, n, 100.0 * n / total))
+    stream.write("  with an order: %d (%.1f%%), with a product: %d (%.1f%%)\n"
+                 % (stats["with_order"], 100.0 * stats["with_order"] / total,
+                    stats["with_product"], 100.0 * stats["with_product"] / total))
+    stream.write("  ticket words: mean %.1f, median %d, min %d, max %d (plus %d of instruction)\n"
+                 % (sum(words) / total, words[total // 2], words[0], words[-1],
+                    len(EXTRACT_INSTRUCTION.split())))
+
+
 def parse_args(argv):
     """Parse and validate the command line."""
     parser = argparse.ArgumentParser(
-        description="Generate a synthetic support-ticket TSV (body, queue).")
+        description="Generate a synthetic support-ticket TSV: (body, queue), or "
+                    "with --generation (prompt, completion) for a decoder.")
     parser.add_argument("output", help="path of the TSV to write, or - for stdout")
-    parser.add_argument("--rows", type=int, default=6000,
-                        help="number of tickets (default 6000)")
+    parser.add_argument("--generation", action="store_true",
+                        help="write prompt<TAB>completion rows: a ticket in, one line of "
+                             "JSON (queue, order, product) out; no label noise")
+    parser.add_argument("--rows", type=int, default=None,
+                        help="number of tickets (default 6000; with --generation 2000)")
     parser.add_argument("--seed", type=int, default=2026,
                         help="random seed; same seed gives the same file (default 2026)")
-    parser.add_argument("--noise", type=float, default=0.05,
-                        help="fraction of rows given a wrong queue (default 0.05)")
+    parser.add_argument("--noise", type=float, default=None,
+                        help="fraction of rows given a wrong queue (default 0.05; "
+                             "not with --generation)")
     args = parser.parse_args(argv)
+    if args.rows is None:
+        args.rows = 2000 if args.generation else 6000
     if args.rows < 1:
         parser.error("--rows must be at least 1")
+    if args.generation and args.noise is not None:
+        parser.error("--noise does not apply to --generation (its answers are exact)")
+    if args.noise is None:
+        args.noise = 0.05
     if not 0.0 <= args.noise <= 1.0:
         parser.error("--noise must be between 0 and 1")
     return args
@@ -1043,17 +1288,25 @@ def parse_args(argv):
 def main(argv=None):
     """Entry point: generate the data set and write it plus a summary."""
     args = parse_args(argv)
-    data, stats = generate(args.rows, args.seed, args.noise)
+    if args.generation:
+        data, stats = generate_extraction(args.rows, args.seed)
+        header = ("prompt", "completion")
+    else:
+        data, stats = generate(args.rows, args.seed, args.noise)
+        header = ("body", "queue")
     if args.output == "-":
         # Force UTF-8 and "\n" whatever the locale, so output is byte-identical.
         out = open(sys.stdout.fileno(), "w", encoding="utf-8", newline="\n",
                    closefd=False)
-        write_tsv(data, out)
+        write_tsv(data, out, header)
         out.flush()
     else:
         with open(args.output, "w", encoding="utf-8", newline="\n") as out:
-            write_tsv(data, out)
-    print_summary(data, stats, sys.stderr)
+            write_tsv(data, out, header)
+    if args.generation:
+        print_extraction_summary(stats, sys.stderr)
+    else:
+        print_summary(data, stats, sys.stderr)
     return 0
 
 
