@@ -8,6 +8,7 @@
  *   peft-engine predict --model DIR --adapter ADAPTER_DIR --data FILE.tsv
  *   peft-engine embed   --model DIR [--adapter ADAPTER_DIR] --data FILE.tsv [--print]
  *   peft-engine options
+ *   peft-engine export-gguf --model FILE.gguf --adapter ADAPTER_DIR --out FILE.gguf
  *
  * It links peft_engine.so and calls it only through its API table
  * (engine_api.h), the way the server's worker and SQL functions do, so a
@@ -37,6 +38,7 @@
 #include "blas_kernels.h"
 #include "decoder_commands.h"
 #include "engine_api.h"
+#include "export_gguf_command.h"
 
 /* Tokens per row of predict and embed unless --max-length (training's default). */
 #define DEFAULT_MAX_LENGTH 128
@@ -228,6 +230,7 @@ usage(const char *msg)
 			"       peft-engine embed   --model DIR [--adapter DIR] --data FILE [--print]\n"
 			"       peft-engine options\n"
 			"       peft-engine generate|logits --model FILE.gguf ... (generate --help)\n"
+			"       peft-engine export-gguf --model FILE.gguf --adapter DIR --out FILE.gguf\n"
 			"runner: --method ");
 	print_method_names(f);
 	fprintf(f, "|A+B\n"
@@ -1031,6 +1034,8 @@ main(int argc, char **argv)
 		return command_generate(api, argc - 1, argv + 1);
 	if (strcmp(command, "logits") == 0)
 		return command_logits(api, argc - 1, argv + 1);
+	if (strcmp(command, "export-gguf") == 0)
+		return command_export_gguf(api, argc - 1, argv + 1);
 	api->train_config_default(&o.config);
 	o.config.device = PEFT_DEVICE_CPU;	/* the runner's default, as peft.device is the server's */
 	parse_flags(argc - 1, argv + 1, &o);

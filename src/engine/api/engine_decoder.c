@@ -1,8 +1,9 @@
 /*
  * engine_decoder.c - the engine's services for decoder models behind
  * engine_api.h: open (weights, tokenizer, chat template), generate,
- * tokenize and logits.  engine_session.c hands a model handle's decoder
- * here; an encoder's calls never come.
+ * tokenize, logits, and adapters exported as llama.cpp's LoRA GGUF.
+ * engine_session.c hands a model handle's decoder here; an encoder's
+ * calls never come.
  */
 #define _GNU_SOURCE
 #include "engine_decoder.h"
@@ -16,6 +17,7 @@
 #include "decoder.h"
 #include "generate.h"
 #include "llama_model.h"
+#include "lora_gguf.h"
 
 struct DecoderHandle
 {
@@ -188,3 +190,11 @@ decoder_handle_logits(DecoderHandle *h, const int32_t *ids, int n, float *out, P
 	return rc;
 }
 
+
+PeftCode
+decoder_handle_export_gguf(DecoderHandle *h, const char *config, size_t config_len,
+						   const uint8_t *weights, size_t weights_len, uint8_t **out, size_t *out_len,
+						   PeftError *err)
+{
+	return lora_gguf_convert(h->model, config, config_len, weights, weights_len, out, out_len, err);
+}

@@ -32,5 +32,9 @@ const GenerateModel *decoder_handle_gen(const DecoderHandle *h);
 /* engine_api's logits. */
 PeftCode	decoder_handle_logits(DecoderHandle *h, const int32_t *ids, int n, float *out,
 								  PeftError *err);
+/* engine_api's adapter_export_gguf: a PEFT LoRA over this decoder as llama.cpp's LoRA GGUF. */
+PeftCode	decoder_handle_export_gguf(DecoderHandle *h, const char *config, size_t config_len,
+									   const uint8_t *weights, size_t weights_len, uint8_t **out,
+									   size_t *out_len, PeftError *err);
 
 #endif

@@ -1054,5 +1054,12 @@ session_adapter_export_gguf(PeftModelHandle *model, const char *config, size_t c
 							const uint8_t *weights, size_t weights_len, uint8_t **out,
 							size_t *out_len, PeftError *err)
 {
-	return peft_fail(err, PEFT_ERR_UNSUPPORTED, "exporting GGUF adapters is not built yet");
+	PeftCode	rc;
+
+	*out = NULL;
+	*out_len = 0;
+	if ((rc = require_decoder(model, "exporting an adapter as llama.cpp's LoRA GGUF", err)) != PEFT_OK)
+		return rc;
+	return decoder_handle_export_gguf(model->decoder, config, config_len, weights, weights_len, out,
+									  out_len, err);
 }
