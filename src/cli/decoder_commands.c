@@ -84,7 +84,7 @@ decoder_usage(const char *msg)
 			"                            [--chat | --raw] [--system TEXT] [--max-new-tokens N]\n"
 			"                            [--temperature T] [--top-k K] [--top-p P] [--seed S]\n"
 			"                            [--stop TEXT]... [--threads N] [--json]\n"
-			"       peft-engine logits   --model FILE.gguf|DIR --prompt TEXT [--chat | --raw]\n"
+			"       peft-engine logits   --model FILE.gguf|DIR --prompt TEXT [--adapter DIR] [--chat | --raw]\n"
 			"                            [--system TEXT] [--top N] [--out FILE] [--threads N]\n"
 			"--chat: the prompt is a user turn of the model's chat template (the default when it\n"
 			"has one); --raw: the text as it is.  --prompts: one prompt per line, decoded together.\n");
@@ -354,6 +354,7 @@ command_logits(const PeftEngineApi *api, int argc, char **argv)
 	int			n;
 	float	   *logits;
 	int		   *order;
+	PeftAdapterHandle *adapter = NULL;
 	double		t0,
 				seconds;
 
@@ -367,7 +368,9 @@ command_logits(const PeftEngineApi *api, int argc, char **argv)
 	logits = malloc(sizeof(float) * info.vocab_size);
 	order = malloc(sizeof(int) * info.vocab_size);
 	t0 = now_seconds();
-	check(api, api->logits(model, ids, n, logits, &err), &err);
+	if (a.adapter)
+		adapter = open_decoder_adapter(api, model, a.adapter);
+	check(api, api->logits(model, adapter, ids, n, logits, &err), &err);
 	seconds = now_seconds() - t0;
 	if (a.out)
 	{
@@ -404,6 +407,7 @@ command_logits(const PeftEngineApi *api, int argc, char **argv)
 	api->free_buffer(ids);
 	free(logits);
 	free(order);
+	api->adapter_close(adapter);
 	api->model_close(model);
 	return 0;
 }

@@ -510,9 +510,9 @@ typedef struct PeftEngineApi
 	PeftCode	(*tokenize) (PeftModelHandle *model, const char *text, size_t len, bool chat,
 							 const char *system, int32_t **ids, int *n, PeftError *err);
 
-	/* A decoder's logits out[vocab] after the n tokens ids (for parity checks). */
-	PeftCode	(*logits) (PeftModelHandle *model, const int32_t *ids, int n, float *out,
-						   PeftError *err);
+	/* A decoder's logits out[vocab] after the n tokens ids, through adapter if not NULL (parity checks). */
+	PeftCode	(*logits) (PeftModelHandle *model, PeftAdapterHandle *adapter, const int32_t *ids,
+						   int n, float *out, PeftError *err);
 
 	/*
 	 * Tokenise and keep one row of a generation run: the prompt (rendered

@@ -161,7 +161,8 @@ decoder_handle_gen(const DecoderHandle *h)
 }
 
 PeftCode
-decoder_handle_logits(DecoderHandle *h, const int32_t *ids, int n, float *out, PeftError *err)
+decoder_handle_logits(DecoderHandle *h, DecoderAdapter *adapter, const int32_t *ids, int n, float *out,
+					  PeftError *err)
 {
 	Decoder    *dec;
 	int32_t    *slot,
@@ -174,6 +175,8 @@ decoder_handle_logits(DecoderHandle *h, const int32_t *ids, int n, float *out, P
 						 h->model->cfg.context_length);
 	if ((rc = decoder_create(h->model, 1, n, &dec, err)) != PEFT_OK)
 		return rc;
+	decoder_set_adapter(dec, adapter);
+	decoder_set_exact_head(dec, true);
 	slot = calloc(n, sizeof(int32_t));
 	pos = malloc(sizeof(int32_t) * n);
 	if (slot == NULL || pos == NULL)
@@ -189,7 +192,6 @@ decoder_handle_logits(DecoderHandle *h, const int32_t *ids, int n, float *out, P
 	decoder_free(dec);
 	return rc;
 }
-
 
 PeftCode
 decoder_handle_export_gguf(DecoderHandle *h, const char *config, size_t config_len,

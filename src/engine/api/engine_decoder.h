@@ -30,7 +30,8 @@ PeftCode	decoder_handle_tokenize(DecoderHandle *h, const char *text, size_t len,
 const GenerateModel *decoder_handle_gen(const DecoderHandle *h);
 
 /* engine_api's logits. */
-PeftCode	decoder_handle_logits(DecoderHandle *h, const int32_t *ids, int n, float *out,
+PeftCode	decoder_handle_logits(DecoderHandle *h, DecoderAdapter *adapter, const int32_t *ids, int n,
+								  float *out,
 								  PeftError *err);
 /* engine_api's adapter_export_gguf: a PEFT LoRA over this decoder as llama.cpp's LoRA GGUF. */
 PeftCode	decoder_handle_export_gguf(DecoderHandle *h, const char *config, size_t config_len,

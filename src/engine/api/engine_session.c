@@ -1028,13 +1028,16 @@ session_tokenize(PeftModelHandle *model, const char *text, size_t len, bool chat
 
 /* A decoder's last logits after ids (engine_api's logits). */
 PeftCode
-session_logits(PeftModelHandle *model, const int32_t *ids, int n, float *out, PeftError *err)
+session_logits(PeftModelHandle *model, PeftAdapterHandle *adapter, const int32_t *ids, int n,
+			   float *out, PeftError *err)
 {
 	PeftCode	rc;
 
 	if ((rc = require_decoder(model, "logits", err)) != PEFT_OK)
 		return rc;
-	return decoder_handle_logits(model->decoder, ids, n, out, err);
+	if (adapter != NULL && (adapter->model != model || adapter->dad == NULL))
+		return peft_fail(err, PEFT_ERR_INVALID, "the adapter is not one over this model");
+	return decoder_handle_logits(model->decoder, adapter ? adapter->dad : NULL, ids, n, out, err);
 }
 
 /* Keep one prompt/completion row of a generation run (engine_api's train_add_pair). */

@@ -83,7 +83,7 @@ PeftCode	session_adapter_export_gguf(PeftModelHandle *model, const char *config,
 										PeftError *err);
 PeftCode	session_tokenize(PeftModelHandle *model, const char *text, size_t len, bool chat,
 							 const char *system, int32_t **ids, int *n, PeftError *err);
-PeftCode	session_logits(PeftModelHandle *model, const int32_t *ids, int n, float *out,
-						   PeftError *err);
+PeftCode	session_logits(PeftModelHandle *model, PeftAdapterHandle *adapter, const int32_t *ids, int n,
+						   float *out, PeftError *err);
 
 #endif

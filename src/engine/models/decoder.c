@@ -22,6 +22,7 @@ struct Decoder
 {
 	const LlamaModel *model;
 	DecoderAdapter *adapter;	/* NULL: the base model */
+	bool		exact_head;		/* the output head in float sums, not int16 activations (parity checks) */
 	int			slots;
 	int			ctx;
 	size_t		kv_dim;			/* num_kv_heads * head_dim */
@@ -137,6 +138,12 @@ decoder_set_adapter(Decoder *dec, DecoderAdapter *adapter)
 	dec->adapter = adapter;
 }
 
+void
+decoder_set_exact_head(Decoder *dec, bool exact)
+{
+	dec->exact_head = exact;
+}
+
 /* y[N, m.rows] = x[N, m.cols] m^T */
 static void
 product(const QMatrix *m, const float *x, int N, float *y)
@@ -249,7 +256,11 @@ forward_chunk(Decoder *d, const int32_t *ids, const int32_t *slot, const int32_t
 		memcpy(d->proj + (size_t) i * c->hidden_size, d->x + (size_t) want[i] * c->hidden_size,
 			   sizeof(float) * c->hidden_size);
 	rmsnorm_forward(d->xn, NULL, d->proj, m->final_norm, nwant, c->hidden_size, (real) c->rms_eps);
-	product(&m->output, d->xn, nwant, logits);
+	if (d->exact_head)
+		quant_matmul_reference(m->output.type, m->output.data, m->output.rows, m->output.cols, d->xn,
+							   nwant, logits);
+	else
+		product(&m->output, d->xn, nwant, logits);
 }
 
 PeftCode

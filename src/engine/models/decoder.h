@@ -37,6 +37,13 @@ PeftCode	decoder_forward(Decoder *dec, const int32_t *ids, const int32_t *slot,
 /* Compute through an adapter from now on (NULL: the base model); the caller keeps it alive. */
 void		decoder_set_adapter(Decoder *dec, DecoderAdapter *adapter);
 
+/*
+ * Compute the output head as the scalar reference does (exact float sums)
+ * rather than with decoding's int16-activation kernels: logits for parity
+ * checks (about 1e-3 closer to transformers' over the vocabulary).
+ */
+void		decoder_set_exact_head(Decoder *dec, bool exact);
+
 /* Bytes the decoder allocated (cache and scratch), for memory reports. */
 size_t		decoder_bytes(const Decoder *dec);
 

@@ -652,6 +652,12 @@ convert_rows(const DecoderAdapter *ad, int i, const real *src, real *dst, bool t
 	}
 }
 
+void
+decoder_adapter_tensor_to_hf(const DecoderAdapter *ad, int i, const real *src, real *dst)
+{
+	convert_rows(ad, i, src, dst, true);
+}
+
 PeftCode
 decoder_adapter_serialize(const DecoderAdapter *ad, uint8_t **out, size_t *len, PeftError *err)
 {

@@ -139,6 +139,9 @@ void		decoder_adapter_linear_backward(DecoderAdapter *ad, const QMatrix *W, int 
 											const real *x, int N, real *dy, const DadSave *save,
 											real *dx, real *scratch);
 
+/* Parameter i's values (or gradients) src in Hugging Face's row order into dst. */
+void		decoder_adapter_tensor_to_hf(const DecoderAdapter *ad, int i, const real *src, real *dst);
+
 /* The safetensors bytes (PEFT's names, Hugging Face orientation), malloc'ed. */
 PeftCode	decoder_adapter_serialize(const DecoderAdapter *ad, uint8_t **out, size_t *len,
 									  PeftError *err);
