@@ -39,6 +39,13 @@ SELECT substr(peft_export('m_dora'), 9, 1) = '{' AS safetensors_header,
        peft_export_config('m_dora')->>'peft_type' AS peft_type;
 SELECT peft_export('m_dora', 7);
 SELECT peft_export_config('nope');
+-- llama.cpp's LoRA GGUF holds adapters over decoders only (006_train_generation
+-- exports one); the adapter must be named, a NULL version is the active one.
+SELECT peft_export_gguf(NULL);
+SELECT peft_export_gguf('nope');
+SELECT peft_export_gguf('m_dora', 7);
+SELECT peft_export_gguf('m_dora');
+SELECT peft_export_gguf('m_dora', NULL);
 
 -- Import what was exported: the same predictions, a new version, validated.
 -- The exported config carries task, labels and metrics under "peft_pg"

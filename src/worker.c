@@ -81,6 +81,8 @@ typedef struct Job
 	/* progress */
 	TimestampTz started;
 	int64		trained_rows;
+	int64		trained_tokens;		/* real tokens of the steps (prompt and completion) */
+	double		step_seconds;	/* in train_step only (no evaluation) */
 	StringInfoData epochs;		/* JSON array of per-epoch metrics */
 	LossHistory history;		/* loss and learning rate per step, thinned */
 	bool		has_loss_steps; /* the catalog has loss_steps and lr_history (0.2.0) */
@@ -684,12 +686,15 @@ SaveAdapter(Job *job, const char *final_metrics, int64 train_rows, int64 valid_r
 	v.metrics = psprintf("{\"final\": %s, \"epochs\": [%s], "
 						 "\"train_rows\": %lld, \"valid_rows\": %lld, "
 						 "\"skipped_rows\": %lld, \"parameters\": %lld, \"max_length\": %d, "
-						 "\"train_seconds\": %.3f, \"device\": \"%s\", \"memory\": %s}",
+						 "\"train_seconds\": %.3f, \"train_tokens\": %lld, \"rows_per_second\": %.4g, "
+						 "\"tokens_per_second\": %.4g, \"device\": \"%s\", \"memory\": %s}",
 						 final_metrics, job->epochs.data + 1,
 						 (long long) train_rows, (long long) valid_rows,
 						 (long long) job->skipped, (long long) job->engine->train_parameters(job->train),
 						 job->engine->train_max_length(job->train),
-						 seconds,
+						 seconds, (long long) job->trained_tokens,
+						 job->step_seconds > 0 ? job->trained_rows / job->step_seconds : 0,
+						 job->step_seconds > 0 ? job->trained_tokens / job->step_seconds : 0,
 						 job->engine->train_device(job->train), MemoryJson(job, true));
 	v.job = job->id;
 	v.owner = job->args.caller;
@@ -760,9 +765,13 @@ Train(Job *job)
 	MemoryContextSwitchTo(step);
 	while (!p.done)
 	{
+		TimestampTz step_start = GetCurrentTimestamp();
+
 		if (job->engine->train_step(job->train, &p, &err) != PEFT_OK)
 			PeftRaiseEngineError(&err);
+		job->step_seconds += (GetCurrentTimestamp() - step_start) / 1e6;
 		job->trained_rows += p.rows;
+		job->trained_tokens += p.tokens;
 		LossHistoryAdd(&job->history, p.step, p.loss, p.learning_rate);
 		if (p.epoch_end || p.done)
 			final_metrics = MemoryContextStrdup(job->context, EvaluateEpoch(job, p.epoch));

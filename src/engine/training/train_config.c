@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "decoder_adapter.h"
 #include "method_table.h"
 #include "words.h"
 
@@ -66,10 +67,12 @@ static const PeftOption option_table[] = {
 	NUMBER_OPTION("lora_dropout", lora_dropout, 0, 1, true, 0.1, "0.1", "dropout on the adapter's input", .methods = LORA_FAMILY),
 	BOOL_OPTION("use_rslora", use_rslora, 0, "rank-stabilised scaling alpha/sqrt(r)", .methods = LORA_FAMILY),
 	MODULES_OPTION("target_modules", target_modules, num_targets, 0,
-				   "`[\"query\", \"value\"]`; (IA)^3: `[\"key\", \"value\", \"output.dense\"]`",
+				   "`[\"query\", \"value\"]`; (IA)^3: `[\"key\", \"value\", \"output.dense\"]`; decoders: "
+				   "`[\"q_proj\", \"v_proj\"]`, (IA)^3 `[\"k_proj\", \"v_proj\", \"down_proj\"]`",
 				   "linear layers to adapt, matched like Hugging Face PEFT (exact name or dotted suffix, "
 				   "so `output.dense` names both dense outputs): `query`, `key`, `value`, "
-				   "`attention.output.dense`, `intermediate.dense`, `output.dense`, `dense`",
+				   "`attention.output.dense`, `intermediate.dense`, `output.dense`, `dense`; decoders: "
+				   "`q_proj`, `k_proj`, `v_proj`, `o_proj`, `gate_proj`, `up_proj`, `down_proj`, or `all-linear`",
 				   .methods = LORA_FAMILY | PEFT_METHOD_IA3),
 	INT_OPTION("epochs", epochs, 1, 10000, 3, "3", "passes over the training rows"),
 	INT_OPTION("max_steps", max_steps, 1, 2147483647, 0, "none",
@@ -105,7 +108,8 @@ static const PeftOption option_table[] = {
 	NUMBER_OPTION("hidden_dropout", hidden_dropout, 0, 1, true, -1, "the model's (0.1)",
 				  "dropout inside the frozen model while training"),
 	INT_OPTION("seed", seed, 0, 2147483647, 42, "42", "initialisation, dropout, split and batch order"),
-	MODULES_OPTION("feedforward_modules", feedforward_modules, num_feedforward, -1, "`[\"output.dense\"]`",
+	MODULES_OPTION("feedforward_modules", feedforward_modules, num_feedforward, -1,
+				   "`[\"output.dense\"]`; decoders `[\"down_proj\"]`",
 				   "(IA)^3: the modules whose input (not output) is scaled", .methods = PEFT_METHOD_IA3),
 	INT_OPTION("reduction_factor", reduction_factor, 1, 4096, 16, "16",
 			   "`adapter`: bottleneck width = hidden size / this", .methods = PEFT_METHOD_ADAPTER),
@@ -261,14 +265,27 @@ set_modules(PeftTrainConfig *c, const PeftOption *o, const char *const *names, i
 {
 	const char **slots = (const char **) ((char *) c + o->offset);
 	bool		flags[BERT_NUM_LINEAR];
+	bool		llama_flags[LLAMA_NUM_LINEAR];
 	PeftError	cause = {0};
+	PeftError	other = {0};
 
 	if (n == 0 && strcmp(o->key, "target_modules") == 0)
 		return bad_value(err, o, "must name at least one module");
 	if (n > MAX_MODULES)
 		return bad_value(err, o, "lists too many modules");
-	if (n > 0 && lora_parse_targets(flags, names, n, &cause) != PEFT_OK)
-		return bad_value(err, o, cause.message);
+	/*
+	 * Names of an encoder's linears or of a decoder's: which model the run
+	 * trains is not known here (train_begin checks them against it).
+	 */
+	if (n > 0 && lora_parse_targets(flags, names, n, &cause) != PEFT_OK &&
+		decoder_adapter_parse_targets(llama_flags, names, n, &other) != PEFT_OK)
+	{
+		char		both[sizeof(cause.message) + 128];
+
+		snprintf(both, sizeof(both), "%s (decoders: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, "
+				 "down_proj or all-linear)", cause.message);
+		return bad_value(err, o, both);
+	}
 	for (int i = 0; i < n; i++)
 		if ((slots[i] = intern_module_name(names[i])) == NULL)
 			return peft_fail(err, PEFT_ERR_NOMEM, "out of memory for module names");
