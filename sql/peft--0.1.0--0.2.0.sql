@@ -77,6 +77,13 @@ CREATE OR REPLACE FUNCTION peft_export_config(adapter text, version int DEFAULT 
                  'method', a.method, 'source', a.name || ' version ' || a.version)))
           FROM peft._adapter_version(adapter, version) a $$;
 
+-- A LoRA adapter over a decoder as llama.cpp's LoRA GGUF, the file
+-- llama-cli --lora, Ollama's ADAPTER and llama-cpp-python's lora_path load
+-- (version NULL: the active one).  Read as the caller, like peft_export.
+CREATE FUNCTION peft_export_gguf(adapter text, version int DEFAULT NULL) RETURNS bytea
+    AS 'MODULE_PATHNAME', 'peft_export_gguf'
+    LANGUAGE C VOLATILE CALLED ON NULL INPUT;
+
 -- The metrics of an adapter's task on the rows of a table or query (read as
 -- the caller, like peft_train's data): classification accuracy, macro-F1,
 -- per-class precision, recall, F1 and support, and the confusion matrix;

@@ -368,6 +368,13 @@ CREATE FUNCTION peft_export_config(adapter text, version int DEFAULT NULL) RETUR
                  'method', a.method, 'source', a.name || ' version ' || a.version)))
           FROM peft._adapter_version(adapter, version) a $$;
 
+-- A LoRA adapter over a decoder as llama.cpp's LoRA GGUF, the file
+-- llama-cli --lora, Ollama's ADAPTER and llama-cpp-python's lora_path load
+-- (version NULL: the active one).  Read as the caller, like peft_export.
+CREATE FUNCTION peft_export_gguf(adapter text, version int DEFAULT NULL) RETURNS bytea
+    AS 'MODULE_PATHNAME', 'peft_export_gguf'
+    LANGUAGE C VOLATILE CALLED ON NULL INPUT;
+
 -- Store an adapter saved by Hugging Face PEFT as a new version, after
 -- validating it completely over the base model; returns the version.
 CREATE FUNCTION peft_import(adapter text, base_model text, config jsonb, weights bytea,

@@ -4,7 +4,8 @@
  * is stored), peft_merge (predictions use the base weights with the
  * adapter folded in) and peft_combine (a weighted combination of LoRA
  * adapters, as PEFT's add_weighted_adapter).  peft_export and
- * peft_export_config are plain SQL over the catalog (sql/peft--*.sql).
+ * peft_export_config are plain SQL over the catalog (sql/peft--*.sql);
+ * peft_export_gguf writes a LoRA over a decoder as llama.cpp's LoRA GGUF.
  *
  * As in adapters.c, rows are read as the caller (row-level security
  * applies) and written as the extension owner after the caller's right to
@@ -23,6 +24,7 @@
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 
 #include "catalog.h"
 #include "peft.h"
@@ -30,6 +32,7 @@
 PG_FUNCTION_INFO_V1(peft_import);
 PG_FUNCTION_INFO_V1(peft_merge);
 PG_FUNCTION_INFO_V1(peft_combine);
+PG_FUNCTION_INFO_V1(peft_export_gguf);
 
 /* The head's labels of an import: given, or "0" .. "K-1"; checked against K. */
 static char *
@@ -454,4 +457,72 @@ peft_combine(PG_FUNCTION_ARGS)
 	PeftEngine()->free_buffer(out_config);
 	SPI_finish();
 	PG_RETURN_INT32(version);
+}
+
+/*
+ * peft_export_gguf(adapter, version DEFAULT NULL) RETURNS bytea: a version
+ * (the active one when NULL) of a LoRA adapter over a decoder as llama.cpp's
+ * LoRA GGUF, the file llama-cli --lora, Ollama's ADAPTER and
+ * llama-cpp-python's lora_path load.  The row is read as peft_export reads
+ * it (peft._adapter_version, as the caller: row-level security applies);
+ * the engine converts the stored PEFT weights, checking every tensor
+ * against the base model.
+ */
+Datum
+peft_export_gguf(PG_FUNCTION_ARGS)
+{
+	Oid			types[2] = {TEXTOID, INT4OID};
+	Datum		values[2];
+	char		nulls[2] = {' ', PG_ARGISNULL(1) ? 'n' : ' '};
+	char	   *name;
+	char	   *model_name;
+	char	   *config;
+	int			version;
+	bytea	   *weights;
+	bool		isnull;
+	uint8_t    *gguf;
+	size_t		gguf_len;
+	bytea	   *result;
+	PeftError	err = {0};
+
+	/* not STRICT: a NULL version means the active one; the name has no NULL meaning */
+	PeftRequireArg(fcinfo, 0, "adapter");
+	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	values[0] = CStringGetTextDatum(name);
+	values[1] = PG_ARGISNULL(1) ? (Datum) 0 : PG_GETARG_DATUM(1);
+	SPI_connect();
+	if (SPI_execute_with_args("SELECT a.version, a.base_model, a.config::text, a.weights, "
+							  "coalesce((m.config->>'decoder')::boolean, false) "
+							  "FROM peft._adapter_version($1, $2) a "
+							  "LEFT JOIN peft.models m ON m.name = a.base_model",
+							  2, types, values, nulls, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not read peft.adapters");
+	version = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	model_name = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+	config = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3);
+	weights = DatumGetByteaPP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull));
+	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5, &isnull)))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("adapter \"%s\" version %d is over model \"%s\", an encoder: "
+						"llama.cpp's LoRA GGUF holds adapters over decoders", name, version, model_name),
+				 errhint("peft_export and peft_export_config give it in Hugging Face PEFT's format.")));
+	if (PeftEngine()->adapter_export_gguf(PeftModelFor(model_name), config, strlen(config),
+										  (const uint8_t *) VARDATA_ANY(weights),
+										  VARSIZE_ANY_EXHDR(weights), &gguf, &gguf_len, &err) != PEFT_OK)
+		PeftRaiseEngineError(&err);
+	SPI_finish();
+	if (gguf_len > MaxAllocSize - VARHDRSZ)
+	{
+		PeftEngine()->free_buffer(gguf);
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("the GGUF file of adapter \"%s\" version %d has %zu bytes, more than a bytea holds",
+						name, version, gguf_len)));
+	}
+	result = palloc(VARHDRSZ + gguf_len);
+	SET_VARSIZE(result, VARHDRSZ + gguf_len);
+	memcpy(VARDATA(result), gguf, gguf_len);
+	PeftEngine()->free_buffer(gguf);
+	PG_RETURN_BYTEA_P(result);
 }
