@@ -81,6 +81,20 @@ FROM peft.adapters WHERE name IN ('mixer_dora', 'mixer_ia3') ORDER BY name;
 SELECT length(peft_generate('smol', 'Mix the words red and blue into one line.', adapter => 'mixer_ia3',
                             options => '{"max_new_tokens": 4}')) > 0 AS ia3_generates;
 
+-- llama.cpp's LoRA GGUF of the LoRA (llama-cli --lora, Ollama's ADAPTER):
+-- GGUF version 3, adapter metadata, A and B of q_proj and v_proj in all 30
+-- layers; the import's copy gives the same bytes.  DoRA and (IA)^3 have none.
+SELECT substr(g, 1, 4) = 'GGUF'::bytea AS magic, get_byte(g, 4) AS gguf_version,
+       get_byte(g, 8) + 256 * get_byte(g, 9) AS tensors,
+       position('adapter.lora.alpha'::bytea IN g) > 0 AS has_alpha,
+       position('blk.29.attn_v.weight.lora_b'::bytea IN g) > 0 AS has_last_layer,
+       position('attn_k'::bytea IN g) = 0 AS no_k_proj,
+       g = peft_export_gguf('mixer_copy') AS same_as_import,
+       g = peft_export_gguf('mixer', 1) AS version_1
+FROM peft_export_gguf('mixer') g;
+SELECT peft_export_gguf('mixer_dora');
+SELECT peft_export_gguf('mixer_ia3');
+
 -- Rows whose completion alone is longer than max_length are skipped and counted.
 SELECT peft_train('mixer_short', 'smol',
                   'SELECT prompt, completion FROM pairs UNION ALL SELECT ''long'', repeat(''word '', 40)',
