@@ -17,12 +17,8 @@ struct DecoderTrainer
 	const Dataset *ds;
 	TrainOptions opts;
 	uint32_t   *rows;			/* training rows */
-	size_t		nrows;
 	uint32_t   *order;			/* this epoch's order */
-	size_t		position;		/* next row in order */
-	int			epoch;
-	int			step;
-	int			total_steps;
+	StepCursor	at;				/* rows, position, epoch, steps */
 	PeftRng		rng;
 	/* the packed micro-batch */
 	int32_t    *ids;
@@ -77,9 +73,9 @@ static void
 epoch_order(DecoderTrainer *tr)
 {
 	if (!tr->opts.shuffle)
-		memcpy(tr->order, tr->rows, tr->nrows * sizeof(uint32_t));
+		memcpy(tr->order, tr->rows, tr->at.nrows * sizeof(uint32_t));
 	else
-		dataset_epoch_order(tr->ds, tr->rows, tr->nrows, tr->opts.batch_size,
+		dataset_epoch_order(tr->ds, tr->rows, tr->at.nrows, tr->opts.batch_size,
 							tr->opts.group_by_length, &tr->rng, tr->order);
 }
 
@@ -147,7 +143,7 @@ decoder_trainer_create(CausalLM *lm, DecoderAdapter *ad, const Dataset *ds, cons
 	tr->ds = ds;
 	tr->opts = *opts;
 	memcpy(tr->rows, rows, nrows * sizeof(uint32_t));
-	tr->nrows = nrows;
+	tr->at.nrows = nrows;
 	batches = (nrows + opts->batch_size - 1) / opts->batch_size;
 	if (opts->max_steps == 0 &&
 		(double) opts->epochs * ((batches + opts->grad_accum - 1) / opts->grad_accum) > INT32_MAX)
@@ -155,7 +151,7 @@ decoder_trainer_create(CausalLM *lm, DecoderAdapter *ad, const Dataset *ds, cons
 		decoder_trainer_free(tr);
 		return peft_fail(err, PEFT_ERR_INVALID, "epochs x steps per epoch exceeds %d steps", INT32_MAX);
 	}
-	tr->total_steps = opts->max_steps > 0 ? opts->max_steps :
+	tr->at.total_steps = opts->max_steps > 0 ? opts->max_steps :
 		(int) (opts->epochs * ((batches + opts->grad_accum - 1) / opts->grad_accum));
 	peft_rng_seed(&tr->rng, opts->seed ^ 0x0bdeULL);
 	epoch_order(tr);
@@ -169,13 +165,13 @@ decoder_trainer_create(CausalLM *lm, DecoderAdapter *ad, const Dataset *ds, cons
 int
 decoder_trainer_total_steps(const DecoderTrainer *tr)
 {
-	return tr->total_steps;
+	return tr->at.total_steps;
 }
 
 size_t
 decoder_trainer_memory(const DecoderTrainer *tr)
 {
-	return tr->nrows * sizeof(uint32_t) * 2 + tr->cap_ids * sizeof(int32_t);
+	return tr->at.nrows * sizeof(uint32_t) * 2 + tr->cap_ids * sizeof(int32_t);
 }
 
 size_t
@@ -220,38 +216,28 @@ decoder_trainer_step(DecoderTrainer *tr, PeftTrainProgress *st, PeftError *err)
 {
 	const TrainOptions *o = &tr->opts;
 	ParamSet   *ps = &tr->ad->params;
-	size_t		remaining;
 	int			in_step;
 	int64_t		step_targets = 0;
 	double		loss_sum = 0;
 	double		lr;
 	PeftCode	rc;
 
-	memset(st, 0, sizeof(*st));
-	if (tr->step >= tr->total_steps)
-	{
-		st->done = true;
-		st->step = tr->step;
-		st->total_steps = tr->total_steps;
+	if (!step_begin(&tr->at, o, st, &in_step))
 		return PEFT_OK;
-	}
 	memset(ps->grads, 0, sizeof(real) * ps->total);
-	st->epoch = tr->epoch + 1;
-	/* micro-batches of one step never cross an epoch boundary (as HF) */
-	remaining = (tr->nrows - tr->position + o->batch_size - 1) / o->batch_size;
-	in_step = remaining < (size_t) o->grad_accum ? (int) remaining : o->grad_accum;
-	for (size_t i = tr->position; i < tr->nrows && i < tr->position + (size_t) in_step * o->batch_size; i++)
+	/* the step's loss is the mean over all its completion tokens: count them first */
+	for (size_t i = tr->at.position; i < tr->at.nrows && i < tr->at.position + (size_t) in_step * o->batch_size; i++)
 		step_targets += row_targets(&tr->ds->rows[tr->order[i]]);
 	for (int micro = 0; micro < in_step; micro++)
 	{
-		size_t		count = tr->nrows - tr->position;
+		size_t		count = tr->at.nrows - tr->at.position;
 		LmBatch		b;
 		double		loss;
 		int64_t		targets;
 
 		if (count > (size_t) o->batch_size)
 			count = o->batch_size;
-		if ((rc = pack(tr->ds, tr->order + tr->position, (int) count, &tr->ids, &tr->cap_ids,
+		if ((rc = pack(tr->ds, tr->order + tr->at.position, (int) count, &tr->ids, &tr->cap_ids,
 					   tr->start, tr->prompt_len, &b, err)) != PEFT_OK)
 			return rc;
 		if (step_targets > 0 &&
@@ -261,28 +247,17 @@ decoder_trainer_step(DecoderTrainer *tr, PeftTrainProgress *st, PeftError *err)
 			loss_sum += loss;
 		st->rows += (int) count;
 		st->tokens += b.start[b.B];
-		tr->position += count;
+		tr->at.position += count;
 	}
 	if (!isfinite(loss_sum))
 		return peft_fail(err, PEFT_ERR_INVALID, "the loss became %g at step %d: lower learning_rate",
-						 loss_sum, tr->step + 1);
-	lr = o->learning_rate * schedule_factor(o, tr->step, tr->total_steps);
-	tr->step++;
-	st->grad_norm = optimizer_step(ps, o, lr, tr->step);
+						 loss_sum, tr->at.step + 1);
+	lr = o->learning_rate * schedule_factor(o, tr->at.step, tr->at.total_steps);
+	tr->at.step++;
+	st->grad_norm = optimizer_step(ps, o, lr, tr->at.step);
 	st->loss = step_targets > 0 ? loss_sum / step_targets : 0;
-	st->learning_rate = lr;
-	st->step = tr->step;
-	st->total_steps = tr->total_steps;
-	st->done = tr->step >= tr->total_steps;
-	if (tr->position >= tr->nrows)
-	{
-		st->epoch_end = true;
-		tr->position = 0;
-		tr->epoch++;
-		if (!st->done)
-			epoch_order(tr);
-	}
-	/* the activations go until the next step: memory while the job waits is the model's */
+	if (step_end(&tr->at, st, lr))
+		epoch_order(tr);
 	return PEFT_OK;
 }
 

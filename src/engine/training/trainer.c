@@ -15,12 +15,8 @@ struct Trainer
 	const Dataset *ds;
 	TrainOptions opts;
 	uint32_t   *rows;			/* training rows */
-	size_t		nrows;
 	uint32_t   *order;			/* this epoch's order */
-	size_t		position;		/* next row in order */
-	int			epoch;			/* 0-based current epoch */
-	int			step;			/* optimizer steps done */
-	int			total_steps;
+	StepCursor	at;				/* rows, position, epoch, steps */
 	PeftRng		rng;
 	BatchBuffer buf;
 	size_t		activation_bytes;	/* of the largest batch (network_reserve) */
@@ -125,9 +121,9 @@ epoch_order(Trainer *tr)
 	const TrainOptions *o = &tr->opts;
 
 	if (!o->shuffle)
-		memcpy(tr->order, tr->rows, tr->nrows * sizeof(uint32_t));
+		memcpy(tr->order, tr->rows, tr->at.nrows * sizeof(uint32_t));
 	else
-		dataset_epoch_order(tr->ds, tr->rows, tr->nrows, o->batch_size,
+		dataset_epoch_order(tr->ds, tr->rows, tr->at.nrows, o->batch_size,
 							o->group_by_length, &tr->rng, tr->order);
 }
 
@@ -160,7 +156,7 @@ trainer_create(Network *net, const Dataset *ds, const uint32_t *rows,
 		return peft_fail(err, PEFT_ERR_NOMEM, "out of memory creating the trainer");
 	}
 	memcpy(tr->rows, rows, nrows * sizeof(uint32_t));
-	tr->nrows = nrows;
+	tr->at.nrows = nrows;
 	batches = (nrows + opts->batch_size - 1) / opts->batch_size;
 	if (opts->max_steps == 0 &&
 		(double) opts->epochs * ((batches + opts->grad_accum - 1) / opts->grad_accum) > INT32_MAX)
@@ -169,7 +165,7 @@ trainer_create(Network *net, const Dataset *ds, const uint32_t *rows,
 		return peft_fail(err, PEFT_ERR_INVALID, "epochs x steps per epoch exceeds %d steps", INT32_MAX);
 	}
 	/* as Hugging Face's max_steps: it replaces epochs, and the schedule spans it */
-	tr->total_steps = opts->max_steps > 0 ? opts->max_steps :
+	tr->at.total_steps = opts->max_steps > 0 ? opts->max_steps :
 		(int) (opts->epochs * ((batches + opts->grad_accum - 1) / opts->grad_accum));
 	peft_rng_seed(&tr->rng, opts->seed ^ 0x0bdeULL);
 	epoch_order(tr);
@@ -204,7 +200,7 @@ trainer_create(Network *net, const Dataset *ds, const uint32_t *rows,
 size_t
 trainer_memory(const Trainer *tr)
 {
-	return tr->nrows * sizeof(uint32_t) * 2;
+	return tr->at.nrows * sizeof(uint32_t) * 2;
 }
 
 /* Bytes of the activations of the run's largest batch. */
@@ -218,7 +214,7 @@ trainer_activation_bytes(const Trainer *tr)
 int
 trainer_total_steps(const Trainer *tr)
 {
-	return tr->total_steps;
+	return tr->at.total_steps;
 }
 
 /* Release the trainer (not the network or data). */
@@ -234,41 +230,62 @@ trainer_free(Trainer *tr)
 	free(tr);
 }
 
+bool
+step_begin(const StepCursor *c, const TrainOptions *o, PeftTrainProgress *st, int *micro)
+{
+	size_t		remaining = (c->nrows - c->position + o->batch_size - 1) / o->batch_size;
+
+	memset(st, 0, sizeof(*st));
+	if (c->step >= c->total_steps)
+	{
+		st->done = true;
+		st->step = c->step;
+		st->total_steps = c->total_steps;
+		return false;
+	}
+	st->epoch = c->epoch + 1;
+	*micro = remaining < (size_t) o->grad_accum ? (int) remaining : o->grad_accum;
+	return true;
+}
+
+bool
+step_end(StepCursor *c, PeftTrainProgress *st, double lr)
+{
+	st->learning_rate = lr;
+	st->step = c->step;
+	st->total_steps = c->total_steps;
+	st->done = c->step >= c->total_steps;
+	if (c->position < c->nrows)
+		return false;
+	st->epoch_end = true;
+	c->position = 0;
+	c->epoch++;
+	return !st->done;
+}
+
 /* Run one optimizer step over grad_accum micro-batches. */
 PeftCode
 trainer_step(Trainer *tr, PeftTrainProgress *st, PeftError *err)
 {
 	const TrainOptions *o = &tr->opts;
-	size_t		remaining;
 	int			in_step;
 	double		loss_sum = 0;
 	double		lr;
 	PeftCode	rc;
 
-	memset(st, 0, sizeof(*st));
-	if (tr->step >= tr->total_steps)
-	{
-		st->done = true;
-		st->step = tr->step;
-		st->total_steps = tr->total_steps;
+	if (!step_begin(&tr->at, o, st, &in_step))
 		return PEFT_OK;
-	}
 	if ((rc = network_zero_grads(tr->net, err)) != PEFT_OK)
 		return rc;
-	st->epoch = tr->epoch + 1;
-
-	/* micro-batches of one step never cross an epoch boundary (as HF) */
-	remaining = (tr->nrows - tr->position + o->batch_size - 1) / o->batch_size;
-	in_step = remaining < (size_t) o->grad_accum ? (int) remaining : o->grad_accum;
 	for (int micro = 0; micro < in_step; micro++)
 	{
-		size_t		count = tr->nrows - tr->position;
+		size_t		count = tr->at.nrows - tr->at.position;
 		Batch		batch;
 		double		loss;
 
 		if (count > (size_t) o->batch_size)
 			count = o->batch_size;
-		if ((rc = dataset_make_batch(tr->ds, tr->order + tr->position, (int) count,
+		if ((rc = dataset_make_batch(tr->ds, tr->order + tr->at.position, (int) count,
 									 &tr->buf, &batch, err)) != PEFT_OK ||
 			(rc = network_forward(tr->net, &batch, true, NULL, &loss, err)) != PEFT_OK ||
 			(rc = network_backward(tr->net, &batch, (real) (1.0 / in_step), err)) != PEFT_OK)
@@ -276,36 +293,24 @@ trainer_step(Trainer *tr, PeftTrainProgress *st, PeftError *err)
 		if (!isfinite(loss))
 			return peft_fail(err, PEFT_ERR_INVALID,
 							 "the loss became %g at step %d: lower learning_rate",
-							 loss, tr->step + 1);
+							 loss, tr->at.step + 1);
 		loss_sum += loss / in_step;
 		st->rows += (int) count;
 		for (size_t i = 0; i < (size_t) batch.B * batch.T; i++)
 			st->tokens += batch.mask[i];
-		tr->position += count;
+		tr->at.position += count;
 	}
 
-	lr = o->learning_rate * schedule_factor(o, tr->step, tr->total_steps);
-	tr->step++;
+	lr = o->learning_rate * schedule_factor(o, tr->at.step, tr->at.total_steps);
+	tr->at.step++;
 	if ((rc = network_optimizer_step(tr->net, lr, o->beta1, o->beta2, o->adam_eps,
-									 o->weight_decay, tr->step, o->max_grad_norm,
+									 o->weight_decay, tr->at.step, o->max_grad_norm,
 									 &st->grad_norm, err)) != PEFT_OK)
 		return rc;
-
 	st->loss = loss_sum;
-	st->learning_rate = lr;
-	st->step = tr->step;
-	st->total_steps = tr->total_steps;
-
 	/* next epoch: a fresh order */
-	st->done = tr->step >= tr->total_steps;
-	if (tr->position >= tr->nrows)
-	{
-		st->epoch_end = true;
-		tr->position = 0;
-		tr->epoch++;
-		if (!st->done)
-			epoch_order(tr);
-	}
+	if (step_end(&tr->at, st, lr))
+		epoch_order(tr);
 	return PEFT_OK;
 }
 

@@ -51,6 +51,33 @@ PeftCode	train_options_check(const TrainOptions *o, PeftError *err);
 /* Multiplier of the peak learning rate at optimizer step s (0-based). */
 double		schedule_factor(const TrainOptions *o, int step, int total_steps);
 
+/*
+ * Where a run stands, for the step functions of the encoder's trainer and
+ * the decoder's (decoder_trainer.c): rows in this epoch's order, the next
+ * one, the 0-based epoch, the steps done of total.
+ */
+typedef struct StepCursor
+{
+	size_t		nrows;
+	size_t		position;
+	int			epoch;
+	int			step;
+	int			total_steps;
+} StepCursor;
+
+/*
+ * Start a step report: false (and st says done) when no step remains;
+ * else *micro receives the step's micro-batches, which never cross an
+ * epoch boundary (as Hugging Face's).
+ */
+bool		step_begin(const StepCursor *c, const TrainOptions *o, PeftTrainProgress *st, int *micro);
+/*
+ * Finish a step that ran with learning rate lr: count it, report it in st
+ * and move to the next epoch when the rows are used up; true when a new
+ * epoch's order is needed.
+ */
+bool		step_end(StepCursor *c, PeftTrainProgress *st, double lr);
+
 typedef struct Trainer Trainer;
 
 /* Prepare training over the given rows of ds (indices copied). */
