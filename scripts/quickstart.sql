@@ -156,15 +156,16 @@ SELECT peft_train('ticket_json', 'smollm2', 'SELECT prompt, completion FROM demo
                   input => 'prompt', label => 'completion', task => 'generation',
                   options => :'train_options', wait => true) AS job \gset
 \timing off
--- tokens_per_second: NULL while the worker does not record it in the job's
--- metrics (peft.jobs has samples_per_second; peft-engine train --json
--- reports tokens_per_second)
+-- rows and tokens per second of the training steps (evaluation left out),
+-- and the worker's peak private memory, from the version's metrics
 SELECT j.id AS job, j.status, j.step, j.total_steps, round(j.loss::numeric, 4) AS last_loss,
-       round((j.metrics->'epochs'->-1->>'loss')::numeric, 4) AS held_out_loss,
-       round(j.samples_per_second::numeric, 2) AS rows_per_second,
-       round((j.metrics->>'tokens_per_second')::numeric, 1) AS tokens_per_second,
+       round((a.metrics->'final'->>'loss')::numeric, 4) AS held_out_loss,
+       round((a.metrics->>'rows_per_second')::numeric, 2) AS rows_per_second,
+       round((a.metrics->>'tokens_per_second')::numeric, 1) AS tokens_per_second,
+       round((a.metrics->'memory'->>'peak_rss_kb')::numeric / 1024) AS worker_peak_rss_mb,
+       round((a.metrics->'memory'->>'peak_private_kb')::numeric / 1024) AS worker_peak_private_mb,
        j.finished_at - j.started_at AS took, j.loss_sparkline
-FROM peft.jobs j WHERE j.id = :job;
+FROM peft.jobs j JOIN peft.adapters a ON a.job = j.id WHERE j.id = :job;
 
 \echo '== after: the same 100 held-out rows through the adapter'
 \timing on
