@@ -106,16 +106,64 @@ qmatrix_backward(const QMatrix *m, const real *dy, int N, real *dx)
 	free(row);
 }
 #else
+/*
+ * Training's products have hundreds of rows: there one float32 copy of
+ * the matrix, made for the product, and a single product of full shapes
+ * through the engine's threads run faster than tiles (each tile repacked
+ * x for its own small GEMM).  Only matrices
+ * up to QMATRIX_WHOLE_MAX values take this path (4 MB of scratch, reused:
+ * never a copy of the model; the 28-million-value output head keeps its
+ * tiles); decoding's few rows keep quant.h's kernels.
+ */
+#define QMATRIX_WHOLE_MIN_ROWS 64
+#define QMATRIX_WHOLE_MAX ((int64_t) 1 << 20)
+
+static _Thread_local float *whole_buf;
+
+/*
+ * m dequantized whole into the thread's scratch, or NULL (too large, or
+ * no memory: the tiles then).  Dequantized anew every time: a cache keyed
+ * by the mapping's address could outlive the model that was mapped there.
+ */
+static const float *
+whole_matrix(const QMatrix *m)
+{
+	if (m->rows * m->cols > QMATRIX_WHOLE_MAX)
+		return NULL;
+	if (m->type == GGML_F32)
+		return m->data;
+	if (whole_buf == NULL && (whole_buf = malloc(sizeof(float) * QMATRIX_WHOLE_MAX)) == NULL)
+		return NULL;
+	quant_dequantize(m->type, m->data, m->rows * m->cols, whole_buf);
+	return whole_buf;
+}
+
 void
 qmatrix_forward(const QMatrix *m, const real *x, int N, real *y)
 {
-	quant_matmul(m->type, m->data, m->rows, m->cols, x, N, y);
+	const float *w = N >= QMATRIX_WHOLE_MIN_ROWS ? whole_matrix(m) : NULL;
+
+	if (w == NULL)
+	{
+		quant_matmul(m->type, m->data, m->rows, m->cols, x, N, y);
+		return;
+	}
+	matmul(CblasNoTrans, CblasTrans, N, (int) m->rows, (int) m->cols, 1, x, (int) m->cols, w,
+		   (int) m->cols, 0, y, (int) m->rows);
 }
 
 void
 qmatrix_backward(const QMatrix *m, const real *dy, int N, real *dx)
 {
-	quant_matmul_backward_input(m->type, m->data, m->rows, m->cols, dy, N, dx);
+	const float *w = N >= QMATRIX_WHOLE_MIN_ROWS ? whole_matrix(m) : NULL;
+
+	if (w == NULL)
+	{
+		quant_matmul_backward_input(m->type, m->data, m->rows, m->cols, dy, N, dx);
+		return;
+	}
+	matmul(CblasNoTrans, CblasNoTrans, N, (int) m->cols, (int) m->rows, 1, dy, (int) m->rows, w,
+		   (int) m->cols, 1, dx, (int) m->cols);
 }
 #endif
 
