@@ -119,7 +119,6 @@ decoder_trainer_create(CausalLM *lm, DecoderAdapter *ad, const Dataset *ds, cons
 					   size_t nrows, const TrainOptions *opts, DecoderTrainer **out, PeftError *err)
 {
 	DecoderTrainer *tr;
-	size_t		batches;
 	int			tokens,
 				longest;
 	PeftCode	rc;
@@ -143,16 +142,11 @@ decoder_trainer_create(CausalLM *lm, DecoderAdapter *ad, const Dataset *ds, cons
 	tr->ds = ds;
 	tr->opts = *opts;
 	memcpy(tr->rows, rows, nrows * sizeof(uint32_t));
-	tr->at.nrows = nrows;
-	batches = (nrows + opts->batch_size - 1) / opts->batch_size;
-	if (opts->max_steps == 0 &&
-		(double) opts->epochs * ((batches + opts->grad_accum - 1) / opts->grad_accum) > INT32_MAX)
+	if ((rc = step_cursor_init(&tr->at, nrows, opts, err)) != PEFT_OK)
 	{
 		decoder_trainer_free(tr);
-		return peft_fail(err, PEFT_ERR_INVALID, "epochs x steps per epoch exceeds %d steps", INT32_MAX);
+		return rc;
 	}
-	tr->at.total_steps = opts->max_steps > 0 ? opts->max_steps :
-		(int) (opts->epochs * ((batches + opts->grad_accum - 1) / opts->grad_accum));
 	peft_rng_seed(&tr->rng, opts->seed ^ 0x0bdeULL);
 	epoch_order(tr);
 	largest_batch(ds, rows, nrows, opts->batch_size, &tokens, &longest);

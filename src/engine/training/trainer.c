@@ -134,7 +134,6 @@ trainer_create(Network *net, const Dataset *ds, const uint32_t *rows,
 			   PeftError *err)
 {
 	Trainer    *tr;
-	size_t		batches;
 	PeftCode	rc;
 
 	*out = NULL;
@@ -156,17 +155,11 @@ trainer_create(Network *net, const Dataset *ds, const uint32_t *rows,
 		return peft_fail(err, PEFT_ERR_NOMEM, "out of memory creating the trainer");
 	}
 	memcpy(tr->rows, rows, nrows * sizeof(uint32_t));
-	tr->at.nrows = nrows;
-	batches = (nrows + opts->batch_size - 1) / opts->batch_size;
-	if (opts->max_steps == 0 &&
-		(double) opts->epochs * ((batches + opts->grad_accum - 1) / opts->grad_accum) > INT32_MAX)
+	if ((rc = step_cursor_init(&tr->at, nrows, opts, err)) != PEFT_OK)
 	{
 		trainer_free(tr);
-		return peft_fail(err, PEFT_ERR_INVALID, "epochs x steps per epoch exceeds %d steps", INT32_MAX);
+		return rc;
 	}
-	/* as Hugging Face's max_steps: it replaces epochs, and the schedule spans it */
-	tr->at.total_steps = opts->max_steps > 0 ? opts->max_steps :
-		(int) (opts->epochs * ((batches + opts->grad_accum - 1) / opts->grad_accum));
 	peft_rng_seed(&tr->rng, opts->seed ^ 0x0bdeULL);
 	epoch_order(tr);
 	/*
@@ -228,6 +221,21 @@ trainer_free(Trainer *tr)
 	free(tr->order);
 	batch_buffer_free(&tr->buf);
 	free(tr);
+}
+
+PeftCode
+step_cursor_init(StepCursor *c, size_t nrows, const TrainOptions *o, PeftError *err)
+{
+	size_t		batches = (nrows + o->batch_size - 1) / o->batch_size;
+	size_t		per_epoch = (batches + o->grad_accum - 1) / o->grad_accum;
+
+	memset(c, 0, sizeof(*c));
+	c->nrows = nrows;
+	if (o->max_steps == 0 && (double) o->epochs * per_epoch > INT32_MAX)
+		return peft_fail(err, PEFT_ERR_INVALID, "epochs x steps per epoch exceeds %d steps", INT32_MAX);
+	/* as Hugging Face's max_steps: it replaces epochs, and the schedule spans it */
+	c->total_steps = o->max_steps > 0 ? o->max_steps : (int) (o->epochs * per_epoch);
+	return PEFT_OK;
 }
 
 bool

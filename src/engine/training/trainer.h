@@ -66,6 +66,13 @@ typedef struct StepCursor
 } StepCursor;
 
 /*
+ * A cursor at the start of a run over nrows rows: total_steps from
+ * max_steps, else epochs (as Hugging Face counts them); an error when that
+ * passes INT32_MAX.
+ */
+PeftCode	step_cursor_init(StepCursor *c, size_t nrows, const TrainOptions *o, PeftError *err);
+
+/*
  * Start a step report: false (and st says done) when no step remains;
  * else *micro receives the step's micro-batches, which never cross an
  * epoch boundary (as Hugging Face's).
