@@ -22,6 +22,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "cli_files.h"
 #include "decoder_commands.h"
 
 /* The most prompts --prompts reads, and stop strings --stop takes. */
@@ -226,28 +227,6 @@ print_json_string(const char *s)
 	putchar('"');
 }
 
-/* dir/name read whole (exits on failure); *len its bytes. */
-static char *
-read_adapter_file(const char *dir, const char *name, size_t *len)
-{
-	char		path[4096];
-	FILE	   *f;
-	char	   *buf = NULL;
-	long		size;
-
-	snprintf(path, sizeof(path), "%s/%s", dir, name);
-	if ((f = fopen(path, "rb")) == NULL || fseek(f, 0, SEEK_END) != 0 || (size = ftell(f)) < 0 ||
-		fseek(f, 0, SEEK_SET) != 0 || (buf = malloc(size + 1)) == NULL ||
-		fread(buf, 1, size, f) != (size_t) size)
-	{
-		fprintf(stderr, "peft-engine: cannot read %s\n", path);
-		exit(1);
-	}
-	buf[size] = '\0';
-	fclose(f);
-	*len = (size_t) size;
-	return buf;
-}
 
 /* A PEFT adapter folder (adapter_config.json, adapter_model.safetensors) over a decoder. */
 static PeftAdapterHandle *
@@ -255,11 +234,13 @@ open_decoder_adapter(const PeftEngineApi *api, PeftModelHandle *model, const cha
 {
 	size_t		config_len,
 				weights_len;
-	char	   *config = read_adapter_file(dir, "adapter_config.json", &config_len);
-	char	   *weights = read_adapter_file(dir, "adapter_model.safetensors", &weights_len);
+	char	   *config = cli_read_file(dir, "adapter_config.json", &config_len);
+	char	   *weights = cli_read_file(dir, "adapter_model.safetensors", &weights_len);
 	PeftAdapterHandle *adapter;
 	PeftError	err = {0};
 
+	if (config == NULL || weights == NULL)
+		exit(1);
 	check(api, api->adapter_open(model, config, config_len, (const uint8_t *) weights, weights_len,
 								 PEFT_TASK_GENERATION, 0, &adapter, &err), &err);
 	free(config);

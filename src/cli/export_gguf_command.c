@@ -15,10 +15,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli_files.h"
 #include "export_gguf_command.h"
 
 /* Adapter files larger than this are refused (a 70B model's rank-64 LoRA is about 0.7 GB). */
-#define MAX_ADAPTER_FILE ((long) 1 << 34)
 
 enum
 {
@@ -48,31 +48,6 @@ export_usage(const char *msg)
 	exit(msg ? 2 : 0);
 }
 
-/* A whole file into memory (*len bytes, NUL-terminated); NULL with a message on failure. */
-static char *
-read_file(const char *dir, const char *name, size_t *len)
-{
-	char		path[4096];
-	FILE	   *f;
-	long		size;
-	char	   *buf = NULL;
-
-	snprintf(path, sizeof(path), "%s/%s", dir, name);
-	if ((f = fopen(path, "rb")) == NULL || fseek(f, 0, SEEK_END) != 0 || (size = ftell(f)) < 0 ||
-		size > MAX_ADAPTER_FILE || fseek(f, 0, SEEK_SET) != 0 ||
-		(buf = malloc((size_t) size + 1)) == NULL || fread(buf, 1, (size_t) size, f) != (size_t) size)
-	{
-		fprintf(stderr, "peft-engine: cannot read %s\n", path);
-		free(buf);
-		if (f)
-			fclose(f);
-		return NULL;
-	}
-	fclose(f);
-	buf[size] = '\0';
-	*len = (size_t) size;
-	return buf;
-}
 
 /* peft-engine export-gguf. */
 int
@@ -107,8 +82,8 @@ command_export_gguf(const PeftEngineApi *api, int argc, char **argv)
 		export_usage("unexpected argument");
 	if (model_path == NULL || adapter == NULL || out_path == NULL)
 		export_usage("export-gguf needs --model, --adapter and --out");
-	if ((config = read_file(adapter, "adapter_config.json", &config_len)) == NULL ||
-		(weights = read_file(adapter, "adapter_model.safetensors", &weights_len)) == NULL)
+	if ((config = cli_read_file(adapter, "adapter_config.json", &config_len)) == NULL ||
+		(weights = cli_read_file(adapter, "adapter_model.safetensors", &weights_len)) == NULL)
 		return 1;
 	if (api->init(1, &err) != PEFT_OK || api->model_open(model_path, &model, &info, &err) != PEFT_OK ||
 		api->adapter_export_gguf(model, config, config_len, (const uint8_t *) weights, weights_len, &gguf,

@@ -36,6 +36,7 @@
 #include <cjson/cJSON.h>
 
 #include "blas_kernels.h"
+#include "cli_files.h"
 #include "decoder_commands.h"
 #include "engine_api.h"
 #include "export_gguf_command.h"
@@ -294,24 +295,15 @@ read_rows(const char *path, bool want_labels)
 	return rows;
 }
 
-/* Read a whole file from dir/name into a NUL-terminated buffer (exits on failure). */
-static char *
-read_file(const char *dir, const char *name, size_t *len)
-{
-	char		path[4096];
-	FILE	   *f;
-	char	   *data = NULL;
-	long		size;
 
-	snprintf(path, sizeof(path), "%s/%s", dir, name);
-	errno = 0;
-	if ((f = fopen(path, "rb")) == NULL || fseek(f, 0, SEEK_END) != 0 || (size = ftell(f)) < 0 ||
-		fseek(f, 0, SEEK_SET) != 0 || (data = malloc(size + 1)) == NULL ||
-		fread(data, 1, size, f) != (size_t) size)
-		die("cannot read", path);
-	fclose(f);
-	data[size] = '\0';
-	*len = (size_t) size;
+/* dir/name read whole (cli_read_file), or exit. */
+static char *
+read_file_or_exit(const char *dir, const char *name, size_t *len)
+{
+	char	   *data = cli_read_file(dir, name, len);
+
+	if (data == NULL)
+		exit(1);
 	return data;
 }
 
@@ -644,7 +636,7 @@ static Labels
 read_head(const char *dir)
 {
 	size_t		len;
-	char	   *text = read_file(dir, "peft_head.json", &len);
+	char	   *text = read_file_or_exit(dir, "peft_head.json", &len);
 	cJSON	   *head = cJSON_Parse(text);
 	const cJSON *task = cJSON_GetObjectItem(head, "task");
 	const cJSON *names = cJSON_GetObjectItem(head, "labels");
@@ -674,8 +666,8 @@ static PeftAdapterHandle *
 open_adapter(PeftModelHandle *model, const Options *o, Labels *labels)
 {
 	size_t		config_len, weights_len;
-	char	   *config = read_file(o->adapter, "adapter_config.json", &config_len);
-	char	   *weights = read_file(o->adapter, "adapter_model.safetensors", &weights_len);
+	char	   *config = read_file_or_exit(o->adapter, "adapter_config.json", &config_len);
+	char	   *weights = read_file_or_exit(o->adapter, "adapter_model.safetensors", &weights_len);
 	PeftAdapterHandle *adapter;
 	PeftError	err = {0};
 

@@ -26,6 +26,7 @@
 #include "decoder_trainer.h"
 #include "decoder_training.h"
 #include "engine_decoder.h"
+#include "model_config.h"
 #include "safetensors.h"
 #include "threadpool.h"
 #include "test_util.h"
@@ -155,26 +156,16 @@ compare_params(DecoderAdapter *ad, const StFile *st, const cJSON *meta, const ch
 	return compare_norm_error(&l2);
 }
 
-/* dir/name read whole into *len bytes (test failure when absent). */
+/* dir/name of the fixture read whole into *len bytes (test failure when absent). */
 static char *
 read_whole(const char *dir, const char *name, size_t *len)
 {
 	char		path[1024];
-	FILE	   *f;
-	char	   *buf;
-	long		size;
+	char	   *buf = NULL;
+	PeftError	err = {0};
 
 	snprintf(path, sizeof(path), "%s/%s", dir, name);
-	f = fopen(source_path(path), "rb");
-	assert_non_null(f);
-	fseek(f, 0, SEEK_END);
-	size = ftell(f);
-	fseek(f, 0, SEEK_SET);
-	buf = malloc(size + 1);
-	assert_int_equal(fread(buf, 1, size, f), (size_t) size);
-	buf[size] = '\0';
-	fclose(f);
-	*len = (size_t) size;
+	assert_int_equal(read_small_file(source_path(path), 64 << 20, &buf, len, &err), PEFT_OK);
 	return buf;
 }
 
