@@ -1,7 +1,7 @@
 -- Fine-tuning a decoder from SQL (SmolLM2-135M-Instruct, Q4_1 GGUF):
--- prompt/completion rows train LoRA, DoRA and (IA)^3 adapters in the
--- background worker; peft_generate uses them; the metrics, the catalog rows,
--- the interchange and the errors.
+-- prompt/completion rows train LoRA, DoRA, (IA)^3, prompt tuning, prefix
+-- tuning and bottleneck adapters in the background worker; peft_generate
+-- uses them; the metrics, the catalog rows, the interchange and the errors.
 \getenv decoder PEFT_DECODER_GGUF
 \getenv tiny_model PEFT_TINY_MODEL_DIR
 \set VERBOSITY terse
@@ -81,6 +81,44 @@ FROM peft.adapters WHERE name IN ('mixer_dora', 'mixer_ia3') ORDER BY name;
 SELECT length(peft_generate('smol', 'Mix the words red and blue into one line.', adapter => 'mixer_ia3',
                             options => '{"max_new_tokens": 4}')) > 0 AS ia3_generates;
 
+-- Prompt tuning, prefix tuning (keys and values per key/value head: 8 x 30 x 2 x 192)
+-- and bottleneck adapters (houlsby: after attention and the feed-forward).
+SELECT peft_train('mixer_prompt', 'smol', 'SELECT prompt, completion FROM pairs', input => 'prompt',
+                  label => 'completion', task => 'generation', method => 'prompt',
+                  options => '{"max_steps": 2, "batch_size": 2, "num_virtual_tokens": 4, "eval_generate": false}',
+                  wait => true) > 0 AS prompt_trained;
+SELECT peft_train('mixer_prefix', 'smol', 'SELECT prompt, completion FROM pairs', input => 'prompt',
+                  label => 'completion', task => 'generation', method => 'prefix',
+                  options => '{"max_steps": 2, "batch_size": 2, "eval_generate": false}',
+                  wait => true) > 0 AS prefix_trained;
+SELECT peft_train('mixer_bottleneck', 'smol', 'SELECT prompt, completion FROM pairs', input => 'prompt',
+                  label => 'completion', task => 'generation', method => 'adapter',
+                  options => '{"max_steps": 2, "batch_size": 2, "reduction_factor": 32,
+                               "adapter_placement": "houlsby", "eval_generate": false}',
+                  wait => true) > 0 AS bottleneck_trained;
+SELECT name, method, config->>'peft_type' AS peft_type, config->>'num_virtual_tokens' AS virtual_tokens,
+       config->>'token_dim' AS token_dim, config->>'reduction_factor' AS reduction,
+       config->>'adapter_placement' AS placement, (metrics->>'parameters')::int AS parameters,
+       (metrics->'final'->>'loss')::float8 < 5 AS loss_sane
+FROM peft.adapters WHERE name IN ('mixer_prompt', 'mixer_prefix', 'mixer_bottleneck') ORDER BY name;
+SELECT name, length(peft_generate('smol', 'Mix the words red and blue into one line.', adapter => name,
+                                  options => '{"max_new_tokens": 4}')) > 0 AS generates
+FROM (VALUES ('mixer_prompt'), ('mixer_prefix'), ('mixer_bottleneck')) v(name) ORDER BY name;
+-- PEFT's PROMPT_TUNING / PREFIX_TUNING adapters out and back in: the same generations.
+SELECT peft_import('mixer_prefix_copy', 'smol', peft_export_config('mixer_prefix'),
+                   peft_export('mixer_prefix')) IS NOT NULL AS prefix_imported;
+SELECT peft_import('mixer_prompt_copy', 'smol', peft_export_config('mixer_prompt'),
+                   peft_export('mixer_prompt')) IS NOT NULL AS prompt_imported;
+SELECT peft_generate('smol', ARRAY['Mix the words gold and silver into one line.'], adapter => a || '_copy',
+                     options => '{"max_new_tokens": 6}') =
+       peft_generate('smol', ARRAY['Mix the words gold and silver into one line.'], adapter => a,
+                     options => '{"max_new_tokens": 6}') AS import_same
+FROM (VALUES ('mixer_prefix'), ('mixer_prompt')) v(a) ORDER BY a;
+-- They add tokens or layers: nothing to fold into the weights, no llama.cpp LoRA.
+SELECT peft_merge('mixer_prefix');
+SELECT peft_merge('mixer_bottleneck');
+SELECT peft_export_gguf('mixer_prompt');
+
 -- llama.cpp's LoRA GGUF of the LoRA (llama-cli --lora, Ollama's ADAPTER):
 -- GGUF version 3, adapter metadata, A and B of q_proj and v_proj in all 30
 -- layers; the import's copy gives the same bytes.  DoRA and (IA)^3 have none.
@@ -113,7 +151,10 @@ SELECT peft_train('bad', 'tiny_enc', 'SELECT prompt, completion FROM pairs', inp
 SELECT peft_train('bad', 'smol', 'SELECT prompt, completion FROM pairs', input => 'prompt',
                   label => 'completion', task => 'generation', method => 'bitfit', wait => true);
 SELECT peft_train('bad', 'smol', 'SELECT prompt, completion FROM pairs', input => 'prompt',
-                  label => 'completion', task => 'generation', method => 'prefix', wait => true);
+                  label => 'completion', task => 'generation', method => 'lora+prefix', wait => true);
+SELECT peft_train('bad', 'smol', 'SELECT prompt, completion FROM pairs', input => 'prompt',
+                  label => 'completion', task => 'generation', method => 'prefix',
+                  options => '{"num_virtual_tokens": 0}', wait => true);
 SELECT peft_train('bad', 'smol', 'SELECT prompt, completion FROM pairs', input => 'prompt',
                   label => 'completion', task => 'generation',
                   options => '{"target_modules": ["query"]}', wait => true);

@@ -531,6 +531,18 @@ TrainFields(FunctionCallInfo fcinfo, char **fields, PeftTrainConfig *parsed)
 	return task;
 }
 
+/* Whether a canonical method name trains over a decoder: one method, not bitfit. */
+static bool
+DecoderMethod(const char *method)
+{
+	static const char *const names[] = {"lora", "dora", "ia3", "prompt", "prefix", "adapter"};
+
+	for (int i = 0; i < lengthof(names); i++)
+		if (strcmp(method, names[i]) == 0)
+			return true;
+	return false;
+}
+
 /*
  * What can be checked in the catalog and the data before a job is queued
  * (inside SPI): the model and its files, max_length against its positions,
@@ -558,13 +570,12 @@ CheckTrainCatalog(char **fields, const PeftTrainConfig *parsed, PeftTask task)
 				 errmsg("model \"%s\" is a decoder: it trains with task => 'generation'",
 						fields[JOB_BASE_MODEL]),
 				 errhint("Put the prompts in input and the completions to learn in label.")));
-	if (decoder && strcmp(fields[JOB_METHOD], "lora") != 0 && strcmp(fields[JOB_METHOD], "dora") != 0 &&
-		strcmp(fields[JOB_METHOD], "ia3") != 0)
+	if (decoder && !DecoderMethod(fields[JOB_METHOD]))
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("method \"%s\" does not train over a decoder", fields[JOB_METHOD]),
-				 errdetail("Adapters over decoders are lora, dora or ia3 (bitfit has no biases to train in a "
-						   "LLaMA model; prompt, prefix and bottleneck adapters train on encoders)."),
+				 errdetail("An adapter over a decoder is one of lora, dora, ia3, prompt, prefix or adapter "
+						   "(bitfit has no biases to train in a LLaMA model; combinations train on encoders)."),
 				 errhint("Use method => 'lora'.")));
 	if (!decoder && task == PEFT_TASK_GENERATION)
 		ereport(ERROR,

@@ -1,7 +1,8 @@
 /*
  * gradcheck_causal_lm.c - the gradient of the causal-LM loss with respect
  * to every adapter parameter (LoRA, rsLoRA, DoRA, (IA)^3 with
- * and without feed-forward scaling) through a whole tiny LLaMA decoder,
+ * and without feed-forward scaling, prompt and prefix tuning, bottleneck
+ * adapters in both placements) through a whole tiny LLaMA decoder,
  * against central finite differences, in double precision (-DPEFT_DOUBLE).
  *
  * The model is generated here: 2 layers, hidden 64, 4 query heads over 2
@@ -272,6 +273,37 @@ test_ia3(void **state)
 	check_adapter("ia3 q,k,v,gate,down(ff)", o, ROPE_HALVES);
 }
 
+/* Prompt tuning, 3 virtual tokens before every sequence (their gradient is the first layer's input's). */
+static void
+test_prompt(void **state)
+{
+	DecoderAdapterOptions o = {.method = DAD_PROMPT, .virtual_tokens = 3, .seed = 5};
+
+	check_adapter("prompt tuning", o, ROPE_PAIRS);
+	check_adapter("prompt tuning", o, ROPE_HALVES);
+}
+
+/* Prefix tuning, 3 key/value prefixes per layer and key/value head (GGUF's layout permutes the keys). */
+static void
+test_prefix(void **state)
+{
+	DecoderAdapterOptions o = {.method = DAD_PREFIX, .virtual_tokens = 3, .seed = 6};
+
+	check_adapter("prefix tuning", o, ROPE_PAIRS);
+	check_adapter("prefix tuning", o, ROPE_HALVES);
+}
+
+/* Bottleneck adapters of width 8: after attention and the feed-forward (Houlsby), and after the feed-forward only. */
+static void
+test_bottleneck(void **state)
+{
+	DecoderAdapterOptions o = {.method = DAD_BOTTLENECK, .reduction = 8, .after_attention = true, .seed = 7};
+
+	check_adapter("bottleneck houlsby", o, ROPE_PAIRS);
+	o.after_attention = false;
+	check_adapter("bottleneck pfeiffer", o, ROPE_HALVES);
+}
+
 /* Set up the generator; two engine threads exercise the splits. */
 static int
 setup(void **state)
@@ -296,6 +328,9 @@ main(void)
 		cmocka_unit_test(test_rslora_default_targets),
 		cmocka_unit_test(test_dora),
 		cmocka_unit_test(test_ia3),
+		cmocka_unit_test(test_prompt),
+		cmocka_unit_test(test_prefix),
+		cmocka_unit_test(test_bottleneck),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);

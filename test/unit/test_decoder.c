@@ -130,7 +130,7 @@ check_tiny_model(const char *rel_path, RopeLayout layout)
 			rows[N] = N;
 		}
 	logits = malloc(sizeof(float) * N * e.vocab);
-	assert_int_equal(decoder_create(m, e.nseq, 16, &dec, &err), PEFT_OK);
+	assert_int_equal(decoder_create(m, NULL, e.nseq, 16, &dec, &err), PEFT_OK);
 	assert_int_equal(decoder_forward(dec, ids, slot, pos, N, rows, N, logits, &err), PEFT_OK);
 	for (int k = 0, r = 0; k < e.nseq; r += e.len[k], k++)
 	{
@@ -140,7 +140,7 @@ check_tiny_model(const char *rel_path, RopeLayout layout)
 	}
 	decoder_free(dec);
 	/* one token per call: every later token reads its predecessors from the cache */
-	assert_int_equal(decoder_create(m, 1, 16, &dec, &err), PEFT_OK);
+	assert_int_equal(decoder_create(m, NULL, 1, 16, &dec, &err), PEFT_OK);
 	for (int t = 0; t < e.len[2]; t++)
 	{
 		int32_t		zero = 0,
@@ -188,11 +188,11 @@ test_tiny_thread_independent(void **state)
 	assert_int_equal(llama_model_load(source_path("test/fixtures/reference/tiny_llama/tiny.gguf"), &m, &err),
 					 PEFT_OK);
 	assert_int_equal(peft_threads_init(1, &err), PEFT_OK);
-	assert_int_equal(decoder_create(m, 1, 8, &dec, &err), PEFT_OK);
+	assert_int_equal(decoder_create(m, NULL, 1, 8, &dec, &err), PEFT_OK);
 	assert_int_equal(decoder_forward(dec, ids, slot, pos, 5, &last, 1, one, &err), PEFT_OK);
 	decoder_free(dec);
 	assert_int_equal(peft_threads_init(2, &err), PEFT_OK);
-	assert_int_equal(decoder_create(m, 1, 8, &dec, &err), PEFT_OK);
+	assert_int_equal(decoder_create(m, NULL, 1, 8, &dec, &err), PEFT_OK);
 	assert_int_equal(decoder_forward(dec, ids, slot, pos, 5, &last, 1, two, &err), PEFT_OK);
 	assert_memory_equal(one, two, sizeof(one));
 	decoder_free(dec);
@@ -218,7 +218,7 @@ test_errors(void **state)
 
 	assert_int_equal(llama_model_load(source_path("test/fixtures/reference/tiny_llama/tiny.gguf"), &m, &err),
 					 PEFT_OK);
-	assert_int_equal(decoder_create(m, 1, 8, &dec, &err), PEFT_OK);
+	assert_int_equal(decoder_create(m, NULL, 1, 8, &dec, &err), PEFT_OK);
 	assert_int_equal(decoder_forward(dec, &bad_id, &zero, &zero, 1, &zero, 1, logits, &err), PEFT_ERR_INVALID);
 	assert_non_null(strstr(err.message, "vocabulary"));
 	assert_int_equal(decoder_forward(dec, &id, &zero, &far, 1, &zero, 1, logits, &err), PEFT_ERR_INVALID);
@@ -227,7 +227,7 @@ test_errors(void **state)
 	assert_int_equal(decoder_forward(dec, &id, &zero, &zero, 1, &one, 1, logits, &err), PEFT_ERR_INVALID);
 	decoder_free(dec);
 	/* a cache longer than the model's context */
-	assert_int_equal(decoder_create(m, 1, 65, &dec, &err), PEFT_ERR_INVALID);
+	assert_int_equal(decoder_create(m, NULL, 1, 65, &dec, &err), PEFT_ERR_INVALID);
 	llama_model_free(m);
 	/* the encoder folder is not a decoder; a folder of junk neither */
 	assert_int_equal(llama_model_load(source_path("test/fixtures"), &m, &err), PEFT_ERR_FORMAT);
@@ -362,7 +362,7 @@ test_real_smollm2(void **state)
 		}
 		last[i] = N - 1;
 	}
-	assert_int_equal(decoder_create(m, n, 128 + 64, &dec, &err), PEFT_OK);
+	assert_int_equal(decoder_create(m, NULL, n, 128 + 64, &dec, &err), PEFT_OK);
 	assert_int_equal(decoder_forward(dec, ids, slot, pos, N, last, n, logits, &err), PEFT_OK);
 	compare_begin(&c, "SmolLM2 top-32 logits", REAL_LOGITS_ATOL, 0);
 	for (int i = 0; i < n; i++)

@@ -57,12 +57,21 @@ dtrain_adapter_options(const PeftTrainConfig *c, DecoderAdapterOptions *o, PeftE
 	if (m & PEFT_METHOD_BITFIT)
 		return peft_fail(err, PEFT_ERR_UNSUPPORTED,
 						 "bitfit trains biases, and the linears of a LLaMA model have none: use lora, dora or ia3");
-	if (m & ~(PEFT_METHOD_LORA | PEFT_METHOD_DORA | PEFT_METHOD_IA3))
+	/* one method per decoder adapter (dora's bits include lora's) */
+	if (m != PEFT_METHOD_LORA && m != (PEFT_METHOD_LORA | PEFT_METHOD_DORA) && m != PEFT_METHOD_DORA &&
+		m != PEFT_METHOD_IA3 && m != PEFT_METHOD_PROMPT && m != PEFT_METHOD_PREFIX && m != PEFT_METHOD_ADAPTER)
 		return peft_fail(err, PEFT_ERR_UNSUPPORTED,
-						 "methods over decoders are lora, dora and ia3 for now (prompt, prefix and "
-						 "bottleneck adapters train on encoders)");
-	if ((m & PEFT_METHOD_IA3) && (m & (PEFT_METHOD_LORA | PEFT_METHOD_DORA)))
-		return peft_fail(err, PEFT_ERR_UNSUPPORTED, "one of lora, dora or ia3 per decoder adapter");
+						 "an adapter over a decoder is one of lora, dora, ia3, prompt, prefix or adapter, "
+						 "not a combination");
+	o->seed = c->seed;
+	if (m & (PEFT_METHOD_PROMPT | PEFT_METHOD_PREFIX | PEFT_METHOD_ADAPTER))
+	{
+		o->method = m == PEFT_METHOD_PROMPT ? DAD_PROMPT : m == PEFT_METHOD_PREFIX ? DAD_PREFIX : DAD_BOTTLENECK;
+		o->virtual_tokens = c->num_virtual_tokens;
+		o->reduction = c->reduction_factor;
+		o->after_attention = c->adapter_placement == PEFT_PLACEMENT_HOULSBY;
+		return PEFT_OK;
+	}
 	o->method = (m & PEFT_METHOD_IA3) ? DAD_IA3 : (m & PEFT_METHOD_DORA) ? DAD_DORA : DAD_LORA;
 	if (c->num_targets > 0)
 		rc = decoder_adapter_parse_targets(o->targets, c->target_modules, c->num_targets, err);

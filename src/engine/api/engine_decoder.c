@@ -170,12 +170,12 @@ decoder_handle_logits(DecoderHandle *h, DecoderAdapter *adapter, const int32_t *
 	int32_t		last = n - 1;
 	PeftCode	rc;
 
-	if (n < 1 || n > h->model->cfg.context_length)
-		return peft_fail(err, PEFT_ERR_INVALID, "%d tokens (the model's context is %d)", n,
+	if (n < 1 || n + decoder_adapter_virtual_tokens(adapter) > h->model->cfg.context_length)
+		return peft_fail(err, PEFT_ERR_INVALID, "%d tokens%s (the model's context is %d)", n,
+						 decoder_adapter_virtual_tokens(adapter) ? " after the adapter's virtual tokens" : "",
 						 h->model->cfg.context_length);
-	if ((rc = decoder_create(h->model, 1, n, &dec, err)) != PEFT_OK)
+	if ((rc = decoder_create(h->model, adapter, 1, n, &dec, err)) != PEFT_OK)
 		return rc;
-	decoder_set_adapter(dec, adapter);
 	decoder_set_exact_head(dec, true);
 	slot = calloc(n, sizeof(int32_t));
 	pos = malloc(sizeof(int32_t) * n);

@@ -41,12 +41,16 @@ typedef struct LayerActs
 	real	   *gate;			/* [rows, F] */
 	real	   *up;				/* [rows, F] */
 	DadSave		save[LLAMA_NUM_LINEAR];	/* the adapter's, per linear */
+	real	   *bn_in[2];		/* [rows, C] bottleneck adapters' inputs (0 after attention, 1 after the ffn) */
+	real	   *bn_down[2];		/* [rows, width] their down products */
 } LayerActs;
 
 struct CausalLM
 {
 	const LlamaModel *base;
 	DecoderAdapter *ad;
+	int			V;				/* virtual positions before every sequence (prompt, prefix tuning) */
+	bool		prompt;			/* prompt tuning: they are rows of their own */
 	/* the RMSNorm weights as `real` (the model holds float; gradient checks run in double) */
 	real	   *norms;			/* [2 * layers + 1, C]: attention, feed-forward per layer, final */
 
@@ -91,6 +95,9 @@ struct CausalLM
 	real	   *dup;
 	real	   *dact;
 	real	   *lin_scratch;	/* [rows, max(in, out)] for the adapter's backward */
+	real	   *bn_scratch;		/* [2 rows, width] bottleneck adapters' */
+	real	   *prefix_k;		/* [V, KV] a layer's prefix keys, values (prefix tuning) */
+	real	   *prefix_v;
 };
 
 PeftCode
@@ -105,6 +112,8 @@ causal_lm_create(const LlamaModel *base, DecoderAdapter *ad, CausalLM **out, Pef
 		return peft_fail(err, PEFT_ERR_NOMEM, "out of memory building the network");
 	lm->base = base;
 	lm->ad = ad;
+	lm->V = decoder_adapter_virtual_tokens(ad);
+	lm->prompt = ad && ad->o.method == DAD_PROMPT;
 	if ((lm->norms = malloc(sizeof(real) * (2 * L + 1) * C)) == NULL)
 	{
 		free(lm);
@@ -247,6 +256,12 @@ walk_buffers(Sizer *s, const LlamaModel *base, const DecoderAdapter *ad, LayerAc
 			if (pre)
 				take(s, &a->save[w].pre, R * pre, sizeof(real));
 		}
+		for (int place = 0; place < 2; place++)
+			if (decoder_adapter_has_bottleneck(ad, 0, place))
+			{
+				take(s, &a->bn_in[place], R * C, sizeof(real));
+				take(s, &a->bn_down[place], R * ad->bneck_width, sizeof(real));
+			}
 	}
 	take(s, &lm->x_last, R * C, sizeof(real));
 	take(s, &lm->proj, R * C, sizeof(real));
@@ -275,6 +290,13 @@ walk_buffers(Sizer *s, const LlamaModel *base, const DecoderAdapter *ad, LayerAc
 	take(s, &lm->dup, R * F, sizeof(real));
 	take(s, &lm->dact, R * F, sizeof(real));
 	take(s, &lm->lin_scratch, R * wide, sizeof(real));
+	if (ad && ad->o.method == DAD_BOTTLENECK)
+		take(s, &lm->bn_scratch, 2 * R * ad->bneck_width, sizeof(real));
+	if (ad && ad->o.method == DAD_PREFIX)
+	{
+		take(s, &lm->prefix_k, (size_t) ad->o.virtual_tokens * KV, sizeof(real));
+		take(s, &lm->prefix_v, (size_t) ad->o.virtual_tokens * KV, sizeof(real));
+	}
 }
 
 size_t
@@ -282,8 +304,11 @@ causal_lm_activation_bytes(const LlamaModel *base, const DecoderAdapter *ad, int
 						   int ctx, bool train)
 {
 	Sizer		s = {0};
+	int			V = decoder_adapter_virtual_tokens(ad);
 
-	walk_buffers(&s, base, ad, NULL, train ? base->cfg.num_layers : 1, rows, seqs, ctx);
+	/* virtual positions: prompt tuning's are rows, both take cache positions */
+	rows += ad && ad->o.method == DAD_PROMPT ? seqs * V : 0;
+	walk_buffers(&s, base, ad, NULL, train ? base->cfg.num_layers : 1, rows, seqs, ctx + V);
 	return s.bytes;
 }
 
@@ -352,6 +377,32 @@ scatter_kv(CausalLM *lm, LayerActs *a, int N)
 	}
 }
 
+/* Prefix tuning: layer l's prefixes into cache positions 0 .. V-1 of every sequence. */
+static void
+fill_prefixes(CausalLM *lm, int l, LayerActs *a)
+{
+	size_t		KV = (size_t) lm->base->cfg.num_kv_heads * lm->base->cfg.head_dim;
+	size_t		bytes = sizeof(real) * lm->V * KV;
+
+	decoder_adapter_prefix_kv(lm->ad, l, lm->prefix_k, lm->prefix_v);
+	for (int s = 0; s < lm->seqs; s++)
+	{
+		memcpy(a->kc + (size_t) s * lm->ctx * KV, lm->prefix_k, bytes);
+		memcpy(a->vc + (size_t) s * lm->ctx * KV, lm->prefix_v, bytes);
+	}
+}
+
+/* Prefix tuning: the gradients of layer l's prefixes, summed over the sequences. */
+static void
+prefix_backward(CausalLM *lm, int l, int seqs)
+{
+	size_t		KV = (size_t) lm->base->cfg.num_kv_heads * lm->base->cfg.head_dim;
+
+	for (int s = 0; s < seqs; s++)
+		decoder_adapter_prefix_backward(lm->ad, l, lm->dkc + (size_t) s * lm->ctx * KV,
+										lm->dvc + (size_t) s * lm->ctx * KV);
+}
+
 /* One decoder layer over N rows: a->x_in to x_out (which may be a->x_in itself). */
 static void
 layer_forward(CausalLM *lm, int l, LayerActs *a, int N, real *x_out, bool train)
@@ -363,6 +414,10 @@ layer_forward(CausalLM *lm, int l, LayerActs *a, int N, real *x_out, bool train)
 	real		eps = (real) c->rms_eps;
 
 #define LINEAR(W, w, x, y) decoder_adapter_linear(ad, &L->W, l, w, x, N, y, train ? &a->save[w] : NULL, train)
+#define BOTTLENECK(place) \
+	if (decoder_adapter_has_bottleneck(ad, l, place)) \
+		decoder_adapter_bottleneck(ad, l, place, lm->proj, N, train ? a->bn_in[place] : NULL, \
+								   a->bn_down[place], lm->bn_scratch)
 	rmsnorm_forward(a->xn1, a->rstd1, a->x_in, norm_weight(lm, l, 0), N, c->hidden_size, eps);
 	LINEAR(wq, LLAMA_Q, a->xn1, a->q);
 	LINEAR(wk, LLAMA_K, a->xn1, lm->k);
@@ -370,9 +425,12 @@ layer_forward(CausalLM *lm, int l, LayerActs *a, int N, real *x_out, bool train)
 	rope_forward(a->q, lm->pos, N, c->num_heads, c->head_dim, (real) c->rope_base, c->rope_layout);
 	rope_forward(lm->k, lm->pos, N, c->num_kv_heads, c->head_dim, (real) c->rope_base, c->rope_layout);
 	scatter_kv(lm, a, N);
+	if (ad && ad->o.method == DAD_PREFIX)
+		fill_prefixes(lm, l, a);
 	gqa_attention_forward(a->att, train ? a->probs : NULL, a->q, a->kc, a->vc, lm->slot, lm->pos, N,
 						  c->num_heads, c->num_kv_heads, c->head_dim, lm->ctx);
 	LINEAR(wo, LLAMA_O, a->att, lm->proj);
+	BOTTLENECK(0);
 	for (size_t i = 0; i < n; i++)
 		a->x_mid[i] = a->x_in[i] + lm->proj[i];
 	rmsnorm_forward(a->xn2, a->rstd2, a->x_mid, norm_weight(lm, l, 1), N, c->hidden_size, eps);
@@ -380,7 +438,9 @@ layer_forward(CausalLM *lm, int l, LayerActs *a, int N, real *x_out, bool train)
 	LINEAR(w_up, LLAMA_UP, a->xn2, a->up);
 	swiglu_forward(lm->act, a->gate, a->up, (size_t) N * c->intermediate_size);
 	LINEAR(w_down, LLAMA_DOWN, lm->act, lm->proj);
+	BOTTLENECK(1);
 #undef LINEAR
+#undef BOTTLENECK
 	for (size_t i = 0; i < n; i++)
 		x_out[i] = a->x_mid[i] + lm->proj[i];
 }
@@ -484,12 +544,13 @@ gather_dkv(CausalLM *lm, int N)
 }
 
 /*
- * Backward of layer l: lm->dh holds the gradient of its output and
- * receives that of its input (when need_dx; the first layer's is not
- * needed).  The adapter's gradients accumulate.
+ * Backward of layer l over N rows in seqs sequences: lm->dh holds the
+ * gradient of its output and receives that of its input (when need_dx;
+ * the first layer's is needed only by prompt tuning).  The adapter's
+ * gradients accumulate.
  */
 static void
-layer_backward(CausalLM *lm, int l, int N, bool need_dx)
+layer_backward(CausalLM *lm, int l, int N, int seqs, bool need_dx)
 {
 	const LlamaConfig *c = &lm->base->cfg;
 	const LlamaLayer *L = &lm->base->layers[l];
@@ -502,9 +563,14 @@ layer_backward(CausalLM *lm, int l, int N, bool need_dx)
 
 #define LINEAR_BACK(W, w, x, dy, dx) \
 	decoder_adapter_linear_backward(ad, &L->W, l, w, x, N, dy, &a->save[w], dx, lm->lin_scratch)
+#define BOTTLENECK_BACK(place) \
+	if (decoder_adapter_has_bottleneck(ad, l, place)) \
+		decoder_adapter_bottleneck_backward(ad, l, place, lm->dtmp, N, a->bn_in[place], a->bn_down[place], \
+											lm->bn_scratch)
 	/* feed-forward: x_out = x_mid + down(swiglu(gate(xn2), up(xn2))) */
 	swiglu_forward(lm->act, a->gate, a->up, (size_t) N * F);
 	memcpy(lm->dtmp, lm->dh, sizeof(real) * N * C);
+	BOTTLENECK_BACK(1);
 	memset(lm->dact, 0, sizeof(real) * N * F);
 	LINEAR_BACK(w_down, LLAMA_DOWN, lm->act, lm->dtmp, lm->dact);
 	memset(lm->dgate, 0, sizeof(real) * N * F);
@@ -517,6 +583,7 @@ layer_backward(CausalLM *lm, int l, int N, bool need_dx)
 
 	/* attention: x_mid = x_in + o(attention(rope(q(xn1)), rope(k(xn1)), v(xn1))) */
 	memcpy(lm->dtmp, lm->dh, sizeof(real) * N * C);
+	BOTTLENECK_BACK(0);
 	memset(lm->datt, 0, sizeof(real) * N * QD);
 	LINEAR_BACK(wo, LLAMA_O, a->att, lm->dtmp, lm->datt);
 	memset(lm->dq, 0, sizeof(real) * N * QD);
@@ -525,6 +592,8 @@ layer_backward(CausalLM *lm, int l, int N, bool need_dx)
 	gqa_attention_backward(lm->dq, lm->dkc, lm->dvc, lm->datt, a->q, a->kc, a->vc, a->probs,
 						   lm->slot, lm->pos, N, c->num_heads, c->num_kv_heads, c->head_dim, lm->ctx);
 	gather_dkv(lm, N);
+	if (ad && ad->o.method == DAD_PREFIX)
+		prefix_backward(lm, l, seqs);
 	rope_backward(lm->dq, lm->pos, N, c->num_heads, c->head_dim, (real) c->rope_base, c->rope_layout);
 	rope_backward(lm->dk, lm->pos, N, c->num_kv_heads, c->head_dim, (real) c->rope_base, c->rope_layout);
 	memset(lm->dxn, 0, sizeof(real) * N * C);
@@ -532,6 +601,7 @@ layer_backward(CausalLM *lm, int l, int N, bool need_dx)
 	LINEAR_BACK(wk, LLAMA_K, a->xn1, lm->dk, need_dx ? lm->dxn : NULL);
 	LINEAR_BACK(wv, LLAMA_V, a->xn1, lm->dv, need_dx ? lm->dxn : NULL);
 #undef LINEAR_BACK
+#undef BOTTLENECK_BACK
 	if (need_dx)
 		rmsnorm_backward(lm->dh, NULL, lm->dxn, a->x_in, norm_weight(lm, l, 0), a->rstd1, N, C);
 }
@@ -550,11 +620,11 @@ check_batch(const CausalLM *lm, const LmBatch *b, int *N, int *ctx, PeftError *e
 	{
 		int			len = b->start[i + 1] - b->start[i];
 
-		if (len < 1 || len > c->context_length || b->prompt_len[i] < 0 || b->prompt_len[i] > len)
+		if (len < 1 || len + lm->V > c->context_length || b->prompt_len[i] < 0 || b->prompt_len[i] > len)
 			return peft_fail(err, PEFT_ERR_INVALID,
-							 "sequence %d of a batch has %d tokens (prompt %d; the model's context is %d)",
-							 i, len, b->prompt_len[i], c->context_length);
-		*ctx = len > *ctx ? len : *ctx;
+							 "sequence %d of a batch has %d tokens (prompt %d, %d virtual; the model's context is %d)",
+							 i, len, b->prompt_len[i], lm->V, c->context_length);
+		*ctx = len + lm->V > *ctx ? len + lm->V : *ctx;
 	}
 	*N = b->start[b->B];
 	for (int r = 0; r < *N; r++)
@@ -579,39 +649,50 @@ causal_lm_loss(CausalLM *lm, const LmBatch *b, double grad_scale, double *loss_s
 
 	*loss_sum = 0;
 	*targets = 0;
-	if ((rc = check_batch(lm, b, &N, &ctx, err)) != PEFT_OK ||
-		(rc = causal_lm_reserve(lm, N, b->B, ctx, train, err)) != PEFT_OK)
+	if ((rc = check_batch(lm, b, &N, &ctx, err)) != PEFT_OK)
 		return rc;
-	/* rows, their sequence and position, and the rows that predict a target */
-	for (int i = 0; i < b->B; i++)
-		for (int t = 0; t < b->start[i + 1] - b->start[i]; t++)
-		{
-			int			r = b->start[i] + t;
-
-			lm->slot[r] = i;
-			lm->pos[r] = t;
-			if (t >= 1 && t >= b->prompt_len[i])
-			{
-				lm->tgt_row[M] = r - 1;
-				lm->tgt_id[M++] = b->ids[r];
-			}
-		}
+	if (c->hidden_size > 8192)
+		return peft_fail(err, PEFT_ERR_UNSUPPORTED, "hidden size %d", c->hidden_size);
+	/* prompt tuning's virtual tokens are rows: V of them start every sequence */
+	N += lm->prompt ? b->B * lm->V : 0;
+	if ((rc = causal_lm_reserve(lm, N, b->B, ctx, train, err)) != PEFT_OK)
+		return rc;
 	if (train && lm->ad)
 	{
 		if ((rc = decoder_adapter_refresh(lm->ad, err)) != PEFT_OK)
 			return rc;
 	}
-	for (int r = 0; r < N; r++)
+	/*
+	 * Rows, their sequence, position and input, and the rows that predict a
+	 * target.  Real tokens sit at positions V + t after the virtual ones.
+	 */
+	for (int i = 0, r = 0; i < b->B; i++)
 	{
-		float		row[8192];
-		real	   *x = lm->acts[0].x_in + (size_t) r * c->hidden_size;
+		for (int v = 0; lm->prompt && v < lm->V; v++, r++)
+		{
+			lm->slot[r] = i;
+			lm->pos[r] = v;
+			memcpy(lm->acts[0].x_in + (size_t) r * c->hidden_size, decoder_adapter_prompt_row(lm->ad, v),
+				   sizeof(real) * c->hidden_size);
+		}
+		for (int t = 0; t < b->start[i + 1] - b->start[i]; t++, r++)
+		{
+			int32_t		id = b->ids[b->start[i] + t];
+			real	   *x = lm->acts[0].x_in + (size_t) r * c->hidden_size;
+			float		row[8192];
 
-		if (c->hidden_size > 8192)
-			return peft_fail(err, PEFT_ERR_UNSUPPORTED, "hidden size %d", c->hidden_size);
-		quant_dequantize(m->embed.type, (const uint8_t *) m->embed.data + (size_t) b->ids[r] * row_bytes,
-						 c->hidden_size, row);
-		for (int i = 0; i < c->hidden_size; i++)
-			x[i] = row[i];
+			lm->slot[r] = i;
+			lm->pos[r] = lm->V + t;
+			if (t >= 1 && t >= b->prompt_len[i])
+			{
+				lm->tgt_row[M] = r - 1;
+				lm->tgt_id[M++] = id;
+			}
+			quant_dequantize(m->embed.type, (const uint8_t *) m->embed.data + (size_t) id * row_bytes,
+							 c->hidden_size, row);
+			for (int k = 0; k < c->hidden_size; k++)
+				x[k] = row[k];
+		}
 	}
 	for (int l = 0; l < c->num_layers; l++)
 	{
@@ -631,6 +712,36 @@ causal_lm_loss(CausalLM *lm, const LmBatch *b, double grad_scale, double *loss_s
 	if (!train)
 		return PEFT_OK;
 	for (int l = c->num_layers - 1; l >= 0; l--)
-		layer_backward(lm, l, N, l > 0);
+		layer_backward(lm, l, N, b->B, l > 0 || lm->prompt);
+	/* prompt tuning: the first layer's input gradient on the virtual rows */
+	for (int i = 0, r = 0; lm->prompt && i < b->B; r += b->start[i + 1] - b->start[i], i++)
+		for (int v = 0; v < lm->V; v++, r++)
+			decoder_adapter_prompt_backward(lm->ad, v, lm->dh + (size_t) r * c->hidden_size);
 	return PEFT_OK;
+}
+
+PeftCode
+causal_lm_cache_of(const LlamaModel *base, const int32_t *ids, int n, real *k, real *v, PeftError *err)
+{
+	const LlamaConfig *c = &base->cfg;
+	size_t		KV = (size_t) c->num_kv_heads * c->head_dim;
+	int32_t		start[2] = {0, n};
+	int32_t		prompt_len[1] = {n};
+	LmBatch		b = {.B = 1, .ids = ids, .start = start, .prompt_len = prompt_len};
+	CausalLM   *lm;
+	double		loss;
+	int64_t		targets;
+	PeftCode	rc;
+
+	if ((rc = causal_lm_create(base, NULL, &lm, err)) != PEFT_OK)
+		return rc;
+	/* as training, every layer keeps its cache; all prompt, no targets, so nothing runs backward */
+	rc = causal_lm_loss(lm, &b, 1.0, &loss, &targets, err);
+	for (int l = 0; rc == PEFT_OK && l < c->num_layers; l++)
+	{
+		memcpy(k + (size_t) l * n * KV, lm->acts[l].kc, sizeof(real) * n * KV);
+		memcpy(v + (size_t) l * n * KV, lm->acts[l].vc, sizeof(real) * n * KV);
+	}
+	causal_lm_free(lm);
+	return rc;
 }

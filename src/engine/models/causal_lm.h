@@ -39,7 +39,10 @@ void		causal_lm_free(CausalLM *lm);
  */
 PeftCode	causal_lm_reserve(CausalLM *lm, int rows, int seqs, int ctx, bool train,
 							  PeftError *err);
-/* Bytes of the activation buffers a reservation of that size holds. */
+/*
+ * Bytes of the activation buffers for batches of up to rows real tokens
+ * in seqs sequences of up to ctx (the adapter's virtual tokens added here).
+ */
 size_t		causal_lm_activation_bytes(const LlamaModel *base, const DecoderAdapter *ad,
 									   int rows, int seqs, int ctx, bool train);
 /* Free the activation buffers (they grow again on the next batch). */
@@ -53,6 +56,13 @@ void		causal_lm_release(CausalLM *lm);
  */
 PeftCode	causal_lm_loss(CausalLM *lm, const LmBatch *b, double grad_scale, double *loss_sum,
 						   int64_t *targets, PeftError *err);
+
+/*
+ * The keys (rotated) and values each layer of base caches for the n tokens
+ * ids at positions 0 .. n-1: k and v [layers, n, KV], in the model's layout.
+ */
+PeftCode	causal_lm_cache_of(const LlamaModel *base, const int32_t *ids, int n, real *k, real *v,
+							   PeftError *err);
 
 /* Targets of a batch (tokens after each prompt). */
 int64_t		lm_batch_targets(const LmBatch *b);

@@ -23,8 +23,9 @@ struct Decoder
 	const LlamaModel *model;
 	DecoderAdapter *adapter;	/* NULL: the base model */
 	bool		exact_head;		/* the output head in float sums, not int16 activations (parity checks) */
+	int			V;				/* the adapter's virtual positions before every sequence */
 	int			slots;
-	int			ctx;
+	int			ctx;			/* cache positions per sequence: V + the caller's */
 	size_t		kv_dim;			/* num_kv_heads * head_dim */
 	float	   *kcache;			/* [layers][slots][ctx][kv_dim] */
 	float	   *vcache;
@@ -41,6 +42,9 @@ struct Decoder
 	float	   *up;				/* [cap, ffn] */
 	int32_t    *rows_slot;		/* [cap] */
 	int32_t    *rows_pos;		/* [cap] */
+	float	   *bn_down;		/* [cap, width] bottleneck adapters' scratch */
+	float	   *bn_act;
+	float	   *virt_x;			/* [cap, hidden] prompt tuning: virtual tokens' inputs */
 	size_t		bytes;
 };
 
@@ -56,7 +60,8 @@ dec_alloc(Decoder *d, size_t n, size_t size)
 }
 
 PeftCode
-decoder_create(const LlamaModel *model, int slots, int ctx, Decoder **out, PeftError *err)
+decoder_create(const LlamaModel *model, DecoderAdapter *adapter, int slots, int ctx, Decoder **out,
+			   PeftError *err)
 {
 	const LlamaConfig *c = &model->cfg;
 	Decoder    *d;
@@ -65,13 +70,19 @@ decoder_create(const LlamaModel *model, int slots, int ctx, Decoder **out, PeftE
 	int			cap;
 
 	*out = NULL;
-	if (slots < 1 || slots > 4096 || ctx < 1 || ctx > c->context_length)
+	int			V = decoder_adapter_virtual_tokens(adapter);
+	int			width = adapter && adapter->o.method == DAD_BOTTLENECK ? adapter->bneck_width : 0;
+
+	if (slots < 1 || slots > 4096 || ctx < 1 || ctx + V > c->context_length)
 		return peft_fail(err, PEFT_ERR_INVALID,
-						 "a decoder for %d sequences of %d positions (the model has %d)",
-						 slots, ctx, c->context_length);
+						 "a decoder for %d sequences of %d positions%s (the model has %d)",
+						 slots, ctx, V ? " after the adapter's virtual tokens" : "", c->context_length);
 	if ((d = calloc(1, sizeof(Decoder))) == NULL)
 		return peft_fail(err, PEFT_ERR_NOMEM, "out of memory for a decoder");
 	d->model = model;
+	d->adapter = adapter;
+	d->V = V;
+	ctx += V;
 	d->slots = slots;
 	d->ctx = ctx;
 	d->kv_dim = (size_t) c->num_kv_heads * c->head_dim;
@@ -91,7 +102,12 @@ decoder_create(const LlamaModel *model, int slots, int ctx, Decoder **out, PeftE
 	d->up = dec_alloc(d, (size_t) cap * c->intermediate_size, sizeof(float));
 	d->rows_slot = dec_alloc(d, cap, sizeof(int32_t));
 	d->rows_pos = dec_alloc(d, cap, sizeof(int32_t));
-	if (!d->kcache || !d->vcache || !d->x || !d->xn || !d->q || !d->k || !d->v || !d->att ||
+	d->bn_down = dec_alloc(d, (size_t) cap * width, sizeof(float));
+	d->bn_act = dec_alloc(d, (size_t) cap * width, sizeof(float));
+	d->virt_x = dec_alloc(d, adapter && adapter->o.method == DAD_PROMPT ? (size_t) cap * c->hidden_size : 0,
+						  sizeof(float));
+	if (!d->bn_down || !d->bn_act || !d->virt_x ||
+		!d->kcache || !d->vcache || !d->x || !d->xn || !d->q || !d->k || !d->v || !d->att ||
 		!d->proj || !d->gate || !d->up || !d->rows_slot || !d->rows_pos)
 	{
 		size_t		want = d->bytes;
@@ -129,13 +145,10 @@ decoder_free(Decoder *d)
 	free(d->up);
 	free(d->rows_slot);
 	free(d->rows_pos);
+	free(d->bn_down);
+	free(d->bn_act);
+	free(d->virt_x);
 	free(d);
-}
-
-void
-decoder_set_adapter(Decoder *dec, DecoderAdapter *adapter)
-{
-	dec->adapter = adapter;
 }
 
 void
@@ -193,6 +206,8 @@ run_layer(Decoder *d, int l, int N)
 						  d->rows_slot, d->rows_pos, N, c->num_heads, c->num_kv_heads,
 						  c->head_dim, d->ctx);
 	linear(d, l, LLAMA_O, &L->wo, d->att, N, d->proj);
+	if (decoder_adapter_has_bottleneck(d->adapter, l, 0))
+		decoder_adapter_bottleneck(d->adapter, l, 0, d->proj, N, NULL, d->bn_down, d->bn_act);
 	for (size_t i = 0; i < n_hidden; i++)
 		d->x[i] += d->proj[i];
 	rmsnorm_forward(d->xn, NULL, d->x, L->ffn_norm, N, c->hidden_size, (real) c->rms_eps);
@@ -200,6 +215,8 @@ run_layer(Decoder *d, int l, int N)
 	linear(d, l, LLAMA_UP, &L->w_up, d->xn, N, d->up);
 	swiglu_forward(d->gate, d->gate, d->up, (size_t) N * c->intermediate_size);
 	linear(d, l, LLAMA_DOWN, &L->w_down, d->gate, N, d->proj);
+	if (decoder_adapter_has_bottleneck(d->adapter, l, 1))
+		decoder_adapter_bottleneck(d->adapter, l, 1, d->proj, N, NULL, d->bn_down, d->bn_act);
 	for (size_t i = 0; i < n_hidden; i++)
 		d->x[i] += d->proj[i];
 }
@@ -218,10 +235,10 @@ check_rows(const Decoder *d, const int32_t *ids, const int32_t *slot, const int3
 		if (ids[r] < 0 || ids[r] >= c->vocab_size)
 			return peft_fail(err, PEFT_ERR_INVALID, "token id %d is outside the vocabulary of %d",
 							 ids[r], c->vocab_size);
-		if (slot[r] < 0 || slot[r] >= d->slots || pos[r] < 0 || pos[r] >= d->ctx)
+		if (slot[r] < 0 || slot[r] >= d->slots || pos[r] < 0 || pos[r] >= d->ctx - d->V)
 			return peft_fail(err, PEFT_ERR_INVALID,
 							 "row at sequence %d position %d is outside the cache (%d x %d)",
-							 slot[r], pos[r], d->slots, d->ctx);
+							 slot[r], pos[r], d->slots, d->ctx - d->V);
 	}
 	for (int i = 0; i < nlogits; i++)
 		if (logit_rows[i] < 0 || logit_rows[i] >= N || (i > 0 && logit_rows[i] <= logit_rows[i - 1]))
@@ -231,7 +248,11 @@ check_rows(const Decoder *d, const int32_t *ids, const int32_t *slot, const int3
 	return PEFT_OK;
 }
 
-/* The forward pass of up to d->cap rows; logits of those listed (indexes into this chunk). */
+/*
+ * The forward pass of up to d->cap rows (ids NULL: d->x holds their
+ * inputs already; pos are cache positions); logits of those listed
+ * (indexes into this chunk).
+ */
 static void
 forward_chunk(Decoder *d, const int32_t *ids, const int32_t *slot, const int32_t *pos, int N,
 			  const int32_t *want, int nwant, float *logits)
@@ -242,8 +263,9 @@ forward_chunk(Decoder *d, const int32_t *ids, const int32_t *slot, const int32_t
 
 	for (int r = 0; r < N; r++)
 	{
-		quant_dequantize(m->embed.type, (const uint8_t *) m->embed.data + (size_t) ids[r] * row_bytes,
-						 c->hidden_size, d->x + (size_t) r * c->hidden_size);
+		if (ids)
+			quant_dequantize(m->embed.type, (const uint8_t *) m->embed.data + (size_t) ids[r] * row_bytes,
+							 c->hidden_size, d->x + (size_t) r * c->hidden_size);
 		d->rows_slot[r] = slot[r];
 		d->rows_pos[r] = pos[r];
 	}
@@ -263,18 +285,64 @@ forward_chunk(Decoder *d, const int32_t *ids, const int32_t *slot, const int32_t
 		product(&m->output, d->xn, nwant, logits);
 }
 
+/*
+ * Put the adapter's virtual tokens at cache positions 0 .. V-1 of sequence
+ * s: prefix tuning's keys and values straight into every layer's cache,
+ * prompt tuning's embeddings through the layers as tokens.
+ */
+static void
+start_sequence(Decoder *d, int s)
+{
+	const LlamaConfig *c = &d->model->cfg;
+	int			C = c->hidden_size;
+
+	if (d->adapter->o.method == DAD_PREFIX)
+	{
+		for (int l = 0; l < c->num_layers; l++)
+		{
+			size_t		at = ((size_t) l * d->slots + s) * d->ctx * d->kv_dim;
+
+			decoder_adapter_prefix_kv(d->adapter, l, d->kcache + at, d->vcache + at);
+		}
+		return;
+	}
+	for (int start = 0; start < d->V; start += d->cap)
+	{
+		int			n = d->V - start < d->cap ? d->V - start : d->cap;
+
+		for (int v = 0; v < n; v++)
+		{
+			memcpy(d->x + (size_t) v * C, decoder_adapter_prompt_row(d->adapter, start + v), sizeof(float) * C);
+			d->rows_slot[v] = s;
+			d->rows_pos[v] = start + v;
+		}
+		forward_chunk(d, NULL, d->rows_slot, d->rows_pos, n, NULL, 0, NULL);
+	}
+}
+
 PeftCode
 decoder_forward(Decoder *d, const int32_t *ids, const int32_t *slot, const int32_t *pos, int N,
 				const int32_t *logit_rows, int nlogits, float *logits, PeftError *err)
 {
 	PeftCode	rc;
-	int32_t    *want;
+	int32_t    *want,
+			   *cache_pos = NULL;
 	int			vocab = d->model->cfg.vocab_size;
 
 	if ((rc = check_rows(d, ids, slot, pos, N, logit_rows, nlogits, err)) != PEFT_OK)
 		return rc;
-	if ((want = malloc(sizeof(int32_t) * (nlogits > 0 ? nlogits : 1))) == NULL)
+	if ((want = malloc(sizeof(int32_t) * (nlogits > 0 ? nlogits : 1))) == NULL ||
+		(cache_pos = malloc(sizeof(int32_t) * N)) == NULL)
+	{
+		free(want);
 		return peft_fail(err, PEFT_ERR_NOMEM, "out of memory in the decoder");
+	}
+	for (int r = 0; r < N; r++)
+	{
+		if (pos[r] == 0 && d->V > 0)
+			start_sequence(d, slot[r]);
+		cache_pos[r] = pos[r] + d->V;
+	}
 	/*
 	 * Chunks of at most cap rows, in order: a sequence's earlier positions
 	 * reach the cache before its later rows attend to them.
@@ -293,9 +361,10 @@ decoder_forward(Decoder *d, const int32_t *ids, const int32_t *slot, const int32
 				want[nwant++] = logit_rows[i] - start;
 			}
 		/* the wanted rows of this chunk must be contiguous in logit_rows' order */
-		forward_chunk(d, ids + start, slot + start, pos + start, n, want, nwant,
+		forward_chunk(d, ids + start, slot + start, cache_pos + start, n, want, nwant,
 					  nwant ? logits + (size_t) first * vocab : NULL);
 	}
 	free(want);
+	free(cache_pos);
 	return PEFT_OK;
 }

@@ -20,22 +20,25 @@
 typedef struct Decoder Decoder;
 typedef struct DecoderAdapter DecoderAdapter;
 
-/* A decoder over model for slots sequences of up to ctx positions. */
-PeftCode	decoder_create(const LlamaModel *model, int slots, int ctx, Decoder **out,
-						   PeftError *err);
+/*
+ * A decoder over model, through adapter (NULL: the base model; the caller
+ * keeps it alive), for slots sequences of up to ctx positions.  An
+ * adapter's virtual tokens (prompt, prefix tuning) take cache positions of
+ * their own before every sequence, so a caller's positions still start at 0.
+ */
+PeftCode	decoder_create(const LlamaModel *model, DecoderAdapter *adapter, int slots, int ctx,
+						   Decoder **out, PeftError *err);
 
 /*
  * Run N new rows: token ids[r] of sequence slot[r] at position pos[r]
  * (a sequence's positions 0..pos[r]-1 must be in the cache already or come
- * earlier in this call).  logits[i, vocab] receives the logits of row
+ * earlier in this call; a row at position 0 starts its sequence anew, and
+ * puts the adapter's virtual tokens before it).  logits[i, vocab] receives the logits of row
  * logit_rows[i], for i < nlogits (logit_rows increasing).
  */
 PeftCode	decoder_forward(Decoder *dec, const int32_t *ids, const int32_t *slot,
 							const int32_t *pos, int N, const int32_t *logit_rows, int nlogits,
 							float *logits, PeftError *err);
-
-/* Compute through an adapter from now on (NULL: the base model); the caller keeps it alive. */
-void		decoder_set_adapter(Decoder *dec, DecoderAdapter *adapter);
 
 /*
  * Compute the output head as the scalar reference does (exact float sums)

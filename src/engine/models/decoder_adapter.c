@@ -221,6 +221,25 @@ check_options(const LlamaModel *base, const DecoderAdapterOptions *o, PeftError 
 							 "feedforward module %s is not one of the target modules",
 							 llama_linear_names[w]);
 	}
+	if (base->cfg.num_layers < 1)
+		return peft_fail(err, PEFT_ERR_INVALID, "the model has no layers");
+	if (o->method == DAD_PROMPT || o->method == DAD_PREFIX)
+	{
+		if (o->virtual_tokens < 1 || o->virtual_tokens > 256 ||
+			o->virtual_tokens >= base->cfg.context_length)
+			return peft_fail(err, PEFT_ERR_INVALID,
+							 "num_virtual_tokens must be between 1 and 256 (and below the model's context of %d)",
+							 base->cfg.context_length);
+		return PEFT_OK;
+	}
+	if (o->method == DAD_BOTTLENECK)
+	{
+		if (o->reduction < 1 || o->reduction > base->cfg.hidden_size)
+			return peft_fail(err, PEFT_ERR_INVALID,
+							 "reduction_factor must be between 1 and the hidden size %d, not %d",
+							 base->cfg.hidden_size, o->reduction);
+		return PEFT_OK;
+	}
 	if (!any)
 		return peft_fail(err, PEFT_ERR_INVALID, "the adapter targets no linear layer");
 	if (o->method != DAD_IA3 && (o->r < 1 || o->r > 4096))
@@ -232,8 +251,6 @@ check_options(const LlamaModel *base, const DecoderAdapterOptions *o, PeftError 
 	if (o->method == DAD_DORA && o->dropout > 0)
 		return peft_fail(err, PEFT_ERR_UNSUPPORTED,
 						 "DoRA on a decoder trains with lora_dropout 0 (set \"lora_dropout\": 0)");
-	if (base->cfg.num_layers < 1)
-		return peft_fail(err, PEFT_ERR_INVALID, "the model has no layers");
 	return PEFT_OK;
 }
 
@@ -252,7 +269,7 @@ declare(DecoderAdapter *ad, PeftError *err)
 			char		name[PARAM_NAME_LEN];
 
 			p->a = p->b = p->vec = -1;
-			if (!ad->o.targets[w])
+			if (!ad->o.targets[w] || ad->o.method >= DAD_PROMPT)
 				continue;
 			linear_path(path, sizeof(path), l, w);
 			if (ad->o.method == DAD_IA3)
@@ -277,6 +294,8 @@ declare(DecoderAdapter *ad, PeftError *err)
 					return err->code;
 			}
 		}
+	if (decoder_virtual_declare(ad, err) != PEFT_OK || decoder_bottleneck_declare(ad, err) != PEFT_OK)
+		return err->code;
 	return paramset_allocate(&ad->params, err);
 }
 
@@ -335,9 +354,9 @@ row_norms(const DecoderAdapter *ad, int l, int w, bool with_lora, bool invert, r
 	peft_parallel_for((size_t) args.W->rows, 16, row_norms_range, &args);
 }
 
-/* As PEFT: A ~ U(-1/sqrt(in), 1/sqrt(in)) (kaiming_uniform, a = sqrt(5)), B = 0, m = ||W||, l = 1. */
-static void
-initialise(DecoderAdapter *ad)
+/* As PEFT: A ~ U(-1/sqrt(in), 1/sqrt(in)) (kaiming_uniform, a = sqrt(5)), B = 0, m = ||W||, l = 1; then the other methods'. */
+static PeftCode
+initialise(DecoderAdapter *ad, PeftError *err)
 {
 	ParamSet   *ps = &ad->params;
 	PeftRng		init;
@@ -362,6 +381,8 @@ initialise(DecoderAdapter *ad)
 			else if (p->vec >= 0)
 				row_norms(ad, l, w, false, false, param_value(ps, p->vec));
 		}
+	decoder_bottleneck_initialise(ad, &init);
+	return decoder_virtual_initialise(ad, &init, err);
 }
 
 PeftCode
@@ -377,16 +398,21 @@ decoder_adapter_create(const LlamaModel *base, const DecoderAdapterOptions *o,
 		return rc;
 	if ((ad = calloc(1, sizeof(DecoderAdapter))) == NULL ||
 		(ad->lin = calloc(L, sizeof(*ad->lin))) == NULL ||
-		(ad->dora_off = calloc((size_t) L * LLAMA_NUM_LINEAR, sizeof(size_t))) == NULL)
+		(ad->dora_off = calloc((size_t) L * LLAMA_NUM_LINEAR, sizeof(size_t))) == NULL ||
+		(ad->bneck = malloc(sizeof(*ad->bneck) * L)) == NULL)
 	{
 		decoder_adapter_free(ad);
 		return peft_fail(err, PEFT_ERR_NOMEM, "out of memory building the adapter");
 	}
 	ad->base = base;
 	ad->o = *o;
-	if (o->method == DAD_IA3)
+	ad->virt = -1;
+	memset(ad->bneck, 0xff, sizeof(*ad->bneck) * L);	/* every index -1 */
+	if (o->method >= DAD_IA3)
 		ad->o.r = 0;
-	ad->scaling = o->method == DAD_IA3 ? 0 :
+	if (o->method >= DAD_PROMPT)
+		memset(ad->o.targets, 0, sizeof(ad->o.targets));
+	ad->scaling = o->method >= DAD_IA3 ? 0 :
 		(real) (o->rslora ? o->alpha / sqrt((double) o->r) : o->alpha / o->r);
 	peft_rng_seed(&ad->rng, o->seed ^ 0x9e3779b97f4a7c15ULL);
 	if ((rc = declare(ad, err)) != PEFT_OK)
@@ -411,8 +437,7 @@ decoder_adapter_create(const LlamaModel *base, const DecoderAdapterOptions *o,
 			return peft_fail(err, PEFT_ERR_NOMEM, "out of memory building the adapter");
 		}
 	}
-	initialise(ad);
-	if ((rc = decoder_adapter_refresh(ad, err)) != PEFT_OK)
+	if ((rc = initialise(ad, err)) != PEFT_OK || (rc = decoder_adapter_refresh(ad, err)) != PEFT_OK)
 	{
 		decoder_adapter_free(ad);
 		return rc;
@@ -430,6 +455,7 @@ decoder_adapter_free(DecoderAdapter *ad)
 	free(ad->lin);
 	free(ad->dora_inv);
 	free(ad->dora_off);
+	free(ad->bneck);
 	free(ad);
 }
 
@@ -651,12 +677,8 @@ decoder_adapter_linear_backward(DecoderAdapter *ad, const QMatrix *W, int l, int
 
 /* ---- bytes in PEFT's layout ------------------------------------------------ */
 
-/*
- * Row index in Hugging Face's layout of row g of a GGUF q/k matrix with
- * heads of D values: GGUF interleaves each head's two halves pairwise.
- */
-static int64_t
-hf_row(int64_t g, int D)
+int64_t
+llama_hf_row(int64_t g, int D)
 {
 	int64_t		head = g / D;
 	int64_t		k = g % D;
@@ -701,7 +723,7 @@ convert_rows(const DecoderAdapter *ad, int i, const real *src, real *dst, bool t
 	width = p->count / rows;
 	for (int64_t g = 0; g < rows; g++)
 	{
-		int64_t		h = hf_row(g, D);
+		int64_t		h = llama_hf_row(g, D);
 
 		if (to_hf)
 			memcpy(dst + h * width, src + g * width, sizeof(real) * width);
@@ -811,6 +833,59 @@ module_list(const bool flags[LLAMA_NUM_LINEAR])
 	return list;
 }
 
+/* root printed into *out, then freed. */
+static PeftCode
+print_config(cJSON *root, char **out, PeftError *err)
+{
+	*out = cJSON_Print(root);
+	cJSON_Delete(root);
+	if (*out == NULL)
+		return peft_fail(err, PEFT_ERR_NOMEM, "out of memory writing adapter_config.json");
+	return PEFT_OK;
+}
+
+/*
+ * PEFT's config for prompt and prefix tuning (what save_pretrained writes
+ * for a LLaMA model: prefix tuning's token_dim and num_attention_heads
+ * are the key/value heads'), and ours for bottleneck adapters (PEFT has none).
+ */
+static PeftCode
+virtual_or_bottleneck_config(const DecoderAdapter *ad, cJSON *root, const char *base_model,
+							 char **out, PeftError *err)
+{
+	const LlamaConfig *c = &ad->base->cfg;
+	const DecoderAdapterOptions *o = &ad->o;
+	bool		prefix = o->method == DAD_PREFIX;
+
+	cJSON_AddStringToObject(root, "peft_type", prefix ? "PREFIX_TUNING" :
+							o->method == DAD_PROMPT ? "PROMPT_TUNING" : "BOTTLENECK");
+	cJSON_AddStringToObject(root, "task_type", "CAUSAL_LM");
+	cJSON_AddStringToObject(root, "base_model_name_or_path", base_model ? base_model : "");
+	if (o->method == DAD_BOTTLENECK)
+	{
+		cJSON_AddNumberToObject(root, "reduction_factor", o->reduction);
+		cJSON_AddStringToObject(root, "adapter_placement", o->after_attention ? "houlsby" : "pfeiffer");
+		cJSON_AddStringToObject(root, "non_linearity", "gelu");
+	}
+	else
+	{
+		cJSON_AddNumberToObject(root, "num_virtual_tokens", o->virtual_tokens);
+		cJSON_AddNumberToObject(root, "token_dim", prefix ? c->num_kv_heads * c->head_dim : c->hidden_size);
+		cJSON_AddNumberToObject(root, "num_transformer_submodules", 1);
+		cJSON_AddNumberToObject(root, "num_attention_heads", prefix ? c->num_kv_heads : c->num_heads);
+		cJSON_AddNumberToObject(root, "num_layers", c->num_layers);
+		if (prefix)
+		{
+			cJSON_AddNumberToObject(root, "encoder_hidden_size", c->num_kv_heads * c->head_dim);
+			cJSON_AddBoolToObject(root, "prefix_projection", 0);
+		}
+		else
+			cJSON_AddStringToObject(root, "prompt_tuning_init", "SAMPLE_VOCAB");
+	}
+	cJSON_AddBoolToObject(root, "inference_mode", 1);
+	return print_config(root, out, err);
+}
+
 PeftCode
 decoder_adapter_config_json(const DecoderAdapter *ad, const char *base_model, char **out,
 							PeftError *err)
@@ -821,6 +896,8 @@ decoder_adapter_config_json(const DecoderAdapter *ad, const char *base_model, ch
 	*out = NULL;
 	if (root == NULL)
 		return peft_fail(err, PEFT_ERR_NOMEM, "out of memory writing adapter_config.json");
+	if (o->method >= DAD_PROMPT)
+		return virtual_or_bottleneck_config(ad, root, base_model, out, err);
 	cJSON_AddStringToObject(root, "peft_type", o->method == DAD_IA3 ? "IA3" : "LORA");
 	cJSON_AddStringToObject(root, "task_type", "CAUSAL_LM");
 	cJSON_AddStringToObject(root, "base_model_name_or_path", base_model ? base_model : "");
@@ -843,11 +920,7 @@ decoder_adapter_config_json(const DecoderAdapter *ad, const char *base_model, ch
 	cJSON_AddBoolToObject(root, "fan_in_fan_out", 0);
 	cJSON_AddBoolToObject(root, "inference_mode", 1);
 	cJSON_AddNullToObject(root, "modules_to_save");
-	*out = cJSON_Print(root);
-	cJSON_Delete(root);
-	if (*out == NULL)
-		return peft_fail(err, PEFT_ERR_NOMEM, "out of memory writing adapter_config.json");
-	return PEFT_OK;
+	return print_config(root, out, err);
 }
 
 PeftCode
@@ -933,6 +1006,52 @@ refuse_unsupported(const cJSON *root, PeftError *err)
 	return PEFT_OK;
 }
 
+/* An integer field of a config from lo to hi. */
+static PeftCode
+config_int(const cJSON *root, const char *key, int lo, int hi, int *v, PeftError *err)
+{
+	const cJSON *n = cJSON_GetObjectItemCaseSensitive(root, key);
+
+	if (!cJSON_IsNumber(n) || n->valuedouble != floor(n->valuedouble) ||
+		n->valuedouble < lo || n->valuedouble > hi)
+		return peft_fail(err, PEFT_ERR_FORMAT, "adapter_config.json: %s must be an integer from %d to %d",
+						 key, lo, hi);
+	*v = (int) n->valuedouble;
+	return PEFT_OK;
+}
+
+/* Options of PROMPT_TUNING, PREFIX_TUNING (no projection, one submodule) and BOTTLENECK configs. */
+static PeftCode
+virtual_or_bottleneck_options(const cJSON *root, const char *type, DecoderAdapterOptions *o,
+							  PeftError *err)
+{
+	const cJSON *sub = cJSON_GetObjectItemCaseSensitive(root, "num_transformer_submodules");
+	const cJSON *place = cJSON_GetObjectItemCaseSensitive(root, "adapter_placement");
+	const cJSON *act = cJSON_GetObjectItemCaseSensitive(root, "non_linearity");
+
+	if (strcmp(type, "BOTTLENECK") == 0)
+	{
+		o->method = DAD_BOTTLENECK;
+		if (!cJSON_IsString(place) ||
+			(strcmp(place->valuestring, "houlsby") != 0 && strcmp(place->valuestring, "pfeiffer") != 0))
+			return peft_fail(err, PEFT_ERR_FORMAT,
+							 "adapter_config.json: adapter_placement must be \"houlsby\" or \"pfeiffer\"");
+		if (act && !cJSON_IsNull(act) && !(cJSON_IsString(act) && strcmp(act->valuestring, "gelu") == 0))
+			return peft_fail(err, PEFT_ERR_UNSUPPORTED, "adapter_config.json: non_linearity must be \"gelu\"");
+		o->after_attention = strcmp(place->valuestring, "houlsby") == 0;
+		return config_int(root, "reduction_factor", 1, 65536, &o->reduction, err);
+	}
+	o->method = strcmp(type, "PREFIX_TUNING") == 0 ? DAD_PREFIX : DAD_PROMPT;
+	if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "prefix_projection")))
+		return peft_fail(err, PEFT_ERR_UNSUPPORTED,
+						 "adapter_config.json: prefix_projection is not supported (its MLP is training-only; "
+						 "save the adapter from PEFT after training, or train with prefix_projection false)");
+	if (sub && !cJSON_IsNull(sub) && !(cJSON_IsNumber(sub) && sub->valuedouble == 1))
+		return peft_fail(err, PEFT_ERR_UNSUPPORTED,
+						 "adapter_config.json: num_transformer_submodules must be 1 for a decoder");
+	return config_int(root, "num_virtual_tokens", 1, 256, &o->virtual_tokens, err);
+}
+
 PeftCode
 decoder_adapter_options_from_config(const char *json, size_t len, DecoderAdapterOptions *o,
 									PeftError *err)
@@ -951,14 +1070,19 @@ decoder_adapter_options_from_config(const char *json, size_t len, DecoderAdapter
 	type = cJSON_GetObjectItemCaseSensitive(root, "peft_type");
 	task = cJSON_GetObjectItemCaseSensitive(root, "task_type");
 	if (!cJSON_IsString(type) ||
-		(strcmp(type->valuestring, "LORA") != 0 && strcmp(type->valuestring, "IA3") != 0))
+		(strcmp(type->valuestring, "LORA") != 0 && strcmp(type->valuestring, "IA3") != 0 &&
+		 strcmp(type->valuestring, "PROMPT_TUNING") != 0 && strcmp(type->valuestring, "PREFIX_TUNING") != 0 &&
+		 strcmp(type->valuestring, "BOTTLENECK") != 0))
 		rc = peft_fail(err, PEFT_ERR_UNSUPPORTED,
-					   "adapters over decoders are LORA (with or without use_dora) or IA3, not %s",
+					   "adapters over decoders are LORA (with or without use_dora), IA3, PROMPT_TUNING, "
+					   "PREFIX_TUNING or BOTTLENECK, not %.64s",
 					   cJSON_IsString(type) ? type->valuestring : "(no peft_type)");
 	else if (task && !cJSON_IsNull(task) &&
 			 !(cJSON_IsString(task) && strcmp(task->valuestring, "CAUSAL_LM") == 0))
 		rc = peft_fail(err, PEFT_ERR_UNSUPPORTED,
 					   "adapter_config.json: task_type must be CAUSAL_LM for a decoder");
+	else if (strcmp(type->valuestring, "LORA") != 0 && strcmp(type->valuestring, "IA3") != 0)
+		rc = virtual_or_bottleneck_options(root, type->valuestring, o, err);
 	else if ((rc = refuse_unsupported(root, err)) == PEFT_OK &&
 			 (rc = config_targets(root, "target_modules", o->targets, err)) == PEFT_OK)
 	{
@@ -1041,6 +1165,15 @@ decoder_adapter_merge(const DecoderAdapter *ad, LlamaModel **out, PeftError *err
 	LlamaModel *m = malloc(sizeof(LlamaModel));
 
 	*out = NULL;
+	if (ad->o.method >= DAD_PROMPT)
+	{
+		free(m);
+		return peft_fail(err, PEFT_ERR_UNSUPPORTED,
+						 "only LoRA, DoRA and (IA)^3 fold into the model's weights; %s adapters add tokens "
+						 "or layers and are applied as they are",
+						 ad->o.method == DAD_BOTTLENECK ? "bottleneck" :
+						 ad->o.method == DAD_PREFIX ? "prefix tuning" : "prompt tuning");
+	}
 	if (m == NULL || (*m = *base, m->layers = malloc(sizeof(LlamaLayer) * L)) == NULL)
 	{
 		free(m);

@@ -51,12 +51,32 @@ extern const char *const llama_linear_names[LLAMA_NUM_LINEAR];
 /* Linear w of layer L. */
 const QMatrix *llama_layer_linear(const LlamaLayer *L, int w);
 
-/* Which method an adapter is (one per adapter over a decoder). */
+/*
+ * Which method an adapter is (one per adapter over a decoder).  Besides
+ * the adapted linears:
+ *
+ *   prompt:     V virtual tokens, prompt_embeddings [V, C], start every
+ *               sequence (positions 0 .. V-1; the real tokens' follow).
+ *   prefix:     every layer's attention also attends over V key/value
+ *               prefixes, prompt_embeddings [V, L * 2 * KV] in PEFT's layout
+ *               [token][layer][key, value][kv head][head dim], raw (never
+ *               rotated, as PEFT's past_key_values); the real tokens'
+ *               positions start at V.
+ *   bottleneck: h + up(GELU(down(h))) on the output of the feed-forward's
+ *               down product (and of attention's o product: Houlsby), before
+ *               the residual; down [C/reduction, C] with a bias, up
+ *               [C, C/reduction] with a bias, starting at zero.  Tensors
+ *               base_model.model.model.layers.N.{self_attn,mlp}.adapter.
+ *               {down,up}.{weight,bias}.
+ */
 typedef enum DadMethod
 {
 	DAD_LORA,
 	DAD_DORA,
-	DAD_IA3
+	DAD_IA3,
+	DAD_PROMPT,
+	DAD_PREFIX,
+	DAD_BOTTLENECK
 } DadMethod;
 
 typedef struct DecoderAdapterOptions
@@ -68,6 +88,9 @@ typedef struct DecoderAdapterOptions
 	bool		rslora;			/* scaling alpha / sqrt(r) */
 	bool		targets[LLAMA_NUM_LINEAR];
 	bool		feedforward[LLAMA_NUM_LINEAR];	/* (IA)^3: scales the input */
+	int			virtual_tokens; /* prompt, prefix: num_virtual_tokens (1 .. 256) */
+	int			reduction;		/* bottleneck: width = hidden size / reduction */
+	bool		after_attention;	/* bottleneck: also after attention (houlsby), not only the feed-forward (pfeiffer) */
 	uint64_t	seed;			/* initialisation and dropout */
 } DecoderAdapterOptions;
 
@@ -89,6 +112,10 @@ typedef struct DecoderAdapter
 	real	   *dora_inv;		/* DoRA: 1 / ||W + s B A|| per row, every (layer, linear) */
 	size_t	   *dora_off;		/* [num_layers * LLAMA_NUM_LINEAR] offsets into dora_inv */
 	PeftRng		rng;			/* dropout masks */
+	int			virt;			/* prompt, prefix: prompt_embeddings; -1 otherwise */
+	int			(*bneck)[2][4];	/* bottleneck: [layer][0 after attention, 1 after the feed-forward]
+								 * [down W, down b, up W, up b], -1 where absent */
+	int			bneck_width;	/* bottleneck: hidden size / reduction */
 } DecoderAdapter;
 
 /*
@@ -138,6 +165,54 @@ void		decoder_adapter_linear(DecoderAdapter *ad, const QMatrix *W, int l, int w,
 void		decoder_adapter_linear_backward(DecoderAdapter *ad, const QMatrix *W, int l, int w,
 											const real *x, int N, real *dy, const DadSave *save,
 											real *dx, real *scratch);
+
+/*
+ * Row index in Hugging Face's layout of row g of a GGUF q/k matrix with
+ * heads of D values (GGUF interleaves each head's two halves pairwise).
+ */
+int64_t		llama_hf_row(int64_t g, int D);
+
+/* ---- prompt and prefix tuning (decoder_virtual.c) ---- */
+
+/* Virtual tokens the adapter puts before every sequence (prompt, prefix); 0 for the others. */
+int			decoder_adapter_virtual_tokens(const DecoderAdapter *ad);
+/* Declare and initialise prompt_embeddings (called by decoder_adapter_create). */
+PeftCode	decoder_virtual_declare(DecoderAdapter *ad, PeftError *err);
+PeftCode	decoder_virtual_initialise(DecoderAdapter *ad, PeftRng *init, PeftError *err);
+/* Prompt tuning: virtual token v's input embedding [C]. */
+const real *decoder_adapter_prompt_row(const DecoderAdapter *ad, int v);
+/* Prompt tuning: its gradient += dx[C]. */
+void		decoder_adapter_prompt_backward(DecoderAdapter *ad, int v, const real *dx);
+/*
+ * Prefix tuning: layer l's keys and values of the V virtual tokens, in the
+ * model's layout, into k[V, KV] and v[V, KV] (a sequence's cache positions
+ * 0 .. V-1).
+ */
+void		decoder_adapter_prefix_kv(const DecoderAdapter *ad, int l, real *k, real *v);
+/* Prefix tuning: the gradients of layer l's prefixes += dk[V, KV], dv[V, KV]. */
+void		decoder_adapter_prefix_backward(DecoderAdapter *ad, int l, const real *dk, const real *dv);
+
+/* ---- bottleneck adapters (decoder_bottleneck.c) ---- */
+
+/* Declare and initialise the bottleneck tensors (called by decoder_adapter_create). */
+PeftCode	decoder_bottleneck_declare(DecoderAdapter *ad, PeftError *err);
+void		decoder_bottleneck_initialise(DecoderAdapter *ad, PeftRng *init);
+/* Whether layer l has a bottleneck adapter at place (0 after attention, 1 after the feed-forward). */
+bool		decoder_adapter_has_bottleneck(const DecoderAdapter *ad, int l, int place);
+/*
+ * h[N, C] += up(GELU(down(h))) in place: down[N, width] receives the down
+ * product (backward needs it), act[N, width] is scratch; training also
+ * passes in_save [N, C] for the input (NULL: inference).
+ */
+void		decoder_adapter_bottleneck(DecoderAdapter *ad, int l, int place, real *h, int N,
+									   real *in_save, real *down, real *act);
+/*
+ * Backward: dh[N, C], the gradient of the adapter's output, becomes that
+ * of its input; the adapter's gradients accumulate.  scratch holds
+ * 2 N width reals.
+ */
+void		decoder_adapter_bottleneck_backward(DecoderAdapter *ad, int l, int place, real *dh, int N,
+												const real *in_save, const real *down_save, real *scratch);
 
 /* Parameter i's values (or gradients) src in Hugging Face's row order into dst. */
 void		decoder_adapter_tensor_to_hf(const DecoderAdapter *ad, int i, const real *src, real *dst);

@@ -275,6 +275,8 @@ run_group(const GenerateModel *g, const PromptSource *src, int n,
 	char	   *piece = NULL;
 	int			ctx = 0,
 				total = 0;
+	/* the positions an adapter's virtual tokens leave */
+	int			context = c->context_length - decoder_adapter_virtual_tokens(g->adapter);
 	PeftCode	rc = PEFT_OK;
 	SamplerOptions so = {o->temperature, o->top_k, o->top_p};
 
@@ -285,10 +287,11 @@ run_group(const GenerateModel *g, const PromptSource *src, int n,
 		seqs[i].out = &out[i];
 		bpe_decoder_init(&seqs[i].utf8);
 		rc = source_ids(g, src, i, chat, o->system, &seqs[i].prompt, &seqs[i].prompt_len, err);
-		if (rc == PEFT_OK && seqs[i].prompt_len >= c->context_length)
+		if (rc == PEFT_OK && seqs[i].prompt_len >= context)
 			rc = peft_fail(err, PEFT_ERR_INVALID,
-						   "prompt %d has %d tokens, more than the model's context of %d allows",
-						   i + 1, seqs[i].prompt_len, c->context_length);
+						   "prompt %d has %d tokens, more than the model's context of %d allows%s",
+						   i + 1, seqs[i].prompt_len, c->context_length,
+						   context < c->context_length ? " after the adapter's virtual tokens" : "");
 		if (rc == PEFT_OK)
 		{
 			int			need = seqs[i].prompt_len + o->max_new_tokens;
@@ -298,10 +301,10 @@ run_group(const GenerateModel *g, const PromptSource *src, int n,
 			total += seqs[i].prompt_len;
 		}
 	}
-	if (ctx > c->context_length)
-		ctx = c->context_length;
-	if (rc == PEFT_OK && (rc = decoder_create(g->model, n, ctx, &dec, err)) == PEFT_OK)
-		decoder_set_adapter(dec, g->adapter);
+	if (ctx > context)
+		ctx = context;
+	if (rc == PEFT_OK)
+		rc = decoder_create(g->model, g->adapter, n, ctx, &dec, err);
 	if (rc == PEFT_OK &&
 		((ids = malloc(sizeof(int32_t) * total)) == NULL || (slot = malloc(sizeof(int32_t) * total)) == NULL ||
 		 (pos = malloc(sizeof(int32_t) * total)) == NULL || (last = malloc(sizeof(int32_t) * n)) == NULL ||
