@@ -16,6 +16,7 @@
 #include "causal_lm.h"
 #include "dataset.h"
 #include "decoder_trainer.h"
+#include "gemm_bf16.h"
 #include "method_table.h"
 
 /* Tokens per row when max_length is not given (capped by the model's context). */
@@ -122,6 +123,10 @@ dtrain_begin(DecoderHandle *h, const PeftTrainConfig *config, DecoderTrainJob **
 						 "options => '{\"chat\": false}' for raw prompts");
 	if (config->system && !config->chat)
 		return peft_fail(err, PEFT_ERR_INVALID, "option system needs chat prompts (chat true)");
+	if (config->device == PEFT_DEVICE_CUDA)
+		return peft_fail(err, PEFT_ERR_UNSUPPORTED,
+						 "decoders train on the CPU for now: use device cpu or auto (precision bf16 runs "
+						 "the products on AMX where the CPU has it)");
 	if ((job = calloc(1, sizeof(DecoderTrainJob))) == NULL)
 		return peft_fail(err, PEFT_ERR_NOMEM, "out of memory starting training");
 	job->h = h;
@@ -263,6 +268,8 @@ dtrain_prepare(DecoderTrainJob *job, int64_t *train_rows, int64_t *valid_rows, i
 	if ((rc = decoder_adapter_create(job->gen->model, &job->aopts, &job->ad, err)) != PEFT_OK ||
 		(rc = causal_lm_create(job->gen->model, job->ad, &job->lm, err)) != PEFT_OK)
 		return rc;
+	/* bf16 where AMX makes it pay; elsewhere (its fallbacks are slower than sgemm) FP32, and dtrain_device says so */
+	job->ad->bf16 = c->precision == PEFT_PRECISION_BF16 && gemm_bf16_amx_available();
 	train_options_from_config(c, &t);
 	if ((rc = decoder_trainer_create(job->lm, job->ad, &job->data, job->train_rows, job->ntrain, &t,
 									 &job->trainer, err)) != PEFT_OK ||
@@ -280,6 +287,12 @@ dtrain_step(DecoderTrainJob *job, PeftTrainProgress *p, PeftError *err)
 	if (job->trainer == NULL)
 		return peft_fail(err, PEFT_ERR_INTERNAL, "training step before prepare");
 	return decoder_trainer_step(job->trainer, p, err);
+}
+
+const char *
+dtrain_device(DecoderTrainJob *job)
+{
+	return job->ad && job->ad->bf16 ? "cpu-bf16" : "cpu";
 }
 
 int64_t

@@ -23,6 +23,8 @@ PeftCode	dtrain_prepare(DecoderTrainJob *job, int64_t *train_rows, int64_t *vali
 						   int *total_steps, PeftError *err);
 PeftCode	dtrain_step(DecoderTrainJob *job, PeftTrainProgress *p, PeftError *err);
 void		dtrain_memory(DecoderTrainJob *job, PeftTrainMemory *m);
+/* Where the job computes: "cpu", or "cpu-bf16" (products with the frozen weights in BF16 on AMX). */
+const char *dtrain_device(DecoderTrainJob *job);
 int64_t		dtrain_parameters(DecoderTrainJob *job);
 int			dtrain_max_length(DecoderTrainJob *job);
 /* Validation loss, perplexity and exact match of the current weights. */

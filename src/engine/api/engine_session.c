@@ -874,7 +874,7 @@ const char *
 session_train_device(PeftTrainJob *job)
 {
 	if (job->dec != NULL)
-		return "cpu";			/* decoders train on the CPU for now */
+		return dtrain_device(job->dec); /* decoders train on the CPU for now */
 	return job->net ? job->net->be->name : "none";
 }
 

@@ -509,12 +509,12 @@ head_loss(CausalLM *lm, int N, int M, double grad_scale)
 			.V = V, .grad_scale = grad_scale
 		};
 
-		qmatrix_forward(&m->output, lm->xfn + (size_t) start * C, n, lm->logits);
+		qmatrix_forward(&m->output, lm->xfn + (size_t) start * C, n, lm->logits, lm->ad && lm->ad->bf16);
 		peft_parallel_for((size_t) n, 1, head_range, &h);
 		for (int i = 0; i < n; i++)
 			total += lm->row_loss[i];
 		if (grad_scale > 0)
-			qmatrix_backward(&m->output, lm->logits, n, lm->dxn + (size_t) start * C);
+			qmatrix_backward(&m->output, lm->logits, n, lm->dxn + (size_t) start * C, lm->ad && lm->ad->bf16);
 	}
 	if (grad_scale <= 0)
 		return total;

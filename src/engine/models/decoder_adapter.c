@@ -12,6 +12,7 @@
 #include <string.h>
 #include <cjson/cJSON.h>
 
+#include "gemm_bf16.h"
 #include "matmul.h"
 #include "ops.h"
 #include "quant.h"
@@ -64,7 +65,7 @@ dequantized_row(const QMatrix *m, int64_t r, float *buf, real *out)
 }
 
 void
-qmatrix_forward(const QMatrix *m, const real *x, int N, real *y)
+qmatrix_forward(const QMatrix *m, const real *x, int N, real *y, bool bf16)
 {
 	float	   *buf = malloc(sizeof(float) * m->cols);
 	real	   *row = malloc(sizeof(real) * m->cols);
@@ -86,7 +87,7 @@ qmatrix_forward(const QMatrix *m, const real *x, int N, real *y)
 }
 
 void
-qmatrix_backward(const QMatrix *m, const real *dy, int N, real *dx)
+qmatrix_backward(const QMatrix *m, const real *dy, int N, real *dx, bool bf16)
 {
 	float	   *buf = malloc(sizeof(float) * m->cols);
 	real	   *row = malloc(sizeof(real) * m->cols);
@@ -138,11 +139,51 @@ whole_matrix(const QMatrix *m)
 	return whole_buf;
 }
 
-void
-qmatrix_forward(const QMatrix *m, const real *x, int N, real *y)
+/*
+ * BF16 products (precision => 'bf16', on AMX): the matrix in slices of up
+ * to QMATRIX_WHOLE_MAX values (the head's 28 million in 49 of them),
+ * each dequantized into the scratch and multiplied by gemm_bf16.
+ */
+static void
+bf16_product(const QMatrix *m, const real *a, int N, real *c, bool backward)
 {
-	const float *w = N >= QMATRIX_WHOLE_MIN_ROWS ? whole_matrix(m) : NULL;
+	int64_t		rows = QMATRIX_WHOLE_MAX / m->cols;
+	size_t		row_bytes = quant_row_bytes(m->type, m->cols);
 
+	if (whole_buf == NULL && (whole_buf = malloc(sizeof(float) * QMATRIX_WHOLE_MAX)) == NULL)
+	{
+		/* no scratch: the float kernels, which need none */
+		if (backward)
+			quant_matmul_backward_input(m->type, m->data, m->rows, m->cols, a, N, c);
+		else
+			quant_matmul(m->type, m->data, m->rows, m->cols, a, N, c);
+		return;
+	}
+	for (int64_t r0 = 0; r0 < m->rows; r0 += rows)
+	{
+		int			n = (int) (m->rows - r0 < rows ? m->rows - r0 : rows);
+
+		quant_dequantize(m->type, (const uint8_t *) m->data + r0 * row_bytes, n * m->cols, whole_buf);
+		if (backward)			/* dx[N, cols] += dy[N, r0 .. r0+n) W[r0 .. r0+n) */
+			gemm_bf16(false, N, (int) m->cols, n, a + r0, (int) m->rows, whole_buf, (int) m->cols, c,
+					  (int) m->cols, true);
+		else					/* y[N, r0 .. r0+n) = x W[r0 .. r0+n)^T */
+			gemm_bf16(true, N, n, (int) m->cols, a, (int) m->cols, whole_buf, (int) m->cols, c + r0,
+					  (int) m->rows, false);
+	}
+}
+
+void
+qmatrix_forward(const QMatrix *m, const real *x, int N, real *y, bool bf16)
+{
+	const float *w;
+
+	if (bf16 && N >= QMATRIX_WHOLE_MIN_ROWS)
+	{
+		bf16_product(m, x, N, y, false);
+		return;
+	}
+	w = N >= QMATRIX_WHOLE_MIN_ROWS ? whole_matrix(m) : NULL;
 	if (w == NULL)
 	{
 		quant_matmul(m->type, m->data, m->rows, m->cols, x, N, y);
@@ -153,10 +194,16 @@ qmatrix_forward(const QMatrix *m, const real *x, int N, real *y)
 }
 
 void
-qmatrix_backward(const QMatrix *m, const real *dy, int N, real *dx)
+qmatrix_backward(const QMatrix *m, const real *dy, int N, real *dx, bool bf16)
 {
-	const float *w = N >= QMATRIX_WHOLE_MIN_ROWS ? whole_matrix(m) : NULL;
+	const float *w;
 
+	if (bf16 && N >= QMATRIX_WHOLE_MIN_ROWS)
+	{
+		bf16_product(m, dy, N, dx, true);
+		return;
+	}
+	w = N >= QMATRIX_WHOLE_MIN_ROWS ? whole_matrix(m) : NULL;
 	if (w == NULL)
 	{
 		quant_matmul_backward_input(m->type, m->data, m->rows, m->cols, dy, N, dx);
@@ -166,6 +213,13 @@ qmatrix_backward(const QMatrix *m, const real *dy, int N, real *dx)
 		   (int) m->cols, 1, dx, (int) m->cols);
 }
 #endif
+
+/* Whether an adapter's products with the frozen weights run in BF16 (NULL: the base, FP32). */
+static bool
+bf16_of(const DecoderAdapter *ad)
+{
+	return ad != NULL && ad->bf16;
+}
 
 /* ---- construction -------------------------------------------------------- */
 
@@ -512,7 +566,7 @@ decoder_adapter_linear(DecoderAdapter *ad, const QMatrix *W, int l, int w, const
 
 	if (!decoder_adapter_touches(ad, l, w))
 	{
-		qmatrix_forward(W, x, N, y);
+		qmatrix_forward(W, x, N, y, bf16_of(ad));
 		return;
 	}
 	p = &ad->lin[l][w];
@@ -530,16 +584,16 @@ decoder_adapter_linear(DecoderAdapter *ad, const QMatrix *W, int l, int w, const
 
 			for (size_t i = 0; i < (size_t) N * in; i++)
 				xs[i] = x[i] * v[i % in];
-			qmatrix_forward(W, xs, N, y);
+			qmatrix_forward(W, xs, N, y, bf16_of(ad));
 			return;
 		}
-		qmatrix_forward(W, x, N, y);
+		qmatrix_forward(W, x, N, y, bf16_of(ad));
 		if (save)
 			memcpy(save->pre, y, sizeof(real) * N * out);
 		scale_columns(y, v, N, out);
 		return;
 	}
-	qmatrix_forward(W, x, N, y);
+	qmatrix_forward(W, x, N, y, bf16_of(ad));
 	if (train && ad->o.dropout > 0 && save)
 	{
 		dropout_mask(save->keep, (size_t) N * in, (real) ad->o.dropout, &ad->rng);
@@ -606,7 +660,7 @@ decoder_adapter_linear_backward(DecoderAdapter *ad, const QMatrix *W, int l, int
 	if (!decoder_adapter_touches(ad, l, w))
 	{
 		if (dx)
-			qmatrix_backward(W, dy, N, dx);
+			qmatrix_backward(W, dy, N, dx, bf16_of(ad));
 		return;
 	}
 	p = &ad->lin[l][w];
@@ -620,7 +674,7 @@ decoder_adapter_linear_backward(DecoderAdapter *ad, const QMatrix *W, int l, int
 		{
 			/* y = (x v) W^T: d(xv) = dy W; dv_i += sum_n d(xv)[n,i] x[n,i]; dx += d(xv) v */
 			memset(scratch, 0, sizeof(real) * N * in);
-			qmatrix_backward(W, dy, N, scratch);
+			qmatrix_backward(W, dy, N, scratch, bf16_of(ad));
 			for (int n = 0; n < N; n++)
 				for (int i = 0; i < in; i++)
 				{
@@ -638,7 +692,7 @@ decoder_adapter_linear_backward(DecoderAdapter *ad, const QMatrix *W, int l, int
 				dv[j] += dy[(size_t) n * out + j] * save->pre[(size_t) n * out + j];
 		scale_columns(dy, v, N, out);
 		if (dx)
-			qmatrix_backward(W, dy, N, dx);
+			qmatrix_backward(W, dy, N, dx, bf16_of(ad));
 		return;
 	}
 	if (ad->o.method == DAD_DORA)
@@ -671,7 +725,7 @@ decoder_adapter_linear_backward(DecoderAdapter *ad, const QMatrix *W, int l, int
 		free(sum);
 	}
 	if (dx)
-		qmatrix_backward(W, dy, N, dx);
+		qmatrix_backward(W, dy, N, dx, bf16_of(ad));
 	lora_backward(ad, p, in, out, x, N, dy, save, dx, scratch);
 }
 

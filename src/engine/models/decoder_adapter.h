@@ -116,6 +116,7 @@ typedef struct DecoderAdapter
 	int			(*bneck)[2][4];	/* bottleneck: [layer][0 after attention, 1 after the feed-forward]
 								 * [down W, down b, up W, up b], -1 where absent */
 	int			bneck_width;	/* bottleneck: hidden size / reduction */
+	bool		bf16;			/* products of many rows with the frozen weights in BF16 (AMX) */
 } DecoderAdapter;
 
 /*
@@ -249,9 +250,11 @@ void		decoder_adapter_merged_free(LlamaModel *merged, const LlamaModel *base);
 /*
  * Products with a frozen model weight in `real` (quant.h's kernels in
  * float builds; row by row in double for the gradient checks):
- * y[N, rows] = x W^T, and dx[N, cols] += dy W.
+ * y[N, rows] = x W^T, and dx[N, cols] += dy W.  bf16: products of 64 rows
+ * or more round both sides to BF16 and sum in FP32 (gemm_bf16.h; as
+ * PyTorch's autocast), float builds only.
  */
-void		qmatrix_forward(const QMatrix *m, const real *x, int N, real *y);
-void		qmatrix_backward(const QMatrix *m, const real *dy, int N, real *dx);
+void		qmatrix_forward(const QMatrix *m, const real *x, int N, real *y, bool bf16);
+void		qmatrix_backward(const QMatrix *m, const real *dy, int N, real *dx, bool bf16);
 
 #endif

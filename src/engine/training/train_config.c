@@ -124,7 +124,9 @@ static const PeftOption option_table[] = {
 				"`cuda` (an error where no device is usable); the job's `metrics` record the one used"),
 	WORD_OPTION("precision", precision, peft_precision_words, PEFT_PRECISION_FP32, "`peft.precision`",
 				"matrix products on CUDA: `fp32`, `tf32` (tensor cores) or `bf16` (BF16 operands); both "
-				"accumulate in FP32 and keep FP32 adapter weights; the CPU always computes in FP32"),
+				"accumulate in FP32 and keep FP32 adapter weights; on the CPU encoders compute in FP32, "
+				"decoders' products with the frozen weights take `bf16` where the CPU has AMX (metrics "
+				"`device` `cpu-bf16`; elsewhere FP32)"),
 	INT_OPTION("max_classes", max_classes, 2, 100000, 100, "100",
 			   "classification: most distinct labels among the rows read (more is an error: a numeric "
 			   "label may want `task => 'regression'`)", .tasks = CLASSIFICATION),
