@@ -719,11 +719,38 @@ block(const GemmBf16Job *job, const uint16_t *ap, int r0, int c0)
  * writes of C over more rows: with 128 rows, SmolLM2's 1536-column forward
  * ran at half the speed.)
  */
+/*
+ * A thread's packing buffer of at least bytes, kept between calls and
+ * grown as needed: training makes thousands of products a step, and a
+ * buffer freed and allocated again each time came back as page faults
+ * (5% of a step).  NULL when the memory is not there.
+ */
+static void *
+thread_buffer(void **buf, size_t *cap, size_t bytes)
+{
+	if (bytes > *cap)
+	{
+		void	   *p = aligned_alloc(ALIGN, (bytes + ALIGN - 1) / ALIGN * ALIGN);
+
+		if (p == NULL)
+			return NULL;
+		free(*buf);
+		*buf = p;
+		*cap = bytes;
+	}
+	return *buf;
+}
+
+static _Thread_local void *a_buffer;
+static _Thread_local size_t a_capacity;
+static _Thread_local void *b_buffer;
+static _Thread_local size_t b_capacity;
+
 static void
 compute_range(void *arg, size_t begin, size_t end)
 {
 	const GemmBf16Job *job = arg;
-	uint16_t   *ap = aligned_alloc(ALIGN, (size_t) BLOCK * job->kp * sizeof(uint16_t));
+	uint16_t   *ap = thread_buffer(&a_buffer, &a_capacity, (size_t) BLOCK * job->kp * sizeof(uint16_t));
 	int			packed = -1;
 
 #ifdef GEMM_BF16_X86
@@ -757,7 +784,6 @@ compute_range(void *arg, size_t begin, size_t end)
 	if (ap != NULL && job->path == GEMM_BF16_AMX)
 		amx_end();
 #endif
-	free(ap);
 }
 
 /* C (+)= A . op(B) on a given path (see gemm_bf16.h). */
@@ -798,7 +824,8 @@ gemm_bf16_on(GemmBf16Path path, bool trans_b, int M, int N, int K,
 
 	/* B packed once, shared; without memory for it, the unpacked loop */
 	tiles = (size_t) job.np / TILE;
-	job.bp = job.kp > 0 ? aligned_alloc(ALIGN, tiles * b_tile_stride(job.kp) * sizeof(uint16_t)) : NULL;
+	job.bp = job.kp > 0 ? thread_buffer(&b_buffer, &b_capacity, tiles * b_tile_stride(job.kp) * sizeof(uint16_t)) :
+		NULL;
 	if (job.bp == NULL)
 	{
 		job.col_chunks = 1;
@@ -822,7 +849,6 @@ gemm_bf16_on(GemmBf16Path path, bool trans_b, int M, int N, int K,
 	item_flop = 2.0 * BLOCK * ((double) job.np / job.col_chunks) * job.kp;
 	grain = (size_t) (MIN_FLOP_PER_CHUNK / item_flop) + 1;
 	peft_parallel_for(items, grain, compute_range, &job);
-	free(job.bp);
 }
 
 /* C (+)= A . op(B) on the fastest path this machine has. */
