@@ -525,7 +525,8 @@ add_pairs(PeftTrainJob *job, const Rows *rows)
 
 /* Print a generation run's figures and validation metrics (one JSON line with --json). */
 static void
-print_generation_training(const Options *o, const Timing *t, int64_t parameters, const PeftMetrics *m)
+print_generation_training(const Options *o, const Timing *t, int64_t parameters, const PeftMetrics *m,
+						  const char *device)
 {
 	if (!o->json)
 	{
@@ -540,11 +541,12 @@ print_generation_training(const Options *o, const Timing *t, int64_t parameters,
 	printf("{\"steps\": %d, \"rows\": %ld, \"tokens\": %ld, \"seconds\": %.4f, "
 		   "\"rows_per_second\": %.3f, \"tokens_per_second\": %.1f, \"final_loss\": %.6f, "
 		   "\"parameters\": %lld, \"learning_rate\": %.6g, \"valid_rows\": %lld, \"valid_loss\": %.6f, "
-		   "\"valid_perplexity\": %.6f, \"valid_exact_match\": %.6f, \"generated\": %lld, \"skipped\": %lld}\n",
+		   "\"valid_perplexity\": %.6f, \"valid_exact_match\": %.6f, \"generated\": %lld, \"skipped\": %lld, "
+		   "\"device\": \"%s\"}\n",
 		   t->steps, t->rows, t->tokens, t->seconds, per_second(t->rows, t->seconds),
 		   per_second(t->tokens, t->seconds), t->loss, (long long) parameters, t->peak_learning_rate,
 		   (long long) m->rows, m->loss, m->perplexity, m->exact_match, (long long) m->generated,
-		   (long long) m->skipped);
+		   (long long) m->skipped, device);
 }
 
 /* Train an adapter over a decoder on prompt/completion rows and save it as a PEFT folder. */
@@ -574,7 +576,7 @@ command_train_generation(PeftModelHandle *model, const Options *o)
 			(long long) api->train_parameters(job), api->train_device(job));
 	train_steps(job, o, &t);
 	die_on(api->train_evaluate(job, &m, &err), &err);
-	print_generation_training(o, &t, api->train_parameters(job), &m);
+	print_generation_training(o, &t, api->train_parameters(job), &m, api->train_device(job));
 	if (o->out)
 	{
 		uint8_t    *weights;

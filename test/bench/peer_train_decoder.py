@@ -104,6 +104,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--lr", type=float, default=5e-3)  # peft-engine's LoRA default
+    ap.add_argument("--autocast-bf16", action="store_true",
+                    help="run forward and loss under torch.autocast('cpu', torch.bfloat16)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -135,7 +137,8 @@ def main():
         """One optimizer step; returns (loss, rows, non-pad tokens)."""
         chosen = [examples[(step * args.batch_size + i) % len(examples)] for i in range(args.batch_size)]
         ids, mask, labels = batch(chosen, pad_id)
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False).loss
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.autocast_bf16):
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -159,6 +162,7 @@ def main():
               "tokens_per_second": tokens / seconds, "final_loss": loss,
               "peak_rss_mb": peak_rss_mb, "load_seconds": load_seconds,
               "threads": args.threads, "batch_size": args.batch_size,
+              "autocast_bf16": args.autocast_bf16,
               "trainable_parameters": sum(p.numel() for p in params),
               "torch": torch.__version__, "transformers": transformers.__version__,
               "peft": peft.__version__}

@@ -18,6 +18,10 @@
 # process's (getrusage).  Python: $PEFT_BENCH_PYTHON, or the virtual
 # environment $PEFT_BENCH_VENV (default ${XDG_CACHE_HOME:-~/.cache}/peft/bench-venv),
 # made on first use.  $PEFT_BENCH_ENGINE_FLAGS adds flags to peft-engine train.
+# PRECISION=bf16 trains ours with precision bf16 (products with the frozen
+# weights on AMX); the peer stays FP32, as the issue's goal compares, unless
+# PEER_AUTOCAST=1 runs it under torch.autocast(bfloat16) for a like-for-like
+# figure.
 # Output: a table, and build/bench/train_decoder.json.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -80,12 +84,15 @@ PY
 # peer has none), batches in row order rather than grouped by length (as the peer)
 ours=$(measured ./peft-engine train --model "$GGUF" --task generation --data "$DATA" --out "$WORK/adapter" \
 	--batch-size "$BATCH" --max-steps "$((STEPS + WARMUP))" --warmup "$WARMUP" --threads "$THREADS" --json \
-	--validation-fraction 0 --no-group ${PEFT_BENCH_ENGINE_FLAGS:-} 2>"$WORK/ours.err")
+	--validation-fraction 0 --no-group --lora-dropout 0 --precision "${PRECISION:-fp32}" \
+	${PEFT_BENCH_ENGINE_FLAGS:-} 2>"$WORK/ours.err")
 peer=$("$PY" test/bench/peer_train_decoder.py "$GGUF" "$DATA" --threads "$THREADS" \
-	--batch-size "$BATCH" --steps "$STEPS" --warmup "$WARMUP" --json 2>"$WORK/peer.err" | tail -1) || true
+	--batch-size "$BATCH" --steps "$STEPS" --warmup "$WARMUP" ${PEER_AUTOCAST:+--autocast-bf16} \
+	--json 2>"$WORK/peer.err" | tail -1) || true
 [ -n "$peer" ] || { echo "peer_train_decoder.py failed:" >&2; tail -5 "$WORK/peer.err" >&2; }
 
 echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; threads $THREADS, batch $BATCH, $STEPS steps after $WARMUP untimed"
+echo "precision: peft ${PRECISION:-fp32} (device $(field "$ours" device)), peer ${PEER_AUTOCAST:+autocast bf16}${PEER_AUTOCAST:-fp32}"
 echo "peer: torch $(field "$peer" torch), transformers $(field "$peer" transformers), peft $(field "$peer" peft); data $DATA"
 if [ -n "$(field "$ours" error)" ]; then
 	echo "peft-engine train failed ($(field "$ours" error)):"
@@ -103,5 +110,5 @@ row "train tokens/s" "$(field "$ours" tokens_per_second)" "$(field "$peer" token
 row "train rows/s" "$(field "$ours" rows_per_second)" "$(field "$peer" rows_per_second)"
 row "peak RSS MB (less is better)" "$(field "$ours" peak_rss_mb)" "$(field "$peer" peak_rss_mb)"
 mkdir -p build/bench
-printf '{"threads": %s, "batch_size": %s, "steps": %s, "warmup": %s, "peft": %s, "peer": %s}\n' \
-	"$THREADS" "$BATCH" "$STEPS" "$WARMUP" "$ours" "${peer:-null}" >build/bench/train_decoder.json
+printf '{"threads": %s, "batch_size": %s, "steps": %s, "warmup": %s, "precision": "%s", "peer_autocast": %s, "peft": %s, "peer": %s}\n' \
+	"$THREADS" "$BATCH" "$STEPS" "$WARMUP" "${PRECISION:-fp32}" "${PEER_AUTOCAST:+true}${PEER_AUTOCAST:-false}" "$ours" "${peer:-null}" >build/bench/train_decoder.json
