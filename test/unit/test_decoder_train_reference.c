@@ -38,19 +38,26 @@
  * Tolerances with the figures measured here (2 threads).  The issue asks
  * for losses within 1e-4 relative and step-1 gradients within 1e-4: l2
  * relative over the whole adapter (the normwise figure, the largest
- * difference over the largest gradient, is printed too: LoRA 4.2e-5,
- * DoRA 1.2e-4, where the magnitude's gradient sums hundreds of rows of
- * float products that both sides round differently).
+ * difference over the largest gradient, is printed too: LoRA 3.8e-5,
+ * DoRA 1.3e-4 against PyTorch's float32 but 6.6e-6 against the float64
+ * pass: the difference is PyTorch's own rounding of the magnitude's
+ * gradient, which sums hundreds of rows of float products).
  */
-#define TOL_LOSS_REL 1e-4		/* measured: LoRA 1.7e-5 over 20 steps, DoRA 4.5e-6, (IA)^3 8.5e-6; prompt, prefix, bottleneck: (pending) */
-#define TOL_GRAD1_L2 1e-4		/* measured: LoRA 2.9e-5, DoRA 3.0e-5, (IA)^3 3.3e-5; prompt, prefix, bottleneck: (pending) */
+#define TOL_LOSS_REL 1e-4		/* measured: LoRA 1.7e-5 over 20 steps, DoRA 4.4e-6, (IA)^3 8.3e-6; prompt 7.4e-6, prefix 4.0e-6, bottleneck 6.4e-6 */
+#define TOL_GRAD1_L2 1e-4		/* measured: LoRA 2.8e-5, DoRA 3.0e-5, (IA)^3 3.3e-5; prefix 4.5e-5, bottleneck 3.8e-5 */
 /*
  * The same step-1 gradients against the float64 pass's (grad64.*: every
  * stage in float64, the exact reference; PyTorch's float32 gradients are
  * themselves 2.8e-5 (LoRA) to 1.6e-4 (prompt tuning) normwise from it,
  * the fixture's float64_step1.grad1_normwise).
  */
-#define TOL_GRAD1_F64_L2 1e-4	/* measured: (pending) */
+#define TOL_GRAD1_F64_L2 1e-4	/* measured: LoRA 5.8e-6, DoRA 6.3e-6 (normwise 6.6e-6), (IA)^3 9.7e-6, prompt 4.1e-6, prefix 2.5e-6, bottleneck 1.0e-5 */
+/*
+ * Prompt tuning's float32 reference is itself 1.58e-4 from the float64
+ * pass (the virtual tokens' gradient sums every position's attention
+ * through all 30 layers): against it, a bound above that error.
+ */
+#define TOL_GRAD1_PROMPT_L2 3e-4	/* measured 1.6e-4 (4.1e-6 against the float64 pass) */
 #define TOL_FINAL_L2 1e-3		/* measured 5.6e-5 (normwise 5.0e-3: AdamW's step is about lr wherever |g| >> eps, so rounding in small gradients moves their weights as much as large ones) */
 /* PEFT's own final adapter loaded here: last-position logits against PEFT's, over the vocabulary */
 #define TOL_IMPORT_LOGITS 1e-3	/* measured 4.0e-5 */
@@ -365,10 +372,12 @@ check_run(DecoderHandle *h, const char *run)
 			char		what[64];
 			double		e;
 
+			double		tol = strcmp(run, "prompt") == 0 ? TOL_GRAD1_PROMPT_L2 : TOL_GRAD1_L2;
+
 			snprintf(what, sizeof(what), "%s step-1 gradients", run);
-			e = compare_params(ad, st, meta, "grad1", ad->params.grads, coef, TOL_GRAD1_L2, what);
+			e = compare_params(ad, st, meta, "grad1", ad->params.grads, coef, tol, what);
 			printf("  %s step-1 gradient norm %.6f (PEFT %.6f); l2 %.1e\n", run, p.grad_norm, norm, e);
-			assert_true(fabs(p.grad_norm - norm) / norm <= TOL_GRAD1_L2);
+			assert_true(fabs(p.grad_norm - norm) / norm <= tol);
 			if (fixture_has(st, meta, "grad64", ad->params.items[0].name))
 			{
 				/* the exact gradients, clipped by the same coefficient */
