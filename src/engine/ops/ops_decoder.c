@@ -563,6 +563,35 @@ attention_forward_head(const GqaArgs *a, int r, int h)
 }
 
 /*
+ * The rows of slot s (*T of them, malloc'ed) and the cache positions they
+ * span (*L), with *buf of matrices * T * L + vectors * T * D reals for an
+ * item's products; NULL (nothing allocated) without the memory.
+ */
+static int32_t *
+slot_rows(const GqaArgs *a, int s, int matrices, int vectors, int *T, int *L, real **buf)
+{
+	int32_t    *rows = malloc(sizeof(int32_t) * a->N);
+
+	*T = *L = 0;
+	*buf = NULL;
+	if (rows == NULL)
+		return NULL;
+	for (int r = 0; r < a->N; r++)
+		if (a->slot[r] == s)
+		{
+			rows[(*T)++] = r;
+			*L = a->pos[r] + 1 > *L ? a->pos[r] + 1 : *L;
+		}
+	*buf = malloc(sizeof(real) * ((size_t) matrices * *T * *L + (size_t) vectors * *T * a->D + 1));
+	if (*buf == NULL)
+	{
+		free(rows);
+		return NULL;
+	}
+	return rows;
+}
+
+/*
  * Training's forward of item (slot s, key/value head kvh) as matrix
  * products, as the backward (attention_backward_item): per query head of
  * the group, S = Q K^T / sqrt(D) over the slot's T rows and first L cache
@@ -575,27 +604,17 @@ attention_forward_item(const GqaArgs *a, int s, int kvh)
 	int			D = a->D;
 	int			group = a->Hq / a->Hkv;
 	int			ld = a->Hkv * D;
-	int			T = 0,
-				L = 0;
-	int32_t    *rows = malloc(sizeof(int32_t) * a->N);
-	real	   *buf = NULL;
+	int			T,
+				L;
+	real	   *buf;
+	int32_t    *rows = slot_rows(a, s, 1, 2, &T, &L, &buf);
 	real	   *S,
 			   *Q,
 			   *O;
 	size_t		base = cache_offset(a, s, 0, kvh);
 
-	for (int r = 0; rows != NULL && r < a->N; r++)
-		if (a->slot[r] == s)
-		{
-			rows[T++] = r;
-			L = a->pos[r] + 1 > L ? a->pos[r] + 1 : L;
-		}
-	if (rows == NULL ||
-		(T > 0 && (buf = malloc(sizeof(real) * ((size_t) T * L + (size_t) 2 * T * D))) == NULL))
-	{
-		free(rows);
+	if (rows == NULL)
 		return false;
-	}
 	S = buf;
 	Q = S + (size_t) T * L;
 	O = Q + (size_t) T * D;
@@ -825,10 +844,10 @@ attention_backward_item(const GqaArgs *a, int s, int kvh)
 	int			D = a->D;
 	int			group = a->Hq / a->Hkv;
 	int			ld = a->Hkv * D;	/* the cache's row stride */
-	int			T = 0,
-				L = 0;
-	int32_t    *rows = malloc(sizeof(int32_t) * a->N);
-	real	   *buf = NULL;
+	int			T,
+				L;
+	real	   *buf;
+	int32_t    *rows = slot_rows(a, s, 2, 3, &T, &L, &buf);
 	real	   *P,
 			   *dP,
 			   *dY,
@@ -837,18 +856,8 @@ attention_backward_item(const GqaArgs *a, int s, int kvh)
 	bool		scores = a->dq != NULL || a->dkcache != NULL;
 	size_t		base = cache_offset(a, s, 0, kvh);
 
-	for (int r = 0; rows != NULL && r < a->N; r++)
-		if (a->slot[r] == s)
-		{
-			rows[T++] = r;
-			L = a->pos[r] + 1 > L ? a->pos[r] + 1 : L;
-		}
-	if (rows == NULL ||
-		(T > 0 && (buf = malloc(sizeof(real) * ((size_t) 2 * T * L + (size_t) 3 * T * D))) == NULL))
-	{
-		free(rows);
+	if (rows == NULL)
 		return false;
-	}
 	P = buf;
 	dP = P + (size_t) T * L;
 	dY = dP + (size_t) T * L;
