@@ -6,7 +6,9 @@
  * matrices, 1 to 3 threads, on every path the CPU has (AMX, AVX512_BF16,
  * plain C).  Integer inputs, whose sums are exact in any order, must give
  * the same bits on every path; random ones must agree within the fp32
- * rounding of the sums.
+ * rounding of the sums.  gemm_bf16_rows, B given as rows of a quantized
+ * matrix (8-bit values and a scale per row), must give gemm_bf16's bits on
+ * the dequantized matrix, on every path.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -414,6 +416,134 @@ test_paths_agree(void **state)
 				  ran > 0 ? "amx and/or avx512" : "none on this CPU");
 }
 
+/* A matrix [rows, cols] as 8-bit values times a scale per row (Q8_0-like). */
+typedef struct QRows
+{
+	int			rows;
+	int			cols;
+	int8_t	   *q;				/* [rows, cols] */
+	float	   *d;				/* [rows] */
+	int			fetched;		/* rows handed out (atomic) */
+	int			bad;			/* a request outside the matrix (atomic) */
+} QRows;
+
+/* Row i's values: d[i] * q[i, j]. */
+static void
+qrows_dequant_row(const QRows *m, int i, float *out)
+{
+	for (int j = 0; j < m->cols; j++)
+		out[j] = m->d[i] * (float) m->q[(size_t) i * m->cols + j];
+}
+
+/* The GemmBf16RowsFn: count rows from first, counted (called on worker threads: no asserts). */
+static void
+qrows_fetch(const void *ctx, int first, int count, float *out)
+{
+	QRows	   *m = (QRows *) ctx;
+
+	if (first < 0 || count <= 0 || first + count > m->rows)
+	{
+		__atomic_store_n(&m->bad, 1, __ATOMIC_RELAXED);
+		return;
+	}
+	__atomic_add_fetch(&m->fetched, count, __ATOMIC_RELAXED);
+	for (int i = 0; i < count; i++)
+		qrows_dequant_row(m, first + i, out + (size_t) i * m->cols);
+}
+
+/*
+ * gemm_bf16_rows against gemm_bf16 on the same dequantized B (with a
+ * padded stride): the same bits everywhere in C, padding included; every
+ * row of B fetched once.
+ */
+static void
+check_rows_form(GemmBf16Path path, bool trans_b, bool accumulate, int M, int N, int K)
+{
+	QRows		m = {.rows = trans_b ? N : K, .cols = trans_b ? K : N};
+	int			ldb = m.cols + 3;
+	int			lda = K + 2;
+	int			ldc = N + 5;
+	float	   *A = random_array((size_t) M * lda, false);
+	float	   *B = malloc(sizeof(float) * ((size_t) m.rows * ldb + 1));
+	float	   *C0 = random_array((size_t) M * ldc, false);
+	float	   *want = malloc(sizeof(float) * ((size_t) M * ldc + 1));
+	float	   *got = malloc(sizeof(float) * ((size_t) M * ldc + 1));
+
+	m.q = malloc((size_t) m.rows * m.cols + 1);
+	m.d = malloc(sizeof(float) * (m.rows + 1));
+	assert_non_null(B);
+	assert_non_null(want);
+	assert_non_null(got);
+	assert_non_null(m.q);
+	assert_non_null(m.d);
+	for (int i = 0; i < m.rows; i++)
+	{
+		m.d[i] = (float) (0.002 + 0.03 * peft_rng_uniform(&rng));
+		for (int j = 0; j < m.cols; j++)
+			m.q[(size_t) i * m.cols + j] = (int8_t) ((int) (255 * peft_rng_uniform(&rng)) - 127);
+		qrows_dequant_row(&m, i, B + (size_t) i * ldb);
+	}
+	memcpy(want, C0, sizeof(float) * M * ldc);
+	memcpy(got, C0, sizeof(float) * M * ldc);
+	gemm_bf16_on(path, trans_b, M, N, K, A, lda, B, ldb, want, ldc, accumulate);
+	assert_true(gemm_bf16_rows_on(path, trans_b, M, N, K, A, lda, qrows_fetch, &m, got, ldc, accumulate));
+	if (m.bad || m.fetched != m.rows)
+		fail_msg("%s %dx%dx%d tb=%d: rows fetched %d of %d%s", gemm_bf16_path_name(path), M, N, K,
+				 trans_b, m.fetched, m.rows, m.bad ? ", and a request outside the matrix" : "");
+	for (size_t i = 0; i < (size_t) M * ldc; i++)
+		if (memcmp(&got[i], &want[i], sizeof(float)) != 0)
+			fail_msg("%s %dx%dx%d tb=%d acc=%d (%d thr): C[%zu,%zu] = %.9g from rows, %.9g from gemm_bf16",
+					 gemm_bf16_path_name(path), M, N, K, trans_b, accumulate, peft_threads_count(),
+					 i / ldc, i % ldc, got[i], want[i]);
+	free(A);
+	free(B);
+	free(C0);
+	free(want);
+	free(got);
+	free(m.q);
+	free(m.d);
+}
+
+/*
+ * The rows form on every path against gemm_bf16: every shape above and
+ * larger ones (N large enough to fetch 2 rows of B [K,N] at a time, small
+ * enough for 32; K from 1 to 3001), both forms of B, accumulating or not,
+ * 1 to 3 threads.
+ */
+static void
+test_rows_form(void **state)
+{
+	static const int more[][3] = {
+		{64, 5000, 67}, {40, 7, 3001}, {300, 576, 192}, {256, 1536, 576}, {70, 33, 1600},
+	};
+	const int	nmore = (int) (sizeof(more) / sizeof(more[0]));
+	int			ran = 0;
+
+	(void) state;
+	for (int threads = 1; threads <= 3; threads++)
+	{
+		assert_int_equal(peft_threads_init(threads, NULL), PEFT_OK);
+		for (int s = 0; s < NSHAPES + nmore; s++)
+		{
+			const int  *shape = s < NSHAPES ? shapes[s] : more[s - NSHAPES];
+
+			for (int tb = 0; tb <= 1; tb++)
+				for (int acc = 0; acc <= 1; acc++)
+					for (int pi = 0; pi < NPATHS; pi++)
+					{
+						if (!gemm_bf16_path_available(paths[pi]))
+							continue;
+						/* plain C on the larger shapes only at 2 threads, not accumulating */
+						if (paths[pi] == GEMM_BF16_SCALAR && s >= NSHAPES && (threads != 2 || acc))
+							continue;
+						check_rows_form(paths[pi], tb, acc, shape[0], shape[1], shape[2]);
+						ran++;
+					}
+		}
+	}
+	print_message("gemm_bf16_rows: %d products, each the same bits as gemm_bf16's\n", ran);
+}
+
 /* Empty products: nothing happens for M or N of 0; K of 0 gives 0 or leaves C. */
 static void
 test_empty(void **state)
@@ -430,6 +560,20 @@ test_empty(void **state)
 	assert_true(C[0] == 5 && C[3] == 8);
 	gemm_bf16(false, 2, 2, 0, A, 2, B, 2, C, 2, false);
 	assert_true(C[0] == 0 && C[1] == 0 && C[2] == 0 && C[3] == 0);
+	/* the rows form fetches nothing then */
+	C[0] = 5;
+	C[3] = 8;
+	{
+		QRows		m = {.rows = 2, .cols = 0};
+
+		assert_true(gemm_bf16_rows(true, 0, 2, 2, A, 2, qrows_fetch, &m, C, 2, false));
+		assert_true(gemm_bf16_rows(true, 2, 2, 0, A, 2, qrows_fetch, &m, C, 2, true));
+		assert_true(C[0] == 5 && C[3] == 8);
+		assert_true(gemm_bf16_rows(false, 2, 2, 0, A, 2, qrows_fetch, &m, C, 2, false));
+		assert_true(C[0] == 0 && C[3] == 0);
+		assert_int_equal(m.fetched, 0);
+		assert_int_equal(m.bad, 0);
+	}
 }
 
 int
@@ -441,6 +585,7 @@ main(void)
 		cmocka_unit_test(test_against_reference),
 		cmocka_unit_test(test_training_shape),
 		cmocka_unit_test(test_paths_agree),
+		cmocka_unit_test(test_rows_form),
 		cmocka_unit_test(test_empty),
 	};
 

@@ -140,36 +140,73 @@ whole_matrix(const QMatrix *m)
 }
 
 /*
- * BF16 products (precision => 'bf16', on AMX): the matrix in slices of up
- * to QMATRIX_WHOLE_MAX values (the head's 28 million in 49 of them),
- * each dequantized into the scratch and multiplied by gemm_bf16.
+ * Values of a matrix one bf16 product takes at most: gemm_bf16_rows packs
+ * them as bf16 (8 MB for 4 million), so the 28-million-value output head
+ * goes in 7 slices of rows.
+ */
+#define QMATRIX_BF16_MAX ((int64_t) 1 << 22)
+
+/* Rows of a quantized matrix, for gemm_bf16_rows. */
+typedef struct QMatrixRows
+{
+	GgmlType	type;
+	const uint8_t *data;		/* row 0 */
+	size_t		row_bytes;
+	int64_t		cols;
+} QMatrixRows;
+
+/* Rows [first, first + count) dequantized into out (a GemmBf16RowsFn). */
+static void
+qmatrix_rows(const void *ctx, int first, int count, float *out)
+{
+	const QMatrixRows *q = ctx;
+
+	quant_dequantize(q->type, q->data + (size_t) first * q->row_bytes, (int64_t) count * q->cols, out);
+}
+
+/*
+ * BF16 products (precision => 'bf16', on AMX): gemm_bf16_rows dequantizes
+ * the matrix a few rows at a time inside its packing (on every thread, into
+ * scratch that stays in cache), never as a whole float32 copy; matrices over
+ * QMATRIX_BF16_MAX values in slices of rows.  float32 weights go to
+ * gemm_bf16 as they are.  Without memory for the packing, the float
+ * kernels, a row of a at a time (a slice's rows of a and c are contiguous).
  */
 static void
 bf16_product(const QMatrix *m, const real *a, int N, real *c, bool backward)
 {
-	int64_t		rows = QMATRIX_WHOLE_MAX / m->cols;
+	int64_t		rows = QMATRIX_BF16_MAX / m->cols > 0 ? QMATRIX_BF16_MAX / m->cols : 1;
 	size_t		row_bytes = quant_row_bytes(m->type, m->cols);
+	int			cols = (int) m->cols;
 
-	if (whole_buf == NULL && (whole_buf = malloc(sizeof(float) * QMATRIX_WHOLE_MAX)) == NULL)
-	{
-		/* no scratch: the float kernels, which need none */
-		if (backward)
-			quant_matmul_backward_input(m->type, m->data, m->rows, m->cols, a, N, c);
-		else
-			quant_matmul(m->type, m->data, m->rows, m->cols, a, N, c);
-		return;
-	}
 	for (int64_t r0 = 0; r0 < m->rows; r0 += rows)
 	{
 		int			n = (int) (m->rows - r0 < rows ? m->rows - r0 : rows);
+		const uint8_t *w = (const uint8_t *) m->data + r0 * row_bytes;
+		QMatrixRows q = {m->type, w, row_bytes, m->cols};
 
-		quant_dequantize(m->type, (const uint8_t *) m->data + r0 * row_bytes, n * m->cols, whole_buf);
+		if (m->type == GGML_F32)
+		{
+			if (backward)
+				gemm_bf16(false, N, cols, n, a + r0, (int) m->rows, (const float *) w, cols, c, cols, true);
+			else
+				gemm_bf16(true, N, n, cols, a, cols, (const float *) w, cols, c + r0, (int) m->rows, false);
+			continue;
+		}
 		if (backward)			/* dx[N, cols] += dy[N, r0 .. r0+n) W[r0 .. r0+n) */
-			gemm_bf16(false, N, (int) m->cols, n, a + r0, (int) m->rows, whole_buf, (int) m->cols, c,
-					  (int) m->cols, true);
+		{
+			if (!gemm_bf16_rows(false, N, cols, n, a + r0, (int) m->rows, qmatrix_rows, &q, c, cols, true))
+				for (int i = 0; i < N; i++)
+					quant_matmul_backward_input(m->type, w, n, m->cols, a + (size_t) i * m->rows + r0, 1,
+												c + (size_t) i * cols);
+		}
 		else					/* y[N, r0 .. r0+n) = x W[r0 .. r0+n)^T */
-			gemm_bf16(true, N, n, (int) m->cols, a, (int) m->cols, whole_buf, (int) m->cols, c + r0,
-					  (int) m->rows, false);
+		{
+			if (!gemm_bf16_rows(true, N, n, cols, a, cols, qmatrix_rows, &q, c + r0, (int) m->rows, false))
+				for (int i = 0; i < N; i++)
+					quant_matmul(m->type, w, n, m->cols, a + (size_t) i * cols, 1,
+								 c + (size_t) i * m->rows + r0);
+		}
 	}
 }
 

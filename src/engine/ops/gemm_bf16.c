@@ -13,6 +13,10 @@
  * N to a multiple of 32 and the rows of a block to 32, so the kernels only
  * ever see whole tiles; the padded rows and columns of C are never stored.
  *
+ * gemm_bf16_rows packs the same layout from B's rows fetched (dequantized)
+ * a few at a time into a thread's scratch, within the same parallel loop,
+ * so the packed bytes, and hence the results, are gemm_bf16's.
+ *
  * The AVX512_BF16 and scalar paths read the same packed layouts, so all
  * three round the same inputs the same way: only the order of the fp32
  * sums differs.  The tile and AVX-512 code carries function-level target
@@ -67,8 +71,13 @@ typedef struct GemmBf16Job
 	int			np;				/* N rounded up to BLOCK */
 	const float *A;
 	int			lda;
-	const float *B;
+	const float *B;				/* NULL for gemm_bf16_rows: bp holds op(B) */
 	int			ldb;
+	GemmBf16RowsFn rows;		/* gemm_bf16_rows: B's rows, dequantized */
+	const void *rows_ctx;
+	int			chunk;			/* rows of B one rows() call gives (even; not trans_b) */
+	size_t		scratch_floats; /* floats of a thread's rows() scratch */
+	int			pack_failed;	/* a thread had no scratch (atomic) */
 	float	   *C;
 	int			ldc;
 	uint16_t   *bp;				/* packed B: np / TILE tiles of kp * TILE values */
@@ -119,28 +128,61 @@ gemm_bf16_round(float x)
 
 /* ---- packing, plain C ------------------------------------------------------ */
 
-/* Element (k, n) of op(B), or 0 outside K x N. */
+/*
+ * Where a packer reads op(B): src with row stride ld, its first row being
+ * B's row base (trans_b: src row n - base holds column n of op(B); else src
+ * row k - base holds row k).  For gemm_bf16, B itself from row 0; for
+ * gemm_bf16_rows, a thread's scratch of dequantized rows.
+ */
+typedef struct BSource
+{
+	const float *src;
+	int			ld;
+	int			base;
+} BSource;
+
+/* Element (k, n) of op(B) from a source, or 0 outside K x N. */
 static inline float
-op_b(const GemmBf16Job *job, int k, int n)
+op_b_from(const GemmBf16Job *job, BSource s, int k, int n)
 {
 	if (k >= job->K || n >= job->N)
 		return 0.0f;
-	return job->trans_b ? job->B[(size_t) n * job->ldb + k] : job->B[(size_t) k * job->ldb + n];
+	return job->trans_b ? s.src[(size_t) (n - s.base) * s.ld + k] : s.src[(size_t) (k - s.base) * s.ld + n];
 }
 
-/* Pack 16-column tiles [t0, t1) of op(B): value (k, c) of tile t at kk = k/2, c, k%2. */
+/* Element (k, n) of op(B) as packed in bp (its bf16 value). */
+static inline float
+op_b_packed(const GemmBf16Job *job, int k, int n)
+{
+	return bf16_float(job->bp[(size_t) (n / TILE) * b_tile_stride(job->kp) + (size_t) (k / 2) * 2 * TILE +
+							  2 * (n % TILE) + k % 2]);
+}
+
+/* Element (k, n) of op(B), or 0 outside K x N: from B, or from the packed B when there is no B. */
+static inline float
+op_b(const GemmBf16Job *job, int k, int n)
+{
+	if (job->B == NULL)
+		return k < job->K && n < job->N ? op_b_packed(job, k, n) : 0.0f;
+	return op_b_from(job, (BSource) {job->B, job->ldb, 0}, k, n);
+}
+
+/*
+ * Pack rows [k0, k1) (even) of 16-column tiles [t0, t1) of op(B) from s:
+ * value (k, c) of tile t at kk = k/2, c, k%2.
+ */
 static void
-pack_b_scalar(const GemmBf16Job *job, int t0, int t1)
+pack_b_scalar(const GemmBf16Job *job, int t0, int t1, int k0, int k1, BSource s)
 {
 	for (int t = t0; t < t1; t++)
 	{
 		uint16_t   *dst = job->bp + (size_t) t * b_tile_stride(job->kp);
 
-		for (int kk = 0; kk < job->kp / 2; kk++)
+		for (int kk = k0 / 2; kk < k1 / 2; kk++)
 			for (int c = 0; c < TILE; c++)
 			{
-				dst[(size_t) kk * 2 * TILE + 2 * c] = bf16_bits(op_b(job, 2 * kk, t * TILE + c));
-				dst[(size_t) kk * 2 * TILE + 2 * c + 1] = bf16_bits(op_b(job, 2 * kk + 1, t * TILE + c));
+				dst[(size_t) kk * 2 * TILE + 2 * c] = bf16_bits(op_b_from(job, s, 2 * kk, t * TILE + c));
+				dst[(size_t) kk * 2 * TILE + 2 * c + 1] = bf16_bits(op_b_from(job, s, 2 * kk + 1, t * TILE + c));
 			}
 	}
 }
@@ -295,9 +337,12 @@ transpose_16x16(__m512i r[16])
 	}
 }
 
-/* pack_b_scalar with AVX-512: B [N,K] (trans_b) by 16x16 transposes of k pairs. */
+/*
+ * pack_b_scalar with AVX-512: B [N,K] (trans_b; k0 and k1 then multiples
+ * of KBLOCK) by 16x16 transposes of k pairs.
+ */
 TARGET_AVX512BF16 static void
-pack_b_avx512(const GemmBf16Job *job, int t0, int t1)
+pack_b_avx512(const GemmBf16Job *job, int t0, int t1, int k0, int k1, BSource s)
 {
 	int			K = job->K;
 
@@ -309,17 +354,19 @@ pack_b_avx512(const GemmBf16Job *job, int t0, int t1)
 
 		if (job->trans_b)
 		{
-			for (int k0 = 0; k0 < job->kp; k0 += KBLOCK)
+			const float *src = s.src + (size_t) (n0 - s.base) * s.ld;
+
+			for (int kb = k0; kb < k1; kb += KBLOCK)
 			{
 				__m512i		r[16];
 
 				/* row c: the 16 (k, k+1) pairs of column n0 + c, then transposed */
 				for (int c = 0; c < TILE; c++)
-					r[c] = c < ncols ? load_bf16x32(job->B + (size_t) (n0 + c) * job->ldb + k0, K - k0)
+					r[c] = c < ncols ? load_bf16x32(src + (size_t) c * s.ld + kb, K - kb)
 						: _mm512_setzero_si512();
 				transpose_16x16(r);
 				for (int kk = 0; kk < TILE; kk++)
-					_mm512_store_si512(dst + (size_t) (k0 / 2 + kk) * 2 * TILE, r[kk]);
+					_mm512_store_si512(dst + (size_t) (kb / 2 + kk) * 2 * TILE, r[kk]);
 			}
 		}
 		else
@@ -331,13 +378,12 @@ pack_b_avx512(const GemmBf16Job *job, int t0, int t1)
 														19, 3, 18, 2, 17, 1, 16, 0);
 			__mmask16	m = lanes(ncols);
 
-			for (int kk = 0; kk < job->kp / 2; kk++)
+			for (int kk = k0 / 2; kk < k1 / 2; kk++)
 			{
 				int			k = 2 * kk;
-				__m512		r0 = k < K ? _mm512_maskz_loadu_ps(m, job->B + (size_t) k * job->ldb + n0)
-					: _mm512_setzero_ps();
-				__m512		r1 = k + 1 < K ? _mm512_maskz_loadu_ps(m, job->B + (size_t) (k + 1) * job->ldb + n0)
-					: _mm512_setzero_ps();
+				const float *src = s.src + (size_t) (k - s.base) * s.ld + n0;
+				__m512		r0 = k < K ? _mm512_maskz_loadu_ps(m, src) : _mm512_setzero_ps();
+				__m512		r1 = k + 1 < K ? _mm512_maskz_loadu_ps(m, src + s.ld) : _mm512_setzero_ps();
 				__m512i		w = (__m512i) _mm512_cvtne2ps_pbh(r1, r0);
 
 				_mm512_store_si512(dst + (size_t) kk * 2 * TILE, _mm512_permutexvar_epi16(interleave, w));
@@ -635,20 +681,27 @@ gemm_bf16_path_name(GemmBf16Path path)
 
 /* ---- the product ----------------------------------------------------------- */
 
+/* Pack rows [k0, k1) of tiles [t0, t1) of op(B) from s with the path's packer. */
+static void
+pack_b(const GemmBf16Job *job, int t0, int t1, int k0, int k1, BSource s)
+{
+#ifdef GEMM_BF16_X86
+	if (job->path != GEMM_BF16_SCALAR)
+	{
+		pack_b_avx512(job, t0, t1, k0, k1, s);
+		return;
+	}
+#endif
+	pack_b_scalar(job, t0, t1, k0, k1, s);
+}
+
 /* Pack 16-column tiles [begin, end) of op(B) (a peft_parallel_for range). */
 static void
 pack_b_range(void *arg, size_t begin, size_t end)
 {
 	const GemmBf16Job *job = arg;
 
-#ifdef GEMM_BF16_X86
-	if (job->path != GEMM_BF16_SCALAR)
-	{
-		pack_b_avx512(job, (int) begin, (int) end);
-		return;
-	}
-#endif
-	pack_b_scalar(job, (int) begin, (int) end);
+	pack_b(job, (int) begin, (int) end, 0, job->kp, (BSource) {job->B, job->ldb, 0});
 }
 
 /*
@@ -786,6 +839,70 @@ compute_range(void *arg, size_t begin, size_t end)
 #endif
 }
 
+/*
+ * A product's job before op(B) is packed: its shape, A and C, the path, and
+ * how B's columns are laid out in tiles.
+ */
+static void
+job_init(GemmBf16Job *job, GemmBf16Path path, bool trans_b, int M, int N, int K,
+		 const float *A, int lda, float *C, int ldc, bool accumulate)
+{
+	if (path == GEMM_BF16_AUTO || !gemm_bf16_path_available(path))
+		path = gemm_bf16_best_path();
+	memset(job, 0, sizeof(*job));
+	job->path = path;
+	job->trans_b = trans_b;
+	job->accumulate = accumulate;
+	job->M = M;
+	job->N = N;
+	job->K = K > 0 ? K : 0;
+	job->kp = (job->K + KBLOCK - 1) / KBLOCK * KBLOCK;
+	job->np = (N + BLOCK - 1) / BLOCK * BLOCK;
+	job->A = A;
+	job->lda = lda;
+	job->C = C;
+	job->ldc = ldc;
+	job->row_blocks = (M + BLOCK - 1) / BLOCK;
+	job->col_blocks = job->np / BLOCK;
+	job->col_chunks = 1;
+}
+
+/* The shared packed B of a job (the calling thread's, kept), or NULL. */
+static uint16_t *
+job_packed_b(const GemmBf16Job *job)
+{
+	if (job->kp == 0)
+		return NULL;
+	return thread_buffer(&b_buffer, &b_capacity,
+						 (size_t) job->np / TILE * b_tile_stride(job->kp) * sizeof(uint16_t));
+}
+
+/* C (+)= A . packed op(B), split over the threads. */
+static void
+job_compute(GemmBf16Job *job)
+{
+	int			threads = peft_threads_count();
+	size_t		items;
+	double		item_flop;
+	size_t		grain;
+
+	/*
+	 * Rows split the work best (each thread packs only its own rows of A);
+	 * with fewer than 4 row blocks a thread, columns are split too.
+	 */
+	job->col_chunks = 1;
+	if (threads > 1 && job->row_blocks < 4 * threads)
+	{
+		job->col_chunks = (4 * threads + job->row_blocks - 1) / job->row_blocks;
+		if (job->col_chunks > job->col_blocks)
+			job->col_chunks = job->col_blocks;
+	}
+	items = (size_t) job->row_blocks * job->col_chunks;
+	item_flop = 2.0 * BLOCK * ((double) job->np / job->col_chunks) * job->kp;
+	grain = (size_t) (MIN_FLOP_PER_CHUNK / item_flop) + 1;
+	peft_parallel_for(items, grain, compute_range, job);
+}
+
 /* C (+)= A . op(B) on a given path (see gemm_bf16.h). */
 void
 gemm_bf16_on(GemmBf16Path path, bool trans_b, int M, int N, int K,
@@ -793,62 +910,22 @@ gemm_bf16_on(GemmBf16Path path, bool trans_b, int M, int N, int K,
 			 float *C, int ldc, bool accumulate)
 {
 	GemmBf16Job job;
-	size_t		tiles;
-	size_t		items;
-	double		item_flop;
-	size_t		grain;
-	int			threads = peft_threads_count();
 
 	if (M <= 0 || N <= 0)
 		return;
-	if (path == GEMM_BF16_AUTO || !gemm_bf16_path_available(path))
-		path = gemm_bf16_best_path();
-
-	memset(&job, 0, sizeof(job));
-	job.path = path;
-	job.trans_b = trans_b;
-	job.accumulate = accumulate;
-	job.M = M;
-	job.N = N;
-	job.K = K > 0 ? K : 0;
-	job.kp = (job.K + KBLOCK - 1) / KBLOCK * KBLOCK;
-	job.np = (N + BLOCK - 1) / BLOCK * BLOCK;
-	job.A = A;
-	job.lda = lda;
+	job_init(&job, path, trans_b, M, N, K, A, lda, C, ldc, accumulate);
 	job.B = B;
 	job.ldb = ldb;
-	job.C = C;
-	job.ldc = ldc;
-	job.row_blocks = (M + BLOCK - 1) / BLOCK;
-	job.col_blocks = job.np / BLOCK;
 
 	/* B packed once, shared; without memory for it, the unpacked loop */
-	tiles = (size_t) job.np / TILE;
-	job.bp = job.kp > 0 ? thread_buffer(&b_buffer, &b_capacity, tiles * b_tile_stride(job.kp) * sizeof(uint16_t)) :
-		NULL;
+	job.bp = job_packed_b(&job);
 	if (job.bp == NULL)
 	{
-		job.col_chunks = 1;
 		rows_unpacked(&job, 0, M, 0, N);
 		return;
 	}
-	peft_parallel_for(tiles, 1 + PARALLEL_GRAIN / b_tile_stride(job.kp), pack_b_range, &job);
-
-	/*
-	 * Rows split the work best (each thread packs only its own rows of A);
-	 * with fewer than 4 row blocks a thread, columns are split too.
-	 */
-	job.col_chunks = 1;
-	if (threads > 1 && job.row_blocks < 4 * threads)
-	{
-		job.col_chunks = (4 * threads + job.row_blocks - 1) / job.row_blocks;
-		if (job.col_chunks > job.col_blocks)
-			job.col_chunks = job.col_blocks;
-	}
-	items = (size_t) job.row_blocks * job.col_chunks;
-	item_flop = 2.0 * BLOCK * ((double) job.np / job.col_chunks) * job.kp;
-	grain = (size_t) (MIN_FLOP_PER_CHUNK / item_flop) + 1;
-	peft_parallel_for(items, grain, compute_range, &job);
+	peft_parallel_for((size_t) job.np / TILE, 1 + PARALLEL_GRAIN / b_tile_stride(job.kp), pack_b_range, &job);
+	job_compute(&job);
 }
 
 /* C (+)= A . op(B) on the fastest path this machine has. */
@@ -858,4 +935,145 @@ gemm_bf16(bool trans_b, int M, int N, int K,
 		  float *C, int ldc, bool accumulate)
 {
 	gemm_bf16_on(GEMM_BF16_AUTO, trans_b, M, N, K, A, lda, B, ldb, C, ldc, accumulate);
+}
+
+/* ---- B given by rows ------------------------------------------------------- */
+
+/*
+ * Floats of B's rows a thread dequantizes at a time when B is [K,N]
+ * (32 KB: they stay in L1 while they are packed).
+ */
+#define ROWS_SCRATCH_FLOATS 8192
+
+/* Each thread's scratch for rows of B, kept between calls as the packing buffers are. */
+static _Thread_local void *rows_buffer;
+static _Thread_local size_t rows_capacity;
+
+/* The thread's scratch for a job's rows of B, or NULL (the job then marked failed). */
+static float *
+rows_scratch(GemmBf16Job *job)
+{
+	float	   *scratch = thread_buffer(&rows_buffer, &rows_capacity, job->scratch_floats * sizeof(float));
+
+	if (scratch == NULL)
+		__atomic_store_n(&job->pack_failed, 1, __ATOMIC_RELAXED);
+	return scratch;
+}
+
+/*
+ * trans_b: 16-column tiles [begin, end) of op(B), each from its 16 rows of
+ * B [N,K] fetched into the thread's scratch and packed from there.
+ */
+static void
+pack_rows_trans_range(void *arg, size_t begin, size_t end)
+{
+	GemmBf16Job *job = arg;
+	float	   *scratch = rows_scratch(job);
+
+	if (scratch == NULL)
+		return;
+	for (size_t t = begin; t < end; t++)
+	{
+		int			n0 = (int) t * TILE;
+		int			n = job->N - n0 < TILE ? job->N - n0 : TILE;
+
+		/* a tile wholly past N (N rounded up to 32) is zeros: nothing to fetch */
+		if (n > 0)
+			job->rows(job->rows_ctx, n0, n, scratch);
+		pack_b(job, (int) t, (int) t + 1, 0, job->kp, (BSource) {scratch, job->K, n0});
+	}
+}
+
+/*
+ * Not trans_b: blocks [begin, end) of KBLOCK rows of B [K,N], chunk rows
+ * at a time fetched into the thread's scratch and packed into every tile.
+ */
+static void
+pack_rows_plain_range(void *arg, size_t begin, size_t end)
+{
+	GemmBf16Job *job = arg;
+	float	   *scratch = rows_scratch(job);
+	int			tiles = job->np / TILE;
+
+	if (scratch == NULL)
+		return;
+	for (size_t b = begin; b < end; b++)
+	{
+		int			kend = (int) (b + 1) * KBLOCK;
+
+		for (int k0 = (int) b * KBLOCK; k0 < kend; k0 += job->chunk)
+		{
+			int			k1 = k0 + job->chunk < kend ? k0 + job->chunk : kend;
+			int			n = (k1 < job->K ? k1 : job->K) - k0;
+
+			/* rows past K (K rounded up to 32) are zeros: nothing to fetch */
+			if (n > 0)
+				job->rows(job->rows_ctx, k0, n, scratch);
+			pack_b(job, 0, tiles, k0, k1, (BSource) {scratch, job->N, k0});
+		}
+	}
+}
+
+/* C (+)= A . op(B), B given by rows, on a given path (see gemm_bf16.h). */
+bool
+gemm_bf16_rows_on(GemmBf16Path path, bool trans_b, int M, int N, int K,
+				  const float *A, int lda, GemmBf16RowsFn rows, const void *ctx,
+				  float *C, int ldc, bool accumulate)
+{
+	GemmBf16Job job;
+	size_t		items;
+	size_t		grain;
+	PeftRangeFn pack;
+
+	if (M <= 0 || N <= 0)
+		return true;
+	job_init(&job, path, trans_b, M, N, K, A, lda, C, ldc, accumulate);
+	job.rows = rows;
+	job.rows_ctx = ctx;
+	if (job.kp == 0)
+	{
+		/* K = 0: C = 0 or left as it is, B never read */
+		rows_unpacked(&job, 0, M, 0, N);
+		return true;
+	}
+	if (trans_b)
+	{
+		/* 16 whole rows of B [N,K] make a tile's 16 columns of op(B) */
+		job.scratch_floats = (size_t) TILE * job.K;
+		items = (size_t) job.np / TILE;
+		grain = 1 + PARALLEL_GRAIN / b_tile_stride(job.kp);
+		pack = pack_rows_trans_range;
+	}
+	else
+	{
+		/* an even number of rows of B [K,N] (pairs of k), 2 to KBLOCK of them */
+		job.chunk = ROWS_SCRATCH_FLOATS / N / 2 * 2;
+		job.chunk = job.chunk < 2 ? 2 : job.chunk > KBLOCK ? KBLOCK : job.chunk;
+		job.scratch_floats = (size_t) job.chunk * N;
+		items = (size_t) job.kp / KBLOCK;
+		grain = 1 + PARALLEL_GRAIN / ((size_t) KBLOCK * job.np);
+		pack = pack_rows_plain_range;
+	}
+
+	/*
+	 * The calling thread's packed B and scratch first: without them nothing
+	 * is done.  A worker without scratch leaves its tiles, and the calling
+	 * thread then packs them all itself.
+	 */
+	job.bp = job_packed_b(&job);
+	if (job.bp == NULL || rows_scratch(&job) == NULL)
+		return false;
+	peft_parallel_for(items, grain, pack, &job);
+	if (__atomic_load_n(&job.pack_failed, __ATOMIC_RELAXED))
+		pack(&job, 0, items);
+	job_compute(&job);
+	return true;
+}
+
+/* gemm_bf16_rows_on on the fastest path this machine has. */
+bool
+gemm_bf16_rows(bool trans_b, int M, int N, int K, const float *A, int lda,
+			   GemmBf16RowsFn rows, const void *ctx, float *C, int ldc, bool accumulate)
+{
+	return gemm_bf16_rows_on(GEMM_BF16_AUTO, trans_b, M, N, K, A, lda, rows, ctx, C, ldc, accumulate);
 }

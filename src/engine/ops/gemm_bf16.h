@@ -65,4 +65,34 @@ void		gemm_bf16_on(GemmBf16Path path, bool trans_b, int M, int N, int K,
 						 const float *A, int lda, const float *B, int ldb,
 						 float *C, int ldc, bool accumulate);
 
+/*
+ * Rows [first, first + count) of a [rows, cols] matrix as floats, dense
+ * (count * cols values) at out: a quantized weight dequantized, say.  Called
+ * from several threads at once, each with its own out.
+ */
+typedef void (*GemmBf16RowsFn) (const void *ctx, int first, int count, float *out);
+
+/*
+ * gemm_bf16 with B given by its rows: row i of the matrix is what rows(ctx,
+ * i, ...) gives, B [N,K] when trans_b (rows has N rows of K values), B
+ * [K,N] otherwise (K rows of N).  B is never held as float32 whole: its
+ * packing, split over the threads like gemm_bf16's, fetches a few rows at a
+ * time into a small scratch of each thread's (16 rows when trans_b, up to
+ * 32 KB of rows otherwise) and packs them from there.  The result has the
+ * same bits as gemm_bf16 on the matrix rows gives, on every path.
+ *
+ * False, with nothing done (C untouched), when the calling thread cannot
+ * have the memory for packed B (2 bytes a value, rounded up to 32 columns
+ * of op(B) and 32 values of k) and one scratch; the buffers are kept per
+ * thread between calls, so a product no larger than one that ran on the
+ * same thread does not fail.
+ */
+bool		gemm_bf16_rows(bool trans_b, int M, int N, int K, const float *A, int lda,
+						   GemmBf16RowsFn rows, const void *ctx, float *C, int ldc, bool accumulate);
+
+/* gemm_bf16_rows on a given path (an unavailable one falls back to the best). */
+bool		gemm_bf16_rows_on(GemmBf16Path path, bool trans_b, int M, int N, int K,
+							  const float *A, int lda, GemmBf16RowsFn rows, const void *ctx,
+							  float *C, int ldc, bool accumulate);
+
 #endif
