@@ -92,7 +92,7 @@ peer=$("$PY" test/bench/peer_train_decoder.py "$GGUF" "$DATA" --threads "$THREAD
 [ -n "$peer" ] || { echo "peer_train_decoder.py failed:" >&2; tail -5 "$WORK/peer.err" >&2; }
 
 echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; threads $THREADS, batch $BATCH, $STEPS steps after $WARMUP untimed"
-echo "precision: peft ${PRECISION:-fp32} (device $(field "$ours" device)), peer ${PEER_AUTOCAST:+autocast bf16}${PEER_AUTOCAST:-fp32}"
+echo "precision: peft ${PRECISION:-fp32} (device $(field "$ours" device)), peer $([ -n "${PEER_AUTOCAST:-}" ] && echo "autocast bf16" || echo fp32)"
 echo "peer: torch $(field "$peer" torch), transformers $(field "$peer" transformers), peft $(field "$peer" peft); data $DATA"
 if [ -n "$(field "$ours" error)" ]; then
 	echo "peft-engine train failed ($(field "$ours" error)):"
@@ -111,4 +111,4 @@ row "train rows/s" "$(field "$ours" rows_per_second)" "$(field "$peer" rows_per_
 row "peak RSS MB (less is better)" "$(field "$ours" peak_rss_mb)" "$(field "$peer" peak_rss_mb)"
 mkdir -p build/bench
 printf '{"threads": %s, "batch_size": %s, "steps": %s, "warmup": %s, "precision": "%s", "peer_autocast": %s, "peft": %s, "peer": %s}\n' \
-	"$THREADS" "$BATCH" "$STEPS" "$WARMUP" "${PRECISION:-fp32}" "${PEER_AUTOCAST:+true}${PEER_AUTOCAST:-false}" "$ours" "${peer:-null}" >build/bench/train_decoder.json
+	"$THREADS" "$BATCH" "$STEPS" "$WARMUP" "${PRECISION:-fp32}" "$([ -n "${PEER_AUTOCAST:-}" ] && echo true || echo false)" "$ours" "${peer:-null}" >build/bench/train_decoder.json

@@ -8,6 +8,8 @@
  * prefixes set to the keys and values the model caches for u, give the
  * loss of the base model with u written before the input.
  *
+ * With precision bf16, the loss and gradients stay near FP32's.
+ *
  * Model: the tiny LLaMA fixture (test/fixtures/ref_tiny_llama.py), in
  * GGUF's rotary layout and in Hugging Face's.
  */
@@ -29,6 +31,9 @@
 
 /* Training's loss against the cross-entropy of generation's logits, relative (measured up to 1.8e-8). */
 #define TOL_PATHS_REL 1e-6
+/* BF16 products against FP32: the loss relative (measured 2.2e-4), the gradients l2 relative (measured 1.7e-2) */
+#define TOL_BF16_LOSS_REL 1e-2
+#define TOL_BF16_GRAD_L2 5e-2
 /* Virtual tokens against the same tokens written before the input, relative (measured up to 4.4e-8). */
 #define TOL_VIRTUAL_REL 1e-6
 
@@ -278,6 +283,69 @@ test_new_bottleneck_is_identity(void **state)
 	llama_model_free(m);
 }
 
+/*
+ * precision bf16: training's products with the frozen weights (64 rows and
+ * more) rounded to BF16, summed in FP32 (on AMX where there is one, else
+ * gemm_bf16's other paths, the same rounding): the loss and the LoRA
+ * gradients stay near FP32's, and not equal to them (the path ran).
+ */
+static void
+test_bf16_products_near_fp32(void **state)
+{
+	int32_t		ids[96],
+				start[5],
+				prompt[4];
+	LmBatch		b = {.B = 4, .ids = ids, .start = start, .prompt_len = prompt};
+	DecoderAdapterOptions o = {.method = DAD_LORA, .r = 4, .alpha = 8,
+	.targets = {true, true, true, true, true, true, true}};
+	LlamaModel *m;
+	DecoderAdapter *ad;
+	CausalLM   *lm;
+	PeftRng		rng;
+	PeftError	err = {0};
+	double		loss[2];
+	int64_t		targets;
+	real	   *grad[2];
+	double		diff = 0,
+				norm = 0;
+
+	peft_rng_seed(&rng, 11);
+	start[0] = 0;
+	for (int i = 0; i < 4; i++)
+	{
+		start[i + 1] = start[i] + 20 + 2 * i;	/* 92 rows: past the 64 that take the bf16 path */
+		prompt[i] = 5 + i;
+	}
+	for (int r = 0; r < start[4]; r++)
+		ids[r] = 3 + (int32_t) peft_rng_below(&rng, 90);
+	assert_int_equal(llama_model_load(source_path(models[0]), &m, &err), PEFT_OK);
+	ad = moved_adapter(m, o, &rng);
+	assert_int_equal(causal_lm_create(m, ad, &lm, &err), PEFT_OK);
+	for (int k = 0; k < 2; k++)
+	{
+		ad->bf16 = k == 1;
+		memset(ad->params.grads, 0, sizeof(real) * ad->params.total);
+		assert_int_equal(causal_lm_loss(lm, &b, 1.0, &loss[k], &targets, &err), PEFT_OK);
+		grad[k] = malloc(sizeof(real) * ad->params.total);
+		memcpy(grad[k], ad->params.grads, sizeof(real) * ad->params.total);
+	}
+	for (size_t i = 0; i < ad->params.total; i++)
+	{
+		diff += ((double) grad[1][i] - grad[0][i]) * ((double) grad[1][i] - grad[0][i]);
+		norm += (double) grad[0][i] * grad[0][i];
+	}
+	diff = sqrt(diff / norm);
+	printf("  bf16 against fp32: loss %.7g against %.7g (relative %.1e), gradients l2 relative %.1e\n",
+		   loss[1], loss[0], fabs(loss[1] - loss[0]) / loss[0], diff);
+	assert_true(isfinite(loss[1]) && fabs(loss[1] - loss[0]) / loss[0] <= TOL_BF16_LOSS_REL);
+	assert_true(isfinite(diff) && diff <= TOL_BF16_GRAD_L2 && diff > 0);
+	free(grad[0]);
+	free(grad[1]);
+	causal_lm_free(lm);
+	decoder_adapter_free(ad);
+	llama_model_free(m);
+}
+
 static int
 setup(void **state)
 {
@@ -298,6 +366,7 @@ main(void)
 		cmocka_unit_test(test_training_and_generation_agree),
 		cmocka_unit_test(test_virtual_tokens_are_tokens),
 		cmocka_unit_test(test_new_bottleneck_is_identity),
+		cmocka_unit_test(test_bf16_products_near_fp32),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);
