@@ -346,6 +346,71 @@ test_bf16_products_near_fp32(void **state)
 	llama_model_free(m);
 }
 
+/* Configs and weights of the new methods that must be refused, each with a clear error. */
+static void
+test_bad_configs_refused(void **state)
+{
+	static const struct
+	{
+		const char *json;
+		PeftCode	code;
+	}			bad[] = {
+		{"{\"peft_type\": \"PREFIX_TUNING\", \"num_virtual_tokens\": 8, \"prefix_projection\": true}", PEFT_ERR_UNSUPPORTED},
+		{"{\"peft_type\": \"PREFIX_TUNING\", \"num_virtual_tokens\": 0}", PEFT_ERR_FORMAT},
+		{"{\"peft_type\": \"PROMPT_TUNING\", \"num_virtual_tokens\": 300}", PEFT_ERR_FORMAT},
+		{"{\"peft_type\": \"PROMPT_TUNING\", \"num_virtual_tokens\": 2.5}", PEFT_ERR_FORMAT},
+		{"{\"peft_type\": \"PROMPT_TUNING\"}", PEFT_ERR_FORMAT},
+		{"{\"peft_type\": \"PROMPT_TUNING\", \"num_virtual_tokens\": 4, \"num_transformer_submodules\": 2}", PEFT_ERR_UNSUPPORTED},
+		{"{\"peft_type\": \"PROMPT_TUNING\", \"num_virtual_tokens\": 4, \"task_type\": \"SEQ_CLS\"}", PEFT_ERR_UNSUPPORTED},
+		{"{\"peft_type\": \"BOTTLENECK\", \"reduction_factor\": 8, \"adapter_placement\": \"middle\"}", PEFT_ERR_FORMAT},
+		{"{\"peft_type\": \"BOTTLENECK\", \"reduction_factor\": 8, \"adapter_placement\": \"houlsby\", \"non_linearity\": \"relu\"}", PEFT_ERR_UNSUPPORTED},
+		{"{\"peft_type\": \"BOTTLENECK\", \"reduction_factor\": -1, \"adapter_placement\": \"houlsby\"}", PEFT_ERR_FORMAT},
+		{"{\"peft_type\": \"ADAPTION_PROMPT\"}", PEFT_ERR_UNSUPPORTED},
+	};
+	LlamaModel *m;
+	PeftError	err = {0};
+	DecoderAdapterOptions o;
+	DecoderAdapter *ad,
+			   *other;
+	uint8_t    *bytes;
+	size_t		len;
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+	{
+		PeftCode	rc = decoder_adapter_options_from_config(bad[i].json, strlen(bad[i].json), &o, &err);
+
+		printf("  %s: %s\n", bad[i].json, err.message);
+		assert_int_equal(rc, bad[i].code);
+	}
+	assert_int_equal(llama_model_load(source_path(models[0]), &m, &err), PEFT_OK);
+	/* a reduction the hidden size (32) does not allow */
+	o = (DecoderAdapterOptions) {.method = DAD_BOTTLENECK, .reduction = 64};
+	assert_int_equal(decoder_adapter_create(m, &o, &ad, &err), PEFT_ERR_INVALID);
+	/* more virtual tokens than the context (64) leaves room for */
+	o = (DecoderAdapterOptions) {.method = DAD_PREFIX, .virtual_tokens = 64};
+	assert_int_equal(decoder_adapter_create(m, &o, &ad, &err), PEFT_ERR_INVALID);
+	/* weights of 4 prefixes into an adapter of 3: the shape is checked */
+	o = (DecoderAdapterOptions) {.method = DAD_PREFIX, .virtual_tokens = 4};
+	assert_int_equal(decoder_adapter_create(m, &o, &ad, &err), PEFT_OK);
+	assert_int_equal(decoder_adapter_serialize(ad, &bytes, &len, &err), PEFT_OK);
+	o.virtual_tokens = 3;
+	o.no_init = true;
+	assert_int_equal(decoder_adapter_create(m, &o, &other, &err), PEFT_OK);
+	assert_int_equal(decoder_adapter_load(other, bytes, len, &err), PEFT_ERR_FORMAT);
+	printf("  4 prefixes into 3: %s\n", err.message);
+	/* and a non-finite value */
+	((float *) (bytes + len))[-1] = NAN;
+	o.virtual_tokens = 4;
+	decoder_adapter_free(other);
+	assert_int_equal(decoder_adapter_create(m, &o, &other, &err), PEFT_OK);
+	assert_int_equal(decoder_adapter_load(other, bytes, len, &err), PEFT_ERR_FORMAT);
+	printf("  a NaN: %s\n", err.message);
+	free(bytes);
+	decoder_adapter_free(ad);
+	decoder_adapter_free(other);
+	llama_model_free(m);
+}
+
 static int
 setup(void **state)
 {
@@ -367,6 +432,7 @@ main(void)
 		cmocka_unit_test(test_virtual_tokens_are_tokens),
 		cmocka_unit_test(test_new_bottleneck_is_identity),
 		cmocka_unit_test(test_bf16_products_near_fp32),
+		cmocka_unit_test(test_bad_configs_refused),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);

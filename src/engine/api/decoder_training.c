@@ -460,8 +460,10 @@ dadapter_open(DecoderHandle *h, const char *config, size_t config_len, const uin
 	PeftCode	rc;
 
 	*out = NULL;
-	if ((rc = decoder_adapter_options_from_config(config, config_len, &o, err)) != PEFT_OK ||
-		(rc = decoder_adapter_create(decoder_handle_gen(h)->model, &o, out, err)) != PEFT_OK)
+	if ((rc = decoder_adapter_options_from_config(config, config_len, &o, err)) != PEFT_OK)
+		return rc;
+	o.no_init = true;			/* the weights come next */
+	if ((rc = decoder_adapter_create(decoder_handle_gen(h)->model, &o, out, err)) != PEFT_OK)
 		return rc;
 	if ((rc = decoder_adapter_load(*out, weights, weights_len, err)) != PEFT_OK)
 	{

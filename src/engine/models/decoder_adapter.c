@@ -452,6 +452,8 @@ initialise(DecoderAdapter *ad, PeftError *err)
 	ParamSet   *ps = &ad->params;
 	PeftRng		init;
 
+	if (ad->o.no_init)
+		return PEFT_OK;
 	peft_rng_seed(&init, ad->o.seed);
 	for (int l = 0; l < ad->base->cfg.num_layers; l++)
 		for (int w = 0; w < LLAMA_NUM_LINEAR; w++)

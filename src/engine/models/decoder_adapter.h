@@ -91,6 +91,8 @@ typedef struct DecoderAdapterOptions
 	int			virtual_tokens; /* prompt, prefix: num_virtual_tokens (1 .. 256) */
 	int			reduction;		/* bottleneck: width = hidden size / reduction */
 	bool		after_attention;	/* bottleneck: also after attention (houlsby), not only the feed-forward (pfeiffer) */
+	bool		no_init;		/* leave the parameters zero: the caller loads them next (saves prefix
+								 * tuning's forward pass and DoRA's row norms) */
 	uint64_t	seed;			/* initialisation and dropout */
 } DecoderAdapterOptions;
 
