@@ -10,15 +10,9 @@
 #include <stdio.h>
 #include <string.h>
 
-/*
- * Every method trains a head for both tasks on BERT-family encoders; all
- * but BitFit (LLaMA's linears have no biases) also learn completions on
- * LLaMA-family decoders, one method per adapter there.
- */
+/* Every method trains a head for both tasks on BERT-family encoders. */
 #define ENCODER_TASKS ((1u << PEFT_TASK_CLASSIFICATION) | (1u << PEFT_TASK_REGRESSION))
-#define ALL_TASKS (ENCODER_TASKS | (1u << PEFT_TASK_GENERATION))
 #define ENCODERS "bert"
-#define BOTH "bert,llama"
 
 /*
  * Default learning rates: of the rates swept, the lowest whose validation
@@ -35,19 +29,19 @@
 #define PREFIX_LR 3e-2
 
 static const PeftMethodInfo methods[] = {
-	{"lora", PEFT_METHOD_LORA, "LORA", true, ALL_TASKS, BOTH, LORA_LR,
+	{"lora", PEFT_METHOD_LORA, "LORA", true, ENCODER_TASKS, ENCODERS, LORA_LR,
 	 "LoRA A and B on target_modules (default query, value)"},
-	{"dora", PEFT_METHOD_DORA, "LORA", true, ALL_TASKS, BOTH, LORA_LR,
+	{"dora", PEFT_METHOD_DORA, "LORA", true, ENCODER_TASKS, ENCODERS, LORA_LR,
 	 "LoRA plus a magnitude per output row (PEFT's use_dora)"},
-	{"ia3", PEFT_METHOD_IA3, "IA3", true, ALL_TASKS, BOTH, IA3_LR,
+	{"ia3", PEFT_METHOD_IA3, "IA3", true, ENCODER_TASKS, ENCODERS, IA3_LR,
 	 "vectors scaling the outputs (or, for feedforward_modules, the inputs) of target_modules"},
 	{"bitfit", PEFT_METHOD_BITFIT, NULL, false, ENCODER_TASKS, ENCODERS, BITFIT_LR,
 	 "every bias of the encoder (with LoRA or DoRA: PEFT's bias \"all\")"},
-	{"adapter", PEFT_METHOD_ADAPTER, NULL, false, ALL_TASKS, BOTH, ADAPTER_LR,
+	{"adapter", PEFT_METHOD_ADAPTER, NULL, false, ENCODER_TASKS, ENCODERS, ADAPTER_LR,
 	 "bottleneck adapters after the feed-forward block (and attention: houlsby)"},
-	{"prompt", PEFT_METHOD_PROMPT, "PROMPT_TUNING", false, ALL_TASKS, BOTH, PROMPT_LR,
+	{"prompt", PEFT_METHOD_PROMPT, "PROMPT_TUNING", false, ENCODER_TASKS, ENCODERS, PROMPT_LR,
 	 "num_virtual_tokens trainable input embeddings before every input"},
-	{"prefix", PEFT_METHOD_PREFIX, "PREFIX_TUNING", false, ALL_TASKS, BOTH, PREFIX_LR,
+	{"prefix", PEFT_METHOD_PREFIX, "PREFIX_TUNING", false, ENCODER_TASKS, ENCODERS, PREFIX_LR,
 	 "num_virtual_tokens trainable keys and values in every layer"},
 };
 #define NMETHODS ((int) (sizeof(methods) / sizeof(methods[0])))
