@@ -81,6 +81,16 @@ FROM peft.adapters WHERE name IN ('mixer_dora', 'mixer_ia3') ORDER BY name;
 SELECT length(peft_generate('smol', 'Mix the words red and blue into one line.', adapter => 'mixer_ia3',
                             options => '{"max_new_tokens": 4}')) > 0 AS ia3_generates;
 
+-- precision bf16: the products with the frozen weights in BF16 where the CPU
+-- has AMX (device cpu-bf16), in FP32 elsewhere (device cpu); the adapter is FP32.
+SELECT peft_train('mixer_bf16', 'smol', 'SELECT prompt, completion FROM pairs', input => 'prompt',
+                  label => 'completion', task => 'generation',
+                  options => '{"max_steps": 2, "batch_size": 2, "precision": "bf16", "eval_generate": false}',
+                  wait => true) > 0 AS bf16_trained;
+SELECT metrics->>'device' IN ('cpu', 'cpu-bf16') AS device_named,
+       (metrics->'final'->>'loss')::float8 < 5 AS loss_sane
+FROM peft.adapters WHERE name = 'mixer_bf16';
+
 -- Prompt tuning, prefix tuning (keys and values per key/value head: 8 x 30 x 2 x 192)
 -- and bottleneck adapters (houlsby: after attention and the feed-forward).
 SELECT peft_train('mixer_prompt', 'smol', 'SELECT prompt, completion FROM pairs', input => 'prompt',
