@@ -119,6 +119,7 @@ SELECT peft_import('mixer_prefix_copy', 'smol', peft_export_config('mixer_prefix
                    peft_export('mixer_prefix')) IS NOT NULL AS prefix_imported;
 SELECT peft_import('mixer_prompt_copy', 'smol', peft_export_config('mixer_prompt'),
                    peft_export('mixer_prompt')) IS NOT NULL AS prompt_imported;
+SELECT name, method, task FROM peft.adapters WHERE name IN ('mixer_prefix_copy', 'mixer_prompt_copy') ORDER BY name;
 SELECT peft_generate('smol', ARRAY['Mix the words gold and silver into one line.'], adapter => a || '_copy',
                      options => '{"max_new_tokens": 6}') =
        peft_generate('smol', ARRAY['Mix the words gold and silver into one line.'], adapter => a,

@@ -287,14 +287,13 @@ session_adapter_inspect(PeftModelHandle *model, const char *config, size_t confi
 	if (model->decoder != NULL)
 	{
 		DecoderAdapter *ad;
-		static const char *const names[] = {"lora", "dora", "ia3"};
 
 		if ((rc = dadapter_open(model->decoder, config, config_len, weights, weights_len, &ad,
 								err)) != PEFT_OK)
 			return rc;
-		snprintf(info->method, sizeof(info->method), "%s", names[ad->o.method]);
+		snprintf(info->method, sizeof(info->method), "%s", decoder_adapter_method_name(ad->o.method));
 		info->parameters = (int64_t) ad->params.total;
-		info->rank = ad->o.method == DAD_IA3 ? 0 : ad->o.r;
+		info->rank = ad->o.r;	/* 0 but for LoRA and DoRA */
 		info->decoder = true;
 		decoder_adapter_free(ad);
 		return PEFT_OK;

@@ -23,6 +23,27 @@ const char *const llama_linear_names[LLAMA_NUM_LINEAR] = {
 	"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"
 };
 
+const char *
+decoder_adapter_method_name(DadMethod method)
+{
+	switch (method)
+	{
+		case DAD_LORA:
+			return "lora";
+		case DAD_DORA:
+			return "dora";
+		case DAD_IA3:
+			return "ia3";
+		case DAD_PROMPT:
+			return "prompt";
+		case DAD_PREFIX:
+			return "prefix";
+		case DAD_BOTTLENECK:
+			return "adapter";
+	}
+	return "?";
+}
+
 /* Linear w of layer L. */
 const QMatrix *
 llama_layer_linear(const LlamaLayer *L, int w)

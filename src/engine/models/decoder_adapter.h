@@ -79,6 +79,9 @@ typedef enum DadMethod
 	DAD_BOTTLENECK
 } DadMethod;
 
+/* A method's name as peft_train's method argument spells it ("lora", ..., "adapter"). */
+const char *decoder_adapter_method_name(DadMethod method);
+
 typedef struct DecoderAdapterOptions
 {
 	DadMethod	method;
