@@ -772,38 +772,84 @@ block(const GemmBf16Job *job, const uint16_t *ap, int r0, int c0)
  * writes of C over more rows: with 128 rows, SmolLM2's 1536-column forward
  * ran at half the speed.)
  */
+/* A thread's buffers, kept between calls: A's packing, the shared packed B, rows of B. */
+typedef enum BufferKind
+{
+	BUFFER_A,
+	BUFFER_B,
+	BUFFER_ROWS,
+	NUM_BUFFERS
+} BufferKind;
+
+typedef struct ThreadBuffers
+{
+	void	   *p[NUM_BUFFERS];
+	size_t		cap[NUM_BUFFERS];
+} ThreadBuffers;
+
+static pthread_key_t buffers_key;
+static pthread_once_t buffers_once = PTHREAD_ONCE_INIT;
+static bool buffers_key_ok;
+
+/* At a thread's exit: its buffers go with it (the engine's pool ends its threads at shutdown). */
+static void
+free_thread_buffers(void *arg)
+{
+	ThreadBuffers *t = arg;
+
+	for (int k = 0; k < NUM_BUFFERS; k++)
+		free(t->p[k]);
+	free(t);
+}
+
+static void
+make_buffers_key(void)
+{
+	buffers_key_ok = pthread_key_create(&buffers_key, free_thread_buffers) == 0;
+}
+
 /*
- * A thread's packing buffer of at least bytes, kept between calls and
- * grown as needed: training makes thousands of products a step, and a
- * buffer freed and allocated again each time came back as page faults
- * (5% of a step).  NULL when the memory is not there.
+ * The calling thread's buffer of kind k, at least bytes, kept between
+ * calls and grown as needed: training makes thousands of products a step,
+ * and a buffer freed and allocated again each time came back as page
+ * faults (5% of a step).  NULL when the memory is not there.
  */
 static void *
-thread_buffer(void **buf, size_t *cap, size_t bytes)
+thread_buffer(BufferKind k, size_t bytes)
 {
-	if (bytes > *cap)
+	ThreadBuffers *t;
+
+	pthread_once(&buffers_once, make_buffers_key);
+	if (!buffers_key_ok)
+		return NULL;
+	if ((t = pthread_getspecific(buffers_key)) == NULL)
+	{
+		if ((t = calloc(1, sizeof(ThreadBuffers))) == NULL)
+			return NULL;
+		if (pthread_setspecific(buffers_key, t) != 0)
+		{
+			free(t);
+			return NULL;
+		}
+	}
+	if (bytes > t->cap[k])
 	{
 		void	   *p = aligned_alloc(ALIGN, (bytes + ALIGN - 1) / ALIGN * ALIGN);
 
 		if (p == NULL)
 			return NULL;
-		free(*buf);
-		*buf = p;
-		*cap = bytes;
+		free(t->p[k]);
+		t->p[k] = p;
+		t->cap[k] = bytes;
 	}
-	return *buf;
+	return t->p[k];
 }
-
-static _Thread_local void *a_buffer;
-static _Thread_local size_t a_capacity;
-static _Thread_local void *b_buffer;
-static _Thread_local size_t b_capacity;
 
 static void
 compute_range(void *arg, size_t begin, size_t end)
 {
 	const GemmBf16Job *job = arg;
-	uint16_t   *ap = thread_buffer(&a_buffer, &a_capacity, (size_t) BLOCK * job->kp * sizeof(uint16_t));
+	uint16_t   *ap = thread_buffer(BUFFER_A, (size_t) BLOCK * job->kp * sizeof(uint16_t));
 	int			packed = -1;
 
 #ifdef GEMM_BF16_X86
@@ -873,7 +919,7 @@ job_packed_b(const GemmBf16Job *job)
 {
 	if (job->kp == 0)
 		return NULL;
-	return thread_buffer(&b_buffer, &b_capacity,
+	return thread_buffer(BUFFER_B,
 						 (size_t) job->np / TILE * b_tile_stride(job->kp) * sizeof(uint16_t));
 }
 
@@ -945,15 +991,11 @@ gemm_bf16(bool trans_b, int M, int N, int K,
  */
 #define ROWS_SCRATCH_FLOATS 8192
 
-/* Each thread's scratch for rows of B, kept between calls as the packing buffers are. */
-static _Thread_local void *rows_buffer;
-static _Thread_local size_t rows_capacity;
-
 /* The thread's scratch for a job's rows of B, or NULL (the job then marked failed). */
 static float *
 rows_scratch(GemmBf16Job *job)
 {
-	float	   *scratch = thread_buffer(&rows_buffer, &rows_capacity, job->scratch_floats * sizeof(float));
+	float	   *scratch = thread_buffer(BUFFER_ROWS, job->scratch_floats * sizeof(float));
 
 	if (scratch == NULL)
 		__atomic_store_n(&job->pack_failed, 1, __ATOMIC_RELAXED);
