@@ -103,7 +103,9 @@ JOIN unnest(ARRAY['What is the capital of France?',
 -- minutes.  Measured once (2026-12-05, 2 cores shared with other work, load
 -- about 7): these values trained at about 1 row/s, 100 steps of 4 rows in
 -- 6m51s, and took exact match on the 100 held-out rows from 0.00 to 0.60
--- (right queue 0.76).  One epoch would be 475 steps of 4 rows.  batch_size 8
+-- (right queue 0.76).  With precision bf16 on AMX (2026-12-06, the cores
+-- shared with a test run): 3.4 rows/s, 100 steps in 2m09s, 0.00 to 0.61
+-- (right queue 0.76), the worker at 811 MB.  One epoch would be 475 steps of 4 rows.  batch_size 8
 -- needed 1.4 GB of activations, over the default peft.max_train_memory (1
 -- GB).  The LoRA targets are the decoder default, q_proj and v_proj:
 -- "target_modules": "all-linear" (or any decoder module name) was refused
