@@ -56,23 +56,21 @@ key_index(const LlamaConfig *c, int g)
 	return c->rope_layout == ROPE_PAIRS ? (int) llama_hf_row(g, c->head_dim) : g;
 }
 
-/* Token id's input embedding into x[C]. */
-static void
+/* Token id's input embedding into x[C]; false without the memory for it. */
+static bool
 embedding_row(const LlamaModel *m, int id, real *x)
 {
 	int			C = m->cfg.hidden_size;
 	float	   *row = malloc(sizeof(float) * C);
 
 	if (row == NULL)
-	{
-		memset(x, 0, sizeof(real) * C);
-		return;
-	}
+		return false;
 	quant_dequantize(m->embed.type, (const uint8_t *) m->embed.data + (size_t) id * quant_row_bytes(m->embed.type, C),
 					 C, row);
 	for (int i = 0; i < C; i++)
 		x[i] = row[i];
 	free(row);
+	return true;
 }
 
 /*
@@ -133,8 +131,9 @@ decoder_virtual_initialise(DecoderAdapter *ad, PeftRng *init, PeftError *err)
 	if (ad->o.method == DAD_PREFIX)
 		rc = prefix_from_tokens(ad, ids, err);
 	else
-		for (int v = 0; v < V; v++)
-			embedding_row(m, ids[v], param_value(&ad->params, ad->virt) + (size_t) v * C);
+		for (int v = 0; v < V && rc == PEFT_OK; v++)
+			if (!embedding_row(m, ids[v], param_value(&ad->params, ad->virt) + (size_t) v * C))
+				rc = peft_fail(err, PEFT_ERR_NOMEM, "out of memory initialising the virtual tokens");
 	free(ids);
 	return rc;
 }
