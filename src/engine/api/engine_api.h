@@ -22,7 +22,7 @@
 
 #include "status.h"
 
-#define PEFT_ENGINE_ABI_VERSION 11
+#define PEFT_ENGINE_ABI_VERSION 12
 #define PEFT_ENGINE_SYMBOL "peft_engine_api"
 
 typedef struct PeftModelHandle PeftModelHandle;		/* a loaded base model */
@@ -368,6 +368,13 @@ typedef struct PeftEngineApi
 	void		(*adapter_close) (PeftAdapterHandle *adapter);
 
 	/*
+	 * Bytes an open adapter holds in this process: its parameters (with
+	 * the gradient and moment arrays every parameter set has) and the
+	 * activation buffers its forwards grew; the base model not counted.
+	 */
+	size_t		(*adapter_memory) (PeftAdapterHandle *adapter);
+
+	/*
 	 * Validate an adapter's config and weights over model completely (as
 	 * adapter_open would, the head's size read from the weights) and
 	 * describe it.
@@ -409,6 +416,25 @@ typedef struct PeftEngineApi
 	PeftCode	(*predict) (PeftAdapterHandle *adapter, const char *const *texts,
 							const size_t *lengths, int n, int max_length,
 							float *out, PeftError *err);
+
+	/*
+	 * Head outputs of rows of many adapters over one encoder (S-LoRA's
+	 * mixed batches): row i through adapters[i], truncated at
+	 * max_lengths[i] (NULL or 0: the model's), its num_labels outputs at
+	 * out + i * ldo (ldo >= every adapter's num_labels).  The base
+	 * products run once over the rows of every adapter whose methods
+	 * allow it (LoRA, DoRA, (IA)^3, BitFit, bottleneck adapters), each
+	 * adapter's methods and head on its own rows; merged adapters and
+	 * prompt or prefix tuning compute their rows in batches of their own.
+	 */
+	PeftCode	(*predict_mixed) (PeftAdapterHandle *const *adapters, const char *const *texts,
+								  const size_t *lengths, const int *max_lengths, int n,
+								  float *out, int ldo, PeftError *err);
+
+	/* The same for sentence embeddings out[n, hidden]; adapters[i] NULL: the bare model. */
+	PeftCode	(*embed_mixed) (PeftModelHandle *model, PeftAdapterHandle *const *adapters,
+								const char *const *texts, const size_t *lengths,
+								const int *max_lengths, int n, float *out, PeftError *err);
 
 	/* Check target_modules names against the BERT linear layers. */
 	PeftCode	(*check_targets) (const char *const *names, int count, PeftError *err);

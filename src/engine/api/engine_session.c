@@ -378,6 +378,17 @@ session_adapter_close(PeftAdapterHandle *adapter)
 	free(adapter);
 }
 
+/* Bytes an open adapter holds: parameters (four arrays each) and activations; not the base. */
+size_t
+session_adapter_memory(PeftAdapterHandle *adapter)
+{
+	size_t		activations;
+
+	if (adapter->net != NULL)
+		return network_memory(adapter->net, &activations);
+	return adapter->dad->params.total * sizeof(float) * 4;
+}
+
 /* Tokenise texts[0 .. n) into ds (emptied first), counting their tokens. */
 static PeftCode
 tokenize_rows(const BertModel *bert, const char *const *texts, const size_t *lengths,
@@ -589,6 +600,281 @@ session_predict(PeftAdapterHandle *adapter, const char *const *texts,
 	free(idx);
 	batch_buffer_free(&buf);
 	dataset_free(&ds);
+	return rc;
+}
+
+/* ---- mixed-adapter batches ------------------------------------------------ */
+
+/* A request's rows of many adapters: which adapter each row uses, and their tokens. */
+typedef struct MixedRows
+{
+	PeftModelHandle *model;
+	PeftAdapterHandle *const *adapters;	/* [n], NULL: the bare model */
+	int			n;
+	int		   *group;			/* [n] the first row with the same adapter */
+	bool	   *shared;			/* [n] its adapter can share the base's forward */
+	Dataset		ds;				/* row i = text i */
+	Network    *host;			/* the bare network the shared products run in */
+	bool		predict;		/* head outputs (else embeddings) */
+	float	   *out;			/* predict: row i at out + i * ldo; embed: [n, C] */
+	int			ldo;
+} MixedRows;
+
+/*
+ * qsort_r comparator of row indices: rows that share the base's forward
+ * first, then by adapter group (first appearance), then input order.
+ */
+static int
+by_group(const void *a, const void *b, void *data)
+{
+	const MixedRows *mr = data;
+	uint32_t	ia = *(const uint32_t *) a;
+	uint32_t	ib = *(const uint32_t *) b;
+
+	if (mr->shared[ia] != mr->shared[ib])
+		return mr->shared[ia] ? -1 : 1;
+	if (mr->group[ia] != mr->group[ib])
+		return mr->group[ia] < mr->group[ib] ? -1 : 1;
+	return (ia > ib) - (ia < ib);
+}
+
+/* The network row i computes through: its adapter's, or the bare model's. */
+static Network *
+row_network(const MixedRows *mr, uint32_t i)
+{
+	return mr->adapters[i] ? mr->adapters[i]->net : mr->host;
+}
+
+/*
+ * Check every row's adapter (over this model, an encoder's, with a head
+ * when predicting), move each to the inference device, and group the
+ * rows; then tokenise them (each truncated at its adapter's max_length).
+ */
+static PeftCode
+mixed_prepare(MixedRows *mr, const char *const *texts, const size_t *lengths,
+			  const int *max_lengths, PeftError *err)
+{
+	const BertModel *bert = mr->model->bert;
+	PeftCode	rc;
+
+	if ((rc = require_encoder(mr->model, mr->predict ? "peft_predict" : "peft_embed", err)) != PEFT_OK ||
+		(rc = embedding_network(mr->model, NULL, &mr->host, err)) != PEFT_OK)
+		return rc;
+	for (int i = 0; i < mr->n; i++)
+	{
+		PeftAdapterHandle *a = mr->adapters[i];
+
+		mr->group[i] = i;
+		for (int j = 0; j < i; j++)
+			if (mr->adapters[j] == a)
+			{
+				mr->group[i] = mr->group[j];
+				break;
+			}
+		if (mr->group[i] != i)
+			continue;			/* checked at its first row */
+		if (a == NULL && mr->predict)
+			return peft_fail(err, PEFT_ERR_INVALID, "row %d has no adapter: prediction needs one", i + 1);
+		if (a != NULL && a->model != mr->model)
+			return peft_fail(err, PEFT_ERR_INVALID, "row %d's adapter is over another model", i + 1);
+		if (a != NULL && a->net == NULL)
+			return peft_fail(err, PEFT_ERR_UNSUPPORTED,
+							 "row %d's adapter is over a decoder (peft_generate)", i + 1);
+		if (a != NULL && mr->predict &&
+			(a->net->opts.num_labels < 1 || a->net->opts.num_labels > mr->ldo))
+			return peft_fail(err, PEFT_ERR_INVALID,
+							 "row %d's adapter has no prediction head, or one wider than %d",
+							 i + 1, mr->ldo);
+		if (a != NULL && (rc = use_inference_device(a->net, err)) != PEFT_OK)
+			return rc;
+	}
+	for (int i = 0; i < mr->n; i++)
+	{
+		if ((rc = dataset_add(&mr->ds, bert->tokenizer, texts[i], lengths[i],
+							  effective_max_length(bert, max_lengths ? max_lengths[i] : 0), 0, 0,
+							  err)) != PEFT_OK)
+			return rc;
+		inference_tokens += mr->ds.rows[i].length;
+	}
+	return PEFT_OK;
+}
+
+/* Copy a batch's results (rows idx[0 .. count)) to the rows they belong to. */
+static void
+mixed_scatter(MixedRows *mr, const uint32_t *idx, int count, const float *res)
+{
+	int			C = mr->model->bert->cfg.hidden_size;
+
+	for (int i = 0; i < count; i++)
+	{
+		if (!mr->predict)
+		{
+			memcpy(mr->out + (size_t) idx[i] * C, res + (size_t) i * C, sizeof(float) * C);
+			continue;
+		}
+		{
+			Network    *net = row_network(mr, idx[i]);
+			float	   *row = mr->out + (size_t) idx[i] * mr->ldo;
+
+			memcpy(row, res + (size_t) i * mr->ldo, sizeof(float) * net->opts.num_labels);
+			if (net->opts.task == PEFT_TASK_CLASSIFICATION)
+				softmax_rows(row, 1, net->opts.num_labels);
+		}
+	}
+}
+
+/*
+ * One batch of rows idx[0 .. count): one shared forward when every row's
+ * network is mixable (segments of equal adapters in a row), else (one
+ * adapter's rows) that adapter's own forward.  res holds count results.
+ */
+static PeftCode
+mixed_batch(MixedRows *mr, const uint32_t *idx, int count, bool shared, BatchBuffer *buf,
+			MixedSegment *segs, float *res, PeftError *err)
+{
+	Batch		batch;
+	int			nseg = 0;
+	Network    *net = row_network(mr, idx[0]);
+	PeftCode	rc;
+
+	if ((rc = dataset_make_batch(&mr->ds, idx, count, buf, &batch, err)) != PEFT_OK)
+		return rc;
+	if (!shared && mr->predict)
+		rc = network_forward(net, &batch, false, res, NULL, err);
+	else if (!shared)
+		rc = network_embed(net, &batch, res, err);
+	else
+	{
+		for (int i = 0; i < count; i++)
+		{
+			if (nseg > 0 && segs[nseg - 1].net == row_network(mr, idx[i]))
+			{
+				segs[nseg - 1].nseqs++;
+				continue;
+			}
+			segs[nseg++] = (MixedSegment) {row_network(mr, idx[i]), i, 1, 0, 0};
+		}
+		rc = network_forward_mixed(mr->host, segs, nseg, &batch, mr->predict ? res : NULL,
+								   mr->ldo, mr->predict ? NULL : res, err);
+	}
+	if (rc == PEFT_OK && !shared && mr->predict && mr->ldo != net->opts.num_labels)
+	{
+		/* network_forward packs K per row: spread them to ldo apart, from the last row down */
+		int			K = net->opts.num_labels;
+
+		for (int i = count - 1; i >= 0; i--)
+			memmove(res + (size_t) i * mr->ldo, res + (size_t) i * K, sizeof(float) * K);
+	}
+	if (rc == PEFT_OK)
+		mixed_scatter(mr, idx, count, res);
+	return rc;
+}
+
+/*
+ * Compute every row: rows sorted by adapter, mixable adapters first; their
+ * rows in shared batches of up to inference_batch rows (many adapters
+ * each), every other adapter's rows in batches of their own.
+ */
+static PeftCode
+mixed_run(MixedRows *mr, PeftError *err)
+{
+	int			n = mr->n;
+	int			width = mr->predict ? mr->ldo : mr->model->bert->cfg.hidden_size;
+	uint32_t   *order = malloc(sizeof(uint32_t) * n);
+	uint32_t   *idx = malloc(sizeof(uint32_t) * inference_batch);
+	MixedSegment *segs = malloc(sizeof(MixedSegment) * inference_batch);
+	float	   *res = malloc(sizeof(float) * (size_t) inference_batch * width);
+	BatchBuffer buf = {0};
+	PeftCode	rc = PEFT_OK;
+
+	if (order == NULL || idx == NULL || segs == NULL || res == NULL)
+		rc = peft_fail(err, PEFT_ERR_NOMEM, "out of memory for a mixed batch");
+	for (int i = 0; rc == PEFT_OK && i < n; i++)
+		order[i] = (uint32_t) i;
+	if (rc == PEFT_OK)
+		qsort_r(order, n, sizeof(uint32_t), by_group, mr);
+	for (int start = 0; rc == PEFT_OK && start < n;)
+	{
+		bool		shared = mr->shared[order[start]];
+		int			count = 0;
+
+		idx[count++] = order[start++];
+		while (start < n && count < inference_batch &&
+			   (shared ? mr->shared[order[start]] : mr->group[order[start]] == mr->group[idx[0]]))
+			idx[count++] = order[start++];
+		rc = mixed_batch(mr, idx, count, shared, &buf, segs, res, err);
+	}
+	free(order);
+	free(idx);
+	free(segs);
+	free(res);
+	batch_buffer_free(&buf);
+	return rc;
+}
+
+/* The work of predict_mixed and embed_mixed: check, tokenise, compute, free. */
+static PeftCode
+mixed_compute(MixedRows *mr, const char *const *texts, const size_t *lengths,
+			  const int *max_lengths, PeftError *err)
+{
+	PeftCode	rc = PEFT_OK;
+
+	if (mr->n < 0 || (mr->predict && mr->ldo < 1))
+		return peft_fail(err, PEFT_ERR_INVALID, "bad row count %d or output width %d",
+						 mr->n, mr->ldo);
+	if (mr->n == 0)
+		return PEFT_OK;
+	mr->group = malloc(sizeof(int) * mr->n);
+	mr->shared = malloc(sizeof(bool) * mr->n);
+	if (mr->group == NULL || mr->shared == NULL)
+		rc = peft_fail(err, PEFT_ERR_NOMEM, "out of memory for a mixed batch");
+	if (rc == PEFT_OK)
+		rc = mixed_prepare(mr, texts, lengths, max_lengths, err);
+	for (int i = 0; rc == PEFT_OK && i < mr->n; i++)
+		mr->shared[i] = network_mixable(mr->host, row_network(mr, (uint32_t) i));
+	if (rc == PEFT_OK)
+		rc = mixed_run(mr, err);
+	free(mr->group);
+	free(mr->shared);
+	dataset_free(&mr->ds);
+	return rc;
+}
+
+/* Head outputs of rows of many adapters over one model (engine_api.h). */
+PeftCode
+session_predict_mixed(PeftAdapterHandle *const *adapters, const char *const *texts,
+					  const size_t *lengths, const int *max_lengths, int n, float *out,
+					  int ldo, PeftError *err)
+{
+	MixedRows	mr = {0};
+
+	if (n > 0 && adapters[0] == NULL)
+		return peft_fail(err, PEFT_ERR_INVALID, "row 1 has no adapter: prediction needs one");
+	mr.model = n > 0 ? adapters[0]->model : NULL;
+	mr.adapters = adapters;
+	mr.n = n;
+	mr.predict = true;
+	mr.out = out;
+	mr.ldo = ldo;
+	return mixed_compute(&mr, texts, lengths, max_lengths, err);
+}
+
+/* Sentence embeddings of rows of many adapters (NULL: the bare model) over model (engine_api.h). */
+PeftCode
+session_embed_mixed(PeftModelHandle *model, PeftAdapterHandle *const *adapters,
+					const char *const *texts, const size_t *lengths, const int *max_lengths,
+					int n, float *out, PeftError *err)
+{
+	MixedRows	mr = {0};
+	PeftCode	rc;
+
+	mr.model = model;
+	mr.adapters = adapters;
+	mr.n = n;
+	mr.out = out;
+	rc = mixed_compute(&mr, texts, lengths, max_lengths, err);
+	if (rc == PEFT_OK && n > 0)
+		flush_tiny(out, (size_t) n * model->bert->cfg.hidden_size);
 	return rc;
 }
 

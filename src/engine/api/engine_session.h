@@ -27,6 +27,7 @@ PeftCode	session_adapter_open(PeftModelHandle *model, const char *config,
 								 int num_labels, PeftAdapterHandle **out,
 								 PeftError *err);
 void		session_adapter_close(PeftAdapterHandle *adapter);
+size_t		session_adapter_memory(PeftAdapterHandle *adapter);
 PeftCode	session_adapter_inspect(PeftModelHandle *model, const char *config,
 									size_t config_len, const uint8_t *weights,
 									size_t weights_len, PeftAdapterInfo *info,
@@ -45,6 +46,12 @@ PeftCode	session_embed(PeftModelHandle *model, PeftAdapterHandle *adapter,
 PeftCode	session_predict(PeftAdapterHandle *adapter, const char *const *texts,
 							const size_t *lengths, int n, int max_length,
 							float *out, PeftError *err);
+PeftCode	session_predict_mixed(PeftAdapterHandle *const *adapters, const char *const *texts,
+								  const size_t *lengths, const int *max_lengths, int n,
+								  float *out, int ldo, PeftError *err);
+PeftCode	session_embed_mixed(PeftModelHandle *model, PeftAdapterHandle *const *adapters,
+								const char *const *texts, const size_t *lengths,
+								const int *max_lengths, int n, float *out, PeftError *err);
 PeftCode	session_check_targets(const char *const *names, int count, PeftError *err);
 PeftCode	session_train_begin(PeftModelHandle *model,
 								const PeftTrainConfig *config,

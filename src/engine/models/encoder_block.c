@@ -103,6 +103,25 @@ encoder_block_acts(Network *net, ActTable *t)
 
 /* ---- a linear with the modules' hooks: forward ------------------------------ */
 
+/*
+ * The networks whose hooks run in a forward of net, and their rows: net
+ * itself over all N rows, or the segments of a mixed batch (each adapter's
+ * hooks on its own rows, the base products once over all of them).
+ * *one is the storage of the single segment.
+ */
+static const MixedSegment *
+segments_of(Network *net, int N, MixedSegment *one, int *count)
+{
+	if (net->mixed != NULL)
+	{
+		*count = net->mixed->nsegments;
+		return net->mixed->segments;
+	}
+	*one = (MixedSegment) {net, 0, net->act->B, 0, N};
+	*count = 1;
+	return one;
+}
+
 /* The bias linear w's product adds: a merged copy, a module's trained one, or the model's. */
 static const real *
 linear_bias(const Network *net, int l, int w)
@@ -127,6 +146,35 @@ input_hooks(Network *net, HookAt at, const real *x, int N)
 	return x;
 }
 
+/*
+ * The input of linear at.w (in wide) over every segment's rows: x itself
+ * unless some segment's input hook scales it; then the mixed batch's
+ * scratch, each segment's rows as its hooks give them.
+ */
+static const real *
+segment_inputs(Network *net, const MixedSegment *sg, int nsg, HookAt at, const real *x, int in)
+{
+	bool		scaled = false;
+	real	   *all;
+
+	if (net->mixed == NULL)
+		return input_hooks(net, at, x, sg[0].rows);
+	for (int i = 0; i < nsg; i++)
+		scaled |= (sg[i].net->hooks[at.l].linear[at.w] & HOOK_INPUT) != 0;
+	if (!scaled)
+		return x;
+	all = net->mixed->input;
+	for (int i = 0; i < nsg; i++)
+	{
+		const real *xs = x + (size_t) sg[i].row0 * in;
+
+		net->be->ops->copy(net->be, all + (size_t) sg[i].row0 * in,
+						   input_hooks(sg[i].net, at, xs, sg[i].rows),
+						   sizeof(real) * sg[i].rows * in);
+	}
+	return all;
+}
+
 /* The output hooks of linear at.w on out (row stride ldo), x its input: transforms, then branches. */
 static void
 output_hooks(Network *net, HookAt at, real *out, int ldo, const real *x, int N, bool train)
@@ -139,37 +187,99 @@ output_hooks(Network *net, HookAt at, real *out, int ldo, const real *x, int N, 
 			net->methods[i].m->linear_branch(net, net->methods[i].state, at, out, ldo, x, N, train);
 }
 
-/* out[N, out] = x W^T + b of linear at.w with every hook. */
+/* Each segment's output hooks of linear at.w on its rows of out (stride ldo) and x (in wide). */
+static void
+segment_output_hooks(const MixedSegment *sg, int nsg, HookAt at, real *out, int ldo,
+					 const real *x, int in, bool train)
+{
+	for (int i = 0; i < nsg; i++)
+		output_hooks(sg[i].net, at, out + (size_t) sg[i].row0 * ldo, ldo,
+					 x + (size_t) sg[i].row0 * in, sg[i].rows, train);
+}
+
+/*
+ * How many segments from first on share the bias bias_of gives (one
+ * product serves them): segments of the bare model and of methods that
+ * keep the model's biases run together.
+ */
+static int
+same_bias_run(const MixedSegment *sg, int nsg, int first,
+			  const real *(*bias_of) (const Network *net, int l, int w), int l, int w)
+{
+	const real *bias = bias_of(sg[first].net, l, w);
+	int			n = 1;
+
+	while (first + n < nsg && bias_of(sg[first + n].net, l, w) == bias)
+		n++;
+	return n;
+}
+
+/*
+ * out[N, ldo] = x W^T + b over every segment's rows: one product per run
+ * of segments with the same bias (W the base's, shared by all).
+ */
+static void
+segment_products(Network *net, const MixedSegment *sg, int nsg, HookAt at, real *out, int ldo,
+				 const real *x, const real *W, int in, int outw,
+				 const real *(*bias_of) (const Network *net, int l, int w))
+{
+	for (int i = 0; i < nsg;)
+	{
+		int			n = same_bias_run(sg, nsg, i, bias_of, at.l, at.w);
+		int			rows = sg[i + n - 1].row0 + sg[i + n - 1].rows - sg[i].row0;
+
+		net->be->ops->linear(net->be, out + (size_t) sg[i].row0 * ldo, ldo,
+							 x + (size_t) sg[i].row0 * in, in, W,
+							 bias_of(sg[i].net, at.l, at.w), rows, in, outw);
+		i += n;
+	}
+}
+
+/* out[N, out] = x W^T + b of linear at.w with every hook (of each segment, in a mixed batch). */
 static void
 linear_forward(Network *net, HookAt at, real *out, const real *x, int N, bool train)
 {
 	const BertLinearWeights *lin = &net->base->layers[at.l].linear[at.w];
+	MixedSegment one;
+	int			nsg;
+	const MixedSegment *sg = segments_of(net, N, &one, &nsg);
 
-	net->be->ops->linear(net->be, out, lin->out, input_hooks(net, at, x, N), lin->in,
-						 net->weights->layers[at.l].weight[at.w],
-						 linear_bias(net, at.l, at.w), N, lin->in, lin->out);
-	output_hooks(net, at, out, lin->out, x, N, train);
+	segment_products(net, sg, nsg, at, out, lin->out, segment_inputs(net, sg, nsg, at, x, lin->in),
+					 net->weights->layers[at.l].weight[at.w], lin->in, lin->out, linear_bias);
+	segment_output_hooks(sg, nsg, at, out, lin->out, x, lin->in, train);
+}
+
+/*
+ * The fused q, k, v bias of layer l: trained q, k, v biases are declared
+ * adjacent, so together they are the fused bias; a merged block has its
+ * own, the trained values included.  (w is unused: segment_products'
+ * signature.)
+ */
+static const real *
+qkv_bias(const Network *net, int l, int w)
+{
+	const LayerHooks *hk = &net->hooks[l];
+	bool		merged = net->merged &&
+		((hk->linear[BERT_QUERY] | hk->linear[BERT_KEY] | hk->linear[BERT_VALUE]) & HOOK_MERGES);
+
+	(void) w;
+	return hk->bias[BERT_QUERY] >= 0 && !merged ?
+		network_dvalue(net, hk->bias[BERT_QUERY]) : net->weights->layers[l].qkv_bias;
 }
 
 /* la->qkv[N, 3C] = query | key | value of x[N, C]: one product, then each slice's hooks. */
 static void
 qkv_forward(Network *net, LayerActs *la, HookAt at, const real *x, int N, bool train)
 {
-	size_t		C = net->base->cfg.hidden_size;
-	const LayerWeights *lw = &net->weights->layers[at.l];
-	const LayerHooks *hk = &net->hooks[at.l];
-	bool		merged = net->merged &&
-		((hk->linear[BERT_QUERY] | hk->linear[BERT_KEY] | hk->linear[BERT_VALUE]) & HOOK_MERGES);
-	/*
-	 * trained q, k, v biases are declared adjacent: together they are the
-	 * fused bias; a merged block has its own, the trained values included
-	 */
-	const real *bias = hk->bias[BERT_QUERY] >= 0 && !merged ?
-		network_dvalue(net, hk->bias[BERT_QUERY]) : lw->qkv_bias;
+	int			C = net->base->cfg.hidden_size;
+	MixedSegment one;
+	int			nsg;
+	const MixedSegment *sg = segments_of(net, N, &one, &nsg);
 
-	net->be->ops->linear(net->be, la->qkv, 3 * C, x, C, lw->qkv_weight, bias, N, C, 3 * C);
+	segment_products(net, sg, nsg, at, la->qkv, 3 * C, x,
+					 net->weights->layers[at.l].qkv_weight, C, 3 * C, qkv_bias);
 	for (at.w = BERT_QUERY; at.w <= BERT_VALUE; at.w++)
-		output_hooks(net, at, la->qkv + at.w * C, 3 * C, x, N, train);
+		segment_output_hooks(sg, nsg, at, la->qkv + at.w * C, 3 * C, x, C, train);
 }
 
 /* ---- forward ---------------------------------------------------------------- */
@@ -183,13 +293,53 @@ norm_bias(const Network *net, int l, int which, const real *model_beta)
 	return i >= 0 ? network_dvalue(net, i) : model_beta;
 }
 
-/* The sublayer-output hooks of sublayer at.w on h[N, C], in place. */
+/*
+ * y = LayerNorm(x) with gamma and each segment's bias (norm which of layer
+ * l): one call per run of segments with the same bias.
+ */
+static void
+segment_layernorm(Network *net, int l, int which, real *y, real *mean, real *rstd,
+				  const real *x, const real *gamma, const real *model_beta, int N)
+{
+	int			C = net->base->cfg.hidden_size;
+	real		eps = (real) net->base->cfg.layer_norm_eps;
+	MixedSegment one;
+	int			nsg;
+	const MixedSegment *sg = segments_of(net, N, &one, &nsg);
+
+	for (int i = 0; i < nsg;)
+	{
+		const real *beta = norm_bias(sg[i].net, l, which, model_beta);
+		int			n = 1;
+		size_t		r0 = sg[i].row0;
+
+		while (i + n < nsg && norm_bias(sg[i + n].net, l, which, model_beta) == beta)
+			n++;
+		net->be->ops->layernorm_forward(net->be, y + r0 * C, mean + r0, rstd + r0, x + r0 * C,
+										gamma, beta,
+										sg[i + n - 1].row0 + sg[i + n - 1].rows - (int) r0, C, eps);
+		i += n;
+	}
+}
+
+/* The sublayer-output hooks of sublayer at.w on h[N, C], in place (each segment's on its rows). */
 static void
 sublayer_hooks(Network *net, HookAt at, real *h, int N)
 {
-	for (int i = 0; i < net->nmethods; i++)
-		if (net->methods[i].m->sublayer_output)
-			net->methods[i].m->sublayer_output(net, net->methods[i].state, at, h, N);
+	size_t		C = net->base->cfg.hidden_size;
+	MixedSegment one;
+	int			nsg;
+	const MixedSegment *sg = segments_of(net, N, &one, &nsg);
+
+	for (int s = 0; s < nsg; s++)
+	{
+		Network    *sn = sg[s].net;
+
+		for (int i = 0; i < sn->nmethods; i++)
+			if (sn->methods[i].m->sublayer_output)
+				sn->methods[i].m->sublayer_output(sn, sn->methods[i].state, at,
+												  h + sg[s].row0 * C, sg[s].rows);
+	}
 }
 
 /* Attention of layer at.l: a module's, when one computes it, else the plain one. */
@@ -230,7 +380,6 @@ encoder_block_forward(Network *net, int l, const real *x, real *y, bool train)
 	int			N = net->act->N;
 	int			C = cfg->hidden_size;
 	int			FF = cfg->intermediate_size;
-	real		eps = (real) cfg->layer_norm_eps;
 	double		hp = net->opts.hidden_dropout;
 
 	qkv_forward(net, la, at, x, N, train);
@@ -242,9 +391,8 @@ encoder_block_forward(Network *net, int l, const real *x, real *y, bool train)
 	at.w = 0;
 	sublayer_hooks(net, at, la->res1, N);
 	be->ops->add(be, la->res1, la->res1, x, (size_t) N * C);
-	be->ops->layernorm_forward(be, la->h1, la->ln1_mean, la->ln1_rstd, la->res1,
-							   lw->ln_attn_gamma, norm_bias(net, l, 0, lw->ln_attn_beta),
-							   N, C, eps);
+	segment_layernorm(net, l, 0, la->h1, la->ln1_mean, la->ln1_rstd, la->res1,
+					  lw->ln_attn_gamma, lw->ln_attn_beta, N);
 
 	at.w = BERT_INTERMEDIATE;
 	linear_forward(net, at, la->inter, la->h1, N, train);
@@ -255,9 +403,8 @@ encoder_block_forward(Network *net, int l, const real *x, real *y, bool train)
 	at.w = 1;
 	sublayer_hooks(net, at, la->res2, N);
 	be->ops->add(be, la->res2, la->res2, la->h1, (size_t) N * C);
-	be->ops->layernorm_forward(be, y, la->ln2_mean, la->ln2_rstd, la->res2,
-							   lw->ln_out_gamma, norm_bias(net, l, 1, lw->ln_out_beta),
-							   N, C, eps);
+	segment_layernorm(net, l, 1, y, la->ln2_mean, la->ln2_rstd, la->res2,
+					  lw->ln_out_gamma, lw->ln_out_beta, N);
 }
 
 /* ---- a linear with the modules' hooks: backward ----------------------------- */

@@ -976,16 +976,14 @@ virtual_embeddings(Network *net)
 	return NULL;
 }
 
-/* Run the encoder over the packed real tokens; act->last receives the final hidden states. */
+/*
+ * Check, pack and upload a batch, with buffers for it (train: every
+ * layer's); the first steps of every forward.
+ */
 static PeftCode
-encoder_forward(Network *net, const Batch *b, bool train, PeftError *err)
+encoder_prepare(Network *net, const Batch *b, bool train, PeftError *err)
 {
-	const ModelConfig *cfg = &net->base->cfg;
-	const ModelWeights *mw;
 	NetworkActivations *act = net->act;
-	Backend    *be = net->be;
-	int			C = cfg->hidden_size;
-	int			N;
 	PeftCode	rc;
 
 	act->last = NULL;
@@ -994,17 +992,60 @@ encoder_forward(Network *net, const Batch *b, bool train, PeftError *err)
 		(rc = pack_batch(net, b, err)) != PEFT_OK ||
 		(rc = acts_ensure(net, b->B, b->T, act->N, act->nprobs, train, err)) != PEFT_OK)
 		return rc;
-	N = act->N;
-	mw = net->weights;
 	upload_batch(net, b);
+	return PEFT_OK;
+}
+
+/*
+ * The embeddings' LayerNorm over the packed rows, with each segment's bias
+ * in a mixed batch (one call per run of segments with the same bias).
+ */
+static void
+embeddings_layernorm(Network *net)
+{
+	NetworkActivations *act = net->act;
+	const ModelConfig *cfg = &net->base->cfg;
+	size_t		C = cfg->hidden_size;
+	MixedSegment one = {net, 0, act->B, 0, act->N};
+	const MixedSegment *sg = net->mixed ? net->mixed->segments : &one;
+	int			nsg = net->mixed ? net->mixed->nsegments : 1;
+
+	for (int i = 0; i < nsg;)
+	{
+		const Network *sn = sg[i].net;
+		const real *beta = sn->emb_norm_bias >= 0 ? network_dvalue(sn, sn->emb_norm_bias) :
+			net->weights->ln_emb_beta;
+		int			n = 1;
+		size_t		r0 = sg[i].row0;
+
+		while (i + n < nsg && (sg[i + n].net->emb_norm_bias >= 0 ?
+							   network_dvalue(sg[i + n].net, sg[i + n].net->emb_norm_bias) :
+							   net->weights->ln_emb_beta) == beta)
+			n++;
+		net->be->ops->layernorm_forward(net->be, act->h[0] + r0 * C, act->ln0_mean + r0,
+										act->ln0_rstd + r0, act->emb + r0 * C,
+										net->weights->ln_emb_gamma, beta,
+										sg[i + n - 1].row0 + sg[i + n - 1].rows - (int) r0,
+										(int) C, (real) cfg->layer_norm_eps);
+		i += n;
+	}
+}
+
+/* Run the encoder over the prepared batch; act->last receives the final hidden states. */
+static void
+encoder_layers(Network *net, const Batch *b, bool train)
+{
+	const ModelConfig *cfg = &net->base->cfg;
+	const ModelWeights *mw = net->weights;
+	NetworkActivations *act = net->act;
+	Backend    *be = net->be;
+	int			C = cfg->hidden_size;
+	int			N = act->N;
 
 	be->ops->embeddings(be, act->emb, act->d_ids, act->d_rows, N, b->T, mw->word, mw->pos,
 						mw->type, virtual_embeddings(net), net->virtual_tokens, C,
 						cfg->vocab_size);
-	be->ops->layernorm_forward(be, act->h[0], act->ln0_mean, act->ln0_rstd, act->emb,
-							   mw->ln_emb_gamma,
-							   net->emb_norm_bias >= 0 ? network_dvalue(net, net->emb_norm_bias)
-							   : mw->ln_emb_beta, N, C, (real) cfg->layer_norm_eps);
+	embeddings_layernorm(net);
 	network_dropout(net, act->h[0], act->keep_emb, net->opts.hidden_dropout, (size_t) N * C, train);
 	act->last = act->h[0];
 	for (int l = 0; l < cfg->num_layers; l++)
@@ -1015,7 +1056,17 @@ encoder_forward(Network *net, const Batch *b, bool train, PeftError *err)
 		encoder_block_forward(net, l, x, y, train);
 		act->last = y;
 	}
-	return PEFT_OK;
+}
+
+/* Run the encoder over the packed real tokens; act->last receives the final hidden states. */
+static PeftCode
+encoder_forward(Network *net, const Batch *b, bool train, PeftError *err)
+{
+	PeftCode	rc = encoder_prepare(net, b, train, err);
+
+	if (rc == PEFT_OK)
+		encoder_layers(net, b, train);
+	return rc;
 }
 
 /* pooled[B, C] from the packed final hidden states, as the model's pooling says. */
@@ -1260,6 +1311,177 @@ network_embed(Network *net, const Batch *b, real *embeddings, PeftError *err)
 			be->ops->download(be, embeddings, act->pooled, sizeof(real) * b->B * C);
 	}
 	return net_leave(net, rc, err);
+}
+
+/* Whether module i of net changes the packed layout or the attention (prompt, prefix tuning). */
+static bool
+method_reshapes(const Network *net, int i)
+{
+	const MethodModule *m = net->methods[i].m;
+
+	return m->pack || m->upload || m->virtual_embeddings || m->attention_forward;
+}
+
+/* Whether member's rows can share host's forward in a mixed batch (network.h). */
+bool
+network_mixable(const Network *host, const Network *member)
+{
+	if (member == host)
+		return host->nmethods == 0;
+	if (host->nmethods != 0 || member->base != host->base || member->be != host->be ||
+		member->precision != host->precision || member->merged != NULL ||
+		member->virtual_tokens != 0 || member->attention >= 0)
+		return false;
+	for (int i = 0; i < member->nmethods; i++)
+		if (method_reshapes(member, i))
+			return false;
+	return true;
+}
+
+/* ERROR unless the segments cover the batch's sequences in order, each mixable with host. */
+static PeftCode
+check_segments(const Network *host, const MixedSegment *sg, int nsg, const Batch *b,
+			   bool heads, int ldo, PeftError *err)
+{
+	int			next = 0;
+
+	for (int i = 0; i < nsg; i++)
+	{
+		if (sg[i].seq0 != next || sg[i].nseqs < 1)
+			return peft_fail(err, PEFT_ERR_INVALID, "mixed batch: segment %d does not start at "
+							 "sequence %d or is empty", i, next);
+		if (!network_mixable(host, sg[i].net))
+			return peft_fail(err, PEFT_ERR_INVALID, "mixed batch: segment %d's network cannot "
+							 "share the base model's forward", i);
+		if (heads && (sg[i].net->opts.num_labels < 1 || sg[i].net->opts.num_labels > ldo))
+			return peft_fail(err, PEFT_ERR_INVALID, "mixed batch: segment %d has no head, or "
+							 "one wider than %d", i, ldo);
+		next += sg[i].nseqs;
+	}
+	if (next != b->B)
+		return peft_fail(err, PEFT_ERR_INVALID, "mixed batch: segments cover %d of %d sequences",
+						 next, b->B);
+	return PEFT_OK;
+}
+
+/*
+ * Ready a segment's network to run its hooks inside host's use of the
+ * backend: pointers from before an idle release forgotten (as net_enter),
+ * parameters bound, buffers for its rows.
+ */
+static PeftCode
+segment_enter(Network *host, MixedSegment *sg, const Batch *b, PeftError *err)
+{
+	Network    *m = sg->net;
+	PeftCode	rc;
+
+	if (m == host)
+		return PEFT_OK;
+	if (m->generation != host->generation)
+	{
+		device_drop(m, false);
+		m->generation = host->generation;
+	}
+	if ((rc = bind_device(m, err)) != PEFT_OK)
+		return rc;
+	/* its attention is host's: one element of attention buffers is enough */
+	return acts_ensure(m, sg->nseqs, b->T, (size_t) sg->rows, 1, false, err);
+}
+
+/* The widest input of the linears some segment's input hook scales (0: none). */
+static size_t
+widest_scaled_input(const MixedSegment *sg, int nsg)
+{
+	size_t		in = 0;
+
+	for (int i = 0; i < nsg; i++)
+		for (int l = 0; l < sg[i].net->base->cfg.num_layers; l++)
+			for (int w = 0; w < BERT_NUM_LINEAR; w++)
+				if ((sg[i].net->hooks[l].linear[w] & HOOK_INPUT) &&
+					(size_t) sg[i].net->base->layers[l].linear[w].in > in)
+					in = sg[i].net->base->layers[l].linear[w].in;
+	return in;
+}
+
+/* Each segment's head on its sequences' pooled embeddings, into outputs (row stride ldo). */
+static void
+segment_heads(Network *host, const MixedSegment *sg, int nsg, real *outputs, int ldo)
+{
+	Backend    *be = host->be;
+	int			C = host->base->cfg.hidden_size;
+
+	for (int i = 0; i < nsg; i++)
+	{
+		Network    *m = sg[i].net;
+		int			K = m->opts.num_labels;
+
+		be->ops->linear(be, m->act->head_out, K, host->act->pooled + (size_t) sg[i].seq0 * C, C,
+						network_dvalue(m, m->head_weight), network_dvalue(m, m->head_bias),
+						sg[i].nseqs, C, K);
+		for (int r = 0; r < sg[i].nseqs; r++)
+			be->ops->download(be, outputs + (size_t) (sg[i].seq0 + r) * ldo,
+							  m->act->head_out + (size_t) r * K, sizeof(real) * K);
+	}
+}
+
+/* network_forward_mixed inside a use of host's backend. */
+static PeftCode
+mixed_locked(Network *host, MixedBatch *mb, const Batch *b, real *outputs, int ldo,
+			 real *embeddings, PeftError *err)
+{
+	NetworkActivations *act = host->act;
+	Backend    *be = host->be;
+	int			C = host->base->cfg.hidden_size;
+	size_t		in;
+	PeftCode	rc;
+
+	if ((rc = check_segments(host, mb->segments, mb->nsegments, b, outputs != NULL, ldo,
+							 err)) != PEFT_OK ||
+		(rc = encoder_prepare(host, b, false, err)) != PEFT_OK)
+		return rc;
+	for (int i = 0; i < mb->nsegments; i++)
+	{
+		MixedSegment *sg = &mb->segments[i];
+
+		sg->row0 = act->seq_start[sg->seq0];
+		sg->rows = act->seq_start[sg->seq0 + sg->nseqs] - sg->row0;
+		if ((rc = segment_enter(host, sg, b, err)) != PEFT_OK)
+			return rc;
+	}
+	if ((in = widest_scaled_input(mb->segments, mb->nsegments)) > 0 &&
+		(mb->input = be->ops->alloc(be, sizeof(real) * act->N * in)) == NULL)
+		return backend_check(be, err) != PEFT_OK ? PEFT_ERR_NOMEM :
+			peft_fail(err, PEFT_ERR_NOMEM, "out of memory for a mixed batch");
+	host->mixed = mb;
+	encoder_layers(host, b, false);
+	host->mixed = NULL;
+	pool_forward(host);
+	if (outputs)
+		segment_heads(host, mb->segments, mb->nsegments, outputs, ldo);
+	if (embeddings && host->base->cfg.normalize)
+	{
+		be->ops->l2norm_forward(be, act->normed, act->norm, act->pooled, b->B, C);
+		be->ops->download(be, embeddings, act->normed, sizeof(real) * b->B * C);
+	}
+	else if (embeddings)
+		be->ops->download(be, embeddings, act->pooled, sizeof(real) * b->B * C);
+	return PEFT_OK;
+}
+
+/* Forward a batch of many adapters' sequences over one shared base pass (network.h). */
+PeftCode
+network_forward_mixed(Network *host, MixedSegment *segments, int nsegments, const Batch *b,
+					  real *outputs, int ldo, real *embeddings, PeftError *err)
+{
+	MixedBatch	mb = {segments, nsegments, NULL};
+	PeftCode	rc;
+
+	net_enter(host);
+	rc = mixed_locked(host, &mb, b, outputs, ldo, embeddings, err);
+	host->mixed = NULL;
+	if (mb.input)
+		host->be->ops->release(host->be, mb.input);
+	return net_leave(host, rc, err);
 }
 
 /* Last hidden states [B, T, C]: the real tokens' rows, zeros in padded rows. */

@@ -141,6 +141,7 @@ typedef struct ActiveMethod
 #define NETWORK_MAX_METHODS 16
 
 typedef struct MergedWeights MergedWeights;
+typedef struct MixedBatch MixedBatch;
 
 typedef struct Network
 {
@@ -178,7 +179,23 @@ typedef struct Network
 	uint64_t	generation;		/* the backend's, when the pointers above were made */
 	bool		freeze_dora_norm;	/* tests: reuse the last forward's DoRA norms, the
 									 * constant PEFT's detached norm is to finite differences */
+	MixedBatch *mixed;			/* during network_forward_mixed: whose hooks run on which rows */
 } Network;
+
+/*
+ * One adapter's part of a mixed batch (network_forward_mixed): net, a
+ * network over the same base (network_mixable), owns sequences
+ * [seq0, seq0 + nseqs) of the batch; row0 and rows are its packed rows,
+ * filled in by the forward.
+ */
+typedef struct MixedSegment
+{
+	Network    *net;
+	int			seq0;
+	int			nseqs;
+	int			row0;
+	int			rows;
+} MixedSegment;
 
 /* Parse a PEFT target_modules entry list into targets (suffix match as PEFT). */
 PeftCode	lora_parse_targets(bool targets[BERT_NUM_LINEAR],
@@ -260,6 +277,29 @@ PeftCode	network_backward(Network *net, const Batch *batch, real loss_scale,
  */
 PeftCode	network_embed(Network *net, const Batch *batch, real *embeddings,
 						  PeftError *err);
+
+/*
+ * Whether member's rows can share host's forward in a mixed batch: same
+ * base, same backend, not merged (its products are the base's), and no
+ * method that changes the packed layout or computes attention (prompt and
+ * prefix tuning run on their own).
+ */
+bool		network_mixable(const Network *host, const Network *member);
+
+/*
+ * Forward a batch whose sequences belong to different adapters (the
+ * S-LoRA/Punica way): host, a network without methods over the base, runs
+ * the base products once over every packed row, and each segment's
+ * network runs its methods' hooks on its own rows (segments in sequence
+ * order, covering the batch; a segment's net may be host itself: the
+ * bare model).  outputs (may be NULL) receives each sequence's head
+ * outputs at outputs + b * ldo, from its segment's head; embeddings (may
+ * be NULL) receives [B, C] sentence embeddings as network_embed's.
+ * Inference only.
+ */
+PeftCode	network_forward_mixed(Network *host, MixedSegment *segments, int nsegments,
+								  const Batch *batch, real *outputs, int ldo,
+								  real *embeddings, PeftError *err);
 
 /*
  * Last hidden states [B, T, C], for parity tests.  The network computes

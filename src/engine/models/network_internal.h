@@ -66,6 +66,18 @@ struct NetworkActivations
 	EncoderActs enc;			/* the encoder block's */
 };
 
+/*
+ * A mixed batch in flight (network_forward_mixed): the segments whose
+ * hooks run on their rows, and a scratch for a linear's input when some
+ * segment's input hook scales it (the shared product reads one matrix).
+ */
+struct MixedBatch
+{
+	MixedSegment *segments;
+	int			nsegments;
+	real	   *input;			/* [N, widest input], NULL when no segment scales inputs */
+};
+
 /* Parameter i's value and gradient in the backend's memory. */
 static inline real *
 network_dvalue(const Network *net, int i)
