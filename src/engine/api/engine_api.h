@@ -368,9 +368,10 @@ typedef struct PeftEngineApi
 	void		(*adapter_close) (PeftAdapterHandle *adapter);
 
 	/*
-	 * Bytes an open adapter holds in this process: its parameters (with
-	 * the gradient and moment arrays every parameter set has) and the
-	 * activation buffers its forwards grew; the base model not counted.
+	 * Bytes an open adapter holds in this process: its parameters and the
+	 * activation buffers its forwards grew (a decoder adapter: its
+	 * parameter set, gradients and moments included); the base model not
+	 * counted.
 	 */
 	size_t		(*adapter_memory) (PeftAdapterHandle *adapter);
 

@@ -49,8 +49,8 @@ require_encoder(const PeftModelHandle *model, const char *what, PeftError *err)
 	if (model->bert != NULL)
 		return PEFT_OK;
 	return peft_fail(err, PEFT_ERR_UNSUPPORTED,
-					 "%s needs an encoder model; this model is a decoder (text generation: "
-					 "peft_generate; adapters over decoders come with the next release)", what);
+					 "%s needs an encoder model; this model is a decoder (text generation and "
+					 "its adapters: peft_generate)", what);
 }
 
 /* ERROR unless model is a decoder. */
@@ -189,6 +189,7 @@ adapter_network(PeftModelHandle *model, const char *config, size_t config_len,
 		return rc;
 	opts.task = task;
 	opts.num_labels = num_labels;
+	opts.inference_only = true;	/* opened adapters only compute; training builds its own */
 	if ((rc = network_create(model->bert, &opts, out, err)) != PEFT_OK)
 		return rc;
 	if ((rc = adapter_load_weights(*out, weights, weights_len, err)) != PEFT_OK)
@@ -378,7 +379,7 @@ session_adapter_close(PeftAdapterHandle *adapter)
 	free(adapter);
 }
 
-/* Bytes an open adapter holds: parameters (four arrays each) and activations; not the base. */
+/* Bytes an open adapter holds: parameters and activations (network_memory); not the base. */
 size_t
 session_adapter_memory(PeftAdapterHandle *adapter)
 {

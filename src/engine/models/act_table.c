@@ -54,14 +54,15 @@ row_bytes(const ActRow *r, const ActDims *d)
 
 /* Lay the needed rows out in one zeroed allocation and point their slots into it. */
 bool
-act_table_allocate(ActTable *t, Backend *be, const ActDims *dims, bool train, bool device)
+act_table_allocate(ActTable *t, Backend *be, const ActDims *dims, bool train, bool device,
+				   bool segment)
 {
 	size_t		total = 0;
 	char	   *base;
 
 	act_table_release(t, be);
 	for (int i = 0; i < t->n; i++)
-		if (row_needed(&t->rows[i], train, device))
+		if (row_needed(&t->rows[i], train, device) && !(segment && (t->rows[i].when & ACT_SHARED)))
 			total += (row_bytes(&t->rows[i], dims) + ACT_ALIGN - 1) / ACT_ALIGN * ACT_ALIGN;
 	base = be->ops->alloc(be, total ? total : 1);
 	if (base == NULL)
@@ -69,7 +70,7 @@ act_table_allocate(ActTable *t, Backend *be, const ActDims *dims, bool train, bo
 	t->block = base;
 	t->bytes = total;
 	for (int i = 0; i < t->n; i++)
-		if (row_needed(&t->rows[i], train, device))
+		if (row_needed(&t->rows[i], train, device) && !(segment && (t->rows[i].when & ACT_SHARED)))
 		{
 			*t->rows[i].slot = base;
 			base += (row_bytes(&t->rows[i], dims) + ACT_ALIGN - 1) / ACT_ALIGN * ACT_ALIGN;

@@ -37,6 +37,8 @@ typedef struct ActDims
 /* When a buffer is needed (bits; none: always). */
 #define ACT_TRAIN	0x1			/* only in the training layout (kept for backward) */
 #define ACT_DEVICE	0x2			/* only on a device (the CPU uses the host arrays) */
+#define ACT_SHARED	0x4			/* the network's own forward: not in a mixed batch's segment
+								 * layout, where the hosting network computes those */
 
 typedef struct ActRow
 {
@@ -70,12 +72,12 @@ act_layer_when(int s)
 }
 
 /*
- * Lay out the rows needed by (train, device) for dims in one zeroed
+ * Lay out the rows needed by (train, device; segment: no ACT_SHARED row) for dims in one zeroed
  * allocation in be, and point every slot into it (the others at NULL).
  * False when the allocation failed (be records why; every slot is NULL).
  */
 bool		act_table_allocate(ActTable *t, Backend *be, const ActDims *dims,
-							   bool train, bool device);
+							   bool train, bool device, bool segment);
 
 /*
  * Release the allocation and set every slot to NULL; be NULL forgets it

@@ -408,7 +408,7 @@ declare(DecoderAdapter *ad, PeftError *err)
 		}
 	if (decoder_virtual_declare(ad, err) != PEFT_OK || decoder_bottleneck_declare(ad, err) != PEFT_OK)
 		return err->code;
-	return paramset_allocate(&ad->params, err);
+	return paramset_allocate(&ad->params, true, err);
 }
 
 /* Row norms ||W_o + s B_o A|| of linear w of layer l into out[rows] (inverted when invert). */

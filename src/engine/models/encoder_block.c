@@ -49,7 +49,7 @@ widest_hooked(const Network *net, unsigned kind, size_t *in, size_t *out)
 			}
 }
 
-/* The block's rows of the activation table: each layer's, then backward scratch. */
+/* The block's rows of the activation table: each layer's, then backward scratch (all ACT_SHARED). */
 void
 encoder_block_acts(Network *net, ActTable *t)
 {
@@ -65,7 +65,7 @@ encoder_block_acts(Network *net, ActTable *t)
 	for (int s = 0; s < cfg->num_layers; s++)
 	{
 		LayerActs  *la = &ea->layers[s];
-		unsigned	when = act_layer_when(s);
+		unsigned	when = act_layer_when(s) | ACT_SHARED;
 
 		ACT_ADD(t, la->qkv, ((ActSize) {.rows = 3 * C}), when);
 		ACT_ADD(t, la->probs, ((ActSize) {.probs = 1}), when);
@@ -80,25 +80,25 @@ encoder_block_acts(Network *net, ActTable *t)
 		ACT_ADD(t, la->ln2_mean, ((ActSize) {.rows = 1}), when);
 		ACT_ADD(t, la->ln2_rstd, ((ActSize) {.rows = 1}), when);
 		if (attn_drop)
-			ACT_ADD(t, la->keep_attn, ((ActSize) {.probs = 1}), ACT_TRAIN);
+			ACT_ADD(t, la->keep_attn, ((ActSize) {.probs = 1}), ACT_TRAIN | ACT_SHARED);
 		if (hidden_drop)
 		{
-			ACT_ADD(t, la->keep_ao, ((ActSize) {.rows = C}), ACT_TRAIN);
-			ACT_ADD(t, la->keep_o, ((ActSize) {.rows = C}), ACT_TRAIN);
+			ACT_ADD(t, la->keep_ao, ((ActSize) {.rows = C}), ACT_TRAIN | ACT_SHARED);
+			ACT_ADD(t, la->keep_o, ((ActSize) {.rows = C}), ACT_TRAIN | ACT_SHARED);
 		}
 	}
-	ACT_ADD(t, ea->dh1, ((ActSize) {.rows = C}), ACT_TRAIN);
-	ACT_ADD(t, ea->dctx, ((ActSize) {.rows = C}), ACT_TRAIN);
-	ACT_ADD(t, ea->dqkv, ((ActSize) {.rows = 3 * C}), ACT_TRAIN);
-	ACT_ADD(t, ea->dgel, ((ActSize) {.rows = FF}), ACT_TRAIN);
-	ACT_ADD(t, ea->dinter, ((ActSize) {.rows = FF}), ACT_TRAIN);
-	ACT_ADD(t, ea->datt, ((ActSize) {.probs = 1}), ACT_TRAIN);
+	ACT_ADD(t, ea->dh1, ((ActSize) {.rows = C}), ACT_TRAIN | ACT_SHARED);
+	ACT_ADD(t, ea->dctx, ((ActSize) {.rows = C}), ACT_TRAIN | ACT_SHARED);
+	ACT_ADD(t, ea->dqkv, ((ActSize) {.rows = 3 * C}), ACT_TRAIN | ACT_SHARED);
+	ACT_ADD(t, ea->dgel, ((ActSize) {.rows = FF}), ACT_TRAIN | ACT_SHARED);
+	ACT_ADD(t, ea->dinter, ((ActSize) {.rows = FF}), ACT_TRAIN | ACT_SHARED);
+	ACT_ADD(t, ea->datt, ((ActSize) {.probs = 1}), ACT_TRAIN | ACT_SHARED);
 	widest_hooked(net, HOOK_OUTPUT, &in, &out);
 	if (out > 0)
-		ACT_ADD(t, ea->dout_copy, ((ActSize) {.rows = out}), ACT_TRAIN);
+		ACT_ADD(t, ea->dout_copy, ((ActSize) {.rows = out}), ACT_TRAIN | ACT_SHARED);
 	widest_hooked(net, HOOK_INPUT, &in, &out);
 	if (in > 0)
-		ACT_ADD(t, ea->dxin, ((ActSize) {.rows = in}), ACT_TRAIN);
+		ACT_ADD(t, ea->dxin, ((ActSize) {.rows = in}), ACT_TRAIN | ACT_SHARED);
 }
 
 /* ---- a linear with the modules' hooks: forward ------------------------------ */

@@ -287,7 +287,9 @@ initialise(Network *net)
 /*
  * The activation table: the network's own buffers (layer boundaries,
  * embeddings, pooling, head, the batch on a device, backward scratch),
- * then the block's and each module's.
+ * then the block's and each module's.  All but the head's output and the
+ * modules' are ACT_SHARED: a network whose rows run in a mixed batch
+ * (segment layout) needs only those.
  */
 static bool
 acts_describe(Network *net)
@@ -298,27 +300,27 @@ acts_describe(Network *net)
 	size_t		K = net->opts.num_labels > 0 ? net->opts.num_labels : 1;
 
 	for (int i = 0; i <= net->base->cfg.num_layers; i++)
-		ACT_ADD(t, act->h[i], ((ActSize) {.rows = C}), i < 2 ? 0 : ACT_TRAIN);
-	ACT_ADD(t, act->emb, ((ActSize) {.rows = C}), 0);
-	ACT_ADD(t, act->ln0_mean, ((ActSize) {.rows = 1}), 0);
-	ACT_ADD(t, act->ln0_rstd, ((ActSize) {.rows = 1}), 0);
+		ACT_ADD(t, act->h[i], ((ActSize) {.rows = C}), (i < 2 ? 0 : ACT_TRAIN) | ACT_SHARED);
+	ACT_ADD(t, act->emb, ((ActSize) {.rows = C}), ACT_SHARED);
+	ACT_ADD(t, act->ln0_mean, ((ActSize) {.rows = 1}), ACT_SHARED);
+	ACT_ADD(t, act->ln0_rstd, ((ActSize) {.rows = 1}), ACT_SHARED);
 	if (net->opts.hidden_dropout > 0)
-		ACT_ADD(t, act->keep_emb, ((ActSize) {.rows = C}), ACT_TRAIN);
-	ACT_ADD(t, act->pooled, ((ActSize) {.seqs = C}), 0);
-	ACT_ADD(t, act->normed, ((ActSize) {.seqs = C}), 0);
-	ACT_ADD(t, act->norm, ((ActSize) {.seqs = 1}), 0);
+		ACT_ADD(t, act->keep_emb, ((ActSize) {.rows = C}), ACT_TRAIN | ACT_SHARED);
+	ACT_ADD(t, act->pooled, ((ActSize) {.seqs = C}), ACT_SHARED);
+	ACT_ADD(t, act->normed, ((ActSize) {.seqs = C}), ACT_SHARED);
+	ACT_ADD(t, act->norm, ((ActSize) {.seqs = 1}), ACT_SHARED);
 	ACT_ADD(t, act->head_out, ((ActSize) {.seqs = K}), 0);
-	ACT_ADD(t, act->head_probs, ((ActSize) {.seqs = K}), 0);
-	ACT_ADD(t, act->dh, ((ActSize) {.rows = C}), ACT_TRAIN);
-	ACT_ADD(t, act->dx, ((ActSize) {.rows = C}), ACT_TRAIN);
-	ACT_ADD(t, act->dres, ((ActSize) {.rows = C}), ACT_TRAIN);
-	ACT_ADD(t, act->dpooled, ((ActSize) {.seqs = C}), ACT_TRAIN);
-	ACT_ADD(t, act->dhead, ((ActSize) {.seqs = K}), ACT_TRAIN);
-	ACT_ADD(t, act->dev_seq_start, ((ActSize) {.seqs = 1, .fixed = 1}), ACT_DEVICE);
-	ACT_ADD(t, act->dev_rows, ((ActSize) {.rows = 1}), ACT_DEVICE);
-	ACT_ADD(t, act->dev_ids, ((ActSize) {.ids = 1}), ACT_DEVICE);
-	ACT_ADD(t, act->dev_labels, ((ActSize) {.seqs = 1}), ACT_DEVICE);
-	ACT_ADD(t, act->dev_targets, ((ActSize) {.seqs = 1}), ACT_DEVICE);
+	ACT_ADD(t, act->head_probs, ((ActSize) {.seqs = K}), ACT_SHARED);
+	ACT_ADD(t, act->dh, ((ActSize) {.rows = C}), ACT_TRAIN | ACT_SHARED);
+	ACT_ADD(t, act->dx, ((ActSize) {.rows = C}), ACT_TRAIN | ACT_SHARED);
+	ACT_ADD(t, act->dres, ((ActSize) {.rows = C}), ACT_TRAIN | ACT_SHARED);
+	ACT_ADD(t, act->dpooled, ((ActSize) {.seqs = C}), ACT_TRAIN | ACT_SHARED);
+	ACT_ADD(t, act->dhead, ((ActSize) {.seqs = K}), ACT_TRAIN | ACT_SHARED);
+	ACT_ADD(t, act->dev_seq_start, ((ActSize) {.seqs = 1, .fixed = 1}), ACT_DEVICE | ACT_SHARED);
+	ACT_ADD(t, act->dev_rows, ((ActSize) {.rows = 1}), ACT_DEVICE | ACT_SHARED);
+	ACT_ADD(t, act->dev_ids, ((ActSize) {.ids = 1}), ACT_DEVICE | ACT_SHARED);
+	ACT_ADD(t, act->dev_labels, ((ActSize) {.seqs = 1}), ACT_DEVICE | ACT_SHARED);
+	ACT_ADD(t, act->dev_targets, ((ActSize) {.seqs = 1}), ACT_DEVICE | ACT_SHARED);
 	encoder_block_acts(net, t);
 	for (int i = 0; i < net->nmethods; i++)
 		if (net->methods[i].m->acts)
@@ -376,13 +378,15 @@ network_create(const BertModel *base, const NetworkOptions *opts,
 		network_free(net);
 		return rc;
 	}
-	if (!declare_all(net, err) || (rc = paramset_allocate(&net->params, err)) != PEFT_OK)
+	if (!declare_all(net, err) ||
+		(rc = paramset_allocate(&net->params, !opts->inference_only, err)) != PEFT_OK)
 	{
 		network_free(net);
 		return rc != PEFT_OK ? rc : (err ? err->code : PEFT_ERR_NOMEM);
 	}
 	gather_hooks(net);
-	initialise(net);
+	if (!opts->inference_only)
+		initialise(net);		/* else the stored weights replace every value */
 	if (!acts_describe(net))
 	{
 		network_free(net);
@@ -407,6 +411,7 @@ acts_drop(Network *net, bool release)
 	act_table_release(&act->table, release ? net->be : NULL);
 	act->cap_rows = act->cap_probs = act->cap_seqs = act->cap_padded = 0;
 	act->train_layout = false;
+	act->segment_layout = false;
 	act->last = NULL;
 }
 
@@ -567,12 +572,16 @@ bind_device(Network *net, PeftError *err)
 	{
 		if (net->dp.values == NULL)
 		{
-			DeviceParams dp;
+			DeviceParams dp = {0};
+			bool		training = ps->grads != NULL;
 
 			dp.values = be->ops->alloc(be, bytes);
-			dp.grads = be->ops->alloc(be, bytes);
-			dp.adam_m = be->ops->alloc(be, bytes);
-			dp.adam_v = be->ops->alloc(be, bytes);
+			if (training)
+			{
+				dp.grads = be->ops->alloc(be, bytes);
+				dp.adam_m = be->ops->alloc(be, bytes);
+				dp.adam_v = be->ops->alloc(be, bytes);
+			}
 			if (be->failed)
 			{
 				/* all four or none: release(NULL) is a no-op */
@@ -585,9 +594,12 @@ bind_device(Network *net, PeftError *err)
 			net->dp = dp;
 		}
 		be->ops->upload(be, net->dp.values, ps->values, bytes);
-		be->ops->upload(be, net->dp.grads, ps->grads, bytes);
-		be->ops->upload(be, net->dp.adam_m, ps->adam_m, bytes);
-		be->ops->upload(be, net->dp.adam_v, ps->adam_v, bytes);
+		if (ps->grads != NULL)
+		{
+			be->ops->upload(be, net->dp.grads, ps->grads, bytes);
+			be->ops->upload(be, net->dp.adam_m, ps->adam_m, bytes);
+			be->ops->upload(be, net->dp.adam_v, ps->adam_v, bytes);
+		}
 	}
 	net->dp_bound = true;
 	return backend_check(be, err);
@@ -676,8 +688,11 @@ network_params_fetch(Network *net, PeftError *err)
 	if (net->dp_bound)
 	{
 		net->be->ops->download(net->be, ps->values, net->dp.values, bytes);
-		net->be->ops->download(net->be, ps->adam_m, net->dp.adam_m, bytes);
-		net->be->ops->download(net->be, ps->adam_v, net->dp.adam_v, bytes);
+		if (ps->adam_m != NULL)
+		{
+			net->be->ops->download(net->be, ps->adam_m, net->dp.adam_m, bytes);
+			net->be->ops->download(net->be, ps->adam_v, net->dp.adam_v, bytes);
+		}
 	}
 	net->dp_newer = false;
 	return net_leave(net, PEFT_OK, err);
@@ -723,7 +738,7 @@ grow_capacity(size_t need, size_t cap, size_t bound)
  * and the steps allocate nothing.
  */
 static PeftCode
-acts_ensure(Network *net, int B, int T, size_t N, size_t nprobs, bool train,
+acts_ensure(Network *net, int B, int T, size_t N, size_t nprobs, bool train, bool segment,
 			PeftError *err)
 {
 	NetworkActivations *act = net->act;
@@ -736,7 +751,7 @@ acts_ensure(Network *net, int B, int T, size_t N, size_t nprobs, bool train,
 
 	if (N <= act->cap_rows && nprobs <= act->cap_probs &&
 		(size_t) B <= act->cap_seqs && (!device || padded <= act->cap_padded) &&
-		(!train || act->train_layout))
+		(!train || act->train_layout) && (segment || !act->segment_layout))
 		return PEFT_OK;
 	dims.rows = grow_capacity(N, act->cap_rows, padded + (size_t) B * net->virtual_rows);
 	dims.probs = grow_capacity(nprobs, act->cap_probs, (size_t) B * cfg->num_heads * S * S);
@@ -749,6 +764,7 @@ acts_ensure(Network *net, int B, int T, size_t N, size_t nprobs, bool train,
 	act->cap_seqs = dims.seqs;
 	act->cap_padded = dims.ids;
 	act->train_layout = train;
+	act->segment_layout = segment && !train;
 	if (device && train)
 	{
 		/* host staging of the largest mask: attention's, or a row of FF bytes per packed row */
@@ -763,7 +779,7 @@ acts_ensure(Network *net, int B, int T, size_t N, size_t nprobs, bool train,
 			ok = act->mask_host != NULL;
 		}
 	}
-	if (!ok || !act_table_allocate(&act->table, net->be, &dims, train, device))
+	if (!ok || !act_table_allocate(&act->table, net->be, &dims, train, device, act->segment_layout))
 	{
 		PeftError	cause;
 
@@ -778,7 +794,7 @@ acts_ensure(Network *net, int B, int T, size_t N, size_t nprobs, bool train,
 }
 
 /*
- * Bytes the network holds for training: the trainable parameters with
+ * Bytes the network holds: the trainable parameters with (for training)
  * their gradients and Adam moments (twice on a device, which keeps its own
  * copies), and the activation buffers.  The base weights are a shared
  * read-only mapping and not counted.
@@ -786,7 +802,8 @@ acts_ensure(Network *net, int B, int T, size_t N, size_t nprobs, bool train,
 size_t
 network_memory(const Network *net, size_t *activations)
 {
-	size_t		params = net->params.total * sizeof(real) * 4;
+	/* values, and for training gradients and two moments */
+	size_t		params = net->params.total * sizeof(real) * (net->params.grads ? 4 : 1);
 
 	*activations = net->act ? net->act->table.bytes : 0;
 	return params * (net->be->host_memory ? 1 : 2) + *activations;
@@ -814,7 +831,7 @@ network_reserve(Network *net, int B, int T, bool train, PeftError *err)
 	net_enter(net);
 	rc = bind_device(net, err);
 	if (rc == PEFT_OK)
-		rc = acts_ensure(net, B, T, (size_t) B * (T + net->virtual_rows), nprobs, train, err);
+		rc = acts_ensure(net, B, T, (size_t) B * (T + net->virtual_rows), nprobs, train, false, err);
 	return net_leave(net, rc, err);
 }
 
@@ -990,7 +1007,7 @@ encoder_prepare(Network *net, const Batch *b, bool train, PeftError *err)
 	if ((rc = check_batch(net, b, err)) != PEFT_OK ||
 		(rc = bind_device(net, err)) != PEFT_OK ||
 		(rc = pack_batch(net, b, err)) != PEFT_OK ||
-		(rc = acts_ensure(net, b->B, b->T, act->N, act->nprobs, train, err)) != PEFT_OK)
+		(rc = acts_ensure(net, b->B, b->T, act->N, act->nprobs, train, false, err)) != PEFT_OK)
 		return rc;
 	upload_batch(net, b);
 	return PEFT_OK;
@@ -1131,6 +1148,14 @@ network_forward(Network *net, const Batch *b, bool train, real *outputs,
 
 /* ---- backward ------------------------------------------------------------ */
 
+/* The error of training a network opened for inference (no gradients kept). */
+static PeftCode
+cannot_train(PeftError *err)
+{
+	return peft_fail(err, PEFT_ERR_UNSUPPORTED,
+					 "this network was opened from a stored adapter for inference and cannot train");
+}
+
 /* True when layer l or any layer below it (or the embeddings) trains. */
 static bool
 trains_at_or_below(const Network *net, int l)
@@ -1237,6 +1262,8 @@ network_backward(Network *net, const Batch *b, real loss_scale, PeftError *err)
 {
 	PeftCode	rc;
 
+	if (net->params.grads == NULL)
+		return cannot_train(err);
 	net_enter(net);
 	rc = backward_locked(net, b, loss_scale, err);
 	return net_leave(net, rc, err);
@@ -1250,6 +1277,8 @@ network_zero_grads(Network *net, PeftError *err)
 {
 	PeftCode	rc;
 
+	if (net->params.grads == NULL)
+		return cannot_train(err);
 	net_enter(net);
 	rc = bind_device(net, err);
 	if (rc == PEFT_OK)
@@ -1268,6 +1297,8 @@ network_optimizer_step(Network *net, double lr, double beta1, double beta2, doub
 	double		norm;
 	PeftCode	rc;
 
+	if (net->params.grads == NULL)
+		return cannot_train(err);
 	net_enter(net);
 	if ((rc = bind_device(net, err)) != PEFT_OK)
 		return net_leave(net, rc, err);
@@ -1384,8 +1415,8 @@ segment_enter(Network *host, MixedSegment *sg, const Batch *b, PeftError *err)
 	}
 	if ((rc = bind_device(m, err)) != PEFT_OK)
 		return rc;
-	/* its attention is host's: one element of attention buffers is enough */
-	return acts_ensure(m, sg->nseqs, b->T, (size_t) sg->rows, 1, false, err);
+	/* only its methods' buffers and its head's output: host computes the rest */
+	return acts_ensure(m, sg->nseqs, b->T, (size_t) sg->rows, 1, false, true, err);
 }
 
 /* The widest input of the linears some segment's input hook scales (0: none). */

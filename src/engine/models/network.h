@@ -70,6 +70,8 @@ typedef struct NetworkOptions
 	double		hidden_dropout; /* base model dropout while training */
 	double		attention_dropout;
 	uint64_t	seed;			/* initialisation and dropout */
+	bool		inference_only; /* weights come from a stored adapter: no initialisation,
+								 * no gradients or optimizer state (it cannot train) */
 } NetworkOptions;
 
 /* A batch of tokenised rows, right-padded to T. */

@@ -20,6 +20,7 @@ struct NetworkActivations
 	size_t		cap_seqs;		/* sequences B they hold */
 	size_t		cap_padded;		/* B*T token ids they hold */
 	bool		train_layout;	/* every layer has its own buffers */
+	bool		segment_layout; /* only what a mixed batch's segment needs (ACT_SHARED left out) */
 
 	/* the packing of the last forward (host allocations, kept across releases) */
 	int			B;

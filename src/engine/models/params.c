@@ -44,17 +44,20 @@ paramset_add(ParamSet *set, const char *name, int ndim, int64_t d0,
 	return set->count++;
 }
 
-/* Allocate the zeroed buffers once every parameter is declared. */
+/*
+ * Allocate the zeroed buffers once every parameter is declared: the values,
+ * and for training the gradients and Adam's moments (NULL otherwise).
+ */
 PeftCode
-paramset_allocate(ParamSet *set, PeftError *err)
+paramset_allocate(ParamSet *set, bool training, PeftError *err)
 {
 	size_t		n = set->total ? set->total : 1;
 
 	set->values = calloc(n, sizeof(real));
-	set->grads = calloc(n, sizeof(real));
-	set->adam_m = calloc(n, sizeof(real));
-	set->adam_v = calloc(n, sizeof(real));
-	if (!set->values || !set->grads || !set->adam_m || !set->adam_v)
+	set->grads = training ? calloc(n, sizeof(real)) : NULL;
+	set->adam_m = training ? calloc(n, sizeof(real)) : NULL;
+	set->adam_v = training ? calloc(n, sizeof(real)) : NULL;
+	if (!set->values || (training && (!set->grads || !set->adam_m || !set->adam_v)))
 		return peft_fail(err, PEFT_ERR_NOMEM, "out of memory allocating %zu parameters", n);
 	return PEFT_OK;
 }

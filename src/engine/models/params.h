@@ -39,8 +39,11 @@ typedef struct ParamSet
 /* Declare a parameter (before paramset_allocate); returns its index or -1. */
 int			paramset_add(ParamSet *set, const char *name, int ndim,
 						 int64_t d0, int64_t d1, PeftError *err);
-/* Allocate the zeroed buffers once every parameter is declared. */
-PeftCode	paramset_allocate(ParamSet *set, PeftError *err);
+/*
+ * Allocate the zeroed buffers once every parameter is declared: values, and
+ * for training gradients and Adam's moments (else those stay NULL).
+ */
+PeftCode	paramset_allocate(ParamSet *set, bool training, PeftError *err);
 /* Release the buffers and the list. */
 void		paramset_free(ParamSet *set);
 /* Index of a parameter by name, or -1. */
