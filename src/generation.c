@@ -27,6 +27,7 @@
 
 PG_FUNCTION_INFO_V1(peft_generate);
 PG_FUNCTION_INFO_V1(peft_generate_array);
+PG_FUNCTION_INFO_V1(peft_generate_mixed);
 
 /* The most stop strings and prompts of one call. */
 #define MAX_STOP_STRINGS 16
@@ -198,6 +199,7 @@ GenerateTexts(const char *model_name, const char *adapter, char **prompts, int n
 	for (int i = 0; i < n; i++)
 		lengths[i] = strlen(prompts[i]);
 	SPI_connect();
+	AdapterCacheBeginCall();
 	if (adapter != NULL)
 	{
 		/* the active version, if the caller may use it; its base model must be the one named */
@@ -331,6 +333,107 @@ peft_generate_array(PG_FUNCTION_ARGS)
 			values[3] = CStringGetTextDatum(g[k].finish == PEFT_FINISH_LENGTH ? "length" : "stop");
 			values[1] = PointerGetDatum(TakeText(&g[k]));
 			k++;
+		}
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
+
+/*
+ * peft_generate(model, prompts text[], adapters text[], options DEFAULT
+ * '{}') RETURNS TABLE(ord int, adapter text, completion text, tokens int,
+ * finish_reason text): prompt i through the active version of adapters[i]
+ * (NULL: the base model), every adapter over model.  Every adapter is
+ * looked up (the caller's rights checked) before anything is generated;
+ * then each adapter's prompts are decoded together.  A NULL prompt gives a
+ * row of NULLs.
+ */
+Datum
+peft_generate_mixed(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	char	   *model_name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	ArrayType  *parrays[2] = {PG_GETARG_ARRAYTYPE_P(1), PG_GETARG_ARRAYTYPE_P(2)};
+	Jsonb	   *options = PG_GETARG_JSONB_P(3);
+	Datum	   *elems[2];
+	bool	   *isnull[2];
+	int			counts[2];
+	int			n;
+	char	  **names;
+	char	  **prompts;
+	int		   *group;
+	PeftGeneration *done;
+
+	for (int k = 0; k < 2; k++)
+	{
+		if (ARR_NDIM(parrays[k]) > 1)
+			ereport(ERROR,
+					(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+					 errmsg("%s must be a one-dimensional array", k ? "adapters" : "prompts")));
+		deconstruct_array(parrays[k], TEXTOID, -1, false, TYPALIGN_INT, &elems[k], &isnull[k], &counts[k]);
+	}
+	n = counts[0];
+	if (counts[1] != n)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("adapters and prompts must have the same length, not %d and %d", counts[1], n)));
+	if (n > MAX_PROMPTS)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("peft_generate takes at most %d prompts per call, not %d", MAX_PROMPTS, n)));
+	names = palloc(sizeof(char *) * (n + 1));
+	prompts = palloc(sizeof(char *) * (n + 1));
+	group = palloc(sizeof(int) * (n + 1));
+	done = palloc0(sizeof(PeftGeneration) * (n + 1));
+	for (int i = 0; i < n; i++)
+	{
+		names[i] = isnull[1][i] ? NULL : TextDatumGetCString(elems[1][i]);
+		prompts[i] = isnull[0][i] ? NULL : TextDatumGetCString(elems[0][i]);
+		/* group: the first row with the same adapter */
+		group[i] = i;
+		for (int j = 0; j < i; j++)
+			if ((names[j] == NULL) == (names[i] == NULL) &&
+				(names[i] == NULL || strcmp(names[j], names[i]) == 0))
+			{
+				group[i] = group[j];
+				break;
+			}
+	}
+	/* every adapter checked before anything is computed */
+	for (int i = 0; i < n; i++)
+		if (group[i] == i && names[i] != NULL)
+			(void) GenerateTexts(model_name, names[i], NULL, 0, options);
+	InitMaterializedSRF(fcinfo, 0);
+	for (int i = 0; i < n; i++)
+	{
+		char	  **batch;
+		int			count = 0;
+		PeftGeneration *g;
+
+		if (group[i] != i)
+			continue;
+		batch = palloc(sizeof(char *) * (n + 1));
+		for (int j = i; j < n; j++)
+			if (group[j] == i && prompts[j] != NULL)
+				batch[count++] = prompts[j];
+		g = GenerateTexts(model_name, names[i], batch, count, options);
+		for (int j = i, k = 0; j < n; j++)
+			if (group[j] == i && prompts[j] != NULL)
+				done[j] = g[k++];
+	}
+	for (int i = 0; i < n; i++)
+	{
+		Datum		values[5] = {Int32GetDatum(i + 1), 0, 0, 0, 0};
+		bool		nulls[5] = {false, names[i] == NULL, prompts[i] == NULL, prompts[i] == NULL,
+		prompts[i] == NULL};
+
+		if (names[i] != NULL)
+			values[1] = CStringGetTextDatum(names[i]);
+		if (prompts[i] != NULL)
+		{
+			values[3] = Int32GetDatum(done[i].tokens);
+			values[4] = CStringGetTextDatum(done[i].finish == PEFT_FINISH_LENGTH ? "length" : "stop");
+			values[2] = PointerGetDatum(TakeText(&done[i]));
 		}
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}

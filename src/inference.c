@@ -6,9 +6,13 @@
  * shared with every other process through the page cache) and reloaded if
  * its catalog row changes.  An adapter is cached by (name, version, row
  * version): each call reads the active version's small catalog fields, and
- * only when they changed reads and validates the weights again.  Catalog
- * lookups run as the caller, so row-level security decides which adapters a
- * role may use.
+ * only when they changed reads and validates the weights again.  The
+ * adapters are kept in least-recently-used order up to
+ * peft.adapter_cache_size bytes (what each holds: parameters and the
+ * buffers its forwards grew); the adapters a call is using are never let
+ * go during it, so one call over more adapters than fit holds them all
+ * until the next call trims the cache.  Catalog lookups run as the caller,
+ * so row-level security decides which adapters a role may use.
  */
 #include "postgres.h"
 
@@ -21,6 +25,7 @@
 #include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/hsearch.h"
 #include "utils/memutils.h"
 
 #include "catalog.h"
@@ -29,37 +34,162 @@
 #include "peft.h"
 
 #define MAX_CACHED_MODELS 4
-#define MAX_CACHED_ADAPTERS 16
 /* Rows per engine call; interrupts are checked between calls. */
 #define PREDICT_CHUNK 32
+/* Rows per engine call of a mixed-adapter call (larger: rows of one adapter meet in a batch). */
+#define MIXED_CHUNK 1024
+
+int			peft_adapter_cache_size = 64 * 1024;	/* kB */
 
 static CachedModel models[MAX_CACHED_MODELS];
-static CachedAdapter adapters[MAX_CACHED_ADAPTERS];
+/* The cached adapters (each its own allocation, so callers' pointers stay valid), unordered. */
+static CachedAdapter **adapters = NULL;
+static int	nadapters = 0;
+static int	cap_adapters = 0;
 static uint64 use_clock = 0;
+/* The current call (AdapterCacheBeginCall): the adapters it used are not let go. */
+static uint64 call_clock = 1;
 
-/* Close a cached adapter and forget it. */
+static void TrimAdapterCache(void);
+
+/* Close a cached adapter and forget it (the array's last entry takes its place). */
 static void
 DropCachedAdapter(CachedAdapter *a)
 {
+	for (int i = 0; i < nadapters; i++)
+		if (adapters[i] == a)
+		{
+			adapters[i] = adapters[--nadapters];
+			break;
+		}
 	if (a->handle)
 		PeftEngine()->adapter_close(a->handle);
 	for (int i = 0; i < a->nlabels; i++)
 		pfree(a->labels[i]);
 	if (a->labels)
 		pfree(a->labels);
-	memset(a, 0, sizeof(*a));
+	pfree(a);
 }
 
 /* Close a cached model, and every adapter built on it. */
 static void
 DropCachedModel(CachedModel *m)
 {
-	for (int i = 0; i < MAX_CACHED_ADAPTERS; i++)
-		if (adapters[i].model == m)
-			DropCachedAdapter(&adapters[i]);
+	for (int i = nadapters - 1; i >= 0; i--)
+		if (i < nadapters && adapters[i]->model == m)
+			DropCachedAdapter(adapters[i]);
 	if (m->handle)
 		PeftEngine()->model_close(m->handle);
 	memset(m, 0, sizeof(*m));
+}
+
+/*
+ * A new call begins: the adapters it uses from now on are kept until it
+ * ends; what the last calls left beyond peft.adapter_cache_size goes now.
+ */
+void
+AdapterCacheBeginCall(void)
+{
+	call_clock++;
+	if (nadapters > 0)
+		TrimAdapterCache();
+}
+
+/* Bytes the cached adapters hold now (their buffers grow with the batches they compute). */
+static size_t
+AdapterCacheBytes(void)
+{
+	size_t		total = 0;
+
+	for (int i = 0; i < nadapters; i++)
+		total += PeftEngine()->adapter_memory(adapters[i]->handle);
+	return total;
+}
+
+/*
+ * Let go of the least recently used adapters until the cache holds at
+ * most peft.adapter_cache_size, sparing those the current call uses.
+ */
+static void
+TrimAdapterCache(void)
+{
+	size_t		limit = (size_t) peft_adapter_cache_size * 1024;
+	size_t		total = AdapterCacheBytes();
+
+	while (total > limit)
+	{
+		CachedAdapter *oldest = NULL;
+
+		for (int i = 0; i < nadapters; i++)
+			if (adapters[i]->pinned_call != call_clock && adapters[i]->held == 0 &&
+				(oldest == NULL || adapters[i]->last_used < oldest->last_used))
+				oldest = adapters[i];
+		if (oldest == NULL)
+			break;
+		total -= Min(total, PeftEngine()->adapter_memory(oldest->handle));
+		DropCachedAdapter(oldest);
+	}
+}
+
+/* Keep a newly loaded adapter (a copy of *loaded in TopMemoryContext), then trim. */
+static CachedAdapter *
+AddCachedAdapter(const CachedAdapter *loaded)
+{
+	CachedAdapter *a = MemoryContextAlloc(TopMemoryContext, sizeof(CachedAdapter));
+
+	if (nadapters == cap_adapters)
+	{
+		int			grown = cap_adapters ? cap_adapters * 2 : 16;
+
+		adapters = adapters ? repalloc(adapters, sizeof(CachedAdapter *) * grown) :
+			MemoryContextAlloc(TopMemoryContext, sizeof(CachedAdapter *) * grown);
+		cap_adapters = grown;
+	}
+	*a = *loaded;
+	adapters[nadapters++] = a;
+	TrimAdapterCache();
+	return a;
+}
+
+/* Hold or release an adapter across SQL that may call peft functions itself (inference.h). */
+void
+AdapterCacheHold(CachedAdapter *a, bool hold)
+{
+	a->held += hold ? 1 : -1;
+}
+
+PG_FUNCTION_INFO_V1(peft_adapter_cache);
+
+/*
+ * peft_adapter_cache() RETURNS TABLE(adapter text, version int, bytes
+ * bigint): the adapters this connection keeps parsed, most recently used
+ * first, and the memory each holds (the engine is not loaded for it).
+ */
+Datum
+peft_adapter_cache(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	CachedAdapter **order = palloc(sizeof(CachedAdapter *) * (nadapters + 1));
+
+	InitMaterializedSRF(fcinfo, 0);
+	memcpy(order, adapters, sizeof(CachedAdapter *) * nadapters);
+	for (int i = 1; i < nadapters; i++)	/* newest first: insertion sort by last use */
+		for (int j = i; j > 0 && order[j]->last_used > order[j - 1]->last_used; j--)
+		{
+			CachedAdapter *t = order[j];
+
+			order[j] = order[j - 1];
+			order[j - 1] = t;
+		}
+	for (int i = 0; i < nadapters; i++)
+	{
+		Datum		values[3] = {CStringGetTextDatum(order[i]->name), Int32GetDatum(order[i]->version),
+		Int64GetDatum((int64) PeftEngine()->adapter_memory(order[i]->handle))};
+		bool		nulls[3] = {false, false, false};
+
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
 }
 
 /* The loaded model of a registered name, loading it (again) when needed. */
@@ -201,7 +331,7 @@ GetAdapterVersion(const char *name, int wanted)
 	int			max_length;
 	ArrayType  *labels;
 	Datum		d;
-	CachedAdapter *slot = NULL;
+	CachedAdapter loaded = {0};
 
 	/* max_length as trained: a number in range, or the model's (an import may carry anything) */
 	if (SPI_execute_with_args("SELECT version, xmin::text, base_model, task, labels, merged, "
@@ -223,38 +353,34 @@ GetAdapterVersion(const char *name, int wanted)
 	merged = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 6, &isnull));
 	max_length = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 7, &isnull));
 
-	for (int i = 0; i < MAX_CACHED_ADAPTERS; i++)
+	for (int i = nadapters - 1; i >= 0; i--)
 	{
-		CachedAdapter *a = &adapters[i];
+		CachedAdapter *a = adapters[i];
 
 		/* other versions of the name stay cached (an evaluation of an old one) */
-		if (a->handle && strcmp(a->name, name) == 0 && (wanted == 0 || a->version == wanted))
+		if (strcmp(a->name, name) == 0 && (wanted == 0 || a->version == wanted))
 		{
 			if (a->version == version && strcmp(a->row_version, row_version) == 0)
 			{
-				/* the model may have been re-registered under it */
+				/* the model may have been re-registered under it (which drops a) */
 				CachedModel *m = GetModel(model_name);
 
-				if (a->handle && a->model == m)
+				if (i < nadapters && adapters[i] == a && a->model == m)
 				{
 					a->last_used = ++use_clock;
+					a->pinned_call = call_clock;
 					return a;
 				}
 			}
-			if (a->handle)
+			else
 				DropCachedAdapter(a);
 		}
 	}
-	for (int i = 0; i < MAX_CACHED_ADAPTERS; i++)
-		if (slot == NULL || adapters[i].handle == NULL ||
-			(slot->handle && adapters[i].last_used < slot->last_used))
-			slot = &adapters[i];
-	if (slot->handle)
-		DropCachedAdapter(slot);
-	LoadAdapter(slot, name, version, row_version, model_name, task, labels, merged);
-	slot->max_length = max_length;
-	slot->last_used = ++use_clock;
-	return slot;
+	LoadAdapter(&loaded, name, version, row_version, model_name, task, labels, merged);
+	loaded.max_length = max_length;
+	loaded.last_used = ++use_clock;
+	loaded.pinned_call = call_clock;
+	return AddCachedAdapter(&loaded);
 }
 
 /*
@@ -271,6 +397,24 @@ ConfigureInference(void)
 	settings.precision = (PeftPrecision) peft_precision;
 	settings.idle_release_seconds = peft_device_idle_release;
 	PeftEngine()->configure(&settings);
+}
+
+/* A row of head outputs of a: the most probable label and its probability, or the value. */
+static void
+RowLabel(const CachedAdapter *a, const float *row, char **label, double *score)
+{
+	int			best = 0;
+
+	if (a->regression)
+	{
+		*score = row[0];
+		return;
+	}
+	for (int k = 1; k < a->nlabels; k++)
+		if (row[k] > row[best])
+			best = k;
+	*label = a->labels[best];
+	*score = row[best];
 }
 
 /* Predict texts[0..n) through a, filling label/score outputs (NULL text: NULL row). */
@@ -305,23 +449,76 @@ PredictTexts(CachedAdapter *a, char **texts, int n, char **labels, double *score
 		if (PeftEngine()->predict(a->handle, batch, lengths, count, a->max_length, out, &err) != PEFT_OK)
 			PeftRaiseEngineError(&err);
 		for (int i = 0; i < count; i++)
-		{
-			float	   *row = out + (size_t) i * K;
-			int			best = 0;
-
-			if (a->regression)
-			{
-				scores[map[i]] = row[0];
-				continue;
-			}
-			for (int k = 1; k < K; k++)
-				if (row[k] > row[best])
-					best = k;
-			labels[map[i]] = a->labels[best];
-			scores[map[i]] = row[best];
-		}
+			RowLabel(a, out + (size_t) i * K, &labels[map[i]], &scores[map[i]]);
 	}
 	pfree(out);
+}
+
+/* ERROR unless a has a prediction head (an adapter over an encoder, trained to classify or regress). */
+static void
+RequireHead(const CachedAdapter *a)
+{
+	if (a->model->info.decoder)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("adapter \"%s\" is over a decoder (%s): peft_predict needs one over an encoder",
+						a->name, a->model->name),
+				 errhint("Use peft_generate with it.")));
+	if (!a->regression && a->nlabels == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("adapter \"%s\" has no prediction head (an embedding adapter)", a->name)));
+}
+
+/*
+ * Predict texts[0..n), row i through a[i], in shared forward passes
+ * (inference.h): MIXED_CHUNK rows per engine call, interrupts checked
+ * between calls.
+ */
+void
+PredictMixed(CachedAdapter **a, char **texts, int n, char **labels, double *scores)
+{
+	int			ldo = 1;
+	int			chunk = Min(n, MIXED_CHUNK);
+	PeftAdapterHandle **handles = palloc(sizeof(PeftAdapterHandle *) * (chunk + 1));
+	const char **batch = palloc(sizeof(char *) * (chunk + 1));
+	size_t	   *lengths = palloc(sizeof(size_t) * (chunk + 1));
+	int		   *max_lengths = palloc(sizeof(int) * (chunk + 1));
+	int		   *map = palloc(sizeof(int) * (chunk + 1));
+	float	   *out;
+	PeftError	err = {0};
+
+	for (int i = 0; i < n; i++)
+	{
+		RequireHead(a[i]);
+		ldo = Max(ldo, a[i]->regression ? 1 : a[i]->nlabels);
+	}
+	out = palloc(sizeof(float) * (chunk + 1) * ldo);
+	ConfigureInference();
+	for (int first = 0; first < n;)
+	{
+		int			count = 0;
+
+		CHECK_FOR_INTERRUPTS();
+		for (; first < n && count < chunk; first++)
+		{
+			labels[first] = NULL;
+			if (texts[first] == NULL)
+				continue;
+			handles[count] = a[first]->handle;
+			batch[count] = texts[first];
+			lengths[count] = strlen(texts[first]);
+			max_lengths[count] = a[first]->max_length;
+			map[count++] = first;
+		}
+		if (count == 0)
+			continue;
+		if (PeftEngine()->predict_mixed(handles, batch, lengths, max_lengths, count, out, ldo,
+										&err) != PEFT_OK)
+			PeftRaiseEngineError(&err);
+		for (int i = 0; i < count; i++)
+			RowLabel(a[map[i]], out + (size_t) i * ldo, &labels[map[i]], &scores[map[i]]);
+	}
 }
 
 PG_FUNCTION_INFO_V1(peft_predict);
@@ -329,6 +526,8 @@ PG_FUNCTION_INFO_V1(peft_predict_array);
 PG_FUNCTION_INFO_V1(peft_embed);
 PG_FUNCTION_INFO_V1(peft_embed_array);
 PG_FUNCTION_INFO_V1(peft_cosine);
+PG_FUNCTION_INFO_V1(peft_predict_mixed);
+PG_FUNCTION_INFO_V1(peft_embed_mixed);
 
 /*
  * peft_predict(adapter, input) RETURNS TABLE(label text, score float8): a
@@ -352,6 +551,7 @@ peft_predict(PG_FUNCTION_ARGS)
 	input = PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1));
 	InitMaterializedSRF(fcinfo, 0);
 	SPI_connect();
+	AdapterCacheBeginCall();
 	a = GetActiveAdapter(name);
 	PredictTexts(a, &input, 1, &label, &score);
 	SPI_finish();
@@ -397,6 +597,7 @@ peft_predict_array(PG_FUNCTION_ARGS)
 
 	InitMaterializedSRF(fcinfo, 0);
 	SPI_connect();
+	AdapterCacheBeginCall();
 	a = GetActiveAdapter(name);
 	PredictTexts(a, texts, n, labels, scores);
 	SPI_finish();
@@ -461,6 +662,7 @@ peft_embed(PG_FUNCTION_ARGS)
 	input = text_to_cstring(PG_GETARG_TEXT_PP(1));
 
 	SPI_connect();
+	AdapterCacheBeginCall();
 	m = EmbeddingModel(model_name, PG_ARGISNULL(2) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(2)), &a);
 	texts[0] = input;
 	lengths[0] = strlen(input);
@@ -508,6 +710,7 @@ peft_embed_array(PG_FUNCTION_ARGS)
 
 	InitMaterializedSRF(fcinfo, 0);
 	SPI_connect();
+	AdapterCacheBeginCall();
 	m = EmbeddingModel(text_to_cstring(PG_GETARG_TEXT_PP(0)),
 					   PG_ARGISNULL(2) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(2)), &a);
 	out = SPI_palloc(sizeof(float) * (size_t) (count ? count : 1) * m->info.hidden_size);
@@ -525,6 +728,184 @@ peft_embed_array(PG_FUNCTION_ARGS)
 		if (all[i] != NULL)
 			values[1] = PointerGetDatum(RealArray(out + (size_t) k++ * m->info.hidden_size,
 												  m->info.hidden_size));
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
+
+/* A name's entry in LookupAdapters' table. */
+typedef struct NamedAdapter
+{
+	char		name[NAMEDATALEN];
+	CachedAdapter *adapter;
+} NamedAdapter;
+
+/*
+ * The active version of each row's adapter (names[i] NULL: out[i] NULL, or
+ * an ERROR when nulls_allowed is false), every distinct name looked up once
+ * as the caller, before anything is computed: an adapter the role cannot
+ * see is an ERROR naming it.  Every adapter must be over one model, that
+ * of model_name when given; *model receives it.  Inside SPI.
+ */
+static void
+LookupAdapters(char **names, int n, bool nulls_allowed, const char *model_name,
+			   CachedAdapter **out, CachedModel **model)
+{
+	HASHCTL		ctl = {0};
+	HTAB	   *seen;
+	CachedAdapter *first = NULL;
+
+	*model = model_name ? GetModel(model_name) : NULL;
+	ctl.keysize = NAMEDATALEN;
+	ctl.entrysize = sizeof(NamedAdapter);
+	ctl.hcxt = CurrentMemoryContext;
+	seen = hash_create("peft adapters of a call", 64, &ctl, HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+	for (int i = 0; i < n; i++)
+	{
+		NamedAdapter *entry;
+		bool		found;
+
+		out[i] = NULL;
+		if (names[i] == NULL)
+		{
+			if (!nulls_allowed)
+				ereport(ERROR,
+						(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+						 errmsg("adapters must not contain NULLs (element %d is NULL)", i + 1)));
+			continue;
+		}
+		if (strlen(names[i]) >= NAMEDATALEN)
+			CatalogVersionMissing(names[i], 0);	/* no adapter has so long a name */
+		entry = hash_search(seen, names[i], HASH_ENTER, &found);
+		if (!found)
+		{
+			entry->adapter = GetActiveAdapter(names[i]);
+			if (*model == NULL)
+				*model = entry->adapter->model;
+			if (entry->adapter->model != *model)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("adapter \"%s\" was trained on model \"%s\", not \"%s\"",
+								names[i], entry->adapter->model->name,
+								model_name ? model_name : first->model->name),
+						 errhint("One call computes over one base model; these adapters need one "
+								 "call per model.")));
+			if (first == NULL)
+				first = entry->adapter;
+		}
+		out[i] = entry->adapter;
+	}
+	hash_destroy(seen);
+}
+
+/* ERROR unless two arrays have the same number of elements. */
+static void
+RequireSameLength(const char *a, int na, const char *b, int nb)
+{
+	if (na != nb)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("%s and %s must have the same length, not %d and %d", a, b, na, nb)));
+}
+
+/*
+ * peft_predict(adapters text[], inputs text[]) RETURNS TABLE(ord int,
+ * adapter text, label text, score float8): input i through the active
+ * version of adapters[i], rows of many adapters in shared forward passes.
+ * A NULL input gives a row of NULLs; a NULL adapter is an ERROR.
+ */
+Datum
+peft_predict_mixed(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	int			nnames;
+	int			n;
+	char	  **names = InputTexts(PG_GETARG_ARRAYTYPE_P(0), &nnames);
+	char	  **texts = InputTexts(PG_GETARG_ARRAYTYPE_P(1), &n);
+	char	  **labels = palloc(sizeof(char *) * (n + 1));
+	double	   *scores = palloc0(sizeof(double) * (n + 1));
+	CachedAdapter **rows = palloc(sizeof(CachedAdapter *) * (n + 1));
+	CachedModel *model;
+
+	RequireSameLength("adapters", nnames, "inputs", n);
+	InitMaterializedSRF(fcinfo, 0);
+	SPI_connect();
+	AdapterCacheBeginCall();
+	LookupAdapters(names, n, false, NULL, rows, &model);
+	PredictMixed(rows, texts, n, labels, scores);
+	SPI_finish();
+	for (int i = 0; i < n; i++)
+	{
+		Datum		values[4];
+		bool		nulls[4] = {false, false, labels[i] == NULL, texts[i] == NULL};
+
+		values[0] = Int32GetDatum(i + 1);
+		values[1] = CStringGetTextDatum(names[i]);
+		values[2] = labels[i] ? CStringGetTextDatum(labels[i]) : (Datum) 0;
+		values[3] = Float8GetDatum(scores[i]);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
+
+/*
+ * peft_embed(model text, inputs text[], adapters text[]) RETURNS
+ * TABLE(ord int, embedding real[]): input i through the active version of
+ * adapters[i] (NULL: the bare model), in shared forward passes; a NULL
+ * input gives a NULL embedding.
+ */
+Datum
+peft_embed_mixed(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	char	   *model_name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	int			n;
+	int			nnames;
+	char	  **texts = InputTexts(PG_GETARG_ARRAYTYPE_P(1), &n);
+	char	  **names = InputTexts(PG_GETARG_ARRAYTYPE_P(2), &nnames);
+	CachedAdapter **rows = palloc(sizeof(CachedAdapter *) * (n + 1));
+	PeftAdapterHandle **handles = palloc(sizeof(PeftAdapterHandle *) * (n + 1));
+	const char **batch = palloc(sizeof(char *) * (n + 1));
+	size_t	   *lengths = palloc(sizeof(size_t) * (n + 1));
+	int		   *max_lengths = palloc(sizeof(int) * (n + 1));
+	CachedModel *model;
+	float	   *out;
+	int			C;
+	int			count = 0;
+	PeftError	err = {0};
+
+	RequireSameLength("adapters", nnames, "inputs", n);
+	InitMaterializedSRF(fcinfo, 0);
+	SPI_connect();
+	AdapterCacheBeginCall();
+	LookupAdapters(names, n, true, model_name, rows, &model);
+	C = model->info.hidden_size;
+	for (int i = 0; i < n; i++)
+		if (texts[i] != NULL)
+		{
+			handles[count] = rows[i] ? rows[i]->handle : NULL;
+			batch[count] = texts[i];
+			lengths[count] = strlen(texts[i]);
+			max_lengths[count++] = rows[i] ? rows[i]->max_length : 0;
+		}
+	out = SPI_palloc(sizeof(float) * (size_t) (count + 1) * C);	/* outlives SPI_finish */
+	ConfigureInference();
+	for (int first = 0; first < count; first += MIXED_CHUNK)
+	{
+		CHECK_FOR_INTERRUPTS();
+		if (PeftEngine()->embed_mixed(model->handle, handles + first, batch + first, lengths + first,
+									  max_lengths + first, Min(MIXED_CHUNK, count - first),
+									  out + (size_t) first * C, &err) != PEFT_OK)
+			PeftRaiseEngineError(&err);
+	}
+	SPI_finish();
+	for (int i = 0, k = 0; i < n; i++)
+	{
+		Datum		values[2] = {Int32GetDatum(i + 1), (Datum) 0};
+		bool		nulls[2] = {false, texts[i] == NULL};
+
+		if (texts[i] != NULL)
+			values[1] = PointerGetDatum(RealArray(out + (size_t) k++ * C, C));
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;

@@ -31,12 +31,39 @@ typedef struct CachedAdapter
 	char	  **labels;			/* in TopMemoryContext */
 	int			max_length;		/* tokens per text, as trained (0: the model's) */
 	uint64		last_used;
+	uint64		pinned_call;	/* the last call that used it (kept until that call ends) */
+	int			held;			/* > 0: a call running other SQL holds it (never let go) */
 } CachedAdapter;
+
+/* peft.adapter_cache_size: kB of adapters a backend keeps between calls. */
+extern int	peft_adapter_cache_size;
+
+/*
+ * Start of a call that uses cached adapters: those it looks up stay valid
+ * until the next call begins (older ones may be let go to keep the cache
+ * within peft.adapter_cache_size).
+ */
+extern void AdapterCacheBeginCall(void);
+
+/*
+ * Hold (or release) an adapter across SQL that may itself call peft
+ * functions (scoring runs the caller's query): a nested call's trim then
+ * spares it.
+ */
+extern void AdapterCacheHold(CachedAdapter *a, bool hold);
+
 
 /* Version version (0: the active one) of an adapter the caller may use, cached.  Inside SPI. */
 extern CachedAdapter *GetAdapterVersion(const char *name, int version);
 
 /* Predict texts[0..n) through a: labels[i] (NULL: regression or a NULL text) and scores[i]. */
 extern void PredictTexts(CachedAdapter *a, char **texts, int n, char **labels, double *scores);
+
+/*
+ * Predict texts[0..n), row i through a[i] (adapters over one model), in
+ * shared forward passes: labels[i] (NULL: regression or a NULL text) and
+ * scores[i].
+ */
+extern void PredictMixed(CachedAdapter **a, char **texts, int n, char **labels, double *scores);
 
 #endif

@@ -12,6 +12,7 @@
 #include "utils/builtins.h"
 #include "utils/guc.h"
 
+#include "inference.h"
 #include "peft.h"
 #include "version.h"
 #include "words.h"
@@ -81,6 +82,16 @@ PeftInitSettings(void)
 							&peft_device_idle_release,
 							60, 0, 86400,
 							PGC_USERSET, GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("peft.adapter_cache_size",
+							"Memory a connection keeps parsed adapters in, between calls.",
+							"Adapters are kept by name and version in least-recently-used order "
+							"up to this size (parameters and the buffers their batches grew); "
+							"a call keeps every adapter it uses until it ends.  0 keeps none.",
+							&peft_adapter_cache_size,
+							64 * 1024, 0, INT_MAX,
+							PGC_USERSET, GUC_UNIT_KB,
 							NULL, NULL, NULL);
 }
 

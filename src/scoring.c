@@ -40,22 +40,45 @@ typedef void (*ScoreBatchFn) (void *state, int n, char **texts, char **second,
  * Predict every row of query (input text, second column text) through a,
  * SCORE_FETCH rows at a time, handing each batch to fn.  Inside SPI.
  */
+static void ScoreFetched(CachedAdapter *a, Portal cursor, MemoryContext batch, ScoreBatchFn fn,
+						 void *state);
+
 static void
 ScoreRows(CachedAdapter *a, const char *query, ScoreBatchFn fn, void *state)
 {
 	SPIPlanPtr	plan = SPI_prepare(query, 0, NULL);
 	Portal		cursor;
 	MemoryContext batch;
-	char	   *texts[SCORE_FETCH];
-	char	   *second[SCORE_FETCH];
-	char	   *labels[SCORE_FETCH];
-	double		scores[SCORE_FETCH];
 
 	if (plan == NULL || !SPI_is_cursor_plan(plan))
 		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 						errmsg("data must be a table, a view or a single SELECT query")));
 	cursor = SPI_cursor_open(NULL, plan, NULL, NULL, true);
 	batch = AllocSetContextCreate(CurrentMemoryContext, "peft scoring batch", ALLOCSET_DEFAULT_SIZES);
+	/* the query may call peft functions, whose calls must not let a go */
+	AdapterCacheHold(a, true);
+	PG_TRY();
+	{
+		ScoreFetched(a, cursor, batch, fn, state);
+	}
+	PG_FINALLY();
+	{
+		AdapterCacheHold(a, false);
+	}
+	PG_END_TRY();
+	MemoryContextDelete(batch);
+	SPI_cursor_close(cursor);
+}
+
+/* The fetch loop of ScoreRows: SCORE_FETCH rows at a time through a, each batch to fn. */
+static void
+ScoreFetched(CachedAdapter *a, Portal cursor, MemoryContext batch, ScoreBatchFn fn, void *state)
+{
+	char	   *texts[SCORE_FETCH];
+	char	   *second[SCORE_FETCH];
+	char	   *labels[SCORE_FETCH];
+	double		scores[SCORE_FETCH];
+
 	for (;;)
 	{
 		MemoryContext old;
@@ -78,8 +101,6 @@ ScoreRows(CachedAdapter *a, const char *query, ScoreBatchFn fn, void *state)
 		SPI_freetuptable(SPI_tuptable);
 		MemoryContextReset(batch);
 	}
-	MemoryContextDelete(batch);
-	SPI_cursor_close(cursor);
 }
 
 /* Running counts of an evaluation. */
@@ -239,6 +260,7 @@ peft_evaluate(PG_FUNCTION_ARGS)
 		PeftRequirePrimary("peft_evaluate(record => true)");
 	data = text_to_cstring(PG_GETARG_TEXT_PP(1));
 	SPI_connect();
+	AdapterCacheBeginCall();
 	s.a = GetAdapterVersion(text_to_cstring(PG_GETARG_TEXT_PP(0)),
 							PG_ARGISNULL(4) ? 0 : PG_GETARG_INT32(4));
 	if (!s.a->regression && s.a->nlabels == 0)
@@ -305,6 +327,7 @@ peft_score(PG_FUNCTION_ARGS)
 
 	InitMaterializedSRF(fcinfo, 0);
 	SPI_connect();
+	AdapterCacheBeginCall();
 	a = GetAdapterVersion(text_to_cstring(PG_GETARG_TEXT_PP(0)), 0);
 	ScoreRows(a, DataQuery(text_to_cstring(PG_GETARG_TEXT_PP(1)),
 						   text_to_cstring(PG_GETARG_TEXT_PP(3)),

@@ -6,6 +6,6 @@
 #ifndef PEFT_VERSION_H
 #define PEFT_VERSION_H
 
-#define PEFT_VERSION "0.2.0"
+#define PEFT_VERSION "0.3.0"
 
 #endif
