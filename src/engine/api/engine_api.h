@@ -424,9 +424,11 @@ typedef struct PeftEngineApi
 	 * max_lengths[i] (NULL or 0: the model's), its num_labels outputs at
 	 * out + i * ldo (ldo >= every adapter's num_labels).  The base
 	 * products run once over the rows of every adapter whose methods
-	 * allow it (LoRA, DoRA, (IA)^3, BitFit, bottleneck adapters), each
-	 * adapter's methods and head on its own rows; merged adapters and
-	 * prompt or prefix tuning compute their rows in batches of their own.
+	 * allow it (LoRA, DoRA, (IA)^3, BitFit, bottleneck adapters, prompt
+	 * tuning's virtual tokens packed per sequence), each adapter's
+	 * methods and head on its own rows; merged adapters and prefix
+	 * tuning (its own attention) compute their rows in batches of their
+	 * own.
 	 */
 	PeftCode	(*predict_mixed) (PeftAdapterHandle *const *adapters, const char *const *texts,
 								  const size_t *lengths, const int *max_lengths, int n,

@@ -859,6 +859,21 @@ check_batch(const Network *net, const Batch *b, PeftError *err)
 }
 
 /*
+ * The virtual rows starting sequence i: the network's, or in a mixed batch
+ * those of the sequence's segment (its prompt tuning's).
+ */
+static int
+sequence_virtual_rows(const Network *net, int i)
+{
+	if (net->mixed == NULL)
+		return net->virtual_rows;
+	for (int s = 0; s < net->mixed->nsegments; s++)
+		if (i < net->mixed->segments[s].seq0 + net->mixed->segments[s].nseqs)
+			return net->mixed->segments[s].net->virtual_rows;
+	return 0;
+}
+
+/*
  * Pack the real tokens of a checked batch on the host: act's B, N,
  * seq_start, rows, nprobs (every sequence starting with the virtual rows,
  * -1 - v); then each module's own layout.
@@ -867,9 +882,15 @@ static PeftCode
 pack_batch(Network *net, const Batch *b, PeftError *err)
 {
 	NetworkActivations *act = net->act;
-	int			V = net->virtual_rows;
-	size_t		padded = (size_t) b->B * b->T + (size_t) b->B * V;
+	size_t		padded = (size_t) b->B * b->T;
+	bool		virtual_rows = false;
 	PeftCode	rc;
+
+	for (int i = 0; i < b->B; i++)
+	{
+		padded += sequence_virtual_rows(net, i);
+		virtual_rows |= sequence_virtual_rows(net, i) > 0;
+	}
 
 	if (act->cap_pack_seqs < b->B + 1)
 	{
@@ -890,7 +911,7 @@ pack_batch(Network *net, const Batch *b, PeftError *err)
 		act->cap_pack = padded;
 	}
 	act->B = b->B;
-	if (V == 0)
+	if (!virtual_rows)
 		act->N = varlen_pack(act->seq_start, act->rows, b->mask, b->B, b->T);
 	else
 	{
@@ -899,7 +920,7 @@ pack_batch(Network *net, const Batch *b, PeftError *err)
 		for (int i = 0; i < b->B; i++)
 		{
 			act->seq_start[i] = n;
-			for (int v = 0; v < V; v++)
+			for (int v = 0; v < sequence_virtual_rows(net, i); v++)
 				act->rows[n++] = -1 - v;
 			for (int t = 0; t < b->T; t++)
 				if (b->mask[(size_t) i * b->T + t])
@@ -1059,9 +1080,21 @@ encoder_layers(Network *net, const Batch *b, bool train)
 	int			C = cfg->hidden_size;
 	int			N = act->N;
 
-	be->ops->embeddings(be, act->emb, act->d_ids, act->d_rows, N, b->T, mw->word, mw->pos,
-						mw->type, virtual_embeddings(net), net->virtual_tokens, C,
-						cfg->vocab_size);
+	if (net->mixed == NULL)
+		be->ops->embeddings(be, act->emb, act->d_ids, act->d_rows, N, b->T, mw->word, mw->pos,
+							mw->type, virtual_embeddings(net), net->virtual_tokens, C,
+							cfg->vocab_size);
+	else
+		for (int i = 0; i < net->mixed->nsegments; i++)
+		{
+			/* each segment's rows with its own virtual tokens (prompt tuning) */
+			const MixedSegment *sg = &net->mixed->segments[i];
+
+			be->ops->embeddings(be, act->emb + (size_t) sg->row0 * C, act->d_ids,
+								act->d_rows + sg->row0, sg->rows, b->T, mw->word, mw->pos,
+								mw->type, virtual_embeddings(sg->net), sg->net->virtual_tokens, C,
+								cfg->vocab_size);
+		}
 	embeddings_layernorm(net);
 	network_dropout(net, act->h[0], act->keep_emb, net->opts.hidden_dropout, (size_t) N * C, train);
 	act->last = act->h[0];
@@ -1344,13 +1377,17 @@ network_embed(Network *net, const Batch *b, real *embeddings, PeftError *err)
 	return net_leave(net, rc, err);
 }
 
-/* Whether module i of net changes the packed layout or the attention (prompt, prefix tuning). */
+/*
+ * Whether module i of net lays out batches or computes attention its own
+ * way (prefix tuning); prompt tuning's virtual rows a mixed batch packs
+ * per sequence.
+ */
 static bool
 method_reshapes(const Network *net, int i)
 {
 	const MethodModule *m = net->methods[i].m;
 
-	return m->pack || m->upload || m->virtual_embeddings || m->attention_forward;
+	return m->pack || m->upload || m->attention_forward;
 }
 
 /* Whether member's rows can share host's forward in a mixed batch (network.h). */
@@ -1361,7 +1398,7 @@ network_mixable(const Network *host, const Network *member)
 		return host->nmethods == 0;
 	if (host->nmethods != 0 || member->base != host->base || member->be != host->be ||
 		member->precision != host->precision || member->merged != NULL ||
-		member->virtual_tokens != 0 || member->attention >= 0)
+		member->virtual_tokens != member->virtual_rows || member->attention >= 0)
 		return false;
 	for (int i = 0; i < member->nmethods; i++)
 		if (method_reshapes(member, i))
@@ -1384,6 +1421,10 @@ check_segments(const Network *host, const MixedSegment *sg, int nsg, const Batch
 		if (!network_mixable(host, sg[i].net))
 			return peft_fail(err, PEFT_ERR_INVALID, "mixed batch: segment %d's network cannot "
 							 "share the base model's forward", i);
+		if (b->T + sg[i].net->virtual_tokens > host->base->cfg.max_position)
+			return peft_fail(err, PEFT_ERR_INVALID,
+							 "sequence length %d (with %d virtual tokens) exceeds the model's %d positions",
+							 b->T, sg[i].net->virtual_tokens, host->base->cfg.max_position);
 		if (heads && (sg[i].net->opts.num_labels < 1 || sg[i].net->opts.num_labels > ldo))
 			return peft_fail(err, PEFT_ERR_INVALID, "mixed batch: segment %d has no head, or "
 							 "one wider than %d", i, ldo);
@@ -1455,6 +1496,31 @@ segment_heads(Network *host, const MixedSegment *sg, int nsg, real *outputs, int
 	}
 }
 
+/* pooled[B, C]: each segment's sequences pooled over their real tokens (its virtual rows left out). */
+static void
+segment_pool(Network *host, const MixedBatch *mb)
+{
+	NetworkActivations *act = host->act;
+	int			C = host->base->cfg.hidden_size;
+	bool		cls = host->base->cfg.pooling == POOLING_CLS;
+
+	for (int i = 0; i < mb->nsegments; i++)
+	{
+		const MixedSegment *sg = &mb->segments[i];
+		int			n = 1;
+
+		/* one call for a run of segments without virtual rows */
+		while (sg->net->virtual_rows == 0 && i + n < mb->nsegments &&
+			   mb->segments[i + n].net->virtual_rows == 0)
+			n++;
+		host->be->ops->pool_forward(host->be, cls, act->pooled + (size_t) sg->seq0 * C, act->last,
+									act->d_seq_start + sg->seq0,
+									mb->segments[i + n - 1].seq0 + mb->segments[i + n - 1].nseqs - sg->seq0,
+									C, sg->net->virtual_rows);
+		i += n - 1;
+	}
+}
+
 /* network_forward_mixed inside a use of host's backend. */
 static PeftCode
 mixed_locked(Network *host, MixedBatch *mb, const Batch *b, real *outputs, int ldo,
@@ -1467,8 +1533,12 @@ mixed_locked(Network *host, MixedBatch *mb, const Batch *b, real *outputs, int l
 	PeftCode	rc;
 
 	if ((rc = check_segments(host, mb->segments, mb->nsegments, b, outputs != NULL, ldo,
-							 err)) != PEFT_OK ||
-		(rc = encoder_prepare(host, b, false, err)) != PEFT_OK)
+							 err)) != PEFT_OK)
+		return rc;
+	host->mixed = mb;			/* packing asks each sequence's virtual rows */
+	rc = encoder_prepare(host, b, false, err);
+	host->mixed = NULL;
+	if (rc != PEFT_OK)
 		return rc;
 	for (int i = 0; i < mb->nsegments; i++)
 	{
@@ -1486,7 +1556,7 @@ mixed_locked(Network *host, MixedBatch *mb, const Batch *b, real *outputs, int l
 	host->mixed = mb;
 	encoder_layers(host, b, false);
 	host->mixed = NULL;
-	pool_forward(host);
+	segment_pool(host, mb);
 	if (outputs)
 		segment_heads(host, mb->segments, mb->nsegments, outputs, ldo);
 	if (embeddings && host->base->cfg.normalize)

@@ -283,8 +283,9 @@ PeftCode	network_embed(Network *net, const Batch *batch, real *embeddings,
 /*
  * Whether member's rows can share host's forward in a mixed batch: same
  * base, same backend, not merged (its products are the base's), and no
- * method that changes the packed layout or computes attention (prompt and
- * prefix tuning run on their own).
+ * method that lays out batches or computes attention its own way (prefix
+ * tuning runs on its own; prompt tuning's virtual rows are packed per
+ * sequence).
  */
 bool		network_mixable(const Network *host, const Network *member);
 
