@@ -29,7 +29,7 @@
  */
 #define MIXED_TOLERANCE 1e-6
 
-/* The methods mixed: every one the shared pass takes, and prefix tuning, which it leaves to its own. */
+/* The methods mixed: every one (a merged adapter, below, computes apart). */
 static const char *const methods[] = {
 	"lora", "dora", "ia3", "bitfit", "adapter", "lora+bitfit", "dora+bitfit+adapter",
 	"ia3+bitfit", "ia3+adapter", "prompt", "prefix", "lora+prompt"
@@ -221,7 +221,7 @@ test_predict_every_method(void **state)
 	}
 	check_predict("predict_mixed, every adapter in one batch", 0, NADAPTERS);
 	check_predict("predict_mixed, the methods before prompt tuning", 0, 9);
-	check_predict("predict_mixed, prompt tuning beside others", 7, 5);
+	check_predict("predict_mixed, prompt and prefix tuning beside others", 7, 5);
 }
 
 /* A batch size below the row count splits the rows into several mixed batches. */
@@ -296,7 +296,7 @@ test_max_lengths(void **state)
 	compare_end(&c);
 }
 
-/* Which networks share the base's forward: not merged ones, not prefix tuning. */
+/* Which networks share the base's forward: every method's, not a merged one's. */
 static void
 test_mixable(void **state)
 {
@@ -309,7 +309,7 @@ test_mixable(void **state)
 		bool		mixable;
 	}			cases[] = {
 		{"lora", true}, {"dora+bitfit+adapter", true}, {"ia3+bitfit", true},
-		{"prompt", true}, {"lora+prompt", true}, {"prefix", false}, {"dora+bitfit+prefix", false}
+		{"prompt", true}, {"lora+prompt", true}, {"prefix", true}, {"dora+bitfit+prefix", true}
 	};
 
 	assert_int_equal(network_create(model, &bare_options, &bare, &err), PEFT_OK);

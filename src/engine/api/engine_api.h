@@ -423,12 +423,12 @@ typedef struct PeftEngineApi
 	 * mixed batches): row i through adapters[i], truncated at
 	 * max_lengths[i] (NULL or 0: the model's), its num_labels outputs at
 	 * out + i * ldo (ldo >= every adapter's num_labels).  The base
-	 * products run once over the rows of every adapter whose methods
-	 * allow it (LoRA, DoRA, (IA)^3, BitFit, bottleneck adapters, prompt
-	 * tuning's virtual tokens packed per sequence), each adapter's
-	 * methods and head on its own rows; merged adapters and prefix
-	 * tuning (its own attention) compute their rows in batches of their
-	 * own.
+	 * products run once over the rows of every adapter (LoRA, DoRA,
+	 * (IA)^3, BitFit, bottleneck adapters; prompt tuning's virtual tokens
+	 * packed per sequence; prefix tuning's attention on its own
+	 * sequences), each adapter's methods and head on its own rows; merged
+	 * adapters, whose products differ from the base's, compute their rows
+	 * in batches of their own.
 	 */
 	PeftCode	(*predict_mixed) (PeftAdapterHandle *const *adapters, const char *const *texts,
 								  const size_t *lengths, const int *max_lengths, int n,

@@ -342,6 +342,59 @@ sublayer_hooks(Network *net, HookAt at, real *h, int N)
 	}
 }
 
+/*
+ * Attention of layer at.l in a mixed batch where some segment's method
+ * computes it (prefix tuning): that segment's module on its rows (its
+ * network packed them), every run of other segments through the plain op
+ * over their sequences.  Inference: the attention buffer is scratch each
+ * call reuses from its start.
+ */
+static void
+segment_attention(Network *net, LayerActs *la, HookAt at)
+{
+	NetworkActivations *act = net->act;
+	const ModelConfig *cfg = &net->base->cfg;
+	size_t		C = cfg->hidden_size;
+	const MixedSegment *sg = net->mixed->segments;
+	int			nsg = net->mixed->nsegments;
+
+	for (int i = 0; i < nsg;)
+	{
+		Network    *sn = sg[i].net;
+		int			n = 1;
+
+		if (sn->attention >= 0)
+		{
+			AttentionIO io = {la->qkv + sg[i].row0 * 3 * C, la->ctx + sg[i].row0 * C, la->probs,
+			NULL, NULL, 0, NULL, NULL};
+			const ActiveMethod *am = &sn->methods[sn->attention];
+
+			am->m->attention_forward(sn, am->state, at, &io);
+			i++;
+			continue;
+		}
+		while (i + n < nsg && sg[i + n].net->attention < 0)
+			n++;
+		net->be->ops->attention_forward(net->be, la->ctx, la->probs, NULL, la->qkv, la->qkv + C,
+										la->qkv + 2 * C, 3 * C, NULL, 0,
+										act->d_seq_start + sg[i].seq0,
+										sg[i + n - 1].seq0 + sg[i + n - 1].nseqs - sg[i].seq0,
+										sg[i + n - 1].row0 + sg[i + n - 1].rows - sg[i].row0,
+										(int) C, cfg->num_heads);
+		i += n;
+	}
+}
+
+/* Whether some segment of a mixed batch computes attention its own way. */
+static bool
+segments_compute_attention(const Network *net)
+{
+	for (int i = 0; net->mixed && i < net->mixed->nsegments; i++)
+		if (net->mixed->segments[i].net->attention >= 0)
+			return true;
+	return false;
+}
+
 /* Attention of layer at.l: a module's, when one computes it, else the plain one. */
 static void
 attention_forward(Network *net, LayerActs *la, HookAt at, int N, bool drop_attn)
@@ -351,6 +404,11 @@ attention_forward(Network *net, LayerActs *la, HookAt at, int N, bool drop_attn)
 	int			C = cfg->hidden_size;
 	real		ap = drop_attn ? (real) net->opts.attention_dropout : 0;
 
+	if (segments_compute_attention(net))
+	{
+		segment_attention(net, la, at);
+		return;
+	}
 	if (drop_attn)
 		network_draw_mask(net, la->keep_attn, act->nprobs, net->opts.attention_dropout);
 	if (net->attention >= 0)

@@ -874,6 +874,32 @@ sequence_virtual_rows(const Network *net, int i)
 }
 
 /*
+ * The attention elements of a packed mixed batch: each sequence's rows
+ * by its rows, and by its prefix tuning's keys too (its segment computes
+ * its attention in that layout, in the same buffer).
+ */
+static size_t
+mixed_attention_size(const Network *net)
+{
+	const NetworkActivations *act = net->act;
+	size_t		total = 0;
+
+	for (int s = 0; s < net->mixed->nsegments; s++)
+	{
+		const MixedSegment *sg = &net->mixed->segments[s];
+		size_t		keys = sg->net->virtual_tokens - sg->net->virtual_rows;
+
+		for (int i = sg->seq0; i < sg->seq0 + sg->nseqs; i++)
+		{
+			size_t		len = act->seq_start[i + 1] - act->seq_start[i] + keys;
+
+			total += len * len;
+		}
+	}
+	return total * net->base->cfg.num_heads;
+}
+
+/*
  * Pack the real tokens of a checked batch on the host: act's B, N,
  * seq_start, rows, nprobs (every sequence starting with the virtual rows,
  * -1 - v); then each module's own layout.
@@ -929,7 +955,8 @@ pack_batch(Network *net, const Batch *b, PeftError *err)
 		act->seq_start[b->B] = n;
 		act->N = n;
 	}
-	act->nprobs = varlen_attention_size(act->seq_start, b->B, net->base->cfg.num_heads);
+	act->nprobs = net->mixed ? mixed_attention_size(net) :
+		varlen_attention_size(act->seq_start, b->B, net->base->cfg.num_heads);
 	for (int i = 0; i < net->nmethods; i++)
 		if (net->methods[i].m->pack &&
 			(rc = net->methods[i].m->pack(net, net->methods[i].state, b, err)) != PEFT_OK)
@@ -1377,33 +1404,14 @@ network_embed(Network *net, const Batch *b, real *embeddings, PeftError *err)
 	return net_leave(net, rc, err);
 }
 
-/*
- * Whether module i of net lays out batches or computes attention its own
- * way (prefix tuning); prompt tuning's virtual rows a mixed batch packs
- * per sequence.
- */
-static bool
-method_reshapes(const Network *net, int i)
-{
-	const MethodModule *m = net->methods[i].m;
-
-	return m->pack || m->upload || m->attention_forward;
-}
-
 /* Whether member's rows can share host's forward in a mixed batch (network.h). */
 bool
 network_mixable(const Network *host, const Network *member)
 {
 	if (member == host)
 		return host->nmethods == 0;
-	if (host->nmethods != 0 || member->base != host->base || member->be != host->be ||
-		member->precision != host->precision || member->merged != NULL ||
-		member->virtual_tokens != member->virtual_rows || member->attention >= 0)
-		return false;
-	for (int i = 0; i < member->nmethods; i++)
-		if (method_reshapes(member, i))
-			return false;
-	return true;
+	return host->nmethods == 0 && member->base == host->base && member->be == host->be &&
+		member->precision == host->precision && member->merged == NULL;
 }
 
 /* ERROR unless the segments cover the batch's sequences in order, each mixable with host. */
@@ -1458,6 +1466,45 @@ segment_enter(Network *host, MixedSegment *sg, const Batch *b, PeftError *err)
 		return rc;
 	/* only its methods' buffers and its head's output: host computes the rest */
 	return acts_ensure(m, sg->nseqs, b->T, (size_t) sg->rows, 1, false, true, err);
+}
+
+/*
+ * A segment's own layout for the methods that keep one (prefix tuning's
+ * extended attention rows): its network's packing describes the segment's
+ * sequences, rows counted from the segment's first.
+ */
+static PeftCode
+segment_pack(Network *host, MixedSegment *sg, const Batch *b, PeftError *err)
+{
+	Network    *m = sg->net;
+	NetworkActivations *ma = m->act;
+	Batch		sub = {sg->nseqs, b->T, b->ids + (size_t) sg->seq0 * b->T,
+	b->mask + (size_t) sg->seq0 * b->T, NULL, NULL};
+	PeftCode	rc;
+
+	if (m == host)
+		return PEFT_OK;
+	if (ma->cap_pack_seqs < sg->nseqs + 1)
+	{
+		int32_t    *grown = realloc(ma->seq_start, sizeof(int32_t) * (sg->nseqs + 1));
+
+		if (grown == NULL)
+			return peft_fail(err, PEFT_ERR_NOMEM, "out of memory packing a batch");
+		ma->seq_start = grown;
+		ma->cap_pack_seqs = sg->nseqs + 1;
+	}
+	for (int i = 0; i <= sg->nseqs; i++)
+		ma->seq_start[i] = host->act->seq_start[sg->seq0 + i] - sg->row0;
+	ma->B = sg->nseqs;
+	ma->N = sg->rows;
+	for (int i = 0; i < m->nmethods; i++)
+		if (m->methods[i].m->pack &&
+			(rc = m->methods[i].m->pack(m, m->methods[i].state, &sub, err)) != PEFT_OK)
+			return rc;
+	for (int i = 0; i < m->nmethods; i++)
+		if (m->methods[i].m->upload)
+			m->methods[i].m->upload(m, m->methods[i].state, &sub);
+	return PEFT_OK;
 }
 
 /* The widest input of the linears some segment's input hook scales (0: none). */
@@ -1546,7 +1593,8 @@ mixed_locked(Network *host, MixedBatch *mb, const Batch *b, real *outputs, int l
 
 		sg->row0 = act->seq_start[sg->seq0];
 		sg->rows = act->seq_start[sg->seq0 + sg->nseqs] - sg->row0;
-		if ((rc = segment_enter(host, sg, b, err)) != PEFT_OK)
+		if ((rc = segment_enter(host, sg, b, err)) != PEFT_OK ||
+			(rc = segment_pack(host, sg, b, err)) != PEFT_OK)
 			return rc;
 	}
 	if ((in = widest_scaled_input(mb->segments, mb->nsegments)) > 0 &&

@@ -282,10 +282,8 @@ PeftCode	network_embed(Network *net, const Batch *batch, real *embeddings,
 
 /*
  * Whether member's rows can share host's forward in a mixed batch: same
- * base, same backend, not merged (its products are the base's), and no
- * method that lays out batches or computes attention its own way (prefix
- * tuning runs on its own; prompt tuning's virtual rows are packed per
- * sequence).
+ * base, same backend and precision, and not merged (a merged adapter's
+ * products are not the base's).
  */
 bool		network_mixable(const Network *host, const Network *member);
 
