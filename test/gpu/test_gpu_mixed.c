@@ -19,14 +19,13 @@
 #include "network.h"
 #include "test_util.h"
 #include "tiny_model_fixture.h"
+#include "method_fixture.h"
 
 /* FP32 products on both sides; measured where a device was lent (see RESULTS.md). */
 #define MIXED_GPU_TOLERANCE 1e-4
 
 #define NSEQ 12
 #define T_COLS 11
-#define NMEMBERS 6
-
 /* Skip the calling test when no CUDA device is visible. */
 static void
 require_device(void)
@@ -38,52 +37,17 @@ require_device(void)
 	}
 }
 
-/* A network of one method (index k of the test's list), parameters perturbed by seed. */
+/* The methods mixed, one network each. */
+static const char *const methods[] = {"lora", "dora", "ia3+bitfit", "adapter", "prompt", "prefix"};
+#define NMEMBERS 6
+
+/* A network of methods[k], parameters perturbed by seed. */
 static Network *
 member(int k, uint64_t seed)
 {
-	NetworkOptions o = {0};
-	Network    *net;
-	PeftRng		rng;
-	PeftError	err = {0};
+	NetworkOptions o = method_options_for(methods[k], PEFT_TASK_CLASSIFICATION, 3);
 
-	o.lora.r = 4;
-	o.lora.alpha = 8;
-	o.task = PEFT_TASK_CLASSIFICATION;
-	o.num_labels = 3;
-	o.seed = seed;
-	switch (k)
-	{
-		case 0:					/* LoRA */
-			o.lora.targets[BERT_QUERY] = o.lora.targets[BERT_VALUE] = true;
-			break;
-		case 1:					/* DoRA */
-			o.lora.targets[BERT_QUERY] = o.lora.targets[BERT_OUTPUT] = true;
-			o.dora = true;
-			break;
-		case 2:					/* (IA)^3 with a feed-forward input, and BitFit */
-			o.ia3.targets[BERT_KEY] = o.ia3.targets[BERT_OUTPUT] = true;
-			o.ia3.feedforward[BERT_OUTPUT] = true;
-			o.bitfit = true;
-			break;
-		case 3:					/* bottleneck adapters */
-			o.bottleneck.reduction = 8;
-			o.bottleneck.after_attention = o.bottleneck.after_ffn = true;
-			break;
-		case 4:
-			o.prompt_tokens = 3;
-			break;
-		default:
-			o.prefix_tokens = 2;
-			break;
-	}
-	assert_int_equal(network_create(model, &o, &net, &err), PEFT_OK);
-	peft_rng_seed(&rng, seed);
-	for (size_t j = 0; j < net->params.total; j++)
-		net->params.values[j] = net->params.values[j] * (real) (1 + 0.3 * (2 * peft_rng_uniform(&rng) - 1)) +
-			(real) (0.05 * (2 * peft_rng_uniform(&rng) - 1));
-	network_params_changed(net);
-	return net;
+	return perturbed_network(&o, seed);
 }
 
 /* Head outputs [NSEQ, 3] and embeddings [NSEQ, C] of one mixed batch on device kind. */

@@ -20,6 +20,7 @@
 #include "network.h"
 #include "test_util.h"
 #include "tiny_model_fixture.h"
+#include "method_fixture.h"
 
 #define NB 4
 #define NT 9
@@ -28,41 +29,7 @@
 static NetworkOptions
 method_options(const char *method)
 {
-	NetworkOptions o = {0};
-	unsigned	bits = 0;
-	PeftError	err = {0};
-
-	assert_int_equal(adapter_parse_method(method, &bits, &err), PEFT_OK);
-	o.lora.r = 4;
-	o.lora.alpha = 8;
-	if (bits & (PEFT_METHOD_LORA | PEFT_METHOD_DORA))
-	{
-		/* "output.dense" names both dense outputs (suffix matching, as PEFT) */
-		o.lora.targets[BERT_QUERY] = o.lora.targets[BERT_VALUE] = true;
-		o.lora.targets[BERT_ATTN_OUT] = o.lora.targets[BERT_OUTPUT] = true;
-	}
-	o.dora = (bits & PEFT_METHOD_DORA) != 0;
-	if (bits & PEFT_METHOD_IA3)
-	{
-		o.ia3.targets[BERT_KEY] = o.ia3.targets[BERT_VALUE] = true;
-		o.ia3.targets[BERT_OUTPUT] = o.ia3.feedforward[BERT_OUTPUT] = true;
-		o.ia3.targets[BERT_ATTN_OUT] = o.ia3.feedforward[BERT_ATTN_OUT] = true;
-		o.ia3.targets[BERT_INTERMEDIATE] = true;
-	}
-	o.bitfit = (bits & PEFT_METHOD_BITFIT) != 0;
-	if (bits & PEFT_METHOD_PROMPT)
-		o.prompt_tokens = 3;
-	if (bits & PEFT_METHOD_PREFIX)
-		o.prefix_tokens = 2;
-	if (bits & PEFT_METHOD_ADAPTER)
-	{
-		o.bottleneck.reduction = 8;
-		o.bottleneck.after_attention = o.bottleneck.after_ffn = true;
-	}
-	o.task = PEFT_TASK_CLASSIFICATION;
-	o.num_labels = 3;
-	o.seed = 5;
-	return o;
+	return method_options_for(method, PEFT_TASK_CLASSIFICATION, 3);
 }
 
 /* A network of method with every parameter moved off its initial value. */
@@ -70,17 +37,8 @@ static Network *
 random_network(const char *method)
 {
 	NetworkOptions o = method_options(method);
-	Network    *net;
-	PeftError	err = {0};
-	PeftRng		rng;
 
-	assert_int_equal(network_create(model, &o, &net, &err), PEFT_OK);
-	peft_rng_seed(&rng, 17);
-	for (size_t j = 0; j < net->params.total; j++)
-		net->params.values[j] = net->params.values[j] * (real) (1 + 0.3 * (2 * peft_rng_uniform(&rng) - 1)) +
-			(real) (0.05 * (2 * peft_rng_uniform(&rng) - 1));
-	network_params_changed(net);
-	return net;
+	return perturbed_network(&o, 17);
 }
 
 /* Eval-mode logits of a fixed batch with irregular lengths. */

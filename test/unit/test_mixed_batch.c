@@ -21,6 +21,7 @@
 #include "network.h"
 #include "test_util.h"
 #include "tiny_model_fixture.h"
+#include "method_fixture.h"
 
 /*
  * Mixed against alone: the same products over different row counts, so
@@ -47,45 +48,6 @@ static int	num_labels[NADAPTERS];
 static const char *texts[NROWS];
 static size_t lengths[NROWS];
 
-/* Options of one method by name (as peft_train's method argument). */
-static NetworkOptions
-method_options(const char *method, PeftTask task, int K)
-{
-	NetworkOptions o = {0};
-	unsigned	bits = 0;
-	PeftError	err = {0};
-
-	assert_int_equal(adapter_parse_method(method, &bits, &err), PEFT_OK);
-	o.lora.r = 4;
-	o.lora.alpha = 8;
-	if (bits & (PEFT_METHOD_LORA | PEFT_METHOD_DORA))
-	{
-		/* "output.dense" names both dense outputs (suffix matching, as PEFT) */
-		o.lora.targets[BERT_QUERY] = o.lora.targets[BERT_VALUE] = true;
-		o.lora.targets[BERT_ATTN_OUT] = o.lora.targets[BERT_OUTPUT] = true;
-	}
-	o.dora = (bits & PEFT_METHOD_DORA) != 0;
-	if (bits & PEFT_METHOD_IA3)
-	{
-		o.ia3.targets[BERT_KEY] = o.ia3.targets[BERT_VALUE] = true;
-		o.ia3.targets[BERT_OUTPUT] = o.ia3.feedforward[BERT_OUTPUT] = true;
-		o.ia3.targets[BERT_ATTN_OUT] = o.ia3.feedforward[BERT_ATTN_OUT] = true;
-		o.ia3.targets[BERT_INTERMEDIATE] = true;
-	}
-	o.bitfit = (bits & PEFT_METHOD_BITFIT) != 0;
-	o.prompt_tokens = (bits & PEFT_METHOD_PROMPT) ? 3 : 0;
-	o.prefix_tokens = (bits & PEFT_METHOD_PREFIX) ? 2 : 0;
-	if (bits & PEFT_METHOD_ADAPTER)
-	{
-		o.bottleneck.reduction = 8;
-		o.bottleneck.after_attention = o.bottleneck.after_ffn = true;
-	}
-	o.task = task;
-	o.num_labels = K;
-	o.seed = 5;
-	return o;
-}
-
 /*
  * An adapter of method opened through the engine's table from its config
  * and weights, every parameter moved off its initial value (so each
@@ -95,20 +57,14 @@ method_options(const char *method, PeftTask task, int K)
 static PeftAdapterHandle *
 open_adapter(const char *method, PeftTask task, int K, uint64_t seed)
 {
-	NetworkOptions o = method_options(method, task, K);
-	Network    *net;
+	NetworkOptions o = method_options_for(method, task, K);
+	Network    *net = perturbed_network(&o, seed);
 	PeftAdapterHandle *h;
-	PeftRng		rng;
 	char	   *config;
 	uint8_t    *bytes;
 	size_t		len;
 	PeftError	err = {0};
 
-	assert_int_equal(network_create(model, &o, &net, &err), PEFT_OK);
-	peft_rng_seed(&rng, seed);
-	for (size_t j = 0; j < net->params.total; j++)
-		net->params.values[j] = net->params.values[j] * (real) (1 + 0.3 * (2 * peft_rng_uniform(&rng) - 1)) +
-			(real) (0.05 * (2 * peft_rng_uniform(&rng) - 1));
 	assert_int_equal(adapter_config_json(net, "tiny", &config, &err), PEFT_OK);
 	assert_int_equal(adapter_serialize(net, &bytes, &len, &err), PEFT_OK);
 	if (api->adapter_open(handle, config, strlen(config), bytes, len, task, K, &h, &err) != PEFT_OK)
@@ -316,7 +272,7 @@ test_mixable(void **state)
 	assert_true(network_mixable(bare, bare));
 	for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++)
 	{
-		NetworkOptions o = method_options(cases[k].method, PEFT_TASK_CLASSIFICATION, 3);
+		NetworkOptions o = method_options_for(cases[k].method, PEFT_TASK_CLASSIFICATION, 3);
 		Network    *net;
 
 		assert_int_equal(network_create(model, &o, &net, &err), PEFT_OK);
@@ -339,7 +295,7 @@ static void
 test_errors(void **state)
 {
 	NetworkOptions bare_options = {0};
-	NetworkOptions o = method_options("lora", PEFT_TASK_CLASSIFICATION, 3);
+	NetworkOptions o = method_options_for("lora", PEFT_TASK_CLASSIFICATION, 3);
 	Network    *bare;
 	Network    *net;
 	int32_t		ids[2 * 3] = {2, 5, 3, 2, 6, 3};
