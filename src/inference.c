@@ -83,6 +83,29 @@ DropCachedModel(CachedModel *m)
 	memset(m, 0, sizeof(*m));
 }
 
+/* Whether the current call uses a (looked it up) or a caller holds it. */
+static bool
+AdapterInUse(const CachedAdapter *a)
+{
+	return a->pinned_call == call_clock || a->held > 0;
+}
+
+/*
+ * ERROR when the current call uses an adapter over m: m cannot be closed
+ * under it (re-registered by another session meanwhile, or pushed out by
+ * more models than the cache holds).  Retryable: the next call reloads.
+ */
+static void
+RequireModelUnused(const CachedModel *m)
+{
+	for (int i = 0; i < nadapters; i++)
+		if (adapters[i]->model == m && AdapterInUse(adapters[i]))
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					 errmsg("model \"%s\" changed or was unloaded while this call was using it", m->name),
+					 errhint("Run the statement again; a call uses at most %d models.", MAX_CACHED_MODELS)));
+}
+
 /*
  * A new call begins: the adapters it uses from now on are kept until it
  * ends; what the last calls left beyond peft.adapter_cache_size goes now.
@@ -121,7 +144,7 @@ TrimAdapterCache(void)
 		CachedAdapter *oldest = NULL;
 
 		for (int i = 0; i < nadapters; i++)
-			if (adapters[i]->pinned_call != call_clock && adapters[i]->held == 0 &&
+			if (!AdapterInUse(adapters[i]) &&
 				(oldest == NULL || adapters[i]->last_used < oldest->last_used))
 				oldest = adapters[i];
 		if (oldest == NULL)
@@ -214,6 +237,7 @@ GetModel(const char *name)
 				m->last_used = ++use_clock;
 				return m;
 			}
+			RequireModelUnused(m);
 			DropCachedModel(m);	/* re-registered: reload */
 		}
 	}
@@ -222,7 +246,10 @@ GetModel(const char *name)
 			(slot->handle && models[i].last_used < slot->last_used))
 			slot = &models[i];
 	if (slot->handle)
+	{
+		RequireModelUnused(slot);
 		DropCachedModel(slot);
+	}
 	if (PeftEngine()->model_open(row->path, &slot->handle, &slot->info, &err) != PEFT_OK)
 	{
 		slot->handle = NULL;
@@ -235,10 +262,15 @@ GetModel(const char *name)
 	return slot;
 }
 
-/* The engine handle of a registered model (loaded and cached in this backend). */
+/*
+ * The engine handle of a registered model (loaded and cached in this
+ * backend), for a call that uses no cached adapter (a call of its own:
+ * the adapters earlier calls used may be let go).
+ */
 PeftModelHandle *
 PeftModelFor(const char *name)
 {
+	AdapterCacheBeginCall();
 	return GetModel(name)->handle;
 }
 
@@ -372,8 +404,8 @@ GetAdapterVersion(const char *name, int wanted)
 					return a;
 				}
 			}
-			else
-				DropCachedAdapter(a);
+			else if (!AdapterInUse(a))
+				DropCachedAdapter(a);	/* in use: stale, let go by a later trim */
 		}
 	}
 	LoadAdapter(&loaded, name, version, row_version, model_name, task, labels, merged);
