@@ -67,10 +67,13 @@ SELECT * FROM peft_embed('tiny', ARRAY['a'], ARRAY['mixer']);
 SELECT * FROM peft_embed('tiny', ARRAY['a', 'b'], ARRAY[NULL]);
 SELECT * FROM peft_embed('smol', ARRAY['a'], ARRAY[NULL]);
 
--- Generation: each prompt's completion equals its adapter's (or the base model's) alone (greedy).
+-- Generation: every prompt decoded together, the base products shared;
+-- each completion equals its adapter's (or the base model's) alone (greedy).
 SELECT m.ord, m.adapter, m.completion = s.c AS equal_alone, m.tokens > 0 AS tokens, m.finish_reason
-FROM (VALUES (ARRAY['Join red and cat.', 'Join blue and owl.', 'hi', NULL],
-              ARRAY['mixer', NULL, 'mixer_dora', 'mixer'])) v(prompts, adapters),
+FROM (VALUES (ARRAY['Join red and cat.', 'Join blue and owl.', 'hi', NULL, 'Join gold and dog.',
+                    'Join green and cat.', 'Join red and owl.', 'Join blue and dog.'],
+              ARRAY['mixer', NULL, 'mixer_dora', 'mixer', 'mixer_ia3', 'mixer_prompt', 'mixer_prefix',
+                    'mixer_bottleneck'])) v(prompts, adapters),
      peft_generate('smol', v.prompts, v.adapters, '{"max_new_tokens": 6}') m
      LEFT JOIN LATERAL (SELECT peft_generate('smol', v.prompts[m.ord], v.adapters[m.ord],
                                              '{"max_new_tokens": 6}') AS c) s ON true

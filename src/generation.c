@@ -181,6 +181,45 @@ ParseGenerateOptions(Jsonb *options, PeftGenerateOptions *o)
 }
 
 /*
+ * The active version of adapter, if the caller may use it, checked to be
+ * over a decoder and (model_name not NULL) over that one.  Inside SPI.
+ */
+static CachedAdapter *
+GenerationAdapter(const char *model_name, const char *adapter)
+{
+	CachedAdapter *a = GetAdapterVersion(adapter, 0);
+
+	if (model_name != NULL && strcmp(model_name, a->model->name) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("adapter \"%s\" was trained over model \"%s\", not \"%s\"",
+						adapter, a->model->name, model_name),
+				 errhint("Pass model NULL to use the adapter's own base model.")));
+	if (!a->model->info.decoder)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("adapter \"%s\" is over an encoder (%s): peft_generate needs one over a decoder",
+						adapter, a->model->name),
+				 errhint("Use peft_predict or peft_embed with it.")));
+	return a;
+}
+
+/* ERROR for an engine failure of generation; a stop for a cancel becomes the cancel's own ERROR. */
+static void
+RaiseGenerationError(PeftCode rc, const PeftError *err)
+{
+	if (rc == PEFT_ERR_CANCELED)
+	{
+		CHECK_FOR_INTERRUPTS();
+		/* held off (or a flag cleared meanwhile): still a cancel */
+		ereport(ERROR,
+				(errcode(ERRCODE_QUERY_CANCELED),
+				 errmsg("canceling peft_generate")));
+	}
+	PeftRaiseEngineError(err);
+}
+
+/*
  * Generate for n prompts (none NULL); an engine stop for a cancel becomes
  * the cancel's own ERROR.
  */
@@ -202,21 +241,8 @@ GenerateTexts(const char *model_name, const char *adapter, char **prompts, int n
 	AdapterCacheBeginCall();
 	if (adapter != NULL)
 	{
-		/* the active version, if the caller may use it; its base model must be the one named */
-		CachedAdapter *a = GetAdapterVersion(adapter, 0);
+		CachedAdapter *a = GenerationAdapter(model_name, adapter);
 
-		if (model_name != NULL && strcmp(model_name, a->model->name) != 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("adapter \"%s\" was trained over model \"%s\", not \"%s\"",
-							adapter, a->model->name, model_name),
-					 errhint("Pass model NULL to use the adapter's own base model.")));
-		if (!a->model->info.decoder)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("adapter \"%s\" is over an encoder (%s): peft_generate needs one over a decoder",
-							adapter, a->model->name),
-					 errhint("Use peft_predict or peft_embed with it.")));
 		model = a->model->handle;
 		handle = a->handle;
 	}
@@ -226,16 +252,8 @@ GenerateTexts(const char *model_name, const char *adapter, char **prompts, int n
 	if (n == 0)
 		return out;
 	rc = PeftEngine()->generate(model, handle, (const char *const *) prompts, lengths, n, &o, out, &err);
-	if (rc == PEFT_ERR_CANCELED)
-	{
-		CHECK_FOR_INTERRUPTS();
-		/* held off (or a flag cleared meanwhile): still a cancel */
-		ereport(ERROR,
-				(errcode(ERRCODE_QUERY_CANCELED),
-				 errmsg("canceling peft_generate")));
-	}
 	if (rc != PEFT_OK)
-		PeftRaiseEngineError(&err);
+		RaiseGenerationError(rc, &err);
 	return out;
 }
 
@@ -345,8 +363,9 @@ peft_generate_array(PG_FUNCTION_ARGS)
  * finish_reason text): prompt i through the active version of adapters[i]
  * (NULL: the base model), every adapter over model.  Every adapter is
  * looked up (the caller's rights checked) before anything is generated;
- * then each adapter's prompts are decoded together.  A NULL prompt gives a
- * row of NULLs.
+ * then every prompt is decoded together, each product with the base
+ * weights once per step for all of them (the engine's generate_mixed).
+ * A NULL prompt gives a row of NULLs.
  */
 Datum
 peft_generate_mixed(PG_FUNCTION_ARGS)
@@ -363,6 +382,15 @@ peft_generate_mixed(PG_FUNCTION_ARGS)
 	char	  **prompts;
 	int		   *group;
 	PeftGeneration *done;
+	PeftAdapterHandle **handles;
+	PeftAdapterHandle **batch_handles;
+	char	  **batch;
+	size_t	   *lengths;
+	int			count = 0;
+	PeftModelHandle *model;
+	PeftGenerateOptions o;
+	PeftError	err = {0};
+	PeftCode	rc;
 
 	for (int k = 0; k < 2; k++)
 	{
@@ -385,6 +413,10 @@ peft_generate_mixed(PG_FUNCTION_ARGS)
 	prompts = palloc(sizeof(char *) * (n + 1));
 	group = palloc(sizeof(int) * (n + 1));
 	done = palloc0(sizeof(PeftGeneration) * (n + 1));
+	handles = palloc0(sizeof(PeftAdapterHandle *) * (n + 1));
+	batch_handles = palloc0(sizeof(PeftAdapterHandle *) * (n + 1));
+	batch = palloc(sizeof(char *) * (n + 1));
+	lengths = palloc(sizeof(size_t) * (n + 1));
 	for (int i = 0; i < n; i++)
 	{
 		names[i] = isnull[1][i] ? NULL : TextDatumGetCString(elems[1][i]);
@@ -399,29 +431,27 @@ peft_generate_mixed(PG_FUNCTION_ARGS)
 				break;
 			}
 	}
-	/* every adapter checked before anything is computed */
+	/* every adapter looked up (the caller's rights checked) before anything is computed */
+	ParseGenerateOptions(options, &o);
+	SPI_connect();
+	model = PeftModelFor(model_name);	/* begins the call: the adapters below stay until it ends */
 	for (int i = 0; i < n; i++)
-		if (group[i] == i && names[i] != NULL)
-			(void) GenerateTexts(model_name, names[i], NULL, 0, options);
+		handles[i] = names[i] == NULL ? NULL : group[i] != i ? handles[group[i]] :
+			GenerationAdapter(model_name, names[i])->handle;
+	SPI_finish();
+	for (int i = 0; i < n; i++)
+		if (prompts[i] != NULL)
+		{
+			batch[count] = prompts[i];
+			batch_handles[count] = handles[i];
+			lengths[count++] = strlen(prompts[i]);
+		}
 	InitMaterializedSRF(fcinfo, 0);
-	for (int i = 0; i < n; i++)
-	{
-		char	  **batch;
-		int			count = 0;
-		PeftGeneration *g;
-
-		if (group[i] != i)
-			continue;
-		batch = palloc(sizeof(char *) * (n + 1));
-		for (int j = i; j < n; j++)
-			if (group[j] == i && prompts[j] != NULL)
-				batch[count++] = prompts[j];
-		g = GenerateTexts(model_name, names[i], batch, count, options);
-		for (int j = i, k = 0; j < n; j++)
-			if (group[j] == i && prompts[j] != NULL)
-				done[j] = g[k++];
-	}
-	for (int i = 0; i < n; i++)
+	if (count > 0 &&
+		(rc = PeftEngine()->generate_mixed(model, batch_handles, (const char *const *) batch, lengths,
+										   count, &o, done, &err)) != PEFT_OK)
+		RaiseGenerationError(rc, &err);
+	for (int i = 0, k = 0; i < n; i++)
 	{
 		Datum		values[5] = {Int32GetDatum(i + 1), 0, 0, 0, 0};
 		bool		nulls[5] = {false, names[i] == NULL, prompts[i] == NULL, prompts[i] == NULL,
@@ -431,9 +461,10 @@ peft_generate_mixed(PG_FUNCTION_ARGS)
 			values[1] = CStringGetTextDatum(names[i]);
 		if (prompts[i] != NULL)
 		{
-			values[3] = Int32GetDatum(done[i].tokens);
-			values[4] = CStringGetTextDatum(done[i].finish == PEFT_FINISH_LENGTH ? "length" : "stop");
-			values[2] = PointerGetDatum(TakeText(&done[i]));
+			values[3] = Int32GetDatum(done[k].tokens);
+			values[4] = CStringGetTextDatum(done[k].finish == PEFT_FINISH_LENGTH ? "length" : "stop");
+			values[2] = PointerGetDatum(TakeText(&done[k]));
+			k++;
 		}
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}

@@ -115,6 +115,7 @@ static const PeftEngineApi engine_api = {
 	.profile_read = session_profile_read,
 	.generate_defaults = generate_defaults,
 	.generate = session_generate,
+	.generate_mixed = session_generate_mixed,
 	.tokenize = session_tokenize,
 	.logits = session_logits,
 	.train_add_pair = session_train_add_pair,

@@ -532,6 +532,18 @@ typedef struct PeftEngineApi
 							 PeftError *err);
 
 	/*
+	 * The same with prompt i through adapters[i] (NULL: the base model),
+	 * every adapter over model: the prompts are decoded together, each
+	 * product with the base weights once per step over every sequence and
+	 * each adapter's part on its own sequences; merged adapters' prompts
+	 * run over their folded weights, each adapter's together.
+	 */
+	PeftCode	(*generate_mixed) (PeftModelHandle *model, PeftAdapterHandle *const *adapters,
+								   const char *const *prompts, const size_t *lengths, int n,
+								   const PeftGenerateOptions *options, PeftGeneration *out,
+								   PeftError *err);
+
+	/*
 	 * The decoder's tokens of text (special tokens in it recognised when
 	 * special), *ids freed with free_buffer; with chat, the text is first
 	 * rendered as a user turn as generate renders it.

@@ -148,6 +148,14 @@ decoder_handle_generate(DecoderHandle *h, DecoderAdapter *adapter, const LlamaMo
 }
 
 PeftCode
+decoder_handle_generate_mixed(DecoderHandle *h, DecoderAdapter *const *adapters,
+							  const char *const *prompts, const size_t *lengths, int n,
+							  const PeftGenerateOptions *o, PeftGeneration *out, PeftError *err)
+{
+	return generate_run_mixed(&h->gen, adapters, prompts, lengths, n, o, out, err);
+}
+
+PeftCode
 decoder_handle_tokenize(DecoderHandle *h, const char *text, size_t len, bool chat, const char *system,
 						int32_t **ids, int *n, PeftError *err)
 {

@@ -23,6 +23,11 @@ PeftCode	decoder_handle_generate(DecoderHandle *h, DecoderAdapter *adapter,
 									const size_t *lengths, int n,
 									const PeftGenerateOptions *o, PeftGeneration *out,
 									PeftError *err);
+/* generate with prompt i through adapters[i] (NULL: the base model; none merged), decoded together. */
+PeftCode	decoder_handle_generate_mixed(DecoderHandle *h, DecoderAdapter *const *adapters,
+										  const char *const *prompts, const size_t *lengths, int n,
+										  const PeftGenerateOptions *o, PeftGeneration *out,
+										  PeftError *err);
 /* engine_api's tokenize. */
 PeftCode	decoder_handle_tokenize(DecoderHandle *h, const char *text, size_t len, bool chat,
 									const char *system, int32_t **ids, int *n, PeftError *err);

@@ -1300,6 +1300,95 @@ session_generate(PeftModelHandle *model, PeftAdapterHandle *adapter, const char 
 								   out, err);
 }
 
+/*
+ * Prompts idx[0 .. k) of a mixed generation through adapter merged's
+ * folded weights (merged != NULL) or, merged NULL, through each one's
+ * adapter in one mixed run; results to out[idx[j]].
+ */
+static PeftCode
+generate_subset(PeftModelHandle *model, PeftAdapterHandle *const *adapters, const LlamaModel *merged,
+				const char *const *prompts, const size_t *lengths, const int *idx, int k,
+				const PeftGenerateOptions *o, PeftGeneration *out, PeftError *err)
+{
+	const char **texts = malloc(sizeof(char *) * (k > 0 ? k : 1));
+	size_t	   *lens = malloc(sizeof(size_t) * (k > 0 ? k : 1));
+	DecoderAdapter **dads = malloc(sizeof(DecoderAdapter *) * (k > 0 ? k : 1));
+	PeftGeneration *part = calloc(k > 0 ? k : 1, sizeof(PeftGeneration));
+	PeftCode	rc;
+
+	if (!texts || !lens || !dads || !part)
+		rc = peft_fail(err, PEFT_ERR_NOMEM, "out of memory generating");
+	else
+	{
+		for (int j = 0; j < k; j++)
+		{
+			texts[j] = prompts[idx[j]];
+			lens[j] = lengths[idx[j]];
+			dads[j] = adapters[idx[j]] ? adapters[idx[j]]->dad : NULL;
+		}
+		rc = merged ? decoder_handle_generate(model->decoder, NULL, merged, texts, lens, k, o, part, err) :
+			decoder_handle_generate_mixed(model->decoder, dads, texts, lens, k, o, part, err);
+		for (int j = 0; rc == PEFT_OK && j < k; j++)
+			out[idx[j]] = part[j];
+	}
+	free(texts);
+	free(lens);
+	free(dads);
+	free(part);
+	return rc;
+}
+
+/* Completions of prompts through an adapter each (engine_api's generate_mixed). */
+PeftCode
+session_generate_mixed(PeftModelHandle *model, PeftAdapterHandle *const *adapters,
+					   const char *const *prompts, const size_t *lengths, int n,
+					   const PeftGenerateOptions *o, PeftGeneration *out, PeftError *err)
+{
+	int		   *idx = malloc(sizeof(int) * (n > 0 ? n : 1));
+	bool	   *done = calloc(n > 0 ? n : 1, sizeof(bool));
+	PeftCode	rc = PEFT_OK;
+	int			k = 0;
+
+	memset(out, 0, sizeof(PeftGeneration) * (n > 0 ? n : 0));
+	if ((rc = require_decoder(model, "peft_generate", err)) == PEFT_OK && (!idx || !done))
+		rc = peft_fail(err, PEFT_ERR_NOMEM, "out of memory generating");
+	for (int i = 0; rc == PEFT_OK && i < n; i++)
+		if (adapters[i] != NULL && (adapters[i]->model != model || adapters[i]->dad == NULL))
+			rc = peft_fail(err, PEFT_ERR_INVALID, "prompt %d's adapter is not one over this model", i + 1);
+	/* every prompt of an unmerged adapter (or none) in one mixed run */
+	for (int i = 0; rc == PEFT_OK && i < n; i++)
+		if (adapters[i] == NULL || adapters[i]->merged == NULL)
+		{
+			idx[k++] = i;
+			done[i] = true;
+		}
+	if (rc == PEFT_OK && k > 0)
+		rc = generate_subset(model, adapters, NULL, prompts, lengths, idx, k, o, out, err);
+	/* each merged adapter's prompts over its own weights */
+	for (int i = 0; rc == PEFT_OK && i < n; i++)
+	{
+		if (done[i])
+			continue;
+		k = 0;
+		for (int j = i; j < n; j++)
+			if (!done[j] && adapters[j] == adapters[i])
+			{
+				idx[k++] = j;
+				done[j] = true;
+			}
+		rc = generate_subset(model, adapters, adapters[i]->merged, prompts, lengths, idx, k, o, out, err);
+	}
+	if (rc != PEFT_OK)
+		for (int i = 0; i < n; i++)
+		{
+			free(out[i].text);
+			out[i].text = NULL;
+		}
+	free(idx);
+	free(done);
+	return rc;
+}
+
 /* A decoder's token ids of a text (engine_api's tokenize). */
 PeftCode
 session_tokenize(PeftModelHandle *model, const char *text, size_t len, bool chat, const char *system,

@@ -81,6 +81,10 @@ PeftCode	session_generate(PeftModelHandle *model, PeftAdapterHandle *adapter,
 							 const char *const *prompts, const size_t *lengths, int n,
 							 const PeftGenerateOptions *options, PeftGeneration *out,
 							 PeftError *err);
+PeftCode	session_generate_mixed(PeftModelHandle *model, PeftAdapterHandle *const *adapters,
+								   const char *const *prompts, const size_t *lengths, int n,
+								   const PeftGenerateOptions *options, PeftGeneration *out,
+								   PeftError *err);
 PeftCode	session_train_add_pair(PeftTrainJob *job, const char *prompt, size_t prompt_len,
 								   const char *completion, size_t completion_len,
 								   PeftError *err);

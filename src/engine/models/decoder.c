@@ -21,9 +21,11 @@
 struct Decoder
 {
 	const LlamaModel *model;
-	DecoderAdapter *adapter;	/* NULL: the base model */
+	DecoderAdapter *adapter;	/* every sequence's (NULL: the base model), unless slot_adapter */
+	DecoderAdapter **slot_adapter;	/* [slots] each sequence's own, or NULL: adapter for all */
+	int		   *slot_V;			/* [slots] its virtual positions (with slot_adapter) */
 	bool		exact_head;		/* the output head in float sums, not int16 activations (parity checks) */
-	int			V;				/* the adapter's virtual positions before every sequence */
+	int			V;				/* virtual positions before every sequence (the most of any slot's) */
 	int			slots;
 	int			ctx;			/* cache positions per sequence: V + the caller's */
 	size_t		kv_dim;			/* num_kv_heads * head_dim */
@@ -59,20 +61,55 @@ dec_alloc(Decoder *d, size_t n, size_t size)
 	return p;
 }
 
+/* Sequence s's adapter (NULL: the base model). */
+static DecoderAdapter *
+adapter_of(const Decoder *d, int s)
+{
+	return d->slot_adapter ? d->slot_adapter[s] : d->adapter;
+}
+
+/* Sequence s's virtual positions. */
+static int
+virtual_of(const Decoder *d, int s)
+{
+	return d->slot_adapter ? d->slot_V[s] : d->V;
+}
+
 PeftCode
 decoder_create(const LlamaModel *model, DecoderAdapter *adapter, int slots, int ctx, Decoder **out,
 			   PeftError *err)
+{
+	return decoder_create_mixed(model, &adapter, false, slots, ctx, out, err);
+}
+
+/*
+ * A decoder whose sequences use adapters[s] (per_slot) or adapters[0]
+ * (every one); see decoder.h.
+ */
+PeftCode
+decoder_create_mixed(const LlamaModel *model, DecoderAdapter *const *adapters, bool per_slot,
+					 int slots, int ctx, Decoder **out, PeftError *err)
 {
 	const LlamaConfig *c = &model->cfg;
 	Decoder    *d;
 	size_t		cache;
 	size_t		qdim = (size_t) c->num_heads * c->head_dim;
 	int			cap;
+	int			V = 0;
+	int			width = 0;
+	bool		prompt = false;
 
 	*out = NULL;
-	int			V = decoder_adapter_virtual_tokens(adapter);
-	int			width = adapter && adapter->o.method == DAD_BOTTLENECK ? adapter->bneck_width : 0;
+	for (int s = 0; s < (per_slot ? slots : 1) && slots >= 1; s++)
+	{
+		DecoderAdapter *ad = adapters[s];
+		int			v = decoder_adapter_virtual_tokens(ad);
+		int			wd = ad && ad->o.method == DAD_BOTTLENECK ? ad->bneck_width : 0;
 
+		V = v > V ? v : V;
+		width = wd > width ? wd : width;
+		prompt |= ad && ad->o.method == DAD_PROMPT;
+	}
 	if (slots < 1 || slots > 4096 || ctx < 1 || ctx + V > c->context_length)
 		return peft_fail(err, PEFT_ERR_INVALID,
 						 "a decoder for %d sequences of %d positions%s (the model has %d)",
@@ -80,8 +117,18 @@ decoder_create(const LlamaModel *model, DecoderAdapter *adapter, int slots, int 
 	if ((d = calloc(1, sizeof(Decoder))) == NULL)
 		return peft_fail(err, PEFT_ERR_NOMEM, "out of memory for a decoder");
 	d->model = model;
-	d->adapter = adapter;
+	d->adapter = per_slot ? NULL : adapters[0];
 	d->V = V;
+	if (per_slot)
+	{
+		d->slot_adapter = dec_alloc(d, slots, sizeof(DecoderAdapter *));
+		d->slot_V = dec_alloc(d, slots, sizeof(int));
+		for (int s = 0; d->slot_adapter && d->slot_V && s < slots; s++)
+		{
+			d->slot_adapter[s] = adapters[s];
+			d->slot_V[s] = decoder_adapter_virtual_tokens(adapters[s]);
+		}
+	}
 	ctx += V;
 	d->slots = slots;
 	d->ctx = ctx;
@@ -104,9 +151,8 @@ decoder_create(const LlamaModel *model, DecoderAdapter *adapter, int slots, int 
 	d->rows_pos = dec_alloc(d, cap, sizeof(int32_t));
 	d->bn_down = dec_alloc(d, (size_t) cap * width, sizeof(float));
 	d->bn_act = dec_alloc(d, (size_t) cap * width, sizeof(float));
-	d->virt_x = dec_alloc(d, adapter && adapter->o.method == DAD_PROMPT ? (size_t) cap * c->hidden_size : 0,
-						  sizeof(float));
-	if (!d->bn_down || !d->bn_act || !d->virt_x ||
+	d->virt_x = dec_alloc(d, prompt ? (size_t) cap * c->hidden_size : 0, sizeof(float));
+	if (!d->bn_down || !d->bn_act || !d->virt_x || (per_slot && (!d->slot_adapter || !d->slot_V)) ||
 		!d->kcache || !d->vcache || !d->x || !d->xn || !d->q || !d->k || !d->v || !d->att ||
 		!d->proj || !d->gate || !d->up || !d->rows_slot || !d->rows_pos)
 	{
@@ -148,6 +194,8 @@ decoder_free(Decoder *d)
 	free(d->bn_down);
 	free(d->bn_act);
 	free(d->virt_x);
+	free(d->slot_adapter);
+	free(d->slot_V);
 	free(d);
 }
 
@@ -164,11 +212,58 @@ product(const QMatrix *m, const float *x, int N, float *y)
 	quant_matmul(m->type, m->data, m->rows, m->cols, x, N, y);
 }
 
-/* y = linear w of layer l (weight W) applied to x, through the adapter when there is one. */
+/* How many rows from r on belong to sequences of the same adapter (a segment). */
+static int
+same_adapter_run(const Decoder *d, int r, int N)
+{
+	DecoderAdapter *ad = adapter_of(d, d->rows_slot[r]);
+	int			n = 1;
+
+	while (r + n < N && adapter_of(d, d->rows_slot[r + n]) == ad)
+		n++;
+	return n;
+}
+
+/*
+ * y = linear w of layer l (weight W) applied to x, through the adapter
+ * when there is one; with an adapter per sequence, the product with the
+ * base weights once over every row, then each segment's adapter on its
+ * rows (S-LoRA's way).
+ */
 static void
 linear(Decoder *d, int l, int w, const QMatrix *W, const float *x, int N, float *y)
 {
-	decoder_adapter_linear(d->adapter, W, l, w, x, N, y, NULL, false);
+	if (d->slot_adapter == NULL)
+	{
+		decoder_adapter_linear(d->adapter, W, l, w, x, N, y, NULL, false);
+		return;
+	}
+	decoder_adapter_linear(NULL, W, l, w, x, N, y, NULL, false);
+	for (int r = 0; r < N;)
+	{
+		int			n = same_adapter_run(d, r, N);
+
+		decoder_adapter_linear_delta(adapter_of(d, d->rows_slot[r]), W, l, w, x + (size_t) r * W->cols,
+									 n, y + (size_t) r * W->rows);
+		r += n;
+	}
+}
+
+/* Bottleneck adapters at place (0 after attention, 1 after the feed-forward) on d->proj, per segment. */
+static void
+bottleneck(Decoder *d, int l, int place, int N)
+{
+	size_t		C = d->model->cfg.hidden_size;
+
+	for (int r = 0; r < N;)
+	{
+		int			n = d->slot_adapter ? same_adapter_run(d, r, N) : N;
+		DecoderAdapter *ad = adapter_of(d, d->rows_slot[r]);
+
+		if (decoder_adapter_has_bottleneck(ad, l, place))
+			decoder_adapter_bottleneck(ad, l, place, d->proj + r * C, n, NULL, d->bn_down, d->bn_act);
+		r += n;
+	}
 }
 
 /* Copy the new rows' keys and values into one layer's cache. */
@@ -206,8 +301,7 @@ run_layer(Decoder *d, int l, int N)
 						  d->rows_slot, d->rows_pos, N, c->num_heads, c->num_kv_heads,
 						  c->head_dim, d->ctx);
 	linear(d, l, LLAMA_O, &L->wo, d->att, N, d->proj);
-	if (decoder_adapter_has_bottleneck(d->adapter, l, 0))
-		decoder_adapter_bottleneck(d->adapter, l, 0, d->proj, N, NULL, d->bn_down, d->bn_act);
+	bottleneck(d, l, 0, N);
 	for (size_t i = 0; i < n_hidden; i++)
 		d->x[i] += d->proj[i];
 	rmsnorm_forward(d->xn, NULL, d->x, L->ffn_norm, N, c->hidden_size, (real) c->rms_eps);
@@ -215,8 +309,7 @@ run_layer(Decoder *d, int l, int N)
 	linear(d, l, LLAMA_UP, &L->w_up, d->xn, N, d->up);
 	swiglu_forward(d->gate, d->gate, d->up, (size_t) N * c->intermediate_size);
 	linear(d, l, LLAMA_DOWN, &L->w_down, d->gate, N, d->proj);
-	if (decoder_adapter_has_bottleneck(d->adapter, l, 1))
-		decoder_adapter_bottleneck(d->adapter, l, 1, d->proj, N, NULL, d->bn_down, d->bn_act);
+	bottleneck(d, l, 1, N);
 	for (size_t i = 0; i < n_hidden; i++)
 		d->x[i] += d->proj[i];
 }
@@ -235,10 +328,11 @@ check_rows(const Decoder *d, const int32_t *ids, const int32_t *slot, const int3
 		if (ids[r] < 0 || ids[r] >= c->vocab_size)
 			return peft_fail(err, PEFT_ERR_INVALID, "token id %d is outside the vocabulary of %d",
 							 ids[r], c->vocab_size);
-		if (slot[r] < 0 || slot[r] >= d->slots || pos[r] < 0 || pos[r] >= d->ctx - d->V)
+		if (slot[r] < 0 || slot[r] >= d->slots || pos[r] < 0 || pos[r] >= d->ctx - virtual_of(d, slot[r]))
 			return peft_fail(err, PEFT_ERR_INVALID,
 							 "row at sequence %d position %d is outside the cache (%d x %d)",
-							 slot[r], pos[r], d->slots, d->ctx - d->V);
+							 slot[r], pos[r], d->slots,
+							 d->ctx - (slot[r] >= 0 && slot[r] < d->slots ? virtual_of(d, slot[r]) : d->V));
 	}
 	for (int i = 0; i < nlogits; i++)
 		if (logit_rows[i] < 0 || logit_rows[i] >= N || (i > 0 && logit_rows[i] <= logit_rows[i - 1]))
@@ -295,24 +389,26 @@ start_sequence(Decoder *d, int s)
 {
 	const LlamaConfig *c = &d->model->cfg;
 	int			C = c->hidden_size;
+	DecoderAdapter *ad = adapter_of(d, s);
+	int			V = virtual_of(d, s);
 
-	if (d->adapter->o.method == DAD_PREFIX)
+	if (ad->o.method == DAD_PREFIX)
 	{
 		for (int l = 0; l < c->num_layers; l++)
 		{
 			size_t		at = ((size_t) l * d->slots + s) * d->ctx * d->kv_dim;
 
-			decoder_adapter_prefix_kv(d->adapter, l, d->kcache + at, d->vcache + at);
+			decoder_adapter_prefix_kv(ad, l, d->kcache + at, d->vcache + at);
 		}
 		return;
 	}
-	for (int start = 0; start < d->V; start += d->cap)
+	for (int start = 0; start < V; start += d->cap)
 	{
-		int			n = d->V - start < d->cap ? d->V - start : d->cap;
+		int			n = V - start < d->cap ? V - start : d->cap;
 
 		for (int v = 0; v < n; v++)
 		{
-			memcpy(d->x + (size_t) v * C, decoder_adapter_prompt_row(d->adapter, start + v), sizeof(float) * C);
+			memcpy(d->x + (size_t) v * C, decoder_adapter_prompt_row(ad, start + v), sizeof(float) * C);
 			d->rows_slot[v] = s;
 			d->rows_pos[v] = start + v;
 		}
@@ -339,9 +435,9 @@ decoder_forward(Decoder *d, const int32_t *ids, const int32_t *slot, const int32
 	}
 	for (int r = 0; r < N; r++)
 	{
-		if (pos[r] == 0 && d->V > 0)
+		if (pos[r] == 0 && virtual_of(d, slot[r]) > 0)
 			start_sequence(d, slot[r]);
-		cache_pos[r] = pos[r] + d->V;
+		cache_pos[r] = pos[r] + virtual_of(d, slot[r]);
 	}
 	/*
 	 * Chunks of at most cap rows, in order: a sequence's earlier positions

@@ -30,6 +30,17 @@ PeftCode	decoder_create(const LlamaModel *model, DecoderAdapter *adapter, int sl
 						   Decoder **out, PeftError *err);
 
 /*
+ * The same with an adapter per sequence: slot s through adapters[s]
+ * (NULL: the base model; the caller keeps them alive).  Each product with
+ * the base weights runs once over every row of a call, and each adapter's
+ * part on its sequences' rows (a mixed batch); the cache leaves room for
+ * the most virtual tokens of any of them.  per_slot false: adapters[0]
+ * for every sequence (decoder_create).
+ */
+PeftCode	decoder_create_mixed(const LlamaModel *model, DecoderAdapter *const *adapters,
+								 bool per_slot, int slots, int ctx, Decoder **out, PeftError *err);
+
+/*
  * Run N new rows: token ids[r] of sequence slot[r] at position pos[r]
  * (a sequence's positions 0..pos[r]-1 must be in the cache already or come
  * earlier in this call; a row at position 0 starts its sequence anew, and

@@ -612,48 +612,30 @@ scale_columns(real *y, const real *v, int N, int C)
 			y[(size_t) n * C + j] *= v[j];
 }
 
-void
-decoder_adapter_linear(DecoderAdapter *ad, const QMatrix *W, int l, int w, const real *x, int N,
-					   real *y, DadSave *save, bool train)
+/*
+ * The adapter's part of linear w of layer l given y = x W^T already
+ * (everything but (IA)^3 on the input, which changes the product itself):
+ * (IA)^3's output scaling, or LoRA's / DoRA's branch.
+ */
+static void
+linear_after_base(DecoderAdapter *ad, const QMatrix *W, int l, int w, const real *x, int N,
+				  real *y, DadSave *save, bool train)
 {
-	const DadLinearParams *p;
-	const ParamSet *ps;
-	int			in,
-				out,
-				r;
+	const DadLinearParams *p = &ad->lin[l][w];
+	const ParamSet *ps = &ad->params;
+	int			in = (int) W->cols;
+	int			out = (int) W->rows;
+	int			r = ad->o.r;
 	const real *xd = x;
 	real	   *xa;
 
-	if (!decoder_adapter_touches(ad, l, w))
-	{
-		qmatrix_forward(W, x, N, y, bf16_of(ad));
-		return;
-	}
-	p = &ad->lin[l][w];
-	ps = &ad->params;
-	in = (int) W->cols;
-	out = (int) W->rows;
-	r = ad->o.r;
 	if (ad->o.method == DAD_IA3)
 	{
-		const real *v = param_value(ps, p->vec);
-
-		if (ad->o.feedforward[w])
-		{
-			real	   *xs = scratch_reals((size_t) N * in);
-
-			for (size_t i = 0; i < (size_t) N * in; i++)
-				xs[i] = x[i] * v[i % in];
-			qmatrix_forward(W, xs, N, y, bf16_of(ad));
-			return;
-		}
-		qmatrix_forward(W, x, N, y, bf16_of(ad));
 		if (save)
 			memcpy(save->pre, y, sizeof(real) * N * out);
-		scale_columns(y, v, N, out);
+		scale_columns(y, param_value(ps, p->vec), N, out);
 		return;
 	}
-	qmatrix_forward(W, x, N, y, bf16_of(ad));
 	if (train && ad->o.dropout > 0 && save)
 	{
 		dropout_mask(save->keep, (size_t) N * in, (real) ad->o.dropout, &ad->rng);
@@ -679,6 +661,50 @@ decoder_adapter_linear(DecoderAdapter *ad, const QMatrix *W, int l, int w, const
 	}
 	matmul(CblasNoTrans, CblasTrans, N, out, r, ad->scaling, xa, r, param_value(ps, p->b), r,
 		   1, y, out);
+}
+
+/* y = x' W^T with (IA)^3's scaling of the input x' = x v (feed-forward modules). */
+static void
+linear_scaled_input(DecoderAdapter *ad, const QMatrix *W, int l, int w, const real *x, int N, real *y)
+{
+	const real *v = param_value(&ad->params, ad->lin[l][w].vec);
+	int			in = (int) W->cols;
+	real	   *xs = scratch_reals((size_t) N * in);
+
+	for (size_t i = 0; i < (size_t) N * in; i++)
+		xs[i] = x[i] * v[i % in];
+	qmatrix_forward(W, xs, N, y, bf16_of(ad));
+}
+
+void
+decoder_adapter_linear(DecoderAdapter *ad, const QMatrix *W, int l, int w, const real *x, int N,
+					   real *y, DadSave *save, bool train)
+{
+	if (!decoder_adapter_touches(ad, l, w))
+	{
+		qmatrix_forward(W, x, N, y, bf16_of(ad));
+		return;
+	}
+	if (ad->o.method == DAD_IA3 && ad->o.feedforward[w])
+	{
+		linear_scaled_input(ad, W, l, w, x, N, y);
+		return;
+	}
+	qmatrix_forward(W, x, N, y, bf16_of(ad));
+	linear_after_base(ad, W, l, w, x, N, y, save, train);
+}
+
+/* The adapter's part of an inference product y = x W^T computed without it (decoder_adapter.h). */
+void
+decoder_adapter_linear_delta(DecoderAdapter *ad, const QMatrix *W, int l, int w, const real *x,
+							 int N, real *y)
+{
+	if (!decoder_adapter_touches(ad, l, w))
+		return;
+	if (ad->o.method == DAD_IA3 && ad->o.feedforward[w])
+		linear_scaled_input(ad, W, l, w, x, N, y);	/* the product itself changes */
+	else
+		linear_after_base(ad, W, l, w, x, N, y, NULL, false);
 }
 
 /* Gradients of A and B given dy (the branch's output gradient before s), and the branch's dx. */

@@ -150,6 +150,14 @@ void		decoder_adapter_free(DecoderAdapter *ad);
  * Whether linear w of any layer is adapted, and whether layer l's is
  * (NULL adapter: none).
  */
+/*
+ * Inference: turn y = x W^T (linear w of layer l, computed without the
+ * adapter, as for other adapters' rows of a mixed batch) into the
+ * adapter's output for those rows.  Nothing when the adapter does not
+ * touch the linear.
+ */
+void		decoder_adapter_linear_delta(DecoderAdapter *ad, const QMatrix *W, int l, int w,
+										 const real *x, int N, real *y);
 bool		decoder_adapter_touches(const DecoderAdapter *ad, int l, int w);
 
 /* Recompute DoRA's row norms after the parameters changed (nothing for other methods). */

@@ -240,7 +240,15 @@ typedef struct PromptSource
 	const size_t *lengths;
 	const int32_t *const *ids;
 	const int  *nids;
+	DecoderAdapter *const *adapters;	/* each prompt's (NULL: the model's g->adapter for all) */
 } PromptSource;
+
+/* Prompt i's adapter (NULL: the base model). */
+static DecoderAdapter *
+source_adapter(const GenerateModel *g, const PromptSource *src, int i)
+{
+	return src->adapters ? src->adapters[i] : g->adapter;
+}
 
 /* Prompt i of src as token ids (malloc'd). */
 static PeftCode
@@ -275,13 +283,18 @@ run_group(const GenerateModel *g, const PromptSource *src, int n,
 	char	   *piece = NULL;
 	int			ctx = 0,
 				total = 0;
-	/* the positions an adapter's virtual tokens leave */
-	int			context = c->context_length - decoder_adapter_virtual_tokens(g->adapter);
+	/* the positions the adapters' virtual tokens leave (every sequence gets the most) */
+	int			most_virtual = 0;
+	int			context;
 	PeftCode	rc = PEFT_OK;
 	SamplerOptions so = {o->temperature, o->top_k, o->top_p};
 
 	if (seqs == NULL)
 		return peft_fail(err, PEFT_ERR_NOMEM, "out of memory generating");
+	for (int i = 0; i < n; i++)
+		if (decoder_adapter_virtual_tokens(source_adapter(g, src, i)) > most_virtual)
+			most_virtual = decoder_adapter_virtual_tokens(source_adapter(g, src, i));
+	context = c->context_length - most_virtual;
 	for (int i = 0; i < n && rc == PEFT_OK; i++)
 	{
 		seqs[i].out = &out[i];
@@ -304,7 +317,8 @@ run_group(const GenerateModel *g, const PromptSource *src, int n,
 	if (ctx > context)
 		ctx = context;
 	if (rc == PEFT_OK)
-		rc = decoder_create(g->model, g->adapter, n, ctx, &dec, err);
+		rc = src->adapters ? decoder_create_mixed(g->model, src->adapters, true, n, ctx, &dec, err) :
+			decoder_create(g->model, g->adapter, n, ctx, &dec, err);
 	if (rc == PEFT_OK &&
 		((ids = malloc(sizeof(int32_t) * total)) == NULL || (slot = malloc(sizeof(int32_t) * total)) == NULL ||
 		 (pos = malloc(sizeof(int32_t) * total)) == NULL || (last = malloc(sizeof(int32_t) * n)) == NULL ||
@@ -411,7 +425,8 @@ run_all(const GenerateModel *g, const PromptSource *src, int n, const PeftGenera
 			.texts = src->texts ? src->texts + start : NULL,
 			.lengths = src->lengths ? src->lengths + start : NULL,
 			.ids = src->ids ? src->ids + start : NULL,
-			.nids = src->nids ? src->nids + start : NULL
+			.nids = src->nids ? src->nids + start : NULL,
+			.adapters = src->adapters ? src->adapters + start : NULL
 		};
 
 		rc = run_group(g, &part, count, o, chat, &rng, out + start, err);
@@ -430,6 +445,16 @@ generate_run(const GenerateModel *g, const char *const *prompts, const size_t *l
 			 const PeftGenerateOptions *o, PeftGeneration *out, PeftError *err)
 {
 	PromptSource src = {.texts = prompts, .lengths = lengths};
+
+	return run_all(g, &src, n, o, out, err);
+}
+
+PeftCode
+generate_run_mixed(const GenerateModel *g, DecoderAdapter *const *adapters, const char *const *prompts,
+				   const size_t *lengths, int n, const PeftGenerateOptions *o, PeftGeneration *out,
+				   PeftError *err)
+{
+	PromptSource src = {.texts = prompts, .lengths = lengths, .adapters = adapters};
 
 	return run_all(g, &src, n, o, out, err);
 }

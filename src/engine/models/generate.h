@@ -44,4 +44,13 @@ PeftCode	generate_run_ids(const GenerateModel *g, const int32_t *const *ids, con
 PeftCode	generate_run(const GenerateModel *g, const char *const *prompts, const size_t *lengths,
 						 int n, const PeftGenerateOptions *o, PeftGeneration *out, PeftError *err);
 
+/*
+ * The same with prompt i through adapters[i] (NULL: the base model; not
+ * merged ones), decoded together: each product with the base weights once
+ * per step over every sequence, each adapter's part on its own.
+ */
+PeftCode	generate_run_mixed(const GenerateModel *g, DecoderAdapter *const *adapters,
+							   const char *const *prompts, const size_t *lengths, int n,
+							   const PeftGenerateOptions *o, PeftGeneration *out, PeftError *err);
+
 #endif
