@@ -32,6 +32,7 @@
 #include "inference.h"
 #include "models.h"
 #include "peft.h"
+#include "serve.h"
 
 #define MAX_CACHED_MODELS 4
 /* Rows per engine call; interrupts are checked between calls. */
@@ -348,22 +349,18 @@ GetActiveAdapter(const char *name)
 	return GetAdapterVersion(name, 0);
 }
 
-/* Version version (0: the active one) of an adapter the caller may use, cached. */
-CachedAdapter *
-GetAdapterVersion(const char *name, int wanted)
+/*
+ * The catalog row of version wanted (0: the active one) of an adapter, as
+ * the caller sees it (row-level security decides); ERROR when it cannot.
+ * Inside SPI.  Loads nothing: a serving caller (peft.serve) stops here.
+ */
+void
+LookupAdapterVersion(const char *name, int wanted, AdapterRow *row)
 {
 	Oid			types[2] = {TEXTOID, INT4OID};
 	Datum		values[2] = {CStringGetTextDatum(name), Int32GetDatum(wanted)};
 	bool		isnull;
-	int			version;
-	char	   *row_version;
-	char	   *model_name;
-	char	   *task;
-	bool		merged;
-	int			max_length;
-	ArrayType  *labels;
 	Datum		d;
-	CachedAdapter loaded = {0};
 
 	/* max_length as trained: a number in range, or the model's (an import may carry anything) */
 	if (SPI_execute_with_args("SELECT version, xmin::text, base_model, task, labels, merged, "
@@ -376,14 +373,38 @@ GetAdapterVersion(const char *name, int wanted)
 		elog(ERROR, "could not read peft.adapters");
 	if (SPI_processed == 0)
 		CatalogVersionMissing(name, wanted);
-	version = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	row_version = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
-	model_name = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3);
-	task = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4);
+	row->version = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	row->row_version = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+	row->model_name = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3);
+	row->task = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4);
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5, &isnull);
-	labels = isnull ? NULL : DatumGetArrayTypePCopy(d);
-	merged = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 6, &isnull));
-	max_length = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 7, &isnull));
+	row->labels = isnull ? NULL : DatumGetArrayTypePCopy(d);
+	row->merged = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 6, &isnull));
+	row->max_length = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 7, &isnull));
+}
+
+/* Version version (0: the active one) of an adapter the caller may use, cached. */
+CachedAdapter *
+GetAdapterVersion(const char *name, int wanted)
+{
+	AdapterRow	row;
+	int			version;
+	char	   *row_version;
+	char	   *model_name;
+	char	   *task;
+	bool		merged;
+	int			max_length;
+	ArrayType  *labels;
+	CachedAdapter loaded = {0};
+
+	LookupAdapterVersion(name, wanted, &row);
+	version = row.version;
+	row_version = row.row_version;
+	model_name = row.model_name;
+	task = row.task;
+	labels = row.labels;
+	merged = row.merged;
+	max_length = row.max_length;
 
 	for (int i = nadapters - 1; i >= 0; i--)
 	{
@@ -553,6 +574,21 @@ PredictMixed(CachedAdapter **a, char **texts, int n, char **labels, double *scor
 	}
 }
 
+/*
+ * peft.serve = on: look up the active version of name as the caller (the
+ * privilege check; nothing is loaded here, so this process maps no engine
+ * or weights) and have the serving worker of its model predict.  Inside SPI.
+ */
+static void
+ServePredictActive(const char *name, char **texts, int n, char **labels, double *scores)
+{
+	AdapterRow	row;
+
+	ServeRequirePreload();
+	LookupAdapterVersion(name, 0, &row);
+	ServePredict(row.model_name, name, row.version, row.row_version, texts, n, labels, scores);
+}
+
 PG_FUNCTION_INFO_V1(peft_predict);
 PG_FUNCTION_INFO_V1(peft_predict_array);
 PG_FUNCTION_INFO_V1(peft_embed);
@@ -583,9 +619,14 @@ peft_predict(PG_FUNCTION_ARGS)
 	input = PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1));
 	InitMaterializedSRF(fcinfo, 0);
 	SPI_connect();
-	AdapterCacheBeginCall();
-	a = GetActiveAdapter(name);
-	PredictTexts(a, &input, 1, &label, &score);
+	if (peft_serve)
+		ServePredictActive(name, &input, 1, &label, &score);
+	else
+	{
+		AdapterCacheBeginCall();
+		a = GetActiveAdapter(name);
+		PredictTexts(a, &input, 1, &label, &score);
+	}
 	SPI_finish();
 	values[0] = label ? CStringGetTextDatum(label) : (Datum) 0;
 	nulls[0] = label == NULL;
@@ -629,9 +670,14 @@ peft_predict_array(PG_FUNCTION_ARGS)
 
 	InitMaterializedSRF(fcinfo, 0);
 	SPI_connect();
-	AdapterCacheBeginCall();
-	a = GetActiveAdapter(name);
-	PredictTexts(a, texts, n, labels, scores);
+	if (peft_serve)
+		ServePredictActive(name, texts, n, labels, scores);
+	else
+	{
+		AdapterCacheBeginCall();
+		a = GetActiveAdapter(name);
+		PredictTexts(a, texts, n, labels, scores);
+	}
 	SPI_finish();
 	for (int i = 0; i < n; i++)
 	{

@@ -8,6 +8,7 @@
 #include "postgres.h"
 
 #include "engine_api.h"
+#include "utils/array.h"
 
 typedef struct CachedModel
 {
@@ -52,6 +53,21 @@ extern void AdapterCacheBeginCall(void);
  */
 extern void AdapterCacheHold(CachedAdapter *a, bool hold);
 
+
+/* The catalog fields of one adapter version, as LookupAdapterVersion reads them. */
+typedef struct AdapterRow
+{
+	int			version;
+	char	   *row_version;	/* xmin of the catalog row */
+	char	   *model_name;
+	char	   *task;
+	ArrayType  *labels;			/* NULL: none */
+	bool		merged;
+	int			max_length;		/* 0: the model's */
+} AdapterRow;
+
+/* The row of version (0: the active one) of an adapter the caller may see; loads nothing.  Inside SPI. */
+extern void LookupAdapterVersion(const char *name, int version, AdapterRow *row);
 
 /* Version version (0: the active one) of an adapter the caller may use, cached.  Inside SPI. */
 extern CachedAdapter *GetAdapterVersion(const char *name, int version);

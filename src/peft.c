@@ -14,6 +14,7 @@
 
 #include "inference.h"
 #include "peft.h"
+#include "serve.h"
 #include "version.h"
 #include "words.h"
 #include "worker.h"
@@ -101,6 +102,7 @@ _PG_init(void)
 {
 	PeftInitSettings();
 	PeftInitJobSettings();
+	PeftInitServe();
 	/*
 	 * Reserve the prefix only after every peft.* setting is defined: it
 	 * removes the placeholders still undefined at that point, which threw

@@ -1,0 +1,142 @@
+/*
+ * serve.h - the serving worker (peft.serve = on): one background worker per
+ * (database, model, device) computes peft_predict for every connection.
+ *
+ * serve.c       settings, the registry of workers in shared memory, starting one
+ * serve_client.c  the caller's side: its channel to a worker, send and wait
+ * serve_worker.c  the worker: gather requests, compute batches, answer
+ * serve_protocol.c  the messages both sides exchange
+ *
+ * A caller talks to a worker through a channel: a DSM segment it creates
+ * with two shm_mq rings (requests to the worker, answers back), kept for the
+ * session and announced once through the worker's inbox in the registry.
+ */
+#ifndef PEFT_SERVE_H
+#define PEFT_SERVE_H
+
+#include "postgres.h"
+
+#include "lib/stringinfo.h"
+#include "storage/dsm.h"
+#include "storage/lwlock.h"
+#include "storage/shm_mq.h"
+
+#define SERVE_MAGIC 0x50534552	/* "PSER" */
+/* Workers that may run at once on a server (each takes a background worker slot). */
+#define SERVE_MAX_WORKERS 16
+/* Bytes of each ring of a channel; longer messages stream through. */
+#define SERVE_RING_BYTES (64 * 1024)
+
+/* Settings (serve.c) */
+extern bool peft_serve;
+extern int	peft_serve_max_wait;	/* ms */
+extern int	peft_serve_max_batch;	/* rows */
+extern int	peft_serve_threads;		/* 0: one per CPU core */
+
+/* States of a registry slot. */
+typedef enum ServeSlotState
+{
+	SERVE_SLOT_FREE = 0,
+	SERVE_SLOT_STARTING,		/* registered, the process has not claimed it yet */
+	SERVE_SLOT_RUNNING
+} ServeSlotState;
+
+/* A channel announced to a worker, waiting to be attached. */
+typedef struct ServeInboxEntry
+{
+	dsm_handle	handle;			/* DSM_HANDLE_INVALID: withdrawn */
+	int			caller_procno;	/* to wake the caller if the worker ends first */
+	uint32		channel_id;		/* also in the segment: a reused handle is told apart */
+} ServeInboxEntry;
+
+/* One worker's place in the registry. */
+typedef struct ServeSlot
+{
+	ServeSlotState state;
+	uint64		generation;		/* bumped whenever the slot is taken or freed */
+	Oid			database;
+	char		model[NAMEDATALEN];
+	int			device;			/* PeftDevice */
+	pid_t		pid;			/* 0 until the process runs */
+	int			procno;			/* its PGPROC, for its latch */
+	TimestampTz registered;		/* when it was started */
+	int			inbox_len;		/* entries used in inbox */
+	ServeInboxEntry *inbox;		/* MaxBackends entries, after the slots */
+} ServeSlot;
+
+/* The registry, in the main shared memory (needs shared_preload_libraries). */
+typedef struct ServeRegistry
+{
+	LWLock	   *lock;
+	uint32		next_channel_id;
+	ServeSlot	slots[SERVE_MAX_WORKERS];
+} ServeRegistry;
+
+/* What a worker gets in bgw_extra. */
+typedef struct ServeWorkerArgs
+{
+	uint32		magic;
+	int			slot;
+	uint64		generation;
+	Oid			database;
+} ServeWorkerArgs;
+
+/* The fixed head of a channel's segment; the two rings follow. */
+typedef struct ServeChannelHeader
+{
+	uint32		magic;
+	uint32		channel_id;
+	Oid			database;
+	char		model[NAMEDATALEN];
+	int			device;
+	int			caller_pid;
+	Size		request_offset;	/* caller -> worker ring */
+	Size		answer_offset;	/* worker -> caller ring */
+} ServeChannelHeader;
+
+/* Bytes of a channel's segment. */
+#define SERVE_CHANNEL_BYTES (MAXALIGN(sizeof(ServeChannelHeader)) + 2 * SERVE_RING_BYTES)
+
+/* One request: rows of one adapter version, as the caller looked it up. */
+typedef struct ServeRequest
+{
+	char	   *adapter;
+	int			version;
+	char	   *row_version;	/* xmin of the catalog row the caller saw */
+	int			n;
+	char	  **texts;			/* NULL for a NULL input */
+} ServeRequest;
+
+/* One answer: labels and scores per text, or an error for the whole request. */
+typedef struct ServeAnswer
+{
+	bool		failed;
+	int			sqlerrcode;
+	char	   *message;		/* failed only */
+	int			n;
+	char	  **labels;			/* NULL: regression or a NULL input */
+	double	   *scores;
+} ServeAnswer;
+
+/* serve.c */
+extern void PeftInitServe(void);
+extern bool ServePreloaded(void);
+extern ServeRegistry *ServeRegistryGet(void);
+/* The slot index of the worker for (this database, model, device), started if needed; *generation. */
+extern int	ServeFindWorker(const char *model, int device, uint64 *generation, bool *started_here);
+/* Whether the worker of slot, as of generation, still holds it. */
+extern bool ServeWorkerAlive(int slot, uint64 generation);
+/* ERROR (errcode) when peft.serve is on but peft was not preloaded. */
+extern void ServeRequirePreload(void);
+
+/* serve_protocol.c */
+extern void ServeEncodeRequest(StringInfo buf, const ServeRequest *req);
+extern bool ServeDecodeRequest(const char *data, Size len, ServeRequest *req);
+extern void ServeEncodeAnswer(StringInfo buf, const ServeAnswer *ans);
+extern bool ServeDecodeAnswer(const char *data, Size len, ServeAnswer *ans);
+
+/* serve_client.c: predict texts through the serving worker of model (the caller looked up the adapter). */
+extern void ServePredict(const char *model, const char *adapter, int version, const char *row_version,
+						 char **texts, int n, char **labels, double *scores);
+
+#endif

@@ -1,0 +1,528 @@
+/*
+ * serve_worker.c - the serving worker: one process per (database, model,
+ * device) that holds the model and the adapter cache once and computes
+ * peft_predict for every connection.
+ *
+ * It connects as the bootstrap superuser, so it can read every adapter:
+ * callers look their adapter up as themselves before anything is queued,
+ * which is where row-level security decides.  Its loop: attach channels
+ * announced in its inbox, take complete requests from them, and once
+ * peft.serve_max_batch rows wait or the oldest has waited
+ * peft.serve_max_wait, compute a batch in one transaction and answer each
+ * caller.  An error of one adapter (a corrupt row, an engine error) is
+ * that adapter's callers' ERROR; the others are answered.  SIGTERM ends it
+ * between engine calls (callers waiting get an ERROR); so does DROP
+ * EXTENSION peft, noticed within a second.
+ */
+#include "postgres.h"
+
+#include <unistd.h>
+
+#include "access/xact.h"
+#include "catalog/pg_authid.h"
+#include "commands/extension.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "tcop/tcopprot.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "inference.h"
+#include "peft.h"
+#include "serve.h"
+
+/* How often an idle worker checks that the extension still exists. */
+#define IDLE_CHECK_MS 1000
+
+PGDLLEXPORT void peft_serve_worker_main(Datum arg);
+
+/* A caller's channel, attached. */
+typedef struct WorkerChannel
+{
+	dsm_segment *seg;
+	shm_mq_handle *request;
+	shm_mq_handle *answer;
+	bool		busy;			/* a request of it waits or is being answered */
+	bool		dropped;
+	StringInfoData unsent;		/* an answer the ring had no room for yet */
+	bool		sending;
+	MemoryContext context;		/* the current request's memory */
+	struct WorkerChannel *next;
+} WorkerChannel;
+
+/* A request waiting for a batch, and its answer. */
+typedef struct Job
+{
+	WorkerChannel *ch;
+	ServeRequest req;
+	ServeAnswer ans;
+	TimestampTz arrived;
+	bool		done;
+	struct Job *next;
+} Job;
+
+static ServeWorkerArgs args;
+static WorkerChannel *channels = NULL;
+static Job *queue_head = NULL;
+static Job *queue_tail = NULL;
+static int	queued_rows = 0;
+
+/* Free the slot and wake whoever waits in its inbox (before_shmem_exit). */
+static void
+ServeWorkerExit(int code, Datum arg)
+{
+	ServeRegistry *reg = ServeRegistryGet();
+	ServeSlot  *s = &reg->slots[args.slot];
+
+	LWLockAcquire(reg->lock, LW_EXCLUSIVE);
+	if (s->generation == args.generation)
+	{
+		for (int i = 0; i < s->inbox_len; i++)
+			if (s->inbox[i].handle != DSM_HANDLE_INVALID)
+				SetLatch(&ProcGlobal->allProcs[s->inbox[i].caller_procno].procLatch);
+		s->state = SERVE_SLOT_FREE;
+		s->generation++;
+		s->pid = 0;
+		s->inbox_len = 0;
+	}
+	LWLockRelease(reg->lock);
+}
+
+/* Take the slot the starter reserved; false when it was given to another. */
+static bool
+ClaimSlot(void)
+{
+	ServeRegistry *reg = ServeRegistryGet();
+	ServeSlot  *s = &reg->slots[args.slot];
+	bool		ok;
+
+	LWLockAcquire(reg->lock, LW_EXCLUSIVE);
+	ok = s->generation == args.generation && s->state == SERVE_SLOT_STARTING;
+	if (ok)
+	{
+		s->state = SERVE_SLOT_RUNNING;
+		s->pid = MyProcPid;
+		s->procno = MyProc->pgprocno;
+	}
+	LWLockRelease(reg->lock);
+	return ok;
+}
+
+/* Drop a channel: its caller left or was canceled. */
+static void
+DropChannel(WorkerChannel *ch)
+{
+	if (ch->dropped)
+		return;
+	ch->dropped = true;
+	dsm_detach(ch->seg);
+}
+
+/* Attach the channels announced in the inbox since the last look. */
+static void
+AcceptChannels(void)
+{
+	ServeRegistry *reg = ServeRegistryGet();
+	ServeSlot  *s = &reg->slots[args.slot];
+	ServeInboxEntry *entries = palloc(sizeof(ServeInboxEntry) * MaxBackends);
+	int			n;
+
+	LWLockAcquire(reg->lock, LW_EXCLUSIVE);
+	n = s->inbox_len;
+	memcpy(entries, s->inbox, sizeof(ServeInboxEntry) * n);
+	s->inbox_len = 0;
+	LWLockRelease(reg->lock);
+
+	for (int i = 0; i < n; i++)
+	{
+		dsm_segment *seg;
+		ServeChannelHeader *head;
+		WorkerChannel *ch;
+		shm_mq	   *request;
+		shm_mq	   *answer;
+
+		if (entries[i].handle == DSM_HANDLE_INVALID)
+			continue;			/* withdrawn */
+		seg = dsm_attach(entries[i].handle);
+		if (seg == NULL)
+			continue;			/* its caller already left */
+		dsm_pin_mapping(seg);
+		head = dsm_segment_address(seg);
+		if (dsm_segment_map_length(seg) < SERVE_CHANNEL_BYTES || head->magic != SERVE_MAGIC ||
+			head->channel_id != entries[i].channel_id || head->database != MyDatabaseId)
+		{
+			dsm_detach(seg);	/* a reused handle, not the channel announced */
+			continue;
+		}
+		request = (shm_mq *) ((char *) head + head->request_offset);
+		answer = (shm_mq *) ((char *) head + head->answer_offset);
+		shm_mq_set_receiver(request, MyProc);
+		shm_mq_set_sender(answer, MyProc);
+		ch = MemoryContextAllocZero(TopMemoryContext, sizeof(WorkerChannel));
+		ch->seg = seg;
+		ch->request = shm_mq_attach(request, seg, NULL);
+		ch->answer = shm_mq_attach(answer, seg, NULL);
+		ch->context = AllocSetContextCreate(TopMemoryContext, "peft serve request", ALLOCSET_DEFAULT_SIZES);
+		ch->next = channels;
+		channels = ch;
+	}
+	pfree(entries);
+}
+
+/* Send a channel's pending answer; true once it is all out (or the caller is gone). */
+static bool
+FlushAnswer(WorkerChannel *ch)
+{
+	shm_mq_result res = shm_mq_send(ch->answer, ch->unsent.len, ch->unsent.data, true, true);
+
+	if (res == SHM_MQ_WOULD_BLOCK)
+		return false;
+	if (res == SHM_MQ_DETACHED)
+		DropChannel(ch);		/* canceled: skip its answer */
+	ch->sending = false;
+	ch->busy = false;
+	MemoryContextReset(ch->context);
+	return true;
+}
+
+/* Take complete requests from idle channels; retry answers that did not fit. */
+static void
+PollChannels(void)
+{
+	WorkerChannel **link = &channels;
+
+	while (*link)
+	{
+		WorkerChannel *ch = *link;
+
+		if (!ch->dropped && ch->sending)
+			(void) FlushAnswer(ch);
+		if (!ch->dropped && !ch->busy)
+		{
+			Size		len;
+			void	   *data;
+			shm_mq_result res = shm_mq_receive(ch->request, &len, &data, true);
+
+			if (res == SHM_MQ_DETACHED)
+				DropChannel(ch);
+			else if (res == SHM_MQ_SUCCESS)
+			{
+				MemoryContext old = MemoryContextSwitchTo(ch->context);
+				Job		   *job = palloc0(sizeof(Job));
+
+				job->ch = ch;
+				job->arrived = GetCurrentTimestamp();
+				if (!ServeDecodeRequest(data, len, &job->req))
+				{
+					job->req.n = 0;
+					job->ans.failed = true;
+					job->ans.sqlerrcode = ERRCODE_PROTOCOL_VIOLATION;
+					job->ans.message = "malformed request to the serving worker";
+					job->done = true;
+				}
+				MemoryContextSwitchTo(old);
+				ch->busy = true;
+				if (queue_tail)
+					queue_tail->next = job;
+				else
+					queue_head = job;
+				queue_tail = job;
+				queued_rows += job->req.n;
+			}
+		}
+		if (ch->dropped && !ch->busy)
+		{
+			*link = ch->next;
+			MemoryContextDelete(ch->context);
+			pfree(ch);
+			continue;
+		}
+		link = &ch->next;
+	}
+}
+
+/*
+ * The one call that computes: texts[0..n) of one adapter into labels and
+ * scores.  When the engine predicts rows of many adapters in one forward
+ * (PredictMixed), ComputeBatch calls that here once for the whole batch.
+ */
+static void
+ServeCompute(CachedAdapter *a, char **texts, int n, char **labels, double *scores)
+{
+	PredictTexts(a, texts, n, labels, scores);
+}
+
+/* Compute the rows of the jobs of one adapter version (inside a transaction, SPI connected here). */
+static void
+ComputeGroup(Job **jobs, int njobs)
+{
+	int			n = 0;
+	char	  **texts;
+	char	  **labels;
+	double	   *scores;
+	CachedAdapter *a;
+
+	for (int j = 0; j < njobs; j++)
+		n += jobs[j]->req.n;
+	texts = palloc(sizeof(char *) * (n + 1));
+	labels = palloc0(sizeof(char *) * (n + 1));
+	scores = palloc0(sizeof(double) * (n + 1));
+	for (int j = 0, k = 0; j < njobs; j++)
+		for (int i = 0; i < jobs[j]->req.n; i++)
+			texts[k++] = jobs[j]->req.texts[i];
+	SPI_connect();
+	a = GetAdapterVersion(jobs[0]->req.adapter, jobs[0]->req.version);
+	ServeCompute(a, texts, n, labels, scores);
+	SPI_finish();
+	/* copy the labels out: the adapter cache may evict this adapter for the next group */
+	for (int j = 0, k = 0; j < njobs; j++)
+	{
+		Job		   *job = jobs[j];
+		MemoryContext old = MemoryContextSwitchTo(job->ch->context);
+
+		job->ans.n = job->req.n;
+		job->ans.labels = palloc0(sizeof(char *) * (job->req.n + 1));
+		job->ans.scores = palloc0(sizeof(double) * (job->req.n + 1));
+		for (int i = 0; i < job->req.n; i++, k++)
+		{
+			job->ans.labels[i] = labels[k] ? pstrdup(labels[k]) : NULL;
+			job->ans.scores[i] = scores[k];
+		}
+		job->done = true;
+		MemoryContextSwitchTo(old);
+	}
+}
+
+/* Run one group in a subtransaction; its error becomes its jobs' answer. */
+static void
+ComputeGroupIsolated(Job **jobs, int njobs)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		ComputeGroup(jobs, njobs);
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+		for (int j = 0; j < njobs; j++)
+		{
+			jobs[j]->ans.failed = true;
+			jobs[j]->ans.sqlerrcode = edata->sqlerrcode;
+			jobs[j]->ans.message = MemoryContextStrdup(jobs[j]->ch->context, edata->message);
+			jobs[j]->done = true;
+		}
+		ereport(LOG,
+				(errmsg("peft serving worker: adapter \"%s\" version %d failed: %s",
+						jobs[0]->req.adapter, jobs[0]->req.version, edata->message)));
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+}
+
+/* Group the batch's jobs by adapter version and compute each group. */
+static void
+ComputeBatch(Job **batch, int n)
+{
+	Job		  **group = palloc(sizeof(Job *) * n);
+	bool	   *taken = palloc0(sizeof(bool) * n);
+
+	for (int i = 0; i < n; i++)
+	{
+		int			ng = 0;
+
+		if (taken[i] || batch[i]->done)
+			continue;
+		for (int j = i; j < n; j++)
+			if (!taken[j] && !batch[j]->done && batch[j]->req.version == batch[i]->req.version &&
+				strcmp(batch[j]->req.adapter, batch[i]->req.adapter) == 0)
+			{
+				taken[j] = true;
+				group[ng++] = batch[j];
+			}
+		ComputeGroupIsolated(group, ng);
+	}
+}
+
+/* The extension's oid now (InvalidOid: dropped); in a transaction. */
+static Oid
+CurrentExtension(void)
+{
+	return get_extension_oid("peft", true);
+}
+
+/* Take up to peft.serve_max_batch rows of waiting jobs, compute them, answer. */
+static void
+RunBatch(void)
+{
+	Job		  **batch = palloc(sizeof(Job *) * (queued_rows + 2 + peft_serve_max_batch));
+	int			n = 0;
+	int			rows = 0;
+	bool		dropped;
+	MemoryContext batch_cxt = AllocSetContextCreate(TopMemoryContext, "peft serve batch",
+													ALLOCSET_DEFAULT_SIZES);
+	MemoryContext old;
+
+	while (queue_head && (n == 0 || rows + queue_head->req.n <= peft_serve_max_batch))
+	{
+		Job		   *job = queue_head;
+
+		queue_head = job->next;
+		if (queue_head == NULL)
+			queue_tail = NULL;
+		queued_rows -= job->req.n;
+		rows += job->req.n;
+		batch[n++] = job;
+	}
+
+	pgstat_report_activity(STATE_RUNNING, "peft serving batch");
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	old = MemoryContextSwitchTo(batch_cxt);
+	dropped = CurrentExtension() == InvalidOid;
+	if (dropped)
+		for (int i = 0; i < n; i++)
+		{
+			batch[i]->ans.failed = true;
+			batch[i]->ans.sqlerrcode = ERRCODE_UNDEFINED_OBJECT;
+			batch[i]->ans.message = "extension \"peft\" was dropped";
+			batch[i]->done = true;
+		}
+	else
+		ComputeBatch(batch, n);
+	MemoryContextSwitchTo(old);
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	MemoryContextSwitchTo(TopMemoryContext);
+	MemoryContextDelete(batch_cxt);
+	pgstat_report_activity(STATE_IDLE, NULL);
+	pgstat_report_stat(false);
+
+	for (int i = 0; i < n; i++)
+	{
+		WorkerChannel *ch = batch[i]->ch;
+		MemoryContext o = MemoryContextSwitchTo(ch->context);
+
+		initStringInfo(&ch->unsent);
+		ServeEncodeAnswer(&ch->unsent, &batch[i]->ans);
+		MemoryContextSwitchTo(o);
+		ch->sending = true;
+		(void) FlushAnswer(ch);
+	}
+	pfree(batch);
+	if (dropped)
+	{
+		ereport(LOG, (errmsg("peft serving worker: the extension was dropped; exiting")));
+		proc_exit(0);
+	}
+}
+
+/* Exit when the extension is gone (checked in a short transaction). */
+static void
+CheckExtension(void)
+{
+	Oid			oid;
+
+	StartTransactionCommand();
+	oid = CurrentExtension();
+	CommitTransactionCommand();
+	MemoryContextSwitchTo(TopMemoryContext);
+	if (oid == InvalidOid)
+	{
+		ereport(LOG, (errmsg("peft serving worker: the extension was dropped; exiting")));
+		proc_exit(0);
+	}
+}
+
+/* Milliseconds until the oldest waiting job has waited peft.serve_max_wait (0: now). */
+static long
+WaitLeftMs(void)
+{
+	TimestampTz due = TimestampTzPlusMilliseconds(queue_head->arrived, peft_serve_max_wait);
+	long		us = (long) (due - GetCurrentTimestamp());
+
+	return us <= 0 ? 0 : (us + 999) / 1000;
+}
+
+/* Entry point of a serving worker. */
+void
+peft_serve_worker_main(Datum arg)
+{
+	TimestampTz last_check = 0;
+	int			threads;
+
+	memcpy(&args, MyBgworkerEntry->bgw_extra, sizeof(args));
+	if (args.magic != SERVE_MAGIC || !ServePreloaded() || args.slot < 0 || args.slot >= SERVE_MAX_WORKERS)
+		elog(ERROR, "peft serving worker started with bad arguments");
+	pqsignal(SIGTERM, die);
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	BackgroundWorkerUnblockSignals();
+	if (!ClaimSlot())
+		proc_exit(0);			/* its starter gave up on it: another owns the slot */
+	before_shmem_exit(ServeWorkerExit, 0);
+
+	BackgroundWorkerInitializeConnectionByOid(args.database, BOOTSTRAP_SUPERUSERID, 0);
+	/* its own statements resolve names in pg_catalog only */
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION);
+	peft_device = ServeRegistryGet()->slots[args.slot].device;
+	threads = peft_serve_threads > 0 ? peft_serve_threads : (int) sysconf(_SC_NPROCESSORS_ONLN);
+	peft_threads = threads < 1 ? 1 : threads;
+	pgstat_report_activity(STATE_IDLE, NULL);
+	MemoryContextSwitchTo(TopMemoryContext);
+
+	for (;;)
+	{
+		long		timeout = IDLE_CHECK_MS;
+
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+		AcceptChannels();
+		PollChannels();
+		if (queue_head)
+		{
+			timeout = queued_rows >= peft_serve_max_batch ? 0 : WaitLeftMs();
+			if (timeout == 0)
+			{
+				RunBatch();
+				continue;		/* look again at once: more may have arrived meanwhile */
+			}
+		}
+		else if (TimestampDifferenceExceeds(last_check, GetCurrentTimestamp(), IDLE_CHECK_MS))
+		{
+			CheckExtension();
+			last_check = GetCurrentTimestamp();
+		}
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, timeout,
+						 PG_WAIT_EXTENSION);
+	}
+}
