@@ -31,6 +31,7 @@ int			peft_serve_threads = 0;
 #define SERVE_START_TIMEOUT_MS 60000
 
 static bool serve_preloaded = false;
+static bool defining = false;	/* a value set before peft was loaded is applied now */
 static ServeRegistry *registry = NULL;
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
@@ -75,11 +76,16 @@ ServeShmemStartup(void)
 	LWLockRelease(AddinShmemInitLock);
 }
 
-/* Refuse peft.serve = on in a session when the registry does not exist. */
+/*
+ * Refuse SET peft.serve = on in a session when the registry does not exist.
+ * A value the session set before peft was loaded is let through (refused
+ * then, it would only be a WARNING and the calls would quietly compute
+ * here): the first call raises ServeRequirePreload's ERROR instead.
+ */
 static bool
 CheckServe(bool *newval, void **extra, GucSource source)
 {
-	if (*newval && !serve_preloaded && source >= PGC_S_INTERACTIVE)
+	if (*newval && !serve_preloaded && !defining && source >= PGC_S_INTERACTIVE)
 	{
 		GUC_check_errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE);
 		GUC_check_errmsg("peft.serve needs peft in shared_preload_libraries");
@@ -93,11 +99,13 @@ CheckServe(bool *newval, void **extra, GucSource source)
 void
 PeftInitServe(void)
 {
+	defining = true;
 	DefineCustomBoolVariable("peft.serve",
 							 "Compute peft_predict in a shared serving worker instead of the calling connection.",
 							 "One background worker per (database, model, device) holds the model and "
 							 "batches rows from every connection; needs shared_preload_libraries = 'peft'.",
 							 &peft_serve, false, PGC_SUSET, 0, CheckServe, NULL, NULL);
+	defining = false;
 	DefineCustomIntVariable("peft.serve_max_wait",
 							"How long the serving worker waits for more rows before computing a batch.",
 							"Counted from the oldest waiting request; 0 computes what has arrived at once.",
