@@ -31,7 +31,7 @@
 extern bool peft_serve;
 extern int	peft_serve_max_wait;	/* ms */
 extern int	peft_serve_max_batch;	/* rows */
-extern int	peft_serve_threads;		/* 0: one per CPU core */
+extern int	peft_serve_threads;		/* 0: one per CPU core; default 1 */
 
 /* States of a registry slot. */
 typedef enum ServeSlotState
