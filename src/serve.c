@@ -155,16 +155,33 @@ ServeRequirePreload(void)
 						 "or SET peft.serve = off to compute in this connection.")));
 }
 
-/* Whether the worker of slot, as of generation, still holds it. */
+static void FreeSlotLocked(ServeSlot *s);
+
+/*
+ * Whether the worker of slot, as of generation, still holds it.  A worker
+ * registered long ago that never started (a failed fork) is given up here,
+ * or its callers would wait for it until canceled.
+ */
 bool
 ServeWorkerAlive(int slot, uint64 generation)
 {
 	ServeSlot  *s = &registry->slots[slot];
 	bool		alive;
+	bool		stale;
 
 	LWLockAcquire(registry->lock, LW_SHARED);
 	alive = s->generation == generation && s->state != SERVE_SLOT_FREE;
+	stale = alive && s->state == SERVE_SLOT_STARTING &&
+		TimestampDifferenceExceeds(s->registered, GetCurrentTimestamp(), SERVE_START_TIMEOUT_MS);
 	LWLockRelease(registry->lock);
+	if (stale)
+	{
+		LWLockAcquire(registry->lock, LW_EXCLUSIVE);
+		if (s->generation == generation && s->state == SERVE_SLOT_STARTING)
+			FreeSlotLocked(s);
+		LWLockRelease(registry->lock);
+		alive = false;
+	}
 	return alive;
 }
 

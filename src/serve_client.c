@@ -12,6 +12,7 @@
  */
 #include "postgres.h"
 
+#include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "storage/latch.h"
@@ -108,6 +109,16 @@ OpenChannel(Channel *ch, const char *model, int device)
 	/* announce it in the worker's inbox, and wake the worker if it runs */
 	LWLockAcquire(reg->lock, LW_EXCLUSIVE);
 	head->channel_id = ch->id = ++reg->next_channel_id;
+	if (s->inbox_len >= MaxBackends)
+	{
+		/* full of withdrawn entries (a busy worker, callers canceling): squeeze them out */
+		int			kept = 0;
+
+		for (int i = 0; i < s->inbox_len; i++)
+			if (s->inbox[i].handle != DSM_HANDLE_INVALID)
+				s->inbox[kept++] = s->inbox[i];
+		s->inbox_len = kept;
+	}
 	if (s->generation == generation && s->state != SERVE_SLOT_FREE && s->inbox_len < MaxBackends)
 	{
 		s->inbox[s->inbox_len++] = (ServeInboxEntry) {dsm_segment_handle(seg), MyProc->pgprocno, ch->id};
@@ -259,8 +270,9 @@ Exchange(const char *model, const ServeRequest *req, ServeAnswer *ans)
 /*
  * Predict texts[0..n) with version of adapter (looked up by the caller, so
  * its rights were checked) through the serving worker of model: labels[i]
- * (NULL for regression or a NULL text) and scores[i].  Rows go in chunks
- * of peft.serve_max_batch, so one large array does not hold a batch alone.
+ * (NULL for regression or a NULL text; allocated with SPI_palloc, so they
+ * outlive SPI_finish) and scores[i].  Inside SPI.  Rows go in chunks of
+ * peft.serve_max_batch, so one large array does not hold a batch alone.
  */
 void
 ServePredict(const char *model, const char *adapter, int version, const char *row_version,
@@ -291,7 +303,7 @@ ServePredict(const char *model, const char *adapter, int version, const char *ro
 			elog(ERROR, "the serving worker answered %d rows for %d", ans.n, req.n);
 		for (int i = 0; i < req.n; i++)
 		{
-			labels[first + i] = ans.labels[i];
+			labels[first + i] = ans.labels[i] ? strcpy(SPI_palloc(strlen(ans.labels[i]) + 1), ans.labels[i]) : NULL;
 			scores[first + i] = ans.scores[i];
 		}
 	}

@@ -500,6 +500,8 @@ peft_serve_worker_main(Datum arg)
 		long		timeout = IDLE_CHECK_MS;
 
 		ResetLatch(MyLatch);
+		/* a cancel (pg_cancel_backend) stops the batch it hits, not the worker */
+		QueryCancelPending = false;
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
 		{
