@@ -56,7 +56,8 @@ typedef struct WorkerChannel
 	bool		dropped;
 	StringInfoData unsent;		/* an answer the ring had no room for yet */
 	bool		sending;
-	MemoryContext context;		/* the current request's memory */
+	MemoryContext own;			/* the channel's memory: this struct, its queue handles */
+	MemoryContext context;		/* the current request's memory (a child of own) */
 	struct WorkerChannel *next;
 } WorkerChannel;
 
@@ -76,6 +77,7 @@ static WorkerChannel *channels = NULL;
 static Job *queue_head = NULL;
 static Job *queue_tail = NULL;
 static int	queued_rows = 0;
+static int	queued_jobs = 0;
 
 /* Free the slot and wake whoever waits in its inbox (before_shmem_exit). */
 static void
@@ -168,11 +170,19 @@ AcceptChannels(void)
 		answer = (shm_mq *) ((char *) head + head->answer_offset);
 		shm_mq_set_receiver(request, MyProc);
 		shm_mq_set_sender(answer, MyProc);
-		ch = MemoryContextAllocZero(TopMemoryContext, sizeof(WorkerChannel));
-		ch->seg = seg;
-		ch->request = shm_mq_attach(request, seg, NULL);
-		ch->answer = shm_mq_attach(answer, seg, NULL);
-		ch->context = AllocSetContextCreate(TopMemoryContext, "peft serve request", ALLOCSET_DEFAULT_SIZES);
+		{
+			MemoryContext own = AllocSetContextCreate(TopMemoryContext, "peft serve channel",
+													  ALLOCSET_SMALL_SIZES);
+			MemoryContext old = MemoryContextSwitchTo(own);
+
+			ch = palloc0(sizeof(WorkerChannel));
+			ch->own = own;
+			ch->seg = seg;
+			ch->request = shm_mq_attach(request, seg, NULL);
+			ch->answer = shm_mq_attach(answer, seg, NULL);
+			ch->context = AllocSetContextCreate(own, "peft serve request", ALLOCSET_DEFAULT_SIZES);
+			MemoryContextSwitchTo(old);
+		}
 		ch->next = channels;
 		channels = ch;
 	}
@@ -238,13 +248,13 @@ PollChannels(void)
 					queue_head = job;
 				queue_tail = job;
 				queued_rows += job->req.n;
+				queued_jobs++;
 			}
 		}
 		if (ch->dropped && !ch->busy)
 		{
 			*link = ch->next;
-			MemoryContextDelete(ch->context);
-			pfree(ch);
+			MemoryContextDelete(ch->own);	/* the struct, its handles, its requests */
 			continue;
 		}
 		link = &ch->next;
@@ -379,7 +389,7 @@ CurrentExtension(void)
 static void
 RunBatch(void)
 {
-	Job		  **batch = palloc(sizeof(Job *) * (queued_rows + 2 + peft_serve_max_batch));
+	Job		  **batch = palloc(sizeof(Job *) * (queued_jobs + 1));
 	int			n = 0;
 	int			rows = 0;
 	bool		dropped;
@@ -395,6 +405,7 @@ RunBatch(void)
 		if (queue_head == NULL)
 			queue_tail = NULL;
 		queued_rows -= job->req.n;
+		queued_jobs--;
 		rows += job->req.n;
 		batch[n++] = job;
 	}
