@@ -8,9 +8,10 @@
  * which is where row-level security decides.  Its loop: attach channels
  * announced in its inbox, take complete requests from them, and once
  * peft.serve_max_batch rows wait or the oldest has waited
- * peft.serve_max_wait, compute a batch in one transaction and answer each
- * caller.  An error of one adapter (a corrupt row, an engine error) is
- * that adapter's callers' ERROR; the others are answered.  SIGTERM ends it
+ * peft.serve_max_wait, compute a batch in one transaction (rows of all its
+ * adapters in shared forward passes) and answer each caller.  An error of
+ * one adapter (a corrupt row, an engine error) is that adapter's callers'
+ * ERROR; the others are answered.  SIGTERM ends it
  * between engine calls (callers waiting get an ERROR); so does DROP
  * EXTENSION peft, noticed within a second.
  */
@@ -68,6 +69,7 @@ typedef struct Job
 	ServeRequest req;
 	ServeAnswer ans;
 	TimestampTz arrived;
+	CachedAdapter *adapter;		/* looked up for this batch */
 	bool		done;
 	struct Job *next;
 } Job;
@@ -262,39 +264,52 @@ PollChannels(void)
 }
 
 /*
- * The one call that computes: texts[0..n) of one adapter into labels and
- * scores.  When the engine predicts rows of many adapters in one forward
- * (PredictMixed), ComputeBatch calls that here once for the whole batch.
+ * The one call that computes: row i of texts[0..n) through adapters[i]
+ * (adapters of the worker's model), in shared forward passes.
  */
 static void
-ServeCompute(CachedAdapter *a, char **texts, int n, char **labels, double *scores)
+ServeCompute(CachedAdapter **adapters, char **texts, int n, char **labels, double *scores)
 {
-	PredictTexts(a, texts, n, labels, scores);
+	PredictMixed(adapters, texts, n, labels, scores);
 }
 
-/* Compute the rows of the jobs of one adapter version (inside a transaction, SPI connected here). */
+/* Look up (and load, when not cached) the adapter of the jobs of one version.  Inside a transaction. */
 static void
-ComputeGroup(Job **jobs, int njobs)
+ResolveJobs(Job **jobs, int njobs)
+{
+	CachedAdapter *a;
+
+	SPI_connect();
+	a = GetAdapterVersion(jobs[0]->req.adapter, jobs[0]->req.version);
+	SPI_finish();
+	for (int j = 0; j < njobs; j++)
+		jobs[j]->adapter = a;
+}
+
+/* Compute the rows of jobs (resolved) in one call and copy their answers out.  Inside a transaction. */
+static void
+ComputeJobs(Job **jobs, int njobs)
 {
 	int			n = 0;
 	char	  **texts;
 	char	  **labels;
 	double	   *scores;
-	CachedAdapter *a;
+	CachedAdapter **adapters;
 
 	for (int j = 0; j < njobs; j++)
 		n += jobs[j]->req.n;
 	texts = palloc(sizeof(char *) * (n + 1));
+	adapters = palloc(sizeof(CachedAdapter *) * (n + 1));
 	labels = palloc0(sizeof(char *) * (n + 1));
 	scores = palloc0(sizeof(double) * (n + 1));
 	for (int j = 0, k = 0; j < njobs; j++)
-		for (int i = 0; i < jobs[j]->req.n; i++)
-			texts[k++] = jobs[j]->req.texts[i];
-	SPI_connect();
-	a = GetAdapterVersion(jobs[0]->req.adapter, jobs[0]->req.version);
-	ServeCompute(a, texts, n, labels, scores);
-	SPI_finish();
-	/* copy the labels out: the adapter cache may evict this adapter for the next group */
+		for (int i = 0; i < jobs[j]->req.n; i++, k++)
+		{
+			texts[k] = jobs[j]->req.texts[i];
+			adapters[k] = jobs[j]->adapter;
+		}
+	ServeCompute(adapters, texts, n, labels, scores);
+	/* copy the labels out: they point into the adapter cache */
 	for (int j = 0, k = 0; j < njobs; j++)
 	{
 		Job		   *job = jobs[j];
@@ -313,18 +328,22 @@ ComputeGroup(Job **jobs, int njobs)
 	}
 }
 
-/* Run one group in a subtransaction; its error becomes its jobs' answer. */
-static void
-ComputeGroupIsolated(Job **jobs, int njobs)
+/*
+ * Run step over jobs in a subtransaction; true when it succeeded.  On an
+ * error, when answer_error, the error becomes the jobs' answer.
+ */
+static bool
+RunIsolated(void (*step) (Job **, int), Job **jobs, int njobs, bool answer_error)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
+	volatile bool ok = true;
 
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(cxt);
 	PG_TRY();
 	{
-		ComputeGroup(jobs, njobs);
+		step(jobs, njobs);
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(cxt);
 		CurrentResourceOwner = owner;
@@ -339,28 +358,41 @@ ComputeGroupIsolated(Job **jobs, int njobs)
 		RollbackAndReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(cxt);
 		CurrentResourceOwner = owner;
-		for (int j = 0; j < njobs; j++)
+		ok = false;
+		for (int j = 0; j < njobs && answer_error; j++)
 		{
 			jobs[j]->ans.failed = true;
 			jobs[j]->ans.sqlerrcode = edata->sqlerrcode;
 			jobs[j]->ans.message = MemoryContextStrdup(jobs[j]->ch->context, edata->message);
 			jobs[j]->done = true;
 		}
-		ereport(LOG,
-				(errmsg("peft serving worker: adapter \"%s\" version %d failed: %s",
-						jobs[0]->req.adapter, jobs[0]->req.version, edata->message)));
+		if (answer_error)
+			ereport(LOG,
+					(errmsg("peft serving worker: adapter \"%s\" version %d failed: %s",
+							jobs[0]->req.adapter, jobs[0]->req.version, edata->message)));
 		FreeErrorData(edata);
 	}
 	PG_END_TRY();
+	return ok;
 }
 
-/* Group the batch's jobs by adapter version and compute each group. */
+/*
+ * Compute a batch: each adapter version's lookup on its own (a failure
+ * answers only its jobs), then every resolved row in one mixed call; if
+ * that fails, adapter by adapter, so an adapter the mixed forward refuses
+ * (an embedding adapter, an engine error of one) fails only its callers.
+ */
 static void
 ComputeBatch(Job **batch, int n)
 {
 	Job		  **group = palloc(sizeof(Job *) * n);
+	Job		  **resolved = palloc(sizeof(Job *) * n);
+	int		   *group_start = palloc(sizeof(int) * (n + 1));
 	bool	   *taken = palloc0(sizeof(bool) * n);
+	int			nresolved = 0;
+	int			ngroups = 0;
 
+	AdapterCacheBeginCall();
 	for (int i = 0; i < n; i++)
 	{
 		int			ng = 0;
@@ -374,8 +406,17 @@ ComputeBatch(Job **batch, int n)
 				taken[j] = true;
 				group[ng++] = batch[j];
 			}
-		ComputeGroupIsolated(group, ng);
+		if (!RunIsolated(ResolveJobs, group, ng, true))
+			continue;
+		group_start[ngroups++] = nresolved;
+		for (int j = 0; j < ng; j++)
+			resolved[nresolved++] = group[j];
 	}
+	group_start[ngroups] = nresolved;
+	if (nresolved == 0 || RunIsolated(ComputeJobs, resolved, nresolved, false))
+		return;
+	for (int g = 0; g < ngroups; g++)
+		(void) RunIsolated(ComputeJobs, resolved + group_start[g], group_start[g + 1] - group_start[g], true);
 }
 
 /* The extension's oid now (InvalidOid: dropped); in a transaction. */

@@ -163,6 +163,30 @@ ok($label eq $want{"a1|$texts[0]"}[0] && abs($score - $want{"a1|$texts[0]"}[1]) 
 	'corrupt adapter: the next call of another adapter is answered');
 is(serving_pids(), $worker, 'corrupt adapter: by the same worker');
 
+# An adapter that fails in the worker (an embedding row over a classifier's weights: it
+# does not load) in one batch with another: only its caller gets the ERROR.
+# peft.serve_max_wait holds both in one batch.
+su(q{INSERT INTO peft.adapters (name, version, base_model, method, task, config, labels, weights, active)
+     SELECT 'headless', 1, base_model, method, 'embedding', config, NULL, weights, true
+     FROM peft.adapters WHERE name = 'a2' AND active});
+su("ALTER SYSTEM SET peft.serve_max_wait = '2s'; SELECT pg_reload_conf()");
+sleep 1;
+my %mixed;
+for my $a (qw(a2 headless))
+{
+	my ($o, $e) = ('', '');
+	$mixed{$a} = [ IPC::Run::start([ 'psql', '-XAtq', '-d', $node->connstr('postgres'), '-c', 'SET peft.serve = on',
+		'-c', "SELECT label, score FROM peft_predict('$a', '$texts[2]')" ], '>', \$o, '2>', \$e), \$o, \$e ];
+}
+$_->[0]->finish for values %mixed;
+($label, $score) = split /\|/, ${ $mixed{a2}[1] };
+ok($label eq $want{"a2|$texts[2]"}[0] && abs($score - $want{"a2|$texts[2]"}[1]) <= SCORE_TOLERANCE,
+	'mixed batch: the other adapter\'s caller is answered') or diag(${ $mixed{a2}[2] });
+like(${ $mixed{headless}[2] }, qr/adapter "headless" version 1 cannot be loaded/,
+	'mixed batch: the adapter that fails is its caller\'s ERROR');
+su("ALTER SYSTEM RESET peft.serve_max_wait; SELECT pg_reload_conf()");
+sleep 1;
+
 # ---- 7. cancel and statement_timeout of a waiting call ---------------------------------
 # The worker holds a lone request for 3 s (peft.serve_max_wait), so the call is waiting.
 my $log = -s $node->logfile;
