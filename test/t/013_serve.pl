@@ -188,9 +188,9 @@ su("ALTER SYSTEM RESET peft.serve_max_wait; SELECT pg_reload_conf()");
 sleep 1;
 
 # ---- 7. cancel and statement_timeout of a waiting call ---------------------------------
-# The worker holds a lone request for 3 s (peft.serve_max_wait), so the call is waiting.
+# The worker holds a lone request for 10 s (peft.serve_max_wait), so the call is waiting.
 my $log = -s $node->logfile;
-su("ALTER SYSTEM SET peft.serve_max_wait = '3s'; SELECT pg_reload_conf()");
+su("ALTER SYSTEM SET peft.serve_max_wait = '10s'; SELECT pg_reload_conf()");
 sleep 1;
 my $bg = $node->background_psql('postgres', on_error_stop => 0);
 $bg->query_safe('SET peft.serve = on');
@@ -207,16 +207,16 @@ $bg->query("SET statement_timeout = '500ms'; SELECT * FROM peft_predict('a1', 't
 like($bg->{stderr}, qr/canceling statement due to statement timeout/, 'statement_timeout: the waiting call ends');
 ok(time - $t0 < 3, 'statement_timeout: without waiting for the batch');
 $bg->quit;
-sleep 4;    # the worker computes the withdrawn requests and finds their callers gone
+# back to 2 ms: the worker computes the withdrawn requests now and finds their callers gone
+su("ALTER SYSTEM RESET peft.serve_max_wait; SELECT pg_reload_conf()");
+sleep 2;
 is(serving_pids(), $worker, 'cancel: the worker skipped the withdrawn answers and still runs');
 ok(!$node->log_contains(qr/peft serving worker.*failed|serving.*(ERROR|FATAL)/, $log), 'cancel: the worker logged no error');
-su("ALTER SYSTEM RESET peft.serve_max_wait; SELECT pg_reload_conf()");
-sleep 1;
 ($label) = split /\|/, su("SET peft.serve = on; SELECT label, score FROM peft_predict('a1', '$texts[0]')");
 is($label, $want{"a1|$texts[0]"}[0], 'cancel: the next call is answered');
 
 # ---- 8. the worker terminated while callers wait ---------------------------------------
-su("ALTER SYSTEM SET peft.serve_max_wait = '5s'; SELECT pg_reload_conf()");
+su("ALTER SYSTEM SET peft.serve_max_wait = '10s'; SELECT pg_reload_conf()");
 sleep 1;
 my @waiting;
 for my $i (1 .. 3)
