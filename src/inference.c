@@ -887,6 +887,66 @@ RequireSameLength(const char *a, int na, const char *b, int nb)
 }
 
 /*
+ * peft.serve = on, the mixed form: every adapter's active version looked
+ * up as the caller first (nothing loaded here; one model for all), then
+ * each adapter's rows through the serving worker, which batches them with
+ * every other connection's.  Inside SPI.
+ */
+static void
+ServePredictMixed(char **names, char **texts, int n, char **labels, double *scores)
+{
+	AdapterRow *found = palloc(sizeof(AdapterRow) * (n + 1));
+	int		   *first = palloc(sizeof(int) * (n + 1));
+	char	  **part = palloc(sizeof(char *) * (n + 1));
+	char	  **part_labels = palloc(sizeof(char *) * (n + 1));
+	double	   *part_scores = palloc(sizeof(double) * (n + 1));
+
+	ServeRequirePreload();
+	for (int i = 0; i < n; i++)
+	{
+		if (names[i] == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("adapters must not contain NULLs (element %d is NULL)", i + 1)));
+		first[i] = i;
+		for (int j = 0; j < i; j++)
+			if (first[j] == j && strcmp(names[j], names[i]) == 0)
+			{
+				first[i] = j;
+				break;
+			}
+		if (first[i] != i)
+			continue;
+		LookupAdapterVersion(names[i], 0, &found[i]);
+		if (strcmp(found[i].model_name, found[0].model_name) != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("adapter \"%s\" was trained on model \"%s\", not \"%s\"",
+							names[i], found[i].model_name, found[0].model_name),
+					 errhint("One call computes over one base model; these adapters need one "
+							 "call per model.")));
+	}
+	for (int i = 0; i < n; i++)
+	{
+		int			k = 0;
+
+		if (first[i] != i)
+			continue;
+		for (int j = i; j < n; j++)
+			if (first[j] == i)
+				part[k++] = texts[j];
+		ServePredict(found[i].model_name, names[i], found[i].version, found[i].row_version, part, k,
+					 part_labels, part_scores);
+		for (int j = i, m = 0; j < n; j++)
+			if (first[j] == i)
+			{
+				labels[j] = part_labels[m];
+				scores[j] = part_scores[m++];
+			}
+	}
+}
+
+/*
  * peft_predict(adapters text[], inputs text[]) RETURNS TABLE(ord int,
  * adapter text, label text, score float8): input i through the active
  * version of adapters[i], rows of many adapters in shared forward passes.
@@ -908,9 +968,14 @@ peft_predict_mixed(PG_FUNCTION_ARGS)
 	RequireSameLength("adapters", nnames, "inputs", n);
 	InitMaterializedSRF(fcinfo, 0);
 	SPI_connect();
-	AdapterCacheBeginCall();
-	LookupAdapters(names, n, false, NULL, rows, &model);
-	PredictMixed(rows, texts, n, labels, scores);
+	if (peft_serve)
+		ServePredictMixed(names, texts, n, labels, scores);
+	else
+	{
+		AdapterCacheBeginCall();
+		LookupAdapters(names, n, false, NULL, rows, &model);
+		PredictMixed(rows, texts, n, labels, scores);
+	}
 	SPI_finish();
 	for (int i = 0; i < n; i++)
 	{
