@@ -4,7 +4,7 @@
 #   test/bench/serve_pgbench.sh [SECONDS] [CLIENTS...]      (defaults 30, and 16 64)
 #
 # Starts its own temporary cluster (as postgres when root) on port
-# $PEFT_BENCH_PORT (54333), with peft preloaded, from a private copy of the
+# $PEFT_BENCH_PORT (54338), with peft preloaded, from a private copy of the
 # PostgreSQL installation holding this tree's peft.so, peft_engine.so and SQL
 # files (build them first; nothing is installed).  Registers the real
 # all-MiniLM-L6-v2 (scripts/fetch_model), trains one LoRA adapter on 200
@@ -37,7 +37,7 @@ ROOT=$(pwd)
 DURATION=${1:-30}
 shift || true
 CLIENT_LIST=${*:-16 64}
-PORT=${PEFT_BENCH_PORT:-54333}
+PORT=${PEFT_BENCH_PORT:-54338}
 NCPU=$(nproc)
 MODEL=$(scripts/fetch_model --print-dir 2>/dev/null || echo /var/cache/peft/all-MiniLM-L6-v2)
 BINDIR=$(pg_config --bindir)

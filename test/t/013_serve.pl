@@ -6,6 +6,7 @@
 #  3. many connections at once over several adapters: each gets the
 #     answers peft.serve = off gives, through one worker
 #  4. a serving connection maps no engine library, no BLAS, no weights
+#     (the mixed form, an adapter per row, too)
 #  5. serve toggled at run time (SET, ALTER SYSTEM + reload)
 #  6. a corrupt adapter: its caller gets the ERROR, the worker serves on
 #  7. cancel and statement_timeout of a waiting call; the worker serves on
@@ -136,6 +137,24 @@ is($node->safe_psql('postgres', "SET peft.serve = on; SELECT count(*) FROM peft_
 	"1\n0", 'maps: a connection that predicts with serve = on maps no peft_engine.so, BLAS or weights');
 is($node->safe_psql('postgres', "SELECT count(*) FROM peft_predict('a1', 'good'); $MAPS") > 0 ? 1 : 0,
 	1, 'maps: the same check sees them in a connection that computes (serve = off)');
+# the mixed form (an adapter per row) through the worker: serve = off's answers, no engine mapped
+my $mixed_sql = "SELECT adapter, label, score "
+  . "FROM peft_predict(ARRAY['a1', 'a2', 'a3', 'a1'], ARRAY['$texts[0]', '$texts[1]', '$texts[2]', '$texts[3]']) "
+  . "ORDER BY ord";
+my @mixed_off = split /\n/, su($mixed_sql);
+my @mixed_on = split /\n/, $node->safe_psql('postgres', "SET peft.serve = on; $mixed_sql; $MAPS");
+my $maps_on = pop @mixed_on;
+is(scalar(@mixed_off) . ',' . scalar(@mixed_on), '4,4', 'mixed form: four rows with serve off and on');
+my $mixed_wrong = 0;
+for my $i (0 .. $#mixed_off)
+{
+	my ($a_off, $l_off, $s_off) = split /\|/, $mixed_off[$i];
+	my ($a_on, $l_on, $s_on) = split /\|/, ($mixed_on[$i] // '||');
+	$mixed_wrong++ unless $a_on eq $a_off && $l_on eq $l_off && abs($s_on - $s_off) <= SCORE_TOLERANCE
+	  && $a_off eq (qw(a1 a2 a3 a1))[$i];
+}
+is($mixed_wrong, 0, 'mixed form: serve = on answers as serve = off, each row with its adapter');
+is($maps_on, 0, 'mixed form: the serving connection maps no engine');
 is(su("SELECT count(*) FROM regexp_split_to_table(pg_read_file('/proc/$worker/maps'), E'\\n') l "
 	  . "WHERE l ~ 'peft_engine'") > 0 ? 1 : 0, 1, 'maps: the serving worker has the engine');
 
