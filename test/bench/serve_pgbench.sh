@@ -28,7 +28,7 @@
 # Environment: PEFT_BENCH_PORT, PEFT_BENCH_KEEP=1 (keep the scratch folder),
 # PEFT_BENCH_MAX_WAIT (peft.serve_max_wait, default 2ms),
 # PEFT_BENCH_MAX_BATCH (peft.serve_max_batch, default 32),
-# PEFT_BENCH_SERVE_THREADS (peft.serve_threads, default 1),
+# PEFT_BENCH_SERVE_THREADS (peft.serve_threads, default 0: one per core),
 # PEFT_BENCH_ADAPTERS (how many of the 16 the calls pick from, default 16:
 # 1 shows what batching rows of one adapter across sessions gives).
 set -euo pipefail
@@ -90,7 +90,7 @@ peft.device = cpu
 peft.train_threads = $NCPU
 peft.serve_max_wait = ${PEFT_BENCH_MAX_WAIT:-2ms}
 peft.serve_max_batch = ${PEFT_BENCH_MAX_BATCH:-32}
-peft.serve_threads = ${PEFT_BENCH_SERVE_THREADS:-1}
+peft.serve_threads = ${PEFT_BENCH_SERVE_THREADS:-0}
 EOF
 as_pg pg_ctl -D "$WORK/data" -l "$WORK/server.log" -w start >/dev/null
 export PGHOST=$WORK PGPORT=$PORT PGUSER=postgres PGDATABASE=postgres
@@ -205,7 +205,7 @@ errors=$(grep -c 'ERROR' "$WORK/server.log" || true)
 
 echo "peft.serve off vs on: all-MiniLM-L6-v2, calls over ${PEFT_BENCH_ADAPTERS:-16} LoRA adapters (r=8 default), single-row peft_predict,"
 echo "texts of $words words on average ($ntexts texts), $DURATION s per run, $NCPU CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)),"
-echo "peft.threads = 1 per connection, serving worker threads = ${PEFT_BENCH_SERVE_THREADS:-1}, serve_max_wait = ${PEFT_BENCH_MAX_WAIT:-2ms}, serve_max_batch = ${PEFT_BENCH_MAX_BATCH:-32}"
+echo "peft.threads = 1 per connection, serving worker threads = ${PEFT_BENCH_SERVE_THREADS:-0}, serve_max_wait = ${PEFT_BENCH_MAX_WAIT:-2ms}, serve_max_batch = ${PEFT_BENCH_MAX_BATCH:-32}"
 echo
 echo "| clients | serve | tps | p50 ms | p95 ms | p99 ms | failed | Pss/conn MiB | Private_Dirty/conn MiB | worker Pss/Private_Dirty MiB |"
 echo "|---|---|---|---|---|---|---|---|---|---|"
