@@ -156,8 +156,6 @@ ServeRequirePreload(void)
 						 "or SET peft.serve = off to compute in this connection.")));
 }
 
-static void FreeSlotLocked(ServeSlot *s);
-
 /*
  * Whether the worker of slot, as of generation, still holds it.  A worker
  * registered long ago that never started (a failed fork) is given up here,
@@ -179,7 +177,7 @@ ServeWorkerAlive(int slot, uint64 generation)
 	{
 		LWLockAcquire(registry->lock, LW_EXCLUSIVE);
 		if (s->generation == generation && s->state == SERVE_SLOT_STARTING)
-			FreeSlotLocked(s);
+			ServeFreeSlotLocked(s);
 		LWLockRelease(registry->lock);
 		alive = false;
 	}
@@ -187,8 +185,8 @@ ServeWorkerAlive(int slot, uint64 generation)
 }
 
 /* Free a slot that is not running (under the lock), waking whoever waits in its inbox. */
-static void
-FreeSlotLocked(ServeSlot *s)
+void
+ServeFreeSlotLocked(ServeSlot *s)
 {
 	for (int i = 0; i < s->inbox_len; i++)
 		if (s->inbox[i].handle != DSM_HANDLE_INVALID)
@@ -222,7 +220,7 @@ RegisterServeWorker(int slot, uint64 generation)
 	{
 		LWLockAcquire(registry->lock, LW_EXCLUSIVE);
 		if (registry->slots[slot].generation == generation)
-			FreeSlotLocked(&registry->slots[slot]);
+			ServeFreeSlotLocked(&registry->slots[slot]);
 		LWLockRelease(registry->lock);
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
@@ -252,7 +250,7 @@ ServeFindWorker(const char *model, int device, uint64 *generation, bool *started
 		/* a process that never claimed its slot (it failed to start) gives it back */
 		if (s->state == SERVE_SLOT_STARTING &&
 			TimestampDifferenceExceeds(s->registered, now, SERVE_START_TIMEOUT_MS))
-			FreeSlotLocked(s);
+			ServeFreeSlotLocked(s);
 		if (s->state == SERVE_SLOT_FREE)
 		{
 			if (free_slot < 0)

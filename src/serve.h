@@ -126,6 +126,8 @@ extern ServeRegistry *ServeRegistryGet(void);
 extern int	ServeFindWorker(const char *model, int device, uint64 *generation, bool *started_here);
 /* Whether the worker of slot, as of generation, still holds it. */
 extern bool ServeWorkerAlive(int slot, uint64 generation);
+/* Free a slot whose worker is not running (registry lock held), waking whoever waits in its inbox. */
+extern void ServeFreeSlotLocked(ServeSlot *s);
 /* ERROR (errcode) when peft.serve is on but peft was not preloaded. */
 extern void ServeRequirePreload(void);
 

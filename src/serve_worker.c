@@ -90,15 +90,7 @@ ServeWorkerExit(int code, Datum arg)
 
 	LWLockAcquire(reg->lock, LW_EXCLUSIVE);
 	if (s->generation == args.generation)
-	{
-		for (int i = 0; i < s->inbox_len; i++)
-			if (s->inbox[i].handle != DSM_HANDLE_INVALID)
-				SetLatch(&ProcGlobal->allProcs[s->inbox[i].caller_procno].procLatch);
-		s->state = SERVE_SLOT_FREE;
-		s->generation++;
-		s->pid = 0;
-		s->inbox_len = 0;
-	}
+		ServeFreeSlotLocked(s);
 	LWLockRelease(reg->lock);
 }
 
