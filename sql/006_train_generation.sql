@@ -166,9 +166,15 @@ SELECT peft_train('bad', 'smol', 'SELECT prompt, completion FROM pairs', input =
 SELECT peft_train('bad', 'smol', 'SELECT prompt, completion FROM pairs', input => 'prompt',
                   label => 'completion', task => 'generation', method => 'prefix',
                   options => '{"num_virtual_tokens": 0}', wait => true);
-SELECT peft_train('bad', 'smol', 'SELECT prompt, completion FROM pairs', input => 'prompt',
-                  label => 'completion', task => 'generation',
-                  options => '{"target_modules": ["query"]}', wait => true);
+-- (the job fails in its worker; its id, which depends on the tests before, is masked)
+DO $$
+BEGIN
+    PERFORM peft_train('bad', 'smol', 'SELECT prompt, completion FROM pairs', input => 'prompt',
+                       label => 'completion', task => 'generation',
+                       options => '{"target_modules": ["query"]}', wait => true);
+EXCEPTION WHEN OTHERS THEN
+    RAISE WARNING '% (SQLSTATE %)', regexp_replace(SQLERRM, 'job \d+', 'job N'), SQLSTATE;
+END $$;
 SELECT peft_train('bad', 'tiny_enc', 'SELECT prompt, completion AS label FROM pairs', input => 'prompt',
                   options => '{"chat": false}', wait => true);
 SELECT peft_train('bad', 'smol', 'SELECT prompt, completion FROM pairs', input => 'prompt',

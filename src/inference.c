@@ -505,6 +505,7 @@ PredictTexts(CachedAdapter *a, char **texts, int n, char **labels, double *score
 			RowLabel(a, out + (size_t) i * K, &labels[map[i]], &scores[map[i]]);
 	}
 	pfree(out);
+	TrimAdapterCache();			/* the batch's buffers grew: back within the size */
 }
 
 /* ERROR unless a has a prediction head (an adapter over an encoder, trained to classify or regress). */
@@ -572,6 +573,7 @@ PredictMixed(CachedAdapter **a, char **texts, int n, char **labels, double *scor
 		for (int i = 0; i < count; i++)
 			RowLabel(a[map[i]], out + (size_t) i * ldo, &labels[map[i]], &scores[map[i]]);
 	}
+	TrimAdapterCache();			/* the batches' buffers grew: back within the size */
 }
 
 /*
