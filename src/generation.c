@@ -372,14 +372,11 @@ peft_generate_mixed(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	char	   *model_name = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	ArrayType  *parrays[2] = {PG_GETARG_ARRAYTYPE_P(1), PG_GETARG_ARRAYTYPE_P(2)};
 	Jsonb	   *options = PG_GETARG_JSONB_P(3);
-	Datum	   *elems[2];
-	bool	   *isnull[2];
-	int			counts[2];
 	int			n;
-	char	  **names;
-	char	  **prompts;
+	int			nnames;
+	char	  **prompts = InputTexts(PG_GETARG_ARRAYTYPE_P(1), "prompts", &n);
+	char	  **names = InputTexts(PG_GETARG_ARRAYTYPE_P(2), "adapters", &nnames);
 	int		   *group;
 	PeftGeneration *done;
 	PeftAdapterHandle **handles;
@@ -392,45 +389,21 @@ peft_generate_mixed(PG_FUNCTION_ARGS)
 	PeftError	err = {0};
 	PeftCode	rc;
 
-	for (int k = 0; k < 2; k++)
-	{
-		if (ARR_NDIM(parrays[k]) > 1)
-			ereport(ERROR,
-					(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
-					 errmsg("%s must be a one-dimensional array", k ? "adapters" : "prompts")));
-		deconstruct_array(parrays[k], TEXTOID, -1, false, TYPALIGN_INT, &elems[k], &isnull[k], &counts[k]);
-	}
-	n = counts[0];
-	if (counts[1] != n)
+	if (nnames != n)
 		ereport(ERROR,
 				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
-				 errmsg("adapters and prompts must have the same length, not %d and %d", counts[1], n)));
+				 errmsg("adapters and prompts must have the same length, not %d and %d", nnames, n)));
 	if (n > MAX_PROMPTS)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 				 errmsg("peft_generate takes at most %d prompts per call, not %d", MAX_PROMPTS, n)));
-	names = palloc(sizeof(char *) * (n + 1));
-	prompts = palloc(sizeof(char *) * (n + 1));
 	group = palloc(sizeof(int) * (n + 1));
 	done = palloc0(sizeof(PeftGeneration) * (n + 1));
 	handles = palloc0(sizeof(PeftAdapterHandle *) * (n + 1));
 	batch_handles = palloc0(sizeof(PeftAdapterHandle *) * (n + 1));
 	batch = palloc(sizeof(char *) * (n + 1));
 	lengths = palloc(sizeof(size_t) * (n + 1));
-	for (int i = 0; i < n; i++)
-	{
-		names[i] = isnull[1][i] ? NULL : TextDatumGetCString(elems[1][i]);
-		prompts[i] = isnull[0][i] ? NULL : TextDatumGetCString(elems[0][i]);
-		/* group: the first row with the same adapter */
-		group[i] = i;
-		for (int j = 0; j < i; j++)
-			if ((names[j] == NULL) == (names[i] == NULL) &&
-				(names[i] == NULL || strcmp(names[j], names[i]) == 0))
-			{
-				group[i] = group[j];
-				break;
-			}
-	}
+	GroupByName(names, n, group);
 	/* every adapter looked up (the caller's rights checked) before anything is computed */
 	ParseGenerateOptions(options, &o);
 	SPI_connect();

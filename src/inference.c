@@ -638,9 +638,9 @@ peft_predict(PG_FUNCTION_ARGS)
 	return (Datum) 0;
 }
 
-/* The texts of a one-dimensional text[] (NULL for its NULL elements); *n of them. */
-static char **
-InputTexts(ArrayType *inputs, int *n)
+/* The texts of a one-dimensional text[] argument (NULL for its NULL elements); *n of them. */
+char	  **
+InputTexts(ArrayType *inputs, const char *argument, int *n)
 {
 	Datum	   *elems;
 	bool	   *isnull;
@@ -649,12 +649,32 @@ InputTexts(ArrayType *inputs, int *n)
 	if (ARR_NDIM(inputs) > 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
-				 errmsg("inputs must be a one-dimensional array")));
+				 errmsg("%s must be a one-dimensional array", argument)));
 	deconstruct_array(inputs, TEXTOID, -1, false, TYPALIGN_INT, &elems, &isnull, n);
 	texts = palloc(sizeof(char *) * (*n + 1));
 	for (int i = 0; i < *n; i++)
 		texts[i] = isnull[i] ? NULL : TextDatumGetCString(elems[i]);
 	return texts;
+}
+
+/*
+ * first[i] = the first row naming the same adapter as row i (NULL names
+ * the same "no adapter"): each group is computed or looked up once.
+ */
+void
+GroupByName(char **names, int n, int *first)
+{
+	for (int i = 0; i < n; i++)
+	{
+		first[i] = i;
+		for (int j = 0; j < i; j++)
+			if (first[j] == j && (names[j] == NULL) == (names[i] == NULL) &&
+				(names[i] == NULL || strcmp(names[j], names[i]) == 0))
+			{
+				first[i] = j;
+				break;
+			}
+	}
 }
 
 /* peft_predict(adapter, inputs text[]) RETURNS TABLE(ord int, label text, score float8) */
@@ -665,7 +685,7 @@ peft_predict_array(PG_FUNCTION_ARGS)
 	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	ArrayType  *inputs = PG_GETARG_ARRAYTYPE_P(1);
 	int			n;
-	char	  **texts = InputTexts(inputs, &n);
+	char	  **texts = InputTexts(inputs, "inputs", &n);
 	char	  **labels = palloc(sizeof(char *) * (n + 1));
 	double	   *scores = palloc0(sizeof(double) * (n + 1));
 	CachedAdapter *a;
@@ -778,7 +798,7 @@ peft_embed_array(PG_FUNCTION_ARGS)
 	PeftRequireArg(fcinfo, 0, "model");
 	PeftRequireArg(fcinfo, 1, "inputs");
 	inputs = PG_GETARG_ARRAYTYPE_P(1);
-	all = InputTexts(inputs, &n);
+	all = InputTexts(inputs, "inputs", &n);
 	texts = palloc(sizeof(char *) * (n + 1));
 	lengths = palloc(sizeof(size_t) * (n + 1));
 	for (int i = 0; i < n; i++)
@@ -904,19 +924,13 @@ ServePredictMixed(char **names, char **texts, int n, char **labels, double *scor
 	double	   *part_scores = palloc(sizeof(double) * (n + 1));
 
 	ServeRequirePreload();
+	GroupByName(names, n, first);
 	for (int i = 0; i < n; i++)
 	{
 		if (names[i] == NULL)
 			ereport(ERROR,
 					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 					 errmsg("adapters must not contain NULLs (element %d is NULL)", i + 1)));
-		first[i] = i;
-		for (int j = 0; j < i; j++)
-			if (first[j] == j && strcmp(names[j], names[i]) == 0)
-			{
-				first[i] = j;
-				break;
-			}
 		if (first[i] != i)
 			continue;
 		LookupAdapterVersion(names[i], 0, &found[i]);
@@ -960,8 +974,8 @@ peft_predict_mixed(PG_FUNCTION_ARGS)
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	int			nnames;
 	int			n;
-	char	  **names = InputTexts(PG_GETARG_ARRAYTYPE_P(0), &nnames);
-	char	  **texts = InputTexts(PG_GETARG_ARRAYTYPE_P(1), &n);
+	char	  **names = InputTexts(PG_GETARG_ARRAYTYPE_P(0), "adapters", &nnames);
+	char	  **texts = InputTexts(PG_GETARG_ARRAYTYPE_P(1), "inputs", &n);
 	char	  **labels = palloc(sizeof(char *) * (n + 1));
 	double	   *scores = palloc0(sizeof(double) * (n + 1));
 	CachedAdapter **rows = palloc(sizeof(CachedAdapter *) * (n + 1));
@@ -1006,8 +1020,8 @@ peft_embed_mixed(PG_FUNCTION_ARGS)
 	char	   *model_name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	int			n;
 	int			nnames;
-	char	  **texts = InputTexts(PG_GETARG_ARRAYTYPE_P(1), &n);
-	char	  **names = InputTexts(PG_GETARG_ARRAYTYPE_P(2), &nnames);
+	char	  **texts = InputTexts(PG_GETARG_ARRAYTYPE_P(1), "inputs", &n);
+	char	  **names = InputTexts(PG_GETARG_ARRAYTYPE_P(2), "adapters", &nnames);
 	CachedAdapter **rows = palloc(sizeof(CachedAdapter *) * (n + 1));
 	PeftAdapterHandle **handles = palloc(sizeof(PeftAdapterHandle *) * (n + 1));
 	const char **batch = palloc(sizeof(char *) * (n + 1));

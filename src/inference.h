@@ -75,6 +75,12 @@ extern CachedAdapter *GetAdapterVersion(const char *name, int version);
 /* Predict texts[0..n) through a: labels[i] (NULL: regression or a NULL text) and scores[i]. */
 extern void PredictTexts(CachedAdapter *a, char **texts, int n, char **labels, double *scores);
 
+/* The texts of a one-dimensional text[] argument (NULL for its NULL elements); *n of them. */
+extern char **InputTexts(ArrayType *inputs, const char *argument, int *n);
+
+/* first[i] = the first of rows 0..i naming the same adapter as row i (NULLs alike). */
+extern void GroupByName(char **names, int n, int *first);
+
 /*
  * Predict texts[0..n), row i through a[i] (adapters over one model), in
  * shared forward passes: labels[i] (NULL: regression or a NULL text) and
