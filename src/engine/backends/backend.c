@@ -53,3 +53,35 @@ gemm_precision_name(PeftPrecision p)
 	}
 	return "?";
 }
+
+/*
+ * Check lora_sgmv's arguments (backend.h), recording PEFT_ERR_INVALID on
+ * the first bad one; false then, or when a failure is already pending.
+ */
+bool
+backend_sgmv_valid(Backend *be, int ldo, int ldx, const LoraSegment *segs, int nsegs,
+				   int IN, int OUT)
+{
+	if (be->failed)
+		return false;
+	if (IN < 1 || OUT < 1 || ldx < IN || ldo < OUT || nsegs < 0 || (nsegs > 0 && segs == NULL))
+	{
+		backend_fail(be, PEFT_ERR_INVALID, "lora_sgmv: bad shapes IN=%d OUT=%d ldx=%d ldo=%d "
+					 "nsegs=%d", IN, OUT, ldx, ldo, nsegs);
+		return false;
+	}
+	for (int s = 0; s < nsegs; s++)
+	{
+		const LoraSegment *sg = &segs[s];
+
+		if (sg->row0 < 0 || sg->rows < 0 || sg->rank < 0 || sg->rank > BACKEND_SGMV_MAX_RANK ||
+			(sg->rows > 0 && sg->rank > 0 && (sg->A == NULL || sg->B == NULL)))
+		{
+			backend_fail(be, PEFT_ERR_INVALID, "lora_sgmv: segment %d: %d rows at row %d, rank %d "
+						 "(at most %d)%s", s, sg->rows, sg->row0, sg->rank, BACKEND_SGMV_MAX_RANK,
+						 sg->A == NULL || sg->B == NULL ? ", no A or B" : "");
+			return false;
+		}
+	}
+	return true;
+}

@@ -65,6 +65,23 @@ typedef struct ModelWeights
 
 typedef struct Backend Backend;
 
+/* The largest rank lora_sgmv takes (as Punica's SGMV kernels). */
+#define BACKEND_SGMV_MAX_RANK 256
+
+/*
+ * One segment of a gathered LoRA product (lora_sgmv): rows [row0, row0 +
+ * rows) of the batch use this adapter's A and B (in the backend's memory).
+ */
+typedef struct LoraSegment
+{
+	const real *A;				/* [rank, in] */
+	const real *B;				/* [out, rank] */
+	int			row0;
+	int			rows;
+	int			rank;			/* 0 .. BACKEND_SGMV_MAX_RANK; 0 adds nothing */
+	real		scale;			/* alpha / r */
+} LoraSegment;
+
 typedef struct BackendOps
 {
 	/* ---- memory ---- */
@@ -106,6 +123,19 @@ typedef struct BackendOps
 	void		(*linear_backward) (Backend *be, real *dx, real *dW, real *db,
 									const real *dout, const real *x, const real *W,
 									int N, int C, int K);
+
+	/*
+	 * Every segment's LoRA update in one call (Punica's SGMV): for each
+	 * segment s of segs[nsegs] (a host array; segments do not overlap),
+	 * out[rows of s] (row stride ldo, OUT wide) += scale_s (x[rows] A_s^T)
+	 * B_s^T, x IN wide with row stride ldx.  Two phases: x A^T into an
+	 * [N, max rank] scratch, then that times B^T onto out; CUDA runs each
+	 * as one launch over all segments, in the backend's precision (the
+	 * CPU's loops are FP32 with double sums, the reference).  A rank above
+	 * BACKEND_SGMV_MAX_RANK or a bad shape records PEFT_ERR_INVALID.
+	 */
+	void		(*lora_sgmv) (Backend *be, real *out, int ldo, const real *x, int ldx,
+							  const LoraSegment *segs, int nsegs, int IN, int OUT);
 
 	/* ---- encoder ---- */
 	/*
@@ -278,6 +308,13 @@ PEFT_EXPORT void backend_fail(Backend *be, PeftCode code, const char *fmt,...)
 			__attribute__((format(printf, 3, 4)))
 #endif
 			;
+
+/*
+ * Whether lora_sgmv's arguments are valid (records PEFT_ERR_INVALID when
+ * not); false too when a failure is pending.  For implementations.
+ */
+PEFT_EXPORT bool backend_sgmv_valid(Backend *be, int ldo, int ldx, const LoraSegment *segs,
+									int nsegs, int IN, int OUT);
 
 /* "fp32", "tf32" or "bf16". */
 const char *gemm_precision_name(PeftPrecision p);

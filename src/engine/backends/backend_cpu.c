@@ -158,6 +158,51 @@ cpu_linear(Backend *be, real *out, int ldo, const real *x, int ldx,
 		be->profile.gemm_seconds += now_seconds() - t0;
 }
 
+/*
+ * Every segment's LoRA update, row by row in plain loops: the reference
+ * the CUDA kernels are tested against.  xa is rounded to real between the
+ * phases, as the scratch of the two-phase products holds it.
+ */
+static void
+cpu_lora_sgmv(Backend *be, real *out, int ldo, const real *x, int ldx,
+			  const LoraSegment *segs, int nsegs, int IN, int OUT)
+{
+	real		xa[BACKEND_SGMV_MAX_RANK];
+
+	if (!backend_sgmv_valid(be, ldo, ldx, segs, nsegs, IN, OUT))
+		return;
+	for (int s = 0; s < nsegs; s++)
+	{
+		const LoraSegment *sg = &segs[s];
+
+		for (int n = sg->row0; sg->rank > 0 && n < sg->row0 + sg->rows; n++)
+		{
+			const real *xr = x + (size_t) n * ldx;
+			real	   *o = out + (size_t) n * ldo;
+
+			for (int k = 0; k < sg->rank; k++)
+			{
+				const real *a = sg->A + (size_t) k * IN;
+				double		sum = 0;
+
+				for (int i = 0; i < IN; i++)
+					sum += (double) xr[i] * a[i];
+				xa[k] = (real) sum;
+			}
+			for (int j = 0; j < OUT; j++)
+			{
+				const real *b = sg->B + (size_t) j * sg->rank;
+				double		sum = 0;
+
+				for (int k = 0; k < sg->rank; k++)
+					sum += (double) xa[k] * b[k];
+				o[j] += (real) (sg->scale * sum);
+			}
+		}
+		be->profile.gemm_flops += 2.0 * sg->rows * sg->rank * (IN + OUT);
+	}
+}
+
 /* The head's backward (ops.h linear_backward). */
 static void
 cpu_linear_backward(Backend *be, real *dx, real *dW, real *db, const real *dout,
@@ -494,6 +539,7 @@ static const BackendOps cpu_ops = {
 	.gemm = cpu_gemm,
 	.linear = cpu_linear,
 	.linear_backward = cpu_linear_backward,
+	.lora_sgmv = cpu_lora_sgmv,
 	.embeddings = cpu_embeddings,
 	.prompt_backward = cpu_prompt_backward,
 	.row_copy = cpu_row_copy,

@@ -25,6 +25,7 @@
 #include "cuda_attention.h"
 #include "cuda_backend.h"
 #include "cuda_ops.h"
+#include "cuda_sgmv.h"
 
 #include <pthread.h>
 #include <signal.h>
@@ -69,6 +70,10 @@ typedef struct CudaState
 	size_t		cap_bf16_a;
 	void	   *bf16_b;
 	size_t		cap_bf16_b;
+	void	   *sgmv_work;		/* lora_sgmv's segment array and xa */
+	size_t		cap_sgmv_work;
+	PeftSgmvSegment *sgmv_host;	/* host staging of the segments (never freed by release) */
+	int			cap_sgmv_host;
 } CudaState;
 
 static atomic_int idle_release_seconds = 0;
@@ -497,6 +502,63 @@ cuda_linear(Backend *be, real *out, int ldo, const real *x, int ldx,
 		CALL(be, "add_bias", peft_cuda_add_bias(out, ldo, bias, N, OUT, msg, MSG_LEN));
 }
 
+/* Copy segs into the host array of the kernels' type; false on failure (recorded). */
+static bool
+stage_segments(Backend *be, const LoraSegment *segs, int nsegs)
+{
+	CudaState  *st = state_of(be);
+
+	if (nsegs > st->cap_sgmv_host)
+	{
+		PeftSgmvSegment *grown = realloc(st->sgmv_host, sizeof(PeftSgmvSegment) * nsegs);
+
+		if (grown == NULL)
+		{
+			backend_fail(be, PEFT_ERR_NOMEM, "out of memory for %d LoRA segments", nsegs);
+			return false;
+		}
+		st->sgmv_host = grown;
+		st->cap_sgmv_host = nsegs;
+	}
+	for (int s = 0; s < nsegs; s++)
+		st->sgmv_host[s] = (PeftSgmvSegment) {segs[s].A, segs[s].B, segs[s].row0, segs[s].rows,
+											  segs[s].rank, segs[s].scale};
+	return true;
+}
+
+/* Every segment's LoRA update in one shrink and one expand launch (sgmv.cu). */
+static void
+cuda_lora_sgmv(Backend *be, real *out, int ldo, const real *x, int ldx,
+			   const LoraSegment *segs, int nsegs, int IN, int OUT)
+{
+	CudaState  *st = state_of(be);
+	PeftSgmvMath math = be->precision == PEFT_PRECISION_BF16 ? PEFT_SGMV_BF16 :
+		be->precision == PEFT_PRECISION_TF32 ? PEFT_SGMV_TF32 : PEFT_SGMV_FP32;
+	double		t0 = 0;
+	size_t		bytes;
+
+	if (!backend_sgmv_valid(be, ldo, ldx, segs, nsegs, IN, OUT) || nsegs == 0 ||
+		!stage_segments(be, segs, nsegs))
+		return;
+	bytes = peft_cuda_sgmv_workspace(st->sgmv_host, nsegs);
+	if (!ensure_scratch(be, &st->sgmv_work, &st->cap_sgmv_work, bytes))
+		return;
+	if (be->profile.enabled)
+	{
+		cuda_sync(be);
+		t0 = now_seconds();
+	}
+	CALL(be, "lora sgmv", peft_cuda_sgmv(out, ldo, x, ldx, st->sgmv_host, nsegs, IN, OUT, math,
+										 st->sgmv_work, st->cap_sgmv_work, msg, MSG_LEN));
+	for (int s = 0; s < nsegs; s++)
+		be->profile.gemm_flops += 2.0 * segs[s].rows * segs[s].rank * (IN + OUT);
+	if (be->profile.enabled)
+	{
+		cuda_sync(be);
+		be->profile.gemm_seconds += now_seconds() - t0;
+	}
+}
+
 /* The head's backward: dx += dout W, dW += dout^T x, db += colsum(dout). */
 static void
 cuda_linear_backward(Backend *be, real *dx, real *dW, real *db, const real *dout,
@@ -822,6 +884,7 @@ static const BackendOps cuda_ops = {
 	.gemm = cuda_gemm,
 	.linear = cuda_linear,
 	.linear_backward = cuda_linear_backward,
+	.lora_sgmv = cuda_lora_sgmv,
 	.embeddings = cuda_embeddings,
 	.prompt_backward = cuda_prompt_backward,
 	.row_copy = cuda_row_copy,
@@ -877,6 +940,8 @@ release_everything(Backend *be)
 	st->sumsq = NULL;
 	st->bf16_a = st->bf16_b = NULL;
 	st->cap_bf16_a = st->cap_bf16_b = 0;
+	st->sgmv_work = NULL;
+	st->cap_sgmv_work = 0;
 	peft_cuda_release_device();
 	st->generation++;
 	be->failed = false;
