@@ -12,6 +12,7 @@
  * three); their hooks run on each slice, as PEFT's separate linears.
  */
 #include "encoder_block.h"
+#include "mixed_lora.h"
 #include "network_internal.h"
 
 /* ---- declaration ---------------------------------------------------------- */
@@ -187,14 +188,24 @@ output_hooks(Network *net, HookAt at, real *out, int ldo, const real *x, int N, 
 			net->methods[i].m->linear_branch(net, net->methods[i].state, at, out, ldo, x, N, train);
 }
 
-/* Each segment's output hooks of linear at.w on its rows of out (stride ldo) and x (in wide). */
+/*
+ * Each segment's output hooks of linear at.w (outw wide) on its rows of
+ * out (stride ldo) and x (in wide); in a mixed batch on a device, the
+ * segments of plain LoRA all in one gathered product instead (mixed_lora.c).
+ */
 static void
-segment_output_hooks(const MixedSegment *sg, int nsg, HookAt at, real *out, int ldo,
-					 const real *x, int in, bool train)
+segment_output_hooks(Network *net, const MixedSegment *sg, int nsg, HookAt at, real *out,
+					 int ldo, const real *x, int in, int outw, bool train)
 {
+	bool	   *gathered = net->mixed ? net->mixed->gathered : NULL;
+	bool		any = net->mixed && mixed_lora_select(net, sg, nsg, at, train, gathered) > 0;
+
 	for (int i = 0; i < nsg; i++)
-		output_hooks(sg[i].net, at, out + (size_t) sg[i].row0 * ldo, ldo,
-					 x + (size_t) sg[i].row0 * in, sg[i].rows, train);
+		if (!any || !gathered[i])
+			output_hooks(sg[i].net, at, out + (size_t) sg[i].row0 * ldo, ldo,
+						 x + (size_t) sg[i].row0 * in, sg[i].rows, train);
+	if (any)
+		mixed_lora_forward(net, sg, nsg, at, gathered, out, ldo, x, in, outw);
 }
 
 /*
@@ -246,7 +257,7 @@ linear_forward(Network *net, HookAt at, real *out, const real *x, int N, bool tr
 
 	segment_products(net, sg, nsg, at, out, lin->out, segment_inputs(net, sg, nsg, at, x, lin->in),
 					 net->weights->layers[at.l].weight[at.w], lin->in, lin->out, linear_bias);
-	segment_output_hooks(sg, nsg, at, out, lin->out, x, lin->in, train);
+	segment_output_hooks(net, sg, nsg, at, out, lin->out, x, lin->in, lin->out, train);
 }
 
 /*
@@ -279,7 +290,7 @@ qkv_forward(Network *net, LayerActs *la, HookAt at, const real *x, int N, bool t
 	segment_products(net, sg, nsg, at, la->qkv, 3 * C, x,
 					 net->weights->layers[at.l].qkv_weight, C, 3 * C, qkv_bias);
 	for (at.w = BERT_QUERY; at.w <= BERT_VALUE; at.w++)
-		segment_output_hooks(sg, nsg, at, la->qkv + at.w * C, 3 * C, x, C, train);
+		segment_output_hooks(net, sg, nsg, at, la->qkv + at.w * C, 3 * C, x, C, C, train);
 }
 
 /* ---- forward ---------------------------------------------------------------- */

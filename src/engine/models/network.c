@@ -1622,14 +1622,23 @@ PeftCode
 network_forward_mixed(Network *host, MixedSegment *segments, int nsegments, const Batch *b,
 					  real *outputs, int ldo, real *embeddings, PeftError *err)
 {
-	MixedBatch	mb = {segments, nsegments, NULL};
+	MixedBatch	mb = {segments, nsegments, NULL, NULL, NULL};
 	PeftCode	rc;
 
+	if (nsegments > 0 &&
+		((mb.gathered = calloc(nsegments, sizeof(bool))) == NULL ||
+		 (mb.lora = calloc(nsegments, sizeof(LoraSegment))) == NULL))
+	{
+		free(mb.gathered);
+		return peft_fail(err, PEFT_ERR_NOMEM, "out of memory for a mixed batch");
+	}
 	net_enter(host);
 	rc = mixed_locked(host, &mb, b, outputs, ldo, embeddings, err);
 	host->mixed = NULL;
 	if (mb.input)
 		host->be->ops->release(host->be, mb.input);
+	free(mb.gathered);
+	free(mb.lora);
 	return net_leave(host, rc, err);
 }
 

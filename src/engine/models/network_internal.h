@@ -69,14 +69,17 @@ struct NetworkActivations
 
 /*
  * A mixed batch in flight (network_forward_mixed): the segments whose
- * hooks run on their rows, and a scratch for a linear's input when some
- * segment's input hook scales it (the shared product reads one matrix).
+ * hooks run on their rows, a scratch for a linear's input when some
+ * segment's input hook scales it (the shared product reads one matrix),
+ * and the host arrays of the gathered LoRA product.
  */
 struct MixedBatch
 {
 	MixedSegment *segments;
 	int			nsegments;
 	real	   *input;			/* [N, widest input], NULL when no segment scales inputs */
+	bool	   *gathered;		/* [nsegments] host: whose LoRA runs in one product (mixed_lora.c) */
+	LoraSegment *lora;			/* [nsegments] host: those segments for the backend */
 };
 
 /* Parameter i's value and gradient in the backend's memory. */
