@@ -217,20 +217,29 @@ unit: $(UNIT_BINS)
 
 # ---- GPU parity tests (CUDA builds only; they skip without a device) ------
 
+# test/gpu/bench_gpu_*.c are GPU benchmarks that check.sh runs after its
+# own (build/gpu-bench/, apart so that the test runners do not take them
+# for tests).
 GPU_SRCS = $(sort $(wildcard test/gpu/test_gpu_*.c))
+GPU_BENCH_SRCS = $(sort $(wildcard test/gpu/bench_gpu_*.c))
 ifeq ($(PEFT_CUDA),1)
 GPU_BINS = $(patsubst test/gpu/%.c,$(B)/gpu/%,$(GPU_SRCS))
+GPU_BENCH_BINS = $(patsubst test/gpu/%.c,$(B)/gpu-bench/%,$(GPU_BENCH_SRCS))
 else
 GPU_BINS =
+GPU_BENCH_BINS =
 endif
 
-$(B)/gpu:
+$(B)/gpu $(B)/gpu-bench:
 	mkdir -p $@
 
 $(B)/gpu/test_gpu_%: test/gpu/test_gpu_%.c $(TEST_OBJS) $(CUDA_OBJS) | $(B)/gpu
 	$(CC) $(UNIT_CFLAGS) -Itest/gpu -o $@ $< $(TEST_OBJS) $(CUDA_OBJS) $(ENGINE_LIBS) $(CUDA_LIBS) -ldl -lcmocka
 
-gpu-tests: $(GPU_BINS)
+$(B)/gpu-bench/bench_gpu_%: test/gpu/bench_gpu_%.c $(TEST_OBJS) $(CUDA_OBJS) | $(B)/gpu-bench
+	$(CC) $(UNIT_CFLAGS) -Itest/gpu -o $@ $< $(TEST_OBJS) $(CUDA_OBJS) $(ENGINE_LIBS) $(CUDA_LIBS) -ldl
+
+gpu-tests: $(GPU_BINS) $(GPU_BENCH_BINS)
 
 engine: peft_engine.so
 

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # test/gpu/check.sh - the GPU check: build (or use a build carried from a
 # development machine), run every GPU parity test, then the GPU benchmark
-# (test/bench/run_gpu.sh), and print a short table last: the parity tests'
-# rows, then the benchmark's.  Needs no PostgreSQL.
+# (test/bench/run_gpu.sh), then the many-adapter benchmark
+# (test/gpu/bench_gpu_many_adapters.c: mixed-batch rows/s over 100 LoRA
+# adapters, gathered LoRA and per-segment hooks, against one adapter), and
+# print a short table last: the parity tests' rows, then the benchmarks'.
+# Needs no PostgreSQL.
 #
 #   test/gpu/check.sh            build with nvcc here if the libraries are
 #                                present, else run the carried build
@@ -10,9 +13,9 @@
 #                                tests and peft-engine with CUDA and gather
 #                                what a GPU machine needs under build/:
 #                                  build/gpu-tests  the parity test binaries
-#                                                   (tests.tar.xz: one solid
-#                                                   archive is a fifth of
-#                                                   their size)
+#                                                   and bench_gpu_* (tests.tar.xz:
+#                                                   one solid archive is a
+#                                                   fifth of their size)
 #                                  build/gpu-bin    peft-engine, peft_engine.so, peft_engine_cuda.so
 #                                  build/gpu-libs   the shared libraries they
 #                                                   need (the big ones, i.e.
@@ -43,7 +46,8 @@
 #
 # Time: the whole check keeps within $PEFT_GPU_CHECK_BUDGET seconds (default
 # 480): the parity tests get at most 180 s together, the benchmark what is
-# left, at most 285 s.  Logs: build/gpu-logs, or with $OUT set (the device
+# left less the many-adapter benchmark's 60 s, at most 285 s; the
+# many-adapter benchmark what is left then, at most 60 s.  Logs: build/gpu-logs, or with $OUT set (the device
 # tool, which returns at most 8 files) all in one $OUT/logs.tar.gz (bench/ for the
 # benchmark's runs).  Exit status: 1 if a parity test failed, else 0 (a
 # benchmark that failed shows n/a in its rows and says so above the table).
@@ -62,7 +66,7 @@ bundle() {
 	mkdir -p build/gpu-libs build/gpu-bin build/gpu-tests
 	# peft-engine finds peft_engine.so beside itself (rpath $ORIGIN).
 	cp peft-engine peft_engine.so peft_engine_cuda.so build/gpu-bin/
-	for bin in build/gpu/test_gpu_* build/gpu-bin/peft_engine.so build/gpu-bin/peft_engine_cuda.so build/gpu-bin/peft-engine; do
+	for bin in build/gpu/test_gpu_* build/gpu-bench/bench_gpu_* build/gpu-bin/peft_engine.so build/gpu-bin/peft_engine_cuda.so build/gpu-bin/peft-engine; do
 		ldd "$bin" | awk '/=> \// {print $3}' |
 			grep -E 'openblas|gfortran|quadmath|cjson|utf8proc|pcre2|cmocka' |
 			while read -r lib; do cp -L "$lib" build/gpu-libs/; done
@@ -78,10 +82,11 @@ os.remove(sys.argv[1])' "$lib" || { echo "bundle: cannot compress $lib"; exit 1;
 	done
 	# Debug information is half of each binary (PEFT_BUNDLE_DEBUG=1 keeps it).
 	if [ -z "${PEFT_BUNDLE_DEBUG:-}" ]; then
-		strip --strip-debug build/gpu/test_gpu_* build/gpu-bin/peft-engine build/gpu-bin/peft_engine.so build/gpu-bin/peft_engine_cuda.so
+		strip --strip-debug build/gpu/test_gpu_* build/gpu-bench/bench_gpu_* build/gpu-bin/peft-engine build/gpu-bin/peft_engine.so build/gpu-bin/peft_engine_cuda.so
 	fi
 	# The test binaries share most of their code: one solid archive.
-	tar -C build/gpu -cJf build/gpu-tests/tests.tar.xz $(cd build/gpu && ls test_gpu_*) ||
+	tar -cJf build/gpu-tests/tests.tar.xz -C build/gpu $(cd build/gpu && ls test_gpu_*) \
+		-C ../gpu-bench $(cd build/gpu-bench && ls bench_gpu_*) ||
 		{ echo "bundle: cannot archive the test binaries"; exit 1; }
 	ls -l build/gpu-tests build/gpu-libs build/gpu-bin
 	"$py" test/gpu/pack_model.py "${PEFT_MODEL_DIR:-$(scripts/fetch_model)}" build/gpu-model ||
@@ -113,6 +118,7 @@ fi
 BUDGET=${PEFT_GPU_CHECK_BUDGET:-480}
 PARITY_MAX=180
 BENCH_MAX=285
+MANY_MAX=60
 PY=${PEFT_BENCH_PYTHON:-python3}
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
@@ -134,12 +140,14 @@ with lzma.open(sys.argv[1]) as s, open(sys.argv[2], "wb") as d:
 done
 # cuBLAS and the CUDA runtime: the toolkit's, where the loader's cache lacks them.
 export LD_LIBRARY_PATH="$TMP/lib:$PWD/build/gpu-libs:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-# The parity tests: the carried archive, else this machine's build.
+# The parity tests and bench_gpu_*: the carried archive, else this machine's build.
 TESTS=build/gpu
+MANY_BIN=build/gpu-bench/bench_gpu_many_adapters
 if [ -f build/gpu-tests/tests.tar.xz ]; then
 	mkdir -p "$TMP/tests"
 	tar -C "$TMP/tests" -xJf build/gpu-tests/tests.tar.xz || echo "cannot unpack build/gpu-tests/tests.tar.xz"
 	TESTS=$TMP/tests
+	MANY_BIN=$TMP/tests/bench_gpu_many_adapters
 fi
 OUTDIR=build/gpu-logs
 [ -n "${OUT:-}" ] && OUTDIR=$TMP/logs
@@ -198,7 +206,7 @@ echo "parity tests took $((SECONDS - PARITY_START)) s"
 
 # The benchmark.
 if [ -z "$bench" ]; then
-	t=$((BUDGET - (SECONDS - START) - 10))
+	t=$((BUDGET - (SECONDS - START) - 10 - MANY_MAX))
 	[ "$t" -gt "$BENCH_MAX" ] && t=$BENCH_MAX
 	if [ "$t" -lt 60 ]; then
 		bench="GPU benchmark: skipped: only ${t} s of the check's ${BUDGET} s left"
@@ -220,6 +228,27 @@ if [ -z "$bench" ]; then
 	fi
 fi
 
+# The many-adapter benchmark: rows in the benchmark table's layout, in many.txt.
+many=""
+if [ -n "$MODEL" ]; then
+	t=$((BUDGET - (SECONDS - START) - 5))
+	[ "$t" -gt "$MANY_MAX" ] && t=$MANY_MAX
+	if [ ! -x "$MANY_BIN" ]; then
+		many="many-adapter benchmark: not built ($MANY_BIN)"
+	elif [ "$t" -lt 20 ]; then
+		many="many-adapter benchmark: skipped: only ${t} s of the check's ${BUDGET} s left"
+	else
+		echo "many-adapter benchmark (up to $t s; log $OUTDIR/many.log)"
+		PEFT_MODEL_DIR=$MODEL timeout -k 5 "$t" "$MANY_BIN" "${PEFT_BENCH_PRECISIONS:-tf32 fp32}" 2 \
+			>"$OUTDIR/many.log" 2>&1
+		rc=$?
+		grep -v '^#' "$OUTDIR/many.log" | grep 'LoRA rows/s' >"$OUTDIR/many.txt"
+		[ "$rc" = 0 ] || many="many-adapter benchmark: exit $rc: $(tail -n 1 "$OUTDIR/many.log")"
+	fi
+else
+	many="many-adapter benchmark: skipped: no device or no model"
+fi
+
 echo
 if [ -s "$OUTDIR/device.txt" ]; then echo "device: $(cat "$OUTDIR/device.txt")"; else echo "device: none visible"; fi
 [ -f "$BENCH_LOGS/summary.txt" ] && cat "$BENCH_LOGS/summary.txt"
@@ -232,6 +261,9 @@ if [ -f "$BENCH_LOGS/table.txt" ] && [ -f "$BENCH_LOGS/plan.json" ]; then
 else
 	echo "${bench:-GPU benchmark: no table (see $OUTDIR/bench.log)}"
 fi
+[ -s "$OUTDIR/many.txt" ] && cat "$OUTDIR/many.txt"
+[ -n "$many" ] && echo "$many"
+
 # The device tool returns at most 8 files: the logs travel as one archive.
 [ -n "${OUT:-}" ] && tar -C "$TMP" -czf "$OUT/logs.tar.gz" logs
 exit $status
