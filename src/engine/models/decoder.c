@@ -26,6 +26,7 @@ struct Decoder
 	int		   *slot_V;			/* [slots] its virtual positions (with slot_adapter) */
 	bool		exact_head;		/* the output head in float sums, not int16 activations (parity checks) */
 	int			V;				/* virtual positions before every sequence (the most of any slot's) */
+	DecoderRoom room;			/* what the scratch holds for adapters (V included) */
 	int			slots;
 	int			ctx;			/* cache positions per sequence: V + the caller's */
 	size_t		kv_dim;			/* num_kv_heads * head_dim */
@@ -82,34 +83,35 @@ decoder_create(const LlamaModel *model, DecoderAdapter *adapter, int slots, int 
 	return decoder_create_mixed(model, &adapter, false, slots, ctx, out, err);
 }
 
+void
+decoder_room_add(DecoderRoom *room, const DecoderAdapter *ad)
+{
+	int			v = decoder_adapter_virtual_tokens(ad);
+	int			wd = ad && ad->o.method == DAD_BOTTLENECK ? ad->bneck_width : 0;
+
+	room->virtual_tokens = v > room->virtual_tokens ? v : room->virtual_tokens;
+	room->bottleneck_width = wd > room->bottleneck_width ? wd : room->bottleneck_width;
+	room->prompt_inputs |= ad && ad->o.method == DAD_PROMPT;
+}
+
 /*
- * A decoder whose sequences use adapters[s] (per_slot) or adapters[0]
- * (every one); see decoder.h.
+ * A decoder with room for adapters, sequences through adapters[s]
+ * (per_slot, adapters may be NULL: every slot on the base model) or
+ * adapters[0] (every one).
  */
-PeftCode
-decoder_create_mixed(const LlamaModel *model, DecoderAdapter *const *adapters, bool per_slot,
-					 int slots, int ctx, Decoder **out, PeftError *err)
+static PeftCode
+create_decoder(const LlamaModel *model, const DecoderRoom *room, DecoderAdapter *const *adapters,
+			   bool per_slot, int slots, int ctx, Decoder **out, PeftError *err)
 {
 	const LlamaConfig *c = &model->cfg;
 	Decoder    *d;
 	size_t		cache;
 	size_t		qdim = (size_t) c->num_heads * c->head_dim;
 	int			cap;
-	int			V = 0;
-	int			width = 0;
-	bool		prompt = false;
+	int			V = room->virtual_tokens;
+	int			width = room->bottleneck_width;
 
 	*out = NULL;
-	for (int s = 0; s < (per_slot ? slots : 1) && slots >= 1; s++)
-	{
-		DecoderAdapter *ad = adapters[s];
-		int			v = decoder_adapter_virtual_tokens(ad);
-		int			wd = ad && ad->o.method == DAD_BOTTLENECK ? ad->bneck_width : 0;
-
-		V = v > V ? v : V;
-		width = wd > width ? wd : width;
-		prompt |= ad && ad->o.method == DAD_PROMPT;
-	}
 	if (slots < 1 || slots > 4096 || ctx < 1 || ctx + V > c->context_length)
 		return peft_fail(err, PEFT_ERR_INVALID,
 						 "a decoder for %d sequences of %d positions%s (the model has %d)",
@@ -119,11 +121,12 @@ decoder_create_mixed(const LlamaModel *model, DecoderAdapter *const *adapters, b
 	d->model = model;
 	d->adapter = per_slot ? NULL : adapters[0];
 	d->V = V;
+	d->room = *room;
 	if (per_slot)
 	{
 		d->slot_adapter = dec_alloc(d, slots, sizeof(DecoderAdapter *));
 		d->slot_V = dec_alloc(d, slots, sizeof(int));
-		for (int s = 0; d->slot_adapter && d->slot_V && s < slots; s++)
+		for (int s = 0; adapters && d->slot_adapter && d->slot_V && s < slots; s++)
 		{
 			d->slot_adapter[s] = adapters[s];
 			d->slot_V[s] = decoder_adapter_virtual_tokens(adapters[s]);
@@ -151,7 +154,7 @@ decoder_create_mixed(const LlamaModel *model, DecoderAdapter *const *adapters, b
 	d->rows_pos = dec_alloc(d, cap, sizeof(int32_t));
 	d->bn_down = dec_alloc(d, (size_t) cap * width, sizeof(float));
 	d->bn_act = dec_alloc(d, (size_t) cap * width, sizeof(float));
-	d->virt_x = dec_alloc(d, prompt ? (size_t) cap * c->hidden_size : 0, sizeof(float));
+	d->virt_x = dec_alloc(d, room->prompt_inputs ? (size_t) cap * c->hidden_size : 0, sizeof(float));
 	if (!d->bn_down || !d->bn_act || !d->virt_x || (per_slot && (!d->slot_adapter || !d->slot_V)) ||
 		!d->kcache || !d->vcache || !d->x || !d->xn || !d->q || !d->k || !d->v || !d->att ||
 		!d->proj || !d->gate || !d->up || !d->rows_slot || !d->rows_pos)
@@ -164,6 +167,55 @@ decoder_create_mixed(const LlamaModel *model, DecoderAdapter *const *adapters, b
 						 slots, ctx, want >> 20);
 	}
 	*out = d;
+	return PEFT_OK;
+}
+
+/*
+ * A decoder whose sequences use adapters[s] (per_slot) or adapters[0]
+ * (every one); see decoder.h.
+ */
+PeftCode
+decoder_create_mixed(const LlamaModel *model, DecoderAdapter *const *adapters, bool per_slot,
+					 int slots, int ctx, Decoder **out, PeftError *err)
+{
+	DecoderRoom room = {0};
+
+	for (int s = 0; s < (per_slot ? slots : 1) && slots >= 1; s++)
+		decoder_room_add(&room, adapters[s]);
+	return create_decoder(model, &room, adapters, per_slot, slots, ctx, out, err);
+}
+
+PeftCode
+decoder_create_room(const LlamaModel *model, const DecoderRoom *room, int slots, int ctx,
+					Decoder **out, PeftError *err)
+{
+	return create_decoder(model, room, NULL, true, slots, ctx, out, err);
+}
+
+bool
+decoder_room_holds(const Decoder *d, const DecoderAdapter *ad)
+{
+	DecoderRoom need = {0};
+
+	decoder_room_add(&need, ad);
+	return d->slot_adapter != NULL && need.virtual_tokens <= d->room.virtual_tokens &&
+		need.bottleneck_width <= d->room.bottleneck_width &&
+		(!need.prompt_inputs || d->room.prompt_inputs);
+}
+
+PeftCode
+decoder_set_slot_adapter(Decoder *d, int s, DecoderAdapter *ad, PeftError *err)
+{
+	if (d->slot_adapter == NULL || s < 0 || s >= d->slots)
+		return peft_fail(err, PEFT_ERR_INTERNAL, "sequence %d of a decoder without an adapter per sequence "
+						 "or outside its %d", s, d->slots);
+	/* the scratch and the cache's virtual positions were sized at creation */
+	if (!decoder_room_holds(d, ad))
+		return peft_fail(err, PEFT_ERR_INVALID,
+						 "the adapter needs more room (virtual tokens, bottleneck width, prompt inputs) "
+						 "than the decoder reserved");
+	d->slot_adapter[s] = ad;
+	d->slot_V[s] = decoder_adapter_virtual_tokens(ad);
 	return PEFT_OK;
 }
 

@@ -21,6 +21,19 @@ typedef struct Decoder Decoder;
 typedef struct DecoderAdapter DecoderAdapter;
 
 /*
+ * What a decoder with an adapter per sequence reserves for its adapters:
+ * cache positions for virtual tokens, scratch for bottleneck layers, the
+ * inputs of prompt tuning's virtual tokens.  A slot's adapter can change
+ * to any adapter that needs no more (decoder_set_slot_adapter).
+ */
+typedef struct DecoderRoom
+{
+	int			virtual_tokens;
+	int			bottleneck_width;
+	bool		prompt_inputs;
+} DecoderRoom;
+
+/*
  * A decoder over model, through adapter (NULL: the base model; the caller
  * keeps it alive), for slots sequences of up to ctx positions.  An
  * adapter's virtual tokens (prompt, prefix tuning) take cache positions of
@@ -39,6 +52,28 @@ PeftCode	decoder_create(const LlamaModel *model, DecoderAdapter *adapter, int sl
  */
 PeftCode	decoder_create_mixed(const LlamaModel *model, DecoderAdapter *const *adapters,
 								 bool per_slot, int slots, int ctx, Decoder **out, PeftError *err);
+
+/* Grow room to hold what adapter ad needs as well (NULL: the base model, nothing). */
+void		decoder_room_add(DecoderRoom *room, const DecoderAdapter *ad);
+
+/*
+ * A decoder with an adapter per sequence, every slot on the base model
+ * for now, reserving room for the adapters that decoder_set_slot_adapter
+ * may put there later.
+ */
+PeftCode	decoder_create_room(const LlamaModel *model, const DecoderRoom *room, int slots, int ctx,
+								Decoder **out, PeftError *err);
+
+/* Whether a decoder with an adapter per sequence has the room adapter ad needs. */
+bool		decoder_room_holds(const Decoder *dec, const DecoderAdapter *ad);
+
+/*
+ * Put sequence slot s through ad (NULL: the base model; the caller keeps
+ * it alive) from its next row at position 0 on, as a slot is reused.
+ * Fails unless the decoder was made with an adapter per sequence and has
+ * the room ad needs.
+ */
+PeftCode	decoder_set_slot_adapter(Decoder *dec, int s, DecoderAdapter *ad, PeftError *err);
 
 /*
  * Run N new rows: token ids[r] of sequence slot[r] at position pos[r]
