@@ -7,23 +7,16 @@
  * strings are matched on those bytes.
  */
 #define _GNU_SOURCE				/* memmem */
-#include "generate.h"
+#include "generate_internal.h"
 
 #include <stdlib.h>
 #include <string.h>
 
 #include "decoder.h"
-#include "rng.h"
 #include "sampler.h"
 
 /* Prompts decoded together: more share each pass over the weights, but each needs a cache slot. */
 #define GENERATE_GROUP 32
-/*
- * Bytes the key/value cache of one group may take: a slot holds layers x
- * 2 x kv_dim floats per position (46 KB for SmolLM2-135M), so 32 slots of
- * 1,000 positions would be 1.5 GB; groups shrink to stay under this.
- */
-#define GENERATE_CACHE_BUDGET ((size_t) 512 << 20)
 /* Prompt tokens assumed per slot when sizing groups (longer prompts just make the cache larger). */
 #define GENERATE_PROMPT_ESTIMATE 256
 /* Bounds on options (the SQL layer and the command line check them too). */
@@ -42,9 +35,8 @@ generate_defaults(PeftGenerateOptions *o)
 	o->chat = -1;
 }
 
-/* Check the options that the engine reads. */
-static PeftCode
-check_options(const PeftGenerateOptions *o, PeftError *err)
+PeftCode
+generate_check_options(const PeftGenerateOptions *o, PeftError *err)
 {
 	SamplerOptions s = {o->temperature, o->top_k, o->top_p};
 
@@ -57,6 +49,32 @@ check_options(const PeftGenerateOptions *o, PeftError *err)
 		if (o->stop[i] == NULL || o->stop[i][0] == '\0')
 			return peft_fail(err, PEFT_ERR_INVALID, "stop string %d is empty", i + 1);
 	return sampler_check(&s, err);
+}
+
+bool
+generate_use_chat(const GenerateModel *g, const PeftGenerateOptions *o)
+{
+	return o->chat < 0 ? g->chat != NULL : o->chat != 0;
+}
+
+/* The next value of a splitmix64 sequence at *x (a well-mixed 64-bit function of it). */
+static uint64_t
+splitmix64(uint64_t *x)
+{
+	uint64_t	z = (*x += 0x9e3779b97f4a7c15ULL);
+
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+	return z ^ (z >> 31);
+}
+
+void
+generate_seed_rng(PeftRng *rng, uint64_t seed, int index)
+{
+	uint64_t	mixed = seed ^ (uint64_t) index;
+
+	/* index 0 keeps the seed, so a call of one prompt samples as it always did */
+	peft_rng_seed(rng, index == 0 ? seed : splitmix64(&mixed));
 }
 
 PeftCode
@@ -111,21 +129,6 @@ generate_prompt_ids(const GenerateModel *g, const char *text, size_t len, bool c
 	*n = (int) count;
 	return PEFT_OK;
 }
-
-/* One prompt's state in a group. */
-typedef struct Sequence
-{
-	int32_t    *prompt;			/* its token ids */
-	int			prompt_len;
-	int			pos;			/* the next token's position */
-	int32_t		next;			/* the token to feed at pos */
-	bool		done;
-	BpeDecoder	utf8;			/* holds a character split over tokens */
-	char	   *bytes;			/* the completion's bytes so far (whole characters) */
-	size_t		nbytes;
-	size_t		cap;
-	PeftGeneration *out;
-} Sequence;
 
 /* Append len bytes to a sequence's completion. */
 static bool
@@ -191,25 +194,38 @@ finish(Sequence *s, PeftFinishReason why)
 	return s->out->text != NULL;
 }
 
+void
+sequence_begin(Sequence *s, int32_t *prompt, int prompt_len, PeftGeneration *out)
+{
+	s->prompt = prompt;
+	s->prompt_len = prompt_len;
+	s->pos = prompt_len;
+	s->out = out;
+	out->prompt_tokens = prompt_len;
+	bpe_decoder_init(&s->utf8);
+}
+
+void
+sequence_release(Sequence *s)
+{
+	free(s->prompt);
+	free(s->bytes);
+	s->prompt = NULL;
+	s->bytes = NULL;
+}
+
 /* Release a group's sequences. */
 static void
 free_sequences(Sequence *seqs, int n)
 {
 	for (int i = 0; i < n; i++)
-	{
-		free(seqs[i].prompt);
-		free(seqs[i].bytes);
-	}
+		sequence_release(&seqs[i]);
 	free(seqs);
 }
 
-/*
- * Take the token sampled for s: count it, stop on the end tokens, else add
- * its bytes and check the stop strings and the limits.
- */
-static PeftCode
-take_token(const GenerateModel *g, Sequence *s, int32_t token, int ctx, char *piece,
-		   const PeftGenerateOptions *o, PeftError *err)
+PeftCode
+sequence_take_token(const GenerateModel *g, Sequence *s, int32_t token, int ctx, char *piece,
+					const PeftGenerateOptions *o, PeftError *err)
 {
 	size_t		len;
 	PeftCode	rc;
@@ -266,10 +282,13 @@ source_ids(const GenerateModel *g, const PromptSource *src, int i, bool chat, co
 	return PEFT_OK;
 }
 
-/* Generate for a group of n prompts (n <= group_size) sharing one decoder. */
+/*
+ * Generate for a group of n prompts (n <= group_size) sharing one decoder;
+ * prompt i is prompt first + i of the call (its sampling seed).
+ */
 static PeftCode
-run_group(const GenerateModel *g, const PromptSource *src, int n,
-		  const PeftGenerateOptions *o, bool chat, PeftRng *rng, PeftGeneration *out, PeftError *err)
+run_group(const GenerateModel *g, const PromptSource *src, int n, int first,
+		  const PeftGenerateOptions *o, bool chat, PeftGeneration *out, PeftError *err)
 {
 	const LlamaConfig *c = &g->model->cfg;
 	Sequence   *seqs = calloc(n, sizeof(Sequence));
@@ -297,9 +316,12 @@ run_group(const GenerateModel *g, const PromptSource *src, int n,
 	context = c->context_length - most_virtual;
 	for (int i = 0; i < n && rc == PEFT_OK; i++)
 	{
-		seqs[i].out = &out[i];
-		bpe_decoder_init(&seqs[i].utf8);
-		rc = source_ids(g, src, i, chat, o->system, &seqs[i].prompt, &seqs[i].prompt_len, err);
+		int32_t    *prompt = NULL;
+		int			prompt_len = 0;
+
+		rc = source_ids(g, src, i, chat, o->system, &prompt, &prompt_len, err);
+		sequence_begin(&seqs[i], prompt, prompt_len, &out[i]);
+		generate_seed_rng(&seqs[i].rng, o->seed, first + i);
 		if (rc == PEFT_OK && seqs[i].prompt_len >= context)
 			rc = peft_fail(err, PEFT_ERR_INVALID,
 						   "prompt %d has %d tokens, more than the model's context of %d allows%s",
@@ -309,7 +331,6 @@ run_group(const GenerateModel *g, const PromptSource *src, int n,
 		{
 			int			need = seqs[i].prompt_len + o->max_new_tokens;
 
-			out[i].prompt_tokens = seqs[i].prompt_len;
 			ctx = need > ctx ? need : ctx;
 			total += seqs[i].prompt_len;
 		}
@@ -340,7 +361,6 @@ run_group(const GenerateModel *g, const PromptSource *src, int n,
 				pos[r] = t;
 			}
 			last[i] = r - 1;
-			seqs[i].pos = seqs[i].prompt_len;
 		}
 		rc = decoder_forward(dec, ids, slot, pos, total, last, n, logits, err);
 	}
@@ -353,9 +373,10 @@ run_group(const GenerateModel *g, const PromptSource *src, int n,
 		{
 			if (seqs[i].done)
 				continue;
-			rc = take_token(g, &seqs[i], sampler_next(logits + (size_t) k++ * c->vocab_size,
-													   c->vocab_size, &so, rng, scratch),
-							ctx, piece, o, err);
+			rc = sequence_take_token(g, &seqs[i],
+									 sampler_next(logits + (size_t) k++ * c->vocab_size, c->vocab_size,
+												  &so, &seqs[i].rng, scratch),
+									 ctx, piece, o, err);
 		}
 		if (rc != PEFT_OK)
 			break;
@@ -405,7 +426,6 @@ static PeftCode
 run_all(const GenerateModel *g, const PromptSource *src, int n, const PeftGenerateOptions *o,
 		PeftGeneration *out, PeftError *err)
 {
-	PeftRng		rng;
 	bool		chat;
 	int			group;
 	PeftCode	rc;
@@ -413,11 +433,10 @@ run_all(const GenerateModel *g, const PromptSource *src, int n, const PeftGenera
 	memset(out, 0, sizeof(PeftGeneration) * (n > 0 ? n : 0));
 	if (n < 0)
 		return peft_fail(err, PEFT_ERR_INVALID, "%d prompts", n);
-	if ((rc = check_options(o, err)) != PEFT_OK)
+	if ((rc = generate_check_options(o, err)) != PEFT_OK)
 		return rc;
-	chat = o->chat < 0 ? g->chat != NULL : o->chat != 0;
+	chat = generate_use_chat(g, o);
 	group = group_size(&g->model->cfg, o->max_new_tokens);
-	peft_rng_seed(&rng, o->seed);
 	for (int start = 0; start < n && rc == PEFT_OK; start += group)
 	{
 		int			count = n - start < group ? n - start : group;
@@ -429,7 +448,7 @@ run_all(const GenerateModel *g, const PromptSource *src, int n, const PeftGenera
 			.adapters = src->adapters ? src->adapters + start : NULL
 		};
 
-		rc = run_group(g, &part, count, o, chat, &rng, out + start, err);
+		rc = run_group(g, &part, count, start, o, chat, out + start, err);
 	}
 	if (rc != PEFT_OK)
 		for (int i = 0; i < n; i++)
