@@ -77,7 +77,7 @@ ENGINE_OBJS    = $(patsubst src/engine/%.c,$(B)/engine/%.o,$(ENGINE_SRCS))
 # (The float-only files are left out: the API and the decoder's inference,
 # which runs on quant.h's float products.)
 ENGINE_FLOAT_ONLY  = $(filter %/engine_api.c %/engine_session.c %/engine_decoder.c %/decoder_training.c %/decoder.c \
-                     %/generate.c,$(ENGINE_SRCS))
+                     %/generate.c %/generate_stream.c,$(ENGINE_SRCS))
 ENGINE_DOUBLE_OBJS = $(patsubst src/engine/%.c,$(B)/double/%.o,\
                      $(filter-out $(ENGINE_FLOAT_ONLY),$(ENGINE_SRCS)))
 

@@ -22,12 +22,13 @@
 
 #include "status.h"
 
-#define PEFT_ENGINE_ABI_VERSION 12
+#define PEFT_ENGINE_ABI_VERSION 13
 #define PEFT_ENGINE_SYMBOL "peft_engine_api"
 
 typedef struct PeftModelHandle PeftModelHandle;		/* a loaded base model */
 typedef struct PeftAdapterHandle PeftAdapterHandle;	/* an adapter over a model */
 typedef struct PeftTrainJob PeftTrainJob;	/* one training run */
+typedef struct PeftGenStream PeftGenStream;	/* a continuous-batching generation stream */
 
 /* What a model folder holds (filled by model_open). */
 typedef struct PeftModelInfo
@@ -274,6 +275,15 @@ typedef struct PeftGeneration
 	int			prompt_tokens;
 	PeftFinishReason finish;
 } PeftGeneration;
+
+/* A finished (or failed) sequence of a stream. */
+typedef struct PeftStreamResult
+{
+	uint64_t	tag;			/* the caller's tag from stream_add */
+	PeftCode	code;			/* PEFT_OK, or why this sequence alone failed */
+	char		message[PEFT_ERROR_MESSAGE_LEN];	/* when code != PEFT_OK */
+	PeftGeneration gen;			/* text freed with free_buffer (NULL when failed) */
+} PeftStreamResult;
 
 /* One optimizer step's report. */
 typedef struct PeftTrainProgress
@@ -542,6 +552,54 @@ typedef struct PeftEngineApi
 								   const char *const *prompts, const size_t *lengths, int n,
 								   const PeftGenerateOptions *options, PeftGeneration *out,
 								   PeftError *err);
+
+	/*
+	 * Continuous batching: a stream over decoder model for up to slots
+	 * sequences at once, whose key/value caches take at most cache_bytes
+	 * together (0: a default, 512 MB).  Prompts join the running batch
+	 * between steps and finished ones leave, freeing their slot.
+	 */
+	PeftCode	(*stream_create) (PeftModelHandle *model, int slots, size_t cache_bytes,
+								  PeftGenStream **out, PeftError *err);
+
+	/*
+	 * Queue one prompt through adapter (NULL: the base model; the caller
+	 * keeps the adapter alive until the tag's result comes back or
+	 * stream_cancel), with its own options (copied, stop strings included;
+	 * options->canceled is ignored), as prompt index of its call (index only
+	 * picks the sampling seed, as generate seeds prompt index).  The prompt
+	 * is tokenised and checked here: an error (bad options, chat without a
+	 * template, a prompt longer than the model's context) is returned and
+	 * nothing is queued.  *alone = true, PEFT_OK, nothing queued: the prompt
+	 * cannot share the stream (a merged adapter, or prompt tokens +
+	 * max_new_tokens more than one slot's positions): run it with generate
+	 * or generate_mixed instead.
+	 */
+	PeftCode	(*stream_add) (PeftGenStream *st, PeftAdapterHandle *adapter, const char *prompt,
+							   size_t len, const PeftGenerateOptions *options, int index,
+							   uint64_t tag, bool *alone, PeftError *err);
+
+	/* Drop the sequence tagged tag (queued or decoding), freeing its slot; false if it is not there. */
+	bool		(*stream_cancel) (PeftGenStream *st, uint64_t tag);
+
+	/*
+	 * One step: admit queued prompts into free slots (first in, first out;
+	 * all admitted ones prefilled in one decoder pass), then one decoding
+	 * step over every live sequence (one pass over all of them, the base
+	 * products once, each adapter's part on its rows).  The sequences that
+	 * finished in this step come back in *results (*nresults of them; the
+	 * array freed with free_buffer, each gen.text too).  A failure of the
+	 * step as a whole (out of memory, a device error) returns its code:
+	 * every sequence is then dropped and the stream is empty but usable.
+	 */
+	PeftCode	(*stream_step) (PeftGenStream *st, PeftStreamResult **results, int *nresults,
+								PeftError *err);
+
+	/* Sequences queued or decoding. */
+	int			(*stream_pending) (PeftGenStream *st);
+
+	/* Release a stream and every sequence in it (NULL allowed). */
+	void		(*stream_free) (PeftGenStream *st);
 
 	/*
 	 * The decoder's tokens of text (special tokens in it recognised when

@@ -156,6 +156,13 @@ decoder_handle_generate_mixed(DecoderHandle *h, DecoderAdapter *const *adapters,
 }
 
 PeftCode
+decoder_handle_stream_create(DecoderHandle *h, int slots, size_t cache_bytes, GenStream **out,
+							 PeftError *err)
+{
+	return generate_stream_create(&h->gen, slots, cache_bytes, out, err);
+}
+
+PeftCode
 decoder_handle_tokenize(DecoderHandle *h, const char *text, size_t len, bool chat, const char *system,
 						int32_t **ids, int *n, PeftError *err)
 {

@@ -7,6 +7,7 @@
 
 #include "engine_api.h"
 #include "generate.h"
+#include "generate_stream.h"
 
 typedef struct DecoderHandle DecoderHandle;
 
@@ -28,6 +29,9 @@ PeftCode	decoder_handle_generate_mixed(DecoderHandle *h, DecoderAdapter *const *
 										  const char *const *prompts, const size_t *lengths, int n,
 										  const PeftGenerateOptions *o, PeftGeneration *out,
 										  PeftError *err);
+/* A continuous-batching stream over the decoder (engine_api's stream_create). */
+PeftCode	decoder_handle_stream_create(DecoderHandle *h, int slots, size_t cache_bytes,
+										 GenStream **out, PeftError *err);
 /* engine_api's tokenize. */
 PeftCode	decoder_handle_tokenize(DecoderHandle *h, const char *text, size_t len, bool chat,
 									const char *system, int32_t **ids, int *n, PeftError *err);

@@ -15,6 +15,7 @@
 #include "combine.h"
 #include "decoder_training.h"
 #include "engine_decoder.h"
+#include "generate_stream.h"
 #include "safetensors.h"
 #include "bert.h"
 #include "dataset.h"
@@ -1387,6 +1388,80 @@ session_generate_mixed(PeftModelHandle *model, PeftAdapterHandle *const *adapter
 	free(idx);
 	free(done);
 	return rc;
+}
+
+/* A continuous-batching stream over a decoder's model. */
+struct PeftGenStream
+{
+	PeftModelHandle *model;		/* whose adapters may join */
+	GenStream  *gen;
+};
+
+/* A stream over decoder model (engine_api's stream_create). */
+PeftCode
+session_stream_create(PeftModelHandle *model, int slots, size_t cache_bytes, PeftGenStream **out,
+					  PeftError *err)
+{
+	PeftGenStream *st;
+	PeftCode	rc;
+
+	*out = NULL;
+	if ((rc = require_decoder(model, "a generation stream", err)) != PEFT_OK)
+		return rc;
+	if ((st = calloc(1, sizeof(PeftGenStream))) == NULL)
+		return peft_fail(err, PEFT_ERR_NOMEM, "out of memory for a stream");
+	st->model = model;
+	if ((rc = decoder_handle_stream_create(model->decoder, slots, cache_bytes, &st->gen, err)) != PEFT_OK)
+	{
+		free(st);
+		return rc;
+	}
+	*out = st;
+	return PEFT_OK;
+}
+
+/* Queue a prompt through adapter, or answer alone for a merged one (engine_api's stream_add). */
+PeftCode
+session_stream_add(PeftGenStream *st, PeftAdapterHandle *adapter, const char *prompt, size_t len,
+				   const PeftGenerateOptions *o, int index, uint64_t tag, bool *alone, PeftError *err)
+{
+	*alone = false;
+	if (adapter != NULL && (adapter->model != st->model || adapter->dad == NULL))
+		return peft_fail(err, PEFT_ERR_INVALID, "the adapter is not one over the stream's model");
+	/* a merged adapter's folded weights are another model: its prompts run with generate */
+	return generate_stream_add(st->gen, adapter ? adapter->dad : NULL, adapter == NULL || adapter->merged == NULL,
+							   prompt, len, o, index, tag, alone, err);
+}
+
+/* engine_api's stream_cancel. */
+bool
+session_stream_cancel(PeftGenStream *st, uint64_t tag)
+{
+	return generate_stream_cancel(st->gen, tag);
+}
+
+/* engine_api's stream_step. */
+PeftCode
+session_stream_step(PeftGenStream *st, PeftStreamResult **results, int *nresults, PeftError *err)
+{
+	return generate_stream_step(st->gen, results, nresults, err);
+}
+
+/* engine_api's stream_pending. */
+int
+session_stream_pending(PeftGenStream *st)
+{
+	return generate_stream_pending(st->gen);
+}
+
+/* engine_api's stream_free. */
+void
+session_stream_free(PeftGenStream *st)
+{
+	if (st == NULL)
+		return;
+	generate_stream_free(st->gen);
+	free(st);
 }
 
 /* A decoder's token ids of a text (engine_api's tokenize). */

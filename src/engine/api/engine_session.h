@@ -85,6 +85,16 @@ PeftCode	session_generate_mixed(PeftModelHandle *model, PeftAdapterHandle *const
 								   const char *const *prompts, const size_t *lengths, int n,
 								   const PeftGenerateOptions *options, PeftGeneration *out,
 								   PeftError *err);
+PeftCode	session_stream_create(PeftModelHandle *model, int slots, size_t cache_bytes,
+								  PeftGenStream **out, PeftError *err);
+PeftCode	session_stream_add(PeftGenStream *st, PeftAdapterHandle *adapter, const char *prompt,
+							   size_t len, const PeftGenerateOptions *options, int index, uint64_t tag,
+							   bool *alone, PeftError *err);
+bool		session_stream_cancel(PeftGenStream *st, uint64_t tag);
+PeftCode	session_stream_step(PeftGenStream *st, PeftStreamResult **results, int *nresults,
+								PeftError *err);
+int			session_stream_pending(PeftGenStream *st);
+void		session_stream_free(PeftGenStream *st);
 PeftCode	session_train_add_pair(PeftTrainJob *job, const char *prompt, size_t prompt_len,
 								   const char *completion, size_t completion_len,
 								   PeftError *err);
