@@ -122,6 +122,7 @@ static const PeftEngineApi engine_api = {
 	.stream_step = session_stream_step,
 	.stream_pending = session_stream_pending,
 	.stream_free = session_stream_free,
+	.generate_seed = generate_seed,
 	.tokenize = session_tokenize,
 	.logits = session_logits,
 	.train_add_pair = session_train_add_pair,

@@ -602,6 +602,13 @@ typedef struct PeftEngineApi
 	void		(*stream_free) (PeftGenStream *st);
 
 	/*
+	 * The seed prompt index of a call with options->seed samples with
+	 * (index 0: the seed itself): a prompt decoded alone with it samples as
+	 * it would at that place in the call.
+	 */
+	uint64_t	(*generate_seed) (uint64_t seed, int index);
+
+	/*
 	 * The decoder's tokens of text (special tokens in it recognised when
 	 * special), *ids freed with free_buffer; with chat, the text is first
 	 * rendered as a user turn as generate renders it.

@@ -71,10 +71,16 @@ splitmix64(uint64_t *x)
 void
 generate_seed_rng(PeftRng *rng, uint64_t seed, int index)
 {
+	peft_rng_seed(rng, generate_seed(seed, index));
+}
+
+uint64_t
+generate_seed(uint64_t seed, int index)
+{
 	uint64_t	mixed = seed ^ (uint64_t) index;
 
 	/* index 0 keeps the seed, so a call of one prompt samples as it always did */
-	peft_rng_seed(rng, index == 0 ? seed : splitmix64(&mixed));
+	return index == 0 ? seed : splitmix64(&mixed);
 }
 
 PeftCode

@@ -28,6 +28,9 @@ typedef struct GenerateModel
 /* Defaults of PeftGenerateOptions. */
 void		generate_defaults(PeftGenerateOptions *o);
 
+/* The sampling seed of prompt index of a call with seed (index 0: seed itself). */
+uint64_t	generate_seed(uint64_t seed, int index);
+
 /* The token ids of one prompt as generate feeds them (chat-rendered when asked); *ids malloc'd. */
 PeftCode	generate_prompt_ids(const GenerateModel *g, const char *text, size_t len, bool chat,
 								const char *system, int32_t **ids, int *n, PeftError *err);
