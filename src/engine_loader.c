@@ -25,41 +25,37 @@
 
 static const PeftEngineApi *engine = NULL;
 
+/* The SQLSTATE that fits an engine failure code. */
+int
+PeftEngineErrcode(PeftCode code)
+{
+	switch (code)
+	{
+		case PEFT_ERR_IO:
+			return ERRCODE_IO_ERROR;
+		case PEFT_ERR_FORMAT:
+			return ERRCODE_DATA_CORRUPTED;
+		case PEFT_ERR_INVALID:
+			return ERRCODE_INVALID_PARAMETER_VALUE;
+		case PEFT_ERR_NOMEM:
+			return ERRCODE_OUT_OF_MEMORY;
+		case PEFT_ERR_UNSUPPORTED:
+			return ERRCODE_FEATURE_NOT_SUPPORTED;
+		case PEFT_ERR_DEVICE:
+			return ERRCODE_SYSTEM_ERROR;
+		case PEFT_ERR_CANCELED:
+			return ERRCODE_QUERY_CANCELED;
+		default:
+			return ERRCODE_INTERNAL_ERROR;
+	}
+}
+
 /* Turn an engine failure into an ERROR with a fitting errcode. */
 void
 PeftRaiseEngineError(const PeftError *err)
 {
-	int			sqlstate;
-
-	switch (err->code)
-	{
-		case PEFT_ERR_IO:
-			sqlstate = ERRCODE_IO_ERROR;
-			break;
-		case PEFT_ERR_FORMAT:
-			sqlstate = ERRCODE_DATA_CORRUPTED;
-			break;
-		case PEFT_ERR_INVALID:
-			sqlstate = ERRCODE_INVALID_PARAMETER_VALUE;
-			break;
-		case PEFT_ERR_NOMEM:
-			sqlstate = ERRCODE_OUT_OF_MEMORY;
-			break;
-		case PEFT_ERR_UNSUPPORTED:
-			sqlstate = ERRCODE_FEATURE_NOT_SUPPORTED;
-			break;
-		case PEFT_ERR_DEVICE:
-			sqlstate = ERRCODE_SYSTEM_ERROR;
-			break;
-		case PEFT_ERR_CANCELED:
-			sqlstate = ERRCODE_QUERY_CANCELED;
-			break;
-		default:
-			sqlstate = ERRCODE_INTERNAL_ERROR;
-			break;
-	}
 	ereport(ERROR,
-			(errcode(sqlstate),
+			(errcode(PeftEngineErrcode(err->code)),
 			 errmsg("%s", err->message[0] ? err->message : "peft engine error")));
 }
 

@@ -5,7 +5,10 @@
  * The model is loaded through the same per-backend cache as embeddings
  * and predictions (inference.c), computed in this backend, and checked for
  * a statement cancel or statement_timeout once per decoding step: the
- * engine stops within one step and the ERROR follows.
+ * engine stops within one step and the ERROR follows.  With peft.serve =
+ * on the adapters are looked up here (the caller's rights) and the
+ * prompts decoded by the model's serving worker (serve_generate.c), which
+ * parses the options itself: this backend loads no engine.
  */
 #include "postgres.h"
 
@@ -22,8 +25,10 @@
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 
+#include "generation.h"
 #include "inference.h"
 #include "peft.h"
+#include "serve.h"
 
 PG_FUNCTION_INFO_V1(peft_generate);
 PG_FUNCTION_INFO_V1(peft_generate_array);
@@ -115,7 +120,7 @@ StopOption(JsonbValue *v, PeftGenerateOptions *o)
  * seed, sampling draws one at random, so that repeated calls differ as
  * they do in other tools; a seed makes the text repeatable.
  */
-static void
+void
 ParseGenerateOptions(Jsonb *options, PeftGenerateOptions *o)
 {
 	JsonbIterator *it;
@@ -180,21 +185,29 @@ ParseGenerateOptions(Jsonb *options, PeftGenerateOptions *o)
 	o->cancel_arg = NULL;
 }
 
-/*
- * The active version of adapter, if the caller may use it, checked to be
- * over a decoder and (model_name not NULL) over that one.  Inside SPI.
- */
-static CachedAdapter *
-GenerationAdapter(const char *model_name, const char *adapter)
+/* ERROR unless an adapter over adapter_model may serve model_name (NULL: the adapter's own). */
+static void
+RequireAdapterModel(const char *adapter, const char *adapter_model, const char *model_name)
 {
-	CachedAdapter *a = GetAdapterVersion(adapter, 0);
-
-	if (model_name != NULL && strcmp(model_name, a->model->name) != 0)
+	if (model_name != NULL && strcmp(model_name, adapter_model) != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("adapter \"%s\" was trained over model \"%s\", not \"%s\"",
-						adapter, a->model->name, model_name),
+						adapter, adapter_model, model_name),
 				 errhint("Pass model NULL to use the adapter's own base model.")));
+}
+
+/*
+ * Version (0: the active one) of adapter, if the caller may use it,
+ * checked to be over a decoder and (model_name not NULL) over that one.
+ * Inside SPI.
+ */
+CachedAdapter *
+GenerationAdapter(const char *model_name, const char *adapter, int version)
+{
+	CachedAdapter *a = GetAdapterVersion(adapter, version);
+
+	RequireAdapterModel(adapter, a->model->name, model_name);
 	if (!a->model->info.decoder)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -219,9 +232,43 @@ RaiseGenerationError(PeftCode rc, const PeftError *err)
 	PeftRaiseEngineError(err);
 }
 
+/* Replace the engine's completion texts by copies in this memory context (the engine's freed). */
+static void
+TakeTexts(PeftGeneration *g, int n)
+{
+	for (int i = 0; i < n; i++)
+	{
+		char	   *copy = pstrdup(g[i].text ? g[i].text : "");
+
+		PeftEngine()->free_buffer(g[i].text);
+		g[i].text = copy;
+	}
+}
+
 /*
- * Generate for n prompts (none NULL); an engine stop for a cancel becomes
- * the cancel's own ERROR.
+ * peft.serve = on: the prompts[0..n) that are not NULL, prompt i through
+ * the active version of names[i] (NULL: the base model), decoded by the
+ * serving worker of model_name (NULL: the adapters' model); out[k] for the
+ * k-th of them.  Every adapter named is looked up here as the caller
+ * first; nothing is loaded in this backend.
+ */
+static PeftGeneration *
+ServeGenerateTexts(const char *model_name, char **names, char **prompts, int n, Jsonb *options)
+{
+	char	   *model = model_name ? pstrdup(model_name) : NULL;
+	ServeRows	rows;
+
+	ServeCollectRows(names, prompts, n, RequireAdapterModel, &model, &rows);
+	if (rows.count == 0)
+		return palloc0(sizeof(PeftGeneration));
+	return ServeGenerate(model, JsonbToCString(NULL, &options->root, VARSIZE(options)),
+						 rows.names, rows.versions, rows.texts, rows.count);
+}
+
+/*
+ * Generate for n prompts (none NULL) through the active version of
+ * adapter (NULL: the base model); the texts come back in this memory
+ * context.  An engine stop for a cancel becomes the cancel's own ERROR.
  */
 static PeftGeneration *
 GenerateTexts(const char *model_name, const char *adapter, char **prompts, int n, Jsonb *options)
@@ -234,6 +281,17 @@ GenerateTexts(const char *model_name, const char *adapter, char **prompts, int n
 	PeftError	err = {0};
 	PeftCode	rc;
 
+	if (peft_serve)
+	{
+		char	  **names = palloc(sizeof(char *) * (n + 1));
+		char	  **sent = palloc0(sizeof(char *) * (n + 1));
+
+		/* one row more than prompts, a NULL one: with none, the adapter is still checked */
+		for (int i = 0; i <= n; i++)
+			names[i] = (char *) adapter;
+		memcpy(sent, prompts, sizeof(char *) * n);
+		return ServeGenerateTexts(model_name, names, sent, n + 1, options);
+	}
 	ParseGenerateOptions(options, &o);
 	for (int i = 0; i < n; i++)
 		lengths[i] = strlen(prompts[i]);
@@ -241,7 +299,7 @@ GenerateTexts(const char *model_name, const char *adapter, char **prompts, int n
 	AdapterCacheBeginCall();
 	if (adapter != NULL)
 	{
-		CachedAdapter *a = GenerationAdapter(model_name, adapter);
+		CachedAdapter *a = GenerationAdapter(model_name, adapter, 0);
 
 		model = a->model->handle;
 		handle = a->handle;
@@ -254,6 +312,7 @@ GenerateTexts(const char *model_name, const char *adapter, char **prompts, int n
 	rc = PeftEngine()->generate(model, handle, (const char *const *) prompts, lengths, n, &o, out, &err);
 	if (rc != PEFT_OK)
 		RaiseGenerationError(rc, &err);
+	TakeTexts(out, n);
 	return out;
 }
 
@@ -268,15 +327,11 @@ RequireModelOrAdapter(FunctionCallInfo fcinfo)
 				 errhint("Name the model, or an adapter over it (model NULL then means the adapter's).")));
 }
 
-/* A completion's text in the server's memory, the engine's freed. */
+/* A completion's text as a text datum. */
 static text *
-TakeText(PeftGeneration *g)
+CompletionText(const PeftGeneration *g)
 {
-	text	   *t = cstring_to_text(g->text ? g->text : "");
-
-	PeftEngine()->free_buffer(g->text);
-	g->text = NULL;
-	return t;
+	return cstring_to_text(g->text ? g->text : "");
 }
 
 /*
@@ -297,7 +352,7 @@ peft_generate(PG_FUNCTION_ARGS)
 	g = GenerateTexts(PG_ARGISNULL(0) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(0)),
 					  PG_ARGISNULL(2) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(2)),
 					  &prompt, 1, PG_GETARG_JSONB_P(3));
-	PG_RETURN_TEXT_P(TakeText(&g[0]));
+	PG_RETURN_TEXT_P(CompletionText(&g[0]));
 }
 
 /*
@@ -349,7 +404,7 @@ peft_generate_array(PG_FUNCTION_ARGS)
 		{
 			values[2] = Int32GetDatum(g[k].tokens);
 			values[3] = CStringGetTextDatum(g[k].finish == PEFT_FINISH_LENGTH ? "length" : "stop");
-			values[1] = PointerGetDatum(TakeText(&g[k]));
+			values[1] = PointerGetDatum(CompletionText(&g[k]));
 			k++;
 		}
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
@@ -358,14 +413,60 @@ peft_generate_array(PG_FUNCTION_ARGS)
 }
 
 /*
+ * In this backend: the prompts[0..n) that are not NULL, prompt i through
+ * the active version of names[i] (NULL: the base model), decoded together
+ * (the engine's generate_mixed); out[k] for the k-th of them.  Every
+ * adapter is looked up (the caller's rights checked) before anything is
+ * computed.
+ */
+static PeftGeneration *
+GenerateMixedHere(const char *model_name, char **names, char **prompts, int n, Jsonb *options)
+{
+	int		   *group = palloc(sizeof(int) * (n + 1));
+	PeftGeneration *done = palloc0(sizeof(PeftGeneration) * (n + 1));
+	PeftAdapterHandle **handles = palloc0(sizeof(PeftAdapterHandle *) * (n + 1));
+	PeftAdapterHandle **batch_handles = palloc0(sizeof(PeftAdapterHandle *) * (n + 1));
+	char	  **batch = palloc(sizeof(char *) * (n + 1));
+	size_t	   *lengths = palloc(sizeof(size_t) * (n + 1));
+	int			count = 0;
+	PeftModelHandle *model;
+	PeftGenerateOptions o;
+	PeftError	err = {0};
+	PeftCode	rc;
+
+	GroupByName(names, n, group);
+	ParseGenerateOptions(options, &o);
+	SPI_connect();
+	model = PeftModelFor(model_name);	/* begins the call: the adapters below stay until it ends */
+	for (int i = 0; i < n; i++)
+		handles[i] = names[i] == NULL ? NULL : group[i] != i ? handles[group[i]] :
+			GenerationAdapter(model_name, names[i], 0)->handle;
+	SPI_finish();
+	for (int i = 0; i < n; i++)
+		if (prompts[i] != NULL)
+		{
+			batch[count] = prompts[i];
+			batch_handles[count] = handles[i];
+			lengths[count++] = strlen(prompts[i]);
+		}
+	if (count > 0 &&
+		(rc = PeftEngine()->generate_mixed(model, batch_handles, (const char *const *) batch, lengths,
+										   count, &o, done, &err)) != PEFT_OK)
+		RaiseGenerationError(rc, &err);
+	TakeTexts(done, count);
+	return done;
+}
+
+/*
  * peft_generate(model, prompts text[], adapters text[], options DEFAULT
  * '{}') RETURNS TABLE(ord int, adapter text, completion text, tokens int,
  * finish_reason text): prompt i through the active version of adapters[i]
- * (NULL: the base model), every adapter over model.  Every adapter is
- * looked up (the caller's rights checked) before anything is generated;
- * then every prompt is decoded together, each product with the base
- * weights once per step for all of them (the engine's generate_mixed).
- * A NULL prompt gives a row of NULLs.
+ * (NULL: the base model), every adapter over model, looked up (the
+ * caller's rights checked) before anything is generated; then every
+ * prompt is decoded together, each product with the base weights once
+ * per step for all of them, here or (peft.serve) in the serving worker
+ * with every other connection's prompts.  A NULL prompt gives a row of
+ * NULLs.
  */
 Datum
 peft_generate_mixed(PG_FUNCTION_ARGS)
@@ -377,17 +478,7 @@ peft_generate_mixed(PG_FUNCTION_ARGS)
 	int			nnames;
 	char	  **prompts = InputTexts(PG_GETARG_ARRAYTYPE_P(1), "prompts", &n);
 	char	  **names = InputTexts(PG_GETARG_ARRAYTYPE_P(2), "adapters", &nnames);
-	int		   *group;
 	PeftGeneration *done;
-	PeftAdapterHandle **handles;
-	PeftAdapterHandle **batch_handles;
-	char	  **batch;
-	size_t	   *lengths;
-	int			count = 0;
-	PeftModelHandle *model;
-	PeftGenerateOptions o;
-	PeftError	err = {0};
-	PeftCode	rc;
 
 	if (nnames != n)
 		ereport(ERROR,
@@ -397,33 +488,9 @@ peft_generate_mixed(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 				 errmsg("peft_generate takes at most %d prompts per call, not %d", MAX_PROMPTS, n)));
-	group = palloc(sizeof(int) * (n + 1));
-	done = palloc0(sizeof(PeftGeneration) * (n + 1));
-	handles = palloc0(sizeof(PeftAdapterHandle *) * (n + 1));
-	batch_handles = palloc0(sizeof(PeftAdapterHandle *) * (n + 1));
-	batch = palloc(sizeof(char *) * (n + 1));
-	lengths = palloc(sizeof(size_t) * (n + 1));
-	GroupByName(names, n, group);
-	/* every adapter looked up (the caller's rights checked) before anything is computed */
-	ParseGenerateOptions(options, &o);
-	SPI_connect();
-	model = PeftModelFor(model_name);	/* begins the call: the adapters below stay until it ends */
-	for (int i = 0; i < n; i++)
-		handles[i] = names[i] == NULL ? NULL : group[i] != i ? handles[group[i]] :
-			GenerationAdapter(model_name, names[i])->handle;
-	SPI_finish();
-	for (int i = 0; i < n; i++)
-		if (prompts[i] != NULL)
-		{
-			batch[count] = prompts[i];
-			batch_handles[count] = handles[i];
-			lengths[count++] = strlen(prompts[i]);
-		}
 	InitMaterializedSRF(fcinfo, 0);
-	if (count > 0 &&
-		(rc = PeftEngine()->generate_mixed(model, batch_handles, (const char *const *) batch, lengths,
-										   count, &o, done, &err)) != PEFT_OK)
-		RaiseGenerationError(rc, &err);
+	done = peft_serve ? ServeGenerateTexts(model_name, names, prompts, n, options) :
+		GenerateMixedHere(model_name, names, prompts, n, options);
 	for (int i = 0, k = 0; i < n; i++)
 	{
 		Datum		values[5] = {Int32GetDatum(i + 1), 0, 0, 0, 0};
@@ -436,7 +503,7 @@ peft_generate_mixed(PG_FUNCTION_ARGS)
 		{
 			values[3] = Int32GetDatum(done[k].tokens);
 			values[4] = CStringGetTextDatum(done[k].finish == PEFT_FINISH_LENGTH ? "length" : "stop");
-			values[2] = PointerGetDatum(TakeText(&done[k]));
+			values[2] = PointerGetDatum(CompletionText(&done[k]));
 			k++;
 		}
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);

@@ -99,6 +99,11 @@ AdapterInUse(const CachedAdapter *a)
 static void
 RequireModelUnused(const CachedModel *m)
 {
+	if (m->held > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("model \"%s\" changed or was unloaded while it was decoding", m->name),
+				 errhint("Run the statement again once the decoding under way has ended.")));
 	for (int i = 0; i < nadapters; i++)
 		if (adapters[i]->model == m && AdapterInUse(adapters[i]))
 			ereport(ERROR,
@@ -216,8 +221,15 @@ peft_adapter_cache(PG_FUNCTION_ARGS)
 	return (Datum) 0;
 }
 
+/* Hold or release a model across calls (inference.h). */
+void
+ModelCacheHold(CachedModel *m, bool hold)
+{
+	m->held += hold ? 1 : -1;
+}
+
 /* The loaded model of a registered name, loading it (again) when needed. */
-static CachedModel *
+CachedModel *
 GetModel(const char *name)
 {
 	CatalogModel *row = CatalogGetModel(name);
@@ -714,6 +726,17 @@ peft_predict_array(PG_FUNCTION_ARGS)
 	return (Datum) 0;
 }
 
+/* ERROR unless an adapter over adapter_model may embed for model (NULL: any). */
+static void
+RequireEmbeddingModel(const char *adapter, const char *adapter_model, const char *model)
+{
+	if (model != NULL && strcmp(adapter_model, model) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("adapter \"%s\" was trained on model \"%s\", not \"%s\"",
+						adapter, adapter_model, model)));
+}
+
 /* The model of name and the active adapter of adapter_name (NULL: none), checked to match. */
 static CachedModel *
 EmbeddingModel(const char *name, const char *adapter_name, CachedAdapter **adapter)
@@ -724,12 +747,26 @@ EmbeddingModel(const char *name, const char *adapter_name, CachedAdapter **adapt
 	if (adapter_name == NULL)
 		return m;
 	*adapter = GetActiveAdapter(adapter_name);
-	if ((*adapter)->model != m)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("adapter \"%s\" was trained on model \"%s\", not \"%s\"",
-						(*adapter)->name, (*adapter)->model->name, name)));
+	RequireEmbeddingModel(adapter_name, (*adapter)->model->name, name);
 	return m;
+}
+
+/*
+ * peft.serve = on: the embeddings of the texts[0..n) that are not NULL,
+ * text i through the active version of names[i] (NULL: the model alone),
+ * computed by the serving worker of model_name: *dim floats each, the
+ * k-th such text's at k.  The adapters are looked up here as the caller;
+ * nothing is loaded in this backend.
+ */
+static float *
+ServeEmbedTexts(const char *model_name, char **names, char **texts, int n, int *dim)
+{
+	char	   *model = pstrdup(model_name);
+	ServeRows	rows;
+
+	ServeCollectRows(names, texts, n, RequireEmbeddingModel, &model, &rows);
+	*dim = 0;
+	return rows.count ? ServeEmbed(model, rows.names, rows.versions, rows.texts, rows.count, dim) : NULL;
 }
 
 /* A real[] of the n floats at x. */
@@ -743,36 +780,50 @@ RealArray(const float *x, int n)
 	return construct_array(elems, n, FLOAT4OID, sizeof(float4), true, TYPALIGN_INT);
 }
 
-/* peft_embed(model, input, adapter DEFAULT NULL) RETURNS real[] */
-Datum
-peft_embed(PG_FUNCTION_ARGS)
+/* Embeddings of texts[0..n) (none NULL) through the active adapter_name (NULL: none), here: *dim floats each. */
+static float *
+EmbedHere(const char *model_name, const char *adapter_name, char **texts, int n, int *dim)
 {
-	char	   *model_name;
-	char	   *input;
-	const char *texts[1];
-	size_t		lengths[1];
+	size_t	   *lengths = palloc(sizeof(size_t) * (n + 1));
 	CachedModel *m;
 	CachedAdapter *a;
 	float	   *out;
 	PeftError	err = {0};
 
+	for (int i = 0; i < n; i++)
+		lengths[i] = strlen(texts[i]);
+	SPI_connect();
+	AdapterCacheBeginCall();
+	m = EmbeddingModel(model_name, adapter_name, &a);
+	*dim = m->info.hidden_size;
+	out = SPI_palloc(sizeof(float) * (size_t) (n ? n : 1) * m->info.hidden_size);
+	ConfigureInference();
+	if (n > 0 &&
+		PeftEngine()->embed(m->handle, a ? a->handle : NULL, (const char *const *) texts, lengths, n,
+							a ? a->max_length : 0, out, &err) != PEFT_OK)
+		PeftRaiseEngineError(&err);
+	SPI_finish();
+	return out;
+}
+
+/* peft_embed(model, input, adapter DEFAULT NULL) RETURNS real[] (here, or by the serving worker) */
+Datum
+peft_embed(PG_FUNCTION_ARGS)
+{
+	char	   *model_name;
+	char	   *adapter_name;
+	char	   *input;
+	float	   *out;
+	int			dim;
+
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
 		PG_RETURN_NULL();
 	model_name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	input = text_to_cstring(PG_GETARG_TEXT_PP(1));
-
-	SPI_connect();
-	AdapterCacheBeginCall();
-	m = EmbeddingModel(model_name, PG_ARGISNULL(2) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(2)), &a);
-	texts[0] = input;
-	lengths[0] = strlen(input);
-	out = SPI_palloc(sizeof(float) * m->info.hidden_size);	/* outlives SPI_finish */
-	ConfigureInference();
-	if (PeftEngine()->embed(m->handle, a ? a->handle : NULL, texts, lengths, 1, a ? a->max_length : 0,
-							out, &err) != PEFT_OK)
-		PeftRaiseEngineError(&err);
-	SPI_finish();
-	PG_RETURN_ARRAYTYPE_P(RealArray(out, m->info.hidden_size));
+	adapter_name = PG_ARGISNULL(2) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(2));
+	out = peft_serve ? ServeEmbedTexts(model_name, &adapter_name, &input, 1, &dim) :
+		EmbedHere(model_name, adapter_name, &input, 1, &dim);
+	PG_RETURN_ARRAYTYPE_P(RealArray(out, dim));
 }
 
 /*
@@ -784,50 +835,46 @@ Datum
 peft_embed_array(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	ArrayType  *inputs;
+	char	   *model_name;
+	char	   *adapter_name;
 	char	  **all;
+	char	  **texts;
 	int			n;
 	int			count = 0;
-	const char **texts;
-	size_t	   *lengths;
-	CachedModel *m;
-	CachedAdapter *a;
+	int			dim;
 	float	   *out;
-	PeftError	err = {0};
 
 	PeftRequireArg(fcinfo, 0, "model");
 	PeftRequireArg(fcinfo, 1, "inputs");
-	inputs = PG_GETARG_ARRAYTYPE_P(1);
-	all = InputTexts(inputs, "inputs", &n);
+	model_name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	adapter_name = PG_ARGISNULL(2) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(2));
+	all = InputTexts(PG_GETARG_ARRAYTYPE_P(1), "inputs", &n);
 	texts = palloc(sizeof(char *) * (n + 1));
-	lengths = palloc(sizeof(size_t) * (n + 1));
 	for (int i = 0; i < n; i++)
 		if (all[i] != NULL)
-		{
-			texts[count] = all[i];
-			lengths[count++] = strlen(all[i]);
-		}
+			texts[count++] = all[i];
 
 	InitMaterializedSRF(fcinfo, 0);
-	SPI_connect();
-	AdapterCacheBeginCall();
-	m = EmbeddingModel(text_to_cstring(PG_GETARG_TEXT_PP(0)),
-					   PG_ARGISNULL(2) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(2)), &a);
-	out = SPI_palloc(sizeof(float) * (size_t) (count ? count : 1) * m->info.hidden_size);
-	ConfigureInference();
-	if (count > 0 &&
-		PeftEngine()->embed(m->handle, a ? a->handle : NULL, texts, lengths, count, a ? a->max_length : 0, out,
-							&err) != PEFT_OK)
-		PeftRaiseEngineError(&err);
-	SPI_finish();
+	if (peft_serve)
+	{
+		char	  **names = palloc(sizeof(char *) * (n + 1));
+
+		/* one row more than inputs, a NULL one: with none, the adapter is still checked */
+		for (int i = 0; i <= n; i++)
+			names[i] = adapter_name;
+		all = repalloc(all, sizeof(char *) * (n + 1));
+		all[n] = NULL;
+		out = ServeEmbedTexts(model_name, names, all, n + 1, &dim);
+	}
+	else
+		out = EmbedHere(model_name, adapter_name, texts, count, &dim);
 	for (int i = 0, k = 0; i < n; i++)
 	{
 		Datum		values[2] = {Int32GetDatum(i + 1), (Datum) 0};
 		bool		nulls[2] = {false, all[i] == NULL};
 
 		if (all[i] != NULL)
-			values[1] = PointerGetDatum(RealArray(out + (size_t) k++ * m->info.hidden_size,
-												  m->info.hidden_size));
+			values[1] = PointerGetDatum(RealArray(out + (size_t) k++ * dim, dim));
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;
@@ -1008,6 +1055,69 @@ peft_predict_mixed(PG_FUNCTION_ARGS)
 }
 
 /*
+ * Embed texts[0..n) (none NULL) by model, text i through a[i] (NULL: the
+ * model alone; each over model) in shared forward passes: out[n, hidden].
+ */
+void
+EmbedMixed(CachedModel *model, CachedAdapter **a, char **texts, int n, float *out)
+{
+	PeftAdapterHandle **handles = palloc(sizeof(PeftAdapterHandle *) * (n + 1));
+	size_t	   *lengths = palloc(sizeof(size_t) * (n + 1));
+	int		   *max_lengths = palloc(sizeof(int) * (n + 1));
+	int			C = model->info.hidden_size;
+	PeftError	err = {0};
+
+	for (int i = 0; i < n; i++)
+	{
+		handles[i] = a[i] ? a[i]->handle : NULL;
+		lengths[i] = strlen(texts[i]);
+		max_lengths[i] = a[i] ? a[i]->max_length : 0;
+	}
+	ConfigureInference();
+	for (int first = 0; first < n; first += MIXED_CHUNK)
+	{
+		CHECK_FOR_INTERRUPTS();
+		if (PeftEngine()->embed_mixed(model->handle, handles + first, (const char **) texts + first,
+									  lengths + first, max_lengths + first, Min(MIXED_CHUNK, n - first),
+									  out + (size_t) first * C, &err) != PEFT_OK)
+			PeftRaiseEngineError(&err);
+	}
+	pfree(handles);
+	pfree(lengths);
+	pfree(max_lengths);
+}
+
+/*
+ * Here: the embeddings of the texts[0..n) that are not NULL, text i
+ * through the active version of names[i] (NULL: the model alone), in
+ * shared forward passes; *dim floats each, the k-th such text's at k.
+ */
+static float *
+EmbedMixedHere(const char *model_name, char **names, char **texts, int n, int *dim)
+{
+	CachedAdapter **rows = palloc(sizeof(CachedAdapter *) * (n + 1));
+	char	  **batch = palloc(sizeof(char *) * (n + 1));
+	CachedModel *model;
+	float	   *out;
+	int			count = 0;
+
+	SPI_connect();
+	AdapterCacheBeginCall();
+	LookupAdapters(names, n, true, model_name, rows, &model);
+	*dim = model->info.hidden_size;
+	for (int i = 0; i < n; i++)
+		if (texts[i] != NULL)
+		{
+			rows[count] = rows[i];
+			batch[count++] = texts[i];
+		}
+	out = SPI_palloc(sizeof(float) * (size_t) (count + 1) * *dim);	/* outlives SPI_finish */
+	EmbedMixed(model, rows, batch, count, out);
+	SPI_finish();
+	return out;
+}
+
+/*
  * peft_embed(model text, inputs text[], adapters text[]) RETURNS
  * TABLE(ord int, embedding real[]): input i through the active version of
  * adapters[i] (NULL: the bare model), in shared forward passes; a NULL
@@ -1022,42 +1132,13 @@ peft_embed_mixed(PG_FUNCTION_ARGS)
 	int			nnames;
 	char	  **texts = InputTexts(PG_GETARG_ARRAYTYPE_P(1), "inputs", &n);
 	char	  **names = InputTexts(PG_GETARG_ARRAYTYPE_P(2), "adapters", &nnames);
-	CachedAdapter **rows = palloc(sizeof(CachedAdapter *) * (n + 1));
-	PeftAdapterHandle **handles = palloc(sizeof(PeftAdapterHandle *) * (n + 1));
-	const char **batch = palloc(sizeof(char *) * (n + 1));
-	size_t	   *lengths = palloc(sizeof(size_t) * (n + 1));
-	int		   *max_lengths = palloc(sizeof(int) * (n + 1));
-	CachedModel *model;
 	float	   *out;
 	int			C;
-	int			count = 0;
-	PeftError	err = {0};
 
 	RequireSameLength("adapters", nnames, "inputs", n);
 	InitMaterializedSRF(fcinfo, 0);
-	SPI_connect();
-	AdapterCacheBeginCall();
-	LookupAdapters(names, n, true, model_name, rows, &model);
-	C = model->info.hidden_size;
-	for (int i = 0; i < n; i++)
-		if (texts[i] != NULL)
-		{
-			handles[count] = rows[i] ? rows[i]->handle : NULL;
-			batch[count] = texts[i];
-			lengths[count] = strlen(texts[i]);
-			max_lengths[count++] = rows[i] ? rows[i]->max_length : 0;
-		}
-	out = SPI_palloc(sizeof(float) * (size_t) (count + 1) * C);	/* outlives SPI_finish */
-	ConfigureInference();
-	for (int first = 0; first < count; first += MIXED_CHUNK)
-	{
-		CHECK_FOR_INTERRUPTS();
-		if (PeftEngine()->embed_mixed(model->handle, handles + first, batch + first, lengths + first,
-									  max_lengths + first, Min(MIXED_CHUNK, count - first),
-									  out + (size_t) first * C, &err) != PEFT_OK)
-			PeftRaiseEngineError(&err);
-	}
-	SPI_finish();
+	out = peft_serve ? ServeEmbedTexts(model_name, names, texts, n, &C) :
+		EmbedMixedHere(model_name, names, texts, n, &C);
 	for (int i = 0, k = 0; i < n; i++)
 	{
 		Datum		values[2] = {Int32GetDatum(i + 1), (Datum) 0};

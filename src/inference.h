@@ -18,6 +18,7 @@ typedef struct CachedModel
 	PeftModelHandle *handle;
 	PeftModelInfo info;
 	uint64		last_used;
+	int			held;			/* > 0: decoding across calls holds it (never closed) */
 } CachedModel;
 
 typedef struct CachedAdapter
@@ -54,6 +55,12 @@ extern void AdapterCacheBeginCall(void);
 extern void AdapterCacheHold(CachedAdapter *a, bool hold);
 
 
+/* The loaded model of a registered name (the caller may use it), loading it when needed.  Inside SPI. */
+extern CachedModel *GetModel(const char *name);
+
+/* Hold (or release) a model across calls (the serving worker's decoding): it is not closed meanwhile. */
+extern void ModelCacheHold(CachedModel *m, bool hold);
+
 /* The catalog fields of one adapter version, as LookupAdapterVersion reads them. */
 typedef struct AdapterRow
 {
@@ -87,5 +94,8 @@ extern void GroupByName(char **names, int n, int *first);
  * scores[i].
  */
 extern void PredictMixed(CachedAdapter **a, char **texts, int n, char **labels, double *scores);
+
+/* Embed texts[0..n) (none NULL) by model, text i through a[i] (NULL: the model alone): out[n, hidden]. */
+extern void EmbedMixed(CachedModel *model, CachedAdapter **a, char **texts, int n, float *out);
 
 #endif

@@ -36,5 +36,6 @@ extern void PeftRequirePrimary(const char *function);
 /* engine_loader.c */
 extern const PeftEngineApi *PeftEngine(void);
 extern void PeftRaiseEngineError(const PeftError *err);
+extern int	PeftEngineErrcode(PeftCode code);
 
 #endif
