@@ -101,7 +101,7 @@ PeftInitServe(void)
 {
 	defining = true;
 	DefineCustomBoolVariable("peft.serve",
-							 "Compute peft_predict in a shared serving worker instead of the calling connection.",
+							 "Compute peft_predict, peft_embed and peft_generate in a shared serving worker instead of the calling connection.",
 							 "One background worker per (database, model, device) holds the model and "
 							 "batches rows from every connection; needs shared_preload_libraries = 'peft'.",
 							 &peft_serve, false, PGC_SUSET, 0, CheckServe, NULL, NULL);

@@ -1,10 +1,12 @@
 /*
  * serve.h - the serving worker (peft.serve = on): one background worker per
- * (database, model, device) computes peft_predict for every connection.
+ * (database, model, device) computes peft_predict, peft_embed and
+ * peft_generate for every connection.
  *
  * serve.c       settings, the registry of workers in shared memory, starting one
  * serve_client.c  the caller's side: its channel to a worker, send and wait
  * serve_worker.c  the worker: gather requests, compute batches, answer
+ * serve_generate.c  the worker's decoding: one continuously batched stream
  * serve_protocol.c  the messages both sides exchange
  *
  * A caller talks to a worker through a channel: a DSM segment it creates
@@ -20,6 +22,8 @@
 #include "storage/dsm.h"
 #include "storage/lwlock.h"
 #include "storage/shm_mq.h"
+
+#include "engine_api.h"
 
 #define SERVE_MAGIC 0x50534552	/* "PSER" */
 /* Workers that may run at once on a server (each takes a background worker slot). */
@@ -97,25 +101,53 @@ typedef struct ServeChannelHeader
 /* Bytes of a channel's segment. */
 #define SERVE_CHANNEL_BYTES (MAXALIGN(sizeof(ServeChannelHeader)) + 2 * SERVE_RING_BYTES)
 
-/* One request: rows of one adapter version, as the caller looked it up. */
+/* What a request asks the worker to compute. */
+typedef enum ServeKind
+{
+	SERVE_PREDICT = 1,			/* peft_predict: rows of one adapter version */
+	SERVE_EMBED,				/* peft_embed: rows each through its own adapter (or the bare model) */
+	SERVE_GENERATE				/* peft_generate: prompts each through its own adapter, continuously batched */
+} ServeKind;
+
+/*
+ * One request.  Predict: every row through (adapter, version), as the
+ * caller looked it up.  Embed and generate: row i through adapters[i]
+ * (NULL: the model alone) at versions[i]; generate's options are the
+ * caller's jsonb as text, parsed by the worker, and row i is prompt i of
+ * the engine's call (which picks its sampling seed).  No text is NULL
+ * but predict's.
+ */
 typedef struct ServeRequest
 {
-	char	   *adapter;
-	int			version;
-	char	   *row_version;	/* xmin of the catalog row the caller saw */
+	ServeKind	kind;
+	char	   *adapter;		/* predict */
+	int			version;		/* predict */
+	char	   *row_version;	/* predict: xmin of the catalog row the caller saw */
+	char	   *options;		/* generate */
 	int			n;
-	char	  **texts;			/* NULL for a NULL input */
+	char	  **texts;			/* NULL for a NULL input (predict) */
+	char	  **adapters;		/* embed, generate */
+	int		   *versions;		/* embed, generate */
 } ServeRequest;
 
-/* One answer: labels and scores per text, or an error for the whole request. */
+/*
+ * One answer: an error for the whole request, or per row a label and a
+ * score (predict), an embedding of dim floats (embed), or a completion
+ * (generate).
+ */
 typedef struct ServeAnswer
 {
 	bool		failed;
 	int			sqlerrcode;
 	char	   *message;		/* failed only */
 	int			n;
-	char	  **labels;			/* NULL: regression or a NULL input */
-	double	   *scores;
+	char	  **labels;			/* predict: NULL for regression or a NULL input */
+	double	   *scores;			/* predict */
+	int			dim;			/* embed */
+	float	   *vectors;		/* embed: n x dim */
+	char	  **completions;	/* generate */
+	int		   *tokens;			/* generate: new tokens */
+	int		   *finish;			/* generate: PeftFinishReason */
 } ServeAnswer;
 
 /* serve.c */
@@ -134,11 +166,51 @@ extern void ServeRequirePreload(void);
 /* serve_protocol.c */
 extern void ServeEncodeRequest(StringInfo buf, const ServeRequest *req);
 extern bool ServeDecodeRequest(const char *data, Size len, ServeRequest *req);
-extern void ServeEncodeAnswer(StringInfo buf, const ServeAnswer *ans);
-extern bool ServeDecodeAnswer(const char *data, Size len, ServeAnswer *ans);
+/* The answer to a request of kind. */
+extern void ServeEncodeAnswer(StringInfo buf, ServeKind kind, const ServeAnswer *ans);
+extern bool ServeDecodeAnswer(const char *data, Size len, ServeKind kind, ServeAnswer *ans);
 
-/* serve_client.c: predict texts through the serving worker of model (the caller looked up the adapter). */
+/* serve_client.c: the caller's side (the caller looked up the adapters, as itself) */
+/* Predict texts through the serving worker of model. */
 extern void ServePredict(const char *model, const char *adapter, int version, const char *row_version,
 						 char **texts, int n, char **labels, double *scores);
+
+/* The rows of a call as sent: text i through version versions[i] of names[i] (NULL: the model alone). */
+typedef struct ServeRows
+{
+	int			count;
+	char	  **names;
+	int		   *versions;
+	char	  **texts;
+} ServeRows;
+
+/* ERROR unless an adapter over adapter_model may join a call over model (NULL: the first adapter's). */
+typedef void (*ServeModelCheck) (const char *adapter, const char *adapter_model, const char *model);
+
+/* Look up (as the caller) the adapters of the rows whose texts are not NULL. */
+extern void ServeCollectRows(char **names, char **texts, int n, ServeModelCheck check, char **model,
+							 ServeRows *rows);
+/* Embed texts, text i through (adapters[i], versions[i]) (NULL: the model alone): n x *dim floats. */
+extern float *ServeEmbed(const char *model, char **adapters, int *versions, char **texts, int n, int *dim);
+/* Complete prompts, prompt i through (adapters[i], versions[i]), with options (jsonb text). */
+extern PeftGeneration *ServeGenerate(const char *model, const char *options, char **adapters, int *versions,
+									 char **prompts, int n);
+
+/* serve_generate.c: the worker's decoding, continuously batched */
+/* Answer owner's request (kind SERVE_GENERATE) with ans. */
+typedef void (*ServeAnswerFn) (void *owner, const ServeAnswer *ans);
+/*
+ * Start decoding owner's request (its prompts join the running batch at
+ * the next step; those that cannot share it are decoded now).  answer is
+ * called once, now (an error, or all alone) or from ServeGenerateStep.
+ * Outside a transaction.
+ */
+extern void ServeGenerateBegin(const char *model, void *owner, const ServeRequest *req, ServeAnswerFn answer);
+/* Whether prompts are queued or decoding. */
+extern bool ServeGenerateBusy(void);
+/* One decoding step over every sequence; answers the requests that finished. */
+extern void ServeGenerateStep(void);
+/* Drop owner's prompts (its caller left); it is not answered. */
+extern void ServeGenerateWithdraw(void *owner);
 
 #endif

@@ -19,6 +19,7 @@
 #include "storage/proc.h"
 #include "utils/memutils.h"
 
+#include "inference.h"
 #include "peft.h"
 #include "serve.h"
 
@@ -210,9 +211,9 @@ SendRequest(Channel *ch, StringInfo msg)
 	}
 }
 
-/* Receive the answer to the request just sent, decoded. */
+/* Receive the answer to the request (of kind) just sent, decoded. */
 static void
-ReceiveAnswer(Channel *ch, ServeAnswer *ans)
+ReceiveAnswer(Channel *ch, ServeKind kind, ServeAnswer *ans)
 {
 	for (;;)
 	{
@@ -222,7 +223,7 @@ ReceiveAnswer(Channel *ch, ServeAnswer *ans)
 
 		if (res == SHM_MQ_SUCCESS)
 		{
-			if (!ServeDecodeAnswer(data, len, ans))
+			if (!ServeDecodeAnswer(data, len, kind, ans))
 				elog(ERROR, "malformed answer from the serving worker");
 			return;
 		}
@@ -233,8 +234,9 @@ ReceiveAnswer(Channel *ch, ServeAnswer *ans)
 }
 
 /*
- * Exchange one request for its answer; a channel found detached before
- * the request went out is replaced once (its worker ended between calls).
+ * Exchange one request for its answer (an ERROR when it failed); a
+ * channel found detached before the request went out is replaced once
+ * (its worker ended between calls).
  */
 static void
 Exchange(const char *model, const ServeRequest *req, ServeAnswer *ans)
@@ -254,7 +256,7 @@ Exchange(const char *model, const ServeRequest *req, ServeAnswer *ans)
 			if (!SendRequest(ch, &msg))
 				WorkerGone(ch);
 		}
-		ReceiveAnswer(ch, ans);
+		ReceiveAnswer(ch, req->kind, ans);
 	}
 	PG_CATCH();
 	{
@@ -265,6 +267,12 @@ Exchange(const char *model, const ServeRequest *req, ServeAnswer *ans)
 	}
 	PG_END_TRY();
 	pfree(msg.data);
+	if (ans->failed)
+		ereport(ERROR,
+				(errcode(ans->sqlerrcode ? ans->sqlerrcode : ERRCODE_INTERNAL_ERROR),
+				 errmsg("%s", ans->message ? ans->message : "the serving worker failed")));
+	if (ans->n != req->n)
+		elog(ERROR, "the serving worker answered %d rows for %d", ans->n, req->n);
 }
 
 /*
@@ -285,8 +293,8 @@ ServePredict(const char *model, const char *adapter, int version, const char *ro
 		labels[i] = NULL;
 	for (int first = 0; first < n; first += chunk)
 	{
-		ServeRequest req = {(char *) adapter, version, (char *) row_version, Min(chunk, n - first),
-		texts + first};
+		ServeRequest req = {.kind = SERVE_PREDICT, .adapter = (char *) adapter, .version = version,
+		.row_version = (char *) row_version, .n = Min(chunk, n - first), .texts = texts + first};
 		ServeAnswer ans;
 		bool		any = false;
 
@@ -295,16 +303,99 @@ ServePredict(const char *model, const char *adapter, int version, const char *ro
 		if (!any)
 			continue;
 		Exchange(model, &req, &ans);
-		if (ans.failed)
-			ereport(ERROR,
-					(errcode(ans.sqlerrcode ? ans.sqlerrcode : ERRCODE_INTERNAL_ERROR),
-					 errmsg("%s", ans.message ? ans.message : "the serving worker failed")));
-		if (ans.n != req.n)
-			elog(ERROR, "the serving worker answered %d rows for %d", ans.n, req.n);
 		for (int i = 0; i < req.n; i++)
 		{
 			labels[first + i] = ans.labels[i] ? strcpy(SPI_palloc(strlen(ans.labels[i]) + 1), ans.labels[i]) : NULL;
 			scores[first + i] = ans.scores[i];
 		}
 	}
+}
+
+/*
+ * Embed texts[0..n) (none NULL), text i through version versions[i] of
+ * adapters[i] (NULL: the model alone), in the serving worker of model
+ * (the caller looked the adapters up): n x *dim floats, palloc'd.
+ */
+float *
+ServeEmbed(const char *model, char **adapters, int *versions, char **texts, int n, int *dim)
+{
+	ServeRequest req = {.kind = SERVE_EMBED, .n = n, .texts = texts, .adapters = adapters,
+	.versions = versions};
+	ServeAnswer ans;
+
+	ServeRequirePreload();
+	Exchange(model, &req, &ans);
+	*dim = ans.dim;
+	return ans.vectors;
+}
+
+/*
+ * Completions of prompts[0..n) (none NULL), prompt i through version
+ * versions[i] of adapters[i] (NULL: the base model) and prompt i of the
+ * call (its sampling seed), by the serving worker of model with options
+ * (peft_generate's jsonb as text, parsed there): palloc'd.
+ */
+PeftGeneration *
+ServeGenerate(const char *model, const char *options, char **adapters, int *versions, char **prompts,
+			  int n)
+{
+	ServeRequest req = {.kind = SERVE_GENERATE, .options = (char *) options, .n = n, .texts = prompts,
+	.adapters = adapters, .versions = versions};
+	ServeAnswer ans;
+	PeftGeneration *out = palloc0(sizeof(PeftGeneration) * (n + 1));
+
+	ServeRequirePreload();
+	Exchange(model, &req, &ans);
+	for (int i = 0; i < n; i++)
+	{
+		out[i].text = ans.completions[i];
+		out[i].tokens = ans.tokens[i];
+		out[i].finish = ans.finish[i] == PEFT_FINISH_LENGTH ? PEFT_FINISH_LENGTH : PEFT_FINISH_STOP;
+	}
+	return out;
+}
+
+/*
+ * The rows a call sends: texts[i] not NULL, each through the active
+ * version of names[i] (NULL: the model alone).  Every name is looked up
+ * here first, as the caller (its rights decide), once, and checked with
+ * check(adapter, its model, the model so far); *model (NULL: the first
+ * adapter's) receives the model.  Opens and closes its own SPI.
+ */
+void
+ServeCollectRows(char **names, char **texts, int n, ServeModelCheck check, char **model, ServeRows *rows)
+{
+	int		   *first = palloc(sizeof(int) * (n + 1));
+	int		   *versions = palloc0(sizeof(int) * (n + 1));
+	MemoryContext caller = CurrentMemoryContext;
+
+	ServeRequirePreload();
+	GroupByName(names, n, first);
+	SPI_connect();
+	for (int i = 0; i < n; i++)
+	{
+		AdapterRow	row;
+
+		if (names[i] == NULL || first[i] != i)
+			continue;
+		LookupAdapterVersion(names[i], 0, &row);
+		check(names[i], row.model_name, *model);
+		if (*model == NULL)
+			*model = MemoryContextStrdup(caller, row.model_name);
+		versions[i] = row.version;
+	}
+	SPI_finish();
+	rows->names = palloc(sizeof(char *) * (n + 1));
+	rows->versions = palloc(sizeof(int) * (n + 1));
+	rows->texts = palloc(sizeof(char *) * (n + 1));
+	rows->count = 0;
+	for (int i = 0; i < n; i++)
+		if (texts[i] != NULL)
+		{
+			rows->names[rows->count] = names[i];
+			rows->versions[rows->count] = names[i] ? versions[first[i]] : 0;
+			rows->texts[rows->count++] = texts[i];
+		}
+	pfree(first);
+	pfree(versions);
 }

@@ -1,10 +1,14 @@
 /*
  * serve_protocol.c - the messages between a caller and the serving worker.
  *
- * A request: int32 version, int32 n, string adapter, string row_version,
- * then n texts.  An answer: int32 failed, int32 sqlerrcode, string message,
- * int32 n, then n (label, float8 score).  A string is an int32 length (-1:
- * NULL) and its bytes.  Both ends are processes of one server build, so
+ * A request: int32 kind, then for predict int32 version, int32 n, string
+ * adapter, string row_version and n texts; for embed int32 n and n
+ * (string adapter, int32 version, string text); for generate the same
+ * with string options after n.  An answer: int32 failed, int32
+ * sqlerrcode, string message, int32 n, then for predict n (label, float8
+ * score), for embed int32 dim and n x dim float4, for generate n (string
+ * completion, int32 tokens, int32 finish).  A string is an int32 length
+ * (-1: NULL) and its bytes.  Both ends are processes of one server build, so
  * numbers travel in native byte order; lengths are still checked against
  * the message, so a torn message is refused rather than read past its end.
  */
@@ -75,16 +79,54 @@ GetString(Reader *r)
 	return s;
 }
 
+/* Copy len bytes into out (ok = false past the end). */
+static void
+GetBytes(Reader *r, void *out, Size len)
+{
+	if (!r->ok || (Size) (r->end - r->p) < len)
+	{
+		r->ok = false;
+		return;
+	}
+	memcpy(out, r->p, len);
+	r->p += len;
+}
+
+/* A count read from r, refused (ok = false) when negative or more than the message's bytes could hold. */
+static int
+GetCount(Reader *r, Size len)
+{
+	int			n = GetInt(r);
+
+	if (n < 0 || n > (int) (len / sizeof(int32)))
+		r->ok = false;
+	return r->ok ? n : 0;
+}
+
 /* Encode a request into buf. */
 void
 ServeEncodeRequest(StringInfo buf, const ServeRequest *req)
 {
-	PutInt(buf, req->version);
+	PutInt(buf, req->kind);
+	if (req->kind == SERVE_PREDICT)
+	{
+		PutInt(buf, req->version);
+		PutInt(buf, req->n);
+		PutString(buf, req->adapter);
+		PutString(buf, req->row_version);
+		for (int i = 0; i < req->n; i++)
+			PutString(buf, req->texts[i]);
+		return;
+	}
 	PutInt(buf, req->n);
-	PutString(buf, req->adapter);
-	PutString(buf, req->row_version);
+	if (req->kind == SERVE_GENERATE)
+		PutString(buf, req->options);
 	for (int i = 0; i < req->n; i++)
+	{
+		PutString(buf, req->adapters[i]);
+		PutInt(buf, req->versions[i]);
 		PutString(buf, req->texts[i]);
+	}
 }
 
 /* Decode a request (palloc'd in the current context); false for a malformed one. */
@@ -93,21 +135,44 @@ ServeDecodeRequest(const char *data, Size len, ServeRequest *req)
 {
 	Reader		r = {data, data + len, true};
 
-	req->version = GetInt(&r);
-	req->n = GetInt(&r);
-	if (!r.ok || req->n < 0 || req->n > (int) (len / sizeof(int32)))
+	memset(req, 0, sizeof(*req));
+	req->kind = GetInt(&r);
+	if (req->kind == SERVE_PREDICT)
+	{
+		req->version = GetInt(&r);
+		req->n = GetCount(&r, len);
+		if (!r.ok)
+			return false;
+		req->adapter = GetString(&r);
+		req->row_version = GetString(&r);
+		req->texts = palloc(sizeof(char *) * (req->n + 1));
+		for (int i = 0; i < req->n; i++)
+			req->texts[i] = GetString(&r);
+		return r.ok && req->adapter != NULL && r.p == r.end;
+	}
+	if (req->kind != SERVE_EMBED && req->kind != SERVE_GENERATE)
 		return false;
-	req->adapter = GetString(&r);
-	req->row_version = GetString(&r);
+	req->n = GetCount(&r, len);
+	if (!r.ok)
+		return false;
+	if (req->kind == SERVE_GENERATE && (req->options = GetString(&r)) == NULL)
+		return false;
 	req->texts = palloc(sizeof(char *) * (req->n + 1));
-	for (int i = 0; i < req->n; i++)
-		req->texts[i] = GetString(&r);
-	return r.ok && req->adapter != NULL && r.p == r.end;
+	req->adapters = palloc(sizeof(char *) * (req->n + 1));
+	req->versions = palloc(sizeof(int) * (req->n + 1));
+	for (int i = 0; i < req->n && r.ok; i++)
+	{
+		req->adapters[i] = GetString(&r);
+		req->versions[i] = GetInt(&r);
+		if ((req->texts[i] = GetString(&r)) == NULL)
+			r.ok = false;
+	}
+	return r.ok && r.p == r.end;
 }
 
-/* Encode an answer into buf. */
+/* Encode the answer to a request of kind into buf. */
 void
-ServeEncodeAnswer(StringInfo buf, const ServeAnswer *ans)
+ServeEncodeAnswer(StringInfo buf, ServeKind kind, const ServeAnswer *ans)
 {
 	PutInt(buf, ans->failed ? 1 : 0);
 	PutInt(buf, ans->sqlerrcode);
@@ -115,37 +180,73 @@ ServeEncodeAnswer(StringInfo buf, const ServeAnswer *ans)
 	PutInt(buf, ans->failed ? 0 : ans->n);
 	if (ans->failed)
 		return;
+	if (kind == SERVE_EMBED)
+	{
+		PutInt(buf, ans->dim);
+		appendBinaryStringInfo(buf, (const char *) ans->vectors, sizeof(float) * (Size) ans->n * ans->dim);
+		return;
+	}
 	for (int i = 0; i < ans->n; i++)
 	{
+		if (kind == SERVE_GENERATE)
+		{
+			PutString(buf, ans->completions[i]);
+			PutInt(buf, ans->tokens[i]);
+			PutInt(buf, ans->finish[i]);
+			continue;
+		}
 		PutString(buf, ans->labels[i]);
 		appendBinaryStringInfo(buf, (const char *) &ans->scores[i], sizeof(double));
 	}
 }
 
-/* Decode an answer (palloc'd in the current context); false for a malformed one. */
+/* Decode the answer to a request of kind (palloc'd in the current context); false for a malformed one. */
 bool
-ServeDecodeAnswer(const char *data, Size len, ServeAnswer *ans)
+ServeDecodeAnswer(const char *data, Size len, ServeKind kind, ServeAnswer *ans)
 {
 	Reader		r = {data, data + len, true};
 
+	memset(ans, 0, sizeof(*ans));
 	ans->failed = GetInt(&r) != 0;
 	ans->sqlerrcode = GetInt(&r);
 	ans->message = GetString(&r);
-	ans->n = GetInt(&r);
-	if (!r.ok || ans->n < 0 || ans->n > (int) (len / sizeof(int32)))
+	ans->n = GetCount(&r, len);
+	if (!r.ok)
 		return false;
-	ans->labels = palloc(sizeof(char *) * (ans->n + 1));
-	ans->scores = palloc0(sizeof(double) * (ans->n + 1));
+	if (ans->failed)
+		return r.p == r.end;
+	if (kind == SERVE_EMBED)
+	{
+		ans->dim = GetCount(&r, len);
+		if (!r.ok || (ans->dim > 0 && (Size) ans->n > (len / sizeof(float)) / ans->dim))
+			return false;
+		ans->vectors = palloc(sizeof(float) * ((Size) ans->n * ans->dim + 1));
+		GetBytes(&r, ans->vectors, sizeof(float) * (Size) ans->n * ans->dim);
+		return r.ok && r.p == r.end;
+	}
+	if (kind == SERVE_GENERATE)
+	{
+		ans->completions = palloc0(sizeof(char *) * (ans->n + 1));
+		ans->tokens = palloc0(sizeof(int) * (ans->n + 1));
+		ans->finish = palloc0(sizeof(int) * (ans->n + 1));
+	}
+	else
+	{
+		ans->labels = palloc0(sizeof(char *) * (ans->n + 1));
+		ans->scores = palloc0(sizeof(double) * (ans->n + 1));
+	}
 	for (int i = 0; i < ans->n && r.ok; i++)
 	{
-		ans->labels[i] = GetString(&r);
-		if (r.end - r.p < (long) sizeof(double))
-			r.ok = false;
-		else
+		if (kind == SERVE_GENERATE)
 		{
-			memcpy(&ans->scores[i], r.p, sizeof(double));
-			r.p += sizeof(double);
+			if ((ans->completions[i] = GetString(&r)) == NULL)
+				r.ok = false;
+			ans->tokens[i] = GetInt(&r);
+			ans->finish[i] = GetInt(&r);
+			continue;
 		}
+		ans->labels[i] = GetString(&r);
+		GetBytes(&r, &ans->scores[i], sizeof(double));
 	}
 	return r.ok && r.p == r.end;
 }

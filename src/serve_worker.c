@@ -1,7 +1,7 @@
 /*
  * serve_worker.c - the serving worker: one process per (database, model,
  * device) that holds the model and the adapter cache once and computes
- * peft_predict for every connection.
+ * peft_predict, peft_embed and peft_generate for every connection.
  *
  * It connects as the bootstrap superuser, so it can read every adapter:
  * callers look their adapter up as themselves before anything is queued,
@@ -9,7 +9,10 @@
  * announced in its inbox, take complete requests from them, and once
  * peft.serve_max_batch rows wait or the oldest has waited
  * peft.serve_max_wait, compute a batch in one transaction (rows of all its
- * adapters in shared forward passes) and answer each caller.  An error of
+ * adapters in shared forward passes) and answer each caller.  Generation
+ * requests go to the decoding stream instead (serve_generate.c), which
+ * takes one step per turn of the loop while it has prompts, so
+ * predictions and new prompts are taken between its steps.  An error of
  * one adapter (a corrupt row, an engine error) is that adapter's callers'
  * ERROR; the others are answered.  SIGTERM ends it
  * between engine calls (callers waiting get an ERROR); so does DROP
@@ -54,6 +57,7 @@ typedef struct WorkerChannel
 	shm_mq_handle *request;
 	shm_mq_handle *answer;
 	bool		busy;			/* a request of it waits or is being answered */
+	bool		generating;		/* its request is decoding (serve_generate.c) */
 	bool		dropped;
 	StringInfoData unsent;		/* an answer the ring had no room for yet */
 	bool		sending;
@@ -75,6 +79,7 @@ typedef struct Job
 } Job;
 
 static ServeWorkerArgs args;
+static char worker_model[NAMEDATALEN];	/* the model this worker serves */
 static WorkerChannel *channels = NULL;
 static Job *queue_head = NULL;
 static Job *queue_tail = NULL;
@@ -199,6 +204,83 @@ FlushAnswer(WorkerChannel *ch)
 	return true;
 }
 
+/* Send ans, the answer to the channel's request of kind (the rest later if the ring is full). */
+static void
+SendAnswer(WorkerChannel *ch, ServeKind kind, const ServeAnswer *ans)
+{
+	MemoryContext o = MemoryContextSwitchTo(ch->context);
+
+	initStringInfo(&ch->unsent);
+	ServeEncodeAnswer(&ch->unsent, kind, ans);
+	MemoryContextSwitchTo(o);
+	ch->sending = true;
+	(void) FlushAnswer(ch);
+}
+
+/* serve_generate.c answers a channel's generation request. */
+static void
+AnswerGeneration(void *owner, const ServeAnswer *ans)
+{
+	WorkerChannel *ch = owner;
+
+	ch->generating = false;
+	SendAnswer(ch, SERVE_GENERATE, ans);
+}
+
+/* Queue a received request: a job for the next batch, or prompts for the decoding stream. */
+static void
+TakeRequest(WorkerChannel *ch, void *data, Size len)
+{
+	MemoryContext old = MemoryContextSwitchTo(ch->context);
+	Job		   *job = palloc0(sizeof(Job));
+
+	job->ch = ch;
+	job->arrived = GetCurrentTimestamp();
+	ch->busy = true;
+	if (!ServeDecodeRequest(data, len, &job->req))
+	{
+		job->req.kind = SERVE_PREDICT;	/* a failed answer reads alike for every kind */
+		job->req.n = 0;
+		job->ans.failed = true;
+		job->ans.sqlerrcode = ERRCODE_PROTOCOL_VIOLATION;
+		job->ans.message = "malformed request to the serving worker";
+		job->done = true;
+	}
+	MemoryContextSwitchTo(old);
+	if (job->req.kind == SERVE_GENERATE && !job->done)
+	{
+		ch->generating = true;
+		ServeGenerateBegin(worker_model, ch, &job->req, AnswerGeneration);
+		return;
+	}
+	if (queue_tail)
+		queue_tail->next = job;
+	else
+		queue_head = job;
+	queue_tail = job;
+	queued_rows += job->req.n;
+	queued_jobs++;
+}
+
+/*
+ * Whether a channel whose request is decoding was left by its caller (a
+ * cancel detaches it): then its prompts leave the stream.
+ */
+static void
+CheckWithdrawn(WorkerChannel *ch)
+{
+	Size		len;
+	void	   *data;
+
+	if (shm_mq_receive(ch->request, &len, &data, true) != SHM_MQ_DETACHED)
+		return;
+	ServeGenerateWithdraw(ch);
+	ch->generating = false;
+	ch->busy = false;
+	MemoryContextReset(ch->context);
+	DropChannel(ch);
+}
+
 /* Take complete requests from idle channels; retry answers that did not fit. */
 static void
 PollChannels(void)
@@ -211,6 +293,8 @@ PollChannels(void)
 
 		if (!ch->dropped && ch->sending)
 			(void) FlushAnswer(ch);
+		if (!ch->dropped && ch->generating)
+			CheckWithdrawn(ch);
 		if (!ch->dropped && !ch->busy)
 		{
 			Size		len;
@@ -220,30 +304,7 @@ PollChannels(void)
 			if (res == SHM_MQ_DETACHED)
 				DropChannel(ch);
 			else if (res == SHM_MQ_SUCCESS)
-			{
-				MemoryContext old = MemoryContextSwitchTo(ch->context);
-				Job		   *job = palloc0(sizeof(Job));
-
-				job->ch = ch;
-				job->arrived = GetCurrentTimestamp();
-				if (!ServeDecodeRequest(data, len, &job->req))
-				{
-					job->req.n = 0;
-					job->ans.failed = true;
-					job->ans.sqlerrcode = ERRCODE_PROTOCOL_VIOLATION;
-					job->ans.message = "malformed request to the serving worker";
-					job->done = true;
-				}
-				MemoryContextSwitchTo(old);
-				ch->busy = true;
-				if (queue_tail)
-					queue_tail->next = job;
-				else
-					queue_head = job;
-				queue_tail = job;
-				queued_rows += job->req.n;
-				queued_jobs++;
-			}
+				TakeRequest(ch, data, len);
 		}
 		if (ch->dropped && !ch->busy)
 		{
@@ -360,8 +421,10 @@ RunIsolated(void (*step) (Job **, int), Job **jobs, int njobs, bool answer_error
 		}
 		if (answer_error)
 			ereport(LOG,
-					(errmsg("peft serving worker: adapter \"%s\" version %d failed: %s",
-							jobs[0]->req.adapter, jobs[0]->req.version, edata->message)));
+					(errmsg("peft serving worker: a request of adapter \"%s\" failed: %s",
+							jobs[0]->req.adapter ? jobs[0]->req.adapter :
+							jobs[0]->req.adapters && jobs[0]->req.adapters[0] ? jobs[0]->req.adapters[0] : "(none)",
+							edata->message)));
 		FreeErrorData(edata);
 	}
 	PG_END_TRY();
@@ -369,13 +432,14 @@ RunIsolated(void (*step) (Job **, int), Job **jobs, int njobs, bool answer_error
 }
 
 /*
- * Compute a batch: each adapter version's lookup on its own (a failure
- * answers only its jobs), then every resolved row in one mixed call; if
- * that fails, adapter by adapter, so an adapter the mixed forward refuses
- * (an embedding adapter, an engine error of one) fails only its callers.
+ * Compute a batch's predictions: each adapter version's lookup on its own
+ * (a failure answers only its jobs), then every resolved row in one mixed
+ * call; if that fails, adapter by adapter, so an adapter the mixed forward
+ * refuses (an embedding adapter, an engine error of one) fails only its
+ * callers.
  */
 static void
-ComputeBatch(Job **batch, int n)
+ComputePredictions(Job **batch, int n)
 {
 	Job		  **group = palloc(sizeof(Job *) * n);
 	Job		  **resolved = palloc(sizeof(Job *) * n);
@@ -384,7 +448,6 @@ ComputeBatch(Job **batch, int n)
 	int			nresolved = 0;
 	int			ngroups = 0;
 
-	AdapterCacheBeginCall();
 	for (int i = 0; i < n; i++)
 	{
 		int			ng = 0;
@@ -409,6 +472,88 @@ ComputeBatch(Job **batch, int n)
 		return;
 	for (int g = 0; g < ngroups; g++)
 		(void) RunIsolated(ComputeJobs, resolved + group_start[g], group_start[g + 1] - group_start[g], true);
+}
+
+/*
+ * Embed the rows of jobs (kind SERVE_EMBED) in one call, each through its
+ * adapter version (NULL: the model alone), and copy the vectors out.
+ * Inside a transaction.
+ */
+static void
+ComputeEmbeddings(Job **jobs, int njobs)
+{
+	int			n = 0;
+	CachedModel *m;
+	CachedAdapter **rows;
+	char	  **texts;
+	float	   *out;
+	int			dim;
+
+	for (int j = 0; j < njobs; j++)
+		n += jobs[j]->req.n;
+	rows = palloc0(sizeof(CachedAdapter *) * (n + 1));
+	texts = palloc(sizeof(char *) * (n + 1));
+	SPI_connect();
+	m = GetModel(worker_model);
+	for (int j = 0, k = 0; j < njobs; j++)
+		for (int i = 0; i < jobs[j]->req.n; i++, k++)
+		{
+			const ServeRequest *req = &jobs[j]->req;
+
+			texts[k] = req->texts[i];
+			if (req->adapters[i] == NULL)
+				continue;
+			rows[k] = GetAdapterVersion(req->adapters[i], req->versions[i]);
+			if (rows[k]->model != m)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("adapter \"%s\" was trained on model \"%s\", not \"%s\"",
+								req->adapters[i], rows[k]->model->name, worker_model)));
+		}
+	SPI_finish();
+	dim = m->info.hidden_size;
+	out = palloc(sizeof(float) * ((Size) n * dim + 1));
+	EmbedMixed(m, rows, texts, n, out);
+	for (int j = 0, k = 0; j < njobs; j++)
+	{
+		Job		   *job = jobs[j];
+		Size		bytes = sizeof(float) * (Size) job->req.n * dim;
+
+		job->ans.n = job->req.n;
+		job->ans.dim = dim;
+		job->ans.vectors = MemoryContextAlloc(job->ch->context, bytes + sizeof(float));
+		memcpy(job->ans.vectors, out + (Size) k * dim, bytes);
+		k += job->req.n;
+		job->done = true;
+	}
+}
+
+/*
+ * Compute a batch: its predictions together, its embeddings together (if
+ * that fails, request by request, so only the callers at fault fail).
+ */
+static void
+ComputeBatch(Job **batch, int n)
+{
+	Job		  **predict = palloc(sizeof(Job *) * (n + 1));
+	Job		  **embed = palloc(sizeof(Job *) * (n + 1));
+	int			npredict = 0;
+	int			nembed = 0;
+
+	for (int i = 0; i < n; i++)
+		if (!batch[i]->done)
+		{
+			if (batch[i]->req.kind == SERVE_EMBED)
+				embed[nembed++] = batch[i];
+			else
+				predict[npredict++] = batch[i];
+		}
+	AdapterCacheBeginCall();
+	if (npredict > 0)
+		ComputePredictions(predict, npredict);
+	if (nembed > 0 && !RunIsolated(ComputeEmbeddings, embed, nembed, false))
+		for (int j = 0; j < nembed; j++)
+			(void) RunIsolated(ComputeEmbeddings, embed + j, 1, true);
 }
 
 /* The extension's oid now (InvalidOid: dropped); in a transaction. */
@@ -468,16 +613,7 @@ RunBatch(void)
 	pgstat_report_stat(false);
 
 	for (int i = 0; i < n; i++)
-	{
-		WorkerChannel *ch = batch[i]->ch;
-		MemoryContext o = MemoryContextSwitchTo(ch->context);
-
-		initStringInfo(&ch->unsent);
-		ServeEncodeAnswer(&ch->unsent, &batch[i]->ans);
-		MemoryContextSwitchTo(o);
-		ch->sending = true;
-		(void) FlushAnswer(ch);
-	}
+		SendAnswer(batch[i]->ch, batch[i]->req.kind, &batch[i]->ans);
 	pfree(batch);
 	if (dropped)
 	{
@@ -534,6 +670,7 @@ peft_serve_worker_main(Datum arg)
 	/* its own statements resolve names in pg_catalog only */
 	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION);
 	peft_device = ServeRegistryGet()->slots[args.slot].device;
+	strlcpy(worker_model, ServeRegistryGet()->slots[args.slot].model, sizeof(worker_model));
 	threads = peft_serve_threads > 0 ? peft_serve_threads : (int) sysconf(_SC_NPROCESSORS_ONLN);
 	peft_threads = threads < 1 ? 1 : threads;
 	pgstat_report_activity(STATE_IDLE, NULL);
@@ -563,10 +700,17 @@ peft_serve_worker_main(Datum arg)
 				continue;		/* look again at once: more may have arrived meanwhile */
 			}
 		}
-		else if (TimestampDifferenceExceeds(last_check, GetCurrentTimestamp(), IDLE_CHECK_MS))
+		if ((queue_head == NULL || ServeGenerateBusy()) &&
+			TimestampDifferenceExceeds(last_check, GetCurrentTimestamp(), IDLE_CHECK_MS))
 		{
 			CheckExtension();
 			last_check = GetCurrentTimestamp();
+		}
+		if (ServeGenerateBusy())
+		{
+			/* one decoding step, then new requests and due predictions before the next */
+			ServeGenerateStep();
+			continue;
 		}
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, timeout,
 						 PG_WAIT_EXTENSION);
