@@ -40,8 +40,15 @@
  * 30 layers).
  */
 #define REAL_LOGITS_ATOL 1e-3
-/* Greedy continuations that must equal transformers' token for token (of 16). */
-#define REAL_GREEDY_MIN_EQUAL 15
+/*
+ * Greedy continuations that must equal transformers' token for token (of
+ * 16, decoded together).  16 while decoding 16 sequences took the float
+ * tiles; 14 (2026-12-06) since decoding steps take the int16 kernels at
+ * any batch size (quant_set_rows_alone), as one sequence decoded alone
+ * always did: the two that differ first do so at new tokens 14 and 28,
+ * on near-ties.
+ */
+#define REAL_GREEDY_MIN_EQUAL 14
 
 /* The fixture's sequences and logits. */
 typedef struct TinyExpected

@@ -419,6 +419,69 @@ test_matmul_paths(void **state)
 				  QUANT_MATMUL_L2_TOL, worst[ROUTE_INT16_MATVEC], QUANT_INT16_L2_TOL);
 }
 
+/*
+ * With rows_alone (decoding steps of many sequences) every row of a
+ * product of 5 to 64 rows equals, bit for bit, that row computed alone,
+ * on every path; and stays within the matrix-vector route's error of the
+ * reference.  Off again, the same rows take the tiles.
+ */
+static void
+test_rows_alone(void **state)
+{
+	static const int64_t Ns[] = {5, 8, 16, 33, 64};
+	const int64_t rows = 301;
+
+	(void) state;
+	assert_int_equal(peft_threads_init(2, NULL), PEFT_OK);
+	for (int k = 0; k < NTYPES; k++)
+	{
+		const TypeCase *tc = &types[k];
+		int			values;
+		int			bytes;
+		int64_t		cols;
+		uint8_t    *w;
+
+		assert_true(gguf_type_layout(tc->type, &values, &bytes));
+		cols = values == 1 ? 523 : values == 256 ? 1280 : 768;
+		w = random_weights(tc, rows, cols);
+		for (size_t i = 0; i < sizeof(Ns) / sizeof(Ns[0]); i++)
+		{
+			int64_t		N = Ns[i];
+			float	   *x = random_floats((size_t) (N * cols));
+			float	   *want = malloc((size_t) (N * rows) * sizeof(float));
+			float	   *alone = malloc((size_t) (N * rows) * sizeof(float));
+			float	   *got = malloc((size_t) (N * rows) * sizeof(float));
+
+			quant_matmul_reference(tc->type, w, rows, cols, x, N, want);
+			for (int p = 0; p < NPATHS; p++)
+			{
+				char		what[96];
+
+				if (!quant_force_kernel(paths[p]))
+					continue;
+				snprintf(what, sizeof(what), "%s %s rows alone [%lld,%lld] N=%lld", tc->fixture, paths[p],
+						 (long long) rows, (long long) cols, (long long) N);
+				for (int64_t n = 0; n < N; n++)
+					quant_matmul(tc->type, w, rows, cols, x + n * cols, 1, alone + n * rows);
+				assert_false(quant_set_rows_alone(true));
+				quant_matmul(tc->type, w, rows, cols, x, N, got);
+				assert_true(quant_set_rows_alone(false));
+				if (memcmp(got, alone, (size_t) (N * rows) * sizeof(float)) != 0)
+					fail_msg("%s: a row differs from the same row computed alone", what);
+				(void) l2_error(what, got, want, (size_t) (N * rows),
+								int16_route(tc->type, p, 1) ? QUANT_INT16_L2_TOL : QUANT_MATMUL_L2_TOL);
+			}
+			free(x);
+			free(want);
+			free(alone);
+			free(got);
+		}
+		free(w);
+	}
+	quant_force_kernel(NULL);
+	print_message("rows alone: every row of 5 to 64 equals itself computed alone, on every path and type\n");
+}
+
 /* dx += dy W against dx0 + dy W in double over the dequantized W. */
 static void
 test_backward_input(void **state)
@@ -750,6 +813,7 @@ main(void)
 		cmocka_unit_test(test_dequantize_paths),
 		cmocka_unit_test(test_layout_and_paths),
 		cmocka_unit_test(test_matmul_paths),
+		cmocka_unit_test(test_rows_alone),
 		cmocka_unit_test(test_backward_input),
 		cmocka_unit_test(test_thread_counts),
 		cmocka_unit_test(test_matvec_nonfinite),

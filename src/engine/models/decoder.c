@@ -468,6 +468,22 @@ start_sequence(Decoder *d, int s)
 	}
 }
 
+/*
+ * Whether the N rows are at N different sequences (a decoding step, of at
+ * most 64 rows: the products' grouped route; prompts are longer runs).
+ */
+static bool
+one_row_per_sequence(const int32_t *slot, int N)
+{
+	if (N > 64)
+		return false;
+	for (int r = 0; r < N; r++)
+		for (int q = 0; q < r; q++)
+			if (slot[q] == slot[r])
+				return false;
+	return true;
+}
+
 PeftCode
 decoder_forward(Decoder *d, const int32_t *ids, const int32_t *slot, const int32_t *pos, int N,
 				const int32_t *logit_rows, int nlogits, float *logits, PeftError *err)
@@ -476,6 +492,7 @@ decoder_forward(Decoder *d, const int32_t *ids, const int32_t *slot, const int32
 	int32_t    *want,
 			   *cache_pos = NULL;
 	int			vocab = d->model->cfg.vocab_size;
+	bool		rows_alone;
 
 	if ((rc = check_rows(d, ids, slot, pos, N, logit_rows, nlogits, err)) != PEFT_OK)
 		return rc;
@@ -491,6 +508,9 @@ decoder_forward(Decoder *d, const int32_t *ids, const int32_t *slot, const int32
 			start_sequence(d, slot[r]);
 		cache_pos[r] = pos[r] + virtual_of(d, slot[r]);
 	}
+	/* a decoding step (one row per sequence): each row computed as it would be alone */
+	rows_alone = quant_set_rows_alone(one_row_per_sequence(slot, N));
+
 	/*
 	 * Chunks of at most cap rows, in order: a sequence's earlier positions
 	 * reach the cache before its later rows attend to them.
@@ -512,6 +532,7 @@ decoder_forward(Decoder *d, const int32_t *ids, const int32_t *slot, const int32
 		forward_chunk(d, ids + start, slot + start, cache_pos + start, n, want, nwant,
 					  nwant ? logits + (size_t) first * vocab : NULL);
 	}
+	quant_set_rows_alone(rows_alone);
 	free(want);
 	free(cache_pos);
 	return PEFT_OK;

@@ -4,11 +4,14 @@
  * choice of kernel.
  *
  * quant_matmul takes one of two routes.  Up to QUANT_MATVEC_MAX_N columns
- * of x (decoding), a matrix-vector kernel reads each block of W once and
- * multiplies its integer quants with all N columns: the work is reading W,
- * so it is done once.  The vector kernels of Q4_0, Q4_1, Q8_0, Q4_K and
- * Q6_K take x rounded to int16 per block of 32 values (once a call) and
- * multiply in integers.  Above that (prompts, training), rows of W are
+ * of x (decoding; up to QUANT_GROUPED_MAX_N while decoding many sequences,
+ * quant_set_rows_alone), a matrix-vector kernel reads each
+ * block of W once per group of QUANT_MATVEC_MAX_N columns and multiplies
+ * its integer quants with the group's columns: the work is reading and
+ * unpacking W, so it is shared, and a few rows of W at a time go through
+ * every group while they are in cache.  The vector kernels of Q4_0, Q4_1,
+ * Q8_0, Q4_K and Q6_K take x rounded to int16 per block of 32 values (once
+ * a call) and multiply in integers.  Above that (prompts, training), rows of W are
  * dequantized a tile at a time into a per-thread buffer that stays in the
  * L2 cache, and BLAS multiplies the tile: the float copy of W never exists
  * whole.  Either way every output row is computed by one thread in an
@@ -574,42 +577,86 @@ matvec_kernel(GgmlType type)
 	return k;
 }
 
+/*
+ * Rows of x up to which a product runs the matrix-vector kernels, in
+ * groups of QUANT_MATVEC_MAX_N rows, rather than dequantized tiles through
+ * BLAS, while rows_alone is set (quant.h): on SmolLM2's 576 x 1536 Q4_1
+ * matrix (AVX-512 VNNI, one thread) 16 rows took 23 us a row in groups
+ * against 77 us through BLAS, and 64 rows 23 against 61 at 65
+ * (test/bench/RESULTS.md).
+ */
+#define QUANT_GROUPED_MAX_N 64
+/* Whether quant_matmul takes rows beyond QUANT_MATVEC_MAX_N through the kernels too (quant.h). */
+static bool rows_alone = false;
+
+bool
+quant_set_rows_alone(bool on)
+{
+	bool		was = rows_alone;
+
+	rows_alone = on;
+	return was;
+}
+
+/* Rows of W one group's kernel call covers, so they stay in cache for the next group. */
+#define QUANT_GROUP_W_ROWS 16
+
 typedef struct MatvecJob
 {
-	QuantMatvec mv;
+	QuantMatvec mv[QUANT_GROUPED_MAX_N / QUANT_MATVEC_MAX_N];	/* one per group of x's rows */
+	int			ngroups;
 	QuantMatvecFn fn;
 } MatvecJob;
 
-/* Rows [begin, end) of a matrix-vector product. */
+/*
+ * Rows [begin, end) of a product: QUANT_GROUP_W_ROWS rows of W at a time,
+ * each through every group of x's rows while they are in cache.
+ */
 static void
 matvec_range(void *arg, size_t begin, size_t end)
 {
 	const MatvecJob *job = arg;
 
-	job->fn(&job->mv, (int64_t) begin, (int64_t) end);
+	for (size_t r0 = begin; r0 < end; r0 += QUANT_GROUP_W_ROWS)
+	{
+		size_t		r1 = r0 + QUANT_GROUP_W_ROWS < end ? r0 + QUANT_GROUP_W_ROWS : end;
+
+		for (int g = 0; g < job->ngroups; g++)
+			job->fn(&job->mv[g], (int64_t) r0, (int64_t) r1);
+	}
 }
 
-/* y[N, rows] = x[N, cols] W^T for N <= QUANT_MATVEC_MAX_N. */
+/* y[N, rows] = x[N, cols] W^T for N <= QUANT_GROUPED_MAX_N, QUANT_MATVEC_MAX_N rows of x per group. */
 static void
 matvec(GgmlType type, const void *w, int64_t rows, int64_t cols, const float *x, int N, float *y)
 {
 	QuantMatvecKernel kernel = matvec_kernel(type);
-	MatvecJob	job = {
-		.mv = {
-			.type = type, .w = w, .row_bytes = quant_row_bytes(type, cols), .cols = cols,
-			.x = x, .N = N, .y = y, .ldy = rows
-		},
-		.fn = kernel.fn
-	};
+	MatvecJob	job = {.fn = kernel.fn};
 	void	   *xbuf = NULL;
 
+	job.ngroups = (N + QUANT_MATVEC_MAX_N - 1) / QUANT_MATVEC_MAX_N;
+	for (int g = 0; g < job.ngroups; g++)
+	{
+		int			n0 = g * QUANT_MATVEC_MAX_N;
+
+		job.mv[g] = (QuantMatvec) {
+			.type = type, .w = w, .row_bytes = quant_row_bytes(type, cols), .cols = cols,
+			.x = x + (size_t) n0 * cols, .N = N - n0 < QUANT_MATVEC_MAX_N ? N - n0 : QUANT_MATVEC_MAX_N,
+			.y = y + (size_t) n0 * rows, .ldy = rows
+		};
+	}
 	if (kernel.int16_x)
 	{
-		/* x rounded to int16, once for all rows; on no memory, the scalar kernel */
+		/*
+		 * x rounded to int16, once for all rows (each group's part on a
+		 * 64-byte boundary: a row's part is a multiple of 64 bytes); on no
+		 * memory, the scalar kernel
+		 */
 		xbuf = aligned_alloc(64, (quant_xq_bytes(N, cols) + 63) & ~(size_t) 63);
-		if (xbuf != NULL)
-			quant_xq_fill(&job.mv, x, N, cols, xbuf);
-		else
+		for (int g = 0; g < job.ngroups && xbuf != NULL; g++)
+			quant_xq_fill(&job.mv[g], job.mv[g].x, job.mv[g].N, cols,
+						  (char *) xbuf + quant_xq_bytes(g * QUANT_MATVEC_MAX_N, cols));
+		if (xbuf == NULL)
 			job.fn = matvec_scalar;
 	}
 	/*
@@ -619,7 +666,8 @@ matvec(GgmlType type, const void *w, int64_t rows, int64_t cols, const float *x,
 	 * split over two threads, where decoding (bound by reading W from
 	 * memory) ran 1.75 times as fast as on one.
 	 */
-	peft_parallel_for((size_t) rows, row_grain((size_t) cols * N), matvec_range, &job);
+	peft_parallel_for((size_t) rows, row_grain((size_t) cols * (N < QUANT_MATVEC_MAX_N ? N : QUANT_MATVEC_MAX_N)),
+					  matvec_range, &job);
 	free(xbuf);
 }
 
@@ -687,7 +735,7 @@ quant_matmul(GgmlType type, const void *w, int64_t rows, int64_t cols,
 		memset(y, 0, (size_t) (N * rows) * sizeof(float));
 		return;
 	}
-	if (N <= QUANT_MATVEC_MAX_N)
+	if (N <= QUANT_MATVEC_MAX_N || (rows_alone && N <= QUANT_GROUPED_MAX_N))
 	{
 		matvec(type, w, rows, cols, x, (int) N, y);
 		return;

@@ -52,6 +52,18 @@ void		quant_matmul(GgmlType type, const void *w, int64_t rows, int64_t cols,
 						 const float *x, int64_t N, float *y);
 
 /*
+ * While rows_alone is set, quant_matmul computes up to 64 columns of x
+ * through the matrix-vector kernels too, four at a time: each column's
+ * result is then the one it gets alone, whatever it is batched with, and
+ * 16 columns cost about a third of the BLAS route's time.  Meant for
+ * decoding steps of many sequences (decoder_forward sets it around them);
+ * prompts and training keep the float route, which is closer to float32.
+ * Per process (the engine computes on its caller's thread).  Returns the
+ * previous setting.
+ */
+bool		quant_set_rows_alone(bool rows_alone);
+
+/*
  * dx[N, cols] += dy[N, rows] W: the input gradient through a frozen
  * quantized weight (training adapters on a quantized base, next issue).
  */
