@@ -214,31 +214,22 @@ max_worker_processes = 16
 EOF
 # ---- save the installed files, install the sanitized ones (as late as possible)
 if [ "${PEFT_ASAN_PRIVATE:-0}" = 1 ]; then
-	# A private copy of the PostgreSQL installation: the server finds its
-	# library and share folders relative to its own binary, so a copy of
-	# bin/ beside symbolic links to lib/ and share/ runs with our files, and
+	# A private copy of the PostgreSQL installation (test/private_pg.sh):
 	# the system's installation is never touched.
-	PRIV=$SCRATCH/pg
-	SHAREDIR=$($PG_CONFIG --sharedir)
-	mkdir -p "$PRIV$BINDIR" "$PRIV$PKGLIB" "$PRIV$SHAREDIR/extension"
-	cp -a "$BINDIR/." "$PRIV$BINDIR/"
-	for f in "$PKGLIB"/* "$SHAREDIR"/*; do
-		[ "$f" = "$SHAREDIR/extension" ] || ln -s "$f" "$PRIV$f"
-	done
-	for f in "$SHAREDIR"/extension/*; do ln -s "$f" "$PRIV$f"; done
-	rm -f "$PRIV$PKGLIB"/peft.so "$PRIV$PKGLIB"/peft_engine.so "$PRIV$SHAREDIR"/extension/peft[.-]*
-	BINDIR=$PRIV$BINDIR
-	PKGLIB=$PRIV$PKGLIB
-	EXTDIR=$PRIV$SHAREDIR/extension
+	. test/private_pg.sh
+	private_pg "$SCRATCH/pg"
+	BINDIR=$PRIV_BINDIR
+	PKGLIB=$PRIV_PKGLIB
+	EXTDIR=$PRIV_EXTDIR
 	SUDO=""
-	echo "== install into a private copy of the installation, $PRIV"
+	echo "== install into a private copy of the installation, $SCRATCH/pg"
 else
 	echo "== install into $PKGLIB (saved copies in $SAVED)"
 fi
 install_file() {   # source destination-folder mode
 	local src=$1 dst mode=$3
 	dst=$2/$(basename "$1")
-	if [ -n "${PRIV:-}" ]; then
+	if [ "${PEFT_ASAN_PRIVATE:-0}" = 1 ]; then
 		install -m "$mode" "$src" "$dst"
 		return
 	fi

@@ -72,20 +72,12 @@ if [ -n "$BUILD" ]; then
 	# Run the server from a private copy of the installation (bin/ copied,
 	# lib/ and share/ linked: it finds them relative to its binary) with
 	# that tree's peft files, leaving the installed peft alone.
-	PRIV=$WORK/pg
-	PKGLIB=$(pg_config --pkglibdir)
-	SHAREDIR=$(pg_config --sharedir)
-	mkdir -p "$PRIV$BINDIR" "$PRIV$PKGLIB" "$PRIV$SHAREDIR/extension"
-	cp -a "$BINDIR/." "$PRIV$BINDIR/"
-	for f in "$PKGLIB"/* "$SHAREDIR"/*; do
-		[ "$f" = "$SHAREDIR/extension" ] || ln -s "$f" "$PRIV$f"
-	done
-	for f in "$SHAREDIR"/extension/*; do ln -s "$f" "$PRIV$f"; done
-	rm -f "$PRIV$PKGLIB"/peft.so "$PRIV$PKGLIB"/peft_engine.so "$PRIV$SHAREDIR"/extension/peft[.-]*
-	cp "$BUILD/peft.so" "$BUILD/peft_engine.so" "$PRIV$PKGLIB/"
-	cp "$BUILD/peft.control" "$BUILD"/sql/peft--*.sql "$PRIV$SHAREDIR/extension/"
-	BINDIR=$PRIV$BINDIR
-	ENGINE_SO=$PRIV$PKGLIB/peft_engine.so
+	. test/private_pg.sh
+	private_pg "$WORK/pg"
+	cp "$BUILD/peft.so" "$BUILD/peft_engine.so" "$PRIV_PKGLIB/"
+	cp "$BUILD/peft.control" "$BUILD"/sql/peft--*.sql "$PRIV_EXTDIR/"
+	BINDIR=$PRIV_BINDIR
+	ENGINE_SO=$PRIV_PKGLIB/peft_engine.so
 else
 	ENGINE_SO=$(pg_config --pkglibdir)/peft_engine.so
 fi

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# test/bench/serve_pgbench.sh - peft_predict with peft.serve = off and on, under pgbench.
+# test/bench/serve_pgbench.sh - peft_predict (or peft_generate) with
+# peft.serve = off and on, under pgbench.
 #
 #   test/bench/serve_pgbench.sh [SECONDS] [CLIENTS...]      (defaults 30, and 16 64)
+#   PEFT_BENCH_WORKLOAD=generate test/bench/serve_pgbench.sh 60 16
 #
 # Starts its own temporary cluster (as postgres when root) on port
 # $PEFT_BENCH_PORT (54338), with peft preloaded, from a private copy of the
@@ -25,6 +27,18 @@
 # through), plus the serving worker's; then the serve on/off tps ratio per
 # client count.
 #
+# PEFT_BENCH_WORKLOAD=generate: the decoder SmolLM2-135M-Instruct Q4_1
+# (scripts/fetch_model --decoder) instead, one generation LoRA (3 steps on
+# 32 prompt/completion rows) stored under 16 names, and pgbench runs
+#     INSERT INTO gen_log SELECT g.tokens FROM prompts p,
+#         peft_generate('smol', ARRAY[p.prompt], ARRAY['g' || :a], '{"max_new_tokens": N}') g
+#     WHERE p.id = :id
+# (N = $PEFT_BENCH_NEW_TOKENS, default 32; greedy): every client one
+# prompt at a time, so with serve = on the worker decodes all clients'
+# prompts in one continuously batched stream, and with serve = off each
+# connection decodes its own.  The figure is generated tokens per second
+# (the tokens gen_log collected over the run), besides tps and latencies.
+#
 # Environment: PEFT_BENCH_PORT, PEFT_BENCH_KEEP=1 (keep the scratch folder),
 # PEFT_BENCH_MAX_WAIT (peft.serve_max_wait, default 2ms),
 # PEFT_BENCH_MAX_BATCH (peft.serve_max_batch, default 32),
@@ -40,6 +54,13 @@ CLIENT_LIST=${*:-16 64}
 PORT=${PEFT_BENCH_PORT:-54338}
 NCPU=$(nproc)
 MODEL=$(scripts/fetch_model --print-dir 2>/dev/null || echo /var/cache/peft/all-MiniLM-L6-v2)
+WORKLOAD=${PEFT_BENCH_WORKLOAD:-predict}
+NEW_TOKENS=${PEFT_BENCH_NEW_TOKENS:-32}
+case $WORKLOAD in
+predict) ;;
+generate) DECODER=$(scripts/fetch_model --decoder --print-dir) ;;
+*) echo "PEFT_BENCH_WORKLOAD must be predict or generate" >&2; exit 2 ;;
+esac
 BINDIR=$(pg_config --bindir)
 for f in peft.so peft_engine.so peft.control; do
 	[ -f "$ROOT/$f" ] || { echo "no $ROOT/$f: run make first" >&2; exit 1; }
@@ -62,20 +83,11 @@ trap cleanup EXIT
 # A private copy of the installation (bin/ copied, lib/ and share/ linked
 # entry by entry) with this tree's files copied in: the installed peft and
 # every linked file are left alone (nothing is written through a link).
-PRIV=$WORK/pg
-PKGLIB=$(pg_config --pkglibdir)
-SHAREDIR=$(pg_config --sharedir)
-mkdir -p "$PRIV$BINDIR" "$PRIV$PKGLIB" "$PRIV$SHAREDIR/extension"
-cp -a "$BINDIR/." "$PRIV$BINDIR/"
-for f in "$PKGLIB"/* "$SHAREDIR"/*; do
-	[ "$f" = "$SHAREDIR/extension" ] || ln -s "$f" "$PRIV$f"
-done
-for f in "$SHAREDIR"/extension/*; do ln -s "$f" "$PRIV$f"; done
-rm -f "$PRIV$PKGLIB"/peft.so "$PRIV$PKGLIB"/peft_engine.so "$PRIV$PKGLIB"/peft_engine_cuda.so \
-	"$PRIV$SHAREDIR"/extension/peft[.-]*
-cp "$ROOT/peft.so" "$ROOT/peft_engine.so" "$PRIV$PKGLIB/"
-cp "$ROOT/peft.control" "$ROOT"/sql/peft--*.sql "$PRIV$SHAREDIR/extension/"
-BINDIR=$PRIV$BINDIR
+. test/private_pg.sh
+private_pg "$WORK/pg"
+cp "$ROOT/peft.so" "$ROOT/peft_engine.so" "$PRIV_PKGLIB/"
+cp "$ROOT/peft.control" "$ROOT"/sql/peft--*.sql "$PRIV_EXTDIR/"
+BINDIR=$PRIV_BINDIR
 
 as_pg initdb -D "$WORK/data" -A trust -U postgres >/dev/null
 cat >>"$WORK/data/postgresql.conf" <<EOF
@@ -120,11 +132,38 @@ SQL
 ntexts=$("${PSQL[@]}" -c "SELECT count(*) FROM load_texts")
 words=$("${PSQL[@]}" -c "SELECT round(avg(array_length(regexp_split_to_array(body, '\s+'), 1)), 1) FROM load_texts")
 
-cat >"$WORK/predict.sql" <<EOF
+if [ "$WORKLOAD" = generate ]; then
+	"${PSQL[@]}" >/dev/null <<SQL
+SELECT count(*) FROM peft_register_model('smol', '$DECODER');
+CREATE TABLE pairs (id int, prompt text, completion text);
+INSERT INTO pairs
+SELECT i, format('Mix the words %s and %s into one line.', a, b), format('%s-%s', a, b)
+FROM (SELECT i, (ARRAY['red','blue','green','yellow','black','white','purple','orange'])[1 + (i * 7) % 8] AS a,
+             (ARRAY['red','blue','green','yellow','black','white','purple','orange'])[1 + (i * 3 + i / 8) % 8] AS b
+      FROM generate_series(1, 32) i) s;
+SELECT peft_train('g0', 'smol', 'SELECT prompt, completion FROM pairs', input => 'prompt', label => 'completion',
+	task => 'generation', options => '{"max_steps": 3, "batch_size": 4, "eval_generate": false, "seed": 42}', wait => true);
+INSERT INTO peft.adapters (name, version, base_model, method, task, config, labels, weights, metrics, active)
+SELECT 'g' || i, version, base_model, method, task, config, labels, weights, metrics, true
+FROM peft.adapters, generate_series(1, 15) i WHERE name = 'g0' AND active;
+CREATE TABLE prompts AS
+SELECT id, 'Write one sentence about: ' || body AS prompt FROM load_texts WHERE id <= 200;
+CREATE TABLE gen_log (tokens int);
+SQL
+	ntexts=200
+	cat >"$WORK/predict.sql" <<EOF
+\\set a random(0, $((${PEFT_BENCH_ADAPTERS:-16} - 1)))
+\\set id random(1, :ntexts)
+INSERT INTO gen_log SELECT g.tokens FROM prompts p,
+	peft_generate('smol', ARRAY[p.prompt], ARRAY['g' || :a], '{"max_new_tokens": $NEW_TOKENS}') g WHERE p.id = :id;
+EOF
+else
+	cat >"$WORK/predict.sql" <<EOF
 \\set a random(0, $((${PEFT_BENCH_ADAPTERS:-16} - 1)))
 \\set id random(1, :ntexts)
 SELECT p.label FROM load_texts t, peft_predict('r' || :a, t.body) p WHERE t.id = :id;
 EOF
+fi
 chmod 644 "$WORK/predict.sql"
 
 # Mean Pss and Private_Dirty (kB) of the processes whose pids are given.
@@ -162,11 +201,17 @@ for clients in $CLIENT_LIST; do
 		run=$WORK/run-$clients-$serve
 		mkdir -p "$run"
 		chown postgres: "$run"
-		if [ "$serve" = on ]; then
+		if [ "$serve" = on ] && [ "$WORKLOAD" = generate ]; then
+			# start the worker and load the 16 adapters in it
+			"${PSQL[@]}" -c "SET peft.serve = on" -c "SELECT count(*) FROM peft_generate('smol',
+				array_fill('warm up'::text, ARRAY[16]), ARRAY(SELECT 'g' || i FROM generate_series(0, 15) i),
+				'{\"max_new_tokens\": 1}')" >/dev/null
+		elif [ "$serve" = on ]; then
 			# start the worker and load the 16 adapters in it
 			"${PSQL[@]}" -c "SET peft.serve = on" \
 				-c "SELECT count(*) FROM generate_series(0, 15) i, peft_predict('r' || i, 'warm up') p" >/dev/null
 		fi
+		if [ "$WORKLOAD" = generate ]; then "${PSQL[@]}" -c "TRUNCATE gen_log"; fi
 		sampler "$run/mem" &
 		SAMPLER_PID=$!
 		set +e
@@ -176,9 +221,11 @@ for clients in $CLIENT_LIST; do
 		set -e
 		wait "$SAMPLER_PID" || true
 		SAMPLER_PID=""
-		python3 - "$run" "$clients" "$serve" >>"$RESULTS" <<'EOF'
+		tokens=0
+		if [ "$WORKLOAD" = generate ]; then tokens=$("${PSQL[@]}" -c "SELECT coalesce(sum(tokens), 0) FROM gen_log"); fi
+		python3 - "$run" "$clients" "$serve" "$tokens" "$DURATION" >>"$RESULTS" <<'EOF'
 import glob, re, sys
-run, clients, serve = sys.argv[1:4]
+run, clients, serve, tokens, duration = sys.argv[1:6]
 out = open(run + "/pgbench.out").read()
 num = lambda pat: (re.search(pat, out) or [None, "nan"])[1]
 tps = float(num(r"tps = ([0-9.]+)"))
@@ -196,25 +243,33 @@ q = lambda p: warm[min(len(warm) - 1, int(round(p / 100.0 * (len(warm) - 1))))] 
 mem = open(run + "/mem.clients").read().split()
 wmem = open(run + "/mem.worker").read().split()
 worker = "%s / %s" % (wmem[1], wmem[2]) if wmem[0] != "0" else "-"
-print("%s %s %.1f %.1f %.1f %.1f %s %s %s %s" % (clients, serve, tps, q(50), q(95), q(99), failed,
-                                            mem[1], mem[2], worker.replace(" ", "")))
+print("%s %s %.1f %.1f %.1f %.1f %s %s %s %s %.1f" % (clients, serve, tps, q(50), q(95), q(99), failed,
+                                                 mem[1], mem[2], worker.replace(" ", ""),
+                                                 int(tokens) / float(duration)))
 EOF
 	done
 done
 errors=$(grep -c 'ERROR' "$WORK/server.log" || true)
 
-echo "peft.serve off vs on: all-MiniLM-L6-v2, calls over ${PEFT_BENCH_ADAPTERS:-16} LoRA adapters (r=8 default), single-row peft_predict,"
-echo "texts of $words words on average ($ntexts texts), $DURATION s per run, $NCPU CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)),"
+if [ "$WORKLOAD" = generate ]; then
+	echo "peft.serve off vs on: SmolLM2-135M-Instruct Q4_1, calls over ${PEFT_BENCH_ADAPTERS:-16} LoRA adapters, single-prompt peft_generate,"
+	echo "greedy, max_new_tokens $NEW_TOKENS, $DURATION s per run, $NCPU CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)),"
+else
+	echo "peft.serve off vs on: all-MiniLM-L6-v2, calls over ${PEFT_BENCH_ADAPTERS:-16} LoRA adapters (r=8 default), single-row peft_predict,"
+	echo "texts of $words words on average ($ntexts texts), $DURATION s per run, $NCPU CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)),"
+fi
 echo "peft.threads = 1 per connection, serving worker threads = ${PEFT_BENCH_SERVE_THREADS:-0}, serve_max_wait = ${PEFT_BENCH_MAX_WAIT:-2ms}, serve_max_batch = ${PEFT_BENCH_MAX_BATCH:-32}"
 echo
-echo "| clients | serve | tps | p50 ms | p95 ms | p99 ms | failed | Pss/conn MiB | Private_Dirty/conn MiB | worker Pss/Private_Dirty MiB |"
-echo "|---|---|---|---|---|---|---|---|---|---|"
-while read -r c s tps p50 p95 p99 failed pss pd worker; do
-	echo "| $c | $s | $tps | $p50 | $p95 | $p99 | $failed | $pss | $pd | $worker |"
+echo "| clients | serve | tps | tokens/s | p50 ms | p95 ms | p99 ms | failed | Pss/conn MiB | Private_Dirty/conn MiB | worker Pss/Private_Dirty MiB |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|"
+while read -r c s tps p50 p95 p99 failed pss pd worker tokps; do
+	[ "$WORKLOAD" = generate ] || tokps=-
+	echo "| $c | $s | $tps | $tokps | $p50 | $p95 | $p99 | $failed | $pss | $pd | $worker |"
 done <"$RESULTS"
 echo
 for clients in $CLIENT_LIST; do
-	awk -v c="$clients" '$1 == c && $2 == "off" {off = $3} $1 == c && $2 == "on" {on = $3}
-		END {if (off > 0) printf "%s clients: serve on / off = %.2fx tps\n", c, on / off}' "$RESULTS"
+	awk -v c="$clients" -v w="$WORKLOAD" '$1 == c && $2 == "off" {off = $3; toff = $11} $1 == c && $2 == "on" {on = $3; ton = $11}
+		END {if (off > 0) printf "%s clients: serve on / off = %.2fx tps", c, on / off;
+		     if (w == "generate" && toff > 0) printf ", %.2fx generated tokens/s", ton / toff; print ""}' "$RESULTS"
 done
 echo "server log ERROR lines: $errors"
