@@ -70,16 +70,6 @@ device_ok(void)
 		fail_msg("%s", err.message);
 }
 
-/* Whether row n belongs to a segment of c that adds something. */
-static bool
-owned(const SgmvCase *c, int n)
-{
-	for (int s = 0; s < c->nsegs; s++)
-		if (c->segs[s].rank > 0 && n >= c->segs[s].row0 && n < c->segs[s].row0 + c->segs[s].rows)
-			return true;
-	return false;
-}
-
 /* One case of IN x OUT in precision p: CUDA within limit of the CPU, untouched elements exact. */
 static void
 check_case(int IN, int OUT, PeftPrecision p, double limit, uint64_t seed)
@@ -124,7 +114,7 @@ check_case(int IN, int OUT, PeftPrecision p, double limit, uint64_t seed)
 				  gemm_precision_name(p), IN, OUT, e, limit);
 	for (int n = 0; n < c.N; n++)
 		for (int j = 0; j < c.ldo; j++)
-			if (j >= OUT || !owned(&c, n))
+			if (j >= OUT || !sgmv_case_owns(&c, n))
 				if (got[(size_t) n * c.ldo + j] != c.out[(size_t) n * c.ldo + j])
 					fail_msg("element [%d, %d] of no segment changed", n, j);
 	assert_true(e <= limit);

@@ -51,14 +51,8 @@ sub su
 	return $node->safe_psql('postgres', $sql);
 }
 
-sub serving_pids
-{
-	return su("SELECT string_agg(pid::text, ',' ORDER BY pid) FROM pg_stat_activity WHERE backend_type = 'peft serving'");
-}
 
-# Lines of the backend's /proc maps naming the engine, BLAS or model weights.
-my $MAPS = "SELECT count(*) FROM regexp_split_to_table(pg_read_file('/proc/' || pg_backend_pid() || '/maps'), E'\\n') l "
-  . "WHERE l ~ '(peft_engine|openblas|model\\.safetensors)'";
+my $MAPS = maps_sql();
 
 su(reviews_sql('reviews', 240));
 train_and_wait($node, 'a1', 'reviews');
@@ -74,7 +68,7 @@ su("CREATE ROLE bob LOGIN; ALTER ROLE bob SET peft.serve = on");
 	extra_params => [ '-U', 'bob' ]);
 like($err, qr/ERROR:  42704: adapter "a1" does not exist or has no active version/,
 	'hidden adapter: ERROR naming it (row-level security decides, in the caller)');
-is(serving_pids(), '', 'hidden adapter: nothing was queued (no serving worker started)');
+is(serving_pids($node), '', 'hidden adapter: nothing was queued (no serving worker started)');
 
 # ---- 3. many connections at once -------------------------------------------------
 # Reference answers, computed in the calling connection.
@@ -88,7 +82,7 @@ for my $a (@adapters)
 		$want{"$a|" . $texts[ $ord - 1 ]} = [ $label, $score ];
 	}
 }
-is(serving_pids(), '', 'serve = off computes in the connection (no serving worker)');
+is(serving_pids($node), '', 'serve = off computes in the connection (no serving worker)');
 
 my $SESSIONS = 8;
 my $CALLS = 24;
@@ -129,7 +123,7 @@ is($errors, 0, "concurrent: no session had an error") or diag(join "\n", map { $
 is($rows, $SESSIONS * ($CALLS - int($CALLS / 6)) + $SESSIONS * int($CALLS / 6) * @texts,
 	'concurrent: every call answered every row');
 is($wrong, 0, 'concurrent: every row equals the serve = off answer (same label, score within SCORE_TOLERANCE)');
-my $worker = serving_pids();
+my $worker = serving_pids($node);
 like($worker, qr/^\d+$/, 'concurrent: one serving worker served all sessions');
 
 # ---- 4. a serving connection maps no engine ----------------------------------------
@@ -180,7 +174,7 @@ like($err, qr/ERROR:  XX001: adapter "broken" version 1 cannot be loaded/,
 my ($label, $score) = split /\|/, su("SET peft.serve = on; SELECT label, score FROM peft_predict('a1', '$texts[0]')");
 ok($label eq $want{"a1|$texts[0]"}[0] && abs($score - $want{"a1|$texts[0]"}[1]) <= SCORE_TOLERANCE,
 	'corrupt adapter: the next call of another adapter is answered');
-is(serving_pids(), $worker, 'corrupt adapter: by the same worker');
+is(serving_pids($node), $worker, 'corrupt adapter: by the same worker');
 
 # An adapter that fails in the worker (an embedding row over a classifier's weights: it
 # does not load) in one batch with another: only its caller gets the ERROR.
@@ -229,7 +223,7 @@ $bg->quit;
 # back to 2 ms: the worker computes the withdrawn requests now and finds their callers gone
 su("ALTER SYSTEM RESET peft.serve_max_wait; SELECT pg_reload_conf()");
 sleep 2;
-is(serving_pids(), $worker, 'cancel: the worker skipped the withdrawn answers and still runs');
+is(serving_pids($node), $worker, 'cancel: the worker skipped the withdrawn answers and still runs');
 ok(!$node->log_contains(qr/peft serving worker.*failed|serving.*(ERROR|FATAL)/, $log), 'cancel: the worker logged no error');
 ($label) = split /\|/, su("SET peft.serve = on; SELECT label, score FROM peft_predict('a1', '$texts[0]')");
 is($label, $want{"a1|$texts[0]"}[0], 'cancel: the next call is answered');
@@ -260,7 +254,7 @@ su("ALTER SYSTEM RESET peft.serve_max_wait; SELECT pg_reload_conf()");
 sleep 1;
 ($label) = split /\|/, su("SET peft.serve = on; SELECT label, score FROM peft_predict('a2', '$texts[1]')");
 is($label, $want{"a2|$texts[1]"}[0], 'terminate: the next call is answered');
-my $worker2 = serving_pids();
+my $worker2 = serving_pids($node);
 ok($worker2 =~ /^\d+$/ && $worker2 ne $worker, 'terminate: by a new worker');
 
 # ---- 9. DROP EXTENSION and CREATE EXTENSION ----------------------------------------------
@@ -275,10 +269,10 @@ is(su("SET peft.serve = on; SELECT count(label) FROM peft_predict('a1', ARRAY['g
 
 # ---- 10. restart -------------------------------------------------------------------------
 $node->restart;
-is(serving_pids(), '', 'restart: no serving worker runs until one is used');
+is(serving_pids($node), '', 'restart: no serving worker runs until one is used');
 is(su("SET peft.serve = on; SELECT count(label) FROM peft_predict('a1', 'good')"), '1',
 	'restart: the first call starts one and is answered');
-like(serving_pids(), qr/^\d+$/, 'restart: one serving worker runs');
+like(serving_pids($node), qr/^\d+$/, 'restart: one serving worker runs');
 
 $node->stop;
 done_testing();

@@ -38,14 +38,8 @@ sub su
 	return $node->safe_psql('postgres', $sql);
 }
 
-sub serving_pids
-{
-	return su("SELECT string_agg(pid::text, ',' ORDER BY pid) FROM pg_stat_activity WHERE backend_type = 'peft serving'");
-}
 
-# Lines of the backend's /proc maps naming the engine, BLAS or model weights.
-my $MAPS = "SELECT count(*) FROM regexp_split_to_table(pg_read_file('/proc/' || pg_backend_pid() || '/maps'), E'\\n') l "
-  . "WHERE l ~ '(peft_engine|openblas|model\\.safetensors|\\.gguf)'";
+my $MAPS = maps_sql();
 
 # ---- 1. embeddings -----------------------------------------------------------------
 su(reviews_sql('reviews', 120));
@@ -93,7 +87,7 @@ for my $form (sort keys %embed_sql)
 }
 is(su("SET peft.serve = on; SELECT count(*) FILTER (WHERE embedding IS NULL) FROM peft_embed('tiny', ARRAY[NULL, 'x'], ARRAY['e1', 'e1'])"),
 	'1', 'embed: a NULL input gives a NULL embedding through the worker');
-my $embed_worker = serving_pids();
+my $embed_worker = serving_pids($node);
 like($embed_worker, qr/^\d+$/, 'embed: one serving worker for the encoder');
 is(su("SET peft.serve = on; SELECT count(*) FROM peft_embed('tiny', ARRAY['a', 'b']); $MAPS"), "2\n0",
 	'maps: a connection that embeds with serve = on maps no engine, BLAS or weights');
@@ -136,7 +130,7 @@ for my $form (sort keys %gen_sql)
 	$want{$form} = su($gen_sql{$form});
 	is(su("SET peft.serve = on; $gen_sql{$form}"), $want{$form}, "generate ($form): serve = on gives serve = off's rows");
 }
-my $gen_worker = (grep { $_ ne $embed_worker } split /,/, serving_pids())[0] // '';
+my $gen_worker = (grep { $_ ne $embed_worker } split /,/, serving_pids($node))[0] // '';
 like($gen_worker, qr/^\d+$/, 'generate: a serving worker of its own for the decoder');
 
 # ---- 3. many connections at once ---------------------------------------------------------
@@ -179,7 +173,7 @@ for my $i (0 .. $#outs)
 }
 is($errors, 0, 'concurrent: no session had an error') or diag(join "\n", map { $$_ } @errs);
 is($wrong, 0, 'concurrent: every completion equals the one serve = off gives alone');
-is(join(',', sort split /,/, serving_pids()), join(',', sort($embed_worker, $gen_worker)),
+is(join(',', sort split /,/, serving_pids($node)), join(',', sort($embed_worker, $gen_worker)),
 	'concurrent: the same decoder worker served every session');
 
 # ---- 4. continuous batching ---------------------------------------------------------------
@@ -211,7 +205,7 @@ like($long->{stderr}, qr/canceling statement due to statement timeout/, 'stateme
 $long->quit;
 is(su("SET peft.serve = on; " . single_sql('g_lora', $prompts[0])), su(single_sql('g_lora', $prompts[0])),
 	'cancel: the next call is answered as serve = off answers it');
-like(serving_pids(), qr/\b$gen_worker\b/, 'cancel: by the same worker');
+like(serving_pids($node), qr/\b$gen_worker\b/, 'cancel: by the same worker');
 ok(!$node->log_contains(qr/peft serving worker.*failed|serving.*(ERROR|FATAL)/, $log), 'cancel: the worker logged no error');
 
 # ---- 6. errors ------------------------------------------------------------------------------
@@ -229,12 +223,12 @@ for my $case (
 	is(($err =~ /ERROR:  (\w+: [^\n]*)/)[0], ($err_off =~ /ERROR:  (\w+: [^\n]*)/)[0], "errors: $what reads as with serve = off");
 }
 su("CREATE ROLE carol LOGIN; ALTER ROLE carol SET peft.serve = on");
-my $before = serving_pids();
+my $before = serving_pids($node);
 ($rc, $out, $err) = $node->psql('postgres', "\\set VERBOSITY verbose\nSELECT * FROM peft_generate('smol', ARRAY['x'], ARRAY['g_lora'])",
 	extra_params => [ '-U', 'carol' ]);
 like($err, qr/ERROR:  42704: adapter "g_lora" does not exist or has no active version/,
 	'errors: an adapter the role cannot see is an ERROR naming it, decided in the caller');
-is(serving_pids(), $before, 'errors: nothing was queued for it (no new worker)');
+is(serving_pids($node), $before, 'errors: nothing was queued for it (no new worker)');
 
 # ---- 7. no engine in a generating connection ------------------------------------------------
 is(su("SET peft.serve = on; SELECT count(*) FROM peft_generate('smol', ARRAY['Say hi.'], ARRAY['g_ia3'], '{\"max_new_tokens\": 2}'); $MAPS"),

@@ -9,7 +9,7 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-our @EXPORT = qw(tiny_model_dir reviews_sql peft_node train_and_wait version_predictions);
+our @EXPORT = qw(tiny_model_dir reviews_sql peft_node train_and_wait version_predictions serving_pids maps_sql);
 
 # The tiny model's folder; the whole test is skipped without it (./test/run
 # always generates it, so a skip there is a bug of the runner, not a pass).
@@ -88,6 +88,23 @@ sub version_predictions
 		}) . "\n";
 	}
 	return $out;
+}
+
+# The pids of $node's serving workers, comma-separated in order ('' for none).
+sub serving_pids
+{
+	my ($node) = @_;
+	return $node->safe_psql('postgres',
+		"SELECT string_agg(pid::text, ',' ORDER BY pid) FROM pg_stat_activity WHERE backend_type = 'peft serving'");
+}
+
+# SQL counting the lines of the backend's /proc maps that name the engine,
+# BLAS or model weights (safetensors or GGUF): 0 in a connection that only
+# hands its calls to a serving worker.
+sub maps_sql
+{
+	return "SELECT count(*) FROM regexp_split_to_table(pg_read_file('/proc/' || pg_backend_pid() || '/maps'), E'\\n') l "
+	  . "WHERE l ~ '(peft_engine|openblas|model\\.safetensors|\\.gguf)'";
 }
 
 1;

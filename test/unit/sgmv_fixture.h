@@ -102,6 +102,16 @@ sgmv_case_free(SgmvCase *c)
 	free(c->out);
 }
 
+/* Whether row n belongs to a segment of c that adds something. */
+static inline bool
+sgmv_case_owns(const SgmvCase *c, int n)
+{
+	for (int s = 0; s < c->nsegs; s++)
+		if (c->segs[s].rank > 0 && n >= c->segs[s].row0 && n < c->segs[s].row0 + c->segs[s].rows)
+			return true;
+	return false;
+}
+
 /* max |a - b| over max |b| (infinite on a non-finite value) over n elements. */
 static inline double
 sgmv_normwise(const real *a, const real *b, size_t n)

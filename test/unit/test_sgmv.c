@@ -47,16 +47,6 @@ per_segment(const SgmvCase *c, real *out)
 	}
 }
 
-/* Whether row n belongs to a segment of c that adds something. */
-static bool
-owned(const SgmvCase *c, int n)
-{
-	for (int s = 0; s < c->nsegs; s++)
-		if (c->segs[s].rank > 0 && n >= c->segs[s].row0 && n < c->segs[s].row0 + c->segs[s].rows)
-			return true;
-	return false;
-}
-
 /* One case of IN x OUT: lora_sgmv equals the per-segment products, and touches nothing else. */
 static void
 check_case(int IN, int OUT, uint64_t seed)
@@ -80,7 +70,7 @@ check_case(int IN, int OUT, uint64_t seed)
 	assert_true(e <= SGMV_CPU_TOLERANCE);
 	for (int n = 0; n < c.N; n++)
 		for (int j = 0; j < c.ldo; j++)
-			if (j >= OUT || !owned(&c, n))
+			if (j >= OUT || !sgmv_case_owns(&c, n))
 				assert_true(got[(size_t) n * c.ldo + j] == c.out[(size_t) n * c.ldo + j]);
 	free(got);
 	free(want);

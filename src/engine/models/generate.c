@@ -57,17 +57,6 @@ generate_use_chat(const GenerateModel *g, const PeftGenerateOptions *o)
 	return o->chat < 0 ? g->chat != NULL : o->chat != 0;
 }
 
-/* The next value of a splitmix64 sequence at *x (a well-mixed 64-bit function of it). */
-static uint64_t
-splitmix64(uint64_t *x)
-{
-	uint64_t	z = (*x += 0x9e3779b97f4a7c15ULL);
-
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-	return z ^ (z >> 31);
-}
-
 void
 generate_seed_rng(PeftRng *rng, uint64_t seed, int index)
 {
@@ -80,7 +69,7 @@ generate_seed(uint64_t seed, int index)
 	uint64_t	mixed = seed ^ (uint64_t) index;
 
 	/* index 0 keeps the seed, so a call of one prompt samples as it always did */
-	return index == 0 ? seed : splitmix64(&mixed);
+	return index == 0 ? seed : peft_splitmix64(&mixed);
 }
 
 PeftCode

@@ -3,9 +3,9 @@
  */
 #include "rng.h"
 
-/* One splitmix64 step, used only to spread the seed over the state. */
-static uint64_t
-splitmix64(uint64_t *x)
+/* One splitmix64 step: spreads a seed over the state (and derives seeds, generate.c). */
+uint64_t
+peft_splitmix64(uint64_t *x)
 {
 	uint64_t	z = (*x += 0x9e3779b97f4a7c15ULL);
 
@@ -19,7 +19,7 @@ void
 peft_rng_seed(PeftRng *rng, uint64_t seed)
 {
 	for (int i = 0; i < 4; i++)
-		rng->s[i] = splitmix64(&seed);
+		rng->s[i] = peft_splitmix64(&seed);
 }
 
 /* Rotate left. */

@@ -15,6 +15,9 @@ typedef struct PeftRng
 /* Seed the generator. */
 void		peft_rng_seed(PeftRng *rng, uint64_t seed);
 
+/* The next value of the splitmix64 sequence at *x (a well-mixed 64-bit function of it). */
+uint64_t	peft_splitmix64(uint64_t *x);
+
 /* Next 64 random bits. */
 uint64_t	peft_rng_next(PeftRng *rng);
 
