@@ -23,7 +23,17 @@
 #                                  build/gpu-model  the model in float16
 #                                                   (test/gpu/pack_model.py)
 #                                and fail if those exceed 60 MiB together
-#                                (or 64 MiB with the working tree).  The
+#                                (or 64 MiB with the working tree).
+#   test/gpu/check.sh --bundle --trim
+#                                the same, first moving the reference
+#                                fixtures (test/fixtures/reference, 30 MiB
+#                                of the tracked tree; no GPU test reads
+#                                them) to build/fixtures-aside, which is
+#                                ignored and so not copied to the device:
+#                                with them the tree and the bundle pass the
+#                                device tool's 64 MiB.  Put them back after
+#                                the device call with
+#   test/gpu/check.sh --untrim  The
 #                                binaries lose their debug information
 #                                (strip --strip-debug, in place; set
 #                                PEFT_BUNDLE_DEBUG=1 to keep it).  Run it
@@ -101,7 +111,7 @@ os.remove(sys.argv[1])' "$lib" || { echo "bundle: cannot compress $lib"; exit 1;
 		printf "to carry: %.1f MiB (limit %d MiB) + the working tree %.1f MiB = %.1f MiB (the device tool takes 64)\n",
 			t / 1048576, l / 1048576, w / 1048576, (t + w) / 1048576 }'
 	if [ "$total" -gt "$CARRY_LIMIT" ] || [ $((total + tree)) -gt $((64 * 1024 * 1024)) ]; then
-		echo "bundle: too big to carry; the biggest files:"
+		echo "bundle: too big to carry (with test/fixtures/reference in the tree: --bundle --trim); the biggest files:"
 		# shellcheck disable=SC2086
 		find $CARRY -type f -printf '%s %p\n' | sort -rn | head -15 |
 			awk '{printf "%8.1f MiB  %s\n", $1 / 1048576, $2}'
@@ -110,7 +120,25 @@ os.remove(sys.argv[1])' "$lib" || { echo "bundle: cannot compress $lib"; exit 1;
 	echo "device tool: carry [\"${CARRY// /\", \"}\"], command test/gpu/check.sh"
 }
 
+ASIDE=build/fixtures-aside
+# Move the reference fixtures out of the working tree (see --trim above).
+trim() {
+	[ -d test/fixtures/reference ] || { echo "trim: test/fixtures/reference is not there (already aside?)"; return; }
+	[ ! -e "$ASIDE" ] || { echo "trim: $ASIDE exists: run --untrim first"; exit 1; }
+	mkdir -p build
+	mv test/fixtures/reference "$ASIDE"
+	echo "trim: test/fixtures/reference moved to $ASIDE; after the device call: test/gpu/check.sh --untrim"
+}
+
+if [ "${1:-}" = "--untrim" ]; then
+	[ -d "$ASIDE" ] || { echo "untrim: nothing in $ASIDE"; exit 1; }
+	[ ! -e test/fixtures/reference ] || { echo "untrim: test/fixtures/reference exists already"; exit 1; }
+	mv "$ASIDE" test/fixtures/reference
+	echo "untrim: test/fixtures/reference is back"
+	exit 0
+fi
 if [ "${1:-}" = "--bundle" ]; then
+	[ "${2:-}" = "--trim" ] && trim
 	bundle
 	exit 0
 fi
