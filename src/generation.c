@@ -480,10 +480,7 @@ peft_generate_mixed(PG_FUNCTION_ARGS)
 	char	  **names = InputTexts(PG_GETARG_ARRAYTYPE_P(2), "adapters", &nnames);
 	PeftGeneration *done;
 
-	if (nnames != n)
-		ereport(ERROR,
-				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
-				 errmsg("adapters and prompts must have the same length, not %d and %d", nnames, n)));
+	RequireSameLength("adapters", nnames, "prompts", n);
 	if (n > MAX_PROMPTS)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),

@@ -945,8 +945,8 @@ LookupAdapters(char **names, int n, bool nulls_allowed, const char *model_name,
 	hash_destroy(seen);
 }
 
-/* ERROR unless two arrays have the same number of elements. */
-static void
+/* ERROR unless two arrays have the same number of elements (inference.h). */
+void
 RequireSameLength(const char *a, int na, const char *b, int nb)
 {
 	if (na != nb)

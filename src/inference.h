@@ -85,6 +85,9 @@ extern void PredictTexts(CachedAdapter *a, char **texts, int n, char **labels, d
 /* The texts of a one-dimensional text[] argument (NULL for its NULL elements); *n of them. */
 extern char **InputTexts(ArrayType *inputs, const char *argument, int *n);
 
+/* ERROR (array_subscript_error) unless arrays a and b (named so) have the same number of elements. */
+extern void RequireSameLength(const char *a, int na, const char *b, int nb);
+
 /* first[i] = the first of rows 0..i naming the same adapter as row i (NULLs alike). */
 extern void GroupByName(char **names, int n, int *first);
 
