@@ -469,13 +469,14 @@ start_sequence(Decoder *d, int s)
 }
 
 /*
- * Whether the N rows are at N different sequences (a decoding step, of at
- * most 64 rows: the products' grouped route; prompts are longer runs).
+ * Whether the N rows are at N different sequences: a decoding step the
+ * products' grouped route takes (at most QUANT_GROUPED_MAX_N rows; prompts
+ * are longer runs).
  */
 static bool
 one_row_per_sequence(const int32_t *slot, int N)
 {
-	if (N > 64)
+	if (N > QUANT_GROUPED_MAX_N)
 		return false;
 	for (int r = 0; r < N; r++)
 		for (int q = 0; q < r; q++)

@@ -577,15 +577,6 @@ matvec_kernel(GgmlType type)
 	return k;
 }
 
-/*
- * Rows of x up to which a product runs the matrix-vector kernels, in
- * groups of QUANT_MATVEC_MAX_N rows, rather than dequantized tiles through
- * BLAS, while rows_alone is set (quant.h): on SmolLM2's 576 x 1536 Q4_1
- * matrix (AVX-512 VNNI, one thread) 16 rows took 23 us a row in groups
- * against 77 us through BLAS, and 64 rows 23 against 61 at 65
- * (test/bench/RESULTS.md).
- */
-#define QUANT_GROUPED_MAX_N 64
 /* Whether quant_matmul takes rows beyond QUANT_MATVEC_MAX_N through the kernels too (quant.h). */
 static bool rows_alone = false;
 

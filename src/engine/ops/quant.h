@@ -52,7 +52,16 @@ void		quant_matmul(GgmlType type, const void *w, int64_t rows, int64_t cols,
 						 const float *x, int64_t N, float *y);
 
 /*
- * While rows_alone is set, quant_matmul computes up to 64 columns of x
+ * Rows of x up to which a product runs the matrix-vector kernels, in
+ * groups of four rows, rather than dequantized tiles through BLAS, while
+ * rows_alone is set (below): on SmolLM2's 576 x 1536 Q4_1 matrix (AVX-512
+ * VNNI, one thread) 16 rows took 23 us a row in groups against 77 us
+ * through BLAS, and 64 rows 23 against 61 at 65 (test/bench/RESULTS.md).
+ */
+#define QUANT_GROUPED_MAX_N 64
+
+/*
+ * While rows_alone is set, quant_matmul computes up to QUANT_GROUPED_MAX_N columns of x
  * through the matrix-vector kernels too, four at a time: each column's
  * result is then the one it gets alone, whatever it is batched with, and
  * 16 columns cost about a third of the BLAS route's time.  Meant for
