@@ -159,6 +159,15 @@ StreamFor(CachedModel *m)
 	return stream;
 }
 
+/* Keep completion g as prompt i's answer of r (its text copied; the engine's stays the caller's to free). */
+static void
+TakeCompletion(GenRequest *r, int i, const PeftGeneration *g)
+{
+	r->completions[i] = MemoryContextStrdup(r->cxt, g->text ? g->text : "");
+	r->tokens[i] = g->tokens;
+	r->finish[i] = g->finish;
+}
+
 /* Whether the worker was told to end (polled by a decoding run alone). */
 static bool
 WorkerStopping(void *arg)
@@ -178,13 +187,10 @@ DecodeAlone(GenRequest *r, int i, CachedModel *m, PeftAdapterHandle *adapter, co
 	PeftCode	rc;
 
 	own.seed = PeftEngine()->generate_seed(o->seed, i);
-	own.canceled = WorkerStopping;
 	rc = PeftEngine()->generate_mixed(m->handle, &adapter, &prompt, &len, 1, &own, &g, &err);
 	if (rc != PEFT_OK)
 		PeftRaiseEngineError(&err);
-	r->completions[i] = MemoryContextStrdup(r->cxt, g.text ? g.text : "");
-	r->tokens[i] = g.tokens;
-	r->finish[i] = g.finish;
+	TakeCompletion(r, i, &g);
 	PeftEngine()->free_buffer(g.text);
 }
 
@@ -203,7 +209,8 @@ QueuePrompts(GenRequest *r, const char *model, const ServeRequest *req)
 	PeftError	err = {0};
 
 	ParseGenerateOptions(options, &o);
-	o.canceled = NULL;			/* the stream's sequences end with their callers, not with a statement */
+	/* no statement to cancel here: a run alone stops when the worker is told to end (the stream ignores it) */
+	o.canceled = WorkerStopping;
 	SPI_connect();
 	AdapterCacheBeginCall();
 	m = GetModel(model);
@@ -332,9 +339,7 @@ ServeGenerateStep(void)
 				Fail(r, PeftEngineErrcode(res->code), res->message);
 			else
 			{
-				r->completions[i] = MemoryContextStrdup(r->cxt, res->gen.text ? res->gen.text : "");
-				r->tokens[i] = res->gen.tokens;
-				r->finish[i] = res->gen.finish;
+				TakeCompletion(r, i, &res->gen);
 				r->remaining--;
 			}
 		}
