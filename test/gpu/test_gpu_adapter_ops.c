@@ -15,24 +15,10 @@
 #include <cmocka.h>
 
 #include "backend.h"
+#include "gpu_backend_util.h"
 #include "rng.h"
 
 #define TOLERANCE 1e-5
-
-static Backend *gpu;
-
-/* The CUDA backend, or a skip. */
-static void
-require_device(void)
-{
-	PeftError	err = {0};
-
-	if (!backend_cuda_available() || backend_cuda(&gpu, &err) != PEFT_OK)
-	{
-		print_message("no CUDA device: skipped\n");
-		skip();
-	}
-}
 
 /* Uniform values in [-1, 1) away from zero. */
 static float *
@@ -49,26 +35,14 @@ random_floats(size_t n, PeftRng *rng)
 	return x;
 }
 
-/* A device copy of host[n]. */
-static float *
-to_device(const float *host, size_t n)
-{
-	float	   *d = gpu->ops->alloc(gpu, sizeof(float) * n);
-
-	gpu->ops->upload(gpu, d, host, sizeof(float) * n);
-	return d;
-}
-
 /* Host copy of device[n] (fails the test on a recorded device error). */
 static float *
 to_host(const float *dev, size_t n)
 {
 	float	   *h = malloc(sizeof(float) * n);
-	PeftError	err = {0};
 
 	gpu->ops->download(gpu, h, dev, sizeof(float) * n);
-	if (backend_check(gpu, &err) != PEFT_OK)
-		fail_msg("%s", err.message);
+	device_ok();
 	return h;
 }
 

@@ -18,6 +18,7 @@
 #include <cmocka.h>
 
 #include "backend.h"
+#include "gpu_backend_util.h"
 #include "sgmv_fixture.h"
 
 /*
@@ -29,46 +30,6 @@
 #define SGMV_FP32_TOLERANCE 1e-5
 #define SGMV_TF32_TOLERANCE 5e-3
 #define SGMV_BF16_TOLERANCE 3e-2
-
-static Backend *gpu;
-
-/* The CUDA backend, or a skip. */
-static void
-require_device(void)
-{
-	PeftError	err = {0};
-
-	if (!backend_cuda_available() || backend_cuda(&gpu, &err) != PEFT_OK)
-	{
-		print_message("no CUDA device: skipped\n");
-		skip();
-	}
-}
-
-/*
- * A device copy of host[n] reals (a failure is recorded in the backend,
- * collected by device_ok: nothing may fail the test between enter and
- * leave, or the backend's lock would stay taken for the next test).
- */
-static real *
-to_device(const real *host, size_t n)
-{
-	real	   *d = gpu->ops->alloc(gpu, sizeof(real) * (n ? n : 1));
-
-	if (d != NULL)
-		gpu->ops->upload(gpu, d, host, sizeof(real) * n);
-	return d;
-}
-
-/* Fail the test on a recorded device error (outside enter/leave). */
-static void
-device_ok(void)
-{
-	PeftError	err = {0};
-
-	if (backend_check(gpu, &err) != PEFT_OK)
-		fail_msg("%s", err.message);
-}
 
 /* One case of IN x OUT in precision p: CUDA within limit of the CPU, untouched elements exact. */
 static void
